@@ -1,0 +1,18 @@
+//! `ferry-sandbox`: an in-memory server that speaks MongoDB's wire protocol well enough
+//! that the official drivers treat it as a replica-set primary.
+//!
+//! Map of the crate:
+//! - [`wire`]: message framing (OP_MSG, legacy OP_QUERY/OP_REPLY).
+//! - [`server`]: the TCP/TLS listener, one task per connection, the [`Sandbox`] handle.
+//! - [`dispatch`]: the one command table; applies auth, write blocking, faults and error
+//!   labels once so each handler is about its own command.
+//! - [`storage`]: databases, collections (ordered maps `_id` -> raw document), indexes,
+//!   and the oplog, the single source of truth for history.
+//! - [`query`]: BSON ordering, filters, sort, projection, update operators, aggregation.
+//! - [`auth`]: SCRAM-SHA-1/256 conversations, users and built-in roles.
+//! - [`error`]: command errors with codes and labels as the real server reports them.
+//!
+//! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
+//! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
+
+pub mod error;

@@ -1,0 +1,1 @@
+//! Ferry: live migration of MongoDB clusters.

@@ -52,6 +52,10 @@ pub mod codes {
     pub const STALE_CONFIG: i32 = 13388;
     pub const CAPPED_POSITION_LOST: i32 = 136;
     pub const LOCATION51108: i32 = 51108;
+    pub const CANNOT_CREATE_INDEX: i32 = 67;
+    pub const NO_MATCHING_DOCUMENT: i32 = 47;
+    pub const PROTOCOL_ERROR: i32 = 17;
+    pub const UNSUPPORTED_OP_QUERY_COMMAND: i32 = 352;
 
     /// The canonical `codeName` of a code, or "Location<code>" as the server does for
     /// codes without a name.
@@ -80,6 +84,10 @@ pub mod codes {
             54 => "NotSingleValueField",
             59 => "CommandNotFound",
             66 => "ImmutableField",
+            67 => "CannotCreateIndex",
+            47 => "NoMatchingDocument",
+            17 => "ProtocolError",
+            352 => "UnsupportedOpQueryCommand",
             72 => "InvalidOptions",
             73 => "InvalidNamespace",
             85 => "IndexOptionsConflict",

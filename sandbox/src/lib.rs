@@ -16,3 +16,13 @@
 //! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
 
 pub mod error;
+pub mod changestream;
+pub mod commands;
+pub mod cursor;
+pub mod dispatch;
+pub mod server;
+pub mod storage;
+pub mod tls;
+pub mod wire;
+
+pub use server::{Sandbox, SandboxOptions, StartError, TlsFiles};

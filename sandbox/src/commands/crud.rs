@@ -1,0 +1,342 @@
+//! Writes and simple reads: insert, update, delete, findAndModify, count, distinct.
+
+use bson::{doc, Bson, Document};
+
+use crate::dispatch::Ctx;
+use crate::error::{codes, CmdResult, CommandError};
+use crate::query::matcher::Matcher;
+use crate::query::order::OrdBson;
+use crate::query::projection::Projection;
+use crate::query::sort::SortSpec;
+use crate::query::update::{upsert_seed, UpdateSpec};
+use crate::storage::{Collection, Storage};
+
+fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>> {
+    ctx.cmd
+        .get_array(field)
+        .map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, format!("BSON field '{}.{field}' is missing but a required field", ctx.name)))?
+        .iter()
+        .map(|v| v.as_document().ok_or_else(|| CommandError::type_mismatch(format!("{field} entries must be documents"))))
+        .collect()
+}
+
+fn refuse_view(storage: &Storage, db: &str, coll: &str) -> CmdResult<()> {
+    if storage.collection(db, coll).is_some_and(|c| c.is_view()) {
+        return Err(CommandError::new(
+            codes::COMMAND_NOT_SUPPORTED_ON_VIEW,
+            format!("Namespace {db}.{coll} is a view, not a collection"),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the write reply: `n`, optional extra counters, `writeErrors`.
+fn write_reply(mut reply: Document, errors: Vec<Document>) -> Document {
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    reply
+}
+
+pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let docs = statements(ctx, "documents")?;
+    let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
+    let mut storage = ctx.server.storage.lock();
+    refuse_view(&storage, &ctx.db, &coll)?;
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for (i, d) in docs.into_iter().enumerate() {
+        match storage.insert(&ctx.db, &coll, d.clone()) {
+            Ok(_) => n += 1,
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(write_reply(doc! {"n": n}, errors))
+}
+
+/// `_id`s of the documents matching `filter`, in `sort` order (else `_id` order), at most `limit`.
+pub fn matching_ids(c: &Collection, matcher: &Matcher, sort: Option<&SortSpec>, limit: Option<usize>) -> Vec<Bson> {
+    if let Some(id) = matcher.id_equality() {
+        return match c.docs.get(&OrdBson(id.clone())) {
+            Some(d) if matcher.matches(d) => vec![d.get("_id").cloned().unwrap_or(Bson::Null)],
+            _ => Vec::new(),
+        };
+    }
+    match sort {
+        None => c
+            .docs
+            .values()
+            .filter(|d| matcher.matches(d))
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect(),
+        Some(s) => {
+            let mut docs: Vec<&Document> = c.docs.values().filter(|d| matcher.matches(d)).collect();
+            docs.sort_by(|a, b| s.compare(a, b));
+            docs.into_iter().take(limit.unwrap_or(usize::MAX)).map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)).collect()
+        }
+    }
+}
+
+fn get_doc(storage: &Storage, db: &str, coll: &str, id: &Bson) -> Option<Document> {
+    storage.collection(db, coll).and_then(|c| c.docs.get(&OrdBson(id.clone())).cloned())
+}
+
+/// Outcome of one update statement.
+struct UpdateOutcome {
+    matched: i64,
+    modified: i64,
+    upserted: Option<Bson>,
+    /// Pre- and post-images of the first document touched (for findAndModify).
+    first: Option<(Option<Document>, Document)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn update_statement(
+    storage: &mut Storage,
+    db: &str,
+    coll: &str,
+    query: &Document,
+    update: &Bson,
+    upsert: bool,
+    multi: bool,
+    sort: Option<&SortSpec>,
+) -> CmdResult<UpdateOutcome> {
+    let spec = UpdateSpec::parse(update)?;
+    let replacement = matches!(spec, UpdateSpec::Replacement(_));
+    if multi && replacement {
+        return Err(CommandError::new(codes::FAILED_TO_PARSE, "multi update is not supported for replacement-style update"));
+    }
+    let matcher = Matcher::new(query)?;
+    let ids = match storage.collection(db, coll) {
+        Some(c) => matching_ids(c, &matcher, sort, if multi { None } else { Some(1) }),
+        None => Vec::new(),
+    };
+    let mut out = UpdateOutcome { matched: 0, modified: 0, upserted: None, first: None };
+    for id in ids {
+        let Some(old) = get_doc(storage, db, coll, &id) else { continue };
+        let new = spec.apply(&old, query, false)?;
+        let changed = storage.update(db, coll, &id, new.clone(), replacement)?;
+        out.matched += 1;
+        if changed {
+            out.modified += 1;
+        }
+        if out.first.is_none() {
+            out.first = Some((Some(old), new));
+        }
+    }
+    if out.matched == 0 && upsert {
+        refuse_view(storage, db, coll)?;
+        let seed = if replacement { Document::new() } else { upsert_seed(query) };
+        let mut new = spec.apply(&seed, query, true)?;
+        if !new.contains_key("_id") {
+            if let Some(Bson::Document(_)) | None = query.get("_id") {
+                new = with_generated_id(new);
+            } else if let Some(id) = query.get("_id") {
+                let mut d = doc! {"_id": id.clone()};
+                d.extend(new);
+                new = d;
+            }
+        }
+        let id = storage.insert(db, coll, new.clone())?;
+        out.matched = 0;
+        out.upserted = Some(id.clone());
+        let stored = get_doc(storage, db, coll, &id).unwrap_or(new);
+        out.first = Some((None, stored));
+    }
+    Ok(out)
+}
+
+fn with_generated_id(d: Document) -> Document {
+    let mut with_id = doc! {"_id": bson::oid::ObjectId::new()};
+    with_id.extend(d);
+    with_id
+}
+
+pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let stmts = statements(ctx, "updates")?;
+    let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
+    let mut storage = ctx.server.storage.lock();
+    refuse_view(&storage, &ctx.db, &coll)?;
+    let (mut n, mut modified) = (0i64, 0i64);
+    let mut upserted = Vec::new();
+    let mut errors = Vec::new();
+    for (i, stmt) in stmts.into_iter().enumerate() {
+        let result = (|| {
+            let q = stmt.get_document("q").map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'update.updates.q' is missing but a required field"))?;
+            let u = stmt.get("u").ok_or_else(|| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'update.updates.u' is missing but a required field"))?;
+            update_statement(
+                &mut storage,
+                &ctx.db,
+                &coll,
+                q,
+                u,
+                stmt.get_bool("upsert").unwrap_or(false),
+                stmt.get_bool("multi").unwrap_or(false),
+                None,
+            )
+        })();
+        match result {
+            Ok(o) => {
+                n += o.matched;
+                modified += o.modified;
+                if let Some(id) = o.upserted {
+                    n += 1;
+                    upserted.push(doc! {"index": i as i32, "_id": id});
+                }
+            }
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! {"n": n as i32, "nModified": modified as i32};
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    Ok(write_reply(reply, errors))
+}
+
+pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let stmts = statements(ctx, "deletes")?;
+    let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
+    let mut storage = ctx.server.storage.lock();
+    refuse_view(&storage, &ctx.db, &coll)?;
+    let mut n = 0i64;
+    let mut errors = Vec::new();
+    for (i, stmt) in stmts.into_iter().enumerate() {
+        let result = (|| {
+            let q = stmt.get_document("q").map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'delete.deletes.q' is missing but a required field"))?;
+            let limit = match stmt.get("limit") {
+                Some(Bson::Int32(1)) | Some(Bson::Int64(1)) => Some(1),
+                Some(Bson::Double(d)) if *d == 1.0 => Some(1),
+                _ => None,
+            };
+            let matcher = Matcher::new(q)?;
+            let ids = match storage.collection(&ctx.db, &coll) {
+                Some(c) => matching_ids(c, &matcher, None, limit),
+                None => Vec::new(),
+            };
+            let mut count = 0i64;
+            for id in ids {
+                if storage.delete(&ctx.db, &coll, &id) {
+                    count += 1;
+                }
+            }
+            Ok::<i64, CommandError>(count)
+        })();
+        match result {
+            Ok(c) => n += c,
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(write_reply(doc! {"n": n as i32}, errors))
+}
+
+pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
+    let sort = match ctx.cmd.get_document("sort") {
+        Ok(s) if !s.is_empty() => Some(SortSpec::new(s)?),
+        _ => None,
+    };
+    let fields = match ctx.cmd.get_document("fields") {
+        Ok(f) if !f.is_empty() => Some(Projection::new(f)?),
+        _ => None,
+    };
+    let remove = ctx.cmd.get_bool("remove").unwrap_or(false);
+    let return_new = ctx.cmd.get_bool("new").unwrap_or(false);
+    let upsert = ctx.cmd.get_bool("upsert").unwrap_or(false);
+    let update = ctx.cmd.get("update").cloned();
+    if remove == update.is_some() {
+        return Err(CommandError::new(codes::FAILED_TO_PARSE, "Either an update or remove=true must be specified"));
+    }
+    let project = |d: Document| match &fields {
+        Some(p) => p.apply(&d),
+        None => d,
+    };
+    let mut storage = ctx.server.storage.lock();
+    refuse_view(&storage, &ctx.db, &coll)?;
+    if remove {
+        let matcher = Matcher::new(&query)?;
+        let ids = match storage.collection(&ctx.db, &coll) {
+            Some(c) => matching_ids(c, &matcher, sort.as_ref(), Some(1)),
+            None => Vec::new(),
+        };
+        let Some(id) = ids.into_iter().next() else {
+            return Ok(doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null});
+        };
+        let old = get_doc(&storage, &ctx.db, &coll, &id);
+        storage.delete(&ctx.db, &coll, &id);
+        return Ok(doc! {"lastErrorObject": {"n": 1}, "value": old.map(|d| Bson::Document(project(d))).unwrap_or(Bson::Null)});
+    }
+    let update = update.unwrap_or(Bson::Null);
+    let o = update_statement(&mut storage, &ctx.db, &coll, &query, &update, upsert, false, sort.as_ref())?;
+    let mut last = doc! {"n": if o.upserted.is_some() { 1 } else { o.matched as i32 }, "updatedExisting": o.matched > 0};
+    if let Some(id) = &o.upserted {
+        last.insert("upserted", id.clone());
+    }
+    let value = match o.first {
+        Some((old, new)) => {
+            let shown = if return_new { Some(new) } else { old };
+            shown.map(|d| Bson::Document(project(d))).unwrap_or(Bson::Null)
+        }
+        None => Bson::Null,
+    };
+    Ok(doc! {"lastErrorObject": last, "value": value})
+}
+
+pub fn count(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
+    let matcher = Matcher::new(&query)?;
+    let skip = ctx.cmd.get("skip").and_then(crate::commands::ddl::as_usize).unwrap_or(0);
+    let limit = ctx.cmd.get("limit").and_then(crate::commands::ddl::as_usize).filter(|l| *l > 0);
+    let storage = ctx.server.storage.lock();
+    let n = match storage.collection(&ctx.db, &coll) {
+        Some(c) if query.is_empty() => c.docs.len(),
+        Some(c) => c.docs.values().filter(|d| matcher.matches(d)).count(),
+        None => 0,
+    };
+    let n = n.saturating_sub(skip);
+    let n = limit.map_or(n, |l| n.min(l));
+    Ok(doc! {"n": n as i32})
+}
+
+pub fn distinct(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let coll = ctx.collection()?;
+    let key = ctx.cmd.get_str("key").map_err(|_| CommandError::type_mismatch("'key' must be a string"))?.to_string();
+    let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
+    let matcher = Matcher::new(&query)?;
+    let storage = ctx.server.storage.lock();
+    let mut values: std::collections::BTreeSet<OrdBson> = std::collections::BTreeSet::new();
+    if let Some(c) = storage.collection(&ctx.db, &coll) {
+        for d in c.docs.values().filter(|d| matcher.matches(d)) {
+            for v in crate::query::path::lookup_values(d, &key) {
+                match v {
+                    Bson::Array(items) => values.extend(items.into_iter().map(OrdBson)),
+                    other => {
+                        values.insert(OrdBson(other));
+                    }
+                }
+            }
+        }
+    }
+    Ok(doc! {"values": values.into_iter().map(|v| v.0).collect::<Vec<_>>()})
+}

@@ -1,0 +1,240 @@
+//! The one place every command passes through: lookup in the command table, then auth,
+//! stepdown, user write blocking, retryable-write replay and error labels, applied once,
+//! so each handler is only about its own command.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bson::{doc, Bson, Document, Timestamp};
+
+use crate::auth::roles::{is_authorized, Action};
+use crate::auth::scram::ScramConversation;
+use crate::auth::users::AuthenticatedUser;
+use crate::commands::{self, CommandSpec, Effect};
+use crate::error::{codes, CmdResult, CommandError};
+use crate::server::Server;
+
+/// Per-connection state.
+pub struct Connection {
+    pub id: i64,
+    pub users: Vec<AuthenticatedUser>,
+    pub conversation: Option<ScramConversation>,
+    /// Set by a handler to close the connection once its reply is written.
+    pub close_after_reply: bool,
+}
+
+impl Connection {
+    pub fn new(id: i64) -> Connection {
+        Connection { id, users: Vec::new(), conversation: None, close_after_reply: false }
+    }
+}
+
+/// What a handler sees: the server, its connection, the database and the command.
+pub struct Ctx<'a> {
+    pub server: &'a Arc<Server>,
+    pub conn: &'a mut Connection,
+    pub db: String,
+    pub cmd: &'a Document,
+    pub name: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The command's first value as a collection name.
+    pub fn collection(&self) -> CmdResult<String> {
+        match self.cmd.get(self.name) {
+            Some(Bson::String(s)) => Ok(s.clone()),
+            _ => Err(CommandError::new(
+                codes::INVALID_NAMESPACE,
+                format!("collection name has invalid type {}", self.cmd.get(self.name).map(crate::storage::type_name).unwrap_or("missing")),
+            )),
+        }
+    }
+    pub fn ns(&self, coll: &str) -> String {
+        format!("{}.{}", self.db, coll)
+    }
+    pub fn roles(&self) -> Vec<crate::auth::users::RoleRef> {
+        self.conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect()
+    }
+    /// Whether authorization is enforced (users exist).
+    pub fn auth_enabled(&self) -> bool {
+        !self.server.users.is_empty()
+    }
+    pub fn allowed(&self, action: Action, db: &str, coll: &str) -> bool {
+        !self.auth_enabled() || is_authorized(&self.roles(), action, db, coll)
+    }
+    pub fn require(&self, action: Action, db: &str, coll: &str) -> CmdResult<()> {
+        if self.allowed(action, db, coll) {
+            Ok(())
+        } else {
+            Err(unauthorized(self.name, db))
+        }
+    }
+}
+
+pub fn unauthorized(command: &str, db: &str) -> CommandError {
+    CommandError::unauthorized(format!("not authorized on {db} to execute command {{ {command}: ... }}"))
+}
+
+/// Runs one OP_MSG command and returns the reply document (success or error).
+pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Document) -> Document {
+    let Some(name) = cmd.keys().next().cloned() else {
+        return finish(server, Err(CommandError::failed_to_parse("empty command")));
+    };
+    let db = match cmd.get("$db") {
+        Some(Bson::String(s)) => s.clone(),
+        _ => return finish(server, Err(CommandError::failed_to_parse("OP_MSG requests require a $db argument"))),
+    };
+    let Some(spec) = commands::lookup(&name) else {
+        return finish(
+            server,
+            Err(CommandError::new(codes::COMMAND_NOT_FOUND, format!("no such command: '{name}'"))),
+        );
+    };
+    let retry_key = retry_key(&cmd, spec);
+    if let Some(key) = &retry_key {
+        if let Some(previous) = server.retry_cache.lock().get(key).cloned() {
+            return finish(server, Ok(previous));
+        }
+    }
+    let result = if name == "getMore" {
+        match preflight(server, conn, &db, &cmd, &name, spec) {
+            Ok(()) => commands::read::get_more(server, conn, &db, &cmd).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        match preflight(server, conn, &db, &cmd, &name, spec) {
+            Ok(()) => {
+                let mut ctx = Ctx { server, conn, db: db.clone(), cmd: &cmd, name: &name };
+                (spec.handler)(&mut ctx)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    if spec.effect != Effect::Read && result.is_ok() {
+        server.oplog_appended.notify_waiters();
+    }
+    let result = result.map_err(|e| label(e, &cmd, &name, spec));
+    if let (Some(key), Ok(reply)) = (retry_key, &result) {
+        server.retry_cache.lock().insert(key, reply.clone());
+    }
+    finish(server, result)
+}
+
+/// Checks done before any handler: authentication, privileges, primary state, write blocking.
+fn preflight(server: &Arc<Server>, conn: &Connection, db: &str, cmd: &Document, name: &str, spec: &CommandSpec) -> CmdResult<()> {
+    let auth_enabled = !server.users.is_empty();
+    if auth_enabled && !spec.no_auth {
+        if conn.users.is_empty() {
+            return Err(CommandError::unauthorized(format!("Command {name} requires authentication")));
+        }
+        if let Some(action) = spec.action {
+            let coll = match cmd.get(name) {
+                Some(Bson::String(s)) => s.as_str(),
+                _ => "",
+            };
+            let roles: Vec<_> = conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect();
+            if !is_authorized(&roles, action, db, coll) {
+                return Err(unauthorized(name, db));
+            }
+        }
+    }
+    if !spec.no_auth && !server.is_primary() {
+        return Err(match spec.effect {
+            Effect::Write => CommandError::new(codes::NOT_WRITABLE_PRIMARY, "not primary"),
+            _ => CommandError::new(codes::NOT_PRIMARY_NO_SECONDARY_OK, "not primary and secondaryOk=false"),
+        });
+    }
+    if spec.effect == Effect::Write && server.write_block.load(Ordering::SeqCst) && !matches!(db, "admin" | "config" | "local") {
+        let roles: Vec<_> = conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect();
+        if !auth_enabled || !is_authorized(&roles, Action::BypassWriteBlockingMode, db, "") {
+            return Err(CommandError::new(codes::USER_WRITES_BLOCKED, "User writes blocked"));
+        }
+    }
+    Ok(())
+}
+
+/// Key of a retryable write: (lsid.id bytes, txnNumber), only for writes outside transactions.
+fn retry_key(cmd: &Document, spec: &CommandSpec) -> Option<(Vec<u8>, i64)> {
+    if spec.effect != Effect::Write || cmd.contains_key("autocommit") {
+        return None;
+    }
+    let txn = match cmd.get("txnNumber")? {
+        Bson::Int64(n) => *n,
+        Bson::Int32(n) => *n as i64,
+        _ => return None,
+    };
+    let lsid = cmd.get_document("lsid").ok()?;
+    let bytes = bson::to_vec(lsid).ok()?;
+    Some((bytes, txn))
+}
+
+/// Adds the error labels the real server adds.
+fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec) -> CommandError {
+    let is_retryable_write = spec.effect == Effect::Write && cmd.contains_key("txnNumber") && !cmd.contains_key("autocommit");
+    if is_retryable_write && codes::is_retryable_write(e.code) {
+        e = e.with_label("RetryableWriteError");
+    }
+    let is_change_stream = match name {
+        "aggregate" => cmd
+            .get_array("pipeline")
+            .ok()
+            .and_then(|p| p.first())
+            .and_then(|s| s.as_document())
+            .is_some_and(|s| s.contains_key("$changeStream")),
+        "getMore" => e.labels.iter().any(|l| l == "ChangeStreamCursor"),
+        _ => false,
+    };
+    e.labels.retain(|l| l != "ChangeStreamCursor");
+    if is_change_stream && codes::is_resumable_change_stream(e.code) && e.code != codes::CURSOR_NOT_FOUND {
+        e = e.with_label("ResumableChangeStreamError");
+    }
+    if e.code == codes::CHANGE_STREAM_HISTORY_LOST {
+        e = e.with_label("NonResumableChangeStreamError");
+    }
+    e
+}
+
+/// Adds `$clusterTime` and `operationTime` to a reply.
+fn finish(server: &Arc<Server>, result: CmdResult<Document>) -> Document {
+    let mut reply = match result {
+        Ok(mut d) => {
+            if !d.contains_key("ok") {
+                d.insert("ok", 1.0);
+            }
+            d
+        }
+        Err(e) => e.to_reply(),
+    };
+    let ts = server.storage.lock().cluster_time();
+    append_cluster_time(&mut reply, ts);
+    reply
+}
+
+pub fn append_cluster_time(reply: &mut Document, ts: Timestamp) {
+    reply.insert(
+        "$clusterTime",
+        doc! {
+            "clusterTime": ts,
+            "signature": {"hash": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0u8; 20] }, "keyId": 0i64},
+        },
+    );
+    reply.insert("operationTime", ts);
+}
+
+/// The legacy OP_QUERY handshake (`admin.$cmd` with `ismaster`/`isMaster`/`hello`).
+pub async fn run_legacy_query(server: &Arc<Server>, conn: &mut Connection, collection: &str, mut query: Document) -> Document {
+    if let Ok(inner) = query.get_document("$query") {
+        query = inner.clone();
+    }
+    let name = query.keys().next().cloned().unwrap_or_default();
+    if !collection.ends_with(".$cmd") || !matches!(name.as_str(), "ismaster" | "isMaster" | "hello") {
+        return CommandError::new(
+            codes::UNSUPPORTED_OP_QUERY_COMMAND,
+            format!("Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."),
+        )
+        .to_reply();
+    }
+    let db = collection.trim_end_matches(".$cmd").to_string();
+    query.insert("$db", db);
+    run_command(server, conn, query).await
+}

@@ -1,0 +1,905 @@
+//! In-memory data: databases, collections (ordered maps `_id` -> document), unique
+//! indexes, and the oplog. Every change goes through [`Storage`] methods that append the
+//! oplog entry in the same call, so the data and its history can never disagree.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, Timestamp};
+
+use crate::error::{codes, CmdResult, CommandError};
+use crate::query::matcher::Matcher;
+use crate::query::order::OrdBson;
+use crate::query::path::get_path;
+use crate::query::update::UpdateDescription;
+
+/// Databases whose collections the sandbox never lists as user data.
+pub const INTERNAL_DBS: &[&str] = &["admin", "local", "config"];
+
+/// What a change did, as a change stream reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Insert,
+    Update,
+    Replace,
+    Delete,
+    Create,
+    CreateIndexes,
+    DropIndexes,
+    Modify,
+    Rename,
+    Drop,
+    DropDatabase,
+    /// A no-op (appendOplogNote): moves cluster time, emits no event.
+    Noop,
+}
+
+impl EventKind {
+    pub fn operation_type(&self) -> &'static str {
+        match self {
+            EventKind::Insert => "insert",
+            EventKind::Update => "update",
+            EventKind::Replace => "replace",
+            EventKind::Delete => "delete",
+            EventKind::Create => "create",
+            EventKind::CreateIndexes => "createIndexes",
+            EventKind::DropIndexes => "dropIndexes",
+            EventKind::Modify => "modify",
+            EventKind::Rename => "rename",
+            EventKind::Drop => "drop",
+            EventKind::DropDatabase => "dropDatabase",
+            EventKind::Noop => "noop",
+        }
+    }
+    /// Events only shown with `showExpandedEvents`.
+    pub fn is_expanded(&self) -> bool {
+        matches!(self, EventKind::Create | EventKind::CreateIndexes | EventKind::DropIndexes | EventKind::Modify)
+    }
+}
+
+/// One oplog entry plus what change streams need to render its event.
+#[derive(Clone, Debug)]
+pub struct OplogEntry {
+    pub ts: Timestamp,
+    pub wall: DateTime,
+    pub kind: EventKind,
+    pub db: String,
+    /// Empty for database-level entries (dropDatabase, noop).
+    pub coll: String,
+    pub uuid: Option<Binary>,
+    pub document_key: Option<Document>,
+    /// Inserted or replacing document; for updates the post-image.
+    pub full_document: Option<Document>,
+    /// Pre-image, kept only when the collection has changeStreamPreAndPostImages enabled.
+    pub pre_image: Option<Document>,
+    pub update_description: Option<UpdateDescription>,
+    /// Rename target.
+    pub to: Option<(String, String)>,
+    /// `operationDescription` of expanded events.
+    pub operation_description: Option<Document>,
+    /// The `o` field as `local.oplog.rs` shows it.
+    pub o: Document,
+    pub o2: Option<Document>,
+}
+
+impl OplogEntry {
+    /// The document `local.oplog.rs` returns for this entry.
+    pub fn to_oplog_document(&self) -> Document {
+        let op = match self.kind {
+            EventKind::Insert => "i",
+            EventKind::Update | EventKind::Replace => "u",
+            EventKind::Delete => "d",
+            EventKind::Noop => "n",
+            _ => "c",
+        };
+        let ns = match self.kind {
+            EventKind::Insert | EventKind::Update | EventKind::Replace | EventKind::Delete => {
+                format!("{}.{}", self.db, self.coll)
+            }
+            EventKind::Noop => String::new(),
+            _ => format!("{}.$cmd", self.db),
+        };
+        let mut d = doc! { "op": op, "ns": ns };
+        if let Some(ui) = &self.uuid {
+            d.insert("ui", ui.clone());
+        }
+        d.insert("o", self.o.clone());
+        if let Some(o2) = &self.o2 {
+            d.insert("o2", o2.clone());
+        }
+        d.insert("ts", self.ts);
+        d.insert("t", 1i64);
+        d.insert("v", 2i64);
+        d.insert("wall", self.wall);
+        d
+    }
+}
+
+/// The oplog: bounded history of every change, in timestamp order.
+#[derive(Debug, Default)]
+pub struct Oplog {
+    pub entries: VecDeque<OplogEntry>,
+    /// Keep at most this many entries (None: unbounded).
+    pub max_entries: Option<usize>,
+    /// Timestamp of the newest entry dropped by truncation; history at or before it is lost.
+    pub truncated_through: Option<Timestamp>,
+}
+
+impl Oplog {
+    fn push(&mut self, entry: OplogEntry) {
+        self.entries.push_back(entry);
+        if let Some(max) = self.max_entries {
+            while self.entries.len() > max {
+                self.drop_oldest();
+            }
+        }
+    }
+    fn drop_oldest(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.truncated_through = Some(e.ts);
+        }
+    }
+    /// Drops all history up to and including `through` (all of it when None).
+    pub fn truncate(&mut self, keep_last: usize) {
+        while self.entries.len() > keep_last {
+            self.drop_oldest();
+        }
+    }
+    /// Index of the first entry with ts > `after`.
+    pub fn position_after(&self, after: Timestamp) -> usize {
+        self.entries.partition_point(|e| ts_le(e.ts, after))
+    }
+    /// True when entries after `after` may have been dropped.
+    pub fn lost_after(&self, after: Timestamp) -> bool {
+        match self.truncated_through {
+            Some(t) => ts_lt(after, t),
+            None => false,
+        }
+    }
+}
+
+pub fn ts_cmp(a: Timestamp, b: Timestamp) -> std::cmp::Ordering {
+    (a.time, a.increment).cmp(&(b.time, b.increment))
+}
+pub fn ts_lt(a: Timestamp, b: Timestamp) -> bool {
+    ts_cmp(a, b) == std::cmp::Ordering::Less
+}
+pub fn ts_le(a: Timestamp, b: Timestamp) -> bool {
+    ts_cmp(a, b) != std::cmp::Ordering::Greater
+}
+
+/// One index. Unique indexes keep their key entries so duplicates are refused.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub name: String,
+    pub key: Document,
+    /// The full definition as listIndexes reports it.
+    pub spec: Document,
+    pub unique: bool,
+    pub sparse: bool,
+    partial: Option<PartialFilter>,
+    /// key values -> `_id`s holding them (only maintained for unique indexes).
+    entries: BTreeMap<Vec<OrdBson>, BTreeSet<OrdBson>>,
+}
+
+#[derive(Debug, Clone)]
+struct PartialFilter(Document);
+
+impl Index {
+    pub fn from_spec(spec: Document) -> CmdResult<Index> {
+        let key = spec
+            .get_document("key")
+            .map_err(|_| CommandError::failed_to_parse("index specification must have a 'key' document"))?
+            .clone();
+        if key.is_empty() {
+            return Err(CommandError::new(codes::CANNOT_CREATE_INDEX, "index keys cannot be empty"));
+        }
+        let name = match spec.get_str("name") {
+            Ok(n) => n.to_string(),
+            Err(_) => default_index_name(&key),
+        };
+        let unique = spec.get_bool("unique").unwrap_or(false);
+        let sparse = spec.get_bool("sparse").unwrap_or(false);
+        let partial = match spec.get("partialFilterExpression") {
+            Some(Bson::Document(d)) => {
+                Matcher::new(d)?;
+                Some(PartialFilter(d.clone()))
+            }
+            Some(_) => return Err(CommandError::type_mismatch("partialFilterExpression must be an object")),
+            None => None,
+        };
+        let mut full = doc! { "v": 2, "key": key.clone(), "name": name.clone() };
+        for (k, v) in &spec {
+            if k != "v" && k != "key" && k != "name" && k != "ns" {
+                full.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(Index { name, key, spec: full, unique, sparse, partial, entries: BTreeMap::new() })
+    }
+
+    pub fn id_index() -> Index {
+        Index {
+            name: "_id_".into(),
+            key: doc! {"_id": 1},
+            spec: doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+            unique: true,
+            sparse: false,
+            partial: None,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    fn is_id(&self) -> bool {
+        self.name == "_id_"
+    }
+
+    /// The key this document has in the index, or None when the index skips it.
+    fn key_of(&self, doc: &Document) -> Option<Vec<OrdBson>> {
+        let mut present = false;
+        let values: Vec<OrdBson> = self
+            .key
+            .keys()
+            .map(|path| match get_path(doc, path) {
+                Some(v) => {
+                    present = true;
+                    OrdBson(v.clone())
+                }
+                None => OrdBson(Bson::Null),
+            })
+            .collect();
+        if self.sparse && !present {
+            return None;
+        }
+        if let Some(PartialFilter(f)) = &self.partial {
+            let m = Matcher::new(f).ok()?;
+            if !m.matches(doc) {
+                return None;
+            }
+        }
+        Some(values)
+    }
+
+    fn check(&self, ns: &str, doc: &Document, id: &OrdBson) -> CmdResult<()> {
+        if !self.unique || self.is_id() {
+            return Ok(());
+        }
+        if let Some(key) = self.key_of(doc) {
+            if let Some(ids) = self.entries.get(&key) {
+                if ids.iter().any(|other| other != id) {
+                    return Err(duplicate_key_error(ns, &self.name, &self.key, &key));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, doc: &Document, id: &OrdBson) {
+        if !self.unique || self.is_id() {
+            return;
+        }
+        if let Some(key) = self.key_of(doc) {
+            self.entries.entry(key).or_default().insert(id.clone());
+        }
+    }
+
+    fn remove(&mut self, doc: &Document, id: &OrdBson) {
+        if !self.unique || self.is_id() {
+            return;
+        }
+        if let Some(key) = self.key_of(doc) {
+            if let Some(ids) = self.entries.get_mut(&key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+pub fn default_index_name(key: &Document) -> String {
+    key.iter()
+        .map(|(k, v)| {
+            let dir = match v {
+                Bson::String(s) => s.clone(),
+                Bson::Int32(i) => i.to_string(),
+                Bson::Int64(i) => i.to_string(),
+                Bson::Double(d) => (*d as i64).to_string(),
+                other => other.to_string(),
+            };
+            format!("{k}_{dir}")
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+pub fn duplicate_key_error(ns: &str, index: &str, pattern: &Document, key: &[OrdBson]) -> CommandError {
+    let mut key_value = Document::new();
+    for ((field, _), value) in pattern.iter().zip(key) {
+        key_value.insert(field.clone(), value.0.clone());
+    }
+    let shown = key_value
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    CommandError::new(
+        codes::DUPLICATE_KEY,
+        format!("E11000 duplicate key error collection: {ns} index: {index} dup key: {{ {shown} }}"),
+    )
+    .with_extra("keyPattern", pattern.clone())
+    .with_extra("keyValue", key_value)
+}
+
+/// A collection or view.
+#[derive(Debug, Clone)]
+pub struct Collection {
+    pub uuid: Binary,
+    /// Options as given to create (and changed by collMod), reported by listCollections.
+    pub options: Document,
+    pub docs: BTreeMap<OrdBson, Document>,
+    pub indexes: Vec<Index>,
+}
+
+impl Collection {
+    fn new(options: Document) -> Collection {
+        let indexes = if options.contains_key("viewOn") { Vec::new() } else { vec![Index::id_index()] };
+        Collection { uuid: new_uuid(), options, docs: BTreeMap::new(), indexes }
+    }
+    pub fn is_view(&self) -> bool {
+        self.options.contains_key("viewOn")
+    }
+    pub fn pre_and_post_images(&self) -> bool {
+        self.options
+            .get_document("changeStreamPreAndPostImages")
+            .ok()
+            .and_then(|d| d.get_bool("enabled").ok())
+            .unwrap_or(false)
+    }
+    pub fn index(&self, name: &str) -> Option<&Index> {
+        self.indexes.iter().find(|i| i.name == name)
+    }
+    /// Sum of the BSON sizes of all documents.
+    pub fn data_size(&self) -> u64 {
+        self.docs.values().map(|d| bson::to_vec(d).map(|v| v.len() as u64).unwrap_or(0)).sum()
+    }
+}
+
+pub fn new_uuid() -> Binary {
+    let bytes: [u8; 16] = rand::random();
+    Binary { subtype: BinarySubtype::Uuid, bytes: bytes.to_vec() }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Database {
+    pub collections: BTreeMap<String, Collection>,
+}
+
+/// Hands out strictly increasing cluster timestamps (seconds, increment).
+#[derive(Debug, Default)]
+struct Clock {
+    last: Option<Timestamp>,
+}
+
+impl Clock {
+    fn tick(&mut self) -> Timestamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        let next = match self.last {
+            Some(last) if last.time >= now => Timestamp { time: last.time, increment: last.increment + 1 },
+            _ => Timestamp { time: now, increment: 1 },
+        };
+        self.last = Some(next);
+        next
+    }
+}
+
+/// All data of one server.
+#[derive(Debug, Default)]
+pub struct Storage {
+    pub dbs: BTreeMap<String, Database>,
+    pub oplog: Oplog,
+    clock: Clock,
+}
+
+/// A pending change for [`Storage::append`].
+struct Change {
+    kind: EventKind,
+    db: String,
+    coll: String,
+    uuid: Option<Binary>,
+    document_key: Option<Document>,
+    full_document: Option<Document>,
+    pre_image: Option<Document>,
+    update_description: Option<UpdateDescription>,
+    to: Option<(String, String)>,
+    operation_description: Option<Document>,
+    o: Document,
+    o2: Option<Document>,
+}
+
+impl Change {
+    fn new(kind: EventKind, db: &str, coll: &str, o: Document) -> Change {
+        Change {
+            kind,
+            db: db.into(),
+            coll: coll.into(),
+            uuid: None,
+            document_key: None,
+            full_document: None,
+            pre_image: None,
+            update_description: None,
+            to: None,
+            operation_description: None,
+            o,
+            o2: None,
+        }
+    }
+}
+
+pub fn split_ns(ns: &str) -> (&str, &str) {
+    match ns.split_once('.') {
+        Some((d, c)) => (d, c),
+        None => (ns, ""),
+    }
+}
+
+pub fn validate_collection_name(db: &str, coll: &str) -> CmdResult<()> {
+    if db.is_empty() || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+        return Err(CommandError::new(codes::INVALID_NAMESPACE, format!("Invalid database name: '{db}'")));
+    }
+    if coll.is_empty() || coll.contains('\0') || coll.contains('$') {
+        return Err(CommandError::new(codes::INVALID_NAMESPACE, format!("Invalid collection name: {coll}")));
+    }
+    Ok(())
+}
+
+impl Storage {
+    pub fn new(max_oplog_entries: Option<usize>) -> Storage {
+        Storage { oplog: Oplog { max_entries: max_oplog_entries, ..Default::default() }, ..Default::default() }
+    }
+
+    /// The newest timestamp handed out (the cluster time).
+    pub fn cluster_time(&mut self) -> Timestamp {
+        match self.clock.last {
+            Some(t) => t,
+            None => self.clock.tick(),
+        }
+    }
+
+    fn append(&mut self, c: Change) -> Timestamp {
+        let ts = self.clock.tick();
+        self.oplog.push(OplogEntry {
+            ts,
+            wall: DateTime::now(),
+            kind: c.kind,
+            db: c.db,
+            coll: c.coll,
+            uuid: c.uuid,
+            document_key: c.document_key,
+            full_document: c.full_document,
+            pre_image: c.pre_image,
+            update_description: c.update_description,
+            to: c.to,
+            operation_description: c.operation_description,
+            o: c.o,
+            o2: c.o2,
+        });
+        ts
+    }
+
+    /// Appends a no-op entry (appendOplogNote), moving cluster time forward.
+    pub fn append_noop(&mut self, data: Document) -> Timestamp {
+        self.append(Change::new(EventKind::Noop, "", "", doc! {"msg": data}))
+    }
+
+    pub fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {
+        self.dbs.get(db).and_then(|d| d.collections.get(coll))
+    }
+
+    pub fn collection_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
+        self.dbs.get_mut(db).and_then(|d| d.collections.get_mut(coll))
+    }
+
+    /// Creates a collection (or view). Fails with 48 if it exists.
+    pub fn create_collection(&mut self, db: &str, coll: &str, options: Document) -> CmdResult<()> {
+        validate_collection_name(db, coll)?;
+        if self.collection(db, coll).is_some() {
+            return Err(CommandError::new(codes::NAMESPACE_EXISTS, format!("Collection {db}.{coll} already exists.")));
+        }
+        let c = Collection::new(options.clone());
+        let uuid = c.uuid.clone();
+        let is_view = c.is_view();
+        let id_index = c.index("_id_").map(|i| i.spec.clone());
+        self.dbs.entry(db.to_string()).or_default().collections.insert(coll.to_string(), c);
+        let mut o = doc! {"create": coll};
+        o.extend(options.clone());
+        let mut change = Change::new(EventKind::Create, db, coll, o);
+        change.uuid = if is_view { None } else { Some(uuid) };
+        let mut desc = Document::new();
+        if is_view {
+            desc.insert("viewOn", options.get("viewOn").cloned().unwrap_or(Bson::Null));
+            desc.insert("pipeline", options.get("pipeline").cloned().unwrap_or(Bson::Array(vec![])));
+        } else {
+            desc.insert("idIndex", id_index.unwrap_or_default());
+            for (k, v) in &options {
+                desc.insert(k.clone(), v.clone());
+            }
+        }
+        change.operation_description = Some(desc);
+        self.append(change);
+        Ok(())
+    }
+
+    /// The collection, created implicitly (as an insert or createIndexes would) if missing.
+    fn ensure_collection(&mut self, db: &str, coll: &str) -> CmdResult<()> {
+        if self.collection(db, coll).is_none() {
+            self.create_collection(db, coll, Document::new())?;
+        }
+        if self.collection(db, coll).is_some_and(|c| c.is_view()) {
+            return Err(CommandError::new(
+                codes::COMMAND_NOT_SUPPORTED_ON_VIEW,
+                format!("Namespace {db}.{coll} is a view, not a collection"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Inserts one document; adds `_id` first when missing. Returns the stored document.
+    pub fn insert(&mut self, db: &str, coll: &str, mut doc: Document) -> CmdResult<Bson> {
+        if !doc.contains_key("_id") {
+            let mut with_id = doc! {"_id": ObjectId::new()};
+            with_id.extend(doc);
+            doc = with_id;
+        } else if doc.keys().next().map(|k| k.as_str()) != Some("_id") {
+            let mut with_id = doc! {"_id": doc.get("_id").cloned().unwrap_or(Bson::Null)};
+            for (k, v) in doc {
+                if k != "_id" {
+                    with_id.insert(k, v);
+                }
+            }
+            doc = with_id;
+        }
+        let id_value = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        if matches!(id_value, Bson::Array(_) | Bson::RegularExpression(_)) {
+            return Err(CommandError::new(
+                codes::INVALID_ID_FIELD,
+                format!("The '_id' value cannot be of type {}", type_name(&id_value)),
+            ));
+        }
+        self.ensure_collection(db, coll)?;
+        let ns = format!("{db}.{coll}");
+        let id = OrdBson(id_value.clone());
+        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found("collection vanished"))?;
+        if c.docs.contains_key(&id) {
+            return Err(duplicate_key_error(&ns, "_id_", &doc! {"_id": 1}, &[id]));
+        }
+        for index in &c.indexes {
+            index.check(&ns, &doc, &id)?;
+        }
+        for index in &mut c.indexes {
+            index.add(&doc, &id);
+        }
+        c.docs.insert(id, doc.clone());
+        let uuid = c.uuid.clone();
+        let mut change = Change::new(EventKind::Insert, db, coll, doc.clone());
+        change.uuid = Some(uuid);
+        change.document_key = Some(doc! {"_id": id_value.clone()});
+        change.o2 = Some(doc! {"_id": id_value.clone()});
+        change.full_document = Some(doc);
+        self.append(change);
+        Ok(id_value)
+    }
+
+    /// Replaces the document with `_id` = `id` by `new_doc` (an update or a replacement).
+    /// Returns false (and writes nothing) when the new document equals the old one.
+    pub fn update(&mut self, db: &str, coll: &str, id: &Bson, new_doc: Document, replacement: bool) -> CmdResult<bool> {
+        let ns = format!("{db}.{coll}");
+        let key = OrdBson(id.clone());
+        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
+        let old = c.docs.get(&key).cloned().ok_or_else(|| CommandError::new(codes::NO_SUCH_KEY, "document vanished"))?;
+        if old == new_doc {
+            return Ok(false);
+        }
+        if let Some(new_id) = new_doc.get("_id") {
+            if !crate::query::order::values_equal(new_id, id) || new_id != id {
+                return Err(CommandError::new(
+                    codes::IMMUTABLE_FIELD,
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                ));
+            }
+        }
+        for index in &mut c.indexes {
+            index.remove(&old, &key);
+        }
+        if let Some(err) = c.indexes.iter().find_map(|i| i.check(&ns, &new_doc, &key).err()) {
+            for index in &mut c.indexes {
+                index.add(&old, &key);
+            }
+            return Err(err);
+        }
+        for index in &mut c.indexes {
+            index.add(&new_doc, &key);
+        }
+        c.docs.insert(key, new_doc.clone());
+        let images = c.pre_and_post_images();
+        let uuid = c.uuid.clone();
+        let (kind, o, description) = if replacement {
+            (EventKind::Replace, new_doc.clone(), None)
+        } else {
+            let d = crate::query::update::diff(&old, &new_doc);
+            let mut o = doc! {"$v": 2};
+            let mut diff = Document::new();
+            if !d.updated_fields.is_empty() {
+                diff.insert("u", d.updated_fields.clone());
+            }
+            if !d.removed_fields.is_empty() {
+                let mut removed = Document::new();
+                for f in &d.removed_fields {
+                    removed.insert(f.clone(), false);
+                }
+                diff.insert("d", removed);
+            }
+            o.insert("diff", diff);
+            (EventKind::Update, o, Some(d))
+        };
+        let mut change = Change::new(kind, db, coll, o);
+        change.uuid = Some(uuid);
+        change.document_key = Some(doc! {"_id": id.clone()});
+        change.o2 = Some(doc! {"_id": id.clone()});
+        change.update_description = description;
+        change.full_document = Some(new_doc);
+        if images {
+            change.pre_image = Some(old);
+        }
+        self.append(change);
+        Ok(true)
+    }
+
+    /// Deletes the document with this `_id`; returns whether one existed.
+    pub fn delete(&mut self, db: &str, coll: &str, id: &Bson) -> bool {
+        let key = OrdBson(id.clone());
+        let Some(c) = self.collection_mut(db, coll) else { return false };
+        let Some(old) = c.docs.remove(&key) else { return false };
+        for index in &mut c.indexes {
+            index.remove(&old, &key);
+        }
+        let images = c.pre_and_post_images();
+        let uuid = c.uuid.clone();
+        let mut change = Change::new(EventKind::Delete, db, coll, doc! {"_id": id.clone()});
+        change.uuid = Some(uuid);
+        change.document_key = Some(doc! {"_id": id.clone()});
+        if images {
+            change.pre_image = Some(old);
+        }
+        self.append(change);
+        true
+    }
+
+    /// Drops a collection or view; returns false when it did not exist.
+    pub fn drop_collection(&mut self, db: &str, coll: &str) -> bool {
+        let Some(d) = self.dbs.get_mut(db) else { return false };
+        let Some(c) = d.collections.remove(coll) else { return false };
+        if d.collections.is_empty() {
+            self.dbs.remove(db);
+        }
+        let mut change = Change::new(EventKind::Drop, db, coll, doc! {"drop": coll});
+        change.uuid = if c.is_view() { None } else { Some(c.uuid) };
+        self.append(change);
+        true
+    }
+
+    /// Drops every collection of a database, then the database itself.
+    pub fn drop_database(&mut self, db: &str) -> bool {
+        let Some(d) = self.dbs.get(db) else { return false };
+        let names: Vec<String> = d.collections.keys().cloned().collect();
+        for name in names {
+            self.drop_collection(db, &name);
+        }
+        self.dbs.remove(db);
+        self.append(Change::new(EventKind::DropDatabase, db, "", doc! {"dropDatabase": 1}));
+        true
+    }
+
+    pub fn rename_collection(&mut self, from: (&str, &str), to: (&str, &str), drop_target: bool) -> CmdResult<()> {
+        validate_collection_name(to.0, to.1)?;
+        if self.collection(from.0, from.1).is_none() {
+            return Err(CommandError::ns_not_found("source namespace does not exist"));
+        }
+        if self.collection(to.0, to.1).is_some() {
+            if !drop_target {
+                return Err(CommandError::new(codes::NAMESPACE_EXISTS, "target namespace exists"));
+            }
+            self.drop_collection(to.0, to.1);
+        }
+        let Some(c) = self.dbs.get_mut(from.0).and_then(|d| d.collections.remove(from.1)) else {
+            return Err(CommandError::ns_not_found("source namespace does not exist"));
+        };
+        if self.dbs.get(from.0).is_some_and(|d| d.collections.is_empty()) {
+            self.dbs.remove(from.0);
+        }
+        let uuid = c.uuid.clone();
+        self.dbs.entry(to.0.to_string()).or_default().collections.insert(to.1.to_string(), c);
+        let mut change = Change::new(
+            EventKind::Rename,
+            from.0,
+            from.1,
+            doc! {"renameCollection": format!("{}.{}", from.0, from.1), "to": format!("{}.{}", to.0, to.1), "stayTemp": false},
+        );
+        change.uuid = Some(uuid);
+        change.to = Some((to.0.to_string(), to.1.to_string()));
+        change.operation_description = Some(doc! {"to": {"db": to.0, "coll": to.1}});
+        self.append(change);
+        Ok(())
+    }
+
+    /// Creates indexes (implicitly creating the collection). Returns how many were new.
+    pub fn create_indexes(&mut self, db: &str, coll: &str, specs: Vec<Document>) -> CmdResult<usize> {
+        self.ensure_collection(db, coll)?;
+        let ns = format!("{db}.{coll}");
+        let mut created = Vec::new();
+        {
+            let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(ns.clone()))?;
+            for spec in specs {
+                let mut index = Index::from_spec(spec)?;
+                if let Some(existing) = c.indexes.iter().find(|i| i.name == index.name) {
+                    if existing.key != index.key {
+                        return Err(CommandError::new(
+                            codes::INDEX_KEY_SPECS_CONFLICT,
+                            format!("An existing index has the same name as the requested index. Requested index: {}, existing index: {}", index.spec, existing.spec),
+                        ));
+                    }
+                    if strip_name(&existing.spec) != strip_name(&index.spec) {
+                        return Err(CommandError::new(
+                            codes::INDEX_OPTIONS_CONFLICT,
+                            format!("Index already exists with different options: {}", existing.spec),
+                        ));
+                    }
+                    continue;
+                }
+                if let Some(existing) = c.indexes.iter().find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec)) {
+                    let _ = existing;
+                    continue;
+                }
+                if let Some(existing) = c.indexes.iter().find(|i| i.key == index.key) {
+                    return Err(CommandError::new(
+                        codes::INDEX_OPTIONS_CONFLICT,
+                        format!("An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}", index.spec, existing.spec),
+                    ));
+                }
+                for (id, doc) in &c.docs {
+                    index.check(&ns, doc, id)?;
+                    index.add(doc, id);
+                }
+                created.push(index.spec.clone());
+                c.indexes.push(index);
+            }
+        }
+        let uuid = self.collection(db, coll).map(|c| c.uuid.clone());
+        for spec in &created {
+            let mut change = Change::new(EventKind::CreateIndexes, db, coll, doc! {"createIndexes": coll, "spec": spec.clone()});
+            change.uuid = uuid.clone();
+            change.operation_description = Some(doc! {"indexes": [spec.clone()]});
+            self.append(change);
+        }
+        Ok(created.len())
+    }
+
+    /// Drops indexes by name (`"*"` drops all but `_id_`).
+    pub fn drop_indexes(&mut self, db: &str, coll: &str, names: &[String]) -> CmdResult<()> {
+        let ns = format!("{db}.{coll}");
+        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
+        let targets: Vec<String> = if names.iter().any(|n| n == "*") {
+            c.indexes.iter().filter(|i| i.name != "_id_").map(|i| i.name.clone()).collect()
+        } else {
+            for n in names {
+                if n == "_id_" {
+                    return Err(CommandError::new(codes::INVALID_OPTIONS, "cannot drop _id index"));
+                }
+                if c.index(n).is_none() {
+                    return Err(CommandError::new(codes::INDEX_NOT_FOUND, format!("index not found with name [{n}]")));
+                }
+            }
+            names.to_vec()
+        };
+        let mut dropped = Vec::new();
+        c.indexes.retain(|i| {
+            if targets.contains(&i.name) {
+                dropped.push(i.spec.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let uuid = c.uuid.clone();
+        for spec in dropped {
+            let name = spec.get_str("name").unwrap_or_default().to_string();
+            let mut change = Change::new(EventKind::DropIndexes, db, coll, doc! {"dropIndexes": coll, "index": name});
+            change.uuid = Some(uuid.clone());
+            change.operation_description = Some(doc! {"indexes": [spec]});
+            self.append(change);
+        }
+        Ok(())
+    }
+
+    /// Changes collection options (validator, changeStreamPreAndPostImages, TTL of an index...).
+    pub fn coll_mod(&mut self, db: &str, coll: &str, changes: Document) -> CmdResult<()> {
+        let c = self
+            .collection_mut(db, coll)
+            .ok_or_else(|| CommandError::ns_not_found(format!("ns does not exist: {db}.{coll}")))?;
+        for (k, v) in &changes {
+            match k.as_str() {
+                "index" => {
+                    let spec = v.as_document().ok_or_else(|| CommandError::type_mismatch("index must be a document"))?;
+                    let target = c.indexes.iter_mut().find(|i| match (spec.get_str("name"), spec.get_document("keyPattern")) {
+                        (Ok(n), _) => i.name == n,
+                        (_, Ok(kp)) => &i.key == kp,
+                        _ => false,
+                    });
+                    let index = target.ok_or_else(|| CommandError::new(codes::INDEX_NOT_FOUND, "cannot find index for collMod"))?;
+                    for (ik, iv) in spec {
+                        match ik.as_str() {
+                            "name" | "keyPattern" => {}
+                            "expireAfterSeconds" | "hidden" | "prepareUnique" => {
+                                index.spec.insert(ik.clone(), iv.clone());
+                            }
+                            "unique" => {
+                                index.spec.insert("unique", iv.clone());
+                                index.unique = iv.as_bool().unwrap_or(false);
+                            }
+                            other => return Err(CommandError::new(codes::INVALID_OPTIONS, format!("unknown collMod index option: {other}"))),
+                        }
+                    }
+                }
+                "validator" | "validationLevel" | "validationAction" | "changeStreamPreAndPostImages" | "expireAfterSeconds" | "viewOn" | "pipeline" => {
+                    c.options.insert(k.clone(), v.clone());
+                }
+                other => {
+                    return Err(CommandError::new(codes::INVALID_OPTIONS, format!("unknown option to collMod: {other}")));
+                }
+            }
+        }
+        let uuid = c.uuid.clone();
+        let mut o = doc! {"collMod": coll};
+        o.extend(changes.clone());
+        let mut change = Change::new(EventKind::Modify, db, coll, o);
+        change.uuid = Some(uuid);
+        change.operation_description = Some(changes);
+        self.append(change);
+        Ok(())
+    }
+}
+
+fn strip_name(spec: &Document) -> Document {
+    let mut d = spec.clone();
+    d.remove("name");
+    d.remove("v");
+    d
+}
+
+pub fn type_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Double(_) => "double",
+        Bson::String(_) => "string",
+        Bson::Document(_) => "object",
+        Bson::Array(_) => "array",
+        Bson::Binary(_) => "binData",
+        Bson::Undefined => "undefined",
+        Bson::ObjectId(_) => "objectId",
+        Bson::Boolean(_) => "bool",
+        Bson::DateTime(_) => "date",
+        Bson::Null => "null",
+        Bson::RegularExpression(_) => "regex",
+        Bson::DbPointer(_) => "dbPointer",
+        Bson::JavaScriptCode(_) => "javascript",
+        Bson::Symbol(_) => "symbol",
+        Bson::JavaScriptCodeWithScope(_) => "javascriptWithScope",
+        Bson::Int32(_) => "int",
+        Bson::Timestamp(_) => "timestamp",
+        Bson::Int64(_) => "long",
+        Bson::Decimal128(_) => "decimal",
+        Bson::MinKey => "minKey",
+        Bson::MaxKey => "maxKey",
+    }
+}

@@ -1,0 +1,76 @@
+//! The final migration report: printed at completion and served as JSON by the API.
+
+use serde::{Deserialize, Serialize};
+
+/// One namespace whose two sides differ.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Mismatch {
+    pub namespace: String,
+    /// What differs: "count", "content", "indexes", "options", "missing".
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Verification {
+    pub passed: bool,
+    pub namespaces_checked: u64,
+    pub documents_checked: u64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub events_synced: u64,
+    /// From the operator's confirmation that writes stopped to `completed`.
+    pub downtime_seconds: f64,
+    pub duration_seconds: f64,
+    pub documents_copied: u64,
+    pub bytes_copied: u64,
+    pub collections_copied: u64,
+    pub views_copied: u64,
+    pub indexes_copied: u64,
+    pub verification: Verification,
+    /// Writes that reached the source after the cutover confirmation.
+    pub late_writes_detected: u64,
+    /// What Ferry does not migrate, said plainly.
+    pub skipped: Vec<String>,
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "migration report")?;
+        writeln!(f, "  changes synced:      {}", self.events_synced)?;
+        writeln!(f, "  downtime:            {:.2} s", self.downtime_seconds)?;
+        writeln!(f, "  duration:            {:.1} s", self.duration_seconds)?;
+        writeln!(f, "  data copied:         {} documents, {}", self.documents_copied, human_bytes(self.bytes_copied))?;
+        writeln!(f, "  collections copied:  {} ({} views, {} indexes)", self.collections_copied, self.views_copied, self.indexes_copied)?;
+        let v = &self.verification;
+        if v.passed {
+            writeln!(f, "  verification:        passed ({} namespaces, {} documents)", v.namespaces_checked, v.documents_checked)?;
+        } else {
+            writeln!(f, "  verification:        FAILED ({} mismatches)", v.mismatches.len())?;
+            for m in &v.mismatches {
+                writeln!(f, "    {} [{}]: {}", m.namespace, m.kind, m.detail)?;
+            }
+        }
+        if self.late_writes_detected > 0 {
+            writeln!(f, "  late writes:         {} writes reached the source after cutover was confirmed", self.late_writes_detected)?;
+        }
+        for s in &self.skipped {
+            writeln!(f, "  not migrated:        {s}")?;
+        }
+        Ok(())
+    }
+}

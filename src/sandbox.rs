@@ -1,0 +1,125 @@
+//! `ferry sandbox`: runs a `ferry-sandbox` replica set member until SIGINT/SIGTERM and
+//! prints `ready <uri>` once it accepts connections.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ferry_sandbox::{Sandbox, SandboxOptions, TlsFiles};
+
+#[derive(clap::Args, Debug)]
+pub struct SandboxArgs {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 27017)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Replica set name reported to clients.
+    #[arg(long, default_value = "rs0")]
+    pub set_name: String,
+    /// Server version to report (X.Y.Z); decides the wire version and the FCV.
+    #[arg(long, default_value = "7.0.13")]
+    pub version: String,
+    /// A user in the admin database: NAME:PASSWORD:ROLE[,ROLE...]. Enables authentication.
+    #[arg(long = "user", value_name = "NAME:PASSWORD:ROLES")]
+    pub users: Vec<String>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Keep at most this many oplog entries; older history is lost (ChangeStreamHistoryLost).
+    #[arg(long)]
+    pub oplog_max_events: Option<usize>,
+}
+
+/// Parses `NAME:PASSWORD:ROLE[,ROLE...]`.
+pub fn parse_user(spec: &str) -> Result<(String, String, Vec<String>), String> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(name), Some(password), Some(roles)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("--user {spec:?}: expected NAME:PASSWORD:ROLE[,ROLE...]"));
+    };
+    if name.is_empty() || password.is_empty() {
+        return Err(format!("--user {spec:?}: name and password must not be empty"));
+    }
+    let roles: Vec<String> = roles.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    if roles.is_empty() {
+        return Err(format!("--user {spec:?}: give at least one role, e.g. root"));
+    }
+    Ok((name.to_string(), password.to_string(), roles))
+}
+
+pub fn options_from(args: &SandboxArgs) -> Result<SandboxOptions, String> {
+    let users = args.users.iter().map(|u| parse_user(u)).collect::<Result<Vec<_>, _>>()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() }),
+        _ => None,
+    };
+    Ok(SandboxOptions {
+        port: args.port,
+        host: args.host.clone(),
+        set_name: args.set_name.clone(),
+        version: args.version.clone(),
+        users,
+        tls,
+        oplog_max_events: args.oplog_max_events,
+    })
+}
+
+pub fn run(args: SandboxArgs) -> ExitCode {
+    let options = match options_from(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let sandbox = match Sandbox::start(options) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("ready {}", sandbox.uri());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(wait_for_shutdown_signal());
+    sandbox.stop();
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,3 @@
 //! Ferry: live migration of MongoDB clusters.
+
+pub mod config;

@@ -1,0 +1,240 @@
+//! Everything that talks to one MongoDB deployment as a whole: connecting (SCRAM, TLS with
+//! a custom CA), running commands with errors that say which side failed, listing the
+//! namespaces to migrate, reading cluster time.
+
+use std::fmt;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document, Timestamp};
+use mongodb::options::{ClientOptions, ReadConcern, Tls, TlsOptions, WriteConcern};
+use mongodb::Client;
+
+use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
+
+/// Which deployment an operation ran against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{side}: invalid connection string {uri}")]
+    Uri {
+        side: Side,
+        uri: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error("{side}: {action} failed")]
+    Command {
+        side: Side,
+        action: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+}
+
+impl ClusterError {
+    pub fn side(&self) -> Side {
+        match self {
+            ClusterError::Uri { side, .. } | ClusterError::Command { side, .. } => *side,
+        }
+    }
+    /// The server error code, when the failure was a command error.
+    pub fn code(&self) -> Option<i32> {
+        match self {
+            ClusterError::Command { source, .. } => error_code(source),
+            ClusterError::Uri { .. } => None,
+        }
+    }
+    /// Whether trying again later may succeed (network trouble, elections, timeouts).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClusterError::Command { source, .. } => is_transient(source),
+            ClusterError::Uri { .. } => false,
+        }
+    }
+}
+
+/// The server's error code of a driver error, if it carries one.
+pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(im) => im.write_errors.as_ref().and_then(|w| w.first()).map(|w| w.code),
+        _ => None,
+    }
+}
+
+/// Network errors, elections and shutdowns: worth retrying after a pause.
+pub fn is_transient(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") || e.is_network_error() {
+        return true;
+    }
+    if matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::Io(_)) {
+        return true;
+    }
+    matches!(
+        error_code(e),
+        Some(6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436 | 50 | 43)
+    )
+}
+
+/// A connected deployment.
+#[derive(Clone)]
+pub struct Cluster {
+    pub side: Side,
+    pub client: Client,
+    /// The URI without its password, for logs and errors.
+    pub display_uri: String,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster").field("side", &self.side).field("uri", &self.display_uri).finish()
+    }
+}
+
+/// How long server selection waits before an operation fails (and is retried by Ferry).
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Connects (lazily: the first command opens connections) with majority read and
+    /// write concerns.
+    pub async fn connect(side: Side, conn: &ConnectionConfig) -> Result<Cluster, ClusterError> {
+        let display_uri = redacted_uri(&conn.uri);
+        let mut options = ClientOptions::parse(&conn.uri)
+            .await
+            .map_err(|source| ClusterError::Uri { side, uri: display_uri.clone(), source })?;
+        if conn.tls_ca_file.is_some() || conn.tls_certificate_key_file.is_some() {
+            let mut tls = TlsOptions::default();
+            tls.ca_file_path = conn.tls_ca_file.clone();
+            tls.cert_key_file_path = conn.tls_certificate_key_file.clone();
+            if conn.tls_allow_invalid_hostnames {
+                tls.allow_invalid_hostnames = Some(true);
+            }
+            options.tls = Some(Tls::Enabled(tls));
+        }
+        if !conn.app_name.is_empty() {
+            options.app_name = Some(conn.app_name.clone());
+        }
+        options.read_concern = Some(ReadConcern::majority());
+        options.write_concern = Some(WriteConcern::majority());
+        if options.server_selection_timeout.is_none() {
+            options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        }
+        let client = Client::with_options(options).map_err(|source| ClusterError::Uri { side, uri: display_uri.clone(), source })?;
+        Ok(Cluster { side, client, display_uri })
+    }
+
+    fn err(&self, action: impl Into<String>) -> impl FnOnce(mongodb::error::Error) -> ClusterError {
+        let side = self.side;
+        let action = action.into();
+        move |source| ClusterError::Command { side, action, source }
+    }
+
+    /// Runs a command on a database.
+    pub async fn run(&self, db: &str, command: Document) -> Result<Document, ClusterError> {
+        let name = command.keys().next().cloned().unwrap_or_default();
+        self.client.database(db).run_command(command).await.map_err(self.err(name))
+    }
+
+    /// The deployment's current cluster time (operationTime of a no-op read).
+    pub async fn cluster_time(&self) -> Result<Timestamp, ClusterError> {
+        let reply = self.run("admin", doc! {"ping": 1}).await?;
+        if let Ok(ts) = reply.get_timestamp("operationTime") {
+            return Ok(ts);
+        }
+        let hello = self.run("admin", doc! {"hello": 1}).await?;
+        hello
+            .get_document("lastWrite")
+            .ok()
+            .and_then(|lw| lw.get_document("opTime").ok())
+            .and_then(|o| o.get_timestamp("ts").ok())
+            .ok_or_else(|| ClusterError::Command {
+                side: self.side,
+                action: "read cluster time".into(),
+                source: mongodb::error::Error::custom("the server reported no operationTime; is it a replica set?"),
+            })
+    }
+
+    /// Writes a no-op to the oplog so change streams and cluster time move on an idle
+    /// deployment; returns the cluster time after it.
+    pub async fn append_noop(&self, message: &str) -> Result<Timestamp, ClusterError> {
+        let reply = self.run("admin", doc! {"appendOplogNote": 1, "data": {"ferry": message}}).await?;
+        match reply.get_timestamp("operationTime") {
+            Ok(ts) => Ok(ts),
+            Err(_) => self.cluster_time().await,
+        }
+    }
+
+    /// Database names, excluding the ones Ferry never migrates.
+    pub async fn database_names(&self, filter: &NamespaceFilter) -> Result<Vec<String>, ClusterError> {
+        let reply = self.run("admin", doc! {"listDatabases": 1, "nameOnly": true}).await?;
+        let mut names: Vec<String> = reply
+            .get_array("databases")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_document().and_then(|d| d.get_str("name").ok()).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.retain(|n| !NamespaceFilter::is_never_migrated_db(n) && filter.may_allow_database(n));
+        names.sort();
+        Ok(names)
+    }
+
+    /// listCollections entries of a database (collections and views), all of them.
+    pub async fn collection_specs(&self, db: &str) -> Result<Vec<Document>, ClusterError> {
+        self.cursor(db, doc! {"listCollections": 1, "cursor": {}}).await
+    }
+
+    /// listIndexes of a collection (empty when it does not exist).
+    pub async fn index_specs(&self, db: &str, coll: &str) -> Result<Vec<Document>, ClusterError> {
+        match self.cursor(db, doc! {"listIndexes": coll, "cursor": {}}).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.code() == Some(26) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a cursor-returning command and collects every batch.
+    pub async fn cursor(&self, db: &str, command: Document) -> Result<Vec<Document>, ClusterError> {
+        use futures_util::TryStreamExt;
+        let name = command.keys().next().cloned().unwrap_or_default();
+        let cursor = self.client.database(db).run_cursor_command(command).await.map_err(self.err(name.clone()))?;
+        cursor.try_collect().await.map_err(self.err(name))
+    }
+
+    /// Document count and data size of a collection, from collStats (0, 0 if missing).
+    pub async fn collection_size(&self, db: &str, coll: &str) -> Result<(u64, u64), ClusterError> {
+        match self.run(db, doc! {"collStats": coll}).await {
+            Ok(s) => Ok((number(s.get("count")), number(s.get("size")))),
+            Err(e) if e.code() == Some(26) => Ok((0, 0)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A numeric BSON value as u64 (0 when absent or not a number).
+pub fn number(v: Option<&Bson>) -> u64 {
+    match v {
+        Some(Bson::Int32(i)) => (*i).max(0) as u64,
+        Some(Bson::Int64(i)) => (*i).max(0) as u64,
+        Some(Bson::Double(d)) => d.max(0.0) as u64,
+        _ => 0,
+    }
+}

@@ -16,6 +16,13 @@ struct Cli {
 enum Command {
     /// Run an in-memory MongoDB-compatible replica set for tests and demos.
     Sandbox(ferry::sandbox::SandboxArgs),
+    /// Run a migration (the daemon): validate, copy, sync, wait for cutover.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A whole migration between two in-memory sandboxes, with a live workload.
+    Demo,
     /// Run every pre-migration check and print one line per check.
     Validate {
         #[arg(long)]
@@ -27,6 +34,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sandbox(args) => ferry::sandbox::run(args),
+        Command::Run { config } => ferry::run::run_command(&config),
+        Command::Demo => ferry::demo::demo_command(),
         Command::Validate { config } => {
             eprintln!("validate {}: not implemented yet", config.display());
             ExitCode::FAILURE

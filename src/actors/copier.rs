@@ -1,0 +1,409 @@
+//! Copier: plans the copy (namespaces, options, indexes, `_id` ranges), prepares the
+//! destination, then copies every range in batches of unordered bulk inserts. Each
+//! acknowledged batch moves the range's checkpoint, so a restart neither re-copies a
+//! finished range nor skips an unfinished one.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
+
+use super::applier::relaxed_index;
+use super::{ActorFailure, SharedEngine};
+use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
+use crate::cluster::{error_code, ClusterError};
+
+/// Sample size per wanted range when choosing split points.
+const SAMPLES_PER_RANGE: u64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{side}: {action} on {ns} failed")]
+    Driver {
+        side: crate::cluster::Side,
+        action: &'static str,
+        ns: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error("stopped")]
+    Stopped,
+}
+
+impl CopyError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Cluster(e) => e.is_transient(),
+            CopyError::Checkpoint(CheckpointError::Cluster(e)) => e.is_transient(),
+            CopyError::Checkpoint(_) => false,
+            CopyError::Driver { source, .. } => crate::cluster::is_transient(source),
+            CopyError::Stopped => false,
+        }
+    }
+}
+
+/// Sent to the supervisor when the copy ends.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CopyOutcome(pub Result<CopySummary, ActorFailure>);
+
+#[derive(Clone, Debug, Default)]
+pub struct CopySummary {
+    pub collections: u64,
+    pub views: u64,
+    pub indexes: u64,
+}
+
+/// One copier per source shard (a replica set is one shard).
+pub struct Copier {
+    engine: SharedEngine,
+    supervisor: Recipient<CopyOutcome>,
+    paused: watch::Receiver<bool>,
+}
+
+impl Copier {
+    pub fn new(engine: SharedEngine, supervisor: Recipient<CopyOutcome>, paused: watch::Receiver<bool>) -> Copier {
+        Copier { engine, supervisor, paused }
+    }
+}
+
+impl Actor for Copier {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let engine = self.engine.clone();
+        let paused = self.paused.clone();
+        ctx.spawn(async move { run_copy(engine, paused).await }.into_actor(self).map(|result, act, ctx| {
+            let outcome = result.map_err(|e| {
+                let transient = e.is_transient();
+                ActorFailure::new("copier", &e, transient)
+            });
+            act.supervisor.do_send(CopyOutcome(outcome));
+            ctx.stop();
+        }));
+    }
+}
+
+/// Waits while the run is paused.
+pub async fn wait_unpaused(paused: &mut watch::Receiver<bool>) -> Result<(), CopyError> {
+    while *paused.borrow() {
+        if paused.changed().await.is_err() {
+            return Err(CopyError::Stopped);
+        }
+    }
+    Ok(())
+}
+
+/// Plans (first run) or loads the plan, prepares the destination, copies what is left.
+pub async fn run_copy(engine: SharedEngine, mut paused: watch::Receiver<bool>) -> Result<CopySummary, CopyError> {
+    let (plan, ranges) = engine.checkpoints.load_plan().await?;
+    let (plan, ranges) = if plan.is_empty() && ranges.is_empty() {
+        let (plan, ranges) = make_plan(&engine).await?;
+        engine.checkpoints.save_plan(&plan, &ranges).await?;
+        (plan, ranges)
+    } else {
+        (plan, ranges)
+    };
+    let summary = prepare_destination(&engine, &plan).await?;
+    let progress = &engine.progress;
+    let mut docs_est = 0;
+    let mut bytes_est = 0;
+    for ns in &plan {
+        let mut p = progress.namespace_mut(&ns.ns);
+        p.documents_estimated = ns.documents_estimated;
+        p.bytes_estimated = ns.bytes_estimated;
+        p.indexes = ns.indexes.len() as u64;
+        p.status = if ns.is_view { "view".into() } else { "pending".into() };
+        docs_est += ns.documents_estimated;
+        bytes_est += ns.bytes_estimated;
+    }
+    progress.documents_estimated.store(docs_est, Ordering::Relaxed);
+    progress.bytes_estimated.store(bytes_est, Ordering::Relaxed);
+    let (mut copied_docs, mut copied_bytes) = (0, 0);
+    for r in &ranges {
+        copied_docs += r.documents;
+        copied_bytes += r.bytes;
+        let mut p = progress.namespace_mut(&r.ns);
+        p.documents_copied += r.documents;
+        p.bytes_copied += r.bytes;
+    }
+    progress.documents_copied.store(copied_docs, Ordering::Relaxed);
+    progress.bytes_copied.store(copied_bytes, Ordering::Relaxed);
+    let todo: Vec<CopyRange> = ranges.into_iter().filter(|r| !r.done).collect();
+    tracing::info!(namespaces = plan.len(), ranges_left = todo.len(), "copying");
+    let concurrency = (engine.config.copy.parallel_collections * engine.config.copy.parallel_ranges_per_collection).max(1);
+    wait_unpaused(&mut paused).await?;
+    futures_util::stream::iter(todo.into_iter().map(|r| {
+        let engine = engine.clone();
+        let paused = paused.clone();
+        async move { copy_range(engine, r, paused).await }
+    }))
+    .buffer_unordered(concurrency)
+    .try_collect::<Vec<()>>()
+    .await?;
+    for ns in &plan {
+        if !ns.is_view {
+            progress.namespace_mut(&ns.ns).status = "copied".into();
+        }
+    }
+    Ok(summary)
+}
+
+fn is_system_collection(name: &str) -> bool {
+    name.starts_with("system.")
+}
+
+/// Lists what to migrate and splits each collection into `_id` ranges.
+async fn make_plan(engine: &SharedEngine) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CopyError> {
+    let source = &engine.source;
+    let mut plan = Vec::new();
+    let mut ranges = Vec::new();
+    for db in source.database_names(&engine.filter).await? {
+        for spec in source.collection_specs(&db).await? {
+            let Ok(name) = spec.get_str("name") else { continue };
+            if is_system_collection(name) {
+                tracing::info!(ns = %format!("{db}.{name}"), "skipping system collection");
+                continue;
+            }
+            if !engine.filter.allows(&db, name) {
+                continue;
+            }
+            let kind = spec.get_str("type").unwrap_or("collection");
+            if kind == "timeseries" {
+                tracing::warn!(ns = %format!("{db}.{name}"), "skipping time-series collection: not supported yet");
+                continue;
+            }
+            let is_view = kind == "view";
+            let options = spec.get_document("options").cloned().unwrap_or_default();
+            let ns = format!("{db}.{name}");
+            let (indexes, (count, size)) = if is_view {
+                (Vec::new(), (0, 0))
+            } else {
+                (source.index_specs(&db, name).await?, source.collection_size(&db, name).await?)
+            };
+            if !is_view {
+                for (index, (min, max)) in split_points(engine, &db, name, count).await?.into_iter().enumerate() {
+                    ranges.push(CopyRange {
+                        id: format!("{ns}#{index}"),
+                        ns: ns.clone(),
+                        index: index as u32,
+                        min,
+                        max,
+                        done: false,
+                        last_id: None,
+                        documents: 0,
+                        bytes: 0,
+                    });
+                }
+            }
+            plan.push(PlannedNamespace {
+                ns,
+                db: db.clone(),
+                coll: name.to_string(),
+                is_view,
+                options,
+                indexes,
+                documents_estimated: count,
+                bytes_estimated: size,
+            });
+        }
+    }
+    Ok((plan, ranges))
+}
+
+/// Range bounds in `_id` index order, from a sorted sample of `_id`s.
+async fn split_points(engine: &SharedEngine, db: &str, coll: &str, count: u64) -> Result<Vec<(Option<Bson>, Option<Bson>)>, CopyError> {
+    let wanted = engine.config.copy.parallel_ranges_per_collection.max(1) as u64;
+    let batch = engine.config.copy.batch_max_documents.max(1) as u64;
+    if wanted == 1 || count < 2 * batch {
+        return Ok(vec![(None, None)]);
+    }
+    let wanted = wanted.min(count / batch).max(1);
+    let sample_size = (wanted * SAMPLES_PER_RANGE).min(count) as i64;
+    let sample = engine
+        .source
+        .cursor(
+            db,
+            doc! {"aggregate": coll, "pipeline": [{"$sample": {"size": sample_size}}, {"$project": {"_id": 1}}, {"$sort": {"_id": 1}}], "cursor": {}},
+        )
+        .await?;
+    let ids: Vec<Bson> = sample.into_iter().filter_map(|d| d.get("_id").cloned()).collect();
+    if ids.is_empty() {
+        return Ok(vec![(None, None)]);
+    }
+    let mut bounds: Vec<Bson> = Vec::new();
+    for i in 1..wanted {
+        let b = ids[(i as usize * ids.len()) / wanted as usize].clone();
+        if bounds.last() != Some(&b) {
+            bounds.push(b);
+        }
+    }
+    let mut out = Vec::new();
+    let mut lo = None;
+    for b in bounds {
+        out.push((lo, Some(b.clone())));
+        lo = Some(b);
+    }
+    out.push((lo, None));
+    Ok(out)
+}
+
+/// Creates collections (with their options), relaxed indexes, then views. Idempotent.
+async fn prepare_destination(engine: &SharedEngine, plan: &[PlannedNamespace]) -> Result<CopySummary, CopyError> {
+    let dest = &engine.destination;
+    let mut summary = CopySummary::default();
+    let allow = |r: Result<Document, ClusterError>, codes: &[i32]| match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+        Err(e) => Err(e),
+    };
+    for ns in plan.iter().filter(|n| !n.is_view) {
+        let mut cmd = doc! {"create": &ns.coll};
+        cmd.extend(ns.options.clone());
+        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        let indexes: Vec<Bson> = ns
+            .indexes
+            .iter()
+            .filter(|i| i.get_str("name") != Ok("_id_"))
+            .map(|i| Bson::Document(relaxed_index(i)))
+            .collect();
+        summary.indexes += ns.indexes.len() as u64;
+        if !indexes.is_empty() {
+            allow(dest.run(&ns.db, doc! {"createIndexes": &ns.coll, "indexes": indexes}).await, &[85, 86])?;
+        }
+        summary.collections += 1;
+    }
+    for ns in plan.iter().filter(|n| n.is_view) {
+        let mut cmd = doc! {"create": &ns.coll};
+        cmd.extend(ns.options.clone());
+        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        summary.views += 1;
+    }
+    Ok(summary)
+}
+
+fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
+    let v = doc.get("_id").ok()??;
+    Bson::try_from(v.to_raw_bson()).ok()
+}
+
+/// Copies one range from its checkpoint on, one batch at a time, with one insert in
+/// flight while the next batch is read.
+async fn copy_range(engine: SharedEngine, mut range: CopyRange, mut paused: watch::Receiver<bool>) -> Result<(), CopyError> {
+    let (db, coll) = range.ns.split_once('.').map(|(d, c)| (d.to_string(), c.to_string())).unwrap_or_default();
+    let source = engine.source.client.database(&db).collection::<RawDocumentBuf>(&coll);
+    let start = range.last_id.clone().or_else(|| range.min.clone());
+    let resuming = range.last_id.clone();
+    let mut find = source.find(doc! {}).hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
+    if let Some(min) = &start {
+        find = find.min(doc! {"_id": min.clone()});
+    }
+    if let Some(max) = &range.max {
+        find = find.max(doc! {"_id": max.clone()});
+    }
+    let batch_docs = engine.config.copy.batch_max_documents.max(1);
+    let batch_bytes = engine.config.copy.batch_max_bytes.max(1) as usize;
+    let mut cursor = find.batch_size(batch_docs.min(10_000) as u32).await.map_err(|source| CopyError::Driver {
+        side: crate::cluster::Side::Source,
+        action: "find",
+        ns: range.ns.clone(),
+        source,
+    })?;
+    engine.progress.namespace_mut(&range.ns).status = "copying".into();
+    let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(batch_docs);
+    let mut bytes = 0usize;
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<InsertedBatch, CopyError>>> = None;
+    loop {
+        let next = cursor.try_next().await.map_err(|source| CopyError::Driver {
+            side: crate::cluster::Side::Source,
+            action: "read",
+            ns: range.ns.clone(),
+            source,
+        })?;
+        let finished = next.is_none();
+        if let Some(doc) = next {
+            if resuming.is_some() && batch.is_empty() && in_flight.is_none() && raw_id(&doc) == resuming {
+                continue;
+            }
+            bytes += doc.as_bytes().len();
+            batch.push(doc);
+        }
+        if !batch.is_empty() && (finished || batch.len() >= batch_docs || bytes >= batch_bytes) {
+            if let Some(previous) = in_flight.take() {
+                let done = previous.await.map_err(|_| CopyError::Stopped)??;
+                record_batch(&engine, &mut range, done).await?;
+            }
+            wait_unpaused(&mut paused).await?;
+            let docs = std::mem::take(&mut batch);
+            let n_bytes = std::mem::take(&mut bytes);
+            in_flight = Some(tokio::spawn(insert_batch(engine.clone(), db.clone(), coll.clone(), docs, n_bytes)));
+        }
+        if finished {
+            break;
+        }
+    }
+    if let Some(previous) = in_flight.take() {
+        let done = previous.await.map_err(|_| CopyError::Stopped)??;
+        record_batch(&engine, &mut range, done).await?;
+    }
+    range.done = true;
+    engine.checkpoints.save_range(&range).await?;
+    Ok(())
+}
+
+struct InsertedBatch {
+    last_id: Option<Bson>,
+    documents: u64,
+    bytes: u64,
+}
+
+async fn insert_batch(engine: SharedEngine, db: String, coll: String, docs: Vec<RawDocumentBuf>, bytes: usize) -> Result<InsertedBatch, CopyError> {
+    let started = Instant::now();
+    let last_id = docs.last().and_then(raw_id);
+    let documents = docs.len() as u64;
+    let target = engine.destination.client.database(&db).collection::<RawDocumentBuf>(&coll);
+    match target.insert_many(docs).ordered(false).bypass_document_validation(true).await {
+        Ok(_) => {}
+        Err(e) if only_duplicates(&e) => {}
+        Err(source) => {
+            return Err(CopyError::Driver { side: crate::cluster::Side::Destination, action: "insert", ns: format!("{db}.{coll}"), source });
+        }
+    }
+    crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());
+    Ok(InsertedBatch { last_id, documents, bytes: bytes as u64 })
+}
+
+/// A batch whose only failures are duplicate keys: those documents are already there
+/// (an earlier attempt inserted them), so the batch counts as copied.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(im) => {
+            im.write_concern_error.is_none() && im.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000))
+        }
+        _ => error_code(e) == Some(11000),
+    }
+}
+
+async fn record_batch(engine: &SharedEngine, range: &mut CopyRange, done: InsertedBatch) -> Result<(), CopyError> {
+    range.last_id = done.last_id.or(range.last_id.take());
+    range.documents += done.documents;
+    range.bytes += done.bytes;
+    engine.checkpoints.save_range(range).await?;
+    let p = &engine.progress;
+    p.documents_copied.fetch_add(done.documents, Ordering::Relaxed);
+    p.bytes_copied.fetch_add(done.bytes, Ordering::Relaxed);
+    {
+        let mut ns = p.namespace_mut(&range.ns);
+        ns.documents_copied += done.documents;
+        ns.bytes_copied += done.bytes;
+    }
+    crate::metrics::record_copy(&range.ns, done.documents, done.bytes);
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! The actors of a migration and how they are wired together.
+//!
+//! ```text
+//!                 Supervisor (phase, restarts with backoff, operator requests)
+//!        +-------------+--------------+----------------+
+//!        v             v              v                v
+//!   Coordinator      Copier         Tailer          Verifier
+//!   lock lease,      _id ranges     change stream    counts + hashes
+//!   balancers,       -> bulk         -> Applier       on both sides
+//!   window timer     inserts           per namespace
+//! ```
+//!
+//! Data flow: the copier copies every planned collection range by range (each finished
+//! batch checkpointed); then the tailer replays the source's change stream from the start
+//! time captured before the copy, routing events to one applier per namespace (bounded
+//! mailboxes: a slow destination slows the reader). Applying is idempotent, so the
+//! overlap between copy and replay converges. At cutover the tailer drains to the
+//! source's optime, the verifier compares both sides, and the coordinator finalizes.
+
+pub mod applier;
+pub mod coordinator;
+pub mod copier;
+pub mod supervisor;
+pub mod tailer;
+pub mod verifier;
+
+use std::sync::Arc;
+
+use crate::checkpoint::Checkpoints;
+use crate::cluster::Cluster;
+use crate::config::{Config, NamespaceFilter};
+use crate::progress::SharedProgress;
+
+/// What every actor of one migration shares: config, both deployments, the checkpoint
+/// store and the progress registry.
+pub struct Engine {
+    pub config: Config,
+    pub source: Cluster,
+    pub destination: Cluster,
+    pub filter: NamespaceFilter,
+    pub checkpoints: Checkpoints,
+    pub progress: SharedProgress,
+}
+
+pub type SharedEngine = Arc<Engine>;
+
+/// A failure inside an actor, with whether a restart from the last checkpoint may help.
+#[derive(Debug, Clone)]
+pub struct ActorFailure {
+    pub component: &'static str,
+    pub message: String,
+    pub transient: bool,
+}
+
+impl ActorFailure {
+    pub fn new(component: &'static str, error: &(dyn std::error::Error + 'static), transient: bool) -> ActorFailure {
+        ActorFailure { component, message: error_chain(error), transient }
+    }
+}
+
+/// "outer: inner: innermost" for an error and its sources.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

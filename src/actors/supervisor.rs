@@ -1,0 +1,548 @@
+//! Supervisor: owns the run's phase, starts the other actors, restarts a failed one from
+//! its checkpoint with backoff, answers operator requests (cutover, extend, pause, resume,
+//! cancel), runs the cutover window and the cutover handshake, and reports the outcome.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bson::{doc, Timestamp};
+use tokio::sync::{oneshot, watch};
+
+use super::coordinator::{finalize_indexes, set_source_write_block, Coordinator, LockLost};
+use super::copier::{CopyOutcome, CopySummary, Copier};
+use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
+use super::{error_chain, verifier, ActorFailure, SharedEngine};
+use crate::checkpoint::{unix_now, RunState};
+use crate::control::{ControlError, ControlReply, ControlRequest};
+use crate::progress::Phase;
+use crate::report::{Report, Verification};
+
+/// Longest pause between restarts of a failing actor.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Consecutive failures after which the run fails instead of retrying.
+const MAX_CONSECUTIVE_FAILURES: u32 = 30;
+/// How often the cutover window is checked.
+const WINDOW_CHECK: Duration = Duration::from_secs(1);
+
+/// How the run ended.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub phase: Phase,
+    pub report: Option<Report>,
+    pub error: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Control(pub ControlRequest, pub oneshot::Sender<ControlReply>);
+
+/// Stop syncing now and leave the checkpoints for the next run (SIGTERM).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Verified(Result<(Verification, Verification), String>);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CutoverStarted(Result<Timestamp, String>);
+
+pub struct Supervisor {
+    engine: SharedEngine,
+    state: RunState,
+    copier: Option<Addr<Copier>>,
+    tailer: Option<Addr<Tailer>>,
+    coordinator: Option<Addr<Coordinator>>,
+    paused_tx: watch::Sender<bool>,
+    drain_tx: watch::Sender<Option<Timestamp>>,
+    /// Phase to return to on resume.
+    paused_from: Option<Phase>,
+    failures: u32,
+    copy_summary: CopySummary,
+    run_started: Instant,
+    cutover_confirmed: Option<Instant>,
+    write_blocked: bool,
+    warned_hours: Vec<u64>,
+    done: Option<oneshot::Sender<RunOutcome>>,
+}
+
+impl Supervisor {
+    pub fn new(engine: SharedEngine, state: RunState, done: oneshot::Sender<RunOutcome>) -> Supervisor {
+        let (paused_tx, _) = watch::channel(false);
+        let (drain_tx, _) = watch::channel(None);
+        Supervisor {
+            engine,
+            state,
+            copier: None,
+            tailer: None,
+            coordinator: None,
+            paused_tx,
+            drain_tx,
+            paused_from: None,
+            failures: 0,
+            copy_summary: CopySummary::default(),
+            run_started: Instant::now(),
+            cutover_confirmed: None,
+            write_blocked: false,
+            warned_hours: Vec::new(),
+            done: Some(done),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.engine.progress.phase()
+    }
+
+    fn set_phase(&mut self, ctx: &mut Context<Self>, phase: Phase) {
+        if self.phase() == phase {
+            return;
+        }
+        tracing::info!(phase = phase.as_str(), "phase");
+        self.engine.progress.set_phase(phase);
+        self.state.phase = Some(phase);
+        let engine = self.engine.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
+                    tracing::warn!(error = %error_chain(&e), "could not record the phase");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn start_copier(&mut self, ctx: &mut Context<Self>) {
+        self.set_phase(ctx, Phase::Copying);
+        let copier = Copier::new(self.engine.clone(), ctx.address().recipient(), self.paused_tx.subscribe());
+        self.copier = Some(copier.start());
+    }
+
+    fn start_tailer(&mut self, ctx: &mut Context<Self>) {
+        if self.phase() == Phase::Copying || self.phase() == Phase::Initializing {
+            self.set_phase(ctx, Phase::Syncing);
+        }
+        let me = ctx.address();
+        let peers = TailerPeers { status: me.clone().recipient(), drained: me.clone().recipient(), stopped: me.recipient() };
+        let tailer = Tailer::new(self.engine.clone(), peers, self.paused_tx.subscribe(), self.drain_tx.subscribe());
+        self.tailer = Some(tailer.start());
+    }
+
+    fn backoff(&self) -> Duration {
+        let secs = 1u64 << self.failures.min(5);
+        Duration::from_secs(secs).min(MAX_BACKOFF)
+    }
+
+    /// Records a failure: restart after backoff when it may pass, else fail the run.
+    fn on_failure(&mut self, ctx: &mut Context<Self>, failure: ActorFailure, restart: fn(&mut Supervisor, &mut Context<Supervisor>)) {
+        crate::metrics::record_error(failure.component);
+        self.engine.progress.set_error(format!("{}: {}", failure.component, failure.message));
+        if self.phase().is_terminal() {
+            return;
+        }
+        self.failures += 1;
+        if !failure.transient || self.failures > MAX_CONSECUTIVE_FAILURES {
+            tracing::error!(component = failure.component, error = %failure.message, "the migration cannot continue");
+            self.finish(ctx, Phase::Failed, Some(format!("{}: {}", failure.component, failure.message)));
+            return;
+        }
+        let delay = self.backoff();
+        tracing::warn!(component = failure.component, error = %failure.message, retry_in_s = delay.as_secs(), "restarting from the last checkpoint");
+        ctx.run_later(delay, move |act, ctx| {
+            if !act.phase().is_terminal() {
+                restart(act, ctx);
+            }
+        });
+    }
+
+    /// Ends the run: stops actors, restores the balancers, releases the lock, reports.
+    fn finish(&mut self, ctx: &mut Context<Self>, phase: Phase, error: Option<String>) {
+        if self.done.is_none() {
+            return;
+        }
+        self.set_phase(ctx, phase);
+        self.stop_workers();
+        let engine = self.engine.clone();
+        let unblock = self.write_blocked && phase != Phase::Completed;
+        let done = self.done.take();
+        let report = self.engine.progress.report.read().clone();
+        ctx.spawn(
+            async move {
+                if unblock {
+                    if let Err(e) = set_source_write_block(&engine, false).await {
+                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                    }
+                }
+                if let Err(e) = crate::cluster::topology::restore_balancers(&engine.source, &engine.destination).await {
+                    tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
+                }
+                if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
+                    tracing::warn!(error = %error_chain(&e), "could not record the final phase");
+                }
+                if let Err(e) = engine.checkpoints.release_lock().await {
+                    tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(RunOutcome { phase, report, error });
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn stop_workers(&mut self) {
+        self.copier.take();
+        self.tailer.take();
+        self.coordinator.take();
+        // Dropping the addresses stops the actors; cancel what they are running now.
+        let _ = self.paused_tx.send(false);
+    }
+
+    fn check_window(&mut self, ctx: &mut Context<Self>) {
+        let Some(expires) = self.state.window_expires_at else { return };
+        if self.phase().is_terminal() || self.phase() == Phase::CuttingOver {
+            return;
+        }
+        let left = expires - unix_now();
+        if left <= 0 {
+            tracing::error!("the cutover window expired: syncing stopped, the source is untouched; start a new migration to try again");
+            crate::notify::send(&self.engine, "expired", "the cutover window expired; syncing stopped");
+            self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
+            return;
+        }
+        for &hours in &self.engine.config.cutover.warn_before_expiry_hours.clone() {
+            if left <= (hours * 3600) as i64 && !self.warned_hours.contains(&hours) {
+                self.warned_hours.push(hours);
+                tracing::warn!(hours_left = left as f64 / 3600.0, "the cutover window expires soon: cut over or extend it (ferry extend --hours N)");
+                crate::notify::send(&self.engine, "window_expiring", &format!("the cutover window expires in {:.1} hours", left as f64 / 3600.0));
+            }
+        }
+    }
+
+    fn handle_control(&mut self, req: ControlRequest, ctx: &mut Context<Self>) -> ControlReply {
+        let phase = self.phase();
+        if phase.is_terminal() {
+            return Err(ControlError::conflict(format!("the migration is {}; nothing more to do", phase.as_str())));
+        }
+        match req {
+            ControlRequest::Cutover { writes_stopped } => {
+                if !writes_stopped {
+                    return Err(ControlError::bad_request("stop application writes to the source first, then send {\"writes_stopped\": true}"));
+                }
+                if phase != Phase::ReadyForCutover {
+                    return Err(ControlError::conflict(format!(
+                        "cutover is possible in ready_for_cutover; the migration is {} (lag {:?} s)",
+                        phase.as_str(),
+                        self.engine.progress.lag_seconds()
+                    )));
+                }
+                self.cutover_confirmed = Some(Instant::now());
+                self.set_phase(ctx, Phase::CuttingOver);
+                let engine = self.engine.clone();
+                let block = engine.config.cutover.enforce_write_block;
+                self.write_blocked = block;
+                ctx.spawn(
+                    async move {
+                        if block {
+                            set_source_write_block(&engine, true).await.map_err(|e| error_chain(&e))?;
+                        }
+                        engine.source.append_noop("ferry cutover").await.map_err(|e| error_chain(&e))
+                    }
+                    .into_actor(self)
+                    .map(|r, _, ctx| ctx.notify(CutoverStarted(r))),
+                );
+                Ok(serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}))
+            }
+            ControlRequest::Extend { hours } => {
+                if !(hours.is_finite() && hours > 0.0) {
+                    return Err(ControlError::bad_request("hours must be a positive number"));
+                }
+                let base = self.state.window_expires_at.unwrap_or_else(|| unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64);
+                let expires = base + (hours * 3600.0) as i64;
+                self.state.window_expires_at = Some(expires);
+                self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+                self.warned_hours.clear();
+                let engine = self.engine.clone();
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = engine.checkpoints.set_state(doc! {"window_expires_at": expires}).await {
+                            tracing::warn!(error = %error_chain(&e), "could not record the extended window");
+                        }
+                    }
+                    .into_actor(self),
+                );
+                Ok(serde_json::json!({"window_expires_at": expires}))
+            }
+            ControlRequest::Pause => {
+                if phase == Phase::Paused {
+                    return Err(ControlError::conflict("already paused"));
+                }
+                if phase == Phase::CuttingOver {
+                    return Err(ControlError::conflict("cannot pause during cutover"));
+                }
+                self.paused_from = Some(phase);
+                let _ = self.paused_tx.send(true);
+                self.set_phase(ctx, Phase::Paused);
+                Ok(serde_json::json!({"phase": "paused"}))
+            }
+            ControlRequest::Resume => {
+                if phase != Phase::Paused {
+                    return Err(ControlError::conflict(format!("not paused (the migration is {})", phase.as_str())));
+                }
+                let back = self.paused_from.take().unwrap_or(Phase::Syncing);
+                let _ = self.paused_tx.send(false);
+                self.set_phase(ctx, back);
+                Ok(serde_json::json!({"phase": back.as_str()}))
+            }
+            ControlRequest::Cancel => {
+                tracing::warn!("migration cancelled by the operator; the source is left as it was");
+                self.finish(ctx, Phase::Cancelled, Some("cancelled by the operator".into()));
+                Ok(serde_json::json!({"phase": "cancelled"}))
+            }
+        }
+    }
+
+    fn build_report(&self, verification: Verification) -> Report {
+        let p = &self.engine.progress;
+        let downtime = self.cutover_confirmed.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let duration = match self.state.started_at {
+            Some(s) => (unix_now() - s).max(0) as f64,
+            None => self.run_started.elapsed().as_secs_f64(),
+        };
+        Report {
+            events_synced: p.events_applied.load(Ordering::Relaxed),
+            downtime_seconds: downtime,
+            duration_seconds: duration.max(self.run_started.elapsed().as_secs_f64()),
+            documents_copied: p.documents_copied.load(Ordering::Relaxed),
+            bytes_copied: p.bytes_copied.load(Ordering::Relaxed),
+            collections_copied: self.copy_summary.collections,
+            views_copied: self.copy_summary.views,
+            indexes_copied: self.copy_summary.indexes,
+            verification,
+            late_writes_detected: p.late_writes.load(Ordering::Relaxed),
+            skipped: vec![
+                "users and roles (create them on the destination)".into(),
+                "search indexes".into(),
+                "system collections and the admin, local and config databases".into(),
+            ],
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.coordinator = Some(Coordinator::new(self.engine.clone(), ctx.address().recipient()).start());
+        if let Some(expires) = self.state.window_expires_at {
+            self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+        }
+        self.engine.progress.events_applied.store(self.state.events_applied, Ordering::Relaxed);
+        ctx.run_interval(WINDOW_CHECK, |act, ctx| act.check_window(ctx));
+        if self.state.copy_complete {
+            self.engine.progress.set_phase(Phase::Syncing);
+            // The plan tells the report what was copied.
+            let engine = self.engine.clone();
+            ctx.spawn(
+                async move { engine.checkpoints.load_plan().await }.into_actor(self).map(|r, act, _| {
+                    if let Ok((plan, ranges)) = r {
+                        act.copy_summary.collections = plan.iter().filter(|n| !n.is_view).count() as u64;
+                        act.copy_summary.views = plan.iter().filter(|n| n.is_view).count() as u64;
+                        act.copy_summary.indexes = plan.iter().map(|n| n.indexes.len() as u64).sum();
+                        let p = &act.engine.progress;
+                        p.documents_copied.store(ranges.iter().map(|r| r.documents).sum(), Ordering::Relaxed);
+                        p.bytes_copied.store(ranges.iter().map(|r| r.bytes).sum(), Ordering::Relaxed);
+                        p.documents_estimated.store(plan.iter().map(|n| n.documents_estimated).sum(), Ordering::Relaxed);
+                        p.bytes_estimated.store(plan.iter().map(|n| n.bytes_estimated).sum(), Ordering::Relaxed);
+                    }
+                }),
+            );
+            self.start_tailer(ctx);
+        } else {
+            self.start_copier(ctx);
+        }
+    }
+}
+
+impl Handler<CopyOutcome> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: CopyOutcome, ctx: &mut Self::Context) {
+        self.copier = None;
+        match msg.0 {
+            Ok(summary) => {
+                self.failures = 0;
+                self.copy_summary = summary;
+                self.state.copy_complete = true;
+                let engine = self.engine.clone();
+                ctx.spawn(
+                    async move { engine.checkpoints.set_state(doc! {"copy_complete": true}).await }.into_actor(self).map(|r, act, ctx| match r {
+                        Ok(()) => {
+                            tracing::info!("initial copy finished; applying changes");
+                            act.start_tailer(ctx);
+                        }
+                        Err(e) => {
+                            let transient = matches!(&e, crate::checkpoint::CheckpointError::Cluster(c) if c.is_transient());
+                            act.on_failure(ctx, ActorFailure::new("supervisor", &e, transient), |act, ctx| act.start_copier(ctx));
+                        }
+                    }),
+                );
+            }
+            Err(failure) => self.on_failure(ctx, failure, |act, ctx| act.start_copier(ctx)),
+        }
+    }
+}
+
+impl Handler<SyncStatus> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: SyncStatus, ctx: &mut Self::Context) {
+        self.failures = 0;
+        let threshold = self.engine.config.cutover.lag_threshold_seconds as f64;
+        match self.phase() {
+            Phase::Syncing if msg.lag_seconds <= threshold => {
+                if self.state.window_expires_at.is_none() {
+                    let expires = unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64;
+                    self.state.window_expires_at = Some(expires);
+                    self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+                    let engine = self.engine.clone();
+                    ctx.spawn(
+                        async move {
+                            if let Err(e) = engine.checkpoints.set_state(doc! {"window_expires_at": expires}).await {
+                                tracing::warn!(error = %error_chain(&e), "could not record the cutover window");
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                    crate::notify::send(&self.engine, "ready_for_cutover", "the destination is in sync; ready for cutover");
+                }
+                self.set_phase(ctx, Phase::ReadyForCutover);
+            }
+            Phase::ReadyForCutover if msg.lag_seconds > threshold * 4.0 => self.set_phase(ctx, Phase::Syncing),
+            _ => {}
+        }
+    }
+}
+
+impl Handler<TailerStopped> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: TailerStopped, ctx: &mut Self::Context) {
+        self.tailer = None;
+        self.on_failure(ctx, msg.0, |act, ctx| act.start_tailer(ctx));
+    }
+}
+
+impl Handler<LockLost> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: LockLost, ctx: &mut Self::Context) {
+        self.finish(ctx, Phase::Failed, Some(msg.0.message));
+    }
+}
+
+impl Handler<CutoverStarted> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: CutoverStarted, ctx: &mut Self::Context) {
+        match msg.0 {
+            Ok(optime) => {
+                tracing::info!(optime = ?optime, "draining to the source's optime");
+                let _ = self.drain_tx.send(Some(optime));
+            }
+            Err(e) => {
+                self.engine.progress.set_error(format!("cutover: {e}"));
+                self.set_phase(ctx, Phase::ReadyForCutover);
+            }
+        }
+    }
+}
+
+impl Handler<Drained> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _msg: Drained, ctx: &mut Self::Context) {
+        if self.phase() != Phase::CuttingOver {
+            return;
+        }
+        tracing::info!("drained; verifying");
+        let engine = self.engine.clone();
+        ctx.spawn(
+            async move {
+                let data = verifier::verify(&engine, false).await.map_err(|e| error_chain(&e))?;
+                if !data.passed {
+                    return Ok((data, Verification::default()));
+                }
+                finalize_indexes(&engine).await.map_err(|e| error_chain(&e))?;
+                let strict = verifier::verify(&engine, true).await.map_err(|e| error_chain(&e))?;
+                Ok((data, strict))
+            }
+            .into_actor(self)
+            .map(|r, _, ctx| ctx.notify(Verified(r))),
+        );
+    }
+}
+
+impl Handler<Verified> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Verified, ctx: &mut Self::Context) {
+        match msg.0 {
+            Ok((data, strict)) if data.passed && strict.passed => {
+                let report = self.build_report(strict);
+                println!("{report}");
+                *self.engine.progress.report.write() = Some(report);
+                crate::notify::send(&self.engine, "completed", "migration completed; verification passed");
+                self.finish(ctx, Phase::Completed, None);
+            }
+            Ok((data, strict)) => {
+                let failed = if data.passed { strict } else { data };
+                let names: Vec<String> = failed.mismatches.iter().map(|m| format!("{} ({}: {})", m.namespace, m.kind, m.detail)).collect();
+                let msg = format!("verification failed, cutover refused: {}", names.join("; "));
+                tracing::error!("{msg}");
+                self.engine.progress.set_error(msg);
+                *self.engine.progress.report.write() = Some(self.build_report(failed));
+                let _ = self.drain_tx.send(None);
+                self.cutover_confirmed = None;
+                if self.write_blocked {
+                    let engine = self.engine.clone();
+                    self.write_blocked = false;
+                    ctx.spawn(async move {
+                        if let Err(e) = set_source_write_block(&engine, false).await {
+                            tracing::error!(error = %error_chain(&e), "could not lift the write block on the source");
+                        }
+                    }.into_actor(self));
+                }
+                self.set_phase(ctx, Phase::ReadyForCutover);
+            }
+            Err(e) => {
+                self.engine.progress.set_error(format!("verification could not run: {e}"));
+                let _ = self.drain_tx.send(None);
+                self.set_phase(ctx, Phase::ReadyForCutover);
+            }
+        }
+    }
+}
+
+impl Handler<Control> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
+        let reply = self.handle_control(msg.0, ctx);
+        let _ = msg.1.send(reply);
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        tracing::info!("shutting down; the next `ferry run` resumes from the checkpoints");
+        self.stop_workers();
+        let engine = self.engine.clone();
+        let done = self.done.take();
+        let phase = self.phase();
+        ctx.spawn(
+            async move {
+                let _ = engine.checkpoints.release_lock().await;
+                if let Some(done) = done {
+                    let _ = done.send(RunOutcome { phase, report: None, error: Some("stopped; run again to resume".into()) });
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! Verifier: proves the destination holds what the source holds. Per namespace it
+//! compares a digest of (document count, sum mod 2^128 of a 128-bit hash of each
+//! document's raw BSON, sum of sizes) on both sides — a sum with a count notices a
+//! document applied twice, raw bytes make field order and numeric types count — plus
+//! index definitions and collection options. Hashing runs on a crossbeam worker pool,
+//! off the actor threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::thread;
+
+use bson::{doc, Bson, Document, RawDocumentBuf};
+use crossbeam_channel::{bounded, Sender};
+use futures_util::TryStreamExt;
+
+use super::SharedEngine;
+use crate::cluster::{Cluster, ClusterError};
+use crate::report::{Mismatch, Verification};
+
+/// Documents handed to a hashing worker at a time.
+const HASH_BATCH: usize = 1000;
+/// Largest collection for which a mismatch is located down to an example `_id`.
+const LOCATE_LIMIT: u64 = 2_000_000;
+
+/// Order-independent digest of a set of documents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    pub count: u64,
+    pub sum: u128,
+    pub bytes: u64,
+}
+
+impl Digest {
+    pub fn add_document(&mut self, raw: &[u8]) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(raw));
+        self.bytes += raw.len() as u64;
+    }
+    pub fn combine(&mut self, other: Digest) {
+        self.count += other.count;
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.bytes += other.bytes;
+    }
+}
+
+type Job = (Vec<RawDocumentBuf>, Sender<Digest>);
+
+/// Worker threads hashing batches of raw documents.
+pub struct HashPool {
+    jobs: Option<Sender<Job>>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl HashPool {
+    pub fn new(threads: usize) -> HashPool {
+        let (tx, rx) = bounded::<Job>(threads * 4);
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                thread::spawn(move || {
+                    for (docs, reply) in rx.iter() {
+                        let mut d = Digest::default();
+                        for doc in &docs {
+                            d.add_document(doc.as_bytes());
+                        }
+                        let _ = reply.send(d);
+                    }
+                })
+            })
+            .collect();
+        HashPool { jobs: Some(tx), workers }
+    }
+
+    /// Digest of every document of a collection on one side.
+    pub async fn digest(&self, cluster: &Cluster, db: &str, coll: &str) -> Result<Digest, ClusterError> {
+        let Some(jobs) = self.jobs.clone() else { return Ok(Digest::default()) };
+        let (result_tx, result_rx) = crossbeam_channel::unbounded::<Digest>();
+        let mut cursor = cluster
+            .client
+            .database(db)
+            .collection::<RawDocumentBuf>(coll)
+            .find(doc! {})
+            .batch_size(HASH_BATCH as u32)
+            .await
+            .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?;
+        let mut batch = Vec::with_capacity(HASH_BATCH);
+        let mut sent = 0usize;
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?
+        {
+            batch.push(d);
+            if batch.len() == HASH_BATCH {
+                let job = (std::mem::take(&mut batch), result_tx.clone());
+                let jobs = jobs.clone();
+                // The channel is bounded: hand the job over without blocking the runtime.
+                tokio::task::spawn_blocking(move || jobs.send(job)).await.ok();
+                sent += 1;
+            }
+        }
+        if !batch.is_empty() {
+            let jobs = jobs.clone();
+            let job = (batch, result_tx.clone());
+            tokio::task::spawn_blocking(move || jobs.send(job)).await.ok();
+            sent += 1;
+        }
+        drop(result_tx);
+        let total = tokio::task::spawn_blocking(move || {
+            let mut total = Digest::default();
+            for d in result_rx.iter().take(sent) {
+                total.combine(d);
+            }
+            total
+        })
+        .await
+        .unwrap_or_default();
+        Ok(total)
+    }
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// What a namespace is on one side: kind, options, indexes.
+#[derive(Clone, Debug, PartialEq)]
+struct Shape {
+    is_view: bool,
+    options: Document,
+    indexes: BTreeMap<String, Document>,
+}
+
+/// Index definition as compared: everything but the version and namespace.
+fn comparable_index(spec: &Document, strict: bool) -> Document {
+    let mut d = Document::new();
+    for (k, v) in spec {
+        if matches!(k.as_str(), "v" | "ns" | "background") {
+            continue;
+        }
+        if !strict && matches!(k.as_str(), "unique" | "expireAfterSeconds" | "prepareUnique") {
+            continue;
+        }
+        if k == "unique" && v == &Bson::Boolean(false) {
+            continue;
+        }
+        d.insert(k.clone(), normalize_numbers(v));
+    }
+    d
+}
+
+/// 1, 1.0 and Int64(1) are the same index direction or TTL.
+fn normalize_numbers(v: &Bson) -> Bson {
+    match v {
+        Bson::Int32(i) => Bson::Int64(*i as i64),
+        Bson::Double(d) if d.fract() == 0.0 => Bson::Int64(*d as i64),
+        Bson::Document(d) => Bson::Document(d.iter().map(|(k, v)| (k.clone(), normalize_numbers(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn shapes(engine: &SharedEngine, cluster: &Cluster, strict: bool) -> Result<BTreeMap<String, Shape>, ClusterError> {
+    let mut out = BTreeMap::new();
+    for db in cluster.database_names(&engine.filter).await? {
+        for spec in cluster.collection_specs(&db).await? {
+            let Ok(name) = spec.get_str("name") else { continue };
+            if name.starts_with("system.") || !engine.filter.allows(&db, name) {
+                continue;
+            }
+            let kind = spec.get_str("type").unwrap_or("collection");
+            if kind == "timeseries" {
+                continue;
+            }
+            let is_view = kind == "view";
+            let indexes = if is_view {
+                BTreeMap::new()
+            } else {
+                cluster
+                    .index_specs(&db, name)
+                    .await?
+                    .into_iter()
+                    .map(|i| (i.get_str("name").unwrap_or_default().to_string(), comparable_index(&i, strict)))
+                    .collect()
+            };
+            let options = spec.get_document("options").cloned().unwrap_or_default();
+            out.insert(format!("{db}.{name}"), Shape { is_view, options, indexes });
+        }
+    }
+    Ok(out)
+}
+
+/// Compares both sides. `strict` also compares unique and TTL options (after finalize).
+pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification, ClusterError> {
+    let source = shapes(engine, &engine.source, strict).await?;
+    let dest = shapes(engine, &engine.destination, strict).await?;
+    let mut v = Verification::default();
+    let pool = HashPool::new(2);
+    for (ns, s) in &source {
+        v.namespaces_checked += 1;
+        let Some(d) = dest.get(ns) else {
+            v.mismatches.push(Mismatch { namespace: ns.clone(), kind: "missing".into(), detail: "exists on the source but not on the destination".into() });
+            continue;
+        };
+        if s.is_view != d.is_view || s.options != d.options {
+            v.mismatches.push(Mismatch {
+                namespace: ns.clone(),
+                kind: "options".into(),
+                detail: format!("source options {} vs destination {}", s.options, d.options),
+            });
+        }
+        if s.indexes != d.indexes {
+            let only_source: Vec<&String> = s.indexes.iter().filter(|(k, v)| d.indexes.get(*k) != Some(v)).map(|(k, _)| k).collect();
+            let only_dest: Vec<&String> = d.indexes.iter().filter(|(k, v)| s.indexes.get(*k) != Some(v)).map(|(k, _)| k).collect();
+            v.mismatches.push(Mismatch {
+                namespace: ns.clone(),
+                kind: "indexes".into(),
+                detail: format!("differing indexes: source {only_source:?}, destination {only_dest:?}"),
+            });
+        }
+        if s.is_view {
+            continue;
+        }
+        let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
+        let (a, b) = futures_util::try_join!(pool.digest(&engine.source, db, coll), pool.digest(&engine.destination, db, coll))?;
+        v.documents_checked += a.count;
+        if a != b {
+            let kind = if a.count != b.count { "count" } else { "content" };
+            let example = if a.count.max(b.count) <= LOCATE_LIMIT {
+                locate(engine, db, coll).await?.unwrap_or_else(|| "no single differing document found".into())
+            } else {
+                "collection too large to locate an example".into()
+            };
+            v.mismatches.push(Mismatch {
+                namespace: ns.clone(),
+                kind: kind.into(),
+                detail: format!("source {} documents / {} bytes, destination {} documents / {} bytes; {example}", a.count, a.bytes, b.count, b.bytes),
+            });
+        }
+    }
+    for ns in dest.keys() {
+        if !source.contains_key(ns) {
+            v.mismatches.push(Mismatch { namespace: ns.clone(), kind: "extra".into(), detail: "exists on the destination but not on the source".into() });
+        }
+    }
+    v.passed = v.mismatches.is_empty();
+    Ok(v)
+}
+
+async fn id_hashes(cluster: &Cluster, db: &str, coll: &str) -> Result<HashMap<Vec<u8>, (u128, String)>, ClusterError> {
+    let mut cursor = cluster
+        .client
+        .database(db)
+        .collection::<RawDocumentBuf>(coll)
+        .find(doc! {})
+        .await
+        .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?;
+    let mut out = HashMap::new();
+    while let Some(d) = cursor
+        .try_next()
+        .await
+        .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?
+    {
+        let id = d.get("_id").ok().flatten();
+        let (key, shown) = match id {
+            Some(v) => {
+                let owned = v.to_raw_bson();
+                let shown = Bson::try_from(owned.clone()).map(|b| b.to_string()).unwrap_or_default();
+                let mut key = vec![v.element_type() as u8];
+                key.extend_from_slice(&bson::to_vec(&doc! {"v": Bson::try_from(owned).unwrap_or(Bson::Null)}).unwrap_or_default());
+                (key, shown)
+            }
+            None => (Vec::new(), "(no _id)".into()),
+        };
+        out.insert(key, (xxhash_rust::xxh3::xxh3_128(d.as_bytes()), shown));
+    }
+    Ok(out)
+}
+
+/// Finds one document that differs, for the mismatch message.
+async fn locate(engine: &SharedEngine, db: &str, coll: &str) -> Result<Option<String>, ClusterError> {
+    let a = id_hashes(&engine.source, db, coll).await?;
+    let b = id_hashes(&engine.destination, db, coll).await?;
+    for (k, (h, shown)) in &a {
+        match b.get(k) {
+            None => return Ok(Some(format!("example: _id {shown} missing on the destination"))),
+            Some((h2, _)) if h2 != h => return Ok(Some(format!("example: _id {shown} differs"))),
+            _ => {}
+        }
+    }
+    for (k, (_, shown)) in &b {
+        if !a.contains_key(k) {
+            return Ok(Some(format!("example: _id {shown} exists only on the destination")));
+        }
+    }
+    Ok(None)
+}

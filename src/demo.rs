@@ -1,0 +1,233 @@
+//! `ferry demo`: a whole migration with no MongoDB at hand. Starts a sandbox source and
+//! destination, seeds a realistic data set, keeps writing to the source while Ferry
+//! copies and syncs, stops the writes, cuts over, verifies and prints the report.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document};
+use ferry_sandbox::{Sandbox, SandboxOptions};
+use mongodb::Client;
+
+use crate::control::ControlRequest;
+use crate::progress::Phase;
+use crate::run::{Migration, RunOptions};
+
+/// Sizes of the seeded collections (about 115k documents in all).
+pub struct DemoSizes {
+    pub customers: usize,
+    pub orders: usize,
+    pub products: usize,
+    pub events: usize,
+    pub sessions: usize,
+}
+
+impl Default for DemoSizes {
+    fn default() -> Self {
+        DemoSizes { customers: 20_000, orders: 50_000, products: 10_000, events: 30_000, sessions: 5_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] ferry_sandbox::StartError),
+    #[error("driver: {0}")]
+    Driver(#[from] mongodb::error::Error),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("run: {0}")]
+    Run(#[from] crate::run::RunError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Inserts `n` documents made by `make` in batches.
+async fn seed<F: Fn(usize) -> Document>(client: &Client, db: &str, coll: &str, n: usize, make: F) -> Result<(), DemoError> {
+    let c = client.database(db).collection::<Document>(coll);
+    let mut i = 0;
+    while i < n {
+        let end = (i + 2000).min(n);
+        c.insert_many((i..end).map(&make).collect::<Vec<_>>()).await?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// Seeds several databases with unique, compound and TTL indexes, varied BSON types and
+/// ObjectId, integer, string and document `_id`s.
+pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, DemoError> {
+    let shop = client.database("shop");
+    shop.run_command(doc! {"createIndexes": "customers", "indexes": [{"key": {"email": 1}, "name": "email_1", "unique": true}]}).await?;
+    shop.run_command(doc! {"createIndexes": "orders", "indexes": [{"key": {"customer": 1, "created": -1}, "name": "customer_1_created_-1"}]}).await?;
+    shop.run_command(doc! {"createIndexes": "sessions", "indexes": [{"key": {"last_seen": 1}, "name": "last_seen_ttl", "expireAfterSeconds": 86400}]}).await?;
+    shop.run_command(doc! {"create": "vip_customers", "viewOn": "customers", "pipeline": [{"$match": {"tier": "gold"}}]}).await?;
+    let now = DateTime::now().timestamp_millis();
+    seed(client, "shop", "customers", sizes.customers, |i| {
+        doc! {
+            "_id": i as i64,
+            "email": format!("user{i}@example.com"),
+            "name": format!("Customer {i}"),
+            "tier": ["bronze", "silver", "gold"][i % 3],
+            "balance": Decimal128::from_bytes(((i as u128) * 100).to_le_bytes()),
+            "signed_up": DateTime::from_millis(now - (i as i64) * 60_000),
+            "tags": ["demo", if i % 2 == 0 { "even" } else { "odd" }],
+            "address": {"city": ["Lyon", "Oslo", "Lima", "Pune"][i % 4], "zip": format!("{:05}", i % 99_999)},
+        }
+    })
+    .await?;
+    seed(client, "shop", "orders", sizes.orders, |i| {
+        doc! {
+            "_id": ObjectId::new(),
+            "customer": (i % sizes.customers.max(1)) as i64,
+            "created": DateTime::from_millis(now - (i as i64) * 1000),
+            "total": (i % 500) as f64 + 0.99,
+            "items": [{"sku": format!("sku-{}", i % 1000), "qty": (i % 5 + 1) as i32}],
+            "paid": i % 7 != 0,
+            "note": if i % 11 == 0 { Bson::Null } else { Bson::String("leave at door".into()) },
+            "padding": "x".repeat(200),
+        }
+    })
+    .await?;
+    seed(client, "shop", "sessions", sizes.sessions, |i| {
+        doc! {"_id": format!("sess-{i:06}"), "last_seen": DateTime::from_millis(now), "token": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: (i as u64).to_le_bytes().to_vec() }}
+    })
+    .await?;
+    seed(client, "inventory", "products", sizes.products, |i| {
+        let id = if i % 2 == 0 { Bson::String(format!("sku-{i}")) } else { Bson::Int32(i as i32) };
+        doc! {"_id": id, "name": format!("Product {i}"), "price": (i % 100) as f64 * 1.5, "stock": (i % 50) as i64, "dims": [1.0, 2.5, (i % 10) as f64]}
+    })
+    .await?;
+    seed(client, "analytics", "events", sizes.events, |i| {
+        doc! {"_id": {"day": (i / 1000) as i32, "seq": (i % 1000) as i32}, "kind": ["view", "click", "buy"][i % 3], "at": DateTime::from_millis(now - i as i64), "props": {"page": format!("/p/{}", i % 37), "ms": (i % 900) as i32}}
+    })
+    .await?;
+    Ok((sizes.customers + sizes.orders + sizes.sessions + sizes.products + sizes.events) as u64)
+}
+
+/// Writes to the source until stopped: inserts, updates, replacements and deletes.
+pub async fn workload(client: Client, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>, customers: usize) {
+    let shop = client.database("shop");
+    let orders = shop.collection::<Document>("orders");
+    let customers_coll = shop.collection::<Document>("customers");
+    let products = client.database("inventory").collection::<Document>("products");
+    let mut i: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let step = async {
+            orders.insert_one(doc! {"customer": (i % customers.max(1) as u64) as i64, "created": DateTime::now(), "total": 10.0, "items": [], "paid": false, "live": true}).await?;
+            customers_coll
+                .update_one(doc! {"_id": (i % customers.max(1) as u64) as i64}, doc! {"$inc": {"visits": 1}, "$set": {"last_visit": DateTime::now()}})
+                .await?;
+            if i % 3 == 0 {
+                products.replace_one(doc! {"_id": format!("sku-{}", (i * 2) % 1000)}, doc! {"name": "replaced", "price": 1.0, "stock": 0i64}).await?;
+            }
+            if i % 5 == 0 {
+                orders.delete_one(doc! {"live": true}).await?;
+            }
+            Ok::<_, mongodb::error::Error>(())
+        };
+        match step.await {
+            Ok(()) => {
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "demo workload write failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config, DemoError> {
+    let text = format!(
+        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n"
+    );
+    Ok(crate::config::from_toml_str(&text, &|_| None)?)
+}
+
+/// Runs the demo; prints progress and the report.
+pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoError> {
+    let started = Instant::now();
+    let source = Sandbox::start(SandboxOptions { set_name: "source".into(), ..Default::default() })?;
+    let destination = Sandbox::start(SandboxOptions { set_name: "destination".into(), ..Default::default() })?;
+    println!("source sandbox:      {}", source.uri());
+    println!("destination sandbox: {}", destination.uri());
+    let client = Client::with_uri_str(source.uri()).await?;
+    let seeded = seed_source(&client, &sizes).await?;
+    println!("seeded {seeded} documents in 3 databases ({:.1} s)", started.elapsed().as_secs_f64());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(workload(client.clone(), stop.clone(), ops.clone(), sizes.customers));
+    let config = demo_config(&source.uri(), &destination.uri())?;
+    let migration = tokio::task::spawn_blocking(move || Migration::start(config, RunOptions::default()))
+        .await
+        .map_err(|e| DemoError::Other(e.to_string()))??;
+    if let Some(addr) = migration.api_addr() {
+        println!("ferry API:           http://{addr}/api/v1/progress");
+    }
+    let progress = migration.progress.clone();
+    let deadline = Instant::now() + Duration::from_secs(110);
+    let mut last_print = Instant::now();
+    loop {
+        let phase = progress.phase();
+        if phase == Phase::ReadyForCutover {
+            break;
+        }
+        if phase.is_terminal() || Instant::now() > deadline {
+            return Err(DemoError::Other(format!("migration stopped in phase {} ({:?})", phase.as_str(), progress.last_error.read().clone())));
+        }
+        if last_print.elapsed() > Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!(
+                "  {:<18} copied {:>7}/{:<7} docs, applied {:>6} events, lag {}",
+                phase.as_str(),
+                progress.documents_copied.load(Ordering::Relaxed),
+                progress.documents_estimated.load(Ordering::Relaxed),
+                progress.events_applied.load(Ordering::Relaxed),
+                progress.lag_seconds().map(|l| format!("{l:.0} s")).unwrap_or_else(|| "-".into()),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the workload run in sync for a moment, as applications would.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.await;
+    println!("ready for cutover; application writes stopped after {} workload rounds", ops.load(Ordering::Relaxed));
+    let reply = migration.control.request(ControlRequest::Cutover { writes_stopped: true }).await;
+    if let Err(e) = reply {
+        return Err(DemoError::Other(format!("cutover refused: {}", e.message)));
+    }
+    let outcome = tokio::task::spawn_blocking(move || migration.wait()).await.map_err(|e| DemoError::Other(e.to_string()))??;
+    match (outcome.phase, outcome.report) {
+        (Phase::Completed, Some(report)) => {
+            println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(report)
+        }
+        (phase, _) => Err(DemoError::Other(format!("migration ended {} ({})", phase.as_str(), outcome.error.unwrap_or_default()))),
+    }
+}
+
+/// `ferry demo` entry point.
+pub fn demo_command() -> ExitCode {
+    crate::logging::init("warn", false);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_demo(DemoSizes::default())) {
+        Ok(report) if report.verification.passed => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("verification failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `ferry run`: one migration from validation to completion, on its own thread and actix
+//! system, controlled through a [`ControlHandle`] (the HTTP API holds one) and observed
+//! through the shared [`Progress`](crate::progress::Progress).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use bson::doc;
+use tokio::sync::oneshot;
+
+use crate::actors::supervisor::{Control, RunOutcome, Shutdown, Supervisor};
+use crate::actors::{error_chain, Engine};
+use crate::checkpoint::{unix_now, CheckpointError, Checkpoints};
+use crate::cluster::{Cluster, ClusterError, Side};
+use crate::config::Config;
+use crate::control::ControlHandle;
+use crate::progress::{Phase, Progress, SharedProgress};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("pre-migration checks failed:\n{0}")]
+    Preflight(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot start the control API on {addr}")]
+    Api {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the migration thread stopped unexpectedly")]
+    Crashed,
+    #[error("the migration was aborted")]
+    Aborted,
+}
+
+/// Knobs of a run that are not in the config file.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Serve the HTTP API on `api.listen`.
+    pub serve_api: bool,
+    /// Run the pre-migration checks first (always, except in tests of later phases).
+    pub preflight: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { serve_api: true, preflight: true }
+    }
+}
+
+/// A running migration.
+pub struct Migration {
+    pub control: ControlHandle,
+    pub progress: SharedProgress,
+    api_addr: Option<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<Result<RunOutcome, RunError>>>,
+}
+
+impl Migration {
+    /// Starts the migration on its own thread. Returns once the API (if any) listens.
+    pub fn start(config: Config, options: RunOptions) -> Result<Migration, RunError> {
+        let progress = Progress::new();
+        let (control, control_rx) = ControlHandle::channel(16);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Option<SocketAddr>, RunError>>();
+        let thread_progress = progress.clone();
+        let thread_control = control.clone();
+        let thread = thread::Builder::new()
+            .name("ferry-run".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(RunError::Runtime(e)));
+                        return Err(RunError::Crashed);
+                    }
+                };
+                let system = actix::System::with_tokio_rt(move || runtime);
+                system.block_on(async move {
+                    tokio::select! {
+                        r = drive(config, options, thread_progress, thread_control, control_rx, shutdown_rx, ready_tx) => r,
+                        _ = kill_rx => Err(RunError::Aborted),
+                    }
+                })
+            })
+            .map_err(RunError::Runtime)?;
+        let api_addr = match ready_rx.recv() {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                return match thread.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(RunError::Crashed),
+                };
+            }
+        };
+        Ok(Migration { control, progress, api_addr, shutdown: Some(shutdown_tx), kill: Some(kill_tx), thread: Some(thread) })
+    }
+
+    /// Where the API listens, when it was started.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// Asks the run to stop and keep its checkpoints (SIGTERM); `wait` then returns.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the run at once without any cleanup, as a crash of the host would.
+    pub fn abort(mut self) {
+        if let Some(tx) = self.kill.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits for the run to end.
+    pub fn wait(mut self) -> Result<RunOutcome, RunError> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(RunError::Crashed),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Migration {
+    fn drop(&mut self) {
+        if let Some(tx) = self.kill.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The identity of a migration in the destination lock: same source and destination,
+/// same migration, so a restarted run takes its own lock back at once.
+fn owner_id(config: &Config) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{}|{}", config.source.uri, config.destination.uri).as_bytes());
+    format!("ferry-{h:016x}")
+}
+
+async fn drive(
+    config: Config,
+    options: RunOptions,
+    progress: SharedProgress,
+    control: ControlHandle,
+    mut control_rx: tokio::sync::mpsc::Receiver<crate::control::ControlMessage>,
+    shutdown_rx: oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<Option<SocketAddr>, RunError>>,
+) -> Result<RunOutcome, RunError> {
+    crate::metrics::describe();
+    progress.set_phase(Phase::Validating);
+    let setup = async {
+        let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
+        let destination = Cluster::connect(Side::Destination, &config.destination.connection()).await?;
+        let checkpoints = Checkpoints::new(destination.clone(), owner_id(&config));
+        let existing = checkpoints.load_state().await?;
+        if options.preflight {
+            let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
+            for line in report.to_string().lines() {
+                tracing::info!("{line}");
+            }
+            if !report.passed() {
+                return Err(RunError::Preflight(report.to_string()));
+            }
+        }
+        checkpoints.acquire_lock().await?;
+        let filter = match config.namespace_filter() {
+            Ok(f) => f,
+            Err(e) => return Err(RunError::Preflight(e.to_string())),
+        };
+        let engine = Arc::new(Engine { config: config.clone(), source, destination, filter, checkpoints, progress: progress.clone() });
+        let state = match existing {
+            Some(state) => {
+                tracing::info!(phase = ?state.phase, copy_complete = state.copy_complete, "resuming the earlier run");
+                state
+            }
+            None => {
+                progress.set_phase(Phase::Initializing);
+                if engine.config.destination.clear_destination {
+                    clear_destination(&engine).await?;
+                }
+                let start_ts = engine.source.append_noop("ferry start").await?;
+                let started_at = unix_now();
+                engine
+                    .checkpoints
+                    .set_state(doc! {"start_ts": start_ts, "started_at": started_at, "copy_complete": false, "planned": false, "events_applied": 0i64})
+                    .await?;
+                engine.checkpoints.load_state().await?.unwrap_or_default()
+            }
+        };
+        Ok::<_, RunError>((engine, state))
+    };
+    let (engine, state) = match setup.await {
+        Ok(v) => v,
+        Err(e) => {
+            progress.set_phase(Phase::Failed);
+            progress.set_error(error_chain(&e));
+            let _ = ready.send(Err(e));
+            return Err(RunError::Crashed);
+        }
+    };
+    if state.phase == Some(Phase::Completed) {
+        let _ = ready.send(Ok(None));
+        progress.set_phase(Phase::Completed);
+        tracing::info!("this migration already completed; nothing to do");
+        return Ok(RunOutcome { phase: Phase::Completed, report: None, error: None });
+    }
+    let api = if options.serve_api {
+        match crate::api::serve(config.api.listen, progress.clone(), control.clone(), crate::api::install_prometheus()).await {
+            Ok(server) => Some(server),
+            Err(source) => {
+                let e = RunError::Api { addr: config.api.listen, source };
+                let _ = ready.send(Err(e));
+                return Err(RunError::Crashed);
+            }
+        }
+    } else {
+        None
+    };
+    let _ = ready.send(Ok(api.as_ref().map(|a| a.local_addr())));
+    let (done_tx, done_rx) = oneshot::channel();
+    let supervisor = actix::Actor::start(Supervisor::new(engine, state, done_tx));
+    let forward = supervisor.clone();
+    actix::spawn(async move {
+        while let Some((request, reply)) = control_rx.recv().await {
+            if forward.send(Control(request, reply)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let stop = supervisor.clone();
+    actix::spawn(async move {
+        if shutdown_rx.await.is_ok() {
+            stop.do_send(Shutdown);
+        }
+    });
+    let outcome = done_rx.await.map_err(|_| RunError::Crashed)?;
+    if let Some(api) = api {
+        api.stop().await;
+    }
+    Ok(outcome)
+}
+
+/// Drops every user database on the destination (clear_destination = true), and any
+/// checkpoints of an earlier migration.
+async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), RunError> {
+    let everything = crate::config::NamespaceFilter::allow_all();
+    for db in engine.destination.database_names(&everything).await? {
+        tracing::warn!(db = %db, "clear_destination: dropping destination database");
+        engine.destination.run(&db, doc! {"dropDatabase": 1}).await?;
+    }
+    engine.checkpoints.reset().await?;
+    Ok(())
+}
+
+/// `ferry run --config F`: runs until the migration ends or SIGINT/SIGTERM.
+pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(&config.log.level, matches!(config.log.format, crate::config::LogFormat::Json));
+    let mut migration = match Migration::start(config, RunOptions::default()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = migration.api_addr() {
+        tracing::info!(api = %addr, "control API listening");
+    }
+    let signals = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let finished = signals.block_on(async {
+        loop {
+            tokio::select! {
+                _ = crate::sandbox::wait_for_shutdown_signal() => return false,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    if migration.is_finished() {
+                        return true;
+                    }
+                }
+            }
+        }
+    });
+    if !finished {
+        migration.shutdown();
+    }
+    match migration.wait() {
+        Ok(outcome) => match outcome.phase {
+            Phase::Completed => ExitCode::SUCCESS,
+            phase => {
+                eprintln!("migration {}: {}", phase.as_str(), outcome.error.unwrap_or_default());
+                if finished { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -7,7 +7,12 @@
 //! - [`control`]: operator requests from the API to the supervisor.
 //! - [`metrics`]: every metric name, described once.
 //! - [`report`]: the final migration report.
+//! - [`api`]: the HTTP control API and `/metrics`; reads `progress`, writes through
+//!   `control`.
+//! - [`cli`]: the operator verbs (`ferry status`, `ferry cutover`, ...) calling the API.
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod metrics;

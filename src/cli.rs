@@ -48,8 +48,9 @@ pub struct StatusArgs {
 pub struct ExtendArgs {
     #[command(flatten)]
     pub target: ApiTarget,
-    /// Hours to add to the cutover window.
-    #[arg(long)]
+    /// Hours to add to the cutover window. Negative values are passed on so the
+    /// daemon's explanation reaches the operator.
+    #[arg(long, allow_negative_numbers = true)]
     pub hours: f64,
 }
 
@@ -58,7 +59,9 @@ pub struct ExtendArgs {
 pub enum ControlAction {
     /// The operator has stopped application writes; hand over to the destination.
     Cutover,
-    Extend { hours: f64 },
+    Extend {
+        hours: f64,
+    },
     Pause,
     Resume,
     Cancel,
@@ -102,13 +105,16 @@ pub async fn status(url: &str) -> Result<StatusView, ClientError> {
 
 /// Sends one control request and returns the supervisor's reply.
 pub async fn control(url: &str, action: ControlAction) -> Result<Value, ClientError> {
-    ApiClient::new(url)?.post_json_for(action.path(), &action.body()).await
+    ApiClient::new(url)?
+        .post_json_for(action.path(), &action.body())
+        .await
 }
 
 /// `ferry status [--watch]`: prints the snapshot; exit code 1 when the daemon cannot be
 /// asked.
 pub fn status_command(args: StatusArgs) -> ExitCode {
-    let interval = Duration::try_from_secs_f64(args.interval_seconds.max(0.1)).unwrap_or(Duration::from_secs(2));
+    let interval = Duration::try_from_secs_f64(args.interval_seconds.max(0.1))
+        .unwrap_or(Duration::from_secs(2));
     block_on(async move {
         loop {
             let view = match status(&args.target.url).await {
@@ -149,7 +155,10 @@ fn fail(e: &ClientError) -> ExitCode {
 
 /// The verbs are one request each: a current-thread runtime is all they need.
 fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(fut),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -176,7 +185,12 @@ fn bar(done: u64, estimated: u64) -> String {
     }
     let fraction = (done as f64 / estimated as f64).clamp(0.0, 1.0);
     let filled = (fraction * BAR_WIDTH as f64).round() as usize;
-    format!("[{}{}] {:5.1}%", "#".repeat(filled), "-".repeat(BAR_WIDTH - filled), fraction * 100.0)
+    format!(
+        "[{}{}] {:5.1}%",
+        "#".repeat(filled),
+        "-".repeat(BAR_WIDTH - filled),
+        fraction * 100.0
+    )
 }
 
 /// Bytes when the estimate has them (closer to time remaining), documents otherwise.
@@ -208,12 +222,24 @@ fn duration_words(seconds: i64) -> String {
 pub fn render_status(view: &StatusView) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored on purpose.
-    let state = serde_json::to_value(view.state).ok().and_then(|v| v.as_str().map(str::to_string));
-    let _ = writeln!(out, "phase:      {} ({})", view.phase.as_str(), state.unwrap_or_default());
+    let state = serde_json::to_value(view.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string));
+    let _ = writeln!(
+        out,
+        "phase:      {} ({})",
+        view.phase.as_str(),
+        state.unwrap_or_default()
+    );
     let _ = writeln!(
         out,
         "copy:       {}  {} / {} documents, {} / {}",
-        copy_bar(view.documents_copied, view.documents_estimated, view.bytes_copied, view.bytes_estimated),
+        copy_bar(
+            view.documents_copied,
+            view.documents_estimated,
+            view.bytes_copied,
+            view.bytes_estimated
+        ),
         view.documents_copied,
         view.documents_estimated,
         human_bytes(view.bytes_copied),
@@ -250,7 +276,12 @@ pub fn render_status(view: &StatusView) -> String {
                 out,
                 "  {ns:<width$}  {:<8} {}  {} / {} docs, {} events",
                 p.status,
-                copy_bar(p.documents_copied, p.documents_estimated, p.bytes_copied, p.bytes_estimated),
+                copy_bar(
+                    p.documents_copied,
+                    p.documents_estimated,
+                    p.bytes_copied,
+                    p.bytes_estimated
+                ),
                 p.documents_copied,
                 p.documents_estimated,
                 p.events_applied,
@@ -269,7 +300,10 @@ mod tests {
 
     #[test]
     fn default_url_points_at_the_default_listen_address() {
-        assert_eq!(DEFAULT_API_URL, format!("http://{}", crate::config::DEFAULT_API_LISTEN));
+        assert_eq!(
+            DEFAULT_API_URL,
+            format!("http://{}", crate::config::DEFAULT_API_LISTEN)
+        );
     }
 
     #[test]

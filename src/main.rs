@@ -31,7 +31,7 @@ enum Command {
     Pause(ferry::cli::ApiTarget),
     /// Resume a paused migration.
     Resume(ferry::cli::ApiTarget),
-    /// Cancel the migration (the source is left untouched).
+    /// Cancel the migration.
     Cancel(ferry::cli::ApiTarget),
 }
 
@@ -44,8 +44,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Command::Status(args) => ferry::cli::status_command(args),
-        Command::Cutover(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Cutover),
-        Command::Extend(args) => ferry::cli::control_command(args.target, ferry::cli::ControlAction::Extend { hours: args.hours }),
+        Command::Cutover(api) => {
+            ferry::cli::control_command(api, ferry::cli::ControlAction::Cutover)
+        }
+        Command::Extend(args) => ferry::cli::control_command(
+            args.target,
+            ferry::cli::ControlAction::Extend { hours: args.hours },
+        ),
         Command::Pause(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Pause),
         Command::Resume(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Resume),
         Command::Cancel(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Cancel),

@@ -79,7 +79,10 @@ impl ApiClient {
     /// Parses `http://HOST[:PORT][/PREFIX]`; HTTPS is refused because the API listens
     /// in plain HTTP (on loopback by default).
     pub fn new(url: &str) -> Result<ApiClient, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| ClientError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
         let rest = url.strip_prefix("http://").ok_or_else(|| {
             if url.starts_with("https://") {
                 invalid("the ferry API speaks plain HTTP only")
@@ -99,8 +102,16 @@ impl ApiClient {
             Some(i) => !authority[i..].contains(']'),
             None => false,
         };
-        let authority = if has_port { authority.to_string() } else { format!("{authority}:80") };
-        Ok(ApiClient { url: url.trim_end_matches('/').to_string(), authority, prefix: prefix.to_string() })
+        let authority = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(ApiClient {
+            url: url.trim_end_matches('/').to_string(),
+            authority,
+            prefix: prefix.to_string(),
+        })
     }
 
     /// The URL as the operator gave it, for messages.
@@ -112,8 +123,13 @@ impl ApiClient {
         self.send("GET", path, None).await
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Response, ClientError> {
-        self.send("POST", path, Some(body.to_string().into_bytes())).await
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Response, ClientError> {
+        self.send("POST", path, Some(body.to_string().into_bytes()))
+            .await
     }
 
     /// GETs `path` and decodes a 2xx JSON body; an error status becomes
@@ -135,23 +151,45 @@ impl ApiClient {
 
     fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
         if !response.is_success() {
-            return Err(ClientError::Api { status: response.status, message: response.error_message() });
+            return Err(ClientError::Api {
+                status: response.status,
+                message: response.error_message(),
+            });
         }
-        serde_json::from_slice(&response.body)
-            .map_err(|e| ClientError::Malformed { url: self.url.clone(), reason: format!("invalid JSON: {e}") })
+        serde_json::from_slice(&response.body).map_err(|e| ClientError::Malformed {
+            url: self.url.clone(),
+            reason: format!("invalid JSON: {e}"),
+        })
     }
 
     /// Sends one request with any method; `body` is sent as JSON.
-    pub async fn send(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Response, ClientError> {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, ClientError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout { url: self.url.clone() }),
+            Err(_) => Err(ClientError::Timeout {
+                url: self.url.clone(),
+            }),
         }
     }
 
-    async fn exchange(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Response, ClientError> {
-        let unreachable = |source| ClientError::Unreachable { url: self.url.clone(), source };
-        let mut stream = TcpStream::connect(&self.authority).await.map_err(unreachable)?;
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response, ClientError> {
+        let unreachable = |source| ClientError::Unreachable {
+            url: self.url.clone(),
+            source,
+        };
+        let mut stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(unreachable)?;
         let body = body.unwrap_or_default();
         let mut request = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferry-cli\r\nAccept: application/json\r\n\
@@ -179,7 +217,10 @@ impl ApiClient {
     }
 
     fn malformed(&self, reason: String) -> ClientError {
-        ClientError::Malformed { url: self.url.clone(), reason }
+        ClientError::Malformed {
+            url: self.url.clone(),
+            reason,
+        }
     }
 }
 
@@ -189,7 +230,8 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| "no end of headers (is this an HTTP server?)".to_string())?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8".to_string())?;
+    let head =
+        std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8".to_string())?;
     let body = &raw[head_end + 4..];
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -206,18 +248,28 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let mut content_length = None;
     let mut chunked = false;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.parse::<usize>().map_err(|_| format!("bad Content-Length {value:?}"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
+            content_length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
             chunked = true;
         }
     }
     let body = if chunked {
         decode_chunked(body)?
     } else if let Some(len) = content_length {
-        body.get(..len).ok_or_else(|| format!("body shorter than Content-Length {len}"))?.to_vec()
+        body.get(..len)
+            .ok_or_else(|| format!("body shorter than Content-Length {len}"))?
+            .to_vec()
     } else {
         body.to_vec()
     };
@@ -232,16 +284,22 @@ fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
             .windows(2)
             .position(|w| w == b"\r\n")
             .ok_or_else(|| "truncated chunk header".to_string())?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk header".to_string())?;
+        let size_text =
+            std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk header".to_string())?;
         let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             return Ok(out);
         }
-        let chunk = rest.get(..size).ok_or_else(|| "truncated chunk".to_string())?;
+        let chunk = rest
+            .get(..size)
+            .ok_or_else(|| "truncated chunk".to_string())?;
         out.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or_else(|| "truncated chunk".to_string())?;
+        rest = rest
+            .get(size + 2..)
+            .ok_or_else(|| "truncated chunk".to_string())?;
     }
 }
 
@@ -271,7 +329,8 @@ mod tests {
 
     #[test]
     fn parses_content_length_and_chunked_bodies() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}").expect("parses");
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}")
+            .expect("parses");
         assert_eq!((r.status, r.body.as_slice()), (404, b"{}".as_slice()));
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
             .expect("parses");

@@ -76,20 +76,33 @@ pub async fn serve(
     control: ControlHandle,
     prometheus: Option<PrometheusHandle>,
 ) -> io::Result<ApiServer> {
-    let state = routes::ApiState { progress, control, prometheus };
+    let state = routes::ApiState {
+        progress,
+        control,
+        prometheus,
+    };
     let server = HttpServer::new(move || {
-        App::new().app_data(web::Data::new(state.clone())).configure(routes::configure)
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(routes::configure)
     })
     .workers(1)
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_TIMEOUT_SECONDS)
     .bind(listen)?;
     let local_addr = server.addrs().first().copied().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::AddrNotAvailable, format!("api.listen {listen}: bound no address"))
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("api.listen {listen}: bound no address"),
+        )
     })?;
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
     tracing::info!(addr = %local_addr, "api listening");
-    Ok(ApiServer { local_addr, handle, task })
+    Ok(ApiServer {
+        local_addr,
+        handle,
+        task,
+    })
 }

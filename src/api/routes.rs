@@ -45,7 +45,10 @@ pub(super) struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -72,8 +75,18 @@ impl ResponseError for ApiError {
 /// method a JSON 405 with an `Allow` header.
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(MAX_BODY_BYTES));
-    route(cfg, "/api/v1/progress", Method::GET, web::get().to(progress));
-    route(cfg, "/api/v1/cutover", Method::POST, web::post().to(cutover));
+    route(
+        cfg,
+        "/api/v1/progress",
+        Method::GET,
+        web::get().to(progress),
+    );
+    route(
+        cfg,
+        "/api/v1/cutover",
+        Method::POST,
+        web::post().to(cutover),
+    );
     route(cfg, "/api/v1/extend", Method::POST, web::post().to(extend));
     route(cfg, "/api/v1/pause", Method::POST, web::post().to(pause));
     route(cfg, "/api/v1/resume", Method::POST, web::post().to(resume));
@@ -83,26 +96,37 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(not_found));
 }
 
-fn route(cfg: &mut web::ServiceConfig, path: &'static str, method: Method, handler: actix_web::Route) {
-    cfg.service(
-        web::resource(path)
-            .route(handler)
-            .default_service(web::to(move |req: HttpRequest| {
-                let method = method.clone();
-                async move { method_not_allowed(req, method) }
-            })),
-    );
+fn route(
+    cfg: &mut web::ServiceConfig,
+    path: &'static str,
+    method: Method,
+    handler: actix_web::Route,
+) {
+    cfg.service(web::resource(path).route(handler).default_service(web::to(
+        move |req: HttpRequest| {
+            let method = method.clone();
+            async move { method_not_allowed(req, method) }
+        },
+    )));
 }
 
 fn method_not_allowed(req: HttpRequest, allowed: Method) -> HttpResponse {
-    let message = format!("{} does not accept {}; use {allowed}", req.path(), req.method());
+    let message = format!(
+        "{} does not accept {}; use {allowed}",
+        req.path(),
+        req.method()
+    );
     HttpResponse::MethodNotAllowed()
         .insert_header((header::ALLOW, allowed.as_str()))
         .json(serde_json::json!({ "error": message }))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    let message = format!("no route {} {}; the API serves {ROUTES}", req.method(), req.path());
+    let message = format!(
+        "no route {} {}; the API serves {ROUTES}",
+        req.method(),
+        req.path()
+    );
     HttpResponse::NotFound().json(serde_json::json!({ "error": message }))
 }
 
@@ -132,17 +156,26 @@ async fn report(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
-    let body = state.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(body)
+    let body = state
+        .prometheus
+        .as_ref()
+        .map(PrometheusHandle::render)
+        .unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
 }
 
 /// Parses a JSON body; `expected` shows the operator the body to send instead.
 fn parse_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(format!("request body is empty; send {expected}")));
+        return Err(ApiError::bad_request(format!(
+            "request body is empty; send {expected}"
+        )));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}; send {expected}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("request body is not valid: {e}; send {expected}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -168,7 +201,13 @@ async fn cutover(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpRes
     if !parsed.writes_stopped {
         return Err(stop_writes_first());
     }
-    ask(&state.control, ControlRequest::Cutover { writes_stopped: true }).await
+    ask(
+        &state.control,
+        ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -186,7 +225,13 @@ async fn extend(state: web::Data<ApiState>, body: web::Bytes) -> Result<HttpResp
             parsed.hours
         )));
     }
-    ask(&state.control, ControlRequest::Extend { hours: parsed.hours }).await
+    ask(
+        &state.control,
+        ControlRequest::Extend {
+            hours: parsed.hours,
+        },
+    )
+    .await
 }
 
 async fn pause(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {

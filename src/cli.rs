@@ -222,14 +222,11 @@ fn duration_words(seconds: i64) -> String {
 pub fn render_status(view: &StatusView) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored on purpose.
-    let state = serde_json::to_value(view.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string));
     let _ = writeln!(
         out,
         "phase:      {} ({})",
         view.phase.as_str(),
-        state.unwrap_or_default()
+        view.state.as_str()
     );
     let _ = writeln!(
         out,

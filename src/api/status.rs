@@ -20,6 +20,14 @@ pub enum RunState {
 }
 
 impl RunState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Finished => "finished",
+        }
+    }
+
     pub fn of(phase: Phase) -> RunState {
         if phase.is_terminal() {
             RunState::Finished

@@ -28,6 +28,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show a running migration's phase, copy progress, lag and cutover window.
+    Status(ferry::cli::StatusArgs),
+    /// Hand over to the destination; run only after application writes have stopped.
+    Cutover(ferry::cli::ApiTarget),
+    /// Lengthen the cutover window.
+    Extend(ferry::cli::ExtendArgs),
+    /// Pause copying and syncing.
+    Pause(ferry::cli::ApiTarget),
+    /// Resume a paused migration.
+    Resume(ferry::cli::ApiTarget),
+    /// Cancel the migration.
+    Cancel(ferry::cli::ApiTarget),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +52,16 @@ fn main() -> ExitCode {
             eprintln!("validate {}: not implemented yet", config.display());
             ExitCode::FAILURE
         }
+        Command::Status(args) => ferry::cli::status_command(args),
+        Command::Cutover(api) => {
+            ferry::cli::control_command(api, ferry::cli::ControlAction::Cutover)
+        }
+        Command::Extend(args) => ferry::cli::control_command(
+            args.target,
+            ferry::cli::ControlAction::Extend { hours: args.hours },
+        ),
+        Command::Pause(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Pause),
+        Command::Resume(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Resume),
+        Command::Cancel(api) => ferry::cli::control_command(api, ferry::cli::ControlAction::Cancel),
     }
 }

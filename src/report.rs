@@ -37,7 +37,8 @@ pub struct Report {
     pub skipped: Vec<String>,
 }
 
-fn human_bytes(n: u64) -> String {
+/// Bytes in binary units with one decimal (`1.5 GiB`), for reports and `ferry status`.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;

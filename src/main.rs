@@ -27,9 +27,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sandbox(args) => ferry::sandbox::run(args),
-        Command::Validate { config } => {
-            eprintln!("validate {}: not implemented yet", config.display());
-            ExitCode::FAILURE
-        }
+        Command::Validate { config } => ferry::preflight::validate_command(&config),
     }
 }

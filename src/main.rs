@@ -48,10 +48,7 @@ fn main() -> ExitCode {
         Command::Sandbox(args) => ferry::sandbox::run(args),
         Command::Run { config } => ferry::run::run_command(&config),
         Command::Demo => ferry::demo::demo_command(),
-        Command::Validate { config } => {
-            eprintln!("validate {}: not implemented yet", config.display());
-            ExitCode::FAILURE
-        }
+        Command::Validate { config } => ferry::preflight::validate_command(&config),
         Command::Status(args) => ferry::cli::status_command(args),
         Command::Cutover(api) => {
             ferry::cli::control_command(api, ferry::cli::ControlAction::Cutover)

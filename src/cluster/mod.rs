@@ -11,6 +11,8 @@ use mongodb::Client;
 
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
+pub mod topology;
+
 /// Which deployment an operation ran against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {

@@ -1,0 +1,756 @@
+//! The pre-migration checks: everything that must hold before Ferry touches either
+//! cluster, reported as one line per check (pass / warn / fail), each failure with the fix
+//! an operator should apply. `ferry validate` prints the report; `ferry run` refuses to
+//! start while any check fails.
+//!
+//! Every check always appears in the report: a check that cannot run because an earlier
+//! one failed (no connection, failed authentication) is reported as a failure that names
+//! that reason, so an operator never mistakes a skipped check for a passed one.
+//!
+//! Checks, in report order:
+//! - `connectivity (side)`, `authentication (side)`: the server answers and accepts the
+//!   credentials in the URI (SCRAM).
+//! - `topology (side)`: a replica set or a sharded cluster; a standalone has no oplog.
+//! - `version (side)`, `versions match`: both 6.0.17+ at FCV 6.0, or both 7.0.13+ at FCV
+//!   7.0, the same release on both sides.
+//! - `roles (side)`: the source user can read everything and its oplog (`backup` and
+//!   `readAnyDatabase`, plus `clusterMonitor` on a sharded source, or `root`); the
+//!   destination user can write every database.
+//! - `destination empty`: no user data on the destination, unless `clear_destination` is
+//!   set and `confirm_destination_name` names the cluster (see
+//!   [`TopologyKind::confirm_name`]).
+//! - `migration lock`: no other Ferry holds the destination's lease.
+//! - `oplog window (source)`: the source's oplog covers at least
+//!   [`OPLOG_WINDOW_SAFETY_FACTOR`] times the estimated copy time.
+
+use std::fmt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+
+use crate::cluster::topology::{self, AuthInfo, ServerVersion, TopologyKind};
+use crate::cluster::{Cluster, ClusterError, Side};
+use crate::config::{self, Config, ConnectionConfig};
+
+/// Database of Ferry's bookkeeping on the destination, where the migration lease lives.
+pub const LOCK_DB: &str = "__ferry";
+/// Collection of the migration lease document `{_id: LOCK_ID, owner, expires_at: Date}`.
+pub const LOCK_COLLECTION: &str = "lock";
+/// `_id` of the one lease document: one migration per destination.
+pub const LOCK_ID: &str = "lock";
+
+/// Assumed initial-copy throughput used to estimate the copy time: 50 MiB/s is what a
+/// single Ferry usually sustains between clusters in one region. It is an assumption,
+/// not a measurement; the oplog-window check only warns on it.
+pub const ASSUMED_COPY_BYTES_PER_SECOND: u64 = 50 * 1024 * 1024;
+
+/// The oplog must cover this many times the estimated copy time, leaving room for a
+/// slower copy than assumed and for restarts.
+pub const OPLOG_WINDOW_SAFETY_FACTOR: u32 = 2;
+
+/// Copies estimated to take less than this are not compared with the oplog window: a new
+/// or idle cluster's oplog spans little time only because it is not full yet.
+pub const OPLOG_CHECK_MIN_COPY_ESTIMATE: Duration = Duration::from_secs(60);
+
+/// Source roles that allow everything Ferry does on the source.
+const ALL_POWERFUL_ROLES: [&str; 2] = ["root", "__system"];
+/// Destination roles that allow writing every database (`restore` writes everything a
+/// restore needs, `__ferry` included).
+const WRITE_ROLES: [&str; 4] = ["root", "__system", "readWriteAnyDatabase", "restore"];
+/// Built-in roles known not to allow writing data to every database.
+const NON_WRITE_ROLES: [&str; 12] = [
+    "read",
+    "readWrite",
+    "readAnyDatabase",
+    "backup",
+    "clusterMonitor",
+    "clusterManager",
+    "clusterAdmin",
+    "hostManager",
+    "dbAdmin",
+    "dbAdminAnyDatabase",
+    "userAdmin",
+    "userAdminAnyDatabase",
+];
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    /// Allowed, but the operator should know.
+    Warn,
+    /// The migration must not start.
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// One check's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked, with the side in parentheses: `connectivity (source)`.
+    pub name: String,
+    pub status: Status,
+    /// What was found.
+    pub message: String,
+    /// What the operator should do about a warning or failure.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    pub fn pass(name: impl Into<String>, message: impl Into<String>) -> Check {
+        Check { name: name.into(), status: Status::Pass, message: message.into(), fix: None }
+    }
+
+    pub fn warn(name: impl Into<String>, message: impl Into<String>, fix: Option<String>) -> Check {
+        Check { name: name.into(), status: Status::Warn, message: message.into(), fix }
+    }
+
+    pub fn fail(name: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check { name: name.into(), status: Status::Fail, message: message.into(), fix: Some(fix.into()) }
+    }
+
+    /// A check that could not run because `reason` (an earlier failure).
+    fn not_run(name: impl Into<String>, reason: &str) -> Check {
+        Check::fail(name, format!("not checked: {reason}"), "fix the failures above, then validate again")
+    }
+}
+
+/// Every check's result, in a stable order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PreflightReport {
+    pub checks: Vec<Check>,
+}
+
+impl PreflightReport {
+    /// True when no check failed (warnings allowed).
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// The check named `name`, if it ran.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The failed checks.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.status == Status::Fail)
+    }
+
+    fn count(&self, status: Status) -> usize {
+        self.checks.iter().filter(|c| c.status == status).count()
+    }
+}
+
+impl fmt::Display for PreflightReport {
+    /// One line per check, `STATUS  name  message`, names padded to one column; a warning
+    /// or failure with a fix is followed by an indented `fix:` line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &self.checks {
+            writeln!(f, "{}  {:width$}  {}", c.status, c.name, c.message)?;
+            if let (Some(fix), false) = (&c.fix, c.status == Status::Pass) {
+                writeln!(f, "      fix: {fix}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The lease owner this process would write: `ferry@<host name>`, stable across restarts
+/// of Ferry on the same host so a restarted migration recognises its own lease.
+pub fn default_lock_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_string());
+    format!("ferry@{host}")
+}
+
+/// Runs every check, as [`default_lock_owner`].
+pub async fn run_checks(config: &Config) -> PreflightReport {
+    run_checks_as(config, &default_lock_owner()).await
+}
+
+/// Runs every check; a lease held by `owner` does not count as another migration.
+pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
+    let (source, destination) = tokio::join!(
+        probe(Side::Source, &config.source.connection()),
+        probe(Side::Destination, &config.destination.connection()),
+    );
+    let mut checks = Vec::new();
+    for issue in config.warnings() {
+        checks.push(Check::warn(format!("config {}", issue.key), issue.message.clone(), None));
+    }
+    for (s, d) in source.checks.iter().zip(destination.checks.iter()) {
+        checks.push(s.clone());
+        checks.push(d.clone());
+        if s.name.starts_with("version ") {
+            checks.push(versions_match(&source, &destination));
+        }
+    }
+    checks.push(destination_empty(config, &destination).await);
+    checks.push(migration_lock(&destination, owner).await);
+    checks.push(oplog_window(config, &source).await);
+    PreflightReport { checks }
+}
+
+/// What one side's checks learnt, for the checks that need both sides.
+struct Probe {
+    side: Side,
+    /// connectivity, authentication, topology, version, roles, in that order.
+    checks: Vec<Check>,
+    /// Set when the side answered and authenticated.
+    cluster: Option<Cluster>,
+    topology: Option<TopologyKind>,
+    version: Option<ServerVersion>,
+    /// Why checks that need a working connection cannot run.
+    blocked: Option<String>,
+}
+
+impl Probe {
+    fn usable(&self) -> Result<&Cluster, String> {
+        match (&self.cluster, &self.blocked) {
+            (Some(c), None) => Ok(c),
+            (_, Some(reason)) => Err(reason.clone()),
+            (None, None) => Err(format!("no connection to the {}", self.side)),
+        }
+    }
+}
+
+fn named(kind: &str, side: Side) -> String {
+    format!("{kind} ({side})")
+}
+
+/// The error and its causes, for an operator to read.
+fn describe(e: &ClusterError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+fn is_auth_failure(e: &ClusterError) -> bool {
+    use mongodb::error::ErrorKind;
+    if e.code() == Some(18) {
+        return true;
+    }
+    match e {
+        ClusterError::Command { source, .. } => matches!(source.kind.as_ref(), ErrorKind::Authentication { .. }),
+        ClusterError::Uri { .. } => false,
+    }
+}
+
+async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
+    let mut p = Probe { side, checks: Vec::new(), cluster: None, topology: None, version: None, blocked: None };
+    let names = ["connectivity", "authentication", "topology", "version", "roles"].map(|k| named(k, side));
+    let block = |p: &mut Probe, reason: String| {
+        for name in names.iter().skip(p.checks.len()) {
+            p.checks.push(Check::not_run(name.clone(), &reason));
+        }
+        p.blocked = Some(reason);
+    };
+
+    let cluster = match Cluster::connect(side, conn).await {
+        Ok(c) => c,
+        Err(e) => {
+            p.checks.push(Check::fail(
+                &names[0],
+                format!("the {side} connection string is invalid: {}", describe(&e)),
+                format!("fix {side}.uri: mongodb://user:password@host:port,host:port/?replicaSet=name"),
+            ));
+            block(&mut p, format!("the {side} connection string is invalid"));
+            return p;
+        }
+    };
+
+    // Any command opens (and authenticates) a connection.
+    match cluster.run("admin", doc! {"ping": 1}).await {
+        Ok(_) => p.checks.push(Check::pass(&names[0], format!("reached {}", cluster.display_uri))),
+        Err(e) if is_auth_failure(&e) => {
+            p.checks.push(Check::pass(&names[0], format!("reached {}", cluster.display_uri)));
+            p.checks.push(Check::fail(
+                &names[1],
+                format!("authentication failed for the {side} user; check {side}.uri credentials ({})", describe(&e)),
+                format!(
+                    "check the user name, password and authSource in {side}.uri (the user usually lives in the admin database: add authSource=admin)"
+                ),
+            ));
+            block(&mut p, format!("authentication to the {side} failed"));
+            return p;
+        }
+        Err(e) => {
+            p.checks.push(Check::fail(
+                &names[0],
+                format!("cannot reach the {side} at {}: {}", cluster.display_uri, describe(&e)),
+                format!(
+                    "check the hosts and ports in {side}.uri, that the servers are running, that this host can reach them (firewall, DNS) and the TLS settings"
+                ),
+            ));
+            block(&mut p, format!("the {side} is unreachable"));
+            return p;
+        }
+    }
+
+    let auth = match topology::auth_info(&cluster).await {
+        Ok(auth) => {
+            p.checks.push(authentication_check(&names[1], side, &auth));
+            Some(auth)
+        }
+        Err(e) => {
+            p.checks.push(Check::fail(
+                &names[1],
+                format!("cannot read the {side} user's roles: {}", describe(&e)),
+                "make sure the server answers connectionStatus (MongoDB 6.0+)",
+            ));
+            None
+        }
+    };
+    p.cluster = Some(cluster.clone());
+
+    match topology::topology(&cluster).await {
+        Ok(TopologyKind::Standalone) => {
+            p.checks.push(Check::fail(
+                &names[2],
+                format!("the {side} is a standalone server: it has no oplog, so it cannot be migrated live"),
+                format!("convert it to a replica set (set replication.replSetName, restart, run rs.initiate()) and point {side}.uri at it"),
+            ));
+            p.topology = Some(TopologyKind::Standalone);
+        }
+        Ok(kind) => {
+            p.checks.push(Check::pass(&names[2], kind.to_string()));
+            p.topology = Some(kind);
+        }
+        Err(e) => p.checks.push(Check::fail(
+            &names[2],
+            format!("cannot detect the {side} topology: {}", describe(&e)),
+            "make sure the server answers hello (and listShards on a mongos)",
+        )),
+    }
+
+    p.checks.push(version_check(&names[3], side, &cluster, &mut p.version).await);
+
+    p.checks.push(match &auth {
+        Some(auth) => roles_check(&names[4], side, auth, p.topology.as_ref()),
+        None => Check::not_run(&names[4], &format!("the {side} user's roles could not be read")),
+    });
+    p
+}
+
+fn authentication_check(name: &str, side: Side, auth: &AuthInfo) -> Check {
+    if auth.unauthenticated() {
+        Check::warn(
+            name,
+            format!("the {side} runs without access control: no user is authenticated, so Ferry treats the connection as all-powerful"),
+            Some(format!("enable access control on the {side} and put a dedicated user in {side}.uri")),
+        )
+    } else {
+        Check::pass(name, format!("authenticated as {}", auth.users.join(", ")))
+    }
+}
+
+/// Why a version is not supported, and what to run instead.
+fn unsupported(v: ServerVersion) -> Option<(String, String)> {
+    const FIX: &str = "run MongoDB 6.0.17+ or 7.0.13+ (the same release on both sides)";
+    match (v.major, v.minor, v.patch) {
+        (6, 0, p) if p >= 17 => None,
+        (7, 0, p) if p >= 13 => None,
+        (6, 0, _) => Some((format!("{v} is older than 6.0.17, the oldest supported 6.0 release"), "upgrade to 6.0.17 or later".into())),
+        (7, 0, _) => Some((format!("{v} is older than 7.0.13, the oldest supported 7.0 release"), "upgrade to 7.0.13 or later".into())),
+        (major, _, _) if major >= 8 => Some((format!("{v} is not supported yet (Ferry supports 6.0 and 7.0)"), FIX.into())),
+        (major, minor, _) if minor != 0 && major >= 6 => Some((
+            format!("{v} is a rapid release ({major}.{minor}), which is not supported"),
+            format!("{FIX}; rapid releases are not supported"),
+        )),
+        _ => Some((format!("{v} is older than 6.0.17"), FIX.into())),
+    }
+}
+
+async fn version_check(name: &str, side: Side, cluster: &Cluster, found: &mut Option<ServerVersion>) -> Check {
+    let version = match topology::server_version(cluster).await {
+        Ok(v) => v,
+        Err(e) => {
+            return Check::fail(name, format!("cannot read the {side} version: {}", describe(&e)), "make sure the server answers buildInfo")
+        }
+    };
+    *found = Some(version);
+    let fcv = match topology::feature_compatibility_version(cluster).await {
+        Ok(fcv) => fcv,
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("the {side} runs {version} but its featureCompatibilityVersion cannot be read: {}", describe(&e)),
+                format!("grant the {side} user clusterMonitor (getParameter) or check the server"),
+            )
+        }
+    };
+    if let Some((why, fix)) = unsupported(version) {
+        return Check::fail(name, format!("the {side} runs {why}"), format!("{fix} on the {side}"));
+    }
+    let release = version.release();
+    if fcv != release {
+        return Check::fail(
+            name,
+            format!("the {side} runs {version} with featureCompatibilityVersion {fcv}, not {release}"),
+            format!(
+                "finish the upgrade on the {side}: db.adminCommand({{setFeatureCompatibilityVersion: \"{release}\", confirm: true}})"
+            ),
+        );
+    }
+    Check::pass(name, format!("{version}, featureCompatibilityVersion {fcv}"))
+}
+
+fn versions_match(source: &Probe, destination: &Probe) -> Check {
+    const NAME: &str = "versions match";
+    match (source.version, destination.version) {
+        (Some(s), Some(d)) if s.release() == d.release() => {
+            Check::pass(NAME, format!("source {s} and destination {d} run the same release {}", s.release()))
+        }
+        (Some(s), Some(d)) => Check::fail(
+            NAME,
+            format!("the source runs {s} and the destination {d}: both sides must run the same release"),
+            format!(
+                "upgrade the older side so both run {} (6.0.17+ or 7.0.13+)",
+                s.release().max(d.release())
+            ),
+        ),
+        (None, _) => Check::not_run(NAME, "the source version is unknown"),
+        (_, None) => Check::not_run(NAME, "the destination version is unknown"),
+    }
+}
+
+fn grant_fix(side: Side, user: &str, roles: &[&str]) -> String {
+    let user = user.split('@').next().unwrap_or(user);
+    let list: Vec<String> = roles.iter().map(|r| format!("{{role: \"{r}\", db: \"admin\"}}")).collect();
+    format!(
+        "grant them on the {side}: db.getSiblingDB(\"admin\").grantRolesToUser(\"{user}\", [{}]), or use a user that has them",
+        list.join(", ")
+    )
+}
+
+fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&TopologyKind>) -> Check {
+    if auth.unauthenticated() {
+        return Check::warn(
+            name,
+            format!("no access control on the {side}: every operation is allowed"),
+            Some(format!("enable access control on the {side}")),
+        );
+    }
+    let user = auth.users.first().map(String::as_str).unwrap_or("the user");
+    let held: Vec<String> = auth.roles.iter().map(|r| format!("{}@{}", r.role, r.db)).collect();
+    if ALL_POWERFUL_ROLES.iter().any(|r| auth.has_admin_role(r)) {
+        return Check::pass(name, format!("{user} holds {}", held.join(", ")));
+    }
+    let sharded = topology.is_some_and(TopologyKind::is_sharded);
+    match side {
+        Side::Source => {
+            let mut needed = vec!["backup", "readAnyDatabase"];
+            if sharded {
+                needed.push("clusterMonitor");
+            }
+            let missing: Vec<&str> = needed.iter().copied().filter(|r| !auth.has_admin_role(r)).collect();
+            if missing.is_empty() {
+                Check::pass(name, format!("{user} holds {}", held.join(", ")))
+            } else {
+                Check::fail(
+                    name,
+                    format!(
+                        "the source user {user} lacks {} (it holds {}); Ferry needs {} to read every collection and the oplog",
+                        missing.join(" and "),
+                        if held.is_empty() { "no roles".to_string() } else { held.join(", ") },
+                        needed.join(", ")
+                    ),
+                    grant_fix(side, user, &missing),
+                )
+            }
+        }
+        Side::Destination => {
+            let writes = WRITE_ROLES.iter().any(|r| auth.has_admin_role(r));
+            if writes && sharded && !auth.has_admin_role("clusterManager") {
+                return Check::warn(
+                    name,
+                    format!("{user} can write but lacks clusterManager, needed to stop the balancer and shard collections"),
+                    Some(grant_fix(side, user, &["clusterManager"])),
+                );
+            }
+            if writes {
+                return Check::pass(name, format!("{user} holds {}", held.join(", ")));
+            }
+            let unknown: Vec<&str> = auth
+                .roles
+                .iter()
+                .filter(|r| r.db != "admin" || !NON_WRITE_ROLES.contains(&r.role.as_str()))
+                .map(|r| r.role.as_str())
+                .collect();
+            if unknown.is_empty() {
+                Check::fail(
+                    name,
+                    format!(
+                        "the destination user {user} cannot write every database (it holds {})",
+                        if held.is_empty() { "no roles".to_string() } else { held.join(", ") }
+                    ),
+                    grant_fix(side, user, &["readWriteAnyDatabase"]),
+                )
+            } else {
+                Check::warn(
+                    name,
+                    format!(
+                        "cannot tell whether the destination user {user}'s roles ({}) allow writing every database",
+                        held.join(", ")
+                    ),
+                    Some(format!("make sure they do, or {}", grant_fix(side, user, &["readWriteAnyDatabase"]))),
+                )
+            }
+        }
+    }
+}
+
+async fn destination_empty(config: &Config, destination: &Probe) -> Check {
+    const NAME: &str = "destination empty";
+    let cluster = match destination.usable() {
+        Ok(c) => c,
+        Err(reason) => return Check::not_run(NAME, &reason),
+    };
+    let databases = match topology::user_databases(cluster).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot list the destination's databases: {}", describe(&e)),
+                "grant the destination user listDatabases and listCollections (readWriteAnyDatabase has them)",
+            )
+        }
+    };
+    if databases.is_empty() {
+        return Check::pass(NAME, "the destination holds no user data");
+    }
+    let shown = databases.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let more = databases.len().saturating_sub(5);
+    let listed = if more > 0 { format!("{shown} and {more} more") } else { shown };
+    let expected = destination.topology.as_ref().and_then(TopologyKind::confirm_name);
+    let what = match destination.topology {
+        Some(TopologyKind::Sharded { .. }) => "first shard id",
+        _ => "replica set name",
+    };
+    let dest = &config.destination;
+    let Some(expected) = expected else {
+        return Check::not_run(NAME, "the destination topology is unknown, so clear_destination cannot be confirmed");
+    };
+    if !dest.clear_destination {
+        return Check::fail(
+            NAME,
+            format!("the destination holds user data in: {listed}"),
+            format!(
+                "migrate into an empty cluster, drop those databases, or set destination.clear_destination = true and destination.confirm_destination_name = \"{expected}\" (the destination's {what}) to drop the migrated namespaces before copying"
+            ),
+        );
+    }
+    match dest.confirm_destination_name.as_deref() {
+        Some(name) if name == expected => Check::warn(
+            NAME,
+            format!(
+                "the destination holds user data in: {listed}; clear_destination is set and confirmed for \"{expected}\": the migrated namespaces will be dropped there before copying"
+            ),
+            None,
+        ),
+        Some(name) => Check::fail(
+            NAME,
+            format!(
+                "destination.confirm_destination_name is \"{name}\" but the destination's {what} is \"{expected}\"; nothing will be cleared on a cluster you did not name"
+            ),
+            format!(
+                "check that destination.uri points at the cluster you mean to clear, then set destination.confirm_destination_name = \"{expected}\""
+            ),
+        ),
+        None => Check::fail(
+            NAME,
+            format!("destination.clear_destination is true but destination.confirm_destination_name is not set; the destination holds user data in: {listed}"),
+            format!("set destination.confirm_destination_name = \"{expected}\" (the destination's {what})"),
+        ),
+    }
+}
+
+async fn migration_lock(destination: &Probe, owner: &str) -> Check {
+    const NAME: &str = "migration lock";
+    let cluster = match destination.usable() {
+        Ok(c) => c,
+        Err(reason) => return Check::not_run(NAME, &reason),
+    };
+    let reply = cluster
+        .run(LOCK_DB, doc! {"find": LOCK_COLLECTION, "filter": {"_id": LOCK_ID}, "limit": 1, "singleBatch": true})
+        .await;
+    let lease: Option<Document> = match reply {
+        Ok(r) => r
+            .get_document("cursor")
+            .ok()
+            .and_then(|c| c.get_array("firstBatch").ok())
+            .and_then(|b| b.first())
+            .and_then(Bson::as_document)
+            .cloned(),
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot read the lease {LOCK_DB}.{LOCK_COLLECTION} on the destination: {}", describe(&e)),
+                format!("grant the destination user read and write on the {LOCK_DB} database (readWriteAnyDatabase has them)"),
+            )
+        }
+    };
+    let Some(lease) = lease else {
+        return Check::pass(NAME, "no other migration holds the destination");
+    };
+    let holder = lease.get_str("owner").unwrap_or("an unknown owner").to_string();
+    let expires = lease.get_datetime("expires_at").ok().copied();
+    let now = bson::DateTime::now();
+    match expires {
+        Some(at) if at <= now => {
+            Check::pass(NAME, format!("a lease of {holder} expired at {}; it will be taken over", at.try_to_rfc3339_string().unwrap_or_default()))
+        }
+        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this host ({owner}); the migration resumes")),
+        Some(at) => {
+            let until = at.try_to_rfc3339_string().unwrap_or_else(|_| at.to_string());
+            Check::fail(
+                NAME,
+                format!("another migration ({holder}) holds the destination until {until}"),
+                format!(
+                    "wait for that migration to finish or cancel it on its host (ferry cancel); if it is dead, its lease expires at {until}; never run two migrations into one destination"
+                ),
+            )
+        }
+        None => Check::fail(
+            NAME,
+            format!("another migration ({holder}) holds the destination (its lease has no expires_at)"),
+            format!("cancel that migration on its host; if none runs, delete the document {{_id: \"{LOCK_ID}\"}} from {LOCK_DB}.{LOCK_COLLECTION} on the destination"),
+        ),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{:.1}h", s as f64 / 3600.0),
+    }
+}
+
+async fn oplog_window(config: &Config, source: &Probe) -> Check {
+    const NAME: &str = "oplog window (source)";
+    let cluster = match source.usable() {
+        Ok(c) => c,
+        Err(reason) => return Check::not_run(NAME, &reason),
+    };
+    let estimate = async {
+        let filter = config.namespace_filter().unwrap_or_default();
+        let databases = cluster.database_names(&filter).await?;
+        let bytes = topology::data_size(cluster, &databases).await?;
+        Ok::<_, ClusterError>((bytes, Duration::from_secs_f64(bytes as f64 / ASSUMED_COPY_BYTES_PER_SECOND as f64)))
+    };
+    let (bytes, copy) = match estimate.await {
+        Ok(e) => e,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot measure the source data size: {}", describe(&e)),
+                "grant the source user dbStats on every database (readAnyDatabase has it)",
+            )
+        }
+    };
+    let mib = bytes / (1024 * 1024);
+    let assumed = ASSUMED_COPY_BYTES_PER_SECOND / (1024 * 1024);
+    let needed = copy * OPLOG_WINDOW_SAFETY_FACTOR;
+    let estimate_text = format!("copying {mib} MiB is estimated at {} (assuming {assumed} MiB/s)", human(copy));
+    match &source.topology {
+        Some(TopologyKind::ReplicaSet { .. }) => {}
+        Some(TopologyKind::Sharded { .. }) => {
+            return Check::warn(
+                NAME,
+                format!("not measured: a mongos does not expose the shards' oplogs; {estimate_text}"),
+                Some(format!(
+                    "check on each shard (rs.printReplicationInfo()) that the oplog covers at least {} ({OPLOG_WINDOW_SAFETY_FACTOR}x the estimate), or set runtime.spool_dir",
+                    human(needed)
+                )),
+            )
+        }
+        _ => return Check::not_run(NAME, "the source is not a replica set"),
+    }
+    let window = match topology::oplog_window(cluster).await {
+        Ok(w) => w.duration(),
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot read the source oplog: {}", describe(&e)),
+                "grant the source user read on local.oplog.rs (the backup role has it)",
+            )
+        }
+    };
+    if copy < OPLOG_CHECK_MIN_COPY_ESTIMATE {
+        return Check::pass(NAME, format!("the oplog covers {}; {estimate_text}", human(window)));
+    }
+    if window < needed {
+        Check::warn(
+            NAME,
+            format!(
+                "the oplog covers {}, less than {OPLOG_WINDOW_SAFETY_FACTOR}x the copy estimate; {estimate_text}",
+                human(window)
+            ),
+            Some(format!(
+                "grow the source oplog to cover at least {} (replSetResizeOplog) or set runtime.spool_dir so change events are kept on disk during the copy",
+                human(needed)
+            )),
+        )
+    } else {
+        Check::pass(NAME, format!("the oplog covers {}; {estimate_text}", human(window)))
+    }
+}
+
+/// `ferry validate --config <path>`: prints every config error, or every check's line;
+/// success when nothing fails (warnings allowed).
+pub fn validate_command(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: the configuration is invalid; fix these and validate again:", path.display());
+            for line in e.to_string().lines() {
+                eprintln!("  {line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(run_checks(&config));
+    print!("{report}");
+    println!(
+        "{} passed, {} warnings, {} failed",
+        report.count(Status::Pass),
+        report.count(Status::Warn),
+        report.count(Status::Fail)
+    );
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

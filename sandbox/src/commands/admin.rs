@@ -53,7 +53,7 @@ pub fn get_parameter(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         reply.insert("featureCompatibilityVersion", doc! {"version": fcv});
     }
     if wants("authenticationMechanisms") {
-        reply.insert("authenticationMechanisms", ["SCRAM-SHA-1", "SCRAM-SHA-256"]);
+        reply.insert("authenticationMechanisms", vec!["SCRAM-SHA-1", "SCRAM-SHA-256"]);
     }
     if reply.is_empty() {
         return Err(CommandError::new(codes::INVALID_OPTIONS, "no option found to get"));

@@ -53,7 +53,7 @@ pub fn hello(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     reply.insert("readOnly", false);
     if let Ok(user) = ctx.cmd.get_str("saslSupportedMechs") {
         let (db, name) = user.split_once('.').unwrap_or(("admin", user));
-        if let Some(mechs) = server.users.mechanisms(db, name) {
+        if let Some(mechs) = server.users.lookup(db, name).map(|u| u.mechanisms()) {
             reply.insert("saslSupportedMechs", mechs.iter().map(|m| m.name()).collect::<Vec<_>>());
         }
     }

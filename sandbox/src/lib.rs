@@ -16,3 +16,4 @@
 //! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
 
 pub mod error;
+pub mod query;

@@ -16,6 +16,7 @@
 //! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
 
 pub mod error;
+pub mod auth;
 pub mod changestream;
 pub mod commands;
 pub mod cursor;
@@ -26,3 +27,4 @@ pub mod tls;
 pub mod wire;
 
 pub use server::{Sandbox, SandboxOptions, StartError, TlsFiles};
+pub mod query;

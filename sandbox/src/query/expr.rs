@@ -91,7 +91,7 @@ fn descend(value: &Bson, parts: &[&str]) -> Option<Bson> {
     }
 }
 
-fn args<'a>(arg: &'a Bson) -> Vec<&'a Bson> {
+fn args(arg: &Bson) -> Vec<&Bson> {
     match arg {
         Bson::Array(items) => items.iter().collect(),
         other => vec![other],
@@ -151,7 +151,7 @@ fn operator(op: &str, arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
                 Bson::Null
             } else {
                 match (as_f64(&vals[0]), as_f64(&vals[1])) {
-                    (Some(_), Some(d)) if d == 0.0 => {
+                    (Some(_), Some(0.0)) => {
                         return Err(CommandError::bad_value("can't $divide by zero"))
                     }
                     (Some(n), Some(d)) => Bson::Double(n / d),

@@ -47,11 +47,13 @@ impl Projection {
         let mut fields = Vec::new();
         let mut mode: Option<bool> = None;
         let mut include_id = true;
+        let mut explicit_id_inclusion = false;
         for (key, value) in spec {
             let (node, kind) = parse_value(key, value)?;
             let is_id = key == "_id";
             if is_id && matches!(node, Node::Include | Node::Exclude) {
                 include_id = matches!(node, Node::Include);
+                explicit_id_inclusion = include_id;
                 continue;
             }
             match (kind, mode) {
@@ -76,7 +78,8 @@ impl Projection {
         }
         Ok(Projection {
             identity: spec.is_empty(),
-            inclusion: mode.unwrap_or(false),
+            // `{_id: 1}` alone is an inclusion projection returning only `_id`.
+            inclusion: mode.unwrap_or(explicit_id_inclusion && !has_slice_or_elem_match(&fields)),
             include_id,
             fields,
         })
@@ -104,6 +107,10 @@ impl Projection {
         }
         out
     }
+}
+
+fn has_slice_or_elem_match(fields: &[(String, Node)]) -> bool {
+    !fields.is_empty()
 }
 
 fn parse_value(key: &str, value: &Bson) -> CmdResult<(Node, Kind)> {
@@ -379,7 +386,11 @@ mod tests {
             doc! {"_id": 1, "a": 1, "c": 3}
         );
         assert_eq!(project(doc! {"a": 1, "_id": 0}, d.clone()), doc! {"a": 1});
-        assert_eq!(project(doc! {}, d), doc! {"_id": 1, "a": 1, "b": 2, "c": 3});
+        assert_eq!(
+            project(doc! {}, d.clone()),
+            doc! {"_id": 1, "a": 1, "b": 2, "c": 3}
+        );
+        assert_eq!(project(doc! {"_id": 1}, d), doc! {"_id": 1});
     }
 
     #[test]

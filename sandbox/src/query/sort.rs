@@ -30,8 +30,8 @@ impl SortSpec {
                 }
             }
             let ascending = match Number::of(dir).map(Number::as_f64) {
-                Some(d) if d == 1.0 => true,
-                Some(d) if d == -1.0 => false,
+                Some(1.0) => true,
+                Some(-1.0) => false,
                 _ => {
                     return Err(CommandError::bad_value(
                         "$sort key ordering must be 1 (for ascending) or -1 (for descending)",

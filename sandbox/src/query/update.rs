@@ -424,8 +424,11 @@ fn apply_one(doc: &mut Document, fop: &FieldOp, is_upsert_insert: bool) -> CmdRe
     }
 }
 
+/// A numeric combination (`add`, `multiply`) returning `None` for non-numbers.
+type NumericOp = fn(&Bson, &Bson) -> Option<Bson>;
+
 fn arithmetic(fop: &FieldOp, current: Option<&Bson>, doc: &Document) -> CmdResult<Bson> {
-    let (verb, apply): (&str, fn(&Bson, &Bson) -> Option<Bson>) = if fop.op == "$inc" {
+    let (verb, apply): (&str, NumericOp) = if fop.op == "$inc" {
         ("increment", add)
     } else {
         ("multiply", multiply)
@@ -613,8 +616,8 @@ fn add_to_set(parts: &[String], current: Option<Bson>, arg: &Bson) -> CmdResult<
 
 fn pop(parts: &[String], current: Option<Bson>, arg: &Bson) -> CmdResult<Option<Bson>> {
     let from_front = match super::numeric::as_f64(arg) {
-        Some(f) if f == 1.0 => false,
-        Some(f) if f == -1.0 => true,
+        Some(1.0) => false,
+        Some(-1.0) => true,
         _ => {
             return Err(CommandError::failed_to_parse(format!(
                 "$pop expects 1 or -1, found: {arg}"

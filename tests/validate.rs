@@ -272,6 +272,17 @@ fn expired_or_own_lock_is_accepted() {
     insert(&dst, LOCK_DB, LOCK_COLLECTION, doc! {"_id": "lock", "owner": "ferry@other-host", "expires_at": an_hour_ago});
     let report = checks(&migrator_uri(&src), &migrator_uri(&dst), "");
     assert_eq!(check(&report, "migration lock").status, Status::Pass, "{report}");
+
+    let in_an_hour = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 3_600_000);
+    admin_command(
+        &dst,
+        LOCK_DB,
+        doc! {"update": LOCK_COLLECTION, "updates": [{"q": {"_id": "lock"}, "u": {"$set": {"owner": OWNER, "expires_at": in_an_hour}}}]},
+    );
+    let report = checks(&migrator_uri(&src), &migrator_uri(&dst), "");
+    let lock = check(&report, "migration lock");
+    assert_eq!(lock.status, Status::Pass, "{report}");
+    assert!(lock.message.contains("resumes"), "{}", lock.message);
 }
 
 #[test]

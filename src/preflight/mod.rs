@@ -168,25 +168,32 @@ impl fmt::Display for PreflightReport {
     }
 }
 
-/// The lease owner this process would write: `ferry@<host name>`, stable across restarts
-/// of Ferry on the same host so a restarted migration recognises its own lease.
-pub fn default_lock_owner() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_string());
-    format!("ferry@{host}")
+/// The identity of a migration in the destination lease: a hash of the source and
+/// destination URIs, so the same migration restarted (on any host) recognises its own
+/// lease while any other migration into the destination is refused. `ferry run` writes
+/// the lease under this identity.
+pub fn lock_owner(config: &Config) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{}|{}", config.source.uri, config.destination.uri).as_bytes());
+    format!("ferry-{h:016x}")
 }
 
-/// Runs every check, as [`default_lock_owner`].
+/// Runs every check for a migration that has not started yet, as [`lock_owner`].
 pub async fn run_checks(config: &Config) -> PreflightReport {
-    run_checks_as(config, &default_lock_owner()).await
+    run_checks_with(config, &lock_owner(config), false).await
+}
+
+/// Runs every check before `ferry run` starts or resumes: when `resuming`, the
+/// destination holds the earlier run's partial copy, which is not foreign user data.
+pub async fn run_checks_for_run(config: &Config, resuming: bool) -> PreflightReport {
+    run_checks_with(config, &lock_owner(config), resuming).await
 }
 
 /// Runs every check; a lease held by `owner` does not count as another migration.
 pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
+    run_checks_with(config, owner, false).await
+}
+
+async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> PreflightReport {
     let (source, destination) = tokio::join!(
         probe(Side::Source, &config.source.connection()),
         probe(Side::Destination, &config.destination.connection()),
@@ -202,11 +209,17 @@ pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
             checks.push(versions_match(&source, &destination));
         }
     }
-    checks.push(destination_empty(config, &destination).await);
+    checks.push(if resuming {
+        Check::pass(DESTINATION_EMPTY, "resuming an earlier run: the destination holds its partial copy")
+    } else {
+        destination_empty(config, &destination).await
+    });
     checks.push(migration_lock(&destination, owner).await);
     checks.push(oplog_window(config, &source).await);
     PreflightReport { checks }
 }
+
+const DESTINATION_EMPTY: &str = "destination empty";
 
 /// What one side's checks learnt, for the checks that need both sides.
 struct Probe {
@@ -523,7 +536,7 @@ fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&Topolo
 }
 
 async fn destination_empty(config: &Config, destination: &Probe) -> Check {
-    const NAME: &str = "destination empty";
+    const NAME: &str = DESTINATION_EMPTY;
     let cluster = match destination.usable() {
         Ok(c) => c,
         Err(reason) => return Check::not_run(NAME, &reason),
@@ -622,7 +635,7 @@ async fn migration_lock(destination: &Probe, owner: &str) -> Check {
         Some(at) if at <= now => {
             Check::pass(NAME, format!("a lease of {holder} expired at {}; it will be taken over", at.try_to_rfc3339_string().unwrap_or_default()))
         }
-        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this host ({owner}); the migration resumes")),
+        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this migration ({owner}); it resumes")),
         Some(at) => {
             let until = at.try_to_rfc3339_string().unwrap_or_else(|_| at.to_string());
             Check::fail(

@@ -18,7 +18,10 @@ pub const INTERNAL_DATABASES: [&str; 4] = ["admin", "local", "config", "__ferry"
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopologyKind {
     /// A replica set: `hello` carries `setName`.
-    ReplicaSet { set_name: String, hosts: Vec<String> },
+    ReplicaSet {
+        set_name: String,
+        hosts: Vec<String>,
+    },
     /// A sharded cluster reached through mongos (`hello.msg == "isdbgrid"`).
     Sharded { shards: Vec<ShardInfo> },
     /// A single mongod without replication: it has no oplog, so it cannot be migrated live.
@@ -50,7 +53,12 @@ impl fmt::Display for TopologyKind {
             }
             TopologyKind::Sharded { shards } => {
                 let ids: Vec<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-                write!(f, "sharded cluster with {} shards ({})", shards.len(), ids.join(", "))
+                write!(
+                    f,
+                    "sharded cluster with {} shards ({})",
+                    shards.len(),
+                    ids.join(", ")
+                )
             }
             TopologyKind::Standalone => f.write_str("standalone server"),
         }
@@ -77,8 +85,16 @@ impl ShardInfo {
             Some((set, list)) => (Some(set.to_string()), list),
             None => (None, host),
         };
-        let hosts = list.split(',').filter(|h| !h.is_empty()).map(String::from).collect();
-        Some(ShardInfo { id, set_name, hosts })
+        let hosts = list
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(String::from)
+            .collect();
+        Some(ShardInfo {
+            id,
+            set_name,
+            hosts,
+        })
     }
 }
 
@@ -93,7 +109,11 @@ fn unexpected(cluster: &Cluster, action: &str, what: impl Into<String>) -> Clust
 
 fn strings(doc: &Document, key: &str) -> Vec<String> {
     doc.get_array(key)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -101,13 +121,20 @@ fn strings(doc: &Document, key: &str) -> Vec<String> {
 pub async fn topology(cluster: &Cluster) -> Result<TopologyKind, ClusterError> {
     let hello = cluster.run("admin", doc! {"hello": 1}).await?;
     if let Ok(set_name) = hello.get_str("setName") {
-        return Ok(TopologyKind::ReplicaSet { set_name: set_name.to_string(), hosts: strings(&hello, "hosts") });
+        return Ok(TopologyKind::ReplicaSet {
+            set_name: set_name.to_string(),
+            hosts: strings(&hello, "hosts"),
+        });
     }
     if hello.get_str("msg") == Ok("isdbgrid") {
         let reply = cluster.run("admin", doc! {"listShards": 1}).await?;
         let mut shards: Vec<ShardInfo> = reply
             .get_array("shards")
-            .map(|a| a.iter().filter_map(|s| s.as_document().and_then(ShardInfo::from_document)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_document().and_then(ShardInfo::from_document))
+                    .collect()
+            })
             .unwrap_or_default();
         shards.sort_by(|a, b| a.id.cmp(&b.id));
         return Ok(TopologyKind::Sharded { shards });
@@ -125,7 +152,11 @@ pub struct ServerVersion {
 
 impl ServerVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> ServerVersion {
-        ServerVersion { major, minor, patch }
+        ServerVersion {
+            major,
+            minor,
+            patch,
+        }
     }
 
     /// Parses `"7.0.13"` (also `"7.0.13-rc1"`, `"7.0"`).
@@ -134,7 +165,11 @@ impl ServerVersion {
         let major = parts.next()?.parse().ok()?;
         let minor = parts.next()?.parse().ok()?;
         let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        Some(ServerVersion { major, minor, patch })
+        Some(ServerVersion {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// `"major.minor"`: the feature compatibility version this release runs at when fully
@@ -152,7 +187,11 @@ impl ServerVersion {
                 _ => None,
             }
         };
-        Some(ServerVersion { major: n(0)?, minor: n(1)?, patch: n(2).unwrap_or(0) })
+        Some(ServerVersion {
+            major: n(0)?,
+            minor: n(1)?,
+            patch: n(2).unwrap_or(0),
+        })
     }
 }
 
@@ -165,25 +204,47 @@ impl fmt::Display for ServerVersion {
 /// The server version from `buildInfo` (`versionArray`, else `version`).
 pub async fn server_version(cluster: &Cluster) -> Result<ServerVersion, ClusterError> {
     let info = cluster.run("admin", doc! {"buildInfo": 1}).await?;
-    if let Some(v) = info.get_array("versionArray").ok().and_then(|a| ServerVersion::from_array(a)) {
+    if let Some(v) = info
+        .get_array("versionArray")
+        .ok()
+        .and_then(|a| ServerVersion::from_array(a))
+    {
         return Ok(v);
     }
     info.get_str("version")
         .ok()
         .and_then(ServerVersion::parse)
-        .ok_or_else(|| unexpected(cluster, "buildInfo", "the reply carries no readable version"))
+        .ok_or_else(|| {
+            unexpected(
+                cluster,
+                "buildInfo",
+                "the reply carries no readable version",
+            )
+        })
 }
 
 /// The feature compatibility version (e.g. `"7.0"`), from `getParameter`.
 pub async fn feature_compatibility_version(cluster: &Cluster) -> Result<String, ClusterError> {
-    let reply = cluster.run("admin", doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).await?;
+    let reply = cluster
+        .run(
+            "admin",
+            doc! {"getParameter": 1, "featureCompatibilityVersion": 1},
+        )
+        .await?;
     match reply.get("featureCompatibilityVersion") {
-        Some(Bson::Document(d)) => d
-            .get_str("version")
-            .map(String::from)
-            .map_err(|_| unexpected(cluster, "getParameter", "featureCompatibilityVersion has no version")),
+        Some(Bson::Document(d)) => d.get_str("version").map(String::from).map_err(|_| {
+            unexpected(
+                cluster,
+                "getParameter",
+                "featureCompatibilityVersion has no version",
+            )
+        }),
         Some(Bson::String(s)) => Ok(s.clone()),
-        _ => Err(unexpected(cluster, "getParameter", "the reply carries no featureCompatibilityVersion")),
+        _ => Err(unexpected(
+            cluster,
+            "getParameter",
+            "the reply carries no featureCompatibilityVersion",
+        )),
     }
 }
 
@@ -229,7 +290,13 @@ pub async fn auth_info(cluster: &Cluster) -> Result<AuthInfo, ClusterError> {
         .map(|a| {
             a.iter()
                 .filter_map(Bson::as_document)
-                .map(|u| format!("{}@{}", u.get_str("user").unwrap_or_default(), u.get_str("db").unwrap_or_default()))
+                .map(|u| {
+                    format!(
+                        "{}@{}",
+                        u.get_str("user").unwrap_or_default(),
+                        u.get_str("db").unwrap_or_default()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -303,11 +370,18 @@ pub async fn oplog_window(cluster: &Cluster) -> Result<OplogWindow, ClusterError
     };
     let (first, last) = match natural.await {
         Ok((Some(first), Some(last))) if first <= last => (Some(first), Some(last)),
-        _ => (oplog_edge(cluster, doc! {"ts": 1}).await?, oplog_edge(cluster, doc! {"ts": -1}).await?),
+        _ => (
+            oplog_edge(cluster, doc! {"ts": 1}).await?,
+            oplog_edge(cluster, doc! {"ts": -1}).await?,
+        ),
     };
     match (first, last) {
         (Some(first), Some(last)) => Ok(OplogWindow { first, last }),
-        _ => Err(unexpected(cluster, "read local.oplog.rs", "the oplog is empty or missing; is this a replica set?")),
+        _ => Err(unexpected(
+            cluster,
+            "read local.oplog.rs",
+            "the oplog is empty or missing; is this a replica set?",
+        )),
     }
 }
 
@@ -334,12 +408,18 @@ async fn oplog_edge(cluster: &Cluster, sort: Document) -> Result<Option<Timestam
 /// Databases other than [`INTERNAL_DATABASES`] that hold at least one collection or view,
 /// sorted by name.
 pub async fn user_databases(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
-    let reply = cluster.run("admin", doc! {"listDatabases": 1, "nameOnly": true}).await?;
+    let reply = cluster
+        .run("admin", doc! {"listDatabases": 1, "nameOnly": true})
+        .await?;
     let mut names: Vec<String> = reply
         .get_array("databases")
         .map(|a| {
             a.iter()
-                .filter_map(|d| d.as_document().and_then(|d| d.get_str("name").ok()).map(String::from))
+                .filter_map(|d| {
+                    d.as_document()
+                        .and_then(|d| d.get_str("name").ok())
+                        .map(String::from)
+                })
                 .filter(|n| !INTERNAL_DATABASES.contains(&n.as_str()))
                 .collect()
         })
@@ -348,7 +428,10 @@ pub async fn user_databases(cluster: &Cluster) -> Result<Vec<String>, ClusterErr
     let mut with_data = Vec::new();
     for name in names {
         let collections = cluster
-            .run(&name, doc! {"listCollections": 1, "nameOnly": true, "cursor": {"batchSize": 1}})
+            .run(
+                &name,
+                doc! {"listCollections": 1, "nameOnly": true, "cursor": {"batchSize": 1}},
+            )
             .await?;
         let any = collections
             .get_document("cursor")
@@ -384,20 +467,37 @@ mod tests {
 
     #[test]
     fn parses_versions() {
-        assert_eq!(ServerVersion::parse("7.0.13"), Some(ServerVersion::new(7, 0, 13)));
-        assert_eq!(ServerVersion::parse("8.0.0-rc2"), Some(ServerVersion::new(8, 0, 0)));
-        assert_eq!(ServerVersion::parse("6.0"), Some(ServerVersion::new(6, 0, 0)));
+        assert_eq!(
+            ServerVersion::parse("7.0.13"),
+            Some(ServerVersion::new(7, 0, 13))
+        );
+        assert_eq!(
+            ServerVersion::parse("8.0.0-rc2"),
+            Some(ServerVersion::new(8, 0, 0))
+        );
+        assert_eq!(
+            ServerVersion::parse("6.0"),
+            Some(ServerVersion::new(6, 0, 0))
+        );
         assert_eq!(ServerVersion::parse("seven"), None);
         assert_eq!(ServerVersion::new(6, 0, 17).release(), "6.0");
     }
 
     #[test]
     fn parses_shards() {
-        let s = ShardInfo::from_document(&doc! {"_id": "sh1", "host": "rs1/a:1,b:2", "state": 1}).unwrap();
+        let s = ShardInfo::from_document(&doc! {"_id": "sh1", "host": "rs1/a:1,b:2", "state": 1})
+            .unwrap();
         assert_eq!(s.set_name.as_deref(), Some("rs1"));
         assert_eq!(s.hosts, vec!["a:1", "b:2"]);
         let kind = TopologyKind::Sharded {
-            shards: vec![s, ShardInfo { id: "sh0".into(), set_name: None, hosts: vec![] }],
+            shards: vec![
+                s,
+                ShardInfo {
+                    id: "sh0".into(),
+                    set_name: None,
+                    hosts: vec![],
+                },
+            ],
         };
         assert_eq!(kind.confirm_name(), Some("sh0"));
     }

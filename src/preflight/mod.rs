@@ -109,20 +109,43 @@ pub struct Check {
 
 impl Check {
     pub fn pass(name: impl Into<String>, message: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::Pass, message: message.into(), fix: None }
+        Check {
+            name: name.into(),
+            status: Status::Pass,
+            message: message.into(),
+            fix: None,
+        }
     }
 
     pub fn warn(name: impl Into<String>, message: impl Into<String>, fix: Option<String>) -> Check {
-        Check { name: name.into(), status: Status::Warn, message: message.into(), fix }
+        Check {
+            name: name.into(),
+            status: Status::Warn,
+            message: message.into(),
+            fix,
+        }
     }
 
-    pub fn fail(name: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::Fail, message: message.into(), fix: Some(fix.into()) }
+    pub fn fail(
+        name: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            status: Status::Fail,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
     }
 
     /// A check that could not run because `reason` (an earlier failure).
     fn not_run(name: impl Into<String>, reason: &str) -> Check {
-        Check::fail(name, format!("not checked: {reason}"), "fix the failures above, then validate again")
+        Check::fail(
+            name,
+            format!("not checked: {reason}"),
+            "fix the failures above, then validate again",
+        )
     }
 }
 
@@ -168,32 +191,45 @@ impl fmt::Display for PreflightReport {
     }
 }
 
-/// The lease owner this process would write: `ferry@<host name>`, stable across restarts
-/// of Ferry on the same host so a restarted migration recognises its own lease.
-pub fn default_lock_owner() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_string());
-    format!("ferry@{host}")
+/// The identity of a migration in the destination lease: a hash of the source and
+/// destination URIs, so the same migration restarted (on any host) recognises its own
+/// lease while any other migration into the destination is refused. `ferry run` writes
+/// the lease under this identity.
+pub fn lock_owner(config: &Config) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(
+        format!("{}|{}", config.source.uri, config.destination.uri).as_bytes(),
+    );
+    format!("ferry-{h:016x}")
 }
 
-/// Runs every check, as [`default_lock_owner`].
+/// Runs every check for a migration that has not started yet, as [`lock_owner`].
 pub async fn run_checks(config: &Config) -> PreflightReport {
-    run_checks_as(config, &default_lock_owner()).await
+    run_checks_with(config, &lock_owner(config), false).await
+}
+
+/// Runs every check before `ferry run` starts or resumes: when `resuming`, the
+/// destination holds the earlier run's partial copy, which is not foreign user data.
+pub async fn run_checks_for_run(config: &Config, resuming: bool) -> PreflightReport {
+    run_checks_with(config, &lock_owner(config), resuming).await
 }
 
 /// Runs every check; a lease held by `owner` does not count as another migration.
 pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
+    run_checks_with(config, owner, false).await
+}
+
+async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> PreflightReport {
     let (source, destination) = tokio::join!(
         probe(Side::Source, &config.source.connection()),
         probe(Side::Destination, &config.destination.connection()),
     );
     let mut checks = Vec::new();
     for issue in config.warnings() {
-        checks.push(Check::warn(format!("config {}", issue.key), issue.message.clone(), None));
+        checks.push(Check::warn(
+            format!("config {}", issue.key),
+            issue.message.clone(),
+            None,
+        ));
     }
     for (s, d) in source.checks.iter().zip(destination.checks.iter()) {
         checks.push(s.clone());
@@ -202,11 +238,20 @@ pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
             checks.push(versions_match(&source, &destination));
         }
     }
-    checks.push(destination_empty(config, &destination).await);
+    checks.push(if resuming {
+        Check::pass(
+            DESTINATION_EMPTY,
+            "resuming an earlier run: the destination holds its partial copy",
+        )
+    } else {
+        destination_empty(config, &destination).await
+    });
     checks.push(migration_lock(&destination, owner).await);
     checks.push(oplog_window(config, &source).await);
     PreflightReport { checks }
 }
+
+const DESTINATION_EMPTY: &str = "destination empty";
 
 /// What one side's checks learnt, for the checks that need both sides.
 struct Probe {
@@ -253,14 +298,30 @@ fn is_auth_failure(e: &ClusterError) -> bool {
         return true;
     }
     match e {
-        ClusterError::Command { source, .. } => matches!(source.kind.as_ref(), ErrorKind::Authentication { .. }),
+        ClusterError::Command { source, .. } => {
+            matches!(source.kind.as_ref(), ErrorKind::Authentication { .. })
+        }
         ClusterError::Uri { .. } => false,
     }
 }
 
 async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
-    let mut p = Probe { side, checks: Vec::new(), cluster: None, topology: None, version: None, blocked: None };
-    let names = ["connectivity", "authentication", "topology", "version", "roles"].map(|k| named(k, side));
+    let mut p = Probe {
+        side,
+        checks: Vec::new(),
+        cluster: None,
+        topology: None,
+        version: None,
+        blocked: None,
+    };
+    let names = [
+        "connectivity",
+        "authentication",
+        "topology",
+        "version",
+        "roles",
+    ]
+    .map(|k| named(k, side));
     let block = |p: &mut Probe, reason: String| {
         for name in names.iter().skip(p.checks.len()) {
             p.checks.push(Check::not_run(name.clone(), &reason));
@@ -274,7 +335,9 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
             p.checks.push(Check::fail(
                 &names[0],
                 format!("the {side} connection string is invalid: {}", describe(&e)),
-                format!("fix {side}.uri: mongodb://user:password@host:port,host:port/?replicaSet=name"),
+                format!(
+                    "fix {side}.uri: mongodb://user:password@host:port,host:port/?replicaSet=name"
+                ),
             ));
             block(&mut p, format!("the {side} connection string is invalid"));
             return p;
@@ -283,9 +346,15 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
 
     // Any command opens (and authenticates) a connection.
     match cluster.run("admin", doc! {"ping": 1}).await {
-        Ok(_) => p.checks.push(Check::pass(&names[0], format!("reached {}", cluster.display_uri))),
+        Ok(_) => p.checks.push(Check::pass(
+            &names[0],
+            format!("reached {}", cluster.display_uri),
+        )),
         Err(e) if is_auth_failure(&e) => {
-            p.checks.push(Check::pass(&names[0], format!("reached {}", cluster.display_uri)));
+            p.checks.push(Check::pass(
+                &names[0],
+                format!("reached {}", cluster.display_uri),
+            ));
             p.checks.push(Check::fail(
                 &names[1],
                 format!("authentication failed for the {side} user; check {side}.uri credentials ({})", describe(&e)),
@@ -345,11 +414,15 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
         )),
     }
 
-    p.checks.push(version_check(&names[3], side, &cluster, &mut p.version).await);
+    p.checks
+        .push(version_check(&names[3], side, &cluster, &mut p.version).await);
 
     p.checks.push(match &auth {
         Some(auth) => roles_check(&names[4], side, auth, p.topology.as_ref()),
-        None => Check::not_run(&names[4], &format!("the {side} user's roles could not be read")),
+        None => Check::not_run(
+            &names[4],
+            &format!("the {side} user's roles could not be read"),
+        ),
     });
     p
 }
@@ -372,9 +445,18 @@ fn unsupported(v: ServerVersion) -> Option<(String, String)> {
     match (v.major, v.minor, v.patch) {
         (6, 0, p) if p >= 17 => None,
         (7, 0, p) if p >= 13 => None,
-        (6, 0, _) => Some((format!("{v} is older than 6.0.17, the oldest supported 6.0 release"), "upgrade to 6.0.17 or later".into())),
-        (7, 0, _) => Some((format!("{v} is older than 7.0.13, the oldest supported 7.0 release"), "upgrade to 7.0.13 or later".into())),
-        (major, _, _) if major >= 8 => Some((format!("{v} is not supported yet (Ferry supports 6.0 and 7.0)"), FIX.into())),
+        (6, 0, _) => Some((
+            format!("{v} is older than 6.0.17, the oldest supported 6.0 release"),
+            "upgrade to 6.0.17 or later".into(),
+        )),
+        (7, 0, _) => Some((
+            format!("{v} is older than 7.0.13, the oldest supported 7.0 release"),
+            "upgrade to 7.0.13 or later".into(),
+        )),
+        (major, _, _) if major >= 8 => Some((
+            format!("{v} is not supported yet (Ferry supports 6.0 and 7.0)"),
+            FIX.into(),
+        )),
         (major, minor, _) if minor != 0 && major >= 6 => Some((
             format!("{v} is a rapid release ({major}.{minor}), which is not supported"),
             format!("{FIX}; rapid releases are not supported"),
@@ -383,26 +465,40 @@ fn unsupported(v: ServerVersion) -> Option<(String, String)> {
     }
 }
 
-async fn version_check(name: &str, side: Side, cluster: &Cluster, found: &mut Option<ServerVersion>) -> Check {
+async fn version_check(
+    name: &str,
+    side: Side,
+    cluster: &Cluster,
+    found: &mut Option<ServerVersion>,
+) -> Check {
     let version = match topology::server_version(cluster).await {
         Ok(v) => v,
         Err(e) => {
-            return Check::fail(name, format!("cannot read the {side} version: {}", describe(&e)), "make sure the server answers buildInfo")
+            return Check::fail(
+                name,
+                format!("cannot read the {side} version: {}", describe(&e)),
+                "make sure the server answers buildInfo",
+            )
         }
     };
     *found = Some(version);
     let fcv = match topology::feature_compatibility_version(cluster).await {
         Ok(fcv) => fcv,
-        Err(e) => {
-            return Check::fail(
-                name,
-                format!("the {side} runs {version} but its featureCompatibilityVersion cannot be read: {}", describe(&e)),
-                format!("grant the {side} user clusterMonitor (getParameter) or check the server"),
-            )
-        }
+        Err(e) => return Check::fail(
+            name,
+            format!(
+                "the {side} runs {version} but its featureCompatibilityVersion cannot be read: {}",
+                describe(&e)
+            ),
+            format!("grant the {side} user clusterMonitor (getParameter) or check the server"),
+        ),
     };
     if let Some((why, fix)) = unsupported(version) {
-        return Check::fail(name, format!("the {side} runs {why}"), format!("{fix} on the {side}"));
+        return Check::fail(
+            name,
+            format!("the {side} runs {why}"),
+            format!("{fix} on the {side}"),
+        );
     }
     let release = version.release();
     if fcv != release {
@@ -414,18 +510,27 @@ async fn version_check(name: &str, side: Side, cluster: &Cluster, found: &mut Op
             ),
         );
     }
-    Check::pass(name, format!("{version}, featureCompatibilityVersion {fcv}"))
+    Check::pass(
+        name,
+        format!("{version}, featureCompatibilityVersion {fcv}"),
+    )
 }
 
 fn versions_match(source: &Probe, destination: &Probe) -> Check {
     const NAME: &str = "versions match";
     match (source.version, destination.version) {
-        (Some(s), Some(d)) if s.release() == d.release() => {
-            Check::pass(NAME, format!("source {s} and destination {d} run the same release {}", s.release()))
-        }
+        (Some(s), Some(d)) if s.release() == d.release() => Check::pass(
+            NAME,
+            format!(
+                "source {s} and destination {d} run the same release {}",
+                s.release()
+            ),
+        ),
         (Some(s), Some(d)) => Check::fail(
             NAME,
-            format!("the source runs {s} and the destination {d}: both sides must run the same release"),
+            format!(
+                "the source runs {s} and the destination {d}: both sides must run the same release"
+            ),
             format!(
                 "upgrade the older side so both run {} (6.0.17+ or 7.0.13+)",
                 s.release().max(d.release())
@@ -438,7 +543,10 @@ fn versions_match(source: &Probe, destination: &Probe) -> Check {
 
 fn grant_fix(side: Side, user: &str, roles: &[&str]) -> String {
     let user = user.split('@').next().unwrap_or(user);
-    let list: Vec<String> = roles.iter().map(|r| format!("{{role: \"{r}\", db: \"admin\"}}")).collect();
+    let list: Vec<String> = roles
+        .iter()
+        .map(|r| format!("{{role: \"{r}\", db: \"admin\"}}"))
+        .collect();
     format!(
         "grant them on the {side}: db.getSiblingDB(\"admin\").grantRolesToUser(\"{user}\", [{}]), or use a user that has them",
         list.join(", ")
@@ -454,7 +562,11 @@ fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&Topolo
         );
     }
     let user = auth.users.first().map(String::as_str).unwrap_or("the user");
-    let held: Vec<String> = auth.roles.iter().map(|r| format!("{}@{}", r.role, r.db)).collect();
+    let held: Vec<String> = auth
+        .roles
+        .iter()
+        .map(|r| format!("{}@{}", r.role, r.db))
+        .collect();
     if ALL_POWERFUL_ROLES.iter().any(|r| auth.has_admin_role(r)) {
         return Check::pass(name, format!("{user} holds {}", held.join(", ")));
     }
@@ -465,7 +577,11 @@ fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&Topolo
             if sharded {
                 needed.push("clusterMonitor");
             }
-            let missing: Vec<&str> = needed.iter().copied().filter(|r| !auth.has_admin_role(r)).collect();
+            let missing: Vec<&str> = needed
+                .iter()
+                .copied()
+                .filter(|r| !auth.has_admin_role(r))
+                .collect();
             if missing.is_empty() {
                 Check::pass(name, format!("{user} holds {}", held.join(", ")))
             } else {
@@ -504,7 +620,11 @@ fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&Topolo
                     name,
                     format!(
                         "the destination user {user} cannot write every database (it holds {})",
-                        if held.is_empty() { "no roles".to_string() } else { held.join(", ") }
+                        if held.is_empty() {
+                            "no roles".to_string()
+                        } else {
+                            held.join(", ")
+                        }
                     ),
                     grant_fix(side, user, &["readWriteAnyDatabase"]),
                 )
@@ -523,7 +643,7 @@ fn roles_check(name: &str, side: Side, auth: &AuthInfo, topology: Option<&Topolo
 }
 
 async fn destination_empty(config: &Config, destination: &Probe) -> Check {
-    const NAME: &str = "destination empty";
+    const NAME: &str = DESTINATION_EMPTY;
     let cluster = match destination.usable() {
         Ok(c) => c,
         Err(reason) => return Check::not_run(NAME, &reason),
@@ -541,17 +661,32 @@ async fn destination_empty(config: &Config, destination: &Probe) -> Check {
     if databases.is_empty() {
         return Check::pass(NAME, "the destination holds no user data");
     }
-    let shown = databases.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let shown = databases
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     let more = databases.len().saturating_sub(5);
-    let listed = if more > 0 { format!("{shown} and {more} more") } else { shown };
-    let expected = destination.topology.as_ref().and_then(TopologyKind::confirm_name);
+    let listed = if more > 0 {
+        format!("{shown} and {more} more")
+    } else {
+        shown
+    };
+    let expected = destination
+        .topology
+        .as_ref()
+        .and_then(TopologyKind::confirm_name);
     let what = match destination.topology {
         Some(TopologyKind::Sharded { .. }) => "first shard id",
         _ => "replica set name",
     };
     let dest = &config.destination;
     let Some(expected) = expected else {
-        return Check::not_run(NAME, "the destination topology is unknown, so clear_destination cannot be confirmed");
+        return Check::not_run(
+            NAME,
+            "the destination topology is unknown, so clear_destination cannot be confirmed",
+        );
     };
     if !dest.clear_destination {
         return Check::fail(
@@ -615,14 +750,17 @@ async fn migration_lock(destination: &Probe, owner: &str) -> Check {
     let Some(lease) = lease else {
         return Check::pass(NAME, "no other migration holds the destination");
     };
-    let holder = lease.get_str("owner").unwrap_or("an unknown owner").to_string();
+    let holder = lease
+        .get_str("owner")
+        .unwrap_or("an unknown owner")
+        .to_string();
     let expires = lease.get_datetime("expires_at").ok().copied();
     let now = bson::DateTime::now();
     match expires {
         Some(at) if at <= now => {
             Check::pass(NAME, format!("a lease of {holder} expired at {}; it will be taken over", at.try_to_rfc3339_string().unwrap_or_default()))
         }
-        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this host ({owner}); the migration resumes")),
+        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this migration ({owner}); it resumes")),
         Some(at) => {
             let until = at.try_to_rfc3339_string().unwrap_or_else(|_| at.to_string());
             Check::fail(
@@ -660,7 +798,10 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
         let filter = config.namespace_filter().unwrap_or_default();
         let databases = cluster.database_names(&filter).await?;
         let bytes = topology::data_size(cluster, &databases).await?;
-        Ok::<_, ClusterError>((bytes, Duration::from_secs_f64(bytes as f64 / ASSUMED_COPY_BYTES_PER_SECOND as f64)))
+        Ok::<_, ClusterError>((
+            bytes,
+            Duration::from_secs_f64(bytes as f64 / ASSUMED_COPY_BYTES_PER_SECOND as f64),
+        ))
     };
     let (bytes, copy) = match estimate.await {
         Ok(e) => e,
@@ -675,7 +816,10 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
     let mib = bytes / (1024 * 1024);
     let assumed = ASSUMED_COPY_BYTES_PER_SECOND / (1024 * 1024);
     let needed = copy * OPLOG_WINDOW_SAFETY_FACTOR;
-    let estimate_text = format!("copying {mib} MiB is estimated at {} (assuming {assumed} MiB/s)", human(copy));
+    let estimate_text = format!(
+        "copying {mib} MiB is estimated at {} (assuming {assumed} MiB/s)",
+        human(copy)
+    );
     match &source.topology {
         Some(TopologyKind::ReplicaSet { .. }) => {}
         Some(TopologyKind::Sharded { .. }) => {
@@ -701,7 +845,10 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
         }
     };
     if copy < OPLOG_CHECK_MIN_COPY_ESTIMATE {
-        return Check::pass(NAME, format!("the oplog covers {}; {estimate_text}", human(window)));
+        return Check::pass(
+            NAME,
+            format!("the oplog covers {}; {estimate_text}", human(window)),
+        );
     }
     if window < needed {
         Check::warn(
@@ -716,7 +863,10 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
             )),
         )
     } else {
-        Check::pass(NAME, format!("the oplog covers {}; {estimate_text}", human(window)))
+        Check::pass(
+            NAME,
+            format!("the oplog covers {}; {estimate_text}", human(window)),
+        )
     }
 }
 
@@ -726,7 +876,10 @@ pub fn validate_command(path: &Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}: the configuration is invalid; fix these and validate again:", path.display());
+            eprintln!(
+                "{}: the configuration is invalid; fix these and validate again:",
+                path.display()
+            );
             for line in e.to_string().lines() {
                 eprintln!("  {line}");
             }

@@ -58,7 +58,9 @@ pub fn redacted_uri(uri: &str) -> String {
             let options: Vec<String> = query
                 .split('&')
                 .map(|opt| match opt.split_once('=') {
-                    Some((k, _)) if SECRET_URI_OPTIONS.contains(&k.to_ascii_lowercase().as_str()) => {
+                    Some((k, _))
+                        if SECRET_URI_OPTIONS.contains(&k.to_ascii_lowercase().as_str()) =>
+                    {
                         format!("{k}={REDACTED}")
                     }
                     _ => opt.to_owned(),

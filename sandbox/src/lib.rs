@@ -15,4 +15,5 @@
 //! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
 //! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
 
+pub mod auth;
 pub mod error;

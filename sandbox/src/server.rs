@@ -183,12 +183,15 @@ impl Sandbox {
             .build()
             .map_err(StartError::Runtime)?;
         let bind = format!("{}:{}", options.host, options.port);
-        let listener = runtime
-            .block_on(TcpListener::bind(&bind))
-            .map_err(|source| StartError::Bind {
-                addr: bind.clone(),
-                source,
-            })?;
+        // A std listener: start() may be called from inside another runtime.
+        let listener = std::net::TcpListener::bind(&bind).map_err(|source| StartError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true).map_err(|source| StartError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
         let local: SandboxAddr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr: bind, source })?
@@ -237,7 +240,12 @@ impl Sandbox {
         let thread = std::thread::Builder::new()
             .name("sandbox-main".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(accept_server, listener, tls, shutdown_rx));
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept_loop(accept_server, listener, tls, shutdown_rx).await,
+                        Err(e) => tracing::error!(error = %e, "sandbox listener failed"),
+                    }
+                });
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })
             .map_err(StartError::Runtime)?;

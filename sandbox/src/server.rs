@@ -188,10 +188,12 @@ impl Sandbox {
             addr: bind.clone(),
             source,
         })?;
-        listener.set_nonblocking(true).map_err(|source| StartError::Bind {
-            addr: bind.clone(),
-            source,
-        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Bind {
+                addr: bind.clone(),
+                source,
+            })?;
         let local: SandboxAddr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr: bind, source })?
@@ -242,7 +244,9 @@ impl Sandbox {
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(accept_server, listener, tls, shutdown_rx).await,
+                        Ok(listener) => {
+                            accept_loop(accept_server, listener, tls, shutdown_rx).await
+                        }
                         Err(e) => tracing::error!(error = %e, "sandbox listener failed"),
                     }
                 });

@@ -1009,16 +1009,19 @@ impl Storage {
                     let spec = v
                         .as_document()
                         .ok_or_else(|| CommandError::type_mismatch("index must be a document"))?;
-                    let target = c.indexes.iter_mut().find(|i| {
+                    let position = c.indexes.iter().position(|i| {
                         match (spec.get_str("name"), spec.get_document("keyPattern")) {
                             (Ok(n), _) => i.name == n,
                             (_, Ok(kp)) => &i.key == kp,
                             _ => false,
                         }
                     });
-                    let index = target.ok_or_else(|| {
+                    let position = position.ok_or_else(|| {
                         CommandError::new(codes::INDEX_NOT_FOUND, "cannot find index for collMod")
                     })?;
+                    let ns = format!("{db}.{coll}");
+                    let docs = &c.docs;
+                    let index = &mut c.indexes[position];
                     for (ik, iv) in spec {
                         match ik.as_str() {
                             "name" | "keyPattern" => {}
@@ -1026,8 +1029,35 @@ impl Storage {
                                 index.spec.insert(ik.clone(), iv.clone());
                             }
                             "unique" => {
-                                index.spec.insert("unique", iv.clone());
-                                index.unique = iv.as_bool().unwrap_or(false);
+                                if iv.as_bool() != Some(true) {
+                                    return Err(CommandError::bad_value(
+                                        "collMod can only change an index to unique: true",
+                                    ));
+                                }
+                                if index.unique {
+                                    continue;
+                                }
+                                if !index.spec.get_bool("prepareUnique").unwrap_or(false) {
+                                    return Err(CommandError::new(
+                                        codes::INVALID_OPTIONS,
+                                        "Cannot make index unique with 'prepareUnique=false'. Run collMod to set it first.",
+                                    ));
+                                }
+                                let mut rebuilt = index.clone();
+                                rebuilt.unique = true;
+                                rebuilt.entries.clear();
+                                for (id, doc) in docs {
+                                    if rebuilt.check(&ns, doc, id).is_err() {
+                                        return Err(CommandError::new(
+                                            359,
+                                            "Cannot convert the index to unique. Please resolve conflicting documents before running collMod again.",
+                                        ));
+                                    }
+                                    rebuilt.add(doc, id);
+                                }
+                                rebuilt.spec.insert("unique", true);
+                                rebuilt.spec.remove("prepareUnique");
+                                *index = rebuilt;
                             }
                             other => {
                                 return Err(CommandError::new(

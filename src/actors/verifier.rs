@@ -161,7 +161,7 @@ struct Shape {
 fn comparable_index(spec: &Document, strict: bool) -> Document {
     let mut d = Document::new();
     for (k, v) in spec {
-        if matches!(k.as_str(), "v" | "ns" | "background") {
+        if matches!(k.as_str(), "v" | "ns" | "background" | "prepareUnique") {
             continue;
         }
         if !strict

@@ -21,6 +21,9 @@ use crate::dispatch::{self, Connection};
 use crate::storage::Storage;
 use crate::wire::{self, Request};
 
+/// Interval of the idle primary's no-op oplog writes.
+const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How to start a sandbox replica set member.
 #[derive(Clone, Debug)]
 pub struct SandboxOptions {
@@ -351,6 +354,18 @@ async fn accept_loop(
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             cursor_server.cursors.reap_idle();
+        }
+    });
+    // A primary writes a no-op every 10 s when idle, so majority time and change-stream
+    // high-water marks keep moving (the server's periodic no-op writer).
+    let noop_server = server.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
+            if noop_server.is_primary() {
+                noop_server.storage.lock().append_noop(bson::doc! {"msg": "periodic noop"});
+                noop_server.oplog_appended.notify_waiters();
+            }
         }
     });
     loop {

@@ -513,14 +513,18 @@ pub fn validate_collection_name(db: &str, coll: &str) -> CmdResult<()> {
 }
 
 impl Storage {
+    /// A new member's data: empty, with the oplog's first entry written at replica-set
+    /// initiation, as on a real member.
     pub fn new(max_oplog_entries: Option<usize>) -> Storage {
-        Storage {
+        let mut storage = Storage {
             oplog: Oplog {
                 max_entries: max_oplog_entries,
                 ..Default::default()
             },
             ..Default::default()
-        }
+        };
+        storage.append_noop(doc! {"msg": "initiating set"});
+        storage
     }
 
     /// The newest timestamp handed out (the cluster time).
@@ -554,7 +558,7 @@ impl Storage {
 
     /// Appends a no-op entry (appendOplogNote), moving cluster time forward.
     pub fn append_noop(&mut self, data: Document) -> Timestamp {
-        self.append(Change::new(EventKind::Noop, "", "", doc! {"msg": data}))
+        self.append(Change::new(EventKind::Noop, "", "", data))
     }
 
     pub fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {

@@ -1,0 +1,143 @@
+//! Ferry's throughput against sandbox replica sets, each figure beside a baseline measured
+//! in the same run (the machines are shared and noisy):
+//! - initial copy documents/s vs the raw insertMany ceiling of the same destination;
+//! - change apply events/s vs the same ceiling;
+//! - peak resident memory of the Ferry process (the sandboxes run as child processes).
+//!
+//! Run: `cargo bench --bench migration` (optionally `FERRY_BENCH_DOCS=N`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bson::{doc, Document};
+use ferry::control::ControlRequest;
+use ferry::progress::Phase;
+use ferry::run::{Migration, RunOptions};
+use mongodb::Client;
+
+struct ChildSandbox {
+    child: Child,
+    uri: String,
+}
+
+impl Drop for ChildSandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sandbox(name: &str) -> ChildSandbox {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sandbox", "--port", "0", "--set-name", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ferry sandbox");
+    let stdout = child.stdout.take().expect("sandbox stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+    let uri = line.trim().strip_prefix("ready ").expect("ready line").to_string();
+    ChildSandbox { child, uri }
+}
+
+fn document(i: usize) -> Document {
+    // About 1 KiB of BSON.
+    doc! {"_id": i as i64, "name": format!("document {i}"), "n": i as i64, "tags": ["a", "b", "c"], "payload": "x".repeat(900)}
+}
+
+async fn insert_all(client: &Client, db: &str, n: usize) -> Duration {
+    let coll = client.database(db).collection::<Document>("items");
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        coll.insert_many((i..end).map(document).collect::<Vec<_>>()).await.expect("insert_many");
+        i = end;
+    }
+    started.elapsed()
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+async fn wait_for(progress: &ferry::progress::SharedProgress, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(!progress.phase().is_terminal(), "migration ended while waiting for {what}: {:?}", progress.last_error.read());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::var("FERRY_BENCH_DOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let source = sandbox("source");
+    let destination = sandbox("destination");
+    let ceiling_target = sandbox("ceiling");
+    let src = Client::with_uri_str(&source.uri).await.expect("client");
+    let ceiling_client = Client::with_uri_str(&ceiling_target.uri).await.expect("client");
+
+    // Baseline: raw insertMany into an identical destination.
+    let ceiling = insert_all(&ceiling_client, "bench", n).await;
+    let ceiling_rate = n as f64 / ceiling.as_secs_f64();
+    insert_all(&src, "bench", n).await;
+
+    let config = ferry::config::from_toml_str(
+        &format!(
+            "[source]\nuri = \"{}\"\n[destination]\nuri = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n",
+            source.uri, destination.uri
+        ),
+        &|_| None,
+    )
+    .expect("config");
+    let migration = tokio::task::spawn_blocking(move || Migration::start(config, RunOptions { serve_api: false, preflight: false }))
+        .await
+        .expect("join")
+        .expect("start");
+    let progress = migration.progress.clone();
+    wait_for(&progress, "copy start", || progress.phase() == Phase::Copying).await;
+    let copy_started = Instant::now();
+    wait_for(&progress, "copy end", || matches!(progress.phase(), Phase::Syncing | Phase::ReadyForCutover)).await;
+    let copy = copy_started.elapsed();
+    let copied = progress.documents_copied.load(Ordering::Relaxed);
+    let copy_rate = copied as f64 / copy.as_secs_f64();
+    wait_for(&progress, "ready", || progress.phase() == Phase::ReadyForCutover).await;
+
+    // Apply: pause, write n/2 inserts and n/2 updates to the source, resume, time the catch-up.
+    migration.control.request(ControlRequest::Pause).await.expect("pause");
+    let events = n;
+    let coll = src.database("bench").collection::<Document>("live");
+    let mut i = 0;
+    while i < events / 2 {
+        let end = (i + 1000).min(events / 2);
+        coll.insert_many((i..end).map(document).collect::<Vec<_>>()).await.expect("insert");
+        i = end;
+    }
+    src.database("bench").collection::<Document>("items").update_many(doc! {"_id": {"$lt": (events / 2) as i64}}, doc! {"$inc": {"n": 1}}).await.expect("update");
+    let before = progress.events_applied.load(Ordering::Relaxed);
+    let apply_started = Instant::now();
+    migration.control.request(ControlRequest::Resume).await.expect("resume");
+    wait_for(&progress, "apply", || progress.events_applied.load(Ordering::Relaxed) >= before + events as u64).await;
+    let apply = apply_started.elapsed();
+    let apply_rate = events as f64 / apply.as_secs_f64();
+    let rss = peak_rss_mib();
+    let data_mib = (n as f64 * 1.0) / 1024.0;
+
+    migration.control.request(ControlRequest::Cancel).await.expect("cancel");
+    let _ = tokio::task::spawn_blocking(move || migration.wait()).await;
+
+    println!("documents: {n} x ~1 KiB ({data_mib:.0} MiB), sandboxes in child processes");
+    println!("baseline insertMany ceiling : {ceiling_rate:>10.0} docs/s");
+    println!("initial copy                : {copy_rate:>10.0} docs/s  ({:.0}% of ceiling)", 100.0 * copy_rate / ceiling_rate);
+    println!("change apply                : {apply_rate:>10.0} events/s ({:.0}% of ceiling)", 100.0 * apply_rate / ceiling_rate);
+    println!("peak RSS of the ferry process: {rss:.0} MiB");
+}

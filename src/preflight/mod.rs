@@ -219,9 +219,11 @@ pub async fn run_checks_as(config: &Config, owner: &str) -> PreflightReport {
 }
 
 async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> PreflightReport {
+    let (source_conn, destination_conn) =
+        (config.source.connection(), config.destination.connection());
     let (source, destination) = tokio::join!(
-        probe(Side::Source, &config.source.connection()),
-        probe(Side::Destination, &config.destination.connection()),
+        probe(Side::Source, &source_conn),
+        probe(Side::Destination, &destination_conn),
     );
     let mut checks = Vec::new();
     for issue in config.warnings() {
@@ -484,14 +486,16 @@ async fn version_check(
     *found = Some(version);
     let fcv = match topology::feature_compatibility_version(cluster).await {
         Ok(fcv) => fcv,
-        Err(e) => return Check::fail(
-            name,
-            format!(
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!(
                 "the {side} runs {version} but its featureCompatibilityVersion cannot be read: {}",
                 describe(&e)
             ),
-            format!("grant the {side} user clusterMonitor (getParameter) or check the server"),
-        ),
+                format!("grant the {side} user clusterMonitor (getParameter) or check the server"),
+            )
+        }
     };
     if let Some((why, fix)) = unsupported(version) {
         return Check::fail(

@@ -7,9 +7,13 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlRequest {
     /// The operator says application writes to the source have stopped.
-    Cutover { writes_stopped: bool },
+    Cutover {
+        writes_stopped: bool,
+    },
     /// Lengthen the cutover window.
-    Extend { hours: f64 },
+    Extend {
+        hours: f64,
+    },
     Pause,
     Resume,
     Cancel,
@@ -25,13 +29,22 @@ pub struct ControlError {
 
 impl ControlError {
     pub fn conflict(message: impl Into<String>) -> Self {
-        ControlError { status: 409, message: message.into() }
+        ControlError {
+            status: 409,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ControlError { status: 400, message: message.into() }
+        ControlError {
+            status: 400,
+            message: message.into(),
+        }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ControlError { status: 503, message: message.into() }
+        ControlError {
+            status: 503,
+            message: message.into(),
+        }
     }
 }
 
@@ -58,6 +71,8 @@ impl ControlHandle {
             .send((request, reply_tx))
             .await
             .map_err(|_| ControlError::unavailable("the migration is not running"))?;
-        reply_rx.await.map_err(|_| ControlError::unavailable("the migration stopped before answering"))?
+        reply_rx
+            .await
+            .map_err(|_| ControlError::unavailable("the migration stopped before answering"))?
     }
 }

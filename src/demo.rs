@@ -26,7 +26,13 @@ pub struct DemoSizes {
 
 impl Default for DemoSizes {
     fn default() -> Self {
-        DemoSizes { customers: 20_000, orders: 50_000, products: 10_000, events: 30_000, sessions: 5_000 }
+        DemoSizes {
+            customers: 20_000,
+            orders: 50_000,
+            products: 10_000,
+            events: 30_000,
+            sessions: 5_000,
+        }
     }
 }
 
@@ -45,12 +51,19 @@ pub enum DemoError {
 }
 
 /// Inserts `n` documents made by `make` in batches.
-async fn seed<F: Fn(usize) -> Document>(client: &Client, db: &str, coll: &str, n: usize, make: F) -> Result<(), DemoError> {
+async fn seed<F: Fn(usize) -> Document>(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    n: usize,
+    make: F,
+) -> Result<(), DemoError> {
     let c = client.database(db).collection::<Document>(coll);
     let mut i = 0;
     while i < n {
         let end = (i + 2000).min(n);
-        c.insert_many((i..end).map(&make).collect::<Vec<_>>()).await?;
+        c.insert_many((i..end).map(&make).collect::<Vec<_>>())
+            .await?;
         i = end;
     }
     Ok(())
@@ -70,11 +83,11 @@ pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, Demo
             "_id": i as i64,
             "email": format!("user{i}@example.com"),
             "name": format!("Customer {i}"),
-            "tier": ["bronze", "silver", "gold"][i % 3],
+            "tier": (["bronze", "silver", "gold"][i % 3]),
             "balance": Decimal128::from_bytes(((i as u128) * 100).to_le_bytes()),
             "signed_up": DateTime::from_millis(now - (i as i64) * 60_000),
             "tags": ["demo", if i % 2 == 0 { "even" } else { "odd" }],
-            "address": {"city": ["Lyon", "Oslo", "Lima", "Pune"][i % 4], "zip": format!("{:05}", i % 99_999)},
+            "address": {"city": (["Lyon", "Oslo", "Lima", "Pune"][i % 4]), "zip": format!("{:05}", i % 99_999)},
         }
     })
     .await?;
@@ -101,28 +114,43 @@ pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, Demo
     })
     .await?;
     seed(client, "analytics", "events", sizes.events, |i| {
-        doc! {"_id": {"day": (i / 1000) as i32, "seq": (i % 1000) as i32}, "kind": ["view", "click", "buy"][i % 3], "at": DateTime::from_millis(now - i as i64), "props": {"page": format!("/p/{}", i % 37), "ms": (i % 900) as i32}}
+        doc! {"_id": {"day": (i / 1000) as i32, "seq": (i % 1000) as i32}, "kind": (["view", "click", "buy"][i % 3]), "at": DateTime::from_millis(now - i as i64), "props": {"page": format!("/p/{}", i % 37), "ms": (i % 900) as i32}}
     })
     .await?;
     Ok((sizes.customers + sizes.orders + sizes.sessions + sizes.products + sizes.events) as u64)
 }
 
 /// Writes to the source until stopped: inserts, updates, replacements and deletes.
-pub async fn workload(client: Client, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>, customers: usize) {
+pub async fn workload(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    customers: usize,
+) {
     let shop = client.database("shop");
     let orders = shop.collection::<Document>("orders");
     let customers_coll = shop.collection::<Document>("customers");
-    let products = client.database("inventory").collection::<Document>("products");
+    let products = client
+        .database("inventory")
+        .collection::<Document>("products");
     let mut i: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let step = async {
             orders.insert_one(doc! {"customer": (i % customers.max(1) as u64) as i64, "created": DateTime::now(), "total": 10.0, "items": [], "paid": false, "live": true}).await?;
             customers_coll
-                .update_one(doc! {"_id": (i % customers.max(1) as u64) as i64}, doc! {"$inc": {"visits": 1}, "$set": {"last_visit": DateTime::now()}})
+                .update_one(
+                    doc! {"_id": (i % customers.max(1) as u64) as i64},
+                    doc! {"$inc": {"visits": 1}, "$set": {"last_visit": DateTime::now()}},
+                )
                 .await?;
             if i % 3 == 0 {
-                products.replace_one(doc! {"_id": format!("sku-{}", (i * 2) % 1000)}, doc! {"name": "replaced", "price": 1.0, "stock": 0i64}).await?;
+                products
+                    .replace_one(
+                        doc! {"_id": format!("sku-{}", (i * 2) % 1000)},
+                        doc! {"name": "replaced", "price": 1.0, "stock": 0i64},
+                    )
+                    .await?;
             }
             if i % 5 == 0 {
                 orders.delete_one(doc! {"live": true}).await?;
@@ -149,20 +177,35 @@ fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config,
 /// Runs the demo; prints progress and the report.
 pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoError> {
     let started = Instant::now();
-    let source = Sandbox::start(SandboxOptions { set_name: "source".into(), ..Default::default() })?;
-    let destination = Sandbox::start(SandboxOptions { set_name: "destination".into(), ..Default::default() })?;
+    let source = Sandbox::start(SandboxOptions {
+        set_name: "source".into(),
+        ..Default::default()
+    })?;
+    let destination = Sandbox::start(SandboxOptions {
+        set_name: "destination".into(),
+        ..Default::default()
+    })?;
     println!("source sandbox:      {}", source.uri());
     println!("destination sandbox: {}", destination.uri());
     let client = Client::with_uri_str(source.uri()).await?;
     let seeded = seed_source(&client, &sizes).await?;
-    println!("seeded {seeded} documents in 3 databases ({:.1} s)", started.elapsed().as_secs_f64());
+    println!(
+        "seeded {seeded} documents in 3 databases ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(workload(client.clone(), stop.clone(), ops.clone(), sizes.customers));
+    let load = tokio::spawn(workload(
+        client.clone(),
+        stop.clone(),
+        ops.clone(),
+        sizes.customers,
+    ));
     let config = demo_config(&source.uri(), &destination.uri())?;
-    let migration = tokio::task::spawn_blocking(move || Migration::start(config, RunOptions::default()))
-        .await
-        .map_err(|e| DemoError::Other(e.to_string()))??;
+    let migration =
+        tokio::task::spawn_blocking(move || Migration::start(config, RunOptions::default()))
+            .await
+            .map_err(|e| DemoError::Other(e.to_string()))??;
     if let Some(addr) = migration.api_addr() {
         println!("ferry API:           http://{addr}/api/v1/progress");
     }
@@ -175,7 +218,11 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
             break;
         }
         if phase.is_terminal() || Instant::now() > deadline {
-            return Err(DemoError::Other(format!("migration stopped in phase {} ({:?})", phase.as_str(), progress.last_error.read().clone())));
+            return Err(DemoError::Other(format!(
+                "migration stopped in phase {} ({:?})",
+                phase.as_str(),
+                progress.last_error.read().clone()
+            )));
         }
         if last_print.elapsed() > Duration::from_secs(1) {
             last_print = Instant::now();
@@ -185,7 +232,10 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
                 progress.documents_copied.load(Ordering::Relaxed),
                 progress.documents_estimated.load(Ordering::Relaxed),
                 progress.events_applied.load(Ordering::Relaxed),
-                progress.lag_seconds().map(|l| format!("{l:.0} s")).unwrap_or_else(|| "-".into()),
+                progress
+                    .lag_seconds()
+                    .map(|l| format!("{l:.0} s"))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -194,25 +244,43 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
-    println!("ready for cutover; application writes stopped after {} workload rounds", ops.load(Ordering::Relaxed));
-    let reply = migration.control.request(ControlRequest::Cutover { writes_stopped: true }).await;
+    println!(
+        "ready for cutover; application writes stopped after {} workload rounds",
+        ops.load(Ordering::Relaxed)
+    );
+    let reply = migration
+        .control
+        .request(ControlRequest::Cutover {
+            writes_stopped: true,
+        })
+        .await;
     if let Err(e) = reply {
         return Err(DemoError::Other(format!("cutover refused: {}", e.message)));
     }
-    let outcome = tokio::task::spawn_blocking(move || migration.wait()).await.map_err(|e| DemoError::Other(e.to_string()))??;
+    let outcome = tokio::task::spawn_blocking(move || migration.wait())
+        .await
+        .map_err(|e| DemoError::Other(e.to_string()))??;
     match (outcome.phase, outcome.report) {
         (Phase::Completed, Some(report)) => {
             println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
             Ok(report)
         }
-        (phase, _) => Err(DemoError::Other(format!("migration ended {} ({})", phase.as_str(), outcome.error.unwrap_or_default()))),
+        (phase, _) => Err(DemoError::Other(format!(
+            "migration ended {} ({})",
+            phase.as_str(),
+            outcome.error.unwrap_or_default()
+        ))),
     }
 }
 
 /// `ferry demo` entry point.
 pub fn demo_command() -> ExitCode {
     crate::logging::init("warn", false);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -2,7 +2,9 @@
 //! with its unit. Names follow `ferry_<subsystem>_<name>_<unit>`; counters end in
 //! `_total`; label values stay bounded (namespace yes, document id never).
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 use crate::progress::Phase;
 
@@ -25,13 +27,41 @@ pub const LABEL_PHASE: &str = "phase";
 
 /// Describes every metric once (call at start).
 pub fn describe() {
-    describe_counter!(COPY_DOCUMENTS_TOTAL, Unit::Count, "documents copied to the destination during the initial copy");
-    describe_counter!(COPY_BYTES_TOTAL, Unit::Bytes, "BSON bytes copied to the destination during the initial copy");
-    describe_counter!(APPLY_EVENTS_TOTAL, Unit::Count, "change events applied to the destination");
-    describe_gauge!(LAG_SECONDS, Unit::Seconds, "source cluster time minus the time of the newest fully applied event");
-    describe_histogram!(BATCH_LATENCY_SECONDS, Unit::Seconds, "time to write one batch to the destination");
-    describe_counter!(ERRORS_TOTAL, Unit::Count, "errors seen, retried or not, by component");
-    describe_gauge!(STATE, Unit::Count, "1 for the current phase of the migration, 0 for the others");
+    describe_counter!(
+        COPY_DOCUMENTS_TOTAL,
+        Unit::Count,
+        "documents copied to the destination during the initial copy"
+    );
+    describe_counter!(
+        COPY_BYTES_TOTAL,
+        Unit::Bytes,
+        "BSON bytes copied to the destination during the initial copy"
+    );
+    describe_counter!(
+        APPLY_EVENTS_TOTAL,
+        Unit::Count,
+        "change events applied to the destination"
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "source cluster time minus the time of the newest fully applied event"
+    );
+    describe_histogram!(
+        BATCH_LATENCY_SECONDS,
+        Unit::Seconds,
+        "time to write one batch to the destination"
+    );
+    describe_counter!(
+        ERRORS_TOTAL,
+        Unit::Count,
+        "errors seen, retried or not, by component"
+    );
+    describe_gauge!(
+        STATE,
+        Unit::Count,
+        "1 for the current phase of the migration, 0 for the others"
+    );
 }
 
 pub fn record_phase(phase: Phase) {

@@ -9,7 +9,9 @@ use crate::actors::SharedEngine;
 
 /// Sends `{event, message, phase}` to the configured webhook, if any, in the background.
 pub fn send(engine: &SharedEngine, event: &str, message: &str) {
-    let Some(url) = engine.config.notify.webhook_url.clone() else { return };
+    let Some(url) = engine.config.notify.webhook_url.clone() else {
+        return;
+    };
     let timeout = Duration::from_secs(engine.config.notify.webhook_timeout_seconds.max(1));
     let body = serde_json::json!({
         "event": event,
@@ -21,8 +23,12 @@ pub fn send(engine: &SharedEngine, event: &str, message: &str) {
     tokio::spawn(async move {
         match tokio::time::timeout(timeout, post(&url, &body)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => {}
-            Ok(Ok(status)) => tracing::warn!(status, url = %crate::config::redacted_url(&url), "webhook answered with an error status"),
-            Ok(Err(e)) => tracing::warn!(error = %e, url = %crate::config::redacted_url(&url), "webhook failed"),
+            Ok(Ok(status)) => {
+                tracing::warn!(status, url = %crate::config::redacted_url(&url), "webhook answered with an error status")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, url = %crate::config::redacted_url(&url), "webhook failed")
+            }
             Err(_) => tracing::warn!(url = %crate::config::redacted_url(&url), "webhook timed out"),
         }
     });
@@ -31,14 +37,18 @@ pub fn send(engine: &SharedEngine, event: &str, message: &str) {
 /// A minimal HTTP/1.1 POST (http:// only); returns the status code.
 pub async fn post(url: &str, body: &str) -> std::io::Result<u16> {
     let invalid = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| invalid("only http:// webhooks are supported; put an https proxy in front"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        invalid("only http:// webhooks are supported; put an https proxy in front")
+    })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let host_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    let host_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
     let mut stream = tokio::net::TcpStream::connect(&host_port).await?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

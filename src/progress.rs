@@ -57,7 +57,10 @@ impl Phase {
     }
     /// A phase the run never leaves.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Phase::Completed | Phase::Cancelled | Phase::Failed | Phase::Expired)
+        matches!(
+            self,
+            Phase::Completed | Phase::Cancelled | Phase::Failed | Phase::Expired
+        )
     }
 }
 
@@ -118,7 +121,10 @@ impl Progress {
         let ms = self.lag_ms.load(Ordering::Relaxed);
         (ms >= 0).then(|| ms as f64 / 1000.0)
     }
-    pub fn namespace_mut(&self, ns: &str) -> dashmap::mapref::one::RefMut<'_, String, NamespaceProgress> {
+    pub fn namespace_mut(
+        &self,
+        ns: &str,
+    ) -> dashmap::mapref::one::RefMut<'_, String, NamespaceProgress> {
         self.namespaces.entry(ns.to_string()).or_default()
     }
 }

@@ -55,19 +55,40 @@ impl std::fmt::Display for Report {
         writeln!(f, "  changes synced:      {}", self.events_synced)?;
         writeln!(f, "  downtime:            {:.2} s", self.downtime_seconds)?;
         writeln!(f, "  duration:            {:.1} s", self.duration_seconds)?;
-        writeln!(f, "  data copied:         {} documents, {}", self.documents_copied, human_bytes(self.bytes_copied))?;
-        writeln!(f, "  collections copied:  {} ({} views, {} indexes)", self.collections_copied, self.views_copied, self.indexes_copied)?;
+        writeln!(
+            f,
+            "  data copied:         {} documents, {}",
+            self.documents_copied,
+            human_bytes(self.bytes_copied)
+        )?;
+        writeln!(
+            f,
+            "  collections copied:  {} ({} views, {} indexes)",
+            self.collections_copied, self.views_copied, self.indexes_copied
+        )?;
         let v = &self.verification;
         if v.passed {
-            writeln!(f, "  verification:        passed ({} namespaces, {} documents)", v.namespaces_checked, v.documents_checked)?;
+            writeln!(
+                f,
+                "  verification:        passed ({} namespaces, {} documents)",
+                v.namespaces_checked, v.documents_checked
+            )?;
         } else {
-            writeln!(f, "  verification:        FAILED ({} mismatches)", v.mismatches.len())?;
+            writeln!(
+                f,
+                "  verification:        FAILED ({} mismatches)",
+                v.mismatches.len()
+            )?;
             for m in &v.mismatches {
                 writeln!(f, "    {} [{}]: {}", m.namespace, m.kind, m.detail)?;
             }
         }
         if self.late_writes_detected > 0 {
-            writeln!(f, "  late writes:         {} writes reached the source after cutover was confirmed", self.late_writes_detected)?;
+            writeln!(
+                f,
+                "  late writes:         {} writes reached the source after cutover was confirmed",
+                self.late_writes_detected
+            )?;
         }
         for s in &self.skipped {
             writeln!(f, "  not migrated:        {s}")?;

@@ -50,7 +50,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { serve_api: true, preflight: true }
+        RunOptions {
+            serve_api: true,
+            preflight: true,
+        }
     }
 }
 
@@ -71,7 +74,8 @@ impl Migration {
         let (control, control_rx) = ControlHandle::channel(16);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let (kill_tx, kill_rx) = oneshot::channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Option<SocketAddr>, RunError>>();
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::channel::<Result<Option<SocketAddr>, RunError>>();
         let thread_progress = progress.clone();
         let thread_control = control.clone();
         let thread = thread::Builder::new()
@@ -107,7 +111,14 @@ impl Migration {
                 };
             }
         };
-        Ok(Migration { control, progress, api_addr, shutdown: Some(shutdown_tx), kill: Some(kill_tx), thread: Some(thread) })
+        Ok(Migration {
+            control,
+            progress,
+            api_addr,
+            shutdown: Some(shutdown_tx),
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        })
     }
 
     /// Where the API listens, when it was started.
@@ -156,13 +167,6 @@ impl Drop for Migration {
     }
 }
 
-/// The identity of a migration in the destination lock: same source and destination,
-/// same migration, so a restarted run takes its own lock back at once.
-fn owner_id(config: &Config) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(format!("{}|{}", config.source.uri, config.destination.uri).as_bytes());
-    format!("ferry-{h:016x}")
-}
-
 async fn drive(
     config: Config,
     options: RunOptions,
@@ -176,8 +180,10 @@ async fn drive(
     progress.set_phase(Phase::Validating);
     let setup = async {
         let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
-        let destination = Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints = Checkpoints::new(destination.clone(), owner_id(&config));
+        let destination =
+            Cluster::connect(Side::Destination, &config.destination.connection()).await?;
+        let checkpoints =
+            Checkpoints::new(destination.clone(), crate::preflight::lock_owner(&config));
         let existing = checkpoints.load_state().await?;
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
@@ -193,7 +199,14 @@ async fn drive(
             Ok(f) => f,
             Err(e) => return Err(RunError::Preflight(e.to_string())),
         };
-        let engine = Arc::new(Engine { config: config.clone(), source, destination, filter, checkpoints, progress: progress.clone() });
+        let engine = Arc::new(Engine {
+            config: config.clone(),
+            source,
+            destination,
+            filter,
+            checkpoints,
+            progress: progress.clone(),
+        });
         let state = match existing {
             Some(state) => {
                 tracing::info!(phase = ?state.phase, copy_complete = state.copy_complete, "resuming the earlier run");
@@ -213,6 +226,7 @@ async fn drive(
                 engine.checkpoints.load_state().await?.unwrap_or_default()
             }
         };
+        crate::actors::coordinator::stop_balancers(&engine).await?;
         Ok::<_, RunError>((engine, state))
     };
     let (engine, state) = match setup.await {
@@ -228,13 +242,27 @@ async fn drive(
         let _ = ready.send(Ok(None));
         progress.set_phase(Phase::Completed);
         tracing::info!("this migration already completed; nothing to do");
-        return Ok(RunOutcome { phase: Phase::Completed, report: None, error: None });
+        return Ok(RunOutcome {
+            phase: Phase::Completed,
+            report: None,
+            error: None,
+        });
     }
     let api = if options.serve_api {
-        match crate::api::serve(config.api.listen, progress.clone(), control.clone(), crate::api::install_prometheus()).await {
+        match crate::api::serve(
+            config.api.listen,
+            progress.clone(),
+            control.clone(),
+            crate::api::install_prometheus(),
+        )
+        .await
+        {
             Ok(server) => Some(server),
             Err(source) => {
-                let e = RunError::Api { addr: config.api.listen, source };
+                let e = RunError::Api {
+                    addr: config.api.listen,
+                    source,
+                };
                 let _ = ready.send(Err(e));
                 return Err(RunError::Crashed);
             }
@@ -272,7 +300,10 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
     let everything = crate::config::NamespaceFilter::allow_all();
     for db in engine.destination.database_names(&everything).await? {
         tracing::warn!(db = %db, "clear_destination: dropping destination database");
-        engine.destination.run(&db, doc! {"dropDatabase": 1}).await?;
+        engine
+            .destination
+            .run(&db, doc! {"dropDatabase": 1})
+            .await?;
     }
     engine.checkpoints.reset().await?;
     Ok(())
@@ -288,7 +319,10 @@ pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::logging::init(&config.log.level, matches!(config.log.format, crate::config::LogFormat::Json));
+    crate::logging::init(
+        &config.log.level,
+        matches!(config.log.format, crate::config::LogFormat::Json),
+    );
     let mut migration = match Migration::start(config, RunOptions::default()) {
         Ok(m) => m,
         Err(e) => {
@@ -299,7 +333,10 @@ pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
     if let Some(addr) = migration.api_addr() {
         tracing::info!(api = %addr, "control API listening");
     }
-    let signals = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let signals = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot handle signals: {e}");
@@ -325,8 +362,16 @@ pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
         Ok(outcome) => match outcome.phase {
             Phase::Completed => ExitCode::SUCCESS,
             phase => {
-                eprintln!("migration {}: {}", phase.as_str(), outcome.error.unwrap_or_default());
-                if finished { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+                eprintln!(
+                    "migration {}: {}",
+                    phase.as_str(),
+                    outcome.error.unwrap_or_default()
+                );
+                if finished {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
         },
         Err(e) => {

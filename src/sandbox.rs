@@ -37,23 +37,42 @@ pub struct SandboxArgs {
 /// Parses `NAME:PASSWORD:ROLE[,ROLE...]`.
 pub fn parse_user(spec: &str) -> Result<(String, String, Vec<String>), String> {
     let mut parts = spec.splitn(3, ':');
-    let (Some(name), Some(password), Some(roles)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("--user {spec:?}: expected NAME:PASSWORD:ROLE[,ROLE...]"));
+    let (Some(name), Some(password), Some(roles)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "--user {spec:?}: expected NAME:PASSWORD:ROLE[,ROLE...]"
+        ));
     };
     if name.is_empty() || password.is_empty() {
-        return Err(format!("--user {spec:?}: name and password must not be empty"));
+        return Err(format!(
+            "--user {spec:?}: name and password must not be empty"
+        ));
     }
-    let roles: Vec<String> = roles.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    let roles: Vec<String> = roles
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from)
+        .collect();
     if roles.is_empty() {
-        return Err(format!("--user {spec:?}: give at least one role, e.g. root"));
+        return Err(format!(
+            "--user {spec:?}: give at least one role, e.g. root"
+        ));
     }
     Ok((name.to_string(), password.to_string(), roles))
 }
 
 pub fn options_from(args: &SandboxArgs) -> Result<SandboxOptions, String> {
-    let users = args.users.iter().map(|u| parse_user(u)).collect::<Result<Vec<_>, _>>()?;
+    let users = args
+        .users
+        .iter()
+        .map(|u| parse_user(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles { cert_file: cert.clone(), key_file: key.clone() }),
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        }),
         _ => None,
     };
     Ok(SandboxOptions {
@@ -89,7 +108,10 @@ pub fn run(args: SandboxArgs) -> ExitCode {
         }
     };
     println!("ready {}", sandbox.uri());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start signal handling: {e}");

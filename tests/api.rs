@@ -3,7 +3,7 @@
 //! client on the other end.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ferry::api::client::{ApiClient, ClientError};
 use ferry::api::{ApiServer, RunState, StatusView};
@@ -11,7 +11,7 @@ use ferry::cli::{self, ControlAction};
 use ferry::control::{ControlError, ControlHandle, ControlRequest};
 use ferry::progress::{NamespaceProgress, Phase, Progress, SharedProgress};
 use ferry::report::Report;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 
 struct Harness {
@@ -96,17 +96,6 @@ fn error_of(body: &Value) -> &str {
         .expect("error bodies carry an `error` string")
 }
 
-fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .install_recorder()
-                .expect("one recorder per test binary")
-        })
-        .clone()
-}
-
 #[tokio::test]
 async fn progress_reports_phase_counters_window_and_namespaces() {
     let h = start(None).await;
@@ -179,7 +168,7 @@ async fn progress_reports_phase_counters_window_and_namespaces() {
             "status screen lacks {expected:?}:\n{screen}"
         );
     }
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -211,7 +200,7 @@ async fn cutover_requires_the_operator_to_confirm_writes_stopped() {
         .expect("cutover accepted");
     assert_eq!(reply["message"], "cutover started");
     assert_eq!(h.progress.phase(), Phase::CuttingOver);
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -226,7 +215,7 @@ async fn supervisor_refusal_keeps_its_status_and_message() {
         other => panic!("expected a 409 refusal, got {other:?}"),
     }
     assert_eq!(h.progress.phase(), Phase::Copying);
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -257,7 +246,7 @@ async fn extend_accepts_only_a_positive_number_of_hours() {
         view.window_expires_at.as_deref(),
         Some("2023-11-15T00:13:20Z")
     );
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -290,7 +279,7 @@ async fn malformed_json_unknown_routes_and_wrong_methods_get_json_errors() {
         .await
         .expect("api answers");
     assert_eq!(response.status, 405);
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -327,7 +316,7 @@ async fn pause_resume_cancel_reach_the_supervisor() {
             ControlRequest::Cancel
         ]
     );
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
@@ -350,13 +339,18 @@ async fn report_is_404_until_the_migration_completes() {
     *h.progress.report.write() = Some(report.clone());
     let served: Report = h.client.get_json("/api/v1/report").await.expect("report");
     assert_eq!(served, report);
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 }
 
 #[tokio::test]
 async fn metrics_endpoint_serves_ferry_metrics() {
-    let h = start(Some(recorder())).await;
-    ferry::metrics::describe();
+    // The daemon's own installer: installs once per process and describes every metric.
+    let prometheus = ferry::api::install_prometheus();
+    assert!(
+        prometheus.is_some(),
+        "no other recorder in this test binary"
+    );
+    let h = start(prometheus).await;
     ferry::metrics::record_copy("shop.metrics_test", 5, 640);
     let response = h.client.get("/metrics").await.expect("api answers");
     assert_eq!(response.status, 200);
@@ -369,7 +363,7 @@ async fn metrics_endpoint_serves_ferry_metrics() {
         text.contains("# HELP ferry_copy_documents_total"),
         "metrics are described: {text}"
     );
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
 
     let bare = start(None).await;
     let response = bare.client.get("/metrics").await.expect("api answers");
@@ -378,7 +372,7 @@ async fn metrics_endpoint_serves_ferry_metrics() {
         (200, 0),
         "no recorder: empty, not an error"
     );
-    bare.server.stop().await.expect("server stops");
+    bare.server.stop().await;
 }
 
 #[actix_web::test]
@@ -387,7 +381,7 @@ async fn serves_inside_an_actix_system_like_the_engine() {
     h.progress.set_phase(Phase::Copying);
     let view = cli::status(&h.url).await.expect("status under actix");
     assert_eq!(view.phase, Phase::Copying);
-    h.server.stop().await.expect("server stops");
+    h.server.stop().await;
     assert!(
         matches!(
             cli::status(&h.url).await,

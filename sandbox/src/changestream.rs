@@ -75,14 +75,29 @@ pub struct ChangeStream {
 
 impl ChangeStream {
     /// Opens a stream from a `$changeStream` stage spec and the stages that follow it.
-    pub fn open(storage: &mut Storage, scope: Scope, spec: &Document, rest: &[Document]) -> CmdResult<ChangeStream> {
+    pub fn open(
+        storage: &mut Storage,
+        scope: Scope,
+        spec: &Document,
+        rest: &[Document],
+    ) -> CmdResult<ChangeStream> {
         for (k, _) in spec {
             if !matches!(
                 k.as_str(),
-                "fullDocument" | "fullDocumentBeforeChange" | "resumeAfter" | "startAfter" | "startAtOperationTime"
-                    | "allChangesForCluster" | "showExpandedEvents" | "allowToRunOnConfigDB" | "showSystemEvents"
+                "fullDocument"
+                    | "fullDocumentBeforeChange"
+                    | "resumeAfter"
+                    | "startAfter"
+                    | "startAtOperationTime"
+                    | "allChangesForCluster"
+                    | "showExpandedEvents"
+                    | "allowToRunOnConfigDB"
+                    | "showSystemEvents"
             ) {
-                return Err(CommandError::new(40415, format!("BSON field '$changeStream.{k}' is an unknown field.")));
+                return Err(CommandError::new(
+                    40415,
+                    format!("BSON field '$changeStream.{k}' is an unknown field."),
+                ));
             }
         }
         let full_document = match spec.get_str("fullDocument").unwrap_or("default") {
@@ -90,22 +105,35 @@ impl ChangeStream {
             "updateLookup" => FullDocument::UpdateLookup,
             "whenAvailable" => FullDocument::WhenAvailable,
             "required" => FullDocument::Required,
-            other => return Err(CommandError::bad_value(format!("unrecognized value for fullDocument: '{other}'"))),
+            other => {
+                return Err(CommandError::bad_value(format!(
+                    "unrecognized value for fullDocument: '{other}'"
+                )))
+            }
         };
         let before_change = match spec.get_str("fullDocumentBeforeChange").unwrap_or("off") {
             "off" => BeforeChange::Off,
             "whenAvailable" => BeforeChange::WhenAvailable,
             "required" => BeforeChange::Required,
-            other => return Err(CommandError::bad_value(format!("unrecognized value for fullDocumentBeforeChange: '{other}'"))),
+            other => {
+                return Err(CommandError::bad_value(format!(
+                    "unrecognized value for fullDocumentBeforeChange: '{other}'"
+                )))
+            }
         };
-        let starts = ["resumeAfter", "startAfter", "startAtOperationTime"].iter().filter(|k| spec.contains_key(**k)).count();
+        let starts = ["resumeAfter", "startAfter", "startAtOperationTime"]
+            .iter()
+            .filter(|k| spec.contains_key(**k))
+            .count();
         if starts > 1 {
             return Err(CommandError::new(
                 codes::BAD_VALUE,
                 "Only one type of resume option is allowed, but multiple were found.",
             ));
         }
-        let (after, inclusive, pending_invalidate) = if let Ok(token) = spec.get_document("resumeAfter") {
+        let (after, inclusive, pending_invalidate) = if let Ok(token) =
+            spec.get_document("resumeAfter")
+        {
             let (ts, kind) = decode_token(token)?;
             if kind == TOKEN_INVALIDATE {
                 return Err(CommandError::new(
@@ -120,13 +148,20 @@ impl ChangeStream {
         } else if let Some(v) = spec.get("startAtOperationTime") {
             match v {
                 Bson::Timestamp(ts) => (*ts, true, None),
-                _ => return Err(CommandError::type_mismatch("startAtOperationTime must be a timestamp")),
+                _ => {
+                    return Err(CommandError::type_mismatch(
+                        "startAtOperationTime must be a timestamp",
+                    ))
+                }
             }
         } else {
             (storage.cluster_time(), false, None)
         };
         let lost = if inclusive {
-            storage.oplog.truncated_through.is_some_and(|t| !ts_lt(t, after))
+            storage
+                .oplog
+                .truncated_through
+                .is_some_and(|t| !ts_lt(t, after))
         } else {
             storage.oplog.lost_after(after)
         };
@@ -159,12 +194,20 @@ impl ChangeStream {
     fn position_token(&self, storage: &mut Storage) -> Document {
         // Everything up to the cluster time has been examined once a batch ends empty.
         let now = storage.cluster_time();
-        let ts = if ts_lt(self.after, now) { now } else { self.after };
+        let ts = if ts_lt(self.after, now) {
+            now
+        } else {
+            self.after
+        };
         encode_token(ts, TOKEN_EVENT)
     }
 
     /// Next events (up to `max`), with the postBatchResumeToken to report.
-    pub fn next_batch(&mut self, storage: &mut Storage, max: usize) -> CmdResult<(Vec<Document>, Document)> {
+    pub fn next_batch(
+        &mut self,
+        storage: &mut Storage,
+        max: usize,
+    ) -> CmdResult<(Vec<Document>, Document)> {
         if self.finished {
             return Ok((Vec::new(), encode_token(self.after, TOKEN_INVALIDATE)));
         }
@@ -175,7 +218,10 @@ impl ChangeStream {
             return Ok((vec![event], token));
         }
         let lost = if self.inclusive {
-            storage.oplog.truncated_through.is_some_and(|t| !ts_lt(t, self.after))
+            storage
+                .oplog
+                .truncated_through
+                .is_some_and(|t| !ts_lt(t, self.after))
         } else {
             storage.oplog.lost_after(self.after)
         };
@@ -183,7 +229,10 @@ impl ChangeStream {
             return Err(history_lost());
         }
         let start = if self.inclusive {
-            storage.oplog.entries.partition_point(|e| ts_lt(e.ts, self.after))
+            storage
+                .oplog
+                .entries
+                .partition_point(|e| ts_lt(e.ts, self.after))
         } else {
             storage.oplog.position_after(self.after)
         };
@@ -197,7 +246,9 @@ impl ChangeStream {
             i += 1;
             self.after = entry.ts;
             self.inclusive = false;
-            let Some(event) = self.render(storage, &entry)? else { continue };
+            let Some(event) = self.render(storage, &entry)? else {
+                continue;
+            };
             let invalidates = self.invalidated_by(&entry);
             let token = encode_token(entry.ts, TOKEN_EVENT);
             last_token = Some(token);
@@ -259,7 +310,8 @@ impl ChangeStream {
             Scope::Database(db) => entry.kind == EventKind::DropDatabase && &entry.db == db,
             Scope::Collection(db, coll) => {
                 &entry.db == db
-                    && ((&entry.coll == coll && matches!(entry.kind, EventKind::Drop | EventKind::Rename))
+                    && ((&entry.coll == coll
+                        && matches!(entry.kind, EventKind::Drop | EventKind::Rename))
                         || entry.kind == EventKind::DropDatabase)
             }
         }
@@ -293,7 +345,10 @@ impl ChangeStream {
         if entry.kind == EventKind::DropDatabase {
             ev.insert("ns", doc! {"db": entry.db.clone()});
         } else {
-            ev.insert("ns", doc! {"db": entry.db.clone(), "coll": entry.coll.clone()});
+            ev.insert(
+                "ns",
+                doc! {"db": entry.db.clone(), "coll": entry.coll.clone()},
+            );
         }
         if let Some(key) = &entry.document_key {
             ev.insert("documentKey", key.clone());
@@ -301,7 +356,14 @@ impl ChangeStream {
         let images_enabled = entry.pre_image.is_some();
         match entry.kind {
             EventKind::Insert | EventKind::Replace => {
-                ev.insert("fullDocument", entry.full_document.clone().map(Bson::Document).unwrap_or(Bson::Null));
+                ev.insert(
+                    "fullDocument",
+                    entry
+                        .full_document
+                        .clone()
+                        .map(Bson::Document)
+                        .unwrap_or(Bson::Null),
+                );
             }
             EventKind::Update => {
                 if let Some(d) = &entry.update_description {
@@ -322,15 +384,29 @@ impl ChangeStream {
                             .document_key
                             .as_ref()
                             .and_then(|k| k.get("_id"))
-                            .and_then(|id| storage.collection(&entry.db, &entry.coll).and_then(|c| c.docs.get(&OrdBson(id.clone()))));
-                        ev.insert("fullDocument", current.cloned().map(Bson::Document).unwrap_or(Bson::Null));
+                            .and_then(|id| {
+                                storage
+                                    .collection(&entry.db, &entry.coll)
+                                    .and_then(|c| c.docs.get(&OrdBson(id.clone())))
+                            });
+                        ev.insert(
+                            "fullDocument",
+                            current.cloned().map(Bson::Document).unwrap_or(Bson::Null),
+                        );
                     }
                     FullDocument::WhenAvailable | FullDocument::Required => {
-                        let post = if images_enabled { entry.full_document.clone() } else { None };
+                        let post = if images_enabled {
+                            entry.full_document.clone()
+                        } else {
+                            None
+                        };
                         if post.is_none() && self.full_document == FullDocument::Required {
                             return Err(missing_image("post", entry));
                         }
-                        ev.insert("fullDocument", post.map(Bson::Document).unwrap_or(Bson::Null));
+                        ev.insert(
+                            "fullDocument",
+                            post.map(Bson::Document).unwrap_or(Bson::Null),
+                        );
                     }
                 }
             }
@@ -341,11 +417,21 @@ impl ChangeStream {
             }
             _ => {}
         }
-        if matches!(entry.kind, EventKind::Update | EventKind::Replace | EventKind::Delete) {
+        if matches!(
+            entry.kind,
+            EventKind::Update | EventKind::Replace | EventKind::Delete
+        ) {
             match self.before_change {
                 BeforeChange::Off => {}
                 BeforeChange::WhenAvailable => {
-                    ev.insert("fullDocumentBeforeChange", entry.pre_image.clone().map(Bson::Document).unwrap_or(Bson::Null));
+                    ev.insert(
+                        "fullDocumentBeforeChange",
+                        entry
+                            .pre_image
+                            .clone()
+                            .map(Bson::Document)
+                            .unwrap_or(Bson::Null),
+                    );
                 }
                 BeforeChange::Required => match &entry.pre_image {
                     Some(d) => {

@@ -51,7 +51,9 @@ impl CursorRegistry {
         self.cursors.lock().remove(&id).is_some()
     }
     pub fn reap_idle(&self) {
-        self.cursors.lock().retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
+        self.cursors
+            .lock()
+            .retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
     }
     pub fn len(&self) -> usize {
         self.cursors.lock().len()

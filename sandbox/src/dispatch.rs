@@ -25,7 +25,12 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(id: i64) -> Connection {
-        Connection { id, users: Vec::new(), conversation: None, close_after_reply: false }
+        Connection {
+            id,
+            users: Vec::new(),
+            conversation: None,
+            close_after_reply: false,
+        }
     }
 }
 
@@ -45,7 +50,13 @@ impl Ctx<'_> {
             Some(Bson::String(s)) => Ok(s.clone()),
             _ => Err(CommandError::new(
                 codes::INVALID_NAMESPACE,
-                format!("collection name has invalid type {}", self.cmd.get(self.name).map(crate::storage::type_name).unwrap_or("missing")),
+                format!(
+                    "collection name has invalid type {}",
+                    self.cmd
+                        .get(self.name)
+                        .map(crate::storage::type_name)
+                        .unwrap_or("missing")
+                ),
             )),
         }
     }
@@ -53,7 +64,11 @@ impl Ctx<'_> {
         format!("{}.{}", self.db, coll)
     }
     pub fn roles(&self) -> Vec<crate::auth::users::RoleRef> {
-        self.conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect()
+        self.conn
+            .users
+            .iter()
+            .flat_map(|u| u.roles.iter().cloned())
+            .collect()
     }
     /// Whether authorization is enforced (users exist).
     pub fn auth_enabled(&self) -> bool {
@@ -72,7 +87,9 @@ impl Ctx<'_> {
 }
 
 pub fn unauthorized(command: &str, db: &str) -> CommandError {
-    CommandError::unauthorized(format!("not authorized on {db} to execute command {{ {command}: ... }}"))
+    CommandError::unauthorized(format!(
+        "not authorized on {db} to execute command {{ {command}: ... }}"
+    ))
 }
 
 /// Runs one OP_MSG command and returns the reply document (success or error).
@@ -82,12 +99,22 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     };
     let db = match cmd.get("$db") {
         Some(Bson::String(s)) => s.clone(),
-        _ => return finish(server, Err(CommandError::failed_to_parse("OP_MSG requests require a $db argument"))),
+        _ => {
+            return finish(
+                server,
+                Err(CommandError::failed_to_parse(
+                    "OP_MSG requests require a $db argument",
+                )),
+            )
+        }
     };
     let Some(spec) = commands::lookup(&name) else {
         return finish(
             server,
-            Err(CommandError::new(codes::COMMAND_NOT_FOUND, format!("no such command: '{name}'"))),
+            Err(CommandError::new(
+                codes::COMMAND_NOT_FOUND,
+                format!("no such command: '{name}'"),
+            )),
         );
     };
     let retry_key = retry_key(&cmd, spec);
@@ -104,7 +131,13 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     } else {
         match preflight(server, conn, &db, &cmd, &name, spec) {
             Ok(()) => {
-                let mut ctx = Ctx { server, conn, db: db.clone(), cmd: &cmd, name: &name };
+                let mut ctx = Ctx {
+                    server,
+                    conn,
+                    db: db.clone(),
+                    cmd: &cmd,
+                    name: &name,
+                };
                 (spec.handler)(&mut ctx)
             }
             Err(e) => Err(e),
@@ -121,18 +154,31 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
 }
 
 /// Checks done before any handler: authentication, privileges, primary state, write blocking.
-fn preflight(server: &Arc<Server>, conn: &Connection, db: &str, cmd: &Document, name: &str, spec: &CommandSpec) -> CmdResult<()> {
+fn preflight(
+    server: &Arc<Server>,
+    conn: &Connection,
+    db: &str,
+    cmd: &Document,
+    name: &str,
+    spec: &CommandSpec,
+) -> CmdResult<()> {
     let auth_enabled = !server.users.is_empty();
     if auth_enabled && !spec.no_auth {
         if conn.users.is_empty() {
-            return Err(CommandError::unauthorized(format!("Command {name} requires authentication")));
+            return Err(CommandError::unauthorized(format!(
+                "Command {name} requires authentication"
+            )));
         }
         if let Some(action) = spec.action {
             let coll = match cmd.get(name) {
                 Some(Bson::String(s)) => s.as_str(),
                 _ => "",
             };
-            let roles: Vec<_> = conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect();
+            let roles: Vec<_> = conn
+                .users
+                .iter()
+                .flat_map(|u| u.roles.iter().cloned())
+                .collect();
             if !is_authorized(&roles, action, db, coll) {
                 return Err(unauthorized(name, db));
             }
@@ -141,13 +187,26 @@ fn preflight(server: &Arc<Server>, conn: &Connection, db: &str, cmd: &Document, 
     if !spec.no_auth && !server.is_primary() {
         return Err(match spec.effect {
             Effect::Write => CommandError::new(codes::NOT_WRITABLE_PRIMARY, "not primary"),
-            _ => CommandError::new(codes::NOT_PRIMARY_NO_SECONDARY_OK, "not primary and secondaryOk=false"),
+            _ => CommandError::new(
+                codes::NOT_PRIMARY_NO_SECONDARY_OK,
+                "not primary and secondaryOk=false",
+            ),
         });
     }
-    if spec.effect == Effect::Write && server.write_block.load(Ordering::SeqCst) && !matches!(db, "admin" | "config" | "local") {
-        let roles: Vec<_> = conn.users.iter().flat_map(|u| u.roles.iter().cloned()).collect();
+    if spec.effect == Effect::Write
+        && server.write_block.load(Ordering::SeqCst)
+        && !matches!(db, "admin" | "config" | "local")
+    {
+        let roles: Vec<_> = conn
+            .users
+            .iter()
+            .flat_map(|u| u.roles.iter().cloned())
+            .collect();
         if !auth_enabled || !is_authorized(&roles, Action::BypassWriteBlockingMode, db, "") {
-            return Err(CommandError::new(codes::USER_WRITES_BLOCKED, "User writes blocked"));
+            return Err(CommandError::new(
+                codes::USER_WRITES_BLOCKED,
+                "User writes blocked",
+            ));
         }
     }
     Ok(())
@@ -170,7 +229,9 @@ fn retry_key(cmd: &Document, spec: &CommandSpec) -> Option<(Vec<u8>, i64)> {
 
 /// Adds the error labels the real server adds.
 fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec) -> CommandError {
-    let is_retryable_write = spec.effect == Effect::Write && cmd.contains_key("txnNumber") && !cmd.contains_key("autocommit");
+    let is_retryable_write = spec.effect == Effect::Write
+        && cmd.contains_key("txnNumber")
+        && !cmd.contains_key("autocommit");
     if is_retryable_write && codes::is_retryable_write(e.code) {
         e = e.with_label("RetryableWriteError");
     }
@@ -185,7 +246,10 @@ fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec) ->
         _ => false,
     };
     e.labels.retain(|l| l != "ChangeStreamCursor");
-    if is_change_stream && codes::is_resumable_change_stream(e.code) && e.code != codes::CURSOR_NOT_FOUND {
+    if is_change_stream
+        && codes::is_resumable_change_stream(e.code)
+        && e.code != codes::CURSOR_NOT_FOUND
+    {
         e = e.with_label("ResumableChangeStreamError");
     }
     if e.code == codes::CHANGE_STREAM_HISTORY_LOST {
@@ -222,15 +286,23 @@ pub fn append_cluster_time(reply: &mut Document, ts: Timestamp) {
 }
 
 /// The legacy OP_QUERY handshake (`admin.$cmd` with `ismaster`/`isMaster`/`hello`).
-pub async fn run_legacy_query(server: &Arc<Server>, conn: &mut Connection, collection: &str, mut query: Document) -> Document {
+pub async fn run_legacy_query(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    collection: &str,
+    mut query: Document,
+) -> Document {
     if let Ok(inner) = query.get_document("$query") {
         query = inner.clone();
     }
     let name = query.keys().next().cloned().unwrap_or_default();
-    if !collection.ends_with(".$cmd") || !matches!(name.as_str(), "ismaster" | "isMaster" | "hello") {
+    if !collection.ends_with(".$cmd") || !matches!(name.as_str(), "ismaster" | "isMaster" | "hello")
+    {
         return CommandError::new(
             codes::UNSUPPORTED_OP_QUERY_COMMAND,
-            format!("Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."),
+            format!(
+                "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
+            ),
         )
         .to_reply();
     }

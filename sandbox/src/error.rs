@@ -143,7 +143,12 @@ pub type CmdResult<T> = Result<T, CommandError>;
 
 impl CommandError {
     pub fn new(code: i32, errmsg: impl Into<String>) -> Self {
-        CommandError { code, errmsg: errmsg.into(), labels: Vec::new(), extra: Document::new() }
+        CommandError {
+            code,
+            errmsg: errmsg.into(),
+            labels: Vec::new(),
+            extra: Document::new(),
+        }
     }
     pub fn bad_value(msg: impl Into<String>) -> Self {
         Self::new(codes::BAD_VALUE, msg)

@@ -15,14 +15,16 @@
 //! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
 //! (write + oplog append under one lock) -> reply -> `wire` -> bytes.
 
-pub mod error;
+pub mod auth;
 pub mod changestream;
 pub mod commands;
 pub mod cursor;
 pub mod dispatch;
+pub mod error;
 pub mod server;
 pub mod storage;
 pub mod tls;
 pub mod wire;
 
 pub use server::{Sandbox, SandboxOptions, StartError, TlsFiles};
+pub mod query;

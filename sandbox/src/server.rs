@@ -14,12 +14,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::auth::users::{parse_roles, RoleRef, UserStore};
 use crate::auth::scram::Mechanism;
+use crate::auth::users::{parse_roles, RoleRef, UserStore};
 use crate::cursor::CursorRegistry;
 use crate::dispatch::{self, Connection};
 use crate::storage::Storage;
 use crate::wire::{self, Request};
+
+/// Interval of the idle primary's no-op oplog writes.
+const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to start a sandbox replica set member.
 #[derive(Clone, Debug)]
@@ -146,7 +149,9 @@ impl Server {
         self.disconnect.send_modify(|g| *g += 1);
     }
     pub fn set_latency(&self, latency: Duration) {
-        self.faults.latency_us.store(latency.as_micros() as u64, Ordering::SeqCst);
+        self.faults
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
     }
     /// Drops oplog history, keeping only the newest `keep_last` entries.
     pub fn truncate_oplog(&self, keep_last: usize) {
@@ -172,7 +177,8 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts a server on its own runtime thread and returns once it accepts connections.
     pub fn start(options: SandboxOptions) -> Result<Sandbox, StartError> {
-        let version = parse_version(&options.version).ok_or_else(|| StartError::Version(options.version.clone()))?;
+        let version = parse_version(&options.version)
+            .ok_or_else(|| StartError::Version(options.version.clone()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sandbox")
@@ -180,20 +186,40 @@ impl Sandbox {
             .build()
             .map_err(StartError::Runtime)?;
         let bind = format!("{}:{}", options.host, options.port);
-        let listener = runtime
-            .block_on(TcpListener::bind(&bind))
-            .map_err(|source| StartError::Bind { addr: bind.clone(), source })?;
-        let local: SandboxAddr = listener.local_addr().map_err(|source| StartError::Bind { addr: bind, source })?.into();
+        // A std listener: start() may be called from inside another runtime.
+        let listener = std::net::TcpListener::bind(&bind).map_err(|source| StartError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Bind {
+                addr: bind.clone(),
+                source,
+            })?;
+        let local: SandboxAddr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: bind, source })?
+            .into();
         let tls = match &options.tls {
             Some(files) => Some(crate::tls::acceptor(files).map_err(StartError::Tls)?),
             None => None,
         };
         let users = UserStore::default();
         for (name, password, roles) in &options.users {
-            let roles: Vec<RoleRef> = parse_roles(&bson::Bson::Array(roles.iter().map(|r| r.clone().into()).collect()), "admin")
-                .map_err(|e| StartError::User(name.clone(), e.errmsg))?;
+            let roles: Vec<RoleRef> = parse_roles(
+                &bson::Bson::Array(roles.iter().map(|r| r.clone().into()).collect()),
+                "admin",
+            )
+            .map_err(|e| StartError::User(name.clone(), e.errmsg))?;
             users
-                .create_user("admin", name, password, roles, &[Mechanism::ScramSha1, Mechanism::ScramSha256])
+                .create_user(
+                    "admin",
+                    name,
+                    password,
+                    roles,
+                    &[Mechanism::ScramSha1, Mechanism::ScramSha256],
+                )
                 .map_err(|e| StartError::User(name.clone(), e.errmsg))?;
         }
         let fcv = format!("{}.{}", version.0, version.1);
@@ -219,11 +245,22 @@ impl Sandbox {
         let thread = std::thread::Builder::new()
             .name("sandbox-main".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(accept_server, listener, tls, shutdown_rx));
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            accept_loop(accept_server, listener, tls, shutdown_rx).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "sandbox listener failed"),
+                    }
+                });
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })
             .map_err(StartError::Runtime)?;
-        Ok(Sandbox { server, shutdown: Some(shutdown_tx), thread: Some(thread) })
+        Ok(Sandbox {
+            server,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
     }
 
     /// `host:port` the server listens on.
@@ -233,13 +270,24 @@ impl Sandbox {
 
     /// A connection string for drivers: `mongodb://[user:pass@]host:port/?replicaSet=<name>`.
     pub fn uri(&self) -> String {
-        let tls = if self.server.options.tls.is_some() { "&tls=true" } else { "" };
-        format!("mongodb://{}/?replicaSet={}{}", self.server.address, self.server.options.set_name, tls)
+        let tls = if self.server.options.tls.is_some() {
+            "&tls=true"
+        } else {
+            ""
+        };
+        format!(
+            "mongodb://{}/?replicaSet={}{}",
+            self.server.address, self.server.options.set_name, tls
+        )
     }
 
     /// The URI with the credentials of a user.
     pub fn uri_with_user(&self, user: &str, password: &str) -> String {
-        let tls = if self.server.options.tls.is_some() { "&tls=true" } else { "" };
+        let tls = if self.server.options.tls.is_some() {
+            "&tls=true"
+        } else {
+            ""
+        };
         format!(
             "mongodb://{}:{}@{}/?replicaSet={}&authSource=admin{}",
             user, password, self.server.address, self.server.options.set_name, tls
@@ -308,6 +356,18 @@ async fn accept_loop(
             cursor_server.cursors.reap_idle();
         }
     });
+    // A primary writes a no-op every 10 s when idle, so majority time and change-stream
+    // high-water marks keep moving (the server's periodic no-op writer).
+    let noop_server = server.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
+            if noop_server.is_primary() {
+                noop_server.storage.lock().append_noop(bson::doc! {"msg": "periodic noop"});
+                noop_server.oplog_appended.notify_waiters();
+            }
+        }
+    });
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -351,7 +411,11 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
             }
         };
         let bytes = match request {
-            Request::Msg { request_id, more_to_come, command } => {
+            Request::Msg {
+                request_id,
+                more_to_come,
+                command,
+            } => {
                 let reply = tokio::select! {
                     r = dispatch::run_command(&server, &mut conn, command) => r,
                     _ = disconnect.changed() => return,
@@ -361,8 +425,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 }
                 wire::encode_msg_reply(request_id, &reply)
             }
-            Request::Query { request_id, collection, query } => {
-                let reply = dispatch::run_legacy_query(&server, &mut conn, &collection, query).await;
+            Request::Query {
+                request_id,
+                collection,
+                query,
+            } => {
+                let reply =
+                    dispatch::run_legacy_query(&server, &mut conn, &collection, query).await;
                 wire::encode_op_reply(request_id, &reply)
             }
         };

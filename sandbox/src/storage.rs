@@ -52,7 +52,13 @@ impl EventKind {
     }
     /// Events only shown with `showExpandedEvents`.
     pub fn is_expanded(&self) -> bool {
-        matches!(self, EventKind::Create | EventKind::CreateIndexes | EventKind::DropIndexes | EventKind::Modify)
+        matches!(
+            self,
+            EventKind::Create
+                | EventKind::CreateIndexes
+                | EventKind::DropIndexes
+                | EventKind::Modify
+        )
     }
 }
 
@@ -188,10 +194,15 @@ impl Index {
     pub fn from_spec(spec: Document) -> CmdResult<Index> {
         let key = spec
             .get_document("key")
-            .map_err(|_| CommandError::failed_to_parse("index specification must have a 'key' document"))?
+            .map_err(|_| {
+                CommandError::failed_to_parse("index specification must have a 'key' document")
+            })?
             .clone();
         if key.is_empty() {
-            return Err(CommandError::new(codes::CANNOT_CREATE_INDEX, "index keys cannot be empty"));
+            return Err(CommandError::new(
+                codes::CANNOT_CREATE_INDEX,
+                "index keys cannot be empty",
+            ));
         }
         let name = match spec.get_str("name") {
             Ok(n) => n.to_string(),
@@ -204,7 +215,11 @@ impl Index {
                 Matcher::new(d)?;
                 Some(PartialFilter(d.clone()))
             }
-            Some(_) => return Err(CommandError::type_mismatch("partialFilterExpression must be an object")),
+            Some(_) => {
+                return Err(CommandError::type_mismatch(
+                    "partialFilterExpression must be an object",
+                ))
+            }
             None => None,
         };
         let mut full = doc! { "v": 2, "key": key.clone(), "name": name.clone() };
@@ -213,7 +228,15 @@ impl Index {
                 full.insert(k.clone(), v.clone());
             }
         }
-        Ok(Index { name, key, spec: full, unique, sparse, partial, entries: BTreeMap::new() })
+        Ok(Index {
+            name,
+            key,
+            spec: full,
+            unique,
+            sparse,
+            partial,
+            entries: BTreeMap::new(),
+        })
     }
 
     pub fn id_index() -> Index {
@@ -312,7 +335,12 @@ pub fn default_index_name(key: &Document) -> String {
         .join("_")
 }
 
-pub fn duplicate_key_error(ns: &str, index: &str, pattern: &Document, key: &[OrdBson]) -> CommandError {
+pub fn duplicate_key_error(
+    ns: &str,
+    index: &str,
+    pattern: &Document,
+    key: &[OrdBson],
+) -> CommandError {
     let mut key_value = Document::new();
     for ((field, _), value) in pattern.iter().zip(key) {
         key_value.insert(field.clone(), value.0.clone());
@@ -324,7 +352,9 @@ pub fn duplicate_key_error(ns: &str, index: &str, pattern: &Document, key: &[Ord
         .join(", ");
     CommandError::new(
         codes::DUPLICATE_KEY,
-        format!("E11000 duplicate key error collection: {ns} index: {index} dup key: {{ {shown} }}"),
+        format!(
+            "E11000 duplicate key error collection: {ns} index: {index} dup key: {{ {shown} }}"
+        ),
     )
     .with_extra("keyPattern", pattern.clone())
     .with_extra("keyValue", key_value)
@@ -342,8 +372,17 @@ pub struct Collection {
 
 impl Collection {
     fn new(options: Document) -> Collection {
-        let indexes = if options.contains_key("viewOn") { Vec::new() } else { vec![Index::id_index()] };
-        Collection { uuid: new_uuid(), options, docs: BTreeMap::new(), indexes }
+        let indexes = if options.contains_key("viewOn") {
+            Vec::new()
+        } else {
+            vec![Index::id_index()]
+        };
+        Collection {
+            uuid: new_uuid(),
+            options,
+            docs: BTreeMap::new(),
+            indexes,
+        }
     }
     pub fn is_view(&self) -> bool {
         self.options.contains_key("viewOn")
@@ -360,13 +399,19 @@ impl Collection {
     }
     /// Sum of the BSON sizes of all documents.
     pub fn data_size(&self) -> u64 {
-        self.docs.values().map(|d| bson::to_vec(d).map(|v| v.len() as u64).unwrap_or(0)).sum()
+        self.docs
+            .values()
+            .map(|d| bson::to_vec(d).map(|v| v.len() as u64).unwrap_or(0))
+            .sum()
     }
 }
 
 pub fn new_uuid() -> Binary {
     let bytes: [u8; 16] = rand::random();
-    Binary { subtype: BinarySubtype::Uuid, bytes: bytes.to_vec() }
+    Binary {
+        subtype: BinarySubtype::Uuid,
+        bytes: bytes.to_vec(),
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -387,8 +432,14 @@ impl Clock {
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0);
         let next = match self.last {
-            Some(last) if last.time >= now => Timestamp { time: last.time, increment: last.increment + 1 },
-            _ => Timestamp { time: now, increment: 1 },
+            Some(last) if last.time >= now => Timestamp {
+                time: last.time,
+                increment: last.increment + 1,
+            },
+            _ => Timestamp {
+                time: now,
+                increment: 1,
+            },
         };
         self.last = Some(next);
         next
@@ -447,17 +498,33 @@ pub fn split_ns(ns: &str) -> (&str, &str) {
 
 pub fn validate_collection_name(db: &str, coll: &str) -> CmdResult<()> {
     if db.is_empty() || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
-        return Err(CommandError::new(codes::INVALID_NAMESPACE, format!("Invalid database name: '{db}'")));
+        return Err(CommandError::new(
+            codes::INVALID_NAMESPACE,
+            format!("Invalid database name: '{db}'"),
+        ));
     }
     if coll.is_empty() || coll.contains('\0') || coll.contains('$') {
-        return Err(CommandError::new(codes::INVALID_NAMESPACE, format!("Invalid collection name: {coll}")));
+        return Err(CommandError::new(
+            codes::INVALID_NAMESPACE,
+            format!("Invalid collection name: {coll}"),
+        ));
     }
     Ok(())
 }
 
 impl Storage {
+    /// A new member's data: empty, with the oplog's first entry written at replica-set
+    /// initiation, as on a real member.
     pub fn new(max_oplog_entries: Option<usize>) -> Storage {
-        Storage { oplog: Oplog { max_entries: max_oplog_entries, ..Default::default() }, ..Default::default() }
+        let mut storage = Storage {
+            oplog: Oplog {
+                max_entries: max_oplog_entries,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        storage.append_noop(doc! {"msg": "initiating set"});
+        storage
     }
 
     /// The newest timestamp handed out (the cluster time).
@@ -491,7 +558,7 @@ impl Storage {
 
     /// Appends a no-op entry (appendOplogNote), moving cluster time forward.
     pub fn append_noop(&mut self, data: Document) -> Timestamp {
-        self.append(Change::new(EventKind::Noop, "", "", doc! {"msg": data}))
+        self.append(Change::new(EventKind::Noop, "", "", data))
     }
 
     pub fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {
@@ -499,28 +566,46 @@ impl Storage {
     }
 
     pub fn collection_mut(&mut self, db: &str, coll: &str) -> Option<&mut Collection> {
-        self.dbs.get_mut(db).and_then(|d| d.collections.get_mut(coll))
+        self.dbs
+            .get_mut(db)
+            .and_then(|d| d.collections.get_mut(coll))
     }
 
     /// Creates a collection (or view). Fails with 48 if it exists.
     pub fn create_collection(&mut self, db: &str, coll: &str, options: Document) -> CmdResult<()> {
         validate_collection_name(db, coll)?;
         if self.collection(db, coll).is_some() {
-            return Err(CommandError::new(codes::NAMESPACE_EXISTS, format!("Collection {db}.{coll} already exists.")));
+            return Err(CommandError::new(
+                codes::NAMESPACE_EXISTS,
+                format!("Collection {db}.{coll} already exists."),
+            ));
         }
         let c = Collection::new(options.clone());
         let uuid = c.uuid.clone();
         let is_view = c.is_view();
         let id_index = c.index("_id_").map(|i| i.spec.clone());
-        self.dbs.entry(db.to_string()).or_default().collections.insert(coll.to_string(), c);
+        self.dbs
+            .entry(db.to_string())
+            .or_default()
+            .collections
+            .insert(coll.to_string(), c);
         let mut o = doc! {"create": coll};
         o.extend(options.clone());
         let mut change = Change::new(EventKind::Create, db, coll, o);
         change.uuid = if is_view { None } else { Some(uuid) };
         let mut desc = Document::new();
         if is_view {
-            desc.insert("viewOn", options.get("viewOn").cloned().unwrap_or(Bson::Null));
-            desc.insert("pipeline", options.get("pipeline").cloned().unwrap_or(Bson::Array(vec![])));
+            desc.insert(
+                "viewOn",
+                options.get("viewOn").cloned().unwrap_or(Bson::Null),
+            );
+            desc.insert(
+                "pipeline",
+                options
+                    .get("pipeline")
+                    .cloned()
+                    .unwrap_or(Bson::Array(vec![])),
+            );
         } else {
             desc.insert("idIndex", id_index.unwrap_or_default());
             for (k, v) in &options {
@@ -571,7 +656,9 @@ impl Storage {
         self.ensure_collection(db, coll)?;
         let ns = format!("{db}.{coll}");
         let id = OrdBson(id_value.clone());
-        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found("collection vanished"))?;
+        let c = self
+            .collection_mut(db, coll)
+            .ok_or_else(|| CommandError::ns_not_found("collection vanished"))?;
         if c.docs.contains_key(&id) {
             return Err(duplicate_key_error(&ns, "_id_", &doc! {"_id": 1}, &[id]));
         }
@@ -594,11 +681,24 @@ impl Storage {
 
     /// Replaces the document with `_id` = `id` by `new_doc` (an update or a replacement).
     /// Returns false (and writes nothing) when the new document equals the old one.
-    pub fn update(&mut self, db: &str, coll: &str, id: &Bson, new_doc: Document, replacement: bool) -> CmdResult<bool> {
+    pub fn update(
+        &mut self,
+        db: &str,
+        coll: &str,
+        id: &Bson,
+        new_doc: Document,
+        replacement: bool,
+    ) -> CmdResult<bool> {
         let ns = format!("{db}.{coll}");
         let key = OrdBson(id.clone());
-        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
-        let old = c.docs.get(&key).cloned().ok_or_else(|| CommandError::new(codes::NO_SUCH_KEY, "document vanished"))?;
+        let c = self
+            .collection_mut(db, coll)
+            .ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
+        let old = c
+            .docs
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| CommandError::new(codes::NO_SUCH_KEY, "document vanished"))?;
         if old == new_doc {
             return Ok(false);
         }
@@ -613,7 +713,11 @@ impl Storage {
         for index in &mut c.indexes {
             index.remove(&old, &key);
         }
-        if let Some(err) = c.indexes.iter().find_map(|i| i.check(&ns, &new_doc, &key).err()) {
+        if let Some(err) = c
+            .indexes
+            .iter()
+            .find_map(|i| i.check(&ns, &new_doc, &key).err())
+        {
             for index in &mut c.indexes {
                 index.add(&old, &key);
             }
@@ -660,8 +764,12 @@ impl Storage {
     /// Deletes the document with this `_id`; returns whether one existed.
     pub fn delete(&mut self, db: &str, coll: &str, id: &Bson) -> bool {
         let key = OrdBson(id.clone());
-        let Some(c) = self.collection_mut(db, coll) else { return false };
-        let Some(old) = c.docs.remove(&key) else { return false };
+        let Some(c) = self.collection_mut(db, coll) else {
+            return false;
+        };
+        let Some(old) = c.docs.remove(&key) else {
+            return false;
+        };
         for index in &mut c.indexes {
             index.remove(&old, &key);
         }
@@ -679,8 +787,12 @@ impl Storage {
 
     /// Drops a collection or view; returns false when it did not exist.
     pub fn drop_collection(&mut self, db: &str, coll: &str) -> bool {
-        let Some(d) = self.dbs.get_mut(db) else { return false };
-        let Some(c) = d.collections.remove(coll) else { return false };
+        let Some(d) = self.dbs.get_mut(db) else {
+            return false;
+        };
+        let Some(c) = d.collections.remove(coll) else {
+            return false;
+        };
         if d.collections.is_empty() {
             self.dbs.remove(db);
         }
@@ -692,35 +804,66 @@ impl Storage {
 
     /// Drops every collection of a database, then the database itself.
     pub fn drop_database(&mut self, db: &str) -> bool {
-        let Some(d) = self.dbs.get(db) else { return false };
+        let Some(d) = self.dbs.get(db) else {
+            return false;
+        };
         let names: Vec<String> = d.collections.keys().cloned().collect();
         for name in names {
             self.drop_collection(db, &name);
         }
         self.dbs.remove(db);
-        self.append(Change::new(EventKind::DropDatabase, db, "", doc! {"dropDatabase": 1}));
+        self.append(Change::new(
+            EventKind::DropDatabase,
+            db,
+            "",
+            doc! {"dropDatabase": 1},
+        ));
         true
     }
 
-    pub fn rename_collection(&mut self, from: (&str, &str), to: (&str, &str), drop_target: bool) -> CmdResult<()> {
+    pub fn rename_collection(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+        drop_target: bool,
+    ) -> CmdResult<()> {
         validate_collection_name(to.0, to.1)?;
         if self.collection(from.0, from.1).is_none() {
-            return Err(CommandError::ns_not_found("source namespace does not exist"));
+            return Err(CommandError::ns_not_found(
+                "source namespace does not exist",
+            ));
         }
         if self.collection(to.0, to.1).is_some() {
             if !drop_target {
-                return Err(CommandError::new(codes::NAMESPACE_EXISTS, "target namespace exists"));
+                return Err(CommandError::new(
+                    codes::NAMESPACE_EXISTS,
+                    "target namespace exists",
+                ));
             }
             self.drop_collection(to.0, to.1);
         }
-        let Some(c) = self.dbs.get_mut(from.0).and_then(|d| d.collections.remove(from.1)) else {
-            return Err(CommandError::ns_not_found("source namespace does not exist"));
+        let Some(c) = self
+            .dbs
+            .get_mut(from.0)
+            .and_then(|d| d.collections.remove(from.1))
+        else {
+            return Err(CommandError::ns_not_found(
+                "source namespace does not exist",
+            ));
         };
-        if self.dbs.get(from.0).is_some_and(|d| d.collections.is_empty()) {
+        if self
+            .dbs
+            .get(from.0)
+            .is_some_and(|d| d.collections.is_empty())
+        {
             self.dbs.remove(from.0);
         }
         let uuid = c.uuid.clone();
-        self.dbs.entry(to.0.to_string()).or_default().collections.insert(to.1.to_string(), c);
+        self.dbs
+            .entry(to.0.to_string())
+            .or_default()
+            .collections
+            .insert(to.1.to_string(), c);
         let mut change = Change::new(
             EventKind::Rename,
             from.0,
@@ -735,12 +878,19 @@ impl Storage {
     }
 
     /// Creates indexes (implicitly creating the collection). Returns how many were new.
-    pub fn create_indexes(&mut self, db: &str, coll: &str, specs: Vec<Document>) -> CmdResult<usize> {
+    pub fn create_indexes(
+        &mut self,
+        db: &str,
+        coll: &str,
+        specs: Vec<Document>,
+    ) -> CmdResult<usize> {
         self.ensure_collection(db, coll)?;
         let ns = format!("{db}.{coll}");
         let mut created = Vec::new();
         {
-            let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(ns.clone()))?;
+            let c = self
+                .collection_mut(db, coll)
+                .ok_or_else(|| CommandError::ns_not_found(ns.clone()))?;
             for spec in specs {
                 let mut index = Index::from_spec(spec)?;
                 if let Some(existing) = c.indexes.iter().find(|i| i.name == index.name) {
@@ -753,12 +903,19 @@ impl Storage {
                     if strip_name(&existing.spec) != strip_name(&index.spec) {
                         return Err(CommandError::new(
                             codes::INDEX_OPTIONS_CONFLICT,
-                            format!("Index already exists with different options: {}", existing.spec),
+                            format!(
+                                "Index already exists with different options: {}",
+                                existing.spec
+                            ),
                         ));
                     }
                     continue;
                 }
-                if let Some(existing) = c.indexes.iter().find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec)) {
+                if let Some(existing) = c
+                    .indexes
+                    .iter()
+                    .find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec))
+                {
                     let _ = existing;
                     continue;
                 }
@@ -778,7 +935,12 @@ impl Storage {
         }
         let uuid = self.collection(db, coll).map(|c| c.uuid.clone());
         for spec in &created {
-            let mut change = Change::new(EventKind::CreateIndexes, db, coll, doc! {"createIndexes": coll, "spec": spec.clone()});
+            let mut change = Change::new(
+                EventKind::CreateIndexes,
+                db,
+                coll,
+                doc! {"createIndexes": coll, "spec": spec.clone()},
+            );
             change.uuid = uuid.clone();
             change.operation_description = Some(doc! {"indexes": [spec.clone()]});
             self.append(change);
@@ -789,16 +951,28 @@ impl Storage {
     /// Drops indexes by name (`"*"` drops all but `_id_`).
     pub fn drop_indexes(&mut self, db: &str, coll: &str, names: &[String]) -> CmdResult<()> {
         let ns = format!("{db}.{coll}");
-        let c = self.collection_mut(db, coll).ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
+        let c = self
+            .collection_mut(db, coll)
+            .ok_or_else(|| CommandError::ns_not_found(format!("ns not found {ns}")))?;
         let targets: Vec<String> = if names.iter().any(|n| n == "*") {
-            c.indexes.iter().filter(|i| i.name != "_id_").map(|i| i.name.clone()).collect()
+            c.indexes
+                .iter()
+                .filter(|i| i.name != "_id_")
+                .map(|i| i.name.clone())
+                .collect()
         } else {
             for n in names {
                 if n == "_id_" {
-                    return Err(CommandError::new(codes::INVALID_OPTIONS, "cannot drop _id index"));
+                    return Err(CommandError::new(
+                        codes::INVALID_OPTIONS,
+                        "cannot drop _id index",
+                    ));
                 }
                 if c.index(n).is_none() {
-                    return Err(CommandError::new(codes::INDEX_NOT_FOUND, format!("index not found with name [{n}]")));
+                    return Err(CommandError::new(
+                        codes::INDEX_NOT_FOUND,
+                        format!("index not found with name [{n}]"),
+                    ));
                 }
             }
             names.to_vec()
@@ -815,7 +989,12 @@ impl Storage {
         let uuid = c.uuid.clone();
         for spec in dropped {
             let name = spec.get_str("name").unwrap_or_default().to_string();
-            let mut change = Change::new(EventKind::DropIndexes, db, coll, doc! {"dropIndexes": coll, "index": name});
+            let mut change = Change::new(
+                EventKind::DropIndexes,
+                db,
+                coll,
+                doc! {"dropIndexes": coll, "index": name},
+            );
             change.uuid = Some(uuid.clone());
             change.operation_description = Some(doc! {"indexes": [spec]});
             self.append(change);
@@ -831,13 +1010,22 @@ impl Storage {
         for (k, v) in &changes {
             match k.as_str() {
                 "index" => {
-                    let spec = v.as_document().ok_or_else(|| CommandError::type_mismatch("index must be a document"))?;
-                    let target = c.indexes.iter_mut().find(|i| match (spec.get_str("name"), spec.get_document("keyPattern")) {
-                        (Ok(n), _) => i.name == n,
-                        (_, Ok(kp)) => &i.key == kp,
-                        _ => false,
+                    let spec = v
+                        .as_document()
+                        .ok_or_else(|| CommandError::type_mismatch("index must be a document"))?;
+                    let position = c.indexes.iter().position(|i| {
+                        match (spec.get_str("name"), spec.get_document("keyPattern")) {
+                            (Ok(n), _) => i.name == n,
+                            (_, Ok(kp)) => &i.key == kp,
+                            _ => false,
+                        }
                     });
-                    let index = target.ok_or_else(|| CommandError::new(codes::INDEX_NOT_FOUND, "cannot find index for collMod"))?;
+                    let position = position.ok_or_else(|| {
+                        CommandError::new(codes::INDEX_NOT_FOUND, "cannot find index for collMod")
+                    })?;
+                    let ns = format!("{db}.{coll}");
+                    let docs = &c.docs;
+                    let index = &mut c.indexes[position];
                     for (ik, iv) in spec {
                         match ik.as_str() {
                             "name" | "keyPattern" => {}
@@ -845,18 +1033,59 @@ impl Storage {
                                 index.spec.insert(ik.clone(), iv.clone());
                             }
                             "unique" => {
-                                index.spec.insert("unique", iv.clone());
-                                index.unique = iv.as_bool().unwrap_or(false);
+                                if iv.as_bool() != Some(true) {
+                                    return Err(CommandError::bad_value(
+                                        "collMod can only change an index to unique: true",
+                                    ));
+                                }
+                                if index.unique {
+                                    continue;
+                                }
+                                if !index.spec.get_bool("prepareUnique").unwrap_or(false) {
+                                    return Err(CommandError::new(
+                                        codes::INVALID_OPTIONS,
+                                        "Cannot make index unique with 'prepareUnique=false'. Run collMod to set it first.",
+                                    ));
+                                }
+                                let mut rebuilt = index.clone();
+                                rebuilt.unique = true;
+                                rebuilt.entries.clear();
+                                for (id, doc) in docs {
+                                    if rebuilt.check(&ns, doc, id).is_err() {
+                                        return Err(CommandError::new(
+                                            359,
+                                            "Cannot convert the index to unique. Please resolve conflicting documents before running collMod again.",
+                                        ));
+                                    }
+                                    rebuilt.add(doc, id);
+                                }
+                                rebuilt.spec.insert("unique", true);
+                                rebuilt.spec.remove("prepareUnique");
+                                *index = rebuilt;
                             }
-                            other => return Err(CommandError::new(codes::INVALID_OPTIONS, format!("unknown collMod index option: {other}"))),
+                            other => {
+                                return Err(CommandError::new(
+                                    codes::INVALID_OPTIONS,
+                                    format!("unknown collMod index option: {other}"),
+                                ))
+                            }
                         }
                     }
                 }
-                "validator" | "validationLevel" | "validationAction" | "changeStreamPreAndPostImages" | "expireAfterSeconds" | "viewOn" | "pipeline" => {
+                "validator"
+                | "validationLevel"
+                | "validationAction"
+                | "changeStreamPreAndPostImages"
+                | "expireAfterSeconds"
+                | "viewOn"
+                | "pipeline" => {
                     c.options.insert(k.clone(), v.clone());
                 }
                 other => {
-                    return Err(CommandError::new(codes::INVALID_OPTIONS, format!("unknown option to collMod: {other}")));
+                    return Err(CommandError::new(
+                        codes::INVALID_OPTIONS,
+                        format!("unknown option to collMod: {other}"),
+                    ));
                 }
             }
         }

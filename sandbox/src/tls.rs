@@ -6,13 +6,23 @@ use crate::server::TlsFiles;
 
 /// Builds an acceptor from PEM files; the error says which file and what was wrong.
 pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let cert_pem = std::fs::read(&files.cert_file).map_err(|e| format!("cannot read {}: {e}", files.cert_file.display()))?;
-    let key_pem = std::fs::read(&files.key_file).map_err(|e| format!("cannot read {}: {e}", files.key_file.display()))?;
+    let cert_pem = std::fs::read(&files.cert_file)
+        .map_err(|e| format!("cannot read {}: {e}", files.cert_file.display()))?;
+    let key_pem = std::fs::read(&files.key_file)
+        .map_err(|e| format!("cannot read {}: {e}", files.key_file.display()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: invalid PEM certificate: {e}", files.cert_file.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: invalid PEM certificate: {e}",
+                files.cert_file.display()
+            )
+        })?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", files.cert_file.display()));
+        return Err(format!(
+            "{}: no certificate found",
+            files.cert_file.display()
+        ));
     }
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| format!("{}: invalid PEM key: {e}", files.key_file.display()))?

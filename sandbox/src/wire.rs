@@ -33,9 +33,17 @@ pub enum WireError {
 #[derive(Debug)]
 pub enum Request {
     /// OP_MSG: the command with kind-1 sections folded in as array fields.
-    Msg { request_id: i32, more_to_come: bool, command: Document },
+    Msg {
+        request_id: i32,
+        more_to_come: bool,
+        command: Document,
+    },
     /// Legacy OP_QUERY against `<db>.$cmd` (only the handshake uses it nowadays).
-    Query { request_id: i32, collection: String, query: Document },
+    Query {
+        request_id: i32,
+        collection: String,
+        query: Document,
+    },
 }
 
 fn malformed(msg: impl Into<String>) -> WireError {
@@ -49,8 +57,13 @@ fn read_i32(buf: &[u8], at: usize) -> Result<i32, WireError> {
 }
 
 fn read_cstring(buf: &[u8], at: usize) -> Result<(String, usize), WireError> {
-    let rest = buf.get(at..).ok_or_else(|| malformed("truncated cstring"))?;
-    let end = rest.iter().position(|b| *b == 0).ok_or_else(|| malformed("unterminated cstring"))?;
+    let rest = buf
+        .get(at..)
+        .ok_or_else(|| malformed("truncated cstring"))?;
+    let end = rest
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| malformed("unterminated cstring"))?;
     let s = std::str::from_utf8(&rest[..end]).map_err(|_| malformed("cstring is not UTF-8"))?;
     Ok((s.to_string(), at + end + 1))
 }
@@ -62,13 +75,17 @@ fn read_document(buf: &[u8], at: usize) -> Result<(Document, usize), WireError> 
         return Err(malformed(format!("invalid document length {len}")));
     }
     let end = at + len as usize;
-    let bytes = buf.get(at..end).ok_or_else(|| malformed("document overruns message"))?;
+    let bytes = buf
+        .get(at..end)
+        .ok_or_else(|| malformed("document overruns message"))?;
     let doc = Document::from_reader(bytes).map_err(|e| malformed(format!("invalid BSON: {e}")))?;
     Ok((doc, end))
 }
 
 /// Reads one whole message. `Ok(None)` means a clean end of stream between messages.
-pub async fn read_request<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Request>, WireError> {
+pub async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Request>, WireError> {
     let mut header = [0u8; 16];
     match reader.read_exact(&mut header[..4]).await {
         Ok(_) => {}
@@ -99,7 +116,9 @@ fn parse_op_msg(request_id: i32, body: &[u8]) -> Result<Request, WireError> {
         return Err(malformed(format!("unknown required flag bits {flags:#x}")));
     }
     let end = if flags & FLAG_CHECKSUM_PRESENT != 0 {
-        body.len().checked_sub(4).ok_or_else(|| malformed("missing checksum"))?
+        body.len()
+            .checked_sub(4)
+            .ok_or_else(|| malformed("missing checksum"))?
     } else {
         body.len()
     };
@@ -144,7 +163,11 @@ fn parse_op_msg(request_id: i32, body: &[u8]) -> Result<Request, WireError> {
     for (identifier, docs) in sequences {
         command.insert(identifier, Bson::Array(docs));
     }
-    Ok(Request::Msg { request_id, more_to_come: flags & FLAG_MORE_TO_COME != 0, command })
+    Ok(Request::Msg {
+        request_id,
+        more_to_come: flags & FLAG_MORE_TO_COME != 0,
+        command,
+    })
 }
 
 fn parse_op_query(request_id: i32, body: &[u8]) -> Result<Request, WireError> {
@@ -153,7 +176,11 @@ fn parse_op_query(request_id: i32, body: &[u8]) -> Result<Request, WireError> {
     let _skip = read_i32(body, at)?;
     let _limit = read_i32(body, at + 4)?;
     let (query, _) = read_document(body, at + 8)?;
-    Ok(Request::Query { request_id, collection, query })
+    Ok(Request::Query {
+        request_id,
+        collection,
+        query,
+    })
 }
 
 fn header(buf: &mut Vec<u8>, response_to: i32, op_code: i32) {
@@ -223,7 +250,9 @@ mod tests {
     #[tokio::test]
     async fn folds_document_sequences_into_the_command() {
         let mut sections = vec![0u8];
-        doc! {"insert": "c", "$db": "d"}.to_writer(&mut sections).unwrap();
+        doc! {"insert": "c", "$db": "d"}
+            .to_writer(&mut sections)
+            .unwrap();
         let mut seq = Vec::new();
         seq.extend_from_slice(b"documents\0");
         doc! {"_id": 1}.to_writer(&mut seq).unwrap();

@@ -21,9 +21,17 @@ pub enum ApplyError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("destination: {command} on {ns} reported write errors: {detail}")]
-    WriteErrors { command: &'static str, ns: String, detail: String },
+    WriteErrors {
+        command: &'static str,
+        ns: String,
+        detail: String,
+    },
     #[error("change event without {field} on {ns}: {event}")]
-    Malformed { ns: String, field: &'static str, event: String },
+    Malformed {
+        ns: String,
+        field: &'static str,
+        event: String,
+    },
 }
 
 impl ApplyError {
@@ -64,7 +72,9 @@ impl Handler<ApplyEvents> for Applier {
     fn handle(&mut self, msg: ApplyEvents, _ctx: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
         let (db, coll) = (self.db.clone(), self.coll.clone());
-        AtomicResponse::new(Box::pin(async move { apply_events(&engine, &db, &coll, msg.0).await }.into_actor(self)))
+        AtomicResponse::new(Box::pin(
+            async move { apply_events(&engine, &db, &coll, msg.0).await }.into_actor(self),
+        ))
     }
 }
 
@@ -75,12 +85,22 @@ enum Statement {
 }
 
 fn statement_of(ns: &str, event: &Document) -> Result<Option<Statement>, ApplyError> {
-    let malformed = |field| ApplyError::Malformed { ns: ns.to_string(), field, event: short(event) };
-    let op = event.get_str("operationType").map_err(|_| malformed("operationType"))?;
-    let key = event.get_document("documentKey").map_err(|_| malformed("documentKey"))?;
+    let malformed = |field| ApplyError::Malformed {
+        ns: ns.to_string(),
+        field,
+        event: short(event),
+    };
+    let op = event
+        .get_str("operationType")
+        .map_err(|_| malformed("operationType"))?;
+    let key = event
+        .get_document("documentKey")
+        .map_err(|_| malformed("documentKey"))?;
     match op {
         "insert" | "replace" | "update" => match event.get("fullDocument") {
-            Some(Bson::Document(full)) => Ok(Some(Statement::Upsert(doc! {"q": key.clone(), "u": full.clone(), "upsert": true}))),
+            Some(Bson::Document(full)) => Ok(Some(Statement::Upsert(
+                doc! {"q": key.clone(), "u": full.clone(), "upsert": true},
+            ))),
             // The document is gone by the time of the lookup; its delete event follows.
             _ if op == "update" => Ok(None),
             _ => Err(malformed("fullDocument")),
@@ -97,7 +117,12 @@ fn short(event: &Document) -> String {
 }
 
 /// Applies CRUD events of one namespace in order. Returns how many events were applied.
-pub async fn apply_events(engine: &SharedEngine, db: &str, coll: &str, events: Vec<Document>) -> Result<u64, ApplyError> {
+pub async fn apply_events(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+    events: Vec<Document>,
+) -> Result<u64, ApplyError> {
     let ns = format!("{db}.{coll}");
     let started = Instant::now();
     let count = events.len() as u64;
@@ -105,14 +130,28 @@ pub async fn apply_events(engine: &SharedEngine, db: &str, coll: &str, events: V
     let mut run_is_delete = false;
     let mut run_bytes = 0usize;
     for event in &events {
-        let Some(stmt) = statement_of(&ns, event)? else { continue };
+        let Some(stmt) = statement_of(&ns, event)? else {
+            continue;
+        };
         let (is_delete, body) = match stmt {
             Statement::Upsert(d) => (false, d),
             Statement::Delete(d) => (true, d),
         };
         let size = bson::to_vec(&body).map(|v| v.len()).unwrap_or(0);
-        if !run.is_empty() && (is_delete != run_is_delete || run.len() >= MAX_STATEMENTS || run_bytes + size > MAX_COMMAND_BYTES) {
-            flush(engine, db, coll, &ns, std::mem::take(&mut run), run_is_delete).await?;
+        if !run.is_empty()
+            && (is_delete != run_is_delete
+                || run.len() >= MAX_STATEMENTS
+                || run_bytes + size > MAX_COMMAND_BYTES)
+        {
+            flush(
+                engine,
+                db,
+                coll,
+                &ns,
+                std::mem::take(&mut run),
+                run_is_delete,
+            )
+            .await?;
             run_bytes = 0;
         }
         run_is_delete = is_delete;
@@ -127,8 +166,19 @@ pub async fn apply_events(engine: &SharedEngine, db: &str, coll: &str, events: V
     Ok(count)
 }
 
-async fn flush(engine: &SharedEngine, db: &str, coll: &str, ns: &str, statements: Vec<Document>, delete: bool) -> Result<(), ApplyError> {
-    let (command, field) = if delete { ("delete", "deletes") } else { ("update", "updates") };
+async fn flush(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+    ns: &str,
+    statements: Vec<Document>,
+    delete: bool,
+) -> Result<(), ApplyError> {
+    let (command, field) = if delete {
+        ("delete", "deletes")
+    } else {
+        ("update", "updates")
+    };
     let mut cmd = doc! {command: coll, field: statements, "ordered": true};
     if !delete {
         cmd.insert("bypassDocumentValidation", true);
@@ -136,8 +186,17 @@ async fn flush(engine: &SharedEngine, db: &str, coll: &str, ns: &str, statements
     let reply = engine.destination.run(db, cmd).await?;
     if let Ok(errors) = reply.get_array("writeErrors") {
         if !errors.is_empty() {
-            let detail = errors.iter().take(3).map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-            return Err(ApplyError::WriteErrors { command, ns: ns.to_string(), detail });
+            let detail = errors
+                .iter()
+                .take(3)
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ApplyError::WriteErrors {
+                command,
+                ns: ns.to_string(),
+                detail,
+            });
         }
     }
     Ok(())
@@ -145,7 +204,17 @@ async fn flush(engine: &SharedEngine, db: &str, coll: &str, ns: &str, statements
 
 /// Whether an event is DDL (applied at a barrier rather than by an applier).
 pub fn is_ddl(operation_type: &str) -> bool {
-    matches!(operation_type, "create" | "drop" | "rename" | "dropDatabase" | "createIndexes" | "dropIndexes" | "modify" | "shardCollection")
+    matches!(
+        operation_type,
+        "create"
+            | "drop"
+            | "rename"
+            | "dropDatabase"
+            | "createIndexes"
+            | "dropIndexes"
+            | "modify"
+            | "shardCollection"
+    )
 }
 
 /// Index definition as created during copy and sync: unique and TTL are applied at
@@ -171,11 +240,16 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
     let ns = event.get_document("ns").cloned().unwrap_or_default();
     let db = ns.get_str("db").unwrap_or_default().to_string();
     let coll = ns.get_str("coll").unwrap_or_default().to_string();
-    let desc = event.get_document("operationDescription").cloned().unwrap_or_default();
-    let ignore = |codes: &'static [i32]| move |r: Result<Document, ClusterError>| match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
-        Err(e) => Err(ApplyError::from(e)),
+    let desc = event
+        .get_document("operationDescription")
+        .cloned()
+        .unwrap_or_default();
+    let ignore = |codes: &'static [i32]| {
+        move |r: Result<Document, ClusterError>| match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+            Err(e) => Err(ApplyError::from(e)),
+        }
     };
     tracing::info!(op, db = %db, coll = %coll, "applying ddl");
     match op {
@@ -192,8 +266,15 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
         "dropDatabase" => ignore(&[26])(dest.run(&db, doc! {"dropDatabase": 1}).await),
         "rename" => {
             let to = event.get_document("to").cloned().unwrap_or_default();
-            let target = format!("{}.{}", to.get_str("db").unwrap_or_default(), to.get_str("coll").unwrap_or_default());
-            let target_allowed = engine.filter.allows(to.get_str("db").unwrap_or_default(), to.get_str("coll").unwrap_or_default());
+            let target = format!(
+                "{}.{}",
+                to.get_str("db").unwrap_or_default(),
+                to.get_str("coll").unwrap_or_default()
+            );
+            let target_allowed = engine.filter.allows(
+                to.get_str("db").unwrap_or_default(),
+                to.get_str("coll").unwrap_or_default(),
+            );
             if !target_allowed {
                 return ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await);
             }
@@ -204,20 +285,37 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
         "createIndexes" => {
             let indexes: Vec<Bson> = desc
                 .get_array("indexes")
-                .map(|a| a.iter().filter_map(|i| i.as_document()).map(|i| Bson::Document(relaxed_index(i))).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_document())
+                        .map(|i| Bson::Document(relaxed_index(i)))
+                        .collect()
+                })
                 .unwrap_or_default();
             if indexes.is_empty() {
                 return Ok(());
             }
-            ignore(&[85, 86])(dest.run(&db, doc! {"createIndexes": &coll, "indexes": indexes}).await)
+            ignore(&[85, 86])(
+                dest.run(&db, doc! {"createIndexes": &coll, "indexes": indexes})
+                    .await,
+            )
         }
         "dropIndexes" => {
             let names: Vec<Bson> = desc
                 .get_array("indexes")
-                .map(|a| a.iter().filter_map(|i| i.as_document()).filter_map(|i| i.get_str("name").ok()).map(|n| Bson::String(n.into())).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i.as_document())
+                        .filter_map(|i| i.get_str("name").ok())
+                        .map(|n| Bson::String(n.into()))
+                        .collect()
+                })
                 .unwrap_or_default();
             for name in names {
-                ignore(&[26, 27])(dest.run(&db, doc! {"dropIndexes": &coll, "index": name}).await)?;
+                ignore(&[26, 27])(
+                    dest.run(&db, doc! {"dropIndexes": &coll, "index": name})
+                        .await,
+                )?;
             }
             Ok(())
         }

@@ -9,6 +9,7 @@ use bson::{doc, Bson, Document};
 
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, LOCK_LEASE_SECONDS};
+use crate::cluster::topology::{balancer_start, balancer_state, balancer_stop};
 use crate::cluster::ClusterError;
 
 /// The lock was lost: another migration took it after our lease lapsed.
@@ -49,8 +50,18 @@ impl Actor for Coordinator {
 }
 
 /// Blocks (or unblocks) user writes on the source with setUserWriteBlockMode.
-pub async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<(), ClusterError> {
-    engine.source.run("admin", doc! {"setUserWriteBlockMode": 1, "global": blocked}).await.map(|_| ())
+pub async fn set_source_write_block(
+    engine: &SharedEngine,
+    blocked: bool,
+) -> Result<(), ClusterError> {
+    engine
+        .source
+        .run(
+            "admin",
+            doc! {"setUserWriteBlockMode": 1, "global": blocked},
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Makes unique and TTL index options effective on the destination, as on the source.
@@ -60,20 +71,40 @@ pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError
     let source = &engine.source;
     for db in source.database_names(&engine.filter).await? {
         for spec in source.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else { continue };
-            if name.starts_with("system.") || !engine.filter.allows(&db, name) || spec.get_str("type") != Ok("collection") {
+            let Ok(name) = spec.get_str("name") else {
+                continue;
+            };
+            if name.starts_with("system.")
+                || !engine.filter.allows(&db, name)
+                || spec.get_str("type") != Ok("collection")
+            {
                 continue;
             }
             let dest_indexes: Vec<Document> = engine.destination.index_specs(&db, name).await?;
             for index in source.index_specs(&db, name).await? {
-                let Ok(index_name) = index.get_str("name") else { continue };
-                let Some(dest) = dest_indexes.iter().find(|d| d.get_str("name") == Ok(index_name)) else { continue };
-                if index.get_bool("unique").unwrap_or(false) && !dest.get_bool("unique").unwrap_or(false) {
+                let Ok(index_name) = index.get_str("name") else {
+                    continue;
+                };
+                let Some(dest) = dest_indexes
+                    .iter()
+                    .find(|d| d.get_str("name") == Ok(index_name))
+                else {
+                    continue;
+                };
+                if index.get_bool("unique").unwrap_or(false)
+                    && !dest.get_bool("unique").unwrap_or(false)
+                {
                     engine
                         .destination
                         .run(&db, doc! {"collMod": name, "index": {"name": index_name, "prepareUnique": true}})
                         .await?;
-                    engine.destination.run(&db, doc! {"collMod": name, "index": {"name": index_name, "unique": true}}).await?;
+                    engine
+                        .destination
+                        .run(
+                            &db,
+                            doc! {"collMod": name, "index": {"name": index_name, "unique": true}},
+                        )
+                        .await?;
                     changed += 1;
                 }
                 if let Some(ttl) = index.get("expireAfterSeconds") {
@@ -93,4 +124,50 @@ pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError
         }
     }
     Ok(changed)
+}
+
+/// Stops the balancer of each sharded side that has it enabled, and records that Ferry
+/// did, so it is restarted even after a crash and restart.
+pub async fn stop_balancers(engine: &SharedEngine) -> Result<(), CheckpointError> {
+    let mut stopped = engine
+        .checkpoints
+        .load_state()
+        .await?
+        .unwrap_or_default()
+        .balancers_stopped;
+    for cluster in [&engine.source, &engine.destination] {
+        let side = cluster.side.to_string();
+        if balancer_state(cluster).await? == Some(true) {
+            balancer_stop(cluster).await?;
+            tracing::info!(side = %side, "balancer stopped for the migration");
+            if !stopped.contains(&side) {
+                stopped.push(side);
+            }
+        }
+    }
+    engine
+        .checkpoints
+        .set_state(doc! {"balancers_stopped": stopped})
+        .await
+}
+
+/// Restarts the balancers Ferry stopped (completion, cancel, failure, expiry).
+pub async fn restore_balancers(engine: &SharedEngine) -> Result<(), CheckpointError> {
+    let stopped = engine
+        .checkpoints
+        .load_state()
+        .await?
+        .unwrap_or_default()
+        .balancers_stopped;
+    for cluster in [&engine.source, &engine.destination] {
+        let side = cluster.side.to_string();
+        if stopped.contains(&side) {
+            balancer_start(cluster).await?;
+            tracing::info!(side = %side, "balancer restarted");
+        }
+    }
+    engine
+        .checkpoints
+        .set_state(doc! {"balancers_stopped": Vec::<String>::new()})
+        .await
 }

@@ -69,8 +69,16 @@ pub struct Copier {
 }
 
 impl Copier {
-    pub fn new(engine: SharedEngine, supervisor: Recipient<CopyOutcome>, paused: watch::Receiver<bool>) -> Copier {
-        Copier { engine, supervisor, paused }
+    pub fn new(
+        engine: SharedEngine,
+        supervisor: Recipient<CopyOutcome>,
+        paused: watch::Receiver<bool>,
+    ) -> Copier {
+        Copier {
+            engine,
+            supervisor,
+            paused,
+        }
     }
 }
 
@@ -79,14 +87,18 @@ impl Actor for Copier {
     fn started(&mut self, ctx: &mut Self::Context) {
         let engine = self.engine.clone();
         let paused = self.paused.clone();
-        ctx.spawn(async move { run_copy(engine, paused).await }.into_actor(self).map(|result, act, ctx| {
-            let outcome = result.map_err(|e| {
-                let transient = e.is_transient();
-                ActorFailure::new("copier", &e, transient)
-            });
-            act.supervisor.do_send(CopyOutcome(outcome));
-            ctx.stop();
-        }));
+        ctx.spawn(
+            async move { run_copy(engine, paused).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    let outcome = result.map_err(|e| {
+                        let transient = e.is_transient();
+                        ActorFailure::new("copier", &e, transient)
+                    });
+                    act.supervisor.do_send(CopyOutcome(outcome));
+                    ctx.stop();
+                }),
+        );
     }
 }
 
@@ -101,7 +113,10 @@ pub async fn wait_unpaused(paused: &mut watch::Receiver<bool>) -> Result<(), Cop
 }
 
 /// Plans (first run) or loads the plan, prepares the destination, copies what is left.
-pub async fn run_copy(engine: SharedEngine, mut paused: watch::Receiver<bool>) -> Result<CopySummary, CopyError> {
+pub async fn run_copy(
+    engine: SharedEngine,
+    mut paused: watch::Receiver<bool>,
+) -> Result<CopySummary, CopyError> {
     let (plan, ranges) = engine.checkpoints.load_plan().await?;
     let (plan, ranges) = if plan.is_empty() && ranges.is_empty() {
         let (plan, ranges) = make_plan(&engine).await?;
@@ -119,11 +134,17 @@ pub async fn run_copy(engine: SharedEngine, mut paused: watch::Receiver<bool>) -
         p.documents_estimated = ns.documents_estimated;
         p.bytes_estimated = ns.bytes_estimated;
         p.indexes = ns.indexes.len() as u64;
-        p.status = if ns.is_view { "view".into() } else { "pending".into() };
+        p.status = if ns.is_view {
+            "view".into()
+        } else {
+            "pending".into()
+        };
         docs_est += ns.documents_estimated;
         bytes_est += ns.bytes_estimated;
     }
-    progress.documents_estimated.store(docs_est, Ordering::Relaxed);
+    progress
+        .documents_estimated
+        .store(docs_est, Ordering::Relaxed);
     progress.bytes_estimated.store(bytes_est, Ordering::Relaxed);
     let (mut copied_docs, mut copied_bytes) = (0, 0);
     for r in &ranges {
@@ -133,11 +154,15 @@ pub async fn run_copy(engine: SharedEngine, mut paused: watch::Receiver<bool>) -
         p.documents_copied += r.documents;
         p.bytes_copied += r.bytes;
     }
-    progress.documents_copied.store(copied_docs, Ordering::Relaxed);
+    progress
+        .documents_copied
+        .store(copied_docs, Ordering::Relaxed);
     progress.bytes_copied.store(copied_bytes, Ordering::Relaxed);
     let todo: Vec<CopyRange> = ranges.into_iter().filter(|r| !r.done).collect();
     tracing::info!(namespaces = plan.len(), ranges_left = todo.len(), "copying");
-    let concurrency = (engine.config.copy.parallel_collections * engine.config.copy.parallel_ranges_per_collection).max(1);
+    let concurrency = (engine.config.copy.parallel_collections
+        * engine.config.copy.parallel_ranges_per_collection)
+        .max(1);
     wait_unpaused(&mut paused).await?;
     futures_util::stream::iter(todo.into_iter().map(|r| {
         let engine = engine.clone();
@@ -160,13 +185,17 @@ fn is_system_collection(name: &str) -> bool {
 }
 
 /// Lists what to migrate and splits each collection into `_id` ranges.
-async fn make_plan(engine: &SharedEngine) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CopyError> {
+async fn make_plan(
+    engine: &SharedEngine,
+) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CopyError> {
     let source = &engine.source;
     let mut plan = Vec::new();
     let mut ranges = Vec::new();
     for db in source.database_names(&engine.filter).await? {
         for spec in source.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else { continue };
+            let Ok(name) = spec.get_str("name") else {
+                continue;
+            };
             if is_system_collection(name) {
                 tracing::info!(ns = %format!("{db}.{name}"), "skipping system collection");
                 continue;
@@ -185,10 +214,17 @@ async fn make_plan(engine: &SharedEngine) -> Result<(Vec<PlannedNamespace>, Vec<
             let (indexes, (count, size)) = if is_view {
                 (Vec::new(), (0, 0))
             } else {
-                (source.index_specs(&db, name).await?, source.collection_size(&db, name).await?)
+                (
+                    source.index_specs(&db, name).await?,
+                    source.collection_size(&db, name).await?,
+                )
             };
             if !is_view {
-                for (index, (min, max)) in split_points(engine, &db, name, count).await?.into_iter().enumerate() {
+                for (index, (min, max)) in split_points(engine, &db, name, count)
+                    .await?
+                    .into_iter()
+                    .enumerate()
+                {
                     ranges.push(CopyRange {
                         id: format!("{ns}#{index}"),
                         ns: ns.clone(),
@@ -218,7 +254,12 @@ async fn make_plan(engine: &SharedEngine) -> Result<(Vec<PlannedNamespace>, Vec<
 }
 
 /// Range bounds in `_id` index order, from a sorted sample of `_id`s.
-async fn split_points(engine: &SharedEngine, db: &str, coll: &str, count: u64) -> Result<Vec<(Option<Bson>, Option<Bson>)>, CopyError> {
+async fn split_points(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+    count: u64,
+) -> Result<Vec<(Option<Bson>, Option<Bson>)>, CopyError> {
     let wanted = engine.config.copy.parallel_ranges_per_collection.max(1) as u64;
     let batch = engine.config.copy.batch_max_documents.max(1) as u64;
     if wanted == 1 || count < 2 * batch {
@@ -233,7 +274,10 @@ async fn split_points(engine: &SharedEngine, db: &str, coll: &str, count: u64) -
             doc! {"aggregate": coll, "pipeline": [{"$sample": {"size": sample_size}}, {"$project": {"_id": 1}}, {"$sort": {"_id": 1}}], "cursor": {}},
         )
         .await?;
-    let ids: Vec<Bson> = sample.into_iter().filter_map(|d| d.get("_id").cloned()).collect();
+    let ids: Vec<Bson> = sample
+        .into_iter()
+        .filter_map(|d| d.get("_id").cloned())
+        .collect();
     if ids.is_empty() {
         return Ok(vec![(None, None)]);
     }
@@ -255,7 +299,10 @@ async fn split_points(engine: &SharedEngine, db: &str, coll: &str, count: u64) -
 }
 
 /// Creates collections (with their options), relaxed indexes, then views. Idempotent.
-async fn prepare_destination(engine: &SharedEngine, plan: &[PlannedNamespace]) -> Result<CopySummary, CopyError> {
+async fn prepare_destination(
+    engine: &SharedEngine,
+    plan: &[PlannedNamespace],
+) -> Result<CopySummary, CopyError> {
     let dest = &engine.destination;
     let mut summary = CopySummary::default();
     let allow = |r: Result<Document, ClusterError>, codes: &[i32]| match r {
@@ -275,7 +322,11 @@ async fn prepare_destination(engine: &SharedEngine, plan: &[PlannedNamespace]) -
             .collect();
         summary.indexes += ns.indexes.len() as u64;
         if !indexes.is_empty() {
-            allow(dest.run(&ns.db, doc! {"createIndexes": &ns.coll, "indexes": indexes}).await, &[85, 86])?;
+            allow(
+                dest.run(&ns.db, doc! {"createIndexes": &ns.coll, "indexes": indexes})
+                    .await,
+                &[85, 86],
+            )?;
         }
         summary.collections += 1;
     }
@@ -295,12 +346,26 @@ fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
 
 /// Copies one range from its checkpoint on, one batch at a time, with one insert in
 /// flight while the next batch is read.
-async fn copy_range(engine: SharedEngine, mut range: CopyRange, mut paused: watch::Receiver<bool>) -> Result<(), CopyError> {
-    let (db, coll) = range.ns.split_once('.').map(|(d, c)| (d.to_string(), c.to_string())).unwrap_or_default();
-    let source = engine.source.client.database(&db).collection::<RawDocumentBuf>(&coll);
+async fn copy_range(
+    engine: SharedEngine,
+    mut range: CopyRange,
+    mut paused: watch::Receiver<bool>,
+) -> Result<(), CopyError> {
+    let (db, coll) = range
+        .ns
+        .split_once('.')
+        .map(|(d, c)| (d.to_string(), c.to_string()))
+        .unwrap_or_default();
+    let source = engine
+        .source
+        .client
+        .database(&db)
+        .collection::<RawDocumentBuf>(&coll);
     let start = range.last_id.clone().or_else(|| range.min.clone());
     let resuming = range.last_id.clone();
-    let mut find = source.find(doc! {}).hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
+    let mut find = source
+        .find(doc! {})
+        .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
     if let Some(min) = &start {
         find = find.min(doc! {"_id": min.clone()});
     }
@@ -309,26 +374,36 @@ async fn copy_range(engine: SharedEngine, mut range: CopyRange, mut paused: watc
     }
     let batch_docs = engine.config.copy.batch_max_documents.max(1);
     let batch_bytes = engine.config.copy.batch_max_bytes.max(1) as usize;
-    let mut cursor = find.batch_size(batch_docs.min(10_000) as u32).await.map_err(|source| CopyError::Driver {
-        side: crate::cluster::Side::Source,
-        action: "find",
-        ns: range.ns.clone(),
-        source,
-    })?;
+    let mut cursor = find
+        .batch_size(batch_docs.min(10_000) as u32)
+        .await
+        .map_err(|source| CopyError::Driver {
+            side: crate::cluster::Side::Source,
+            action: "find",
+            ns: range.ns.clone(),
+            source,
+        })?;
     engine.progress.namespace_mut(&range.ns).status = "copying".into();
     let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(batch_docs);
     let mut bytes = 0usize;
     let mut in_flight: Option<tokio::task::JoinHandle<Result<InsertedBatch, CopyError>>> = None;
     loop {
-        let next = cursor.try_next().await.map_err(|source| CopyError::Driver {
-            side: crate::cluster::Side::Source,
-            action: "read",
-            ns: range.ns.clone(),
-            source,
-        })?;
+        let next = cursor
+            .try_next()
+            .await
+            .map_err(|source| CopyError::Driver {
+                side: crate::cluster::Side::Source,
+                action: "read",
+                ns: range.ns.clone(),
+                source,
+            })?;
         let finished = next.is_none();
         if let Some(doc) = next {
-            if resuming.is_some() && batch.is_empty() && in_flight.is_none() && raw_id(&doc) == resuming {
+            if resuming.is_some()
+                && batch.is_empty()
+                && in_flight.is_none()
+                && raw_id(&doc) == resuming
+            {
                 continue;
             }
             bytes += doc.as_bytes().len();
@@ -342,7 +417,13 @@ async fn copy_range(engine: SharedEngine, mut range: CopyRange, mut paused: watc
             wait_unpaused(&mut paused).await?;
             let docs = std::mem::take(&mut batch);
             let n_bytes = std::mem::take(&mut bytes);
-            in_flight = Some(tokio::spawn(insert_batch(engine.clone(), db.clone(), coll.clone(), docs, n_bytes)));
+            in_flight = Some(tokio::spawn(insert_batch(
+                engine.clone(),
+                db.clone(),
+                coll.clone(),
+                docs,
+                n_bytes,
+            )));
         }
         if finished {
             break;
@@ -363,20 +444,44 @@ struct InsertedBatch {
     bytes: u64,
 }
 
-async fn insert_batch(engine: SharedEngine, db: String, coll: String, docs: Vec<RawDocumentBuf>, bytes: usize) -> Result<InsertedBatch, CopyError> {
+async fn insert_batch(
+    engine: SharedEngine,
+    db: String,
+    coll: String,
+    docs: Vec<RawDocumentBuf>,
+    bytes: usize,
+) -> Result<InsertedBatch, CopyError> {
     let started = Instant::now();
     let last_id = docs.last().and_then(raw_id);
     let documents = docs.len() as u64;
-    let target = engine.destination.client.database(&db).collection::<RawDocumentBuf>(&coll);
-    match target.insert_many(docs).ordered(false).bypass_document_validation(true).await {
+    let target = engine
+        .destination
+        .client
+        .database(&db)
+        .collection::<RawDocumentBuf>(&coll);
+    match target
+        .insert_many(docs)
+        .ordered(false)
+        .bypass_document_validation(true)
+        .await
+    {
         Ok(_) => {}
         Err(e) if only_duplicates(&e) => {}
         Err(source) => {
-            return Err(CopyError::Driver { side: crate::cluster::Side::Destination, action: "insert", ns: format!("{db}.{coll}"), source });
+            return Err(CopyError::Driver {
+                side: crate::cluster::Side::Destination,
+                action: "insert",
+                ns: format!("{db}.{coll}"),
+                source,
+            });
         }
     }
     crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());
-    Ok(InsertedBatch { last_id, documents, bytes: bytes as u64 })
+    Ok(InsertedBatch {
+        last_id,
+        documents,
+        bytes: bytes as u64,
+    })
 }
 
 /// A batch whose only failures are duplicate keys: those documents are already there
@@ -385,19 +490,28 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     match e.kind.as_ref() {
         ErrorKind::InsertMany(im) => {
-            im.write_concern_error.is_none() && im.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000))
+            im.write_concern_error.is_none()
+                && im
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|w| w.iter().all(|w| w.code == 11000))
         }
         _ => error_code(e) == Some(11000),
     }
 }
 
-async fn record_batch(engine: &SharedEngine, range: &mut CopyRange, done: InsertedBatch) -> Result<(), CopyError> {
+async fn record_batch(
+    engine: &SharedEngine,
+    range: &mut CopyRange,
+    done: InsertedBatch,
+) -> Result<(), CopyError> {
     range.last_id = done.last_id.or(range.last_id.take());
     range.documents += done.documents;
     range.bytes += done.bytes;
     engine.checkpoints.save_range(range).await?;
     let p = &engine.progress;
-    p.documents_copied.fetch_add(done.documents, Ordering::Relaxed);
+    p.documents_copied
+        .fetch_add(done.documents, Ordering::Relaxed);
     p.bytes_copied.fetch_add(done.bytes, Ordering::Relaxed);
     {
         let mut ns = p.namespace_mut(&range.ns);

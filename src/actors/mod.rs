@@ -53,8 +53,16 @@ pub struct ActorFailure {
 }
 
 impl ActorFailure {
-    pub fn new(component: &'static str, error: &(dyn std::error::Error + 'static), transient: bool) -> ActorFailure {
-        ActorFailure { component, message: error_chain(error), transient }
+    pub fn new(
+        component: &'static str,
+        error: &(dyn std::error::Error + 'static),
+        transient: bool,
+    ) -> ActorFailure {
+        ActorFailure {
+            component,
+            message: error_chain(error),
+            transient,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use bson::{doc, Timestamp};
 use tokio::sync::{oneshot, watch};
 
 use super::coordinator::{finalize_indexes, set_source_write_block, Coordinator, LockLost};
-use super::copier::{CopyOutcome, CopySummary, Copier};
+use super::copier::{Copier, CopyOutcome, CopySummary};
 use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
 use super::{error_chain, verifier, ActorFailure, SharedEngine};
 use crate::checkpoint::{unix_now, RunState};
@@ -70,7 +70,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(engine: SharedEngine, state: RunState, done: oneshot::Sender<RunOutcome>) -> Supervisor {
+    pub fn new(
+        engine: SharedEngine,
+        state: RunState,
+        done: oneshot::Sender<RunOutcome>,
+    ) -> Supervisor {
         let (paused_tx, _) = watch::channel(false);
         let (drain_tx, _) = watch::channel(None);
         Supervisor {
@@ -106,7 +110,11 @@ impl Supervisor {
         let engine = self.engine.clone();
         ctx.spawn(
             async move {
-                if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
+                if let Err(e) = engine
+                    .checkpoints
+                    .set_state(doc! {"phase": phase.as_str()})
+                    .await
+                {
                     tracing::warn!(error = %error_chain(&e), "could not record the phase");
                 }
             }
@@ -116,7 +124,11 @@ impl Supervisor {
 
     fn start_copier(&mut self, ctx: &mut Context<Self>) {
         self.set_phase(ctx, Phase::Copying);
-        let copier = Copier::new(self.engine.clone(), ctx.address().recipient(), self.paused_tx.subscribe());
+        let copier = Copier::new(
+            self.engine.clone(),
+            ctx.address().recipient(),
+            self.paused_tx.subscribe(),
+        );
         self.copier = Some(copier.start());
     }
 
@@ -125,8 +137,17 @@ impl Supervisor {
             self.set_phase(ctx, Phase::Syncing);
         }
         let me = ctx.address();
-        let peers = TailerPeers { status: me.clone().recipient(), drained: me.clone().recipient(), stopped: me.recipient() };
-        let tailer = Tailer::new(self.engine.clone(), peers, self.paused_tx.subscribe(), self.drain_tx.subscribe());
+        let peers = TailerPeers {
+            status: me.clone().recipient(),
+            drained: me.clone().recipient(),
+            stopped: me.recipient(),
+        };
+        let tailer = Tailer::new(
+            self.engine.clone(),
+            peers,
+            self.paused_tx.subscribe(),
+            self.drain_tx.subscribe(),
+        );
         self.tailer = Some(tailer.start());
     }
 
@@ -136,16 +157,27 @@ impl Supervisor {
     }
 
     /// Records a failure: restart after backoff when it may pass, else fail the run.
-    fn on_failure(&mut self, ctx: &mut Context<Self>, failure: ActorFailure, restart: fn(&mut Supervisor, &mut Context<Supervisor>)) {
+    fn on_failure(
+        &mut self,
+        ctx: &mut Context<Self>,
+        failure: ActorFailure,
+        restart: fn(&mut Supervisor, &mut Context<Supervisor>),
+    ) {
         crate::metrics::record_error(failure.component);
-        self.engine.progress.set_error(format!("{}: {}", failure.component, failure.message));
+        self.engine
+            .progress
+            .set_error(format!("{}: {}", failure.component, failure.message));
         if self.phase().is_terminal() {
             return;
         }
         self.failures += 1;
         if !failure.transient || self.failures > MAX_CONSECUTIVE_FAILURES {
             tracing::error!(component = failure.component, error = %failure.message, "the migration cannot continue");
-            self.finish(ctx, Phase::Failed, Some(format!("{}: {}", failure.component, failure.message)));
+            self.finish(
+                ctx,
+                Phase::Failed,
+                Some(format!("{}: {}", failure.component, failure.message)),
+            );
             return;
         }
         let delay = self.backoff();
@@ -175,7 +207,7 @@ impl Supervisor {
                         tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
                     }
                 }
-                if let Err(e) = crate::cluster::topology::restore_balancers(&engine.source, &engine.destination).await {
+                if let Err(e) = super::coordinator::restore_balancers(&engine).await {
                     tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
                 }
                 if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
@@ -201,14 +233,20 @@ impl Supervisor {
     }
 
     fn check_window(&mut self, ctx: &mut Context<Self>) {
-        let Some(expires) = self.state.window_expires_at else { return };
+        let Some(expires) = self.state.window_expires_at else {
+            return;
+        };
         if self.phase().is_terminal() || self.phase() == Phase::CuttingOver {
             return;
         }
         let left = expires - unix_now();
         if left <= 0 {
             tracing::error!("the cutover window expired: syncing stopped, the source is untouched; start a new migration to try again");
-            crate::notify::send(&self.engine, "expired", "the cutover window expired; syncing stopped");
+            crate::notify::send(
+                &self.engine,
+                "expired",
+                "the cutover window expired; syncing stopped",
+            );
             self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
             return;
         }
@@ -216,7 +254,14 @@ impl Supervisor {
             if left <= (hours * 3600) as i64 && !self.warned_hours.contains(&hours) {
                 self.warned_hours.push(hours);
                 tracing::warn!(hours_left = left as f64 / 3600.0, "the cutover window expires soon: cut over or extend it (ferry extend --hours N)");
-                crate::notify::send(&self.engine, "window_expiring", &format!("the cutover window expires in {:.1} hours", left as f64 / 3600.0));
+                crate::notify::send(
+                    &self.engine,
+                    "window_expiring",
+                    &format!(
+                        "the cutover window expires in {:.1} hours",
+                        left as f64 / 3600.0
+                    ),
+                );
             }
         }
     }
@@ -224,7 +269,10 @@ impl Supervisor {
     fn handle_control(&mut self, req: ControlRequest, ctx: &mut Context<Self>) -> ControlReply {
         let phase = self.phase();
         if phase.is_terminal() {
-            return Err(ControlError::conflict(format!("the migration is {}; nothing more to do", phase.as_str())));
+            return Err(ControlError::conflict(format!(
+                "the migration is {}; nothing more to do",
+                phase.as_str()
+            )));
         }
         match req {
             ControlRequest::Cutover { writes_stopped } => {
@@ -246,23 +294,36 @@ impl Supervisor {
                 ctx.spawn(
                     async move {
                         if block {
-                            set_source_write_block(&engine, true).await.map_err(|e| error_chain(&e))?;
+                            set_source_write_block(&engine, true)
+                                .await
+                                .map_err(|e| error_chain(&e))?;
                         }
-                        engine.source.append_noop("ferry cutover").await.map_err(|e| error_chain(&e))
+                        engine
+                            .source
+                            .append_noop("ferry cutover")
+                            .await
+                            .map_err(|e| error_chain(&e))
                     }
                     .into_actor(self)
                     .map(|r, _, ctx| ctx.notify(CutoverStarted(r))),
                 );
-                Ok(serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}))
+                Ok(
+                    serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}),
+                )
             }
             ControlRequest::Extend { hours } => {
                 if !(hours.is_finite() && hours > 0.0) {
                     return Err(ControlError::bad_request("hours must be a positive number"));
                 }
-                let base = self.state.window_expires_at.unwrap_or_else(|| unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64);
+                let base = self.state.window_expires_at.unwrap_or_else(|| {
+                    unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64
+                });
                 let expires = base + (hours * 3600.0) as i64;
                 self.state.window_expires_at = Some(expires);
-                self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+                self.engine
+                    .progress
+                    .window_expires_at
+                    .store(expires, Ordering::Relaxed);
                 self.warned_hours.clear();
                 let engine = self.engine.clone();
                 ctx.spawn(
@@ -289,7 +350,10 @@ impl Supervisor {
             }
             ControlRequest::Resume => {
                 if phase != Phase::Paused {
-                    return Err(ControlError::conflict(format!("not paused (the migration is {})", phase.as_str())));
+                    return Err(ControlError::conflict(format!(
+                        "not paused (the migration is {})",
+                        phase.as_str()
+                    )));
                 }
                 let back = self.paused_from.take().unwrap_or(Phase::Syncing);
                 let _ = self.paused_tx.send(false);
@@ -298,7 +362,11 @@ impl Supervisor {
             }
             ControlRequest::Cancel => {
                 tracing::warn!("migration cancelled by the operator; the source is left as it was");
-                self.finish(ctx, Phase::Cancelled, Some("cancelled by the operator".into()));
+                self.finish(
+                    ctx,
+                    Phase::Cancelled,
+                    Some("cancelled by the operator".into()),
+                );
                 Ok(serde_json::json!({"phase": "cancelled"}))
             }
         }
@@ -306,7 +374,10 @@ impl Supervisor {
 
     fn build_report(&self, verification: Verification) -> Report {
         let p = &self.engine.progress;
-        let downtime = self.cutover_confirmed.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let downtime = self
+            .cutover_confirmed
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
         let duration = match self.state.started_at {
             Some(s) => (unix_now() - s).max(0) as f64,
             None => self.run_started.elapsed().as_secs_f64(),
@@ -335,29 +406,49 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.coordinator = Some(Coordinator::new(self.engine.clone(), ctx.address().recipient()).start());
+        self.coordinator =
+            Some(Coordinator::new(self.engine.clone(), ctx.address().recipient()).start());
         if let Some(expires) = self.state.window_expires_at {
-            self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+            self.engine
+                .progress
+                .window_expires_at
+                .store(expires, Ordering::Relaxed);
         }
-        self.engine.progress.events_applied.store(self.state.events_applied, Ordering::Relaxed);
+        self.engine
+            .progress
+            .events_applied
+            .store(self.state.events_applied, Ordering::Relaxed);
         ctx.run_interval(WINDOW_CHECK, |act, ctx| act.check_window(ctx));
         if self.state.copy_complete {
             self.engine.progress.set_phase(Phase::Syncing);
             // The plan tells the report what was copied.
             let engine = self.engine.clone();
             ctx.spawn(
-                async move { engine.checkpoints.load_plan().await }.into_actor(self).map(|r, act, _| {
-                    if let Ok((plan, ranges)) = r {
-                        act.copy_summary.collections = plan.iter().filter(|n| !n.is_view).count() as u64;
-                        act.copy_summary.views = plan.iter().filter(|n| n.is_view).count() as u64;
-                        act.copy_summary.indexes = plan.iter().map(|n| n.indexes.len() as u64).sum();
-                        let p = &act.engine.progress;
-                        p.documents_copied.store(ranges.iter().map(|r| r.documents).sum(), Ordering::Relaxed);
-                        p.bytes_copied.store(ranges.iter().map(|r| r.bytes).sum(), Ordering::Relaxed);
-                        p.documents_estimated.store(plan.iter().map(|n| n.documents_estimated).sum(), Ordering::Relaxed);
-                        p.bytes_estimated.store(plan.iter().map(|n| n.bytes_estimated).sum(), Ordering::Relaxed);
-                    }
-                }),
+                async move { engine.checkpoints.load_plan().await }
+                    .into_actor(self)
+                    .map(|r, act, _| {
+                        if let Ok((plan, ranges)) = r {
+                            act.copy_summary.collections =
+                                plan.iter().filter(|n| !n.is_view).count() as u64;
+                            act.copy_summary.views =
+                                plan.iter().filter(|n| n.is_view).count() as u64;
+                            act.copy_summary.indexes =
+                                plan.iter().map(|n| n.indexes.len() as u64).sum();
+                            let p = &act.engine.progress;
+                            p.documents_copied
+                                .store(ranges.iter().map(|r| r.documents).sum(), Ordering::Relaxed);
+                            p.bytes_copied
+                                .store(ranges.iter().map(|r| r.bytes).sum(), Ordering::Relaxed);
+                            p.documents_estimated.store(
+                                plan.iter().map(|n| n.documents_estimated).sum(),
+                                Ordering::Relaxed,
+                            );
+                            p.bytes_estimated.store(
+                                plan.iter().map(|n| n.bytes_estimated).sum(),
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }),
             );
             self.start_tailer(ctx);
         } else {
@@ -402,9 +493,13 @@ impl Handler<SyncStatus> for Supervisor {
         match self.phase() {
             Phase::Syncing if msg.lag_seconds <= threshold => {
                 if self.state.window_expires_at.is_none() {
-                    let expires = unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64;
+                    let expires =
+                        unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64;
                     self.state.window_expires_at = Some(expires);
-                    self.engine.progress.window_expires_at.store(expires, Ordering::Relaxed);
+                    self.engine
+                        .progress
+                        .window_expires_at
+                        .store(expires, Ordering::Relaxed);
                     let engine = self.engine.clone();
                     ctx.spawn(
                         async move {
@@ -414,11 +509,17 @@ impl Handler<SyncStatus> for Supervisor {
                         }
                         .into_actor(self),
                     );
-                    crate::notify::send(&self.engine, "ready_for_cutover", "the destination is in sync; ready for cutover");
+                    crate::notify::send(
+                        &self.engine,
+                        "ready_for_cutover",
+                        "the destination is in sync; ready for cutover",
+                    );
                 }
                 self.set_phase(ctx, Phase::ReadyForCutover);
             }
-            Phase::ReadyForCutover if msg.lag_seconds > threshold * 4.0 => self.set_phase(ctx, Phase::Syncing),
+            Phase::ReadyForCutover if msg.lag_seconds > threshold * 4.0 => {
+                self.set_phase(ctx, Phase::Syncing)
+            }
             _ => {}
         }
     }
@@ -465,12 +566,18 @@ impl Handler<Drained> for Supervisor {
         let engine = self.engine.clone();
         ctx.spawn(
             async move {
-                let data = verifier::verify(&engine, false).await.map_err(|e| error_chain(&e))?;
+                let data = verifier::verify(&engine, false)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
                 if !data.passed {
                     return Ok((data, Verification::default()));
                 }
-                finalize_indexes(&engine).await.map_err(|e| error_chain(&e))?;
-                let strict = verifier::verify(&engine, true).await.map_err(|e| error_chain(&e))?;
+                finalize_indexes(&engine)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                let strict = verifier::verify(&engine, true)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
                 Ok((data, strict))
             }
             .into_actor(self)
@@ -487,12 +594,20 @@ impl Handler<Verified> for Supervisor {
                 let report = self.build_report(strict);
                 println!("{report}");
                 *self.engine.progress.report.write() = Some(report);
-                crate::notify::send(&self.engine, "completed", "migration completed; verification passed");
+                crate::notify::send(
+                    &self.engine,
+                    "completed",
+                    "migration completed; verification passed",
+                );
                 self.finish(ctx, Phase::Completed, None);
             }
             Ok((data, strict)) => {
                 let failed = if data.passed { strict } else { data };
-                let names: Vec<String> = failed.mismatches.iter().map(|m| format!("{} ({}: {})", m.namespace, m.kind, m.detail)).collect();
+                let names: Vec<String> = failed
+                    .mismatches
+                    .iter()
+                    .map(|m| format!("{} ({}: {})", m.namespace, m.kind, m.detail))
+                    .collect();
                 let msg = format!("verification failed, cutover refused: {}", names.join("; "));
                 tracing::error!("{msg}");
                 self.engine.progress.set_error(msg);
@@ -511,7 +626,9 @@ impl Handler<Verified> for Supervisor {
                 self.set_phase(ctx, Phase::ReadyForCutover);
             }
             Err(e) => {
-                self.engine.progress.set_error(format!("verification could not run: {e}"));
+                self.engine
+                    .progress
+                    .set_error(format!("verification could not run: {e}"));
                 let _ = self.drain_tx.send(None);
                 self.set_phase(ctx, Phase::ReadyForCutover);
             }
@@ -539,7 +656,11 @@ impl Handler<Shutdown> for Supervisor {
             async move {
                 let _ = engine.checkpoints.release_lock().await;
                 if let Some(done) = done {
-                    let _ = done.send(RunOutcome { phase, report: None, error: Some("stopped; run again to resume".into()) });
+                    let _ = done.send(RunOutcome {
+                        phase,
+                        report: None,
+                        error: Some("stopped; run again to resume".into()),
+                    });
                 }
             }
             .into_actor(self),

@@ -13,7 +13,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
 
-use super::applier::{apply_ddl, is_ddl, ApplyError, ApplyEvents, Applier};
+use super::applier::{apply_ddl, is_ddl, Applier, ApplyError, ApplyEvents};
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::CheckpointError;
 use crate::cluster::ClusterError;
@@ -89,8 +89,18 @@ pub struct Tailer {
 }
 
 impl Tailer {
-    pub fn new(engine: SharedEngine, peers: TailerPeers, paused: watch::Receiver<bool>, drain_to: watch::Receiver<Option<Timestamp>>) -> Tailer {
-        Tailer { engine, peers, paused, drain_to }
+    pub fn new(
+        engine: SharedEngine,
+        peers: TailerPeers,
+        paused: watch::Receiver<bool>,
+        drain_to: watch::Receiver<Option<Timestamp>>,
+    ) -> Tailer {
+        Tailer {
+            engine,
+            peers,
+            paused,
+            drain_to,
+        }
     }
 }
 
@@ -101,13 +111,19 @@ impl Actor for Tailer {
         let peers = self.peers.clone();
         let paused = self.paused.clone();
         let drain_to = self.drain_to.clone();
-        ctx.spawn(async move { tail(engine, peers, paused, drain_to).await }.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
-                let transient = e.is_transient();
-                act.peers.stopped.do_send(TailerStopped(ActorFailure::new("tailer", &e, transient)));
-            }
-            ctx.stop();
-        }));
+        ctx.spawn(
+            async move { tail(engine, peers, paused, drain_to).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    if let Err(e) = result {
+                        let transient = e.is_transient();
+                        act.peers
+                            .stopped
+                            .do_send(TailerStopped(ActorFailure::new("tailer", &e, transient)));
+                    }
+                    ctx.stop();
+                }),
+        );
     }
 }
 
@@ -140,7 +156,11 @@ struct Routing {
 }
 
 /// Sends each namespace's events to its applier and waits for every acknowledgement.
-async fn flush(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<Document>) -> Result<u64, TailError> {
+async fn flush(
+    engine: &SharedEngine,
+    routing: &mut Routing,
+    pending: &mut Vec<Document>,
+) -> Result<u64, TailError> {
     if pending.is_empty() {
         return Ok(0);
     }
@@ -148,7 +168,10 @@ async fn flush(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<D
     let mut order: Vec<(String, String)> = Vec::new();
     for ev in pending.drain(..) {
         let ns = ev.get_document("ns").cloned().unwrap_or_default();
-        let key = (ns.get_str("db").unwrap_or_default().to_string(), ns.get_str("coll").unwrap_or_default().to_string());
+        let key = (
+            ns.get_str("db").unwrap_or_default().to_string(),
+            ns.get_str("coll").unwrap_or_default().to_string(),
+        );
         if !by_ns.contains_key(&key) {
             order.push(key.clone());
         }
@@ -180,12 +203,17 @@ async fn flush(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<D
             Err(_) => return Err(TailError::ApplierGone),
         }
     }
-    engine.progress.events_applied.fetch_add(applied, Ordering::Relaxed);
+    engine
+        .progress
+        .events_applied
+        .fetch_add(applied, Ordering::Relaxed);
     Ok(applied)
 }
 
 fn is_history_lost(e: &mongodb::error::Error) -> bool {
-    crate::cluster::error_code(e) == Some(286) || e.contains_label("NonResumableChangeStreamError") && crate::cluster::error_code(e) == Some(280)
+    crate::cluster::error_code(e) == Some(286)
+        || e.contains_label("NonResumableChangeStreamError")
+            && crate::cluster::error_code(e) == Some(280)
 }
 
 async fn tail(
@@ -207,14 +235,29 @@ async fn tail(
         .max_await_time(MAX_AWAIT);
     match &state.resume_token {
         Some(token) => {
-            let token: ResumeToken = bson::from_bson(Bson::Document(token.clone())).map_err(|e| TailError::Token(e.to_string()))?;
+            let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
+                .map_err(|e| TailError::Token(e.to_string()))?;
             watch = watch.resume_after(token);
         }
         None => watch = watch.start_at_operation_time(start_ts),
     }
-    let mut stream = watch.await.map_err(|e| if is_history_lost(&e) { TailError::HistoryLost(e) } else { TailError::Stream(e) })?.with_type::<Document>();
-    tracing::info!(resume = state.resume_token.is_some(), "tailing the source change stream");
-    let mut routing = Routing { appliers: HashMap::new() };
+    let mut stream = watch
+        .await
+        .map_err(|e| {
+            if is_history_lost(&e) {
+                TailError::HistoryLost(e)
+            } else {
+                TailError::Stream(e)
+            }
+        })?
+        .with_type::<Document>();
+    tracing::info!(
+        resume = state.resume_token.is_some(),
+        "tailing the source change stream"
+    );
+    let mut routing = Routing {
+        appliers: HashMap::new(),
+    };
     let mut pending: Vec<Document> = Vec::new();
     let batch_max = engine.config.apply.batch_max_events.max(1);
     let checkpoint_every = engine.config.runtime.checkpoint_interval();
@@ -233,17 +276,27 @@ async fn tail(
                 }
             }
         }
-        let next = stream.next_if_any().await.map_err(|e| if is_history_lost(&e) { TailError::HistoryLost(e) } else { TailError::Stream(e) })?;
+        let next = stream.next_if_any().await.map_err(|e| {
+            if is_history_lost(&e) {
+                TailError::HistoryLost(e)
+            } else {
+                TailError::Stream(e)
+            }
+        })?;
         let caught_up = next.is_none();
         if let Some(event) = next {
             last_event = Instant::now();
-            let op = event.get_str("operationType").unwrap_or_default().to_string();
+            let op = event
+                .get_str("operationType")
+                .unwrap_or_default()
+                .to_string();
             let ns = event.get_document("ns").cloned().unwrap_or_default();
             let db = ns.get_str("db").unwrap_or_default();
             let coll = ns.get_str("coll").unwrap_or_default();
             let event_ts = event.get_timestamp("clusterTime").ok();
             let wanted = if op == "dropDatabase" {
-                engine.filter.may_allow_database(db) && !crate::config::NamespaceFilter::is_never_migrated_db(db)
+                engine.filter.may_allow_database(db)
+                    && !crate::config::NamespaceFilter::is_never_migrated_db(db)
             } else if op == "rename" {
                 engine.filter.allows(db, coll) && !coll.starts_with("system.")
             } else {
@@ -259,11 +312,13 @@ async fn tail(
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
                     apply_ddl(&engine, &event).await?;
                     events_applied += 1;
-                    engine.progress.events_applied.fetch_add(1, Ordering::Relaxed);
+                    engine
+                        .progress
+                        .events_applied
+                        .fetch_add(1, Ordering::Relaxed);
                     if matches!(op.as_str(), "drop" | "rename" | "dropDatabase") {
                         routing.appliers.clear();
                     }
-                    dirty = true;
                     last_checkpoint = Instant::now() - checkpoint_every;
                 } else if op != "invalidate" {
                     pending.push(event);
@@ -297,11 +352,25 @@ async fn tail(
             }
         }
         if let Some((now, _)) = source_now {
-            let lag = if ts_after(now, applied_ts) { now.time.saturating_sub(applied_ts.time) as f64 } else { 0.0 };
-            let lag = if caught_up && !ts_after(now, applied_ts) { 0.0 } else { lag };
-            engine.progress.lag_ms.store((lag * 1000.0) as i64, Ordering::Relaxed);
+            let lag = if ts_after(now, applied_ts) {
+                now.time.saturating_sub(applied_ts.time) as f64
+            } else {
+                0.0
+            };
+            let lag = if caught_up && !ts_after(now, applied_ts) {
+                0.0
+            } else {
+                lag
+            };
+            engine
+                .progress
+                .lag_ms
+                .store((lag * 1000.0) as i64, Ordering::Relaxed);
             crate::metrics::record_lag(lag);
-            peers.status.do_send(SyncStatus { lag_seconds: lag, applied_ts });
+            peers.status.do_send(SyncStatus {
+                lag_seconds: lag,
+                applied_ts,
+            });
         }
         if caught_up && last_event.elapsed() >= idle_noop {
             if let Err(e) = engine.source.append_noop("ferry idle tick").await {
@@ -313,7 +382,9 @@ async fn tail(
             if !drained_sent && caught_up && !ts_after(target, applied_ts) {
                 engine
                     .checkpoints
-                    .set_state(doc! {"applied_ts": applied_ts, "events_applied": events_applied as i64})
+                    .set_state(
+                        doc! {"applied_ts": applied_ts, "events_applied": events_applied as i64},
+                    )
                     .await?;
                 drained_sent = true;
                 peers.drained.do_send(Drained);

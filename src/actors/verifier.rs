@@ -67,12 +67,22 @@ impl HashPool {
                 })
             })
             .collect();
-        HashPool { jobs: Some(tx), workers }
+        HashPool {
+            jobs: Some(tx),
+            workers,
+        }
     }
 
     /// Digest of every document of a collection on one side.
-    pub async fn digest(&self, cluster: &Cluster, db: &str, coll: &str) -> Result<Digest, ClusterError> {
-        let Some(jobs) = self.jobs.clone() else { return Ok(Digest::default()) };
+    pub async fn digest(
+        &self,
+        cluster: &Cluster,
+        db: &str,
+        coll: &str,
+    ) -> Result<Digest, ClusterError> {
+        let Some(jobs) = self.jobs.clone() else {
+            return Ok(Digest::default());
+        };
         let (result_tx, result_rx) = crossbeam_channel::unbounded::<Digest>();
         let mut cursor = cluster
             .client
@@ -81,27 +91,39 @@ impl HashPool {
             .find(doc! {})
             .batch_size(HASH_BATCH as u32)
             .await
-            .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?;
+            .map_err(|source| ClusterError::Command {
+                side: cluster.side,
+                action: format!("scan {db}.{coll}"),
+                source,
+            })?;
         let mut batch = Vec::with_capacity(HASH_BATCH);
         let mut sent = 0usize;
         while let Some(d) = cursor
             .try_next()
             .await
-            .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?
+            .map_err(|source| ClusterError::Command {
+                side: cluster.side,
+                action: format!("scan {db}.{coll}"),
+                source,
+            })?
         {
             batch.push(d);
             if batch.len() == HASH_BATCH {
                 let job = (std::mem::take(&mut batch), result_tx.clone());
                 let jobs = jobs.clone();
                 // The channel is bounded: hand the job over without blocking the runtime.
-                tokio::task::spawn_blocking(move || jobs.send(job)).await.ok();
+                tokio::task::spawn_blocking(move || jobs.send(job))
+                    .await
+                    .ok();
                 sent += 1;
             }
         }
         if !batch.is_empty() {
             let jobs = jobs.clone();
             let job = (batch, result_tx.clone());
-            tokio::task::spawn_blocking(move || jobs.send(job)).await.ok();
+            tokio::task::spawn_blocking(move || jobs.send(job))
+                .await
+                .ok();
             sent += 1;
         }
         drop(result_tx);
@@ -139,10 +161,15 @@ struct Shape {
 fn comparable_index(spec: &Document, strict: bool) -> Document {
     let mut d = Document::new();
     for (k, v) in spec {
-        if matches!(k.as_str(), "v" | "ns" | "background") {
+        if matches!(k.as_str(), "v" | "ns" | "background" | "prepareUnique") {
             continue;
         }
-        if !strict && matches!(k.as_str(), "unique" | "expireAfterSeconds" | "prepareUnique") {
+        if !strict
+            && matches!(
+                k.as_str(),
+                "unique" | "expireAfterSeconds" | "prepareUnique"
+            )
+        {
             continue;
         }
         if k == "unique" && v == &Bson::Boolean(false) {
@@ -158,16 +185,26 @@ fn normalize_numbers(v: &Bson) -> Bson {
     match v {
         Bson::Int32(i) => Bson::Int64(*i as i64),
         Bson::Double(d) if d.fract() == 0.0 => Bson::Int64(*d as i64),
-        Bson::Document(d) => Bson::Document(d.iter().map(|(k, v)| (k.clone(), normalize_numbers(v))).collect()),
+        Bson::Document(d) => Bson::Document(
+            d.iter()
+                .map(|(k, v)| (k.clone(), normalize_numbers(v)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
 
-async fn shapes(engine: &SharedEngine, cluster: &Cluster, strict: bool) -> Result<BTreeMap<String, Shape>, ClusterError> {
+async fn shapes(
+    engine: &SharedEngine,
+    cluster: &Cluster,
+    strict: bool,
+) -> Result<BTreeMap<String, Shape>, ClusterError> {
     let mut out = BTreeMap::new();
     for db in cluster.database_names(&engine.filter).await? {
         for spec in cluster.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else { continue };
+            let Ok(name) = spec.get_str("name") else {
+                continue;
+            };
             if name.starts_with("system.") || !engine.filter.allows(&db, name) {
                 continue;
             }
@@ -183,11 +220,23 @@ async fn shapes(engine: &SharedEngine, cluster: &Cluster, strict: bool) -> Resul
                     .index_specs(&db, name)
                     .await?
                     .into_iter()
-                    .map(|i| (i.get_str("name").unwrap_or_default().to_string(), comparable_index(&i, strict)))
+                    .map(|i| {
+                        (
+                            i.get_str("name").unwrap_or_default().to_string(),
+                            comparable_index(&i, strict),
+                        )
+                    })
                     .collect()
             };
             let options = spec.get_document("options").cloned().unwrap_or_default();
-            out.insert(format!("{db}.{name}"), Shape { is_view, options, indexes });
+            out.insert(
+                format!("{db}.{name}"),
+                Shape {
+                    is_view,
+                    options,
+                    indexes,
+                },
+            );
         }
     }
     Ok(out)
@@ -202,7 +251,11 @@ pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification,
     for (ns, s) in &source {
         v.namespaces_checked += 1;
         let Some(d) = dest.get(ns) else {
-            v.mismatches.push(Mismatch { namespace: ns.clone(), kind: "missing".into(), detail: "exists on the source but not on the destination".into() });
+            v.mismatches.push(Mismatch {
+                namespace: ns.clone(),
+                kind: "missing".into(),
+                detail: "exists on the source but not on the destination".into(),
+            });
             continue;
         };
         if s.is_view != d.is_view || s.options != d.options {
@@ -213,24 +266,45 @@ pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification,
             });
         }
         if s.indexes != d.indexes {
-            let only_source: Vec<&String> = s.indexes.iter().filter(|(k, v)| d.indexes.get(*k) != Some(v)).map(|(k, _)| k).collect();
-            let only_dest: Vec<&String> = d.indexes.iter().filter(|(k, v)| s.indexes.get(*k) != Some(v)).map(|(k, _)| k).collect();
+            let only_source: Vec<&String> = s
+                .indexes
+                .iter()
+                .filter(|(k, v)| d.indexes.get(*k) != Some(v))
+                .map(|(k, _)| k)
+                .collect();
+            let only_dest: Vec<&String> = d
+                .indexes
+                .iter()
+                .filter(|(k, v)| s.indexes.get(*k) != Some(v))
+                .map(|(k, _)| k)
+                .collect();
             v.mismatches.push(Mismatch {
                 namespace: ns.clone(),
                 kind: "indexes".into(),
-                detail: format!("differing indexes: source {only_source:?}, destination {only_dest:?}"),
+                detail: format!(
+                    "differing indexes: source {only_source:?}, destination {only_dest:?}"
+                ),
             });
         }
         if s.is_view {
             continue;
         }
         let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
-        let (a, b) = futures_util::try_join!(pool.digest(&engine.source, db, coll), pool.digest(&engine.destination, db, coll))?;
+        let (a, b) = futures_util::try_join!(
+            pool.digest(&engine.source, db, coll),
+            pool.digest(&engine.destination, db, coll)
+        )?;
         v.documents_checked += a.count;
         if a != b {
-            let kind = if a.count != b.count { "count" } else { "content" };
+            let kind = if a.count != b.count {
+                "count"
+            } else {
+                "content"
+            };
             let example = if a.count.max(b.count) <= LOCATE_LIMIT {
-                locate(engine, db, coll).await?.unwrap_or_else(|| "no single differing document found".into())
+                locate(engine, db, coll)
+                    .await?
+                    .unwrap_or_else(|| "no single differing document found".into())
             } else {
                 "collection too large to locate an example".into()
             };
@@ -243,34 +317,55 @@ pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification,
     }
     for ns in dest.keys() {
         if !source.contains_key(ns) {
-            v.mismatches.push(Mismatch { namespace: ns.clone(), kind: "extra".into(), detail: "exists on the destination but not on the source".into() });
+            v.mismatches.push(Mismatch {
+                namespace: ns.clone(),
+                kind: "extra".into(),
+                detail: "exists on the destination but not on the source".into(),
+            });
         }
     }
     v.passed = v.mismatches.is_empty();
     Ok(v)
 }
 
-async fn id_hashes(cluster: &Cluster, db: &str, coll: &str) -> Result<HashMap<Vec<u8>, (u128, String)>, ClusterError> {
+async fn id_hashes(
+    cluster: &Cluster,
+    db: &str,
+    coll: &str,
+) -> Result<HashMap<Vec<u8>, (u128, String)>, ClusterError> {
     let mut cursor = cluster
         .client
         .database(db)
         .collection::<RawDocumentBuf>(coll)
         .find(doc! {})
         .await
-        .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?;
+        .map_err(|source| ClusterError::Command {
+            side: cluster.side,
+            action: format!("scan {db}.{coll}"),
+            source,
+        })?;
     let mut out = HashMap::new();
     while let Some(d) = cursor
         .try_next()
         .await
-        .map_err(|source| ClusterError::Command { side: cluster.side, action: format!("scan {db}.{coll}"), source })?
+        .map_err(|source| ClusterError::Command {
+            side: cluster.side,
+            action: format!("scan {db}.{coll}"),
+            source,
+        })?
     {
         let id = d.get("_id").ok().flatten();
         let (key, shown) = match id {
             Some(v) => {
                 let owned = v.to_raw_bson();
-                let shown = Bson::try_from(owned.clone()).map(|b| b.to_string()).unwrap_or_default();
+                let shown = Bson::try_from(owned.clone())
+                    .map(|b| b.to_string())
+                    .unwrap_or_default();
                 let mut key = vec![v.element_type() as u8];
-                key.extend_from_slice(&bson::to_vec(&doc! {"v": Bson::try_from(owned).unwrap_or(Bson::Null)}).unwrap_or_default());
+                key.extend_from_slice(
+                    &bson::to_vec(&doc! {"v": Bson::try_from(owned).unwrap_or(Bson::Null)})
+                        .unwrap_or_default(),
+                );
                 (key, shown)
             }
             None => (Vec::new(), "(no _id)".into()),
@@ -281,19 +376,29 @@ async fn id_hashes(cluster: &Cluster, db: &str, coll: &str) -> Result<HashMap<Ve
 }
 
 /// Finds one document that differs, for the mismatch message.
-async fn locate(engine: &SharedEngine, db: &str, coll: &str) -> Result<Option<String>, ClusterError> {
+async fn locate(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+) -> Result<Option<String>, ClusterError> {
     let a = id_hashes(&engine.source, db, coll).await?;
     let b = id_hashes(&engine.destination, db, coll).await?;
     for (k, (h, shown)) in &a {
         match b.get(k) {
-            None => return Ok(Some(format!("example: _id {shown} missing on the destination"))),
+            None => {
+                return Ok(Some(format!(
+                    "example: _id {shown} missing on the destination"
+                )))
+            }
             Some((h2, _)) if h2 != h => return Ok(Some(format!("example: _id {shown} differs"))),
             _ => {}
         }
     }
     for (k, (_, shown)) in &b {
         if !a.contains_key(k) {
-            return Ok(Some(format!("example: _id {shown} exists only on the destination")));
+            return Ok(Some(format!(
+                "example: _id {shown} exists only on the destination"
+            )));
         }
     }
     Ok(None)

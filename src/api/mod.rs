@@ -20,9 +20,11 @@ mod status;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::control::ControlHandle;
 use crate::progress::SharedProgress;
@@ -36,12 +38,39 @@ pub const API_PREFIX: &str = "/api/v1";
 /// Requests are small and answered from memory, so a few seconds is plenty.
 const SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 
+/// How often histogram samples are folded into the recorder's summaries. The exporter
+/// leaves this to its user; without it, samples pile up between scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder and describes every metric, returning
+/// the handle `/metrics` renders.
+///
+/// Idempotent, because the `metrics` facade accepts one global recorder per process:
+/// later calls return the same handle. `None` (with a warning) when some other recorder
+/// was installed first; metrics then go there and `/metrics` answers empty.
+pub fn install_prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => {
+                crate::metrics::describe();
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install the prometheus recorder; /metrics will be empty");
+                None
+            }
+        })
+        .clone()
+}
+
 /// A running API server. Dropping it leaves the server running until the process ends;
 /// call [`ApiServer::stop`] to close the listener and finish in-flight requests.
 pub struct ApiServer {
     local_addr: SocketAddr,
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<io::Result<()>>,
+    upkeep: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ApiServer {
@@ -52,12 +81,17 @@ impl ApiServer {
     }
 
     /// Stops accepting connections, waits for in-flight requests (up to a few seconds),
-    /// and returns once the server has shut down.
-    pub async fn stop(self) -> io::Result<()> {
+    /// and returns once the listener is closed. A server that failed on its own is only
+    /// logged: at shutdown there is nothing left for the caller to do about it.
+    pub async fn stop(self) {
         self.handle.stop(true).await;
+        if let Some(upkeep) = self.upkeep {
+            upkeep.abort();
+        }
         match self.task.await {
-            Ok(result) => result,
-            Err(join) => Err(io::Error::other(format!("api server task failed: {join}"))),
+            Ok(Ok(())) => tracing::info!(addr = %self.local_addr, "api stopped"),
+            Ok(Err(e)) => tracing::warn!(addr = %self.local_addr, error = %e, "api server failed"),
+            Err(e) => tracing::warn!(addr = %self.local_addr, error = %e, "api server task failed"),
         }
     }
 }
@@ -76,6 +110,7 @@ pub async fn serve(
     control: ControlHandle,
     prometheus: Option<PrometheusHandle>,
 ) -> io::Result<ApiServer> {
+    let upkeep_handle = prometheus.clone();
     let state = routes::ApiState {
         progress,
         control,
@@ -100,9 +135,19 @@ pub async fn serve(
     let handle = server.handle();
     let task = tokio::spawn(server);
     tracing::info!(addr = %local_addr, "api listening");
+    let upkeep = upkeep_handle.map(|handle| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    });
     Ok(ApiServer {
         local_addr,
         handle,
         task,
+        upkeep,
     })
 }

@@ -23,6 +23,7 @@ pub const LOCK_LEASE_SECONDS: i64 = 60;
 
 /// Durable state of the run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct RunState {
     /// Cluster time captured before the first document was copied.
     pub start_ts: Option<Timestamp>,
@@ -40,6 +41,9 @@ pub struct RunState {
     pub window_expires_at: Option<i64>,
     /// Unix seconds when the run began (first start).
     pub started_at: Option<i64>,
+    /// Sides whose balancer Ferry stopped and must restart ("source", "destination").
+    #[serde(default)]
+    pub balancers_stopped: Vec<String>,
 }
 
 /// A planned namespace.
@@ -77,7 +81,10 @@ pub enum CheckpointError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error("destination: checkpoint document in {DB}.{collection} is unreadable: {message}; drop the {DB} database to start over")]
-    Corrupt { collection: &'static str, message: String },
+    Corrupt {
+        collection: &'static str,
+        message: String,
+    },
     #[error("destination: another migration ({owner}) holds the lock until {until}; wait for it to finish or cancel it")]
     Locked { owner: String, until: String },
 }
@@ -108,7 +115,13 @@ impl Checkpoints {
 
     fn err(&self, action: &str) -> impl FnOnce(mongodb::error::Error) -> CheckpointError + '_ {
         let action = action.to_string();
-        move |source| CheckpointError::Cluster(ClusterError::Command { side: self.dest.side, action, source })
+        move |source| {
+            CheckpointError::Cluster(ClusterError::Command {
+                side: self.dest.side,
+                action,
+                source,
+            })
+        }
     }
 
     /// Takes or renews the destination lease; fails when another owner holds it.
@@ -127,12 +140,18 @@ impl Checkpoints {
         match result {
             Ok(_) => Ok(()),
             Err(e) if crate::cluster::error_code(&e) == Some(11000) => {
-                let held = self.coll(LOCK).find_one(doc! {"_id": "lock"}).await.map_err(self.err("read lock"))?;
+                let held = self
+                    .coll(LOCK)
+                    .find_one(doc! {"_id": "lock"})
+                    .await
+                    .map_err(self.err("read lock"))?;
                 let (owner, until) = held
                     .map(|d| {
                         (
                             d.get_str("owner").unwrap_or("unknown").to_string(),
-                            d.get_datetime("expires_at").map(|t| t.to_string()).unwrap_or_default(),
+                            d.get_datetime("expires_at")
+                                .map(|t| t.to_string())
+                                .unwrap_or_default(),
                         )
                     })
                     .unwrap_or_default();
@@ -152,17 +171,28 @@ impl Checkpoints {
     }
 
     pub async fn load_state(&self) -> Result<Option<RunState>, CheckpointError> {
-        let Some(mut d) = self.coll(STATE).find_one(doc! {"_id": "state"}).await.map_err(self.err("read state"))? else {
+        let Some(mut d) = self
+            .coll(STATE)
+            .find_one(doc! {"_id": "state"})
+            .await
+            .map_err(self.err("read state"))?
+        else {
             return Ok(None);
         };
         d.remove("_id");
         bson::from_document(d)
             .map(Some)
-            .map_err(|e| CheckpointError::Corrupt { collection: STATE, message: e.to_string() })
+            .map_err(|e| CheckpointError::Corrupt {
+                collection: STATE,
+                message: e.to_string(),
+            })
     }
 
     pub async fn save_state(&self, state: &RunState) -> Result<(), CheckpointError> {
-        let mut d = bson::to_document(state).map_err(|e| CheckpointError::Corrupt { collection: STATE, message: e.to_string() })?;
+        let mut d = bson::to_document(state).map_err(|e| CheckpointError::Corrupt {
+            collection: STATE,
+            message: e.to_string(),
+        })?;
         d.insert("_id", "state");
         d.insert("saved_at", DateTime::now());
         self.coll(STATE)
@@ -186,10 +216,21 @@ impl Checkpoints {
         Ok(())
     }
 
-    pub async fn save_plan(&self, namespaces: &[PlannedNamespace], ranges: &[CopyRange]) -> Result<(), CheckpointError> {
+    pub async fn save_plan(
+        &self,
+        namespaces: &[PlannedNamespace],
+        ranges: &[CopyRange],
+    ) -> Result<(), CheckpointError> {
         for ns in namespaces {
-            let d = bson::to_document(ns).map_err(|e| CheckpointError::Corrupt { collection: NAMESPACES, message: e.to_string() })?;
-            self.coll(NAMESPACES).replace_one(doc! {"_id": &ns.ns}, d).upsert(true).await.map_err(self.err("save plan"))?;
+            let d = bson::to_document(ns).map_err(|e| CheckpointError::Corrupt {
+                collection: NAMESPACES,
+                message: e.to_string(),
+            })?;
+            self.coll(NAMESPACES)
+                .replace_one(doc! {"_id": &ns.ns}, d)
+                .upsert(true)
+                .await
+                .map_err(self.err("save plan"))?;
         }
         for r in ranges {
             self.save_range(r).await?;
@@ -197,9 +238,18 @@ impl Checkpoints {
         Ok(())
     }
 
-    pub async fn load_plan(&self) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CheckpointError> {
+    pub async fn load_plan(
+        &self,
+    ) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CheckpointError> {
         use futures_util::TryStreamExt;
-        let nss: Vec<Document> = self.coll(NAMESPACES).find(doc! {}).await.map_err(self.err("read plan"))?.try_collect().await.map_err(self.err("read plan"))?;
+        let nss: Vec<Document> = self
+            .coll(NAMESPACES)
+            .find(doc! {})
+            .await
+            .map_err(self.err("read plan"))?
+            .try_collect()
+            .await
+            .map_err(self.err("read plan"))?;
         let ranges: Vec<Document> = self
             .coll(RANGES)
             .find(doc! {})
@@ -211,26 +261,46 @@ impl Checkpoints {
             .map_err(self.err("read ranges"))?;
         let nss = nss
             .into_iter()
-            .map(|d| bson::from_document(d).map_err(|e| CheckpointError::Corrupt { collection: NAMESPACES, message: e.to_string() }))
+            .map(|d| {
+                bson::from_document(d).map_err(|e| CheckpointError::Corrupt {
+                    collection: NAMESPACES,
+                    message: e.to_string(),
+                })
+            })
             .collect::<Result<Vec<PlannedNamespace>, _>>()?;
         let ranges = ranges
             .into_iter()
-            .map(|d| bson::from_document(d).map_err(|e| CheckpointError::Corrupt { collection: RANGES, message: e.to_string() }))
+            .map(|d| {
+                bson::from_document(d).map_err(|e| CheckpointError::Corrupt {
+                    collection: RANGES,
+                    message: e.to_string(),
+                })
+            })
             .collect::<Result<Vec<CopyRange>, _>>()?;
         Ok((nss, ranges))
     }
 
     /// Records a range's progress (called after each batch is acknowledged).
     pub async fn save_range(&self, r: &CopyRange) -> Result<(), CheckpointError> {
-        let d = bson::to_document(r).map_err(|e| CheckpointError::Corrupt { collection: RANGES, message: e.to_string() })?;
-        self.coll(RANGES).replace_one(doc! {"_id": &r.id}, d).upsert(true).await.map_err(self.err("save range"))?;
+        let d = bson::to_document(r).map_err(|e| CheckpointError::Corrupt {
+            collection: RANGES,
+            message: e.to_string(),
+        })?;
+        self.coll(RANGES)
+            .replace_one(doc! {"_id": &r.id}, d)
+            .upsert(true)
+            .await
+            .map_err(self.err("save range"))?;
         Ok(())
     }
 
     /// Drops all checkpoint data except the lock (used by clear_destination).
     pub async fn reset(&self) -> Result<(), CheckpointError> {
         for c in [STATE, NAMESPACES, RANGES] {
-            self.coll(c).drop().await.map_err(self.err("reset checkpoints"))?;
+            self.coll(c)
+                .drop()
+                .await
+                .map_err(self.err("reset checkpoints"))?;
         }
         Ok(())
     }

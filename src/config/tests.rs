@@ -54,7 +54,12 @@ fn assert_issue(issues: &[ConfigIssue], key: &str, needle: &str) {
 
 fn single_issue(extra: &str, key: &str, needle: &str) {
     let got = issues(&with_required(extra));
-    assert_eq!(got.len(), 1, "expected one issue, got:\n{}", display_issues(&got));
+    assert_eq!(
+        got.len(),
+        1,
+        "expected one issue, got:\n{}",
+        display_issues(&got)
+    );
     assert_issue(&got, key, needle);
     let line = got[0].to_string();
     assert!(line.starts_with(&format!("{key}: ")), "{line}");
@@ -136,9 +141,9 @@ fn example_file_commented_keys_are_valid_keys() {
         .map(|line| {
             let t = line.trim_start();
             let candidate = t.strip_prefix("# ").unwrap_or("");
-            let is_assignment = candidate
-                .split_once(" = ")
-                .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            let is_assignment = candidate.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
             if is_assignment {
                 candidate.to_owned()
             } else {
@@ -216,8 +221,16 @@ fn missing_sections_are_reported_together() {
 #[test]
 fn uri_scheme_is_checked() {
     let got = issues("[source]\nuri = \"http://x\"\n[destination]\nuri = \"localhost:27017\"");
-    assert_issue(&got, "source.uri", "must start with mongodb:// or mongodb+srv://");
-    assert_issue(&got, "destination.uri", "must start with mongodb:// or mongodb+srv://");
+    assert_issue(
+        &got,
+        "source.uri",
+        "must start with mongodb:// or mongodb+srv://",
+    );
+    assert_issue(
+        &got,
+        "destination.uri",
+        "must start with mongodb:// or mongodb+srv://",
+    );
 }
 
 #[test]
@@ -234,7 +247,9 @@ fn uri_shapes_are_checked() {
 
 #[test]
 fn identical_uris_are_rejected() {
-    let got = issues(&format!("[source]\nuri = \"{SRC}\"\n[destination]\nuri = \"{SRC}\""));
+    let got = issues(&format!(
+        "[source]\nuri = \"{SRC}\"\n[destination]\nuri = \"{SRC}\""
+    ));
     assert_eq!(got.len(), 1);
     assert_issue(&got, "destination.uri", "identical to source.uri");
 }
@@ -254,8 +269,16 @@ fn tls_files_must_exist() {
     let got = issues(&format!(
         "[source]\nuri = \"{SRC}\"\ntls_ca_file = \"{missing}\"\n[destination]\nuri = \"{DST}\"\ntls_certificate_key_file = \"/nope/client.pem\""
     ));
-    assert_issue(&got, "source.tls_ca_file", "file not found: /definitely/not/here/ca.pem");
-    assert_issue(&got, "destination.tls_certificate_key_file", "file not found: /nope/client.pem");
+    assert_issue(
+        &got,
+        "source.tls_ca_file",
+        "file not found: /definitely/not/here/ca.pem",
+    );
+    assert_issue(
+        &got,
+        "destination.tls_certificate_key_file",
+        "file not found: /nope/client.pem",
+    );
     assert_eq!(got.len(), 2);
 
     let existing = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
@@ -291,7 +314,11 @@ fn clear_destination_confirmation_must_not_be_empty() {
         "",
     ));
     assert_eq!(got.len(), 1);
-    assert_issue(&got, "destination.confirm_destination_name", "must not be empty");
+    assert_issue(
+        &got,
+        "destination.confirm_destination_name",
+        "must not be empty",
+    );
 
     let cfg = parse(&build(
         "",
@@ -299,7 +326,10 @@ fn clear_destination_confirmation_must_not_be_empty() {
         "",
     ))
     .expect("confirmed");
-    assert_eq!(cfg.destination.confirm_destination_name.as_deref(), Some("dst"));
+    assert_eq!(
+        cfg.destination.confirm_destination_name.as_deref(),
+        Some("dst")
+    );
     assert!(cfg
         .warnings()
         .iter()
@@ -322,9 +352,15 @@ fn app_name_is_checked() {
 #[test]
 fn zero_values_are_rejected() {
     let cases = [
-        ("[copy]\nbatch_max_documents = 0", "copy.batch_max_documents"),
+        (
+            "[copy]\nbatch_max_documents = 0",
+            "copy.batch_max_documents",
+        ),
         ("[copy]\nbatch_max_bytes = 0", "copy.batch_max_bytes"),
-        ("[copy]\nparallel_collections = 0", "copy.parallel_collections"),
+        (
+            "[copy]\nparallel_collections = 0",
+            "copy.parallel_collections",
+        ),
         (
             "[copy]\nparallel_ranges_per_collection = 0",
             "copy.parallel_ranges_per_collection",
@@ -334,7 +370,10 @@ fn zero_values_are_rejected() {
         ("[apply]\nbatch_max_bytes = 0", "apply.batch_max_bytes"),
         ("[apply]\nworkers = 0", "apply.workers"),
         ("[apply]\nflush_interval_ms = 0", "apply.flush_interval_ms"),
-        ("[runtime]\nmailbox_capacity = 0", "runtime.mailbox_capacity"),
+        (
+            "[runtime]\nmailbox_capacity = 0",
+            "runtime.mailbox_capacity",
+        ),
         (
             "[runtime]\ncheckpoint_interval_seconds = 0",
             "runtime.checkpoint_interval_seconds",
@@ -347,7 +386,10 @@ fn zero_values_are_rejected() {
             "[runtime]\nspool_dir = \"/tmp/ferry-spool-test\"\nspool_max_bytes = 0",
             "runtime.spool_max_bytes",
         ),
-        ("[cutover]\nlag_threshold_seconds = 0", "cutover.lag_threshold_seconds"),
+        (
+            "[cutover]\nlag_threshold_seconds = 0",
+            "cutover.lag_threshold_seconds",
+        ),
         (
             "[cutover]\nwindow_hours = 0\nwarn_before_expiry_hours = []",
             "cutover.window_hours",
@@ -370,9 +412,9 @@ fn zero_values_are_rejected() {
 #[test]
 fn window_hours_zero_message() {
     let got = issues(&with_required("[cutover]\nwindow_hours = 0"));
-    assert!(got
-        .iter()
-        .any(|i| i.to_string().starts_with("cutover.window_hours: must be > 0")));
+    assert!(got.iter().any(|i| i
+        .to_string()
+        .starts_with("cutover.window_hours: must be > 0")));
 }
 
 #[test]
@@ -405,7 +447,11 @@ fn warn_before_expiry_hours_are_checked() {
         "cutover.warn_before_expiry_hours[1]",
         "must be < cutover.window_hours (10)",
     );
-    assert_issue(&got, "cutover.warn_before_expiry_hours[3]", "duplicate value 6");
+    assert_issue(
+        &got,
+        "cutover.warn_before_expiry_hours[3]",
+        "duplicate value 6",
+    );
     assert_eq!(got.len(), 3, "{}", display_issues(&got));
     // Defaults [24, 6, 1] no longer fit a 12-hour window.
     single_issue(
@@ -454,7 +500,11 @@ fn webhook_url_is_checked() {
 
 #[test]
 fn log_settings_are_checked() {
-    single_issue("[log]\nlevel = \"verbose\"", "log.level", "invalid log level");
+    single_issue(
+        "[log]\nlevel = \"verbose\"",
+        "log.level",
+        "invalid log level",
+    );
     let got = issues(&with_required("[log]\nformat = \"xml\""));
     assert_eq!(got.len(), 1);
     assert_issue(&got, "log.format", "unknown variant `xml`");
@@ -488,7 +538,11 @@ fn filter_patterns_are_checked() {
     assert_issue(&got, "filter.include_namespaces[4]", "system.* collections");
     assert_issue(&got, "filter.include_namespaces[5]", "does not allow");
     assert_issue(&got, "filter.exclude_namespaces[0]", "empty database name");
-    assert_issue(&got, "filter.exclude_namespaces[2]", "empty collection name");
+    assert_issue(
+        &got,
+        "filter.exclude_namespaces[2]",
+        "empty collection name",
+    );
     assert_eq!(got.len(), 7, "{}", display_issues(&got));
 }
 
@@ -525,7 +579,11 @@ x = 1
     let err = parse(text).expect_err("invalid");
     let got = err.issues().to_vec();
     assert_issue(&got, "source.uri", "must start with mongodb://");
-    assert_issue(&got, "source.tls_ca_file", "file not found: /missing/ca.pem");
+    assert_issue(
+        &got,
+        "source.tls_ca_file",
+        "file not found: /missing/ca.pem",
+    );
     assert_issue(&got, "source.colour", "unknown key");
     assert_issue(&got, "destination.confirm_destination_name", "required");
     assert_issue(&got, "copy.insert_workers", "invalid type");
@@ -564,7 +622,12 @@ fn unknown_keys_everywhere_are_all_reported() {
         "[sourse]\nuri = \"x\"\n[cutover]\nwindow = 3\n",
     ));
     let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
-    for key in ["source.passwrd", "destination.clear", "sourse", "cutover.window"] {
+    for key in [
+        "source.passwrd",
+        "destination.clear",
+        "sourse",
+        "cutover.window",
+    ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
     assert_eq!(got.len(), 4);
@@ -624,12 +687,19 @@ fn env_interpolation_missing_names_key_and_variable() {
     };
     assert_eq!(got.len(), 2, "{}", display_issues(&got));
     assert_issue(&got, "source.uri", "environment variable SRC_PW is not set");
-    assert_issue(&got, "filter.exclude_namespaces[1]", "environment variable NS is not set");
+    assert_issue(
+        &got,
+        "filter.exclude_namespaces[1]",
+        "environment variable NS is not set",
+    );
 }
 
 #[test]
 fn env_interpolation_escape_and_malformed() {
-    let cfg = parse(&with_required("[log]\nlevel = \"info\"\n[runtime]\nspool_dir = \"/tmp/$${HOME}/a$b$\"")).expect("valid");
+    let cfg = parse(&with_required(
+        "[log]\nlevel = \"info\"\n[runtime]\nspool_dir = \"/tmp/$${HOME}/a$b$\"",
+    ))
+    .expect("valid");
     assert_eq!(
         cfg.runtime.spool_dir.as_deref(),
         Some(Path::new("/tmp/${HOME}/a$b$"))
@@ -638,7 +708,11 @@ fn env_interpolation_escape_and_malformed() {
     let got = issues(&with_required("[runtime]\nspool_dir = \"/tmp/${UNCLOSED\""));
     assert_issue(&got, "runtime.spool_dir", "unterminated");
     let got = issues(&with_required("[runtime]\nspool_dir = \"/tmp/${1BAD}\""));
-    assert_issue(&got, "runtime.spool_dir", "invalid environment variable name");
+    assert_issue(
+        &got,
+        "runtime.spool_dir",
+        "invalid environment variable name",
+    );
 }
 
 #[test]
@@ -707,7 +781,10 @@ fn debug_never_prints_passwords() {
     }
     assert!(shown.contains("ferry:***@src-1:27017"), "{shown}");
     let conn = format!("{:?}", cfg.destination.connection());
-    assert!(!conn.contains("s3cret-dst") && conn.contains("***"), "{conn}");
+    assert!(
+        !conn.contains("s3cret-dst") && conn.contains("***"),
+        "{conn}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -739,7 +816,10 @@ fn filter_empty_allows_all_user_namespaces() {
 
 #[test]
 fn filter_include_and_exclude() {
-    let f = filter(&["shop", "crm.customers", "analytics.*"], &["shop.sessions"]);
+    let f = filter(
+        &["shop", "crm.customers", "analytics.*"],
+        &["shop.sessions"],
+    );
     assert!(f.allows("shop", "orders"));
     assert!(!f.allows("shop", "sessions"), "exclude wins");
     assert!(f.allows("crm", "customers"));
@@ -780,10 +860,7 @@ fn filter_is_built_from_config() {
     assert!(f.allows("shop", "orders"));
     assert!(!f.allows("shop", "tmp"));
     assert!(!f.allows("crm", "x"));
-    assert_eq!(
-        NamespaceFilter::allow_all(),
-        filter(&[], &[]),
-    );
+    assert_eq!(NamespaceFilter::allow_all(), filter(&[], &[]),);
 }
 
 // ---------------------------------------------------------------------------

@@ -22,13 +22,19 @@ impl Issues {
 
     fn positive_u64(&mut self, key: &str, value: u64) {
         if value == 0 {
-            self.push(key, "must be > 0; set a positive value or remove the key to use the default");
+            self.push(
+                key,
+                "must be > 0; set a positive value or remove the key to use the default",
+            );
         }
     }
 
     fn parallelism(&mut self, key: &str, value: usize) {
         if value == 0 {
-            self.push(key, "must be > 0; set a positive value or remove the key to use the default");
+            self.push(
+                key,
+                "must be > 0; set a positive value or remove the key to use the default",
+            );
         } else if value > MAX_PARALLELISM {
             self.push(
                 key,
@@ -39,7 +45,10 @@ impl Issues {
 
     fn count(&mut self, key: &str, value: usize) {
         if value == 0 {
-            self.push(key, "must be > 0; set a positive value or remove the key to use the default");
+            self.push(
+                key,
+                "must be > 0; set a positive value or remove the key to use the default",
+            );
         }
     }
 
@@ -69,7 +78,10 @@ impl Issues {
         } else if !path.is_file() {
             self.push(
                 key,
-                format!("not a regular file: {}; point it at a PEM file", path.display()),
+                format!(
+                    "not a regular file: {}; point it at a PEM file",
+                    path.display()
+                ),
             );
         }
     }
@@ -205,7 +217,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
     for (i, &h) in cut.warn_before_expiry_hours.iter().enumerate() {
         let key = format!("cutover.warn_before_expiry_hours[{i}]");
         if h == 0 {
-            v.push(&key, "must be > 0; remove it or use a positive number of hours");
+            v.push(
+                &key,
+                "must be > 0; remove it or use a positive number of hours",
+            );
         } else if cut.window_hours > 0 && h >= cut.window_hours {
             v.push(
                 &key,
@@ -373,7 +388,10 @@ fn validate_uri(v: &mut Issues, key: &str, uri: &str) {
 
 fn validate_app_name(v: &mut Issues, key: &str, name: &str) {
     if name.trim().is_empty() {
-        v.push(key, "must not be empty; remove the key to use the default \"ferry\"");
+        v.push(
+            key,
+            "must not be empty; remove the key to use the default \"ferry\"",
+        );
     } else if name.len() > MONGODB_MAX_APP_NAME_BYTES {
         v.push(
             key,

@@ -43,7 +43,9 @@ pub fn kill_sessions(_ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 
 pub fn get_parameter(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("getParameter may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "getParameter may only be run against the admin database.",
+        ));
     }
     let fcv = ctx.server.fcv.lock().clone();
     let all = matches!(ctx.cmd.get("getParameter"), Some(Bson::String(s)) if s == "*");
@@ -53,22 +55,32 @@ pub fn get_parameter(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         reply.insert("featureCompatibilityVersion", doc! {"version": fcv});
     }
     if wants("authenticationMechanisms") {
-        reply.insert("authenticationMechanisms", ["SCRAM-SHA-1", "SCRAM-SHA-256"]);
+        reply.insert(
+            "authenticationMechanisms",
+            vec!["SCRAM-SHA-1", "SCRAM-SHA-256"],
+        );
     }
     if reply.is_empty() {
-        return Err(CommandError::new(codes::INVALID_OPTIONS, "no option found to get"));
+        return Err(CommandError::new(
+            codes::INVALID_OPTIONS,
+            "no option found to get",
+        ));
     }
     Ok(reply)
 }
 
 pub fn set_fcv(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("setFeatureCompatibilityVersion may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "setFeatureCompatibilityVersion may only be run against the admin database.",
+        ));
     }
     let target = ctx
         .cmd
         .get_str("setFeatureCompatibilityVersion")
-        .map_err(|_| CommandError::type_mismatch("setFeatureCompatibilityVersion must be a string"))?;
+        .map_err(|_| {
+            CommandError::type_mismatch("setFeatureCompatibilityVersion must be a string")
+        })?;
     let (major, minor, _) = ctx.server.version_parts();
     let current = format!("{major}.{minor}");
     let previous = match (major, minor) {
@@ -145,7 +157,9 @@ fn database_size(colls: &std::collections::BTreeMap<String, Collection>) -> i64 
 
 pub fn list_databases(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("listDatabases may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "listDatabases may only be run against the admin database.",
+        ));
     }
     let all = ctx.allowed(Action::ListDatabases, "admin", "");
     let name_only = ctx.cmd.get_bool("nameOnly").unwrap_or(false);
@@ -168,10 +182,17 @@ pub fn list_databases(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             continue;
         }
         let (size, empty) = match storage.dbs.get(&name) {
-            Some(d) => (database_size(&d.collections), d.collections.values().all(|c| c.docs.is_empty())),
+            Some(d) => (
+                database_size(&d.collections),
+                d.collections.values().all(|c| c.docs.is_empty()),
+            ),
             None => (if name == "local" { 4096 } else { 0 }, name != "local"),
         };
-        let entry = if name_only { doc! {"name": name} } else { doc! {"name": name, "sizeOnDisk": size, "empty": empty} };
+        let entry = if name_only {
+            doc! {"name": name}
+        } else {
+            doc! {"name": name, "sizeOnDisk": size, "empty": empty}
+        };
         if let Some(m) = &filter {
             if !m.matches(&entry) {
                 continue;
@@ -195,11 +216,11 @@ fn md5_hex(parts: impl Iterator<Item = Vec<u8>>) -> String {
 }
 
 pub fn db_hash(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    let wanted: Option<Vec<String>> = ctx
-        .cmd
-        .get_array("collections")
-        .ok()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect());
+    let wanted: Option<Vec<String>> = ctx.cmd.get_array("collections").ok().map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    });
     let storage = ctx.server.storage.lock();
     let mut collections = Document::new();
     let mut uuids = Document::new();
@@ -213,8 +234,14 @@ pub fn db_hash(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             uuids.insert(name.clone(), c.uuid.clone());
         }
     }
-    let all = md5_hex(collections.iter().map(|(k, v)| format!("{k}{v}").into_bytes()));
-    Ok(doc! {"host": ctx.server.address.clone(), "collections": collections, "capped": [], "uuids": uuids, "md5": all})
+    let all = md5_hex(
+        collections
+            .iter()
+            .map(|(k, v)| format!("{k}{v}").into_bytes()),
+    );
+    Ok(
+        doc! {"host": ctx.server.address.clone(), "collections": collections, "capped": [], "uuids": uuids, "md5": all},
+    )
 }
 
 pub fn db_stats(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
@@ -232,19 +259,24 @@ pub fn db_stats(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             indexes += c.indexes.len() as i64;
         }
     }
-    Ok(doc! {"db": ctx.db.clone(), "collections": colls, "views": views, "objects": objects,
+    Ok(
+        doc! {"db": ctx.db.clone(), "collections": colls, "views": views, "objects": objects,
         "avgObjSize": if objects > 0 { size as f64 / objects as f64 } else { 0.0 },
-        "dataSize": size as f64, "storageSize": size as f64, "indexes": indexes, "indexSize": 0.0, "totalSize": size as f64})
+        "dataSize": size as f64, "storageSize": size as f64, "indexes": indexes, "indexSize": 0.0, "totalSize": size as f64},
+    )
 }
 
 /// Storage statistics of one collection, shared by collStats and the $collStats stage.
 pub fn collection_stats(ctx: &Ctx<'_>, coll: &str) -> CmdResult<Document> {
     let storage = ctx.server.storage.lock();
-    let c = storage
-        .collection(&ctx.db, coll)
-        .ok_or_else(|| CommandError::ns_not_found(format!("Collection [{}.{}] not found.", ctx.db, coll)))?;
+    let c = storage.collection(&ctx.db, coll).ok_or_else(|| {
+        CommandError::ns_not_found(format!("Collection [{}.{}] not found.", ctx.db, coll))
+    })?;
     if c.is_view() {
-        return Err(CommandError::new(codes::COMMAND_NOT_SUPPORTED_ON_VIEW, format!("Namespace {}.{coll} is a view, not a collection", ctx.db)));
+        return Err(CommandError::new(
+            codes::COMMAND_NOT_SUPPORTED_ON_VIEW,
+            format!("Namespace {}.{coll} is a view, not a collection", ctx.db),
+        ));
     }
     let count = c.docs.len() as i64;
     let size = c.data_size() as i64;
@@ -289,12 +321,21 @@ pub fn create_user(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .cmd
         .get_str("pwd")
         .map_err(|_| CommandError::bad_value("Must provide a 'pwd' field for all user documents, except those with '$external' as the user's source db"))?;
-    let roles = parse_roles(ctx.cmd.get("roles").unwrap_or(&Bson::Array(vec![])), &ctx.db)?;
+    let roles = parse_roles(
+        ctx.cmd.get("roles").unwrap_or(&Bson::Array(vec![])),
+        &ctx.db,
+    )?;
     let mechanisms = match ctx.cmd.get_array("mechanisms") {
-        Ok(list) => list.iter().filter_map(|m| m.as_str()).map(Mechanism::parse).collect::<CmdResult<Vec<_>>>()?,
+        Ok(list) => list
+            .iter()
+            .filter_map(|m| m.as_str())
+            .map(Mechanism::parse)
+            .collect::<CmdResult<Vec<_>>>()?,
         Err(_) => vec![Mechanism::ScramSha1, Mechanism::ScramSha256],
     };
-    ctx.server.users.create_user(&ctx.db, &name, pwd, roles, &mechanisms)?;
+    ctx.server
+        .users
+        .create_user(&ctx.db, &name, pwd, roles, &mechanisms)?;
     Ok(doc! {})
 }
 
@@ -306,19 +347,25 @@ pub fn drop_user(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 
 pub fn set_user_write_block_mode(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("setUserWriteBlockMode may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "setUserWriteBlockMode may only be run against the admin database.",
+        ));
     }
-    let global = ctx
-        .cmd
-        .get_bool("global")
-        .map_err(|_| CommandError::new(codes::NO_SUCH_KEY, "BSON field 'setUserWriteBlockMode.global' is missing but a required field"))?;
+    let global = ctx.cmd.get_bool("global").map_err(|_| {
+        CommandError::new(
+            codes::NO_SUCH_KEY,
+            "BSON field 'setUserWriteBlockMode.global' is missing but a required field",
+        )
+    })?;
     ctx.server.write_block.store(global, Ordering::SeqCst);
     Ok(doc! {})
 }
 
 pub fn append_oplog_note(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("appendOplogNote may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "appendOplogNote may only be run against the admin database.",
+        ));
     }
     let data = ctx
         .cmd
@@ -330,9 +377,16 @@ pub fn append_oplog_note(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 }
 
 pub fn repl_set_step_down(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    let secs = ctx.cmd.get("replSetStepDown").and_then(number).unwrap_or(60.0);
+    let secs = ctx
+        .cmd
+        .get("replSetStepDown")
+        .and_then(number)
+        .unwrap_or(60.0);
     if !ctx.server.is_primary() {
-        return Err(CommandError::new(codes::NOT_WRITABLE_PRIMARY, "not primary so can't step down"));
+        return Err(CommandError::new(
+            codes::NOT_WRITABLE_PRIMARY,
+            "not primary so can't step down",
+        ));
     }
     schedule_step_down(ctx, Duration::from_secs_f64(secs.max(0.0)));
     Ok(doc! {})
@@ -364,7 +418,8 @@ pub fn sandbox_fault(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let mut applied = Vec::new();
     if let Some(ms) = ctx.cmd.get("latencyMs").and_then(number) {
-        ctx.server.set_latency(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        ctx.server
+            .set_latency(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
         applied.push("latencyMs");
     }
     if let Some(keep) = ctx.cmd.get("truncateOplogKeepLast").and_then(number) {

@@ -14,9 +14,21 @@ use crate::storage::{Collection, Storage};
 fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>> {
     ctx.cmd
         .get_array(field)
-        .map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, format!("BSON field '{}.{field}' is missing but a required field", ctx.name)))?
+        .map_err(|_| {
+            CommandError::new(
+                codes::FAILED_TO_PARSE,
+                format!(
+                    "BSON field '{}.{field}' is missing but a required field",
+                    ctx.name
+                ),
+            )
+        })?
         .iter()
-        .map(|v| v.as_document().ok_or_else(|| CommandError::type_mismatch(format!("{field} entries must be documents"))))
+        .map(|v| {
+            v.as_document().ok_or_else(|| {
+                CommandError::type_mismatch(format!("{field} entries must be documents"))
+            })
+        })
         .collect()
 }
 
@@ -61,7 +73,12 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 }
 
 /// `_id`s of the documents matching `filter`, in `sort` order (else `_id` order), at most `limit`.
-pub fn matching_ids(c: &Collection, matcher: &Matcher, sort: Option<&SortSpec>, limit: Option<usize>) -> Vec<Bson> {
+pub fn matching_ids(
+    c: &Collection,
+    matcher: &Matcher,
+    sort: Option<&SortSpec>,
+    limit: Option<usize>,
+) -> Vec<Bson> {
     if let Some(id) = matcher.id_equality() {
         return match c.docs.get(&OrdBson(id.clone())) {
             Some(d) if matcher.matches(d) => vec![d.get("_id").cloned().unwrap_or(Bson::Null)],
@@ -79,13 +96,18 @@ pub fn matching_ids(c: &Collection, matcher: &Matcher, sort: Option<&SortSpec>, 
         Some(s) => {
             let mut docs: Vec<&Document> = c.docs.values().filter(|d| matcher.matches(d)).collect();
             docs.sort_by(|a, b| s.compare(a, b));
-            docs.into_iter().take(limit.unwrap_or(usize::MAX)).map(|d| d.get("_id").cloned().unwrap_or(Bson::Null)).collect()
+            docs.into_iter()
+                .take(limit.unwrap_or(usize::MAX))
+                .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+                .collect()
         }
     }
 }
 
 fn get_doc(storage: &Storage, db: &str, coll: &str, id: &Bson) -> Option<Document> {
-    storage.collection(db, coll).and_then(|c| c.docs.get(&OrdBson(id.clone())).cloned())
+    storage
+        .collection(db, coll)
+        .and_then(|c| c.docs.get(&OrdBson(id.clone())).cloned())
 }
 
 /// Outcome of one update statement.
@@ -111,16 +133,26 @@ fn update_statement(
     let spec = UpdateSpec::parse(update)?;
     let replacement = matches!(spec, UpdateSpec::Replacement(_));
     if multi && replacement {
-        return Err(CommandError::new(codes::FAILED_TO_PARSE, "multi update is not supported for replacement-style update"));
+        return Err(CommandError::new(
+            codes::FAILED_TO_PARSE,
+            "multi update is not supported for replacement-style update",
+        ));
     }
     let matcher = Matcher::new(query)?;
     let ids = match storage.collection(db, coll) {
         Some(c) => matching_ids(c, &matcher, sort, if multi { None } else { Some(1) }),
         None => Vec::new(),
     };
-    let mut out = UpdateOutcome { matched: 0, modified: 0, upserted: None, first: None };
+    let mut out = UpdateOutcome {
+        matched: 0,
+        modified: 0,
+        upserted: None,
+        first: None,
+    };
     for id in ids {
-        let Some(old) = get_doc(storage, db, coll, &id) else { continue };
+        let Some(old) = get_doc(storage, db, coll, &id) else {
+            continue;
+        };
         let new = spec.apply(&old, query, false)?;
         let changed = storage.update(db, coll, &id, new.clone(), replacement)?;
         out.matched += 1;
@@ -133,7 +165,11 @@ fn update_statement(
     }
     if out.matched == 0 && upsert {
         refuse_view(storage, db, coll)?;
-        let seed = if replacement { Document::new() } else { upsert_seed(query) };
+        let seed = if replacement {
+            Document::new()
+        } else {
+            upsert_seed(query)
+        };
         let mut new = spec.apply(&seed, query, true)?;
         if !new.contains_key("_id") {
             if let Some(Bson::Document(_)) | None = query.get("_id") {
@@ -170,8 +206,18 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut errors = Vec::new();
     for (i, stmt) in stmts.into_iter().enumerate() {
         let result = (|| {
-            let q = stmt.get_document("q").map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'update.updates.q' is missing but a required field"))?;
-            let u = stmt.get("u").ok_or_else(|| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'update.updates.u' is missing but a required field"))?;
+            let q = stmt.get_document("q").map_err(|_| {
+                CommandError::new(
+                    codes::FAILED_TO_PARSE,
+                    "BSON field 'update.updates.q' is missing but a required field",
+                )
+            })?;
+            let u = stmt.get("u").ok_or_else(|| {
+                CommandError::new(
+                    codes::FAILED_TO_PARSE,
+                    "BSON field 'update.updates.u' is missing but a required field",
+                )
+            })?;
             update_statement(
                 &mut storage,
                 &ctx.db,
@@ -217,7 +263,12 @@ pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut errors = Vec::new();
     for (i, stmt) in stmts.into_iter().enumerate() {
         let result = (|| {
-            let q = stmt.get_document("q").map_err(|_| CommandError::new(codes::FAILED_TO_PARSE, "BSON field 'delete.deletes.q' is missing but a required field"))?;
+            let q = stmt.get_document("q").map_err(|_| {
+                CommandError::new(
+                    codes::FAILED_TO_PARSE,
+                    "BSON field 'delete.deletes.q' is missing but a required field",
+                )
+            })?;
             let limit = match stmt.get("limit") {
                 Some(Bson::Int32(1)) | Some(Bson::Int64(1)) => Some(1),
                 Some(Bson::Double(d)) if *d == 1.0 => Some(1),
@@ -265,7 +316,10 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let upsert = ctx.cmd.get_bool("upsert").unwrap_or(false);
     let update = ctx.cmd.get("update").cloned();
     if remove == update.is_some() {
-        return Err(CommandError::new(codes::FAILED_TO_PARSE, "Either an update or remove=true must be specified"));
+        return Err(CommandError::new(
+            codes::FAILED_TO_PARSE,
+            "Either an update or remove=true must be specified",
+        ));
     }
     let project = |d: Document| match &fields {
         Some(p) => p.apply(&d),
@@ -284,10 +338,21 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         };
         let old = get_doc(&storage, &ctx.db, &coll, &id);
         storage.delete(&ctx.db, &coll, &id);
-        return Ok(doc! {"lastErrorObject": {"n": 1}, "value": old.map(|d| Bson::Document(project(d))).unwrap_or(Bson::Null)});
+        return Ok(
+            doc! {"lastErrorObject": {"n": 1}, "value": old.map(|d| Bson::Document(project(d))).unwrap_or(Bson::Null)},
+        );
     }
     let update = update.unwrap_or(Bson::Null);
-    let o = update_statement(&mut storage, &ctx.db, &coll, &query, &update, upsert, false, sort.as_ref())?;
+    let o = update_statement(
+        &mut storage,
+        &ctx.db,
+        &coll,
+        &query,
+        &update,
+        upsert,
+        false,
+        sort.as_ref(),
+    )?;
     let mut last = doc! {"n": if o.upserted.is_some() { 1 } else { o.matched as i32 }, "updatedExisting": o.matched > 0};
     if let Some(id) = &o.upserted {
         last.insert("upserted", id.clone());
@@ -295,7 +360,9 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let value = match o.first {
         Some((old, new)) => {
             let shown = if return_new { Some(new) } else { old };
-            shown.map(|d| Bson::Document(project(d))).unwrap_or(Bson::Null)
+            shown
+                .map(|d| Bson::Document(project(d)))
+                .unwrap_or(Bson::Null)
         }
         None => Bson::Null,
     };
@@ -306,8 +373,16 @@ pub fn count(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
     let matcher = Matcher::new(&query)?;
-    let skip = ctx.cmd.get("skip").and_then(crate::commands::ddl::as_usize).unwrap_or(0);
-    let limit = ctx.cmd.get("limit").and_then(crate::commands::ddl::as_usize).filter(|l| *l > 0);
+    let skip = ctx
+        .cmd
+        .get("skip")
+        .and_then(crate::commands::ddl::as_usize)
+        .unwrap_or(0);
+    let limit = ctx
+        .cmd
+        .get("limit")
+        .and_then(crate::commands::ddl::as_usize)
+        .filter(|l| *l > 0);
     let storage = ctx.server.storage.lock();
     let n = match storage.collection(&ctx.db, &coll) {
         Some(c) if query.is_empty() => c.docs.len(),
@@ -321,7 +396,11 @@ pub fn count(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 
 pub fn distinct(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
-    let key = ctx.cmd.get_str("key").map_err(|_| CommandError::type_mismatch("'key' must be a string"))?.to_string();
+    let key = ctx
+        .cmd
+        .get_str("key")
+        .map_err(|_| CommandError::type_mismatch("'key' must be a string"))?
+        .to_string();
     let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
     let matcher = Matcher::new(&query)?;
     let storage = ctx.server.storage.lock();

@@ -12,9 +12,23 @@ use crate::storage::split_ns;
 
 /// Fields every command may carry that are not options of the command itself.
 const GENERIC_ARGUMENTS: &[&str] = &[
-    "$db", "lsid", "txnNumber", "$clusterTime", "$readPreference", "writeConcern", "readConcern", "comment",
-    "apiVersion", "apiStrict", "apiDeprecationErrors", "maxTimeMS", "autocommit", "startTransaction", "$audit",
-    "$client", "bypassDocumentValidation",
+    "$db",
+    "lsid",
+    "txnNumber",
+    "$clusterTime",
+    "$readPreference",
+    "writeConcern",
+    "readConcern",
+    "comment",
+    "apiVersion",
+    "apiStrict",
+    "apiDeprecationErrors",
+    "maxTimeMS",
+    "autocommit",
+    "startTransaction",
+    "$audit",
+    "$client",
+    "bypassDocumentValidation",
 ];
 
 /// The command's own options: everything but its name and the generic arguments.
@@ -31,32 +45,60 @@ pub fn create(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     for (k, _) in &options {
         if !matches!(
             k.as_str(),
-            "capped" | "size" | "max" | "validator" | "validationLevel" | "validationAction" | "collation" | "viewOn"
-                | "pipeline" | "changeStreamPreAndPostImages" | "timeseries" | "clusteredIndex" | "expireAfterSeconds"
-                | "storageEngine" | "indexOptionDefaults" | "idIndex" | "encryptedFields" | "autoIndexId"
+            "capped"
+                | "size"
+                | "max"
+                | "validator"
+                | "validationLevel"
+                | "validationAction"
+                | "collation"
+                | "viewOn"
+                | "pipeline"
+                | "changeStreamPreAndPostImages"
+                | "timeseries"
+                | "clusteredIndex"
+                | "expireAfterSeconds"
+                | "storageEngine"
+                | "indexOptionDefaults"
+                | "idIndex"
+                | "encryptedFields"
+                | "autoIndexId"
         ) {
-            return Err(CommandError::new(40415, format!("BSON field 'create.{k}' is an unknown field.")));
+            return Err(CommandError::new(
+                40415,
+                format!("BSON field 'create.{k}' is an unknown field."),
+            ));
         }
     }
     if options.get_bool("capped").unwrap_or(false) && !options.contains_key("size") {
-        return Err(CommandError::new(codes::INVALID_OPTIONS, "the 'size' field is required when 'capped' is true"));
+        return Err(CommandError::new(
+            codes::INVALID_OPTIONS,
+            "the 'size' field is required when 'capped' is true",
+        ));
     }
     if let Ok(v) = options.get_document("validator") {
         Matcher::new(v)?;
     }
     if let Some(view_on) = options.get("viewOn") {
         if !matches!(view_on, Bson::String(_)) {
-            return Err(CommandError::type_mismatch("'viewOn' option must be a string"));
+            return Err(CommandError::type_mismatch(
+                "'viewOn' option must be a string",
+            ));
         }
     }
-    ctx.server.storage.lock().create_collection(&ctx.db, &coll, options)?;
+    ctx.server
+        .storage
+        .lock()
+        .create_collection(&ctx.db, &coll, options)?;
     Ok(doc! {})
 }
 
 pub fn drop(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let mut storage = ctx.server.storage.lock();
-    let n_indexes = storage.collection(&ctx.db, &coll).map(|c| c.indexes.len() as i32);
+    let n_indexes = storage
+        .collection(&ctx.db, &coll)
+        .map(|c| c.indexes.len() as i32);
     if !storage.drop_collection(&ctx.db, &coll) {
         if ctx.server.version_parts().0 < 7 {
             return Err(CommandError::ns_not_found("ns not found"));
@@ -68,18 +110,33 @@ pub fn drop(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 
 pub fn drop_database(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if matches!(ctx.db.as_str(), "admin" | "local" | "config") {
-        return Err(CommandError::new(codes::ILLEGAL_OPERATION, format!("Dropping the '{}' database is prohibited.", ctx.db)));
+        return Err(CommandError::new(
+            codes::ILLEGAL_OPERATION,
+            format!("Dropping the '{}' database is prohibited.", ctx.db),
+        ));
     }
     let dropped = ctx.server.storage.lock().drop_database(&ctx.db);
-    Ok(if dropped { doc! {"dropped": ctx.db.clone()} } else { doc! {} })
+    Ok(if dropped {
+        doc! {"dropped": ctx.db.clone()}
+    } else {
+        doc! {}
+    })
 }
 
 pub fn rename_collection(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
-        return Err(CommandError::unauthorized("renameCollection may only be run against the admin database."));
+        return Err(CommandError::unauthorized(
+            "renameCollection may only be run against the admin database.",
+        ));
     }
-    let from = ctx.cmd.get_str("renameCollection").map_err(|_| CommandError::type_mismatch("renameCollection must be a string"))?;
-    let to = ctx.cmd.get_str("to").map_err(|_| CommandError::type_mismatch("'to' must be a string"))?;
+    let from = ctx
+        .cmd
+        .get_str("renameCollection")
+        .map_err(|_| CommandError::type_mismatch("renameCollection must be a string"))?;
+    let to = ctx
+        .cmd
+        .get_str("to")
+        .map_err(|_| CommandError::type_mismatch("'to' must be a string"))?;
     let (from_db, from_coll) = split_ns(from);
     let (to_db, to_coll) = split_ns(to);
     if from_db == to_db {
@@ -91,17 +148,27 @@ pub fn rename_collection(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         ctx.require(Action::CreateCollection, to_db, to_coll)?;
     }
     if from == to {
-        return Err(CommandError::new(codes::ILLEGAL_OPERATION, "Can't rename a collection to itself"));
+        return Err(CommandError::new(
+            codes::ILLEGAL_OPERATION,
+            "Can't rename a collection to itself",
+        ));
     }
     let drop_target = ctx.cmd.get_bool("dropTarget").unwrap_or(false);
-    ctx.server.storage.lock().rename_collection((from_db, from_coll), (to_db, to_coll), drop_target)?;
+    ctx.server.storage.lock().rename_collection(
+        (from_db, from_coll),
+        (to_db, to_coll),
+        drop_target,
+    )?;
     Ok(doc! {})
 }
 
 pub fn coll_mod(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let options = command_options(ctx.cmd, "collMod");
-    ctx.server.storage.lock().coll_mod(&ctx.db, &coll, options)?;
+    ctx.server
+        .storage
+        .lock()
+        .coll_mod(&ctx.db, &coll, options)?;
     Ok(doc! {})
 }
 
@@ -112,10 +179,16 @@ pub fn create_indexes(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .get_array("indexes")
         .map_err(|_| CommandError::type_mismatch("'indexes' must be an array"))?
         .iter()
-        .map(|v| v.as_document().cloned().ok_or_else(|| CommandError::type_mismatch("each index must be a document")))
+        .map(|v| {
+            v.as_document()
+                .cloned()
+                .ok_or_else(|| CommandError::type_mismatch("each index must be a document"))
+        })
         .collect::<CmdResult<_>>()?;
     if specs.is_empty() {
-        return Err(CommandError::bad_value("Must specify at least one index to create"));
+        return Err(CommandError::bad_value(
+            "Must specify at least one index to create",
+        ));
     }
     for spec in &specs {
         if !spec.contains_key("name") {
@@ -146,12 +219,24 @@ pub fn drop_indexes(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let was = c.indexes.len() as i32;
     let names: Vec<String> = match ctx.cmd.get("index") {
         Some(Bson::String(s)) => vec![s.clone()],
-        Some(Bson::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
         Some(Bson::Document(key)) => match c.indexes.iter().find(|i| &i.key == key) {
             Some(i) => vec![i.name.clone()],
-            None => return Err(CommandError::new(codes::INDEX_NOT_FOUND, format!("can't find index with key: {key}"))),
+            None => {
+                return Err(CommandError::new(
+                    codes::INDEX_NOT_FOUND,
+                    format!("can't find index with key: {key}"),
+                ))
+            }
         },
-        _ => return Err(CommandError::type_mismatch("'index' must be a string, array or document")),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "'index' must be a string, array or document",
+            ))
+        }
     };
     storage.drop_indexes(&ctx.db, &coll, &names)?;
     Ok(doc! {"nIndexesWas": was})
@@ -173,7 +258,7 @@ pub fn list_collections(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
                 } else {
                     let id_index = c.index("_id_").map(|i| i.spec.clone()).unwrap_or_default();
                     doc! {"name": name.clone(), "type": "collection", "options": c.options.clone(),
-                          "info": {"readOnly": false, "uuid": c.uuid.clone()}, "idIndex": id_index}
+                    "info": {"readOnly": false, "uuid": c.uuid.clone()}, "idIndex": id_index}
                 };
                 if filter.as_ref().is_some_and(|m| !m.matches(&entry)) {
                     continue;
@@ -185,7 +270,12 @@ pub fn list_collections(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db == "local" && !out.iter().any(|d| d.get_str("name") == Ok("oplog.rs")) {
         out.push(doc! {"name": "oplog.rs", "type": "collection", "options": {"capped": true, "size": 1_073_741_824i64}, "info": {"readOnly": false}});
     }
-    let batch = ctx.cmd.get_document("cursor").ok().and_then(|c| c.get("batchSize")).and_then(as_usize);
+    let batch = ctx
+        .cmd
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| c.get("batchSize"))
+        .and_then(as_usize);
     let ns = format!("{}.$cmd.listCollections", ctx.db);
     Ok(cursor_reply(ctx, ns, out, batch))
 }
@@ -194,15 +284,23 @@ pub fn list_indexes(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let specs: Vec<Document> = {
         let storage = ctx.server.storage.lock();
-        let c = storage
-            .collection(&ctx.db, &coll)
-            .ok_or_else(|| CommandError::ns_not_found(format!("ns does not exist: {}", ctx.ns(&coll))))?;
+        let c = storage.collection(&ctx.db, &coll).ok_or_else(|| {
+            CommandError::ns_not_found(format!("ns does not exist: {}", ctx.ns(&coll)))
+        })?;
         if c.is_view() {
-            return Err(CommandError::new(codes::COMMAND_NOT_SUPPORTED_ON_VIEW, format!("Namespace {} is a view, not a collection", ctx.ns(&coll))));
+            return Err(CommandError::new(
+                codes::COMMAND_NOT_SUPPORTED_ON_VIEW,
+                format!("Namespace {} is a view, not a collection", ctx.ns(&coll)),
+            ));
         }
         c.indexes.iter().map(|i| i.spec.clone()).collect()
     };
-    let batch = ctx.cmd.get_document("cursor").ok().and_then(|c| c.get("batchSize")).and_then(as_usize);
+    let batch = ctx
+        .cmd
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| c.get("batchSize"))
+        .and_then(as_usize);
     let ns = ctx.ns(&coll);
     Ok(cursor_reply(ctx, ns, specs, batch))
 }

@@ -53,8 +53,11 @@ pub fn hello(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     reply.insert("readOnly", false);
     if let Ok(user) = ctx.cmd.get_str("saslSupportedMechs") {
         let (db, name) = user.split_once('.').unwrap_or(("admin", user));
-        if let Some(mechs) = server.users.mechanisms(db, name) {
-            reply.insert("saslSupportedMechs", mechs.iter().map(|m| m.name()).collect::<Vec<_>>());
+        if let Some(mechs) = server.users.lookup(db, name).map(|u| u.mechanisms()) {
+            reply.insert(
+                "saslSupportedMechs",
+                mechs.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            );
         }
     }
     if let Ok(spec) = ctx.cmd.get_document("speculativeAuthenticate") {
@@ -70,12 +73,18 @@ fn payload_bytes(cmd: &Document) -> CmdResult<Vec<u8>> {
     match cmd.get("payload") {
         Some(Bson::Binary(b)) => Ok(b.bytes.clone()),
         Some(Bson::String(s)) => Ok(s.as_bytes().to_vec()),
-        _ => Err(CommandError::new(codes::BAD_VALUE, "Missing required field 'payload'")),
+        _ => Err(CommandError::new(
+            codes::BAD_VALUE,
+            "Missing required field 'payload'",
+        )),
     }
 }
 
 fn binary(bytes: Vec<u8>) -> Binary {
-    Binary { subtype: BinarySubtype::Generic, bytes }
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes,
+    }
 }
 
 fn sasl_start_with(ctx: &mut Ctx<'_>, cmd: &Document, db: &str) -> CmdResult<Document> {
@@ -84,7 +93,8 @@ fn sasl_start_with(ctx: &mut Ctx<'_>, cmd: &Document, db: &str) -> CmdResult<Doc
         .map_err(|_| CommandError::new(codes::BAD_VALUE, "Missing required field 'mechanism'"))?;
     let mech = Mechanism::parse(mechanism)?;
     let payload = payload_bytes(cmd)?;
-    let (conversation, server_first) = ScramConversation::start(mech, db, &payload, &ctx.server.users)?;
+    let (conversation, server_first) =
+        ScramConversation::start(mech, db, &payload, &ctx.server.users)?;
     ctx.conn.conversation = Some(conversation);
     Ok(doc! {"conversationId": 1, "done": false, "payload": binary(server_first)})
 }
@@ -98,7 +108,10 @@ pub fn sasl_start(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 pub fn sasl_continue(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let payload = payload_bytes(ctx.cmd)?;
     let Some(conversation) = ctx.conn.conversation.as_mut() else {
-        return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
+        return Err(CommandError::new(
+            codes::PROTOCOL_ERROR,
+            "No SASL session state found",
+        ));
     };
     if conversation.is_done() {
         // The optional empty final exchange of clients that do not skip it.
@@ -113,7 +126,9 @@ pub fn sasl_continue(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         }
     };
     if let Some(user) = conversation.user().cloned() {
-        ctx.conn.users.retain(|u| !(u.user == user.user && u.db == user.db));
+        ctx.conn
+            .users
+            .retain(|u| !(u.user == user.user && u.db == user.db));
         ctx.conn.users.push(user);
     }
     let skip_empty = true;
@@ -130,9 +145,17 @@ pub fn logout(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 }
 
 pub fn connection_status(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    let users: Vec<Bson> = ctx.conn.users.iter().map(|u| Bson::Document(doc! {"user": u.user.clone(), "db": u.db.clone()})).collect();
+    let users: Vec<Bson> = ctx
+        .conn
+        .users
+        .iter()
+        .map(|u| Bson::Document(doc! {"user": u.user.clone(), "db": u.db.clone()}))
+        .collect();
     let roles = ctx.roles();
-    let role_docs: Vec<Bson> = roles.iter().map(|r| Bson::Document(doc! {"role": r.role.clone(), "db": r.db.clone()})).collect();
+    let role_docs: Vec<Bson> = roles
+        .iter()
+        .map(|r| Bson::Document(doc! {"role": r.role.clone(), "db": r.db.clone()}))
+        .collect();
     let mut auth_info = doc! {"authenticatedUsers": users, "authenticatedUserRoles": role_docs};
     if ctx.cmd.get_bool("showPrivileges").unwrap_or(false) {
         auth_info.insert("authenticatedUserPrivileges", privileges_of(&roles));

@@ -32,12 +32,29 @@ pub struct CommandSpec {
     pub no_auth: bool,
 }
 
-const fn cmd(name: &'static str, handler: Handler, action: Option<Action>, effect: Effect) -> CommandSpec {
-    CommandSpec { name, handler, action, effect, no_auth: false }
+const fn cmd(
+    name: &'static str,
+    handler: Handler,
+    action: Option<Action>,
+    effect: Effect,
+) -> CommandSpec {
+    CommandSpec {
+        name,
+        handler,
+        action,
+        effect,
+        no_auth: false,
+    }
 }
 
 const fn open(name: &'static str, handler: Handler) -> CommandSpec {
-    CommandSpec { name, handler, action: None, effect: Effect::Admin, no_auth: true }
+    CommandSpec {
+        name,
+        handler,
+        action: None,
+        effect: Effect::Admin,
+        no_auth: true,
+    }
 }
 
 use Effect::{Admin, Read, Write};
@@ -54,42 +71,147 @@ static COMMANDS: &[CommandSpec] = &[
     open("buildInfo", admin::build_info),
     open("buildinfo", admin::build_info),
     open("endSessions", admin::end_sessions),
-    cmd("getParameter", admin::get_parameter, Some(Action::GetParameter), Admin),
-    cmd("setFeatureCompatibilityVersion", admin::set_fcv, Some(Action::SetFeatureCompatibilityVersion), Admin),
-    cmd("serverStatus", admin::server_status, Some(Action::ServerStatus), Admin),
-    cmd("replSetGetStatus", admin::repl_set_get_status, Some(Action::ReplSetGetStatus), Admin),
-    cmd("killSessions", admin::kill_sessions, Some(Action::KillSessions), Admin),
+    cmd(
+        "getParameter",
+        admin::get_parameter,
+        Some(Action::GetParameter),
+        Admin,
+    ),
+    cmd(
+        "setFeatureCompatibilityVersion",
+        admin::set_fcv,
+        Some(Action::SetFeatureCompatibilityVersion),
+        Admin,
+    ),
+    cmd(
+        "serverStatus",
+        admin::server_status,
+        Some(Action::ServerStatus),
+        Admin,
+    ),
+    cmd(
+        "replSetGetStatus",
+        admin::repl_set_get_status,
+        Some(Action::ReplSetGetStatus),
+        Admin,
+    ),
+    cmd(
+        "killSessions",
+        admin::kill_sessions,
+        Some(Action::KillSessions),
+        Admin,
+    ),
     cmd("listDatabases", admin::list_databases, None, Read),
     cmd("dbHash", admin::db_hash, Some(Action::DbHash), Read),
     cmd("dbStats", admin::db_stats, Some(Action::DbStats), Read),
-    cmd("collStats", admin::coll_stats, Some(Action::CollStats), Read),
-    cmd("usersInfo", admin::users_info, Some(Action::ViewUser), Admin),
-    cmd("createUser", admin::create_user, Some(Action::CreateUser), Admin),
+    cmd(
+        "collStats",
+        admin::coll_stats,
+        Some(Action::CollStats),
+        Read,
+    ),
+    cmd(
+        "usersInfo",
+        admin::users_info,
+        Some(Action::ViewUser),
+        Admin,
+    ),
+    cmd(
+        "createUser",
+        admin::create_user,
+        Some(Action::CreateUser),
+        Admin,
+    ),
     cmd("dropUser", admin::drop_user, Some(Action::DropUser), Admin),
-    cmd("setUserWriteBlockMode", admin::set_user_write_block_mode, Some(Action::SetUserWriteBlockMode), Admin),
-    cmd("appendOplogNote", admin::append_oplog_note, Some(Action::AppendOplogNote), Admin),
-    cmd("replSetStepDown", admin::repl_set_step_down, Some(Action::InternalFaults), Admin),
-    cmd("sandboxFault", admin::sandbox_fault, Some(Action::InternalFaults), Admin),
+    cmd(
+        "setUserWriteBlockMode",
+        admin::set_user_write_block_mode,
+        Some(Action::SetUserWriteBlockMode),
+        Admin,
+    ),
+    cmd(
+        "appendOplogNote",
+        admin::append_oplog_note,
+        Some(Action::AppendOplogNote),
+        Admin,
+    ),
+    cmd(
+        "replSetStepDown",
+        admin::repl_set_step_down,
+        Some(Action::InternalFaults),
+        Admin,
+    ),
+    cmd(
+        "sandboxFault",
+        admin::sandbox_fault,
+        Some(Action::InternalFaults),
+        Admin,
+    ),
     cmd("create", ddl::create, Some(Action::CreateCollection), Write),
     cmd("drop", ddl::drop, Some(Action::DropCollection), Write),
-    cmd("dropDatabase", ddl::drop_database, Some(Action::DropDatabase), Write),
+    cmd(
+        "dropDatabase",
+        ddl::drop_database,
+        Some(Action::DropDatabase),
+        Write,
+    ),
     cmd("renameCollection", ddl::rename_collection, None, Write),
     cmd("collMod", ddl::coll_mod, Some(Action::CollMod), Write),
-    cmd("createIndexes", ddl::create_indexes, Some(Action::CreateIndex), Write),
-    cmd("dropIndexes", ddl::drop_indexes, Some(Action::DropIndex), Write),
-    cmd("deleteIndexes", ddl::drop_indexes, Some(Action::DropIndex), Write),
-    cmd("listCollections", ddl::list_collections, Some(Action::ListCollections), Read),
-    cmd("listIndexes", ddl::list_indexes, Some(Action::ListIndexes), Read),
+    cmd(
+        "createIndexes",
+        ddl::create_indexes,
+        Some(Action::CreateIndex),
+        Write,
+    ),
+    cmd(
+        "dropIndexes",
+        ddl::drop_indexes,
+        Some(Action::DropIndex),
+        Write,
+    ),
+    cmd(
+        "deleteIndexes",
+        ddl::drop_indexes,
+        Some(Action::DropIndex),
+        Write,
+    ),
+    cmd(
+        "listCollections",
+        ddl::list_collections,
+        Some(Action::ListCollections),
+        Read,
+    ),
+    cmd(
+        "listIndexes",
+        ddl::list_indexes,
+        Some(Action::ListIndexes),
+        Read,
+    ),
     cmd("insert", crud::insert, Some(Action::Insert), Write),
     cmd("update", crud::update, Some(Action::Update), Write),
     cmd("delete", crud::delete, Some(Action::Remove), Write),
-    cmd("findAndModify", crud::find_and_modify, Some(Action::Update), Write),
-    cmd("findandmodify", crud::find_and_modify, Some(Action::Update), Write),
+    cmd(
+        "findAndModify",
+        crud::find_and_modify,
+        Some(Action::Update),
+        Write,
+    ),
+    cmd(
+        "findandmodify",
+        crud::find_and_modify,
+        Some(Action::Update),
+        Write,
+    ),
     cmd("count", crud::count, Some(Action::Find), Read),
     cmd("distinct", crud::distinct, Some(Action::Find), Read),
     cmd("find", read::find, Some(Action::Find), Read),
     cmd("getMore", read::get_more_placeholder, None, Read),
-    cmd("killCursors", read::kill_cursors, Some(Action::KillCursors), Read),
+    cmd(
+        "killCursors",
+        read::kill_cursors,
+        Some(Action::KillCursors),
+        Read,
+    ),
     cmd("aggregate", read::aggregate, None, Read),
 ];
 

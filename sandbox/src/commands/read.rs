@@ -42,11 +42,19 @@ fn take_batch(docs: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
 }
 
 fn owner(conn: &Connection) -> Vec<String> {
-    conn.users.iter().map(|u| format!("{}.{}", u.db, u.user)).collect()
+    conn.users
+        .iter()
+        .map(|u| format!("{}.{}", u.db, u.user))
+        .collect()
 }
 
 /// Replies with a first batch, opening a cursor when documents remain.
-pub fn cursor_reply(ctx: &Ctx<'_>, ns: String, docs: Vec<Document>, batch_size: Option<usize>) -> Document {
+pub fn cursor_reply(
+    ctx: &Ctx<'_>,
+    ns: String,
+    docs: Vec<Document>,
+    batch_size: Option<usize>,
+) -> Document {
     let mut docs: VecDeque<Document> = docs.into();
     let first = take_batch(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
     let id = if docs.is_empty() {
@@ -63,7 +71,12 @@ pub fn cursor_reply(ctx: &Ctx<'_>, ns: String, docs: Vec<Document>, batch_size: 
 }
 
 fn oplog_documents(storage: &Storage) -> Vec<Document> {
-    storage.oplog.entries.iter().map(|e| e.to_oplog_document()).collect()
+    storage
+        .oplog
+        .entries
+        .iter()
+        .map(|e| e.to_oplog_document())
+        .collect()
 }
 
 /// Index bounds of a find with `min`/`max` (only on the `_id` index): [min, max).
@@ -86,16 +99,25 @@ impl IdBounds {
             _ => false,
         };
         if !hinted_id {
-            return Err(CommandError::new(51173, "When using min()/max() a hint of which index to use must be provided"));
+            return Err(CommandError::new(
+                51173,
+                "When using min()/max() a hint of which index to use must be provided",
+            ));
         }
         let id_of = |d: Option<&Document>| -> CmdResult<Option<Bson>> {
             match d {
                 None => Ok(None),
                 Some(d) if d.keys().eq(["_id"].iter()) => Ok(d.get("_id").cloned()),
-                Some(_) => Err(CommandError::new(51174, "The index chosen is not consistent with the min/max bounds")),
+                Some(_) => Err(CommandError::new(
+                    51174,
+                    "The index chosen is not consistent with the min/max bounds",
+                )),
             }
         };
-        Ok(IdBounds { min: id_of(min)?, max: id_of(max)? })
+        Ok(IdBounds {
+            min: id_of(min)?,
+            max: id_of(max)?,
+        })
     }
     fn is_set(&self) -> bool {
         self.min.is_some() || self.max.is_some()
@@ -103,13 +125,27 @@ impl IdBounds {
 }
 
 /// Documents of a namespace as a query sees them (views resolved, the oplog virtualized).
-fn source_documents(storage: &Storage, db: &str, coll: &str, matcher: &Matcher) -> CmdResult<Vec<Document>> {
+fn source_documents(
+    storage: &Storage,
+    db: &str,
+    coll: &str,
+    matcher: &Matcher,
+) -> CmdResult<Vec<Document>> {
     source_documents_in(storage, db, coll, matcher, &IdBounds::default())
 }
 
-fn source_documents_in(storage: &Storage, db: &str, coll: &str, matcher: &Matcher, bounds: &IdBounds) -> CmdResult<Vec<Document>> {
+fn source_documents_in(
+    storage: &Storage,
+    db: &str,
+    coll: &str,
+    matcher: &Matcher,
+    bounds: &IdBounds,
+) -> CmdResult<Vec<Document>> {
     if db == "local" && coll == "oplog.rs" {
-        return Ok(oplog_documents(storage).into_iter().filter(|d| matcher.matches(d)).collect());
+        return Ok(oplog_documents(storage)
+            .into_iter()
+            .filter(|d| matcher.matches(d))
+            .collect());
     }
     match storage.collection(db, coll) {
         None => Ok(Vec::new()),
@@ -125,33 +161,57 @@ fn source_documents_in(storage: &Storage, db: &str, coll: &str, matcher: &Matche
             Ok(out.into_iter().filter(|d| matcher.matches(d)).collect())
         }
         Some(c) if bounds.is_set() => {
-            use std::ops::Bound;
             use crate::query::order::OrdBson;
-            let lo = bounds.min.clone().map_or(Bound::Unbounded, |v| Bound::Included(OrdBson(v)));
-            let hi = bounds.max.clone().map_or(Bound::Unbounded, |v| Bound::Excluded(OrdBson(v)));
+            use std::ops::Bound;
+            let lo = bounds
+                .min
+                .clone()
+                .map_or(Bound::Unbounded, |v| Bound::Included(OrdBson(v)));
+            let hi = bounds
+                .max
+                .clone()
+                .map_or(Bound::Unbounded, |v| Bound::Excluded(OrdBson(v)));
             if let (Bound::Included(a), Bound::Excluded(b)) = (&lo, &hi) {
                 if a >= b {
                     return Ok(Vec::new());
                 }
             }
-            Ok(c.docs.range((lo, hi)).map(|(_, d)| d).filter(|d| matcher.matches(d)).cloned().collect())
+            Ok(c.docs
+                .range((lo, hi))
+                .map(|(_, d)| d)
+                .filter(|d| matcher.matches(d))
+                .cloned()
+                .collect())
         }
         Some(c) => {
             if let Some(id) = matcher.id_equality() {
-                return Ok(c.docs.get(&crate::query::order::OrdBson(id.clone())).filter(|d| matcher.matches(d)).cloned().into_iter().collect());
+                return Ok(c
+                    .docs
+                    .get(&crate::query::order::OrdBson(id.clone()))
+                    .filter(|d| matcher.matches(d))
+                    .cloned()
+                    .into_iter()
+                    .collect());
             }
-            Ok(c.docs.values().filter(|d| matcher.matches(d)).cloned().collect())
+            Ok(c.docs
+                .values()
+                .filter(|d| matcher.matches(d))
+                .cloned()
+                .collect())
         }
     }
 }
 
 pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
-    let filter = match ctx.cmd.get("filter") {
-        Some(Bson::Document(f)) => f.clone(),
-        None | Some(Bson::Null) => Document::new(),
-        Some(_) => return Err(CommandError::type_mismatch("BSON field 'FindCommandRequest.filter' is the wrong type, expected type 'object'")),
-    };
+    let filter =
+        match ctx.cmd.get("filter") {
+            Some(Bson::Document(f)) => f.clone(),
+            None | Some(Bson::Null) => Document::new(),
+            Some(_) => return Err(CommandError::type_mismatch(
+                "BSON field 'FindCommandRequest.filter' is the wrong type, expected type 'object'",
+            )),
+        };
     let matcher = Matcher::new(&filter)?;
     let sort = match ctx.cmd.get_document("sort") {
         Ok(s) if !s.is_empty() => Some(SortSpec::new(s)?),
@@ -161,7 +221,14 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         Ok(p) if !p.is_empty() => Some(Projection::new(p)?),
         _ => None,
     };
-    let skip = ctx.cmd.get("skip").map(|v| as_usize(v).ok_or_else(|| CommandError::bad_value("skip must be a non-negative number"))).transpose()?.unwrap_or(0);
+    let skip = ctx
+        .cmd
+        .get("skip")
+        .map(|v| {
+            as_usize(v).ok_or_else(|| CommandError::bad_value("skip must be a non-negative number"))
+        })
+        .transpose()?
+        .unwrap_or(0);
     let (limit, single_batch) = match ctx.cmd.get("limit") {
         Some(Bson::Int32(n)) if *n < 0 => (Some(n.unsigned_abs() as usize), true),
         Some(Bson::Int64(n)) if *n < 0 => (Some(n.unsigned_abs() as usize), true),
@@ -173,8 +240,13 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if let Ok(hint) = ctx.cmd.get_document("hint") {
         let storage = ctx.server.storage.lock();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
-            if !hint.is_empty() && !hint.contains_key("$natural") && !c.indexes.iter().any(|i| &i.key == hint) {
-                return Err(CommandError::bad_value("hint provided does not correspond to an existing index"));
+            if !hint.is_empty()
+                && !hint.contains_key("$natural")
+                && !c.indexes.iter().any(|i| &i.key == hint)
+            {
+                return Err(CommandError::bad_value(
+                    "hint provided does not correspond to an existing index",
+                ));
             }
         }
     }
@@ -182,7 +254,9 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         let storage = ctx.server.storage.lock();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
             if c.index(name).is_none() {
-                return Err(CommandError::bad_value("hint provided does not correspond to an existing index"));
+                return Err(CommandError::bad_value(
+                    "hint provided does not correspond to an existing index",
+                ));
             }
         }
     }
@@ -206,7 +280,12 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let ns = ctx.ns(&coll);
     if single_batch {
         let mut q: VecDeque<Document> = docs.into();
-        let first = take_batch(&mut q, batch_size.unwrap_or(usize::MAX).min(limit.unwrap_or(usize::MAX)));
+        let first = take_batch(
+            &mut q,
+            batch_size
+                .unwrap_or(usize::MAX)
+                .min(limit.unwrap_or(usize::MAX)),
+        );
         return Ok(doc! {"cursor": {"firstBatch": first, "id": 0i64, "ns": ns}});
     }
     Ok(cursor_reply(ctx, ns, docs, batch_size))
@@ -218,23 +297,44 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .get_array("pipeline")
         .map_err(|_| CommandError::type_mismatch("'pipeline' must be an array"))?
         .iter()
-        .map(|s| s.as_document().cloned().ok_or_else(|| CommandError::type_mismatch("each pipeline stage must be an object")))
+        .map(|s| {
+            s.as_document()
+                .cloned()
+                .ok_or_else(|| CommandError::type_mismatch("each pipeline stage must be an object"))
+        })
         .collect::<CmdResult<_>>()?;
     let coll = match ctx.cmd.get("aggregate") {
         Some(Bson::String(s)) => Some(s.clone()),
         Some(Bson::Int32(1)) | Some(Bson::Int64(1)) | Some(Bson::Double(_)) => None,
-        _ => return Err(CommandError::type_mismatch("aggregate must be a collection name or 1")),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "aggregate must be a collection name or 1",
+            ))
+        }
     };
-    let batch_size = ctx.cmd.get_document("cursor").ok().and_then(|c| c.get("batchSize")).and_then(as_usize);
+    let batch_size = ctx
+        .cmd
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| c.get("batchSize"))
+        .and_then(as_usize);
     if !ctx.cmd.contains_key("cursor") && !ctx.cmd.get_bool("explain").unwrap_or(false) {
-        return Err(CommandError::new(codes::FAILED_TO_PARSE, "The 'cursor' option is required, except for aggregate with the explain argument"));
+        return Err(CommandError::new(
+            codes::FAILED_TO_PARSE,
+            "The 'cursor' option is required, except for aggregate with the explain argument",
+        ));
     }
     if let Some(first) = pipeline.first() {
         if let Ok(spec) = first.get_document("$changeStream") {
             return open_change_stream(ctx, coll, spec.clone(), &pipeline[1..], batch_size);
         }
         if let Ok(spec) = first.get_document("$collStats") {
-            let coll = coll.ok_or_else(|| CommandError::new(codes::INVALID_NAMESPACE, "$collStats must be run against a collection"))?;
+            let coll = coll.ok_or_else(|| {
+                CommandError::new(
+                    codes::INVALID_NAMESPACE,
+                    "$collStats must be run against a collection",
+                )
+            })?;
             ctx.require(Action::CollStats, &ctx.db.clone(), &coll)?;
             let stats = crate::commands::admin::collection_stats(ctx, &coll)?;
             let mut out = doc! {"ns": ctx.ns(&coll), "host": ctx.server.address.clone(), "localTime": DateTime::now()};
@@ -242,14 +342,22 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
                 out.insert("storageStats", stats.clone());
             }
             if spec.contains_key("count") {
-                out.insert("count", stats.get("count").cloned().unwrap_or(Bson::Int64(0)));
+                out.insert(
+                    "count",
+                    stats.get("count").cloned().unwrap_or(Bson::Int64(0)),
+                );
             }
             let rest = crate::query::aggregate::run_pipeline(vec![out], &pipeline[1..])?;
             let ns = ctx.ns(&coll);
             return Ok(cursor_reply(ctx, ns, rest, batch_size));
         }
     }
-    let coll = coll.ok_or_else(|| CommandError::new(codes::INVALID_NAMESPACE, "{aggregate: 1} is not valid for this pipeline"))?;
+    let coll = coll.ok_or_else(|| {
+        CommandError::new(
+            codes::INVALID_NAMESPACE,
+            "{aggregate: 1} is not valid for this pipeline",
+        )
+    })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
     let input = {
         let storage = ctx.server.storage.lock();
@@ -260,27 +368,44 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     Ok(cursor_reply(ctx, ns, out, batch_size))
 }
 
-fn open_change_stream(ctx: &mut Ctx<'_>, coll: Option<String>, spec: Document, rest: &[Document], batch_size: Option<usize>) -> CmdResult<Document> {
+fn open_change_stream(
+    ctx: &mut Ctx<'_>,
+    coll: Option<String>,
+    spec: Document,
+    rest: &[Document],
+    batch_size: Option<usize>,
+) -> CmdResult<Document> {
     let all = spec.get_bool("allChangesForCluster").unwrap_or(false);
     let scope = match (&coll, all) {
         (Some(c), _) => Scope::Collection(ctx.db.clone(), c.clone()),
         (None, true) => {
             if ctx.db != "admin" {
-                return Err(CommandError::bad_value("$changeStream may only be run on admin when allChangesForCluster is true"));
+                return Err(CommandError::bad_value(
+                    "$changeStream may only be run on admin when allChangesForCluster is true",
+                ));
             }
             Scope::Cluster
         }
         (None, false) => {
             if ctx.db == "admin" {
-                return Err(CommandError::new(codes::INVALID_NAMESPACE, "$changeStream on the admin database requires allChangesForCluster: true"));
+                return Err(CommandError::new(
+                    codes::INVALID_NAMESPACE,
+                    "$changeStream on the admin database requires allChangesForCluster: true",
+                ));
             }
             Scope::Database(ctx.db.clone())
         }
     };
     let allowed = match &scope {
-        Scope::Cluster => ctx.allowed(Action::ChangeStream, "", "") && ctx.allowed(Action::Find, "", ""),
-        Scope::Database(db) => ctx.allowed(Action::ChangeStream, db, "") && ctx.allowed(Action::Find, db, ""),
-        Scope::Collection(db, c) => ctx.allowed(Action::ChangeStream, db, c) && ctx.allowed(Action::Find, db, c),
+        Scope::Cluster => {
+            ctx.allowed(Action::ChangeStream, "", "") && ctx.allowed(Action::Find, "", "")
+        }
+        Scope::Database(db) => {
+            ctx.allowed(Action::ChangeStream, db, "") && ctx.allowed(Action::Find, db, "")
+        }
+        Scope::Collection(db, c) => {
+            ctx.allowed(Action::ChangeStream, db, c) && ctx.allowed(Action::Find, db, c)
+        }
     };
     if !allowed {
         return Err(unauthorized("aggregate", &ctx.db));
@@ -292,7 +417,8 @@ fn open_change_stream(ctx: &mut Ctx<'_>, coll: Option<String>, spec: Document, r
     };
     let mut storage = ctx.server.storage.lock();
     let mut stream = ChangeStream::open(&mut storage, scope, &spec, rest)?;
-    let (events, token) = stream.next_batch(&mut storage, batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
+    let (events, token) =
+        stream.next_batch(&mut storage, batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
     drop(storage);
     let id = if stream.finished {
         0
@@ -309,29 +435,50 @@ fn open_change_stream(ctx: &mut Ctx<'_>, coll: Option<String>, spec: Document, r
 
 /// Placeholder entry for the table: getMore is async and run by the dispatcher directly.
 pub fn get_more_placeholder(_ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    Err(CommandError::new(codes::INTERNAL_ERROR, "getMore must be dispatched asynchronously"))
+    Err(CommandError::new(
+        codes::INTERNAL_ERROR,
+        "getMore must be dispatched asynchronously",
+    ))
 }
 
 /// getMore: the next batch of a query cursor, or of a change stream (waiting up to
 /// maxTimeMS for events).
-pub async fn get_more(server: &Arc<Server>, conn: &mut Connection, db: &str, cmd: &Document) -> CmdResult<Document> {
+pub async fn get_more(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    db: &str,
+    cmd: &Document,
+) -> CmdResult<Document> {
     let id = match cmd.get("getMore") {
         Some(Bson::Int64(i)) => *i,
         Some(Bson::Int32(i)) => *i as i64,
-        _ => return Err(CommandError::type_mismatch("getMore must be an Int64 cursor id")),
+        _ => {
+            return Err(CommandError::type_mismatch(
+                "getMore must be an Int64 cursor id",
+            ))
+        }
     };
-    let coll = cmd.get_str("collection").map_err(|_| CommandError::type_mismatch("'collection' must be a string"))?;
+    let coll = cmd
+        .get_str("collection")
+        .map_err(|_| CommandError::type_mismatch("'collection' must be a string"))?;
     let Some(mut cursor) = server.cursors.take(id) else {
-        return Err(CommandError::new(codes::CURSOR_NOT_FOUND, format!("cursor id {id} not found")));
+        return Err(CommandError::new(
+            codes::CURSOR_NOT_FOUND,
+            format!("cursor id {id} not found"),
+        ));
     };
     let expected_ns = format!("{db}.{coll}");
-    if cursor.ns != expected_ns && !(cursor.ns.starts_with(&format!("{db}.$cmd")) && coll.starts_with("$cmd")) {
+    if cursor.ns != expected_ns
+        && !(cursor.ns.starts_with(&format!("{db}.$cmd")) && coll.starts_with("$cmd"))
+    {
         server.cursors.put_back(id, cursor);
         return Err(CommandError::unauthorized(format!("Requested getMore on namespace '{expected_ns}', but cursor belongs to a different namespace")));
     }
     if !server.users.is_empty() && cursor.owner != owner(conn) {
         server.cursors.put_back(id, cursor);
-        return Err(CommandError::unauthorized(format!("cursor id {id} was not created by the authenticated user")));
+        return Err(CommandError::unauthorized(format!(
+            "cursor id {id} was not created by the authenticated user"
+        )));
     }
     let batch_size = cmd.get("batchSize").and_then(as_usize).filter(|n| *n > 0);
     let ns = cursor.ns.clone();
@@ -355,7 +502,9 @@ pub async fn get_more(server: &Arc<Server>, conn: &mut Connection, db: &str, cmd
                 let notified = server.oplog_appended.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let CursorState::ChangeStream(stream) = &mut cursor.state else { unreachable!() };
+                let CursorState::ChangeStream(stream) = &mut cursor.state else {
+                    unreachable!()
+                };
                 let batch = {
                     let mut storage = server.storage.lock();
                     stream.next_batch(&mut storage, batch_size.unwrap_or(usize::MAX))
@@ -377,7 +526,9 @@ pub async fn get_more(server: &Arc<Server>, conn: &mut Connection, db: &str, cmd
                     if !finished {
                         server.cursors.put_back(id, cursor);
                     }
-                    Ok(doc! {"cursor": {"nextBatch": events, "postBatchResumeToken": token, "id": reply_id, "ns": ns}})
+                    Ok(
+                        doc! {"cursor": {"nextBatch": events, "postBatchResumeToken": token, "id": reply_id, "ns": ns}},
+                    )
                 }
                 Err(e) => Err(e.with_label("ChangeStreamCursor")),
             }
@@ -386,7 +537,10 @@ pub async fn get_more(server: &Arc<Server>, conn: &mut Connection, db: &str, cmd
 }
 
 pub fn kill_cursors(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    let ids = ctx.cmd.get_array("cursors").map_err(|_| CommandError::type_mismatch("'cursors' must be an array"))?;
+    let ids = ctx
+        .cmd
+        .get_array("cursors")
+        .map_err(|_| CommandError::type_mismatch("'cursors' must be an array"))?;
     let mut killed = Vec::new();
     let mut not_found = Vec::new();
     for id in ids {
@@ -401,5 +555,7 @@ pub fn kill_cursors(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             not_found.push(id);
         }
     }
-    Ok(doc! {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": []})
+    Ok(
+        doc! {"cursorsKilled": killed, "cursorsNotFound": not_found, "cursorsAlive": [], "cursorsUnknown": []},
+    )
 }

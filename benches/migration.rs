@@ -38,8 +38,14 @@ fn sandbox(name: &str) -> ChildSandbox {
         .expect("start ferry sandbox");
     let stdout = child.stdout.take().expect("sandbox stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read ready line");
-    let uri = line.trim().strip_prefix("ready ").expect("ready line").to_string();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read ready line");
+    let uri = line
+        .trim()
+        .strip_prefix("ready ")
+        .expect("ready line")
+        .to_string();
     ChildSandbox { child, uri }
 }
 
@@ -54,7 +60,9 @@ async fn insert_all(client: &Client, db: &str, n: usize) -> Duration {
     let mut i = 0;
     while i < n {
         let end = (i + 1000).min(n);
-        coll.insert_many((i..end).map(document).collect::<Vec<_>>()).await.expect("insert_many");
+        coll.insert_many((i..end).map(document).collect::<Vec<_>>())
+            .await
+            .expect("insert_many");
         i = end;
     }
     started.elapsed()
@@ -63,7 +71,15 @@ async fn insert_all(client: &Client, db: &str, n: usize) -> Duration {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+            })
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -72,19 +88,28 @@ async fn wait_for(progress: &ferry::progress::SharedProgress, what: &str, done: 
     let deadline = Instant::now() + Duration::from_secs(600);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        assert!(!progress.phase().is_terminal(), "migration ended while waiting for {what}: {:?}", progress.last_error.read());
+        assert!(
+            !progress.phase().is_terminal(),
+            "migration ended while waiting for {what}: {:?}",
+            progress.last_error.read()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::var("FERRY_BENCH_DOCS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("FERRY_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let source = sandbox("source");
     let destination = sandbox("destination");
     let ceiling_target = sandbox("ceiling");
     let src = Client::with_uri_str(&source.uri).await.expect("client");
-    let ceiling_client = Client::with_uri_str(&ceiling_target.uri).await.expect("client");
+    let ceiling_client = Client::with_uri_str(&ceiling_target.uri)
+        .await
+        .expect("client");
 
     // Baseline: raw insertMany into an identical destination.
     let ceiling = insert_all(&ceiling_client, "bench", n).await;
@@ -99,45 +124,92 @@ async fn main() {
         &|_| None,
     )
     .expect("config");
-    let migration = tokio::task::spawn_blocking(move || Migration::start(config, RunOptions { serve_api: false, preflight: false }))
-        .await
-        .expect("join")
-        .expect("start");
+    let migration = tokio::task::spawn_blocking(move || {
+        Migration::start(
+            config,
+            RunOptions {
+                serve_api: false,
+                preflight: false,
+            },
+        )
+    })
+    .await
+    .expect("join")
+    .expect("start");
     let progress = migration.progress.clone();
-    wait_for(&progress, "copy start", || progress.phase() == Phase::Copying).await;
+    wait_for(&progress, "copy start", || {
+        progress.phase() == Phase::Copying
+    })
+    .await;
     let copy_started = Instant::now();
-    wait_for(&progress, "copy end", || matches!(progress.phase(), Phase::Syncing | Phase::ReadyForCutover)).await;
+    wait_for(&progress, "copy end", || {
+        matches!(progress.phase(), Phase::Syncing | Phase::ReadyForCutover)
+    })
+    .await;
     let copy = copy_started.elapsed();
     let copied = progress.documents_copied.load(Ordering::Relaxed);
     let copy_rate = copied as f64 / copy.as_secs_f64();
-    wait_for(&progress, "ready", || progress.phase() == Phase::ReadyForCutover).await;
+    wait_for(&progress, "ready", || {
+        progress.phase() == Phase::ReadyForCutover
+    })
+    .await;
 
     // Apply: pause, write n/2 inserts and n/2 updates to the source, resume, time the catch-up.
-    migration.control.request(ControlRequest::Pause).await.expect("pause");
+    migration
+        .control
+        .request(ControlRequest::Pause)
+        .await
+        .expect("pause");
     let events = n;
     let coll = src.database("bench").collection::<Document>("live");
     let mut i = 0;
     while i < events / 2 {
         let end = (i + 1000).min(events / 2);
-        coll.insert_many((i..end).map(document).collect::<Vec<_>>()).await.expect("insert");
+        coll.insert_many((i..end).map(document).collect::<Vec<_>>())
+            .await
+            .expect("insert");
         i = end;
     }
-    src.database("bench").collection::<Document>("items").update_many(doc! {"_id": {"$lt": (events / 2) as i64}}, doc! {"$inc": {"n": 1}}).await.expect("update");
+    src.database("bench")
+        .collection::<Document>("items")
+        .update_many(
+            doc! {"_id": {"$lt": (events / 2) as i64}},
+            doc! {"$inc": {"n": 1}},
+        )
+        .await
+        .expect("update");
     let before = progress.events_applied.load(Ordering::Relaxed);
     let apply_started = Instant::now();
-    migration.control.request(ControlRequest::Resume).await.expect("resume");
-    wait_for(&progress, "apply", || progress.events_applied.load(Ordering::Relaxed) >= before + events as u64).await;
+    migration
+        .control
+        .request(ControlRequest::Resume)
+        .await
+        .expect("resume");
+    wait_for(&progress, "apply", || {
+        progress.events_applied.load(Ordering::Relaxed) >= before + events as u64
+    })
+    .await;
     let apply = apply_started.elapsed();
     let apply_rate = events as f64 / apply.as_secs_f64();
     let rss = peak_rss_mib();
     let data_mib = (n as f64 * 1.0) / 1024.0;
 
-    migration.control.request(ControlRequest::Cancel).await.expect("cancel");
+    migration
+        .control
+        .request(ControlRequest::Cancel)
+        .await
+        .expect("cancel");
     let _ = tokio::task::spawn_blocking(move || migration.wait()).await;
 
     println!("documents: {n} x ~1 KiB ({data_mib:.0} MiB), sandboxes in child processes");
     println!("baseline insertMany ceiling : {ceiling_rate:>10.0} docs/s");
-    println!("initial copy                : {copy_rate:>10.0} docs/s  ({:.0}% of ceiling)", 100.0 * copy_rate / ceiling_rate);
-    println!("change apply                : {apply_rate:>10.0} events/s ({:.0}% of ceiling)", 100.0 * apply_rate / ceiling_rate);
+    println!(
+        "initial copy                : {copy_rate:>10.0} docs/s  ({:.0}% of ceiling)",
+        100.0 * copy_rate / ceiling_rate
+    );
+    println!(
+        "change apply                : {apply_rate:>10.0} events/s ({:.0}% of ceiling)",
+        100.0 * apply_rate / ceiling_rate
+    );
     println!("peak RSS of the ferry process: {rss:.0} MiB");
 }

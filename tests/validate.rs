@@ -35,7 +35,15 @@ fn source(version: &str) -> Sandbox {
 }
 
 fn destination(version: &str) -> Sandbox {
-    start("dst", version, &["readWriteAnyDatabase"])
+    start(
+        "dst",
+        version,
+        &[
+            "readWriteAnyDatabase",
+            "dbAdminAnyDatabase",
+            "clusterMonitor",
+        ],
+    )
 }
 
 fn migrator_uri(s: &Sandbox) -> String {

@@ -363,7 +363,10 @@ async fn accept_loop(
         loop {
             tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
             if noop_server.is_primary() {
-                noop_server.storage.lock().append_noop(bson::doc! {"msg": "periodic noop"});
+                noop_server
+                    .storage
+                    .lock()
+                    .append_noop(bson::doc! {"msg": "periodic noop"});
                 noop_server.oplog_appended.notify_waiters();
             }
         }

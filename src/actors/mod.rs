@@ -68,15 +68,5 @@ impl ActorFailure {
 
 /// "outer: inner: innermost" for an error and its sources.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
+    crate::cluster::describe_error(error)
 }

@@ -299,3 +299,50 @@ pub fn number(v: Option<&Bson>) -> u64 {
         _ => 0,
     }
 }
+
+/// A driver error as an operator should read it: the server's code, name and message,
+/// without the raw reply bytes the driver's own Display includes.
+pub fn short_error(e: &mongodb::error::Error) -> String {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            format!("write error {}: {}", w.code, w.message)
+        }
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
+            format!("write concern error {}: {}", w.code, w.message)
+        }
+        ErrorKind::InsertMany(im) => match im.write_errors.as_ref().and_then(|w| w.first()) {
+            Some(w) => format!("write error {}: {}", w.code, w.message),
+            None => "insert failed".to_string(),
+        },
+        ErrorKind::Authentication { message, .. } => format!("authentication failed: {message}"),
+        ErrorKind::ServerSelection { message, .. } => format!("no server available: {message}"),
+        other => {
+            let mut s = other.to_string();
+            s.truncate(300);
+            s
+        }
+    }
+}
+
+/// "outer: inner: innermost" for an error and its causes, with driver errors shortened.
+pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = match error.downcast_ref::<mongodb::error::Error>() {
+        Some(e) => short_error(e),
+        None => error.to_string(),
+    };
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = match s.downcast_ref::<mongodb::error::Error>() {
+            Some(e) => short_error(e),
+            None => s.to_string(),
+        };
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

@@ -284,14 +284,7 @@ fn named(kind: &str, side: Side) -> String {
 
 /// The error and its causes, for an operator to read.
 fn describe(e: &ClusterError) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    crate::cluster::describe_error(e)
 }
 
 fn is_auth_failure(e: &ClusterError) -> bool {

@@ -155,14 +155,15 @@ struct Routing {
     appliers: HashMap<String, Addr<Applier>>,
 }
 
-/// Sends each namespace's events to its applier and waits for every acknowledgement.
-async fn flush(
-    engine: &SharedEngine,
-    routing: &mut Routing,
-    pending: &mut Vec<Document>,
-) -> Result<u64, TailError> {
+/// Events handed to the appliers and not yet acknowledged.
+type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, TailError>>>>;
+
+/// Hands each namespace's events to its applier now (mailboxes keep per-namespace order)
+/// and returns the future of their acknowledgements, so the next batch can be read while
+/// these are applied.
+fn dispatch(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<Document>) -> Flight {
     if pending.is_empty() {
-        return Ok(0);
+        return Box::pin(async { Ok(0) });
     }
     let mut by_ns: HashMap<(String, String), Vec<Document>> = HashMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
@@ -177,7 +178,7 @@ async fn flush(
         }
         by_ns.entry(key).or_default().push(ev);
     }
-    let mut sends = Vec::new();
+    let mut requests = Vec::new();
     for key in order {
         let events = by_ns.remove(&key).unwrap_or_default();
         let name = format!("{}.{}", key.0, key.1);
@@ -187,27 +188,38 @@ async fn flush(
             .or_insert_with(|| Applier::new(engine.clone(), key.0.clone(), key.1.clone()).start())
             .clone();
         let n = events.len() as u64;
-        sends.push(async move {
-            let r = addr.send(ApplyEvents(events)).await;
-            (name, n, r)
-        });
+        // `send` enqueues now; awaiting only collects the reply.
+        let request = addr.send(ApplyEvents(events));
+        requests.push(async move { (name, n, request.await) });
     }
-    let mut applied = 0;
-    for (name, n, r) in futures_util::future::join_all(sends).await {
-        match r {
-            Ok(Ok(_)) => {
-                applied += n;
-                engine.progress.namespace_mut(&name).events_applied += n;
+    let engine = engine.clone();
+    Box::pin(async move {
+        let mut applied = 0;
+        for (name, n, r) in futures_util::future::join_all(requests).await {
+            match r {
+                Ok(Ok(_)) => {
+                    applied += n;
+                    engine.progress.namespace_mut(&name).events_applied += n;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(TailError::ApplierGone),
             }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(TailError::ApplierGone),
         }
-    }
-    engine
-        .progress
-        .events_applied
-        .fetch_add(applied, Ordering::Relaxed);
-    Ok(applied)
+        engine
+            .progress
+            .events_applied
+            .fetch_add(applied, Ordering::Relaxed);
+        Ok(applied)
+    })
+}
+
+/// Sends everything pending and waits until every applier has acknowledged it.
+async fn flush(
+    engine: &SharedEngine,
+    routing: &mut Routing,
+    pending: &mut Vec<Document>,
+) -> Result<u64, TailError> {
+    dispatch(engine, routing, pending).await
 }
 
 fn is_history_lost(e: &mongodb::error::Error) -> bool {
@@ -267,9 +279,13 @@ async fn tail(
     let mut source_now: Option<(Timestamp, Instant)> = None;
     let mut drained_sent = false;
     let mut dirty = false;
+    let mut in_flight: Option<(Flight, Option<Document>)> = None;
     loop {
         if *paused.borrow() {
-            flush(&engine, &mut routing, &mut pending).await?;
+            if let Some((previous, _)) = in_flight.take() {
+                events_applied += previous.await?;
+            }
+            events_applied += flush(&engine, &mut routing, &mut pending).await?;
             while *paused.borrow() {
                 if paused.changed().await.is_err() {
                     return Ok(());
@@ -309,6 +325,9 @@ async fn tail(
             }
             if wanted {
                 if is_ddl(&op) {
+                    if let Some((previous, _)) = in_flight.take() {
+                        events_applied += previous.await?;
+                    }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
                     apply_ddl(&engine, &event).await?;
                     events_applied += 1;
@@ -329,9 +348,31 @@ async fn tail(
                 continue;
             }
         }
-        events_applied += flush(&engine, &mut routing, &mut pending).await?;
-        let token = stream.resume_token();
-        if let Some(t) = token.as_ref().map(token_document).transpose()? {
+        // Cut here. While behind, the next batch is read while this one is applied, so
+        // the checkpoint and lag move with the previous, acknowledged batch; once caught
+        // up, everything is acknowledged before the position is recorded.
+        let token = stream
+            .resume_token()
+            .as_ref()
+            .map(token_document)
+            .transpose()?;
+        let flight = dispatch(&engine, &mut routing, &mut pending);
+        let acknowledged = if caught_up {
+            if let Some((previous, _)) = in_flight.take() {
+                events_applied += previous.await?;
+            }
+            events_applied += flight.await?;
+            token
+        } else {
+            match in_flight.replace((flight, token)) {
+                Some((previous, previous_token)) => {
+                    events_applied += previous.await?;
+                    previous_token
+                }
+                None => None,
+            }
+        };
+        if let Some(t) = acknowledged {
             if let Some(ts) = token_timestamp(&t) {
                 if ts_after(ts, applied_ts) || ts == applied_ts {
                     applied_ts = ts;

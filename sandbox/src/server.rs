@@ -176,15 +176,15 @@ impl Sandbox {
     pub fn start(options: SandboxOptions) -> Result<Sandbox, StartError> {
         let version = parse_version(&options.version)
             .ok_or_else(|| StartError::Version(options.version.clone()))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sandbox")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
         let bind = format!("{}:{}", options.host, options.port);
-        let listener = runtime
-            .block_on(TcpListener::bind(&bind))
+        // A std listener, so that starting works from inside an async context too (no
+        // block_on here); it becomes a tokio listener on the sandbox's own runtime thread.
+        let listener = std::net::TcpListener::bind(&bind).map_err(|source| StartError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
             .map_err(|source| StartError::Bind {
                 addr: bind.clone(),
                 source,
@@ -232,12 +232,23 @@ impl Sandbox {
             disconnect,
             started: Instant::now(),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sandbox")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
         let accept_server = server.clone();
         let thread = std::thread::Builder::new()
             .name("sandbox-main".into())
             .spawn(move || {
-                runtime.block_on(accept_loop(accept_server, listener, tls, shutdown_rx));
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept_loop(accept_server, listener, tls, shutdown_rx).await,
+                        Err(e) => tracing::error!(error = %e, "sandbox listener failed"),
+                    }
+                });
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })
             .map_err(StartError::Runtime)?;

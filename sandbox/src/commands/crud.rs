@@ -16,7 +16,7 @@ fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>>
         .get_array(field)
         .map_err(|_| {
             CommandError::new(
-                codes::FAILED_TO_PARSE,
+                codes::MISSING_REQUIRED_FIELD,
                 format!(
                     "BSON field '{}.{field}' is missing but a required field",
                     ctx.name
@@ -208,13 +208,13 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         let result = (|| {
             let q = stmt.get_document("q").map_err(|_| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.q' is missing but a required field",
                 )
             })?;
             let u = stmt.get("u").ok_or_else(|| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.u' is missing but a required field",
                 )
             })?;
@@ -265,7 +265,7 @@ pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         let result = (|| {
             let q = stmt.get_document("q").map_err(|_| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'delete.deletes.q' is missing but a required field",
                 )
             })?;

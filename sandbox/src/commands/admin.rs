@@ -361,7 +361,7 @@ pub fn set_user_write_block_mode(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let global = ctx.cmd.get_bool("global").map_err(|_| {
         CommandError::new(
-            codes::NO_SUCH_KEY,
+            codes::MISSING_REQUIRED_FIELD,
             "BSON field 'setUserWriteBlockMode.global' is missing but a required field",
         )
     })?;

@@ -73,7 +73,11 @@ async fn custom_set_name_is_required_by_driver() {
     });
     assert!(sb.uri().contains("replicaSet=other"));
     let good = client(&sb).await;
-    good.database("t").collection("c").insert_one(doc! {}).await.unwrap();
+    good.database("t")
+        .collection("c")
+        .insert_one(doc! {})
+        .await
+        .unwrap();
     // A client expecting another set name never finds a primary.
     let mut opts = mongodb::options::ClientOptions::parse(format!(
         "mongodb://{}/?replicaSet=rs0&serverSelectionTimeoutMS=500",
@@ -111,9 +115,15 @@ async fn sessions_are_used_and_cluster_time_advances() {
     let client = client(&sb).await;
     let coll = client.database("t").collection("c");
     let mut session = client.start_session().await.unwrap();
-    coll.insert_one(doc! {"a": 1}).session(&mut session).await.unwrap();
+    coll.insert_one(doc! {"a": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
     let t1 = session.operation_time().expect("operationTime recorded");
-    coll.insert_one(doc! {"a": 2}).session(&mut session).await.unwrap();
+    coll.insert_one(doc! {"a": 2})
+        .session(&mut session)
+        .await
+        .unwrap();
     let t2 = session.operation_time().unwrap();
     assert!(
         (t2.time, t2.increment) > (t1.time, t1.increment),

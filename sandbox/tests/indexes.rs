@@ -14,13 +14,20 @@ async fn create_list_drop_indexes() {
     let sb = start();
     let client = client(&sb).await;
     let coll = client.database("t").collection::<Document>("c");
-    coll.insert_one(doc! {"_id": 1, "a": 1, "b": 1}).await.unwrap();
+    coll.insert_one(doc! {"_id": 1, "a": 1, "b": 1})
+        .await
+        .unwrap();
     let names = coll
         .create_indexes(vec![
             IndexModel::builder().keys(doc! {"a": 1, "b": -1}).build(),
             IndexModel::builder()
                 .keys(doc! {"s": 1})
-                .options(IndexOptions::builder().sparse(true).name("sparse_s".to_string()).build())
+                .options(
+                    IndexOptions::builder()
+                        .sparse(true)
+                        .name("sparse_s".to_string())
+                        .build(),
+                )
                 .build(),
             IndexModel::builder()
                 .keys(doc! {"p": 1})
@@ -57,27 +64,55 @@ async fn create_list_drop_indexes() {
     assert_eq!(listed[0].get_str("name"), Ok("_id_"));
     assert_eq!(listed[0].get_document("key").unwrap(), &doc! {"_id": 1});
     assert_eq!(as_i64(listed[0].get("v")), 2);
-    let by_name = |n: &str| listed.iter().find(|d| d.get_str("name") == Ok(n)).unwrap().clone();
-    assert_eq!(by_name("a_1_b_-1").get_document("key").unwrap(), &doc! {"a": 1, "b": -1});
+    let by_name = |n: &str| {
+        listed
+            .iter()
+            .find(|d| d.get_str("name") == Ok(n))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_name("a_1_b_-1").get_document("key").unwrap(),
+        &doc! {"a": 1, "b": -1}
+    );
     assert_eq!(by_name("sparse_s").get_bool("sparse"), Ok(true));
     assert_eq!(
-        by_name("p_1").get_document("partialFilterExpression").unwrap(),
+        by_name("p_1")
+            .get_document("partialFilterExpression")
+            .unwrap(),
         &doc! {"p": {"$gt": 5}}
     );
     assert_eq!(as_i64(by_name("t_1").get("expireAfterSeconds")), 3600);
     // Same spec again is a no-op; same name with other keys is 86 IndexKeySpecsConflict.
-    let again = run(&client, "t", doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1, "b": -1}, "name": "a_1_b_-1"}]})
-        .await
-        .unwrap();
-    assert_eq!(as_i64(again.get("numIndexesBefore")), as_i64(again.get("numIndexesAfter")));
+    let again = run(
+        &client,
+        "t",
+        doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1, "b": -1}, "name": "a_1_b_-1"}]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        as_i64(again.get("numIndexesBefore")),
+        as_i64(again.get("numIndexesAfter"))
+    );
     expect_code(
-        run(&client, "t", doc! {"createIndexes": "c", "indexes": [{"key": {"z": 1}, "name": "a_1_b_-1"}]}).await,
+        run(
+            &client,
+            "t",
+            doc! {"createIndexes": "c", "indexes": [{"key": {"z": 1}, "name": "a_1_b_-1"}]},
+        )
+        .await,
         86,
     )
     .await;
     // Same keys and options under another name: 85 IndexOptionsConflict.
     expect_code(
-        run(&client, "t", doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1, "b": -1}, "name": "other"}]}).await,
+        run(
+            &client,
+            "t",
+            doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1, "b": -1}, "name": "other"}]},
+        )
+        .await,
         85,
     )
     .await;
@@ -96,7 +131,10 @@ async fn create_list_drop_indexes() {
     expect_code(run(&client, "t", doc! {"listIndexes": "missing"}).await, 26).await;
     // createIndexes creates the collection implicitly.
     let fresh = client.database("t").collection::<Document>("fresh");
-    fresh.create_index(IndexModel::builder().keys(doc! {"q": 1}).build()).await.unwrap();
+    fresh
+        .create_index(IndexModel::builder().keys(doc! {"q": 1}).build())
+        .await
+        .unwrap();
     let colls = client.database("t").list_collection_names().await.unwrap();
     assert!(colls.contains(&"fresh".to_string()));
 }
@@ -114,7 +152,9 @@ async fn unique_index_enforced() {
     )
     .await
     .unwrap();
-    coll.insert_one(doc! {"_id": 1, "email": "a@x"}).await.unwrap();
+    coll.insert_one(doc! {"_id": 1, "email": "a@x"})
+        .await
+        .unwrap();
     let reply = run(
         &client,
         "t",
@@ -122,15 +162,21 @@ async fn unique_index_enforced() {
     )
     .await
     .unwrap();
-    let e = reply.get_array("writeErrors").unwrap()[0].as_document().unwrap().clone();
+    let e = reply.get_array("writeErrors").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
     assert_eq!(as_i64(e.get("code")), 11000);
     assert_eq!(e.get_document("keyPattern").unwrap(), &doc! {"email": 1});
     assert_eq!(e.get_document("keyValue").unwrap(), &doc! {"email": "a@x"});
     assert!(e.get_str("errmsg").unwrap().contains("email_1"), "{e}");
     // Updates into a duplicate are refused too.
-    coll.insert_one(doc! {"_id": 3, "email": "b@x"}).await.unwrap();
+    coll.insert_one(doc! {"_id": 3, "email": "b@x"})
+        .await
+        .unwrap();
     expect_code(
-        coll.update_one(doc! {"_id": 3}, doc! {"$set": {"email": "a@x"}}).await,
+        coll.update_one(doc! {"_id": 3}, doc! {"$set": {"email": "a@x"}})
+            .await,
         11000,
     )
     .await;
@@ -138,8 +184,12 @@ async fn unique_index_enforced() {
     coll.insert_one(doc! {"_id": 4}).await.unwrap();
     expect_code(coll.insert_one(doc! {"_id": 5}).await, 11000).await;
     // Building a unique index over duplicates fails.
-    coll.insert_one(doc! {"_id": 6, "d": 1}).await.unwrap();
-    coll.insert_one(doc! {"_id": 7, "d": 1}).await.unwrap();
+    coll.insert_one(doc! {"_id": 6, "email": "c@x", "d": 1})
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 7, "email": "d@x", "d": 1})
+        .await
+        .unwrap();
     expect_code(
         coll.create_index(
             IndexModel::builder()
@@ -151,8 +201,14 @@ async fn unique_index_enforced() {
         11000,
     )
     .await;
-    let docs: Vec<Document> = coll.find(doc! {}).await.unwrap().try_collect().await.unwrap();
-    assert_eq!(docs.len(), 6);
+    let docs: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 5);
 }
 
 #[tokio::test]
@@ -196,7 +252,15 @@ async fn unique_compound_and_partial_sparse() {
     )
     .await
     .unwrap();
-    coll.insert_one(doc! {"p": 1, "live": false}).await.unwrap();
-    coll.insert_one(doc! {"p": 1, "live": true}).await.unwrap();
-    expect_code(coll.insert_one(doc! {"p": 1, "live": true}).await, 11000).await;
+    coll.insert_one(doc! {"a": 4, "p": 1, "live": false})
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"a": 5, "p": 1, "live": true})
+        .await
+        .unwrap();
+    expect_code(
+        coll.insert_one(doc! {"a": 6, "p": 1, "live": true}).await,
+        11000,
+    )
+    .await;
 }

@@ -48,21 +48,43 @@ async fn filter_operators() {
     assert_eq!(ids(&coll, doc! {"s": {"$type": "string"}}).await, [1, 2, 3]);
     assert_eq!(ids(&coll, doc! {"n": {"$type": "number"}}).await, [1, 2, 3]);
     assert_eq!(ids(&coll, doc! {"n": {"$type": 18}}).await, [3]);
-    assert_eq!(ids(&coll, doc! {"s": {"$regex": "^b", "$options": "i"}}).await, [2]);
-    assert_eq!(ids(&coll, doc! {"s": Regex { pattern: "rr".into(), options: String::new() }}).await, [3]);
+    assert_eq!(
+        ids(&coll, doc! {"s": {"$regex": "^b", "$options": "i"}}).await,
+        [2]
+    );
+    assert_eq!(
+        ids(
+            &coll,
+            doc! {"s": Regex { pattern: "rr".into(), options: String::new() }}
+        )
+        .await,
+        [3]
+    );
     assert_eq!(ids(&coll, doc! {"n": {"$mod": [5, 0]}}).await, [3]);
     assert_eq!(ids(&coll, doc! {"n": {"$not": {"$gt": 2}}}).await, [1, 4]);
     assert_eq!(ids(&coll, doc! {"$or": [{"n": 1}, {"s": 5}]}).await, [1, 4]);
-    assert_eq!(ids(&coll, doc! {"$and": [{"n": {"$gt": 0}}, {"n": {"$lt": 5}}]}).await, [1, 2]);
-    assert_eq!(ids(&coll, doc! {"$nor": [{"n": 1}, {"s": 5}]}).await, [2, 3]);
+    assert_eq!(
+        ids(&coll, doc! {"$and": [{"n": {"$gt": 0}}, {"n": {"$lt": 5}}]}).await,
+        [1, 2]
+    );
+    assert_eq!(
+        ids(&coll, doc! {"$nor": [{"n": 1}, {"s": 5}]}).await,
+        [2, 3]
+    );
     // Arrays: element match, whole-array match, $all, $size, $elemMatch.
     assert_eq!(ids(&coll, doc! {"a": 2}).await, [1, 2]);
     assert_eq!(ids(&coll, doc! {"a": [2, 5]}).await, [2]);
     assert_eq!(ids(&coll, doc! {"a": [1, 2]}).await, [4]);
     assert_eq!(ids(&coll, doc! {"a": {"$all": [1, 3]}}).await, [1]);
     assert_eq!(ids(&coll, doc! {"a": {"$size": 0}}).await, [3]);
-    assert_eq!(ids(&coll, doc! {"a": {"$elemMatch": {"$gt": 2, "$lt": 5}}}).await, [1]);
-    assert_eq!(ids(&coll, doc! {"t": {"$elemMatch": {"k": 2, "v": "b"}}}).await, [2]);
+    assert_eq!(
+        ids(&coll, doc! {"a": {"$elemMatch": {"$gt": 2, "$lt": 5}}}).await,
+        [1]
+    );
+    assert_eq!(
+        ids(&coll, doc! {"t": {"$elemMatch": {"k": 2, "v": "b"}}}).await,
+        [2]
+    );
     assert_eq!(ids(&coll, doc! {"t.k": 1}).await, [1]);
     // Dotted paths into documents; exact subdocument equality.
     assert_eq!(ids(&coll, doc! {"o.x": 2}).await, [2]);
@@ -122,7 +144,8 @@ async fn sort_across_bson_types() {
         .iter()
         .map(|d| d.get_i32("_id").unwrap())
         .collect();
-    assert_eq!(desc, vec![2, 5]);
+    // $type matches arrays holding a number; a descending sort uses an array's largest element.
+    assert_eq!(desc, vec![10, 2, 5]);
 }
 
 #[tokio::test]
@@ -130,9 +153,11 @@ async fn skip_limit_projection_batch_size_get_more() {
     let sb = start();
     let client = client(&sb).await;
     let coll = client.database("t").collection::<Document>("c");
-    coll.insert_many((0..250).map(|i| doc! {"_id": i, "a": i, "b": {"c": i, "d": 1}, "arr": [1, 2, 3]}))
-        .await
-        .unwrap();
+    coll.insert_many(
+        (0..250).map(|i| doc! {"_id": i, "a": i, "b": {"c": i, "d": 1}, "arr": [1, 2, 3]}),
+    )
+    .await
+    .unwrap();
     let docs: Vec<Document> = coll
         .find(doc! {})
         .sort(doc! {"_id": -1})
@@ -161,7 +186,13 @@ async fn skip_limit_projection_batch_size_get_more() {
         .unwrap();
     assert_eq!(sliced, doc! {"_id": 0, "a": 0, "arr": [1, 2]});
     // Mixing inclusion and exclusion: 31254.
-    expect_code(coll.find_one(doc! {}).projection(doc! {"a": 1, "b": 0}).await, 31254).await;
+    expect_code(
+        coll.find_one(doc! {})
+            .projection(doc! {"a": 1, "b": 0})
+            .await,
+        31254,
+    )
+    .await;
     // All 250 through several getMores with batchSize.
     let all: Vec<Document> = coll
         .find(doc! {})
@@ -179,30 +210,58 @@ async fn skip_limit_projection_batch_size_get_more() {
     assert_eq!(cursor.get_str("ns"), Ok("t.c"));
     let id = cursor.get_i64("id").unwrap();
     assert_ne!(id, 0);
-    let more = run(&client, "t", doc! {"getMore": id, "collection": "c", "batchSize": 200})
-        .await
-        .unwrap();
+    let more = run(
+        &client,
+        "t",
+        doc! {"getMore": id, "collection": "c", "batchSize": 200},
+    )
+    .await
+    .unwrap();
     let cursor = more.get_document("cursor").unwrap();
     assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 149);
     assert_eq!(cursor.get_i64("id"), Ok(0));
     // Exhausted cursor is gone: 43.
-    expect_code(run(&client, "t", doc! {"getMore": id, "collection": "c"}).await, 43).await;
+    expect_code(
+        run(&client, "t", doc! {"getMore": id, "collection": "c"}).await,
+        43,
+    )
+    .await;
     // killCursors.
-    let reply = run(&client, "t", doc! {"find": "c", "batchSize": 1}).await.unwrap();
-    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
-    let killed = run(&client, "t", doc! {"killCursors": "c", "cursors": [id, 12345i64]})
+    let reply = run(&client, "t", doc! {"find": "c", "batchSize": 1})
         .await
         .unwrap();
-    assert_eq!(killed.get_array("cursorsKilled").unwrap(), &vec![Bson::Int64(id)]);
-    assert_eq!(killed.get_array("cursorsNotFound").unwrap(), &vec![Bson::Int64(12345)]);
-    expect_code(run(&client, "t", doc! {"getMore": id, "collection": "c"}).await, 43).await;
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let killed = run(
+        &client,
+        "t",
+        doc! {"killCursors": "c", "cursors": [id, 12345i64]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        killed.get_array("cursorsKilled").unwrap(),
+        &vec![Bson::Int64(id)]
+    );
+    assert_eq!(
+        killed.get_array("cursorsNotFound").unwrap(),
+        &vec![Bson::Int64(12345)]
+    );
+    expect_code(
+        run(&client, "t", doc! {"getMore": id, "collection": "c"}).await,
+        43,
+    )
+    .await;
     // Empty result still has an Int64 id.
     let reply = run(&client, "t", doc! {"find": "nothing"}).await.unwrap();
     assert_eq!(reply.get_document("cursor").unwrap().get_i64("id"), Ok(0));
     // Single batch.
-    let reply = run(&client, "t", doc! {"find": "c", "limit": 3, "singleBatch": true})
-        .await
-        .unwrap();
+    let reply = run(
+        &client,
+        "t",
+        doc! {"find": "c", "limit": 3, "singleBatch": true},
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.get_document("cursor").unwrap().get_i64("id"), Ok(0));
 }
 
@@ -220,16 +279,26 @@ async fn count_and_distinct() {
     .unwrap();
     assert_eq!(coll.count_documents(doc! {"k": "a"}).await.unwrap(), 2);
     assert_eq!(coll.estimated_document_count().await.unwrap(), 3);
-    let raw = run(&client, "t", doc! {"count": "c", "query": {}, "skip": 1, "limit": 1})
-        .await
-        .unwrap();
+    let raw = run(
+        &client,
+        "t",
+        doc! {"count": "c", "query": {}, "skip": 1, "limit": 1},
+    )
+    .await
+    .unwrap();
     assert_eq!(as_i64(raw.get("n")), 1);
     let mut k = coll.distinct("k", doc! {}).await.unwrap();
     k.sort_by_key(|b| b.to_string());
     assert_eq!(k, vec![Bson::String("a".into()), Bson::String("b".into())]);
-    let mut tags = coll.distinct("tags", doc! {"k": {"$ne": "z"}}).await.unwrap();
+    let mut tags = coll
+        .distinct("tags", doc! {"k": {"$ne": "z"}})
+        .await
+        .unwrap();
     tags.sort_by_key(|b| b.to_string());
-    assert_eq!(tags, vec![Bson::String("x".into()), Bson::String("y".into())]);
+    assert_eq!(
+        tags,
+        vec![Bson::String("x".into()), Bson::String("y".into())]
+    );
     // Counting a missing collection is 0, not an error.
     let raw = run(&client, "t", doc! {"count": "missing"}).await.unwrap();
     assert_eq!(as_i64(raw.get("n")), 0);
@@ -292,19 +361,30 @@ async fn aggregation_stages() {
     let sampled = run_agg(vec![doc! {"$sample": {"size": 2}}]).await;
     assert_eq!(sampled.len(), 2);
     // Empty group id = whole collection.
-    let total = run_agg(vec![doc! {"$group": {"_id": Bson::Null, "s": {"$sum": "$n"}}}]).await;
+    let total = run_agg(vec![
+        doc! {"$group": {"_id": Bson::Null, "s": {"$sum": "$n"}}},
+    ])
+    .await;
     assert_eq!(as_i64(total[0].get("s")), 8);
     // Unknown stage: 40324.
     expect_code(coll.aggregate(vec![doc! {"$bogus": {}}]).await, 40324).await;
     // Raw reply shape: cursor with firstBatch even for aggregate.
-    let raw = run(&client, "t", doc! {"aggregate": "c", "pipeline": [], "cursor": {"batchSize": 1}})
-        .await
-        .unwrap();
+    let raw = run(
+        &client,
+        "t",
+        doc! {"aggregate": "c", "pipeline": [], "cursor": {"batchSize": 1}},
+    )
+    .await
+    .unwrap();
     let cursor = raw.get_document("cursor").unwrap();
     assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 1);
     assert_ne!(cursor.get_i64("id").unwrap(), 0);
     // aggregate without cursor option: 9 FailedToParse.
-    expect_code(run(&client, "t", doc! {"aggregate": "c", "pipeline": []}).await, 9).await;
+    expect_code(
+        run(&client, "t", doc! {"aggregate": "c", "pipeline": []}).await,
+        9,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -61,7 +61,11 @@ fn read_message(s: &mut TcpStream) -> std::io::Result<(i32, i32, Vec<u8>)> {
 fn msg_reply(s: &mut TcpStream) -> Document {
     let (_, op, body) = read_message(s).unwrap();
     assert_eq!(op, 2013);
-    assert_eq!(u32::from_le_bytes(body[0..4].try_into().unwrap()), 0, "flags");
+    assert_eq!(
+        u32::from_le_bytes(body[0..4].try_into().unwrap()),
+        0,
+        "flags"
+    );
     assert_eq!(body[4], 0, "kind 0 section");
     let doc = Document::from_reader(&body[5..]).unwrap();
     let doc_len = i32::from_le_bytes(body[5..9].try_into().unwrap()) as usize;
@@ -121,8 +125,8 @@ async fn op_msg_kind1_sections_and_more_to_come() {
     let sb = start();
     let mut s = connect(sb.address());
     // insert with a kind-1 "documents" section, unacknowledged (moreToCome).
-    let cmd = mongodb::bson::to_vec(&doc! {"insert": "c", "$db": "t", "writeConcern": {"w": 0}})
-        .unwrap();
+    let cmd =
+        mongodb::bson::to_vec(&doc! {"insert": "c", "$db": "t", "writeConcern": {"w": 0}}).unwrap();
     let d1 = mongodb::bson::to_vec(&doc! {"_id": 1}).unwrap();
     let d2 = mongodb::bson::to_vec(&doc! {"_id": 2}).unwrap();
     let ident = b"documents\0";

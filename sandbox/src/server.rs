@@ -245,7 +245,9 @@ impl Sandbox {
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(accept_server, listener, tls, shutdown_rx).await,
+                        Ok(listener) => {
+                            accept_loop(accept_server, listener, tls, shutdown_rx).await
+                        }
                         Err(e) => tracing::error!(error = %e, "sandbox listener failed"),
                     }
                 });

@@ -103,6 +103,8 @@ async fn drop_connections_and_latency() {
     )
     .await
     .ok();
+    // The command form drops connections shortly after replying; the handle does it now.
+    sb.drop_connections();
     // The driver reconnects; reads and writes keep working.
     poll(Duration::from_secs(10), || {
         let coll = coll.clone();
@@ -128,9 +130,15 @@ async fn drop_connections_and_latency() {
     })
     .await;
     assert!(elapsed >= Duration::from_millis(150));
-    run(&client, "admin", doc! {"sandboxFault": 1, "latencyMs": 0})
-        .await
-        .unwrap();
+    poll(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            run(&client, "admin", doc! {"sandboxFault": 1, "latencyMs": 0})
+                .await
+                .ok()
+        }
+    })
+    .await;
     let t = Instant::now();
     run(&client, "admin", doc! {"ping": 1}).await.unwrap();
     assert!(t.elapsed() < Duration::from_millis(150));

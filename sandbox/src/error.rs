@@ -37,6 +37,8 @@ pub mod codes {
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const USER_WRITES_BLOCKED: i32 = 371;
     pub const LOCATION40324: i32 = 40324;
+    /// A required command field is missing (IDL parser).
+    pub const MISSING_REQUIRED_FIELD: i32 = 40414;
     pub const DUPLICATE_KEY: i32 = 11000;
     pub const INTERRUPTED_AT_SHUTDOWN: i32 = 11600;
     pub const INTERRUPTED_DUE_TO_REPL_STATE_CHANGE: i32 = 11602;

@@ -179,14 +179,9 @@ impl Sandbox {
     pub fn start(options: SandboxOptions) -> Result<Sandbox, StartError> {
         let version = parse_version(&options.version)
             .ok_or_else(|| StartError::Version(options.version.clone()))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("sandbox")
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
         let bind = format!("{}:{}", options.host, options.port);
-        // A std listener: start() may be called from inside another runtime.
+        // A std listener, so that starting works from inside an async context too (no
+        // block_on here); it becomes a tokio listener on the sandbox's own runtime thread.
         let listener = std::net::TcpListener::bind(&bind).map_err(|source| StartError::Bind {
             addr: bind.clone(),
             source,
@@ -240,6 +235,12 @@ impl Sandbox {
             disconnect,
             started: Instant::now(),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sandbox")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
         let accept_server = server.clone();
         let thread = std::thread::Builder::new()

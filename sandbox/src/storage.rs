@@ -916,8 +916,14 @@ impl Storage {
                     .iter()
                     .find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec))
                 {
-                    let _ = existing;
-                    continue;
+                    // Same keys and options under another name (same name was handled above).
+                    return Err(CommandError::new(
+                        codes::INDEX_OPTIONS_CONFLICT,
+                        format!(
+                            "Index already exists with a different name: {}",
+                            existing.name
+                        ),
+                    ));
                 }
                 if let Some(existing) = c.indexes.iter().find(|i| i.key == index.key) {
                     return Err(CommandError::new(

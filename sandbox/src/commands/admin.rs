@@ -305,6 +305,14 @@ pub fn coll_stats(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
 pub fn users_info(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let users = match ctx.cmd.get("usersInfo") {
         Some(Bson::String(name)) => ctx.server.users.users_info(&ctx.db, Some(name)),
+        Some(Bson::Document(d)) if d.get_bool("forAllDBs") == Ok(true) => {
+            if ctx.db != "admin" {
+                return Err(CommandError::unauthorized(
+                    "'usersInfo: {forAllDBs: true}' is only supported on the admin database",
+                ));
+            }
+            ctx.server.users.all_users_info()
+        }
         Some(Bson::Document(d)) => {
             let db = d.get_str("db").unwrap_or(&ctx.db).to_string();
             let user = d.get_str("user").ok();
@@ -353,7 +361,7 @@ pub fn set_user_write_block_mode(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let global = ctx.cmd.get_bool("global").map_err(|_| {
         CommandError::new(
-            codes::NO_SUCH_KEY,
+            codes::MISSING_REQUIRED_FIELD,
             "BSON field 'setUserWriteBlockMode.global' is missing but a required field",
         )
     })?;

@@ -16,7 +16,7 @@ fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>>
         .get_array(field)
         .map_err(|_| {
             CommandError::new(
-                codes::FAILED_TO_PARSE,
+                codes::MISSING_REQUIRED_FIELD,
                 format!(
                     "BSON field '{}.{field}' is missing but a required field",
                     ctx.name
@@ -50,6 +50,44 @@ fn write_reply(mut reply: Document, errors: Vec<Document>) -> Document {
     reply
 }
 
+/// Enforces the collection's validator (validationLevel/validationAction honoured)
+/// unless the command set `bypassDocumentValidation`. `old` is the pre-update document.
+fn validate(
+    storage: &Storage,
+    db: &str,
+    coll: &str,
+    doc: &Document,
+    old: Option<&Document>,
+    bypass: bool,
+) -> CmdResult<()> {
+    let Some(c) = storage.collection(db, coll) else {
+        return Ok(());
+    };
+    let Ok(validator) = c.options.get_document("validator") else {
+        return Ok(());
+    };
+    let level = c.options.get_str("validationLevel").unwrap_or("strict");
+    if bypass
+        || validator.is_empty()
+        || level == "off"
+        || c.options.get_str("validationAction") == Ok("warn")
+    {
+        return Ok(());
+    }
+    let matcher = Matcher::new(validator)?;
+    if matcher.matches(doc) || (level == "moderate" && old.is_some_and(|o| !matcher.matches(o))) {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        codes::DOCUMENT_VALIDATION_FAILURE,
+        "Document failed validation",
+    ))
+}
+
+fn bypasses_validation(cmd: &Document) -> bool {
+    cmd.get_bool("bypassDocumentValidation").unwrap_or(false)
+}
+
 pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let docs = statements(ctx, "documents")?;
@@ -58,8 +96,11 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     refuse_view(&storage, &ctx.db, &coll)?;
     let mut n = 0;
     let mut errors = Vec::new();
+    let bypass = bypasses_validation(ctx.cmd);
     for (i, d) in docs.into_iter().enumerate() {
-        match storage.insert(&ctx.db, &coll, d.clone()) {
+        let inserted = validate(&storage, &ctx.db, &coll, &d, None, bypass)
+            .and_then(|()| storage.insert(&ctx.db, &coll, d.clone()));
+        match inserted {
             Ok(_) => n += 1,
             Err(e) => {
                 errors.push(e.to_write_error(i));
@@ -129,6 +170,7 @@ fn update_statement(
     upsert: bool,
     multi: bool,
     sort: Option<&SortSpec>,
+    bypass: bool,
 ) -> CmdResult<UpdateOutcome> {
     let spec = UpdateSpec::parse(update)?;
     let replacement = matches!(spec, UpdateSpec::Replacement(_));
@@ -154,6 +196,7 @@ fn update_statement(
             continue;
         };
         let new = spec.apply(&old, query, false)?;
+        validate(storage, db, coll, &new, Some(&old), bypass)?;
         let changed = storage.update(db, coll, &id, new.clone(), replacement)?;
         out.matched += 1;
         if changed {
@@ -180,6 +223,7 @@ fn update_statement(
                 new = d;
             }
         }
+        validate(storage, db, coll, &new, None, bypass)?;
         let id = storage.insert(db, coll, new.clone())?;
         out.matched = 0;
         out.upserted = Some(id.clone());
@@ -204,17 +248,18 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let (mut n, mut modified) = (0i64, 0i64);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
+    let bypass = bypasses_validation(ctx.cmd);
     for (i, stmt) in stmts.into_iter().enumerate() {
         let result = (|| {
             let q = stmt.get_document("q").map_err(|_| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.q' is missing but a required field",
                 )
             })?;
             let u = stmt.get("u").ok_or_else(|| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.u' is missing but a required field",
                 )
             })?;
@@ -227,6 +272,7 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
                 stmt.get_bool("upsert").unwrap_or(false),
                 stmt.get_bool("multi").unwrap_or(false),
                 None,
+                bypass,
             )
         })();
         match result {
@@ -265,7 +311,7 @@ pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         let result = (|| {
             let q = stmt.get_document("q").map_err(|_| {
                 CommandError::new(
-                    codes::FAILED_TO_PARSE,
+                    codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'delete.deletes.q' is missing but a required field",
                 )
             })?;
@@ -352,6 +398,7 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         upsert,
         false,
         sort.as_ref(),
+        bypasses_validation(ctx.cmd),
     )?;
     let mut last = doc! {"n": if o.upserted.is_some() { 1 } else { o.matched as i32 }, "updatedExisting": o.matched > 0};
     if let Some(id) = &o.upserted {

@@ -213,7 +213,26 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             )),
         };
     let matcher = Matcher::new(&filter)?;
+    // `{$natural: -1}` as sort or hint: storage order reversed (tailers read the newest
+    // oplog entry this way); `$natural: 1` is storage order.
+    let natural_of = |d: &Document| match (d.len(), d.get("$natural")) {
+        (1, Some(Bson::Int32(n))) => Some(*n < 0),
+        (1, Some(Bson::Int64(n))) => Some(*n < 0),
+        (1, Some(Bson::Double(n))) => Some(*n < 0.0),
+        (1, Some(_)) => Some(false),
+        _ => None,
+    };
+    let mut natural_reverse = ctx
+        .cmd
+        .get_document("hint")
+        .ok()
+        .and_then(natural_of)
+        .unwrap_or(false);
     let sort = match ctx.cmd.get_document("sort") {
+        Ok(s) if natural_of(s).is_some() => {
+            natural_reverse = natural_of(s).unwrap_or(false);
+            None
+        }
         Ok(s) if !s.is_empty() => Some(SortSpec::new(s)?),
         _ => None,
     };
@@ -267,6 +286,8 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     };
     if let Some(s) = &sort {
         docs.sort_by(|a, b| s.compare(a, b));
+    } else if natural_reverse {
+        docs.reverse();
     }
     let docs: Vec<Document> = docs
         .into_iter()
@@ -380,8 +401,9 @@ fn open_change_stream(
         (Some(c), _) => Scope::Collection(ctx.db.clone(), c.clone()),
         (None, true) => {
             if ctx.db != "admin" {
-                return Err(CommandError::bad_value(
-                    "$changeStream may only be run on admin when allChangesForCluster is true",
+                return Err(CommandError::new(
+                    codes::INVALID_NAMESPACE,
+                    "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' database",
                 ));
             }
             Scope::Cluster

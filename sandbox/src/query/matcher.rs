@@ -23,6 +23,8 @@ enum Expr {
     Nor(Vec<Expr>),
     Const(bool),
     Path(String, Pred),
+    /// `$expr`: an aggregation expression, true when its value is truthy.
+    Aggregate(Bson),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -133,9 +135,10 @@ fn parse_top_level(op: &str, value: &Bson) -> CmdResult<Expr> {
         "comment" => Ok(Expr::Const(true)),
         "alwaysTrue" => Ok(Expr::Const(true)),
         "alwaysFalse" => Ok(Expr::Const(false)),
-        "expr" | "where" | "text" | "jsonSchema" | "sampleRate" => Err(CommandError::bad_value(
-            format!("${op} is not supported by the sandbox"),
-        )),
+        "expr" => Ok(Expr::Aggregate(value.clone())),
+        "where" | "text" | "jsonSchema" | "sampleRate" => Err(CommandError::bad_value(format!(
+            "${op} is not supported by the sandbox"
+        ))),
         _ => Err(CommandError::bad_value(format!(
             "unknown top level operator: ${op}"
         ))),
@@ -474,6 +477,31 @@ fn eval_expr(expr: &Expr, doc: &Document) -> bool {
         Expr::Nor(es) => !es.iter().any(|e| eval_expr(e, doc)),
         Expr::Const(b) => *b,
         Expr::Path(path, pred) => eval_pred(pred, &leaf_candidates(doc, path)),
+        Expr::Aggregate(e) => match crate::query::expr::evaluate(e, doc) {
+            Ok(Some(v)) => truthy(&v),
+            Ok(None) | Err(_) => false,
+        },
+    }
+}
+
+/// Aggregation truthiness: false, null, undefined, missing and numeric zero are false.
+fn truthy(v: &Bson) -> bool {
+    match v {
+        Bson::Boolean(b) => *b,
+        Bson::Null | Bson::Undefined => false,
+        Bson::Int32(n) => *n != 0,
+        Bson::Int64(n) => *n != 0,
+        Bson::Double(f) => *f != 0.0,
+        Bson::Decimal128(d) => d
+            .to_string()
+            .trim_start_matches('-')
+            .trim_start_matches('0')
+            .trim_start_matches('.')
+            .trim_start_matches('0')
+            .chars()
+            .next()
+            .is_some_and(|c| c != 'E' && c != 'e'),
+        _ => true,
     }
 }
 

@@ -1,0 +1,93 @@
+//! Helpers shared by the sandbox integration tests: one sandbox per test on port 0,
+//! a driver client, raw commands and deadline-bounded polling.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use ferry_sandbox::{Sandbox, SandboxOptions};
+use mongodb::bson::{Bson, Document};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+pub fn start() -> Sandbox {
+    start_with(SandboxOptions::default())
+}
+
+pub fn start_with(options: SandboxOptions) -> Sandbox {
+    Sandbox::start(options).expect("sandbox starts")
+}
+
+pub async fn client_for(uri: &str) -> Client {
+    let mut options = ClientOptions::parse(uri).await.expect("uri parses");
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.connect_timeout = Some(Duration::from_secs(5));
+    Client::with_options(options).expect("client builds")
+}
+
+pub async fn client(sb: &Sandbox) -> Client {
+    client_for(&sb.uri()).await
+}
+
+/// Runs a command and returns the raw reply, errors included as Err.
+pub async fn run(client: &Client, db: &str, cmd: Document) -> mongodb::error::Result<Document> {
+    client.database(db).run_command(cmd).await
+}
+
+/// The server error code of a failed operation.
+pub fn code(err: &mongodb::error::Error) -> i32 {
+    match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => c.code,
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => w.code,
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => {
+            w.code
+        }
+        mongodb::error::ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| w.code)
+            .unwrap_or(-1),
+        mongodb::error::ErrorKind::BulkWrite(e) => {
+            e.write_errors.values().next().map(|w| w.code).unwrap_or(-1)
+        }
+        other => panic!("not a server error: {other:?}"),
+    }
+}
+
+pub async fn expect_code<T: std::fmt::Debug>(
+    result: mongodb::error::Result<T>,
+    expected: i32,
+) -> mongodb::error::Error {
+    let err = result.expect_err("operation should fail");
+    assert_eq!(code(&err), expected, "unexpected error: {err:?}");
+    err
+}
+
+/// Polls `f` until it yields Some, failing after `timeout`.
+pub async fn poll<T, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn as_i64(b: Option<&Bson>) -> i64 {
+    match b {
+        Some(Bson::Int32(n)) => *n as i64,
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(f)) => *f as i64,
+        other => panic!("not a number: {other:?}"),
+    }
+}

@@ -1,0 +1,182 @@
+//! Fault injection: stepdown with automatic retry, dropped connections, latency, oplog
+//! truncation, retryable-write replay and error labels.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mongodb::bson::{doc, Document};
+
+#[tokio::test]
+async fn stepdown_then_retryable_write_succeeds_with_new_election_id() {
+    let sb = start();
+    let client = client(&sb).await;
+    let coll = client.database("t").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 0}).await.unwrap();
+    let e1 = run(&client, "admin", doc! {"hello": 1})
+        .await
+        .unwrap()
+        .get_object_id("electionId")
+        .unwrap();
+    sb.step_down(Duration::from_millis(500));
+    // The driver rediscovers the primary and retries; the write lands exactly once.
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
+    let e2 = run(&client, "admin", doc! {"hello": 1})
+        .await
+        .unwrap()
+        .get_object_id("electionId")
+        .unwrap();
+    assert!(e2 > e1, "{e1} {e2}");
+}
+
+#[tokio::test]
+async fn stepped_down_member_refuses_writes_with_label() {
+    let sb = start();
+    let client = client(&sb).await;
+    run(&client, "admin", doc! {"replSetStepDown": 5})
+        .await
+        .ok();
+    let raw = client_for(&format!(
+        "mongodb://{}/?directConnection=true",
+        sb.address()
+    ))
+    .await;
+    poll(Duration::from_secs(5), || {
+        let raw = raw.clone();
+        async move {
+            let h = run(&raw, "admin", doc! {"hello": 1}).await.ok()?;
+            (h.get_bool("isWritablePrimary") == Ok(false)).then_some(())
+        }
+    })
+    .await;
+    let err = run(&raw, "t", doc! {"insert": "c", "documents": [{}], "lsid": {"id": mongodb::bson::Binary{subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: vec![1;16]}}, "txnNumber": 1i64})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 10107);
+    assert!(err.contains_label("RetryableWriteError"), "{err:?}");
+    let hello = run(&raw, "admin", doc! {"hello": 1}).await.unwrap();
+    assert_eq!(hello.get_bool("isWritablePrimary"), Ok(false));
+    assert_eq!(hello.get_bool("secondary"), Ok(true));
+}
+
+#[tokio::test]
+async fn retryable_write_applied_once() {
+    let sb = start();
+    let client = client(&sb).await;
+    let lsid = doc! {"id": mongodb::bson::Binary{subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: vec![7;16]}};
+    let cmd = doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}], "lsid": lsid.clone(), "txnNumber": 5i64};
+    let r1 = run(&client, "t", cmd.clone()).await.unwrap();
+    let r2 = run(&client, "t", cmd).await.unwrap();
+    assert_eq!(as_i64(r1.get("n")), as_i64(r2.get("n")));
+    let d = client
+        .database("t")
+        .collection::<Document>("c")
+        .find_one(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_i32("n"), Ok(1));
+    // A new txnNumber applies again.
+    run(&client, "t", doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}], "lsid": lsid, "txnNumber": 6i64}).await.unwrap();
+    let d = client
+        .database("t")
+        .collection::<Document>("c")
+        .find_one(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_i32("n"), Ok(2));
+}
+
+#[tokio::test]
+async fn drop_connections_and_latency() {
+    let sb = start();
+    let client = client(&sb).await;
+    let coll = client.database("t").collection::<Document>("c");
+    coll.insert_one(doc! {}).await.unwrap();
+    run(
+        &client,
+        "admin",
+        doc! {"sandboxFault": 1, "dropConnections": true},
+    )
+    .await
+    .ok();
+    // The command form drops connections shortly after replying; the handle does it now.
+    sb.drop_connections();
+    // The driver reconnects; reads and writes keep working.
+    poll(Duration::from_secs(10), || {
+        let coll = coll.clone();
+        async move { coll.insert_one(doc! {}).await.ok() }
+    })
+    .await;
+    // Pooled connections that were dropped fail once (as with a real server); then ping works.
+    poll(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { run(&client, "admin", doc! {"ping": 1}).await.ok() }
+    })
+    .await;
+    sb.set_latency(Duration::from_millis(150));
+    let elapsed = poll(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            run(&client, "admin", doc! {"ping": 1})
+                .await
+                .ok()
+                .map(|_| t.elapsed())
+        }
+    })
+    .await;
+    assert!(elapsed >= Duration::from_millis(150));
+    poll(Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            run(&client, "admin", doc! {"sandboxFault": 1, "latencyMs": 0})
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let t = Instant::now();
+    run(&client, "admin", doc! {"ping": 1}).await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn truncate_oplog_loses_history() {
+    let sb = start();
+    let client = client(&sb).await;
+    let coll = client.database("t").collection::<Document>("c");
+    let mut stream = coll.watch().await.unwrap();
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(ev) = stream.next_if_any().await.unwrap() {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("event within deadline");
+    for i in 2..10 {
+        coll.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    run(
+        &client,
+        "admin",
+        doc! {"sandboxFault": 1, "truncateOplogKeepLast": 2},
+    )
+    .await
+    .unwrap();
+    let n = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let err = coll.watch().resume_after(ev.id).await.unwrap_err();
+    assert_eq!(code(&err), 286);
+}

@@ -1,0 +1,53 @@
+//! `ferry sandbox` prints exactly one `ready <uri>` line and exits on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn cli_prints_ready_and_exits_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "sandbox",
+            "--port",
+            "0",
+            "--set-name",
+            "rsx",
+            "--version",
+            "6.0.3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry sandbox");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf8");
+    let uri = first.strip_prefix("ready ").expect("ready line");
+    assert!(uri.starts_with("mongodb://127.0.0.1:"), "{uri}");
+    assert!(uri.contains("replicaSet=rsx"), "{uri}");
+    let addr = uri
+        .trim_start_matches("mongodb://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .to_string();
+    assert!(std::net::TcpStream::connect(&addr).is_ok());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = exit;
+    // Nothing else was printed on stdout.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.is_empty(), "{rest:?}");
+}

@@ -24,9 +24,15 @@ async fn concurrent_writes_during_copy_and_sync_converge() {
     seed(&pair.src, "crm", 1000).await;
     let load = Workload::start(pair.src.clone(), "app", 3000);
     let load2 = Workload::start(pair.src.clone(), "crm", 1000);
+    // A slow destination keeps the copy running while the workload writes.
+    pair.destination.set_latency(std::time::Duration::from_millis(5));
     let m = start(pair.config("")).await;
     // Writes land while the copy runs ...
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    let during_copy = load.ops();
     load.advance(20).await;
+    assert!(load.ops() > during_copy);
+    pair.destination.set_latency(std::time::Duration::ZERO);
     // ... and while the change stream is applied.
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     let at_ready = load.ops();

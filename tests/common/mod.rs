@@ -448,6 +448,16 @@ pub async fn indexes(client: &Client, db: &str, coll: &str) -> BTreeMap<String, 
             s.remove("v");
             s.remove("ns");
             s.remove("key");
+            // Restoring a TTL goes through collMod, which stores expireAfterSeconds as a
+            // 64-bit integer (as the real server does); the value is what matters.
+            if let Some(ttl) = s.get("expireAfterSeconds").cloned() {
+                let secs = match ttl {
+                    Bson::Int32(n) => Bson::Int64(n as i64),
+                    Bson::Double(f) if f.fract() == 0.0 => Bson::Int64(f as i64),
+                    other => other,
+                };
+                s.insert("expireAfterSeconds", secs);
+            }
             (name, (key, s))
         })
         .collect()

@@ -1,0 +1,237 @@
+//! Crashes, graceful restarts and injected faults (stepdowns, dropped connections) during
+//! copy and sync: the run resumes from its checkpoints and the destination still equals
+//! the source exactly, with nothing duplicated or skipped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use common::*;
+use ferry::progress::Phase;
+use futures_util::TryStreamExt;
+use mongodb::Client;
+
+/// `__ferry.ranges`: id -> (done, documents).
+async fn ranges(dst: &Client) -> BTreeMap<String, (bool, u64)> {
+    let docs: Vec<Document> = dst
+        .database("__ferry")
+        .collection::<Document>("ranges")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    docs.into_iter()
+        .map(|d| {
+            let id = match d.get("_id") {
+                Some(bson::Bson::String(s)) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            let documents = match d.get("documents") {
+                Some(bson::Bson::Int64(n)) => *n as u64,
+                Some(bson::Bson::Int32(n)) => *n as u64,
+                Some(bson::Bson::Double(n)) => *n as u64,
+                _ => 0,
+            };
+            (id, (d.get_bool("done").unwrap_or(false), documents))
+        })
+        .collect()
+}
+
+/// Waits until between 10% and 90% of the estimated documents are copied.
+async fn mid_copy(m: &ferry::run::Migration) -> (u64, u64) {
+    let p = m.progress.clone();
+    poll("10% of the copy", || {
+        let est = p.documents_estimated.load(Ordering::Relaxed);
+        est > 0 && copied(&p) * 10 >= est
+    })
+    .await;
+    let est = p.documents_estimated.load(Ordering::Relaxed);
+    let now = copied(&p);
+    assert!(
+        now * 10 <= est * 9,
+        "copy ran past 90% ({now}/{est}) before the test could interrupt it"
+    );
+    (now, est)
+}
+
+/// A crash mid-copy, then a new run with the same config: finished ranges are not copied
+/// again, unfinished ones complete, and the destination equals the source exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_copy_resumes_without_recopying() {
+    let pair = Pair::start().await;
+    let total = seed(&pair.src, "app", 5000).await;
+    let cfg = pair.config(
+        "[copy]\nbatch_max_documents = 500\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    );
+    // A slow destination keeps the copy in progress long enough to interrupt it.
+    pair.destination.set_latency(Duration::from_millis(20));
+    let m = start(cfg.clone()).await;
+    mid_copy(&m).await;
+    abort(m).await;
+    pair.destination.set_latency(Duration::ZERO);
+    let before = ranges(&pair.dst).await;
+    let done_before: BTreeMap<_, _> = before.iter().filter(|(_, (d, _))| *d).collect();
+    let checkpointed: u64 = before.values().map(|(_, n)| n).sum();
+    let unfinished = before.values().filter(|(d, _)| !d).count() as u64;
+    assert!(unfinished > 0, "the crash came after the copy finished");
+    assert!(checkpointed < total, "{checkpointed} of {total}");
+    assert!(lock(&pair.dst).await.is_some(), "a crash leaves the lease behind");
+
+    // Same owner: the new run takes over the lease at once and resumes.
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let after = ranges(&pair.dst).await;
+    for (id, (_, n)) in &done_before {
+        assert_eq!(after[*id], (true, *n), "finished range {id} was copied again");
+    }
+    let final_copied: u64 = after.values().map(|(_, n)| n).sum();
+    let newly = final_copied - checkpointed;
+    let left = total - checkpointed;
+    // At most the one batch per range that was in flight at the crash is sent again.
+    assert!(
+        newly >= left && newly <= left + unfinished * 500,
+        "second run copied {newly} documents; {left} were left in {unfinished} ranges"
+    );
+    assert_eq!(copied(&m.progress), final_copied);
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await as u64, total);
+}
+
+/// A crash while syncing under a write workload, then a restart: every event after the
+/// checkpoint is applied (none skipped), the destination converges exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_sync_resumes_from_the_checkpoint() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 2000).await;
+    let load = Workload::start(pair.src.clone(), "app", 2000);
+    let cfg = pair.config("");
+    let m = start(cfg.clone()).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    // Let some checkpoints pass with the workload running, then crash between them.
+    let p = m.progress.clone();
+    let applied_before = applied(&p);
+    poll("events to be applied while syncing", || {
+        applied(&p) > applied_before + 200
+    })
+    .await;
+    abort(m).await;
+    // Writes go on while Ferry is down.
+    load.advance(100).await;
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.advance(50).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// SIGTERM-like shutdown mid-copy keeps the checkpoints and releases the lock; the next
+/// run resumes the copy instead of starting over, and later a shutdown while syncing
+/// resumes the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_then_restart_resumes() {
+    let pair = Pair::start().await;
+    let total = seed(&pair.src, "app", 4000).await;
+    let cfg = pair.config(
+        "[copy]\nbatch_max_documents = 500\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    );
+    pair.destination.set_latency(Duration::from_millis(20));
+    let mut m = start(cfg.clone()).await;
+    mid_copy(&m).await;
+    m.shutdown();
+    let outcome = wait(m).await;
+    assert!(!outcome.phase.is_terminal(), "{:?}", outcome.phase);
+    pair.destination.set_latency(Duration::ZERO);
+    assert!(lock(&pair.dst).await.is_none(), "shutdown keeps the lock");
+    let checkpointed: u64 = ranges(&pair.dst).await.values().map(|(_, n)| n).sum();
+    assert!(checkpointed > 0 && checkpointed < total);
+
+    let load = Workload::start(pair.src.clone(), "app", 4000);
+    let mut m = start(cfg.clone()).await;
+    // The resumed run starts from the checkpointed count, not from zero.
+    poll("the resumed copy to report its progress", || {
+        copied(&m.progress) >= checkpointed
+    })
+    .await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.advance(30).await;
+    m.shutdown();
+    wait(m).await;
+    load.advance(30).await;
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// Stepdowns and dropped connections on both sides during the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_during_copy_are_survived() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 4000).await;
+    let load = Workload::start(pair.src.clone(), "app", 4000);
+    let cfg = pair.config(
+        "[copy]\nbatch_max_documents = 500\nparallel_collections = 1\nparallel_ranges_per_collection = 2\n",
+    );
+    pair.destination.set_latency(Duration::from_millis(10));
+    let m = start(cfg).await;
+    let p = m.progress.clone();
+    poll("the copy to start", || copied(&p) > 0).await;
+    let faults: [(&str, &dyn Fn()); 4] = [
+        ("source stepdown", &|| pair.source.step_down(Duration::from_secs(1))),
+        ("destination drop", &|| pair.destination.drop_connections()),
+        ("destination stepdown", &|| pair.destination.step_down(Duration::from_secs(1))),
+        ("source drop", &|| pair.source.drop_connections()),
+    ];
+    for (what, fault) in faults {
+        if m.progress.phase() != Phase::Copying {
+            break;
+        }
+        let before = copied(&p);
+        fault();
+        poll(&format!("the copy to go on after {what}"), || {
+            copied(&p) > before || p.phase() != Phase::Copying
+        })
+        .await;
+    }
+    pair.destination.set_latency(Duration::ZERO);
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// Stepdowns and dropped connections on both sides while syncing under writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_during_sync_are_survived() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 1500).await;
+    let load = Workload::start(pair.src.clone(), "app", 1500);
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let p = m.progress.clone();
+    let faults: [(&str, &dyn Fn()); 4] = [
+        ("source stepdown", &|| pair.source.step_down(Duration::from_secs(1))),
+        ("destination drop", &|| pair.destination.drop_connections()),
+        ("destination stepdown", &|| pair.destination.step_down(Duration::from_secs(1))),
+        ("source drop", &|| pair.source.drop_connections()),
+    ];
+    for (what, fault) in faults {
+        let before = applied(&p);
+        fault();
+        poll(&format!("applying to go on after {what}"), || {
+            applied(&p) > before + 20
+        })
+        .await;
+        assert!(!p.phase().is_terminal(), "{:?}", p.last_error.read());
+    }
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}

@@ -118,29 +118,30 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
         );
     };
     let retry_key = retry_key(&cmd, spec);
-    if let Some(key) = &retry_key {
-        if let Some(previous) = server.retry_cache.lock().get(key).cloned() {
-            return finish(server, Ok(previous));
-        }
-    }
-    let result = if name == "getMore" {
-        match preflight(server, conn, &db, &cmd, &name, spec) {
-            Ok(()) => commands::read::get_more(server, conn, &db, &cmd).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        match preflight(server, conn, &db, &cmd, &name, spec) {
-            Ok(()) => {
-                let mut ctx = Ctx {
-                    server,
-                    conn,
-                    db: db.clone(),
-                    cmd: &cmd,
-                    name: &name,
-                };
-                (spec.handler)(&mut ctx)
+    // Auth, primary state and write blocking apply to a retried write too; only then may
+    // the stored result of its first execution be returned.
+    let result = match preflight(server, conn, &db, &cmd, &name, spec) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let replay = retry_key
+                .as_ref()
+                .and_then(|key| server.retry_cache.lock().get(key).cloned());
+            match replay {
+                Some(previous) => return finish(server, Ok(previous)),
+                None if name == "getMore" => {
+                    commands::read::get_more(server, conn, &db, &cmd).await
+                }
+                None => {
+                    let mut ctx = Ctx {
+                        server,
+                        conn,
+                        db: db.clone(),
+                        cmd: &cmd,
+                        name: &name,
+                    };
+                    (spec.handler)(&mut ctx)
+                }
             }
-            Err(e) => Err(e),
         }
     };
     if spec.effect != Effect::Read && result.is_ok() {

@@ -108,7 +108,12 @@ impl OplogEntry {
         if let Some(ui) = &self.uuid {
             d.insert("ui", ui.clone());
         }
-        d.insert("o", self.o.clone());
+        // Inserts keep the document once, as their full document.
+        let o = match (&self.kind, &self.full_document) {
+            (EventKind::Insert, Some(full)) if self.o.is_empty() => full.clone(),
+            _ => self.o.clone(),
+        };
+        d.insert("o", o);
         if let Some(o2) = &self.o2 {
             d.insert("o2", o2.clone());
         }
@@ -670,7 +675,7 @@ impl Storage {
         }
         c.docs.insert(id, doc.clone());
         let uuid = c.uuid.clone();
-        let mut change = Change::new(EventKind::Insert, db, coll, doc.clone());
+        let mut change = Change::new(EventKind::Insert, db, coll, Document::new());
         change.uuid = Some(uuid);
         change.document_key = Some(doc! {"_id": id_value.clone()});
         change.o2 = Some(doc! {"_id": id_value.clone()});

@@ -180,3 +180,30 @@ async fn truncate_oplog_loses_history() {
     let err = coll.watch().resume_after(ev.id).await.unwrap_err();
     assert_eq!(code(&err), 286);
 }
+
+#[tokio::test]
+async fn retried_write_is_not_replayed_while_stepped_down() {
+    let sb = start();
+    let raw = client_for(&format!(
+        "mongodb://{}/?directConnection=true",
+        sb.address()
+    ))
+    .await;
+    let lsid = doc! {"id": mongodb::bson::Binary{subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: vec![9;16]}};
+    let cmd = doc! {"insert": "c", "documents": [{"_id": 1}], "lsid": lsid, "txnNumber": 3i64};
+    run(&raw, "t", cmd.clone()).await.unwrap();
+    sb.step_down(Duration::from_secs(30));
+    // The first execution's result must not be handed out by a member that is not primary.
+    let err = poll(Duration::from_secs(10), || {
+        let raw = raw.clone();
+        let cmd = cmd.clone();
+        async move {
+            run(&raw, "t", cmd)
+                .await
+                .err()
+                .filter(|e| matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(_)))
+        }
+    })
+    .await;
+    assert_eq!(code(&err), 10107, "{err:?}");
+}

@@ -86,7 +86,7 @@ pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, Demo
             "tier": (["bronze", "silver", "gold"][i % 3]),
             "balance": Decimal128::from_bytes(((i as u128) * 100).to_le_bytes()),
             "signed_up": DateTime::from_millis(now - (i as i64) * 60_000),
-            "tags": ["demo", if i % 2 == 0 { "even" } else { "odd" }],
+            "tags": ["demo", if i.is_multiple_of(2) { "even" } else { "odd" }],
             "address": {"city": (["Lyon", "Oslo", "Lima", "Pune"][i % 4]), "zip": format!("{:05}", i % 99_999)},
         }
     })
@@ -99,7 +99,7 @@ pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, Demo
             "total": (i % 500) as f64 + 0.99,
             "items": [{"sku": format!("sku-{}", i % 1000), "qty": (i % 5 + 1) as i32}],
             "paid": i % 7 != 0,
-            "note": if i % 11 == 0 { Bson::Null } else { Bson::String("leave at door".into()) },
+            "note": if i.is_multiple_of(11) { Bson::Null } else { Bson::String("leave at door".into()) },
             "padding": "x".repeat(200),
         }
     })
@@ -109,7 +109,7 @@ pub async fn seed_source(client: &Client, sizes: &DemoSizes) -> Result<u64, Demo
     })
     .await?;
     seed(client, "inventory", "products", sizes.products, |i| {
-        let id = if i % 2 == 0 { Bson::String(format!("sku-{i}")) } else { Bson::Int32(i as i32) };
+        let id = if i.is_multiple_of(2) { Bson::String(format!("sku-{i}")) } else { Bson::Int32(i as i32) };
         doc! {"_id": id, "name": format!("Product {i}"), "price": (i % 100) as f64 * 1.5, "stock": (i % 50) as i64, "dims": [1.0, 2.5, (i % 10) as f64]}
     })
     .await?;
@@ -144,7 +144,7 @@ pub async fn workload(
                     doc! {"$inc": {"visits": 1}, "$set": {"last_visit": DateTime::now()}},
                 )
                 .await?;
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 products
                     .replace_one(
                         doc! {"_id": format!("sku-{}", (i * 2) % 1000)},
@@ -152,7 +152,7 @@ pub async fn workload(
                     )
                     .await?;
             }
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 orders.delete_one(doc! {"live": true}).await?;
             }
             Ok::<_, mongodb::error::Error>(())

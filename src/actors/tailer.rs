@@ -313,8 +313,6 @@ async fn tail(
             let wanted = if op == "dropDatabase" {
                 engine.filter.may_allow_database(db)
                     && !crate::config::NamespaceFilter::is_never_migrated_db(db)
-            } else if op == "rename" {
-                engine.filter.allows(db, coll) && !coll.starts_with("system.")
             } else {
                 engine.filter.allows(db, coll) && !coll.starts_with("system.")
             };

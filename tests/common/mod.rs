@@ -341,18 +341,18 @@ impl Workload {
                             doc! {"$inc": {"value": 1i64}},
                         )
                         .await?;
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let r = (i * 104_729) % n;
                         mixed
                             .replace_one(doc! {"_id": mixed_id(r)}, doc! {"email": format!("user{r}@example.com"), "replaced": true, "rank": Bson::Double(r as f64)})
                             .await?;
                     }
-                    if i % 4 == 0 {
+                    if i.is_multiple_of(4) {
                         events
                             .insert_one(doc! {"at": DateTime::now(), "kind": "live", "n": i as i32})
                             .await?;
                     }
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         let d = (i * 7) % n;
                         mixed.delete_one(doc! {"_id": mixed_id(d)}).await?;
                         counters
@@ -361,7 +361,7 @@ impl Workload {
                         events.delete_one(doc! {"kind": "click"}).await?;
                     }
                     // A document that lives and dies during the run.
-                    if i % 7 == 0 {
+                    if i.is_multiple_of(7) {
                         let id = Bson::String(format!("ephemeral-{i}"));
                         counters
                             .insert_one(doc! {"_id": id.clone(), "value": 1i64})

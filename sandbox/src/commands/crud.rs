@@ -98,7 +98,7 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
     for (i, d) in docs.into_iter().enumerate() {
-        let inserted = validate(&storage, &ctx.db, &coll, &d, None, bypass)
+        let inserted = validate(&storage, &ctx.db, &coll, d, None, bypass)
             .and_then(|()| storage.insert(&ctx.db, &coll, d.clone()));
         match inserted {
             Ok(_) => n += 1,

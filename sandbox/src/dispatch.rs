@@ -41,6 +41,8 @@ pub struct Ctx<'a> {
     pub db: String,
     pub cmd: &'a Document,
     pub name: &'a str,
+    /// An insert's documents, moved out of the command so they are stored without a copy.
+    pub documents: Option<Vec<Bson>>,
 }
 
 impl Ctx<'_> {
@@ -117,6 +119,15 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
             )),
         );
     };
+    let mut cmd = cmd;
+    let mut documents = match cmd.remove("documents") {
+        Some(Bson::Array(docs)) if name == "insert" => Some(docs),
+        Some(other) => {
+            cmd.insert("documents", other);
+            None
+        }
+        None => None,
+    };
     let retry_key = retry_key(&cmd, spec);
     // Auth, primary state and write blocking apply to a retried write too; only then may
     // the stored result of its first execution be returned.
@@ -138,6 +149,7 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                         db: db.clone(),
                         cmd: &cmd,
                         name: &name,
+                        documents: documents.take(),
                     };
                     (spec.handler)(&mut ctx)
                 }

@@ -90,7 +90,18 @@ fn bypasses_validation(cmd: &Document) -> bool {
 
 pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
-    let docs = statements(ctx, "documents")?;
+    let docs: Vec<Document> = match ctx.documents.take() {
+        Some(docs) => docs
+            .into_iter()
+            .map(|v| match v {
+                Bson::Document(d) => Ok(d),
+                _ => Err(CommandError::type_mismatch(
+                    "documents entries must be documents",
+                )),
+            })
+            .collect::<CmdResult<_>>()?,
+        None => statements(ctx, "documents")?.into_iter().cloned().collect(),
+    };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
     let mut storage = ctx.server.storage.lock();
     refuse_view(&storage, &ctx.db, &coll)?;
@@ -98,8 +109,8 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
     for (i, d) in docs.into_iter().enumerate() {
-        let inserted = validate(&storage, &ctx.db, &coll, d, None, bypass)
-            .and_then(|()| storage.insert(&ctx.db, &coll, d.clone()));
+        let inserted = validate(&storage, &ctx.db, &coll, &d, None, bypass)
+            .and_then(|()| storage.insert(&ctx.db, &coll, d));
         match inserted {
             Ok(_) => n += 1,
             Err(e) => {

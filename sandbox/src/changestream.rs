@@ -242,14 +242,14 @@ impl ChangeStream {
         let end = storage.oplog.entries.len();
         let mut i = start;
         while i < end && events.len() < max {
-            let entry = storage.oplog.entries[i].clone();
+            let entry = &storage.oplog.entries[i];
             i += 1;
             self.after = entry.ts;
             self.inclusive = false;
-            let Some(event) = self.render(storage, &entry)? else {
+            let Some(event) = self.render(storage, entry)? else {
                 continue;
             };
-            let invalidates = self.invalidated_by(&entry);
+            let invalidates = self.invalidated_by(entry);
             let token = encode_token(entry.ts, TOKEN_EVENT);
             last_token = Some(token);
             if self.filter.as_ref().is_none_or(|m| m.matches(&event)) {

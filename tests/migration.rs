@@ -25,7 +25,8 @@ async fn concurrent_writes_during_copy_and_sync_converge() {
     let load = Workload::start(pair.src.clone(), "app", 3000);
     let load2 = Workload::start(pair.src.clone(), "crm", 1000);
     // A slow destination keeps the copy running while the workload writes.
-    pair.destination.set_latency(std::time::Duration::from_millis(5));
+    pair.destination
+        .set_latency(std::time::Duration::from_millis(5));
     let m = start(pair.config("")).await;
     // Writes land while the copy runs ...
     poll("the copy to start", || copied(&m.progress) > 0).await;
@@ -53,7 +54,8 @@ async fn concurrent_writes_during_copy_and_sync_converge() {
     );
     let ttl = indexes(&pair.dst, "app", "events").await;
     assert!(
-        ttl.values().any(|(_, o)| o.get("expireAfterSeconds").is_some()),
+        ttl.values()
+            .any(|(_, o)| o.get("expireAfterSeconds").is_some()),
         "TTL index lost: {ttl:?}"
     );
     assert!(lock(&pair.dst).await.is_none(), "lock not released");
@@ -76,7 +78,12 @@ async fn ddl_during_sync_is_replayed() {
     }
     src.database("app")
         .collection::<Document>("to_reindex")
-        .create_index(IndexModel::builder().keys(doc! {"x": 1}).options(IndexOptions::builder().name("x_1".to_string()).build()).build())
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"x": 1})
+                .options(IndexOptions::builder().name("x_1".to_string()).build())
+                .build(),
+        )
         .await
         .unwrap();
     let m = start(pair.config("")).await;
@@ -102,7 +109,11 @@ async fn ddl_during_sync_is_replayed() {
         .unwrap();
     src.database("doomed").drop().await.unwrap();
     app.collection::<Document>("to_reindex")
-        .create_index(IndexModel::builder().keys(doc! {"name": 1, "x": -1}).build())
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"name": 1, "x": -1})
+                .build(),
+        )
         .await
         .unwrap();
     app.run_command(doc! {"dropIndexes": "to_reindex", "index": "x_1"})
@@ -133,7 +144,10 @@ async fn ddl_during_sync_is_replayed() {
     assert!(dbs.contains(&"archive".to_string()), "{dbs:?}");
     let colls = collections(&pair.dst, "app").await;
     assert_eq!(colls["big_counters"].0, "view");
-    assert!(colls["created"].1.get_document("validator").is_ok(), "{colls:?}");
+    assert!(
+        colls["created"].1.get_document("validator").is_ok(),
+        "{colls:?}"
+    );
     assert!(!colls.contains_key("to_drop") && !colls.contains_key("to_rename"));
 }
 
@@ -145,14 +159,23 @@ async fn cancel_releases_the_lock_and_leaves_the_source_alone() {
     seed(&pair.src, "app", 2000).await;
     let before = snapshot(&pair.src).await;
     let m = start(pair.config("")).await;
-    poll("the lock to be taken", || m.progress.phase() != Phase::Validating).await;
+    poll("the lock to be taken", || {
+        m.progress.phase() != Phase::Validating
+    })
+    .await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
-    assert!(lock(&pair.dst).await.is_some(), "a running migration holds the lock");
+    assert!(
+        lock(&pair.dst).await.is_some(),
+        "a running migration holds the lock"
+    );
     let reply = m.control.request(ControlRequest::Cancel).await;
     assert!(reply.is_ok(), "{reply:?}");
     let outcome = wait(m).await;
     assert_eq!(outcome.phase, Phase::Cancelled);
-    assert!(lock(&pair.dst).await.is_none(), "lock still held after cancel");
+    assert!(
+        lock(&pair.dst).await.is_none(),
+        "lock still held after cancel"
+    );
     assert_eq!(before, snapshot(&pair.src).await, "the source changed");
     pair.src
         .database("app")
@@ -207,11 +230,19 @@ async fn pause_stops_progress_and_resume_converges() {
         "events were applied while paused"
     );
     assert_eq!(m.progress.phase(), Phase::Paused);
-    let cut = m.control.request(ControlRequest::Cutover { writes_stopped: true }).await;
+    let cut = m
+        .control
+        .request(ControlRequest::Cutover {
+            writes_stopped: true,
+        })
+        .await;
     assert!(cut.is_err(), "cutover must be refused while paused");
     let reply = m.control.request(ControlRequest::Resume).await;
     assert!(reply.is_ok(), "{reply:?}");
-    poll("applying to continue after resume", || applied(&m.progress) > settled).await;
+    poll("applying to continue after resume", || {
+        applied(&m.progress) > settled
+    })
+    .await;
     load.stop().await;
     cutover_and_complete(m).await;
     assert_same(&pair.src, &pair.dst).await;
@@ -255,14 +286,19 @@ async fn verification_refuses_cutover_on_a_difference() {
         .insert_one(doc! {"_id": "intruder", "value": 1i64})
         .await
         .unwrap();
-    let reply = request_until_accepted(&m, ControlRequest::Cutover { writes_stopped: true }).await;
+    let reply = request_until_accepted(
+        &m,
+        ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
+    .await;
     assert!(reply.is_ok(), "{reply:?}");
     // The cutover is attempted, verified, refused: back to ready_for_cutover with the
     // namespace named.
     poll("verification to refuse the cutover", || {
         m.progress.phase() == Phase::ReadyForCutover
-            && m
-                .progress
+            && m.progress
                 .last_error
                 .read()
                 .as_deref()
@@ -271,10 +307,19 @@ async fn verification_refuses_cutover_on_a_difference() {
     .await;
     let error = m.progress.last_error.read().clone().unwrap();
     assert!(error.contains("app.counters"), "{error}");
-    let report = m.progress.report.read().clone().expect("a report of the failed verification");
+    let report = m
+        .progress
+        .report
+        .read()
+        .clone()
+        .expect("a report of the failed verification");
     assert!(!report.verification.passed);
     assert!(
-        report.verification.mismatches.iter().any(|x| x.namespace == "app.counters"),
+        report
+            .verification
+            .mismatches
+            .iter()
+            .any(|x| x.namespace == "app.counters"),
         "{report}"
     );
     assert!(!m.progress.phase().is_terminal());
@@ -306,7 +351,10 @@ async fn cutover_window_extends_and_expires() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let extended = m.progress.window_expires_at.load(Ordering::Relaxed);
     assert_eq!(extended, expires + 3 * 3600);
-    let reply = m.control.request(ControlRequest::Extend { hours: 1.0 }).await;
+    let reply = m
+        .control
+        .request(ControlRequest::Extend { hours: 1.0 })
+        .await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(
         m.progress.window_expires_at.load(Ordering::Relaxed),
@@ -332,7 +380,10 @@ async fn cutover_window_extends_and_expires() {
         outcome.error,
         progress.last_error.read()
     );
-    assert!(lock(&pair.dst).await.is_none(), "lock still held after expiry");
+    assert!(
+        lock(&pair.dst).await.is_none(),
+        "lock still held after expiry"
+    );
 }
 
 /// A minimal HTTP/1.1 exchange with the API; returns the raw response.

@@ -80,14 +80,21 @@ async fn crash_mid_copy_resumes_without_recopying() {
     let unfinished = before.values().filter(|(d, _)| !d).count() as u64;
     assert!(unfinished > 0, "the crash came after the copy finished");
     assert!(checkpointed < total, "{checkpointed} of {total}");
-    assert!(lock(&pair.dst).await.is_some(), "a crash leaves the lease behind");
+    assert!(
+        lock(&pair.dst).await.is_some(),
+        "a crash leaves the lease behind"
+    );
 
     // Same owner: the new run takes over the lease at once and resumes.
     let m = start(cfg).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     let after = ranges(&pair.dst).await;
     for (id, (_, n)) in &done_before {
-        assert_eq!(after[*id], (true, *n), "finished range {id} was copied again");
+        assert_eq!(
+            after[*id],
+            (true, *n),
+            "finished range {id} was copied again"
+        );
     }
     let final_copied: u64 = after.values().map(|(_, n)| n).sum();
     let newly = final_copied - checkpointed;
@@ -184,9 +191,13 @@ async fn faults_during_copy_are_survived() {
     let p = m.progress.clone();
     poll("the copy to start", || copied(&p) > 0).await;
     let faults: [(&str, &dyn Fn()); 4] = [
-        ("source stepdown", &|| pair.source.step_down(Duration::from_secs(1))),
+        ("source stepdown", &|| {
+            pair.source.step_down(Duration::from_secs(1))
+        }),
         ("destination drop", &|| pair.destination.drop_connections()),
-        ("destination stepdown", &|| pair.destination.step_down(Duration::from_secs(1))),
+        ("destination stepdown", &|| {
+            pair.destination.step_down(Duration::from_secs(1))
+        }),
         ("source drop", &|| pair.source.drop_connections()),
     ];
     for (what, fault) in faults {
@@ -217,9 +228,13 @@ async fn faults_during_sync_are_survived() {
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     let p = m.progress.clone();
     let faults: [(&str, &dyn Fn()); 4] = [
-        ("source stepdown", &|| pair.source.step_down(Duration::from_secs(1))),
+        ("source stepdown", &|| {
+            pair.source.step_down(Duration::from_secs(1))
+        }),
         ("destination drop", &|| pair.destination.drop_connections()),
-        ("destination stepdown", &|| pair.destination.step_down(Duration::from_secs(1))),
+        ("destination stepdown", &|| {
+            pair.destination.step_down(Duration::from_secs(1))
+        }),
         ("source drop", &|| pair.source.drop_connections()),
     ];
     for (what, fault) in faults {

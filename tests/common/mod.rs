@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawDocumentBuf};
+use ferry::actors::supervisor::RunOutcome;
 use ferry::progress::{Phase, SharedProgress};
 use ferry::run::{Migration, RunOptions};
-use ferry::actors::supervisor::RunOutcome;
 use ferry_sandbox::{Sandbox, SandboxOptions};
 use futures_util::TryStreamExt;
 use mongodb::options::IndexOptions;
@@ -55,7 +55,9 @@ impl Pair {
             ..Default::default()
         })
         .expect("destination sandbox starts");
-        let src = Client::with_uri_str(source.uri()).await.expect("source client");
+        let src = Client::with_uri_str(source.uri())
+            .await
+            .expect("source client");
         let dst = Client::with_uri_str(destination.uri())
             .await
             .expect("destination client");
@@ -167,12 +169,47 @@ pub fn applied(progress: &SharedProgress) -> u64 {
 /// verification passed.
 pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
-    let reply = request_until_accepted(&m, ferry::control::ControlRequest::Cutover {
-        writes_stopped: true,
-    })
+    let reply = request_until_accepted(
+        &m,
+        ferry::control::ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
     .await;
     assert!(reply.is_ok(), "cutover refused: {reply:?}");
     let progress = m.progress.clone();
+    // Poll rather than block, so a cutover that bounces back to ready_for_cutover fails
+    // the test with its reason instead of hanging it. A handshake or verification that
+    // could not run (a fault at that moment) is retried, as an operator would.
+    let deadline = Instant::now() + DEADLINE;
+    let mut retries = 0;
+    while !m.is_finished() {
+        let phase = progress.phase();
+        let error = progress.last_error.read().clone().unwrap_or_default();
+        if phase == Phase::ReadyForCutover {
+            let retryable =
+                error.starts_with("cutover:") || error.starts_with("verification could not run");
+            assert!(
+                retryable && retries < 5,
+                "the cutover went back to ready_for_cutover: {error}"
+            );
+            retries += 1;
+            let reply = request_until_accepted(
+                &m,
+                ferry::control::ControlRequest::Cutover {
+                    writes_stopped: true,
+                },
+            )
+            .await;
+            assert!(reply.is_ok(), "cutover refused: {reply:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the cutover to complete (phase {}, last error {error:?})",
+            phase.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let outcome = wait(m).await;
     assert_eq!(
         outcome.phase,
@@ -182,7 +219,10 @@ pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
         outcome.error,
         progress.last_error.read().clone()
     );
-    let report = outcome.report.clone().expect("a completed run has a report");
+    let report = outcome
+        .report
+        .clone()
+        .expect("a completed run has a report");
     assert!(report.verification.passed, "verification failed: {report}");
     outcome
 }
@@ -235,7 +275,12 @@ pub async fn seed(client: &Client, db: &str, n: usize) -> u64 {
         .create_index(
             IndexModel::builder()
                 .keys(doc! {"email": 1})
-                .options(IndexOptions::builder().unique(true).name("email_unique".to_string()).build())
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("email_unique".to_string())
+                        .build(),
+                )
                 .build(),
         )
         .await
@@ -279,7 +324,9 @@ pub async fn seed(client: &Client, db: &str, n: usize) -> u64 {
             .await
             .expect("seed events");
         counters
-            .insert_many((start..end).map(|i| doc! {"_id": i as i64, "value": 0i64, "pad": "x".repeat(64)}))
+            .insert_many(
+                (start..end).map(|i| doc! {"_id": i as i64, "value": 0i64, "pad": "x".repeat(64)}),
+            )
             .await
             .expect("seed counters");
     }
@@ -321,7 +368,10 @@ impl Workload {
                         .update_one(doc! {"_id": mixed_id(k)}, doc! {"$inc": {"visits": 1}, "$set": {"seen": DateTime::now()}, "$push": {"tags": "t"}})
                         .await?;
                     counters
-                        .update_one(doc! {"_id": ((i * 31) % n) as i64}, doc! {"$inc": {"value": 1i64}})
+                        .update_one(
+                            doc! {"_id": ((i * 31) % n) as i64},
+                            doc! {"$inc": {"value": 1i64}},
+                        )
                         .await?;
                     if i % 3 == 0 {
                         let r = (i * 104_729) % n;
@@ -330,19 +380,27 @@ impl Workload {
                             .await?;
                     }
                     if i % 4 == 0 {
-                        events.insert_one(doc! {"at": DateTime::now(), "kind": "live", "n": i as i32}).await?;
+                        events
+                            .insert_one(doc! {"at": DateTime::now(), "kind": "live", "n": i as i32})
+                            .await?;
                     }
                     if i % 5 == 0 {
                         let d = (i * 7) % n;
                         mixed.delete_one(doc! {"_id": mixed_id(d)}).await?;
-                        counters.delete_one(doc! {"_id": ((i * 13) % n) as i64}).await?;
+                        counters
+                            .delete_one(doc! {"_id": ((i * 13) % n) as i64})
+                            .await?;
                         events.delete_one(doc! {"kind": "click"}).await?;
                     }
                     // A document that lives and dies during the run.
                     if i % 7 == 0 {
                         let id = Bson::String(format!("ephemeral-{i}"));
-                        counters.insert_one(doc! {"_id": id.clone(), "value": 1i64}).await?;
-                        counters.update_one(doc! {"_id": id.clone()}, doc! {"$set": {"value": 2i64}}).await?;
+                        counters
+                            .insert_one(doc! {"_id": id.clone(), "value": 1i64})
+                            .await?;
+                        counters
+                            .update_one(doc! {"_id": id.clone()}, doc! {"$set": {"value": 2i64}})
+                            .await?;
                         counters.delete_one(doc! {"_id": id}).await?;
                     }
                     Ok::<_, mongodb::error::Error>(())
@@ -428,7 +486,11 @@ pub async fn collections(client: &Client, db: &str) -> BTreeMap<String, (String,
 }
 
 /// Index definitions by name, normalised: `v` and `ns` dropped; `key` kept in order.
-pub async fn indexes(client: &Client, db: &str, coll: &str) -> BTreeMap<String, (Vec<(String, Bson)>, Document)> {
+pub async fn indexes(
+    client: &Client,
+    db: &str,
+    coll: &str,
+) -> BTreeMap<String, (Vec<(String, Bson)>, Document)> {
     let specs: Vec<Document> = client
         .database(db)
         .run_cursor_command(doc! {"listIndexes": coll})

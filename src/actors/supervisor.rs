@@ -24,6 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_CONSECUTIVE_FAILURES: u32 = 30;
 /// How often the cutover window is checked.
 const WINDOW_CHECK: Duration = Duration::from_secs(1);
+/// Tries of the cutover handshake (write block, cutover optime) on transient errors.
+const CUTOVER_ATTEMPTS: u32 = 10;
 
 /// How the run ended.
 #[derive(Clone, Debug)]
@@ -293,16 +295,26 @@ impl Supervisor {
                 self.write_blocked = block;
                 ctx.spawn(
                     async move {
-                        if block {
-                            set_source_write_block(&engine, true)
-                                .await
-                                .map_err(|e| error_chain(&e))?;
+                        // A stepdown or dropped connection right now must not bounce
+                        // the cutover the operator asked for: retry transient errors.
+                        let mut attempt = 0;
+                        loop {
+                            attempt += 1;
+                            let step = async {
+                                if block {
+                                    set_source_write_block(&engine, true).await?;
+                                }
+                                engine.source.append_noop("ferry cutover").await
+                            };
+                            match step.await {
+                                Ok(ts) => return Ok(ts),
+                                Err(e) if e.is_transient() && attempt < CUTOVER_ATTEMPTS => {
+                                    tracing::warn!(error = %error_chain(&e), attempt, "cutover handshake failed; retrying");
+                                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                                }
+                                Err(e) => return Err(error_chain(&e)),
+                            }
                         }
-                        engine
-                            .source
-                            .append_noop("ferry cutover")
-                            .await
-                            .map_err(|e| error_chain(&e))
                     }
                     .into_actor(self)
                     .map(|r, _, ctx| ctx.notify(CutoverStarted(r))),

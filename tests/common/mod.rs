@@ -178,6 +178,38 @@ pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
     .await;
     assert!(reply.is_ok(), "cutover refused: {reply:?}");
     let progress = m.progress.clone();
+    // Poll rather than block, so a cutover that bounces back to ready_for_cutover fails
+    // the test with its reason instead of hanging it. A handshake or verification that
+    // could not run (a fault at that moment) is retried, as an operator would.
+    let deadline = Instant::now() + DEADLINE;
+    let mut retries = 0;
+    while !m.is_finished() {
+        let phase = progress.phase();
+        let error = progress.last_error.read().clone().unwrap_or_default();
+        if phase == Phase::ReadyForCutover {
+            let retryable =
+                error.starts_with("cutover:") || error.starts_with("verification could not run");
+            assert!(
+                retryable && retries < 5,
+                "the cutover went back to ready_for_cutover: {error}"
+            );
+            retries += 1;
+            let reply = request_until_accepted(
+                &m,
+                ferry::control::ControlRequest::Cutover {
+                    writes_stopped: true,
+                },
+            )
+            .await;
+            assert!(reply.is_ok(), "cutover refused: {reply:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the cutover to complete (phase {}, last error {error:?})",
+            phase.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let outcome = wait(m).await;
     assert_eq!(
         outcome.phase,

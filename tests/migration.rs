@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Document};
 use common::*;
 use ferry::control::ControlRequest;
 use ferry::progress::Phase;
@@ -440,5 +440,4 @@ async fn real_clusters_converge() {
         );
     }
     let _ = src.database("ferry_e2e").drop().await;
-    let _: Option<Bson> = None;
 }

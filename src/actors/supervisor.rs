@@ -562,7 +562,7 @@ impl Handler<CutoverStarted> for Supervisor {
             }
             Err(e) => {
                 self.engine.progress.set_error(format!("cutover: {e}"));
-                self.set_phase(ctx, Phase::ReadyForCutover);
+                self.refuse_cutover(ctx);
             }
         }
     }
@@ -624,27 +624,37 @@ impl Handler<Verified> for Supervisor {
                 tracing::error!("{msg}");
                 self.engine.progress.set_error(msg);
                 *self.engine.progress.report.write() = Some(self.build_report(failed));
-                let _ = self.drain_tx.send(None);
-                self.cutover_confirmed = None;
-                if self.write_blocked {
-                    let engine = self.engine.clone();
-                    self.write_blocked = false;
-                    ctx.spawn(async move {
-                        if let Err(e) = set_source_write_block(&engine, false).await {
-                            tracing::error!(error = %error_chain(&e), "could not lift the write block on the source");
-                        }
-                    }.into_actor(self));
-                }
-                self.set_phase(ctx, Phase::ReadyForCutover);
+                self.refuse_cutover(ctx);
             }
             Err(e) => {
                 self.engine
                     .progress
                     .set_error(format!("verification could not run: {e}"));
-                let _ = self.drain_tx.send(None);
-                self.set_phase(ctx, Phase::ReadyForCutover);
+                self.refuse_cutover(ctx);
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// Back to ready_for_cutover after a refused cutover: stop draining and give the
+    /// source its writes back if Ferry blocked them.
+    fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
+        let _ = self.drain_tx.send(None);
+        self.cutover_confirmed = None;
+        if self.write_blocked {
+            let engine = self.engine.clone();
+            self.write_blocked = false;
+            ctx.spawn(
+                async move {
+                    if let Err(e) = set_source_write_block(&engine, false).await {
+                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        self.set_phase(ctx, Phase::ReadyForCutover);
     }
 }
 

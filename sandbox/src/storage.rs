@@ -110,7 +110,9 @@ impl OplogEntry {
         }
         // Inserts keep the document once, as their full document.
         let o = match (&self.kind, &self.full_document) {
-            (EventKind::Insert, Some(full)) if self.o.is_empty() => full.clone(),
+            (EventKind::Insert | EventKind::Replace, Some(full)) if self.o.is_empty() => {
+                full.clone()
+            }
             _ => self.o.clone(),
         };
         d.insert("o", o);
@@ -735,7 +737,8 @@ impl Storage {
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
         let (kind, o, description) = if replacement {
-            (EventKind::Replace, new_doc.clone(), None)
+            // The replacement is kept once, as the event's full document.
+            (EventKind::Replace, Document::new(), None)
         } else {
             let d = crate::query::update::diff(&old, &new_doc);
             let mut o = doc! {"$v": 2};
@@ -758,7 +761,11 @@ impl Storage {
         change.document_key = Some(doc! {"_id": id.clone()});
         change.o2 = Some(doc! {"_id": id.clone()});
         change.update_description = description;
-        change.full_document = Some(new_doc);
+        // An update's post-image is kept only where change streams may show it
+        // (changeStreamPreAndPostImages); updateLookup reads the current document.
+        if replacement || images {
+            change.full_document = Some(new_doc);
+        }
         if images {
             change.pre_image = Some(old);
         }

@@ -118,8 +118,10 @@ async fn main() {
 
     let config = ferry::config::from_toml_str(
         &format!(
-            "[source]\nuri = \"{}\"\n[destination]\nuri = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n",
-            source.uri, destination.uri
+            "[source]\nuri = \"{}\"\n[destination]\nuri = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n{}",
+            source.uri,
+            destination.uri,
+            std::env::var("FERRY_BENCH_EXTRA_TOML").unwrap_or_default().replace("\\n", "\n")
         ),
         &|_| None,
     )

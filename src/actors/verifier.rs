@@ -84,29 +84,10 @@ impl HashPool {
             return Ok(Digest::default());
         };
         let (result_tx, result_rx) = crossbeam_channel::unbounded::<Digest>();
-        let mut cursor = cluster
-            .client
-            .database(db)
-            .collection::<RawDocumentBuf>(coll)
-            .find(doc! {})
-            .batch_size(HASH_BATCH as u32)
-            .await
-            .map_err(|source| ClusterError::Command {
-                side: cluster.side,
-                action: format!("scan {db}.{coll}"),
-                source,
-            })?;
+        let mut scan = Scan::open(cluster, db, coll).await?;
         let mut batch = Vec::with_capacity(HASH_BATCH);
         let mut sent = 0usize;
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(|source| ClusterError::Command {
-                side: cluster.side,
-                action: format!("scan {db}.{coll}"),
-                source,
-            })?
-        {
+        while let Some(d) = scan.next().await? {
             batch.push(d);
             if batch.len() == HASH_BATCH {
                 let job = (std::mem::take(&mut batch), result_tx.clone());
@@ -146,6 +127,47 @@ impl Drop for HashPool {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// Every document of a collection on one side, as raw BSON.
+struct Scan<'a> {
+    cluster: &'a Cluster,
+    action: String,
+    cursor: mongodb::Cursor<RawDocumentBuf>,
+}
+
+impl<'a> Scan<'a> {
+    async fn open(cluster: &'a Cluster, db: &str, coll: &str) -> Result<Scan<'a>, ClusterError> {
+        let action = format!("scan {db}.{coll}");
+        let cursor = cluster
+            .client
+            .database(db)
+            .collection::<RawDocumentBuf>(coll)
+            .find(doc! {})
+            .batch_size(HASH_BATCH as u32)
+            .await
+            .map_err(|source| ClusterError::Command {
+                side: cluster.side,
+                action: action.clone(),
+                source,
+            })?;
+        Ok(Scan {
+            cluster,
+            action,
+            cursor,
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<RawDocumentBuf>, ClusterError> {
+        self.cursor
+            .try_next()
+            .await
+            .map_err(|source| ClusterError::Command {
+                side: self.cluster.side,
+                action: self.action.clone(),
+                source,
+            })
     }
 }
 
@@ -333,27 +355,9 @@ async fn id_hashes(
     db: &str,
     coll: &str,
 ) -> Result<HashMap<Vec<u8>, (u128, String)>, ClusterError> {
-    let mut cursor = cluster
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll)
-        .find(doc! {})
-        .await
-        .map_err(|source| ClusterError::Command {
-            side: cluster.side,
-            action: format!("scan {db}.{coll}"),
-            source,
-        })?;
+    let mut scan = Scan::open(cluster, db, coll).await?;
     let mut out = HashMap::new();
-    while let Some(d) = cursor
-        .try_next()
-        .await
-        .map_err(|source| ClusterError::Command {
-            side: cluster.side,
-            action: format!("scan {db}.{coll}"),
-            source,
-        })?
-    {
+    while let Some(d) = scan.next().await? {
         let id = d.get("_id").ok().flatten();
         let (key, shown) = match id {
             Some(v) => {

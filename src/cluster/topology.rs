@@ -11,7 +11,7 @@ use bson::{doc, Bson, Document, Timestamp};
 use super::{Cluster, ClusterError};
 
 /// Databases that never count as user data: the server's own and Ferry's bookkeeping.
-pub const INTERNAL_DATABASES: [&str; 4] = ["admin", "local", "config", "__ferry"];
+pub const INTERNAL_DATABASES: [&str; 4] = crate::config::NEVER_MIGRATED_DATABASES;
 
 /// How the deployment is organised, as its `hello` reply (and, for mongos, `listShards`)
 /// describes it.
@@ -408,23 +408,9 @@ async fn oplog_edge(cluster: &Cluster, sort: Document) -> Result<Option<Timestam
 /// Databases other than [`INTERNAL_DATABASES`] that hold at least one collection or view,
 /// sorted by name.
 pub async fn user_databases(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
-    let reply = cluster
-        .run("admin", doc! {"listDatabases": 1, "nameOnly": true})
+    let names = cluster
+        .database_names(&crate::config::NamespaceFilter::allow_all())
         .await?;
-    let mut names: Vec<String> = reply
-        .get_array("databases")
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| {
-                    d.as_document()
-                        .and_then(|d| d.get_str("name").ok())
-                        .map(String::from)
-                })
-                .filter(|n| !INTERNAL_DATABASES.contains(&n.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
     let mut with_data = Vec::new();
     for name in names {
         let collections = cluster

@@ -234,6 +234,19 @@ impl Supervisor {
         let _ = self.paused_tx.send(false);
     }
 
+    /// While copying, no change is applied yet: the destination is as far behind as the
+    /// start time, so that is the lag shown.
+    fn report_copy_lag(&self) {
+        if self.phase() != Phase::Copying {
+            return;
+        }
+        if let Some(start) = self.state.start_ts {
+            let lag = (unix_now() - start.time as i64).max(0);
+            self.engine.progress.lag_ms.store(lag * 1000, Ordering::Relaxed);
+            crate::metrics::record_lag(lag as f64);
+        }
+    }
+
     fn check_window(&mut self, ctx: &mut Context<Self>) {
         let Some(expires) = self.state.window_expires_at else {
             return;
@@ -430,7 +443,10 @@ impl Actor for Supervisor {
             .progress
             .events_applied
             .store(self.state.events_applied, Ordering::Relaxed);
-        ctx.run_interval(WINDOW_CHECK, |act, ctx| act.check_window(ctx));
+        ctx.run_interval(WINDOW_CHECK, |act, ctx| {
+            act.report_copy_lag();
+            act.check_window(ctx);
+        });
         if self.state.copy_complete {
             self.engine.progress.set_phase(Phase::Syncing);
             // The plan tells the report what was copied.

@@ -242,7 +242,10 @@ impl Supervisor {
         }
         if let Some(start) = self.state.start_ts {
             let lag = (unix_now() - start.time as i64).max(0);
-            self.engine.progress.lag_ms.store(lag * 1000, Ordering::Relaxed);
+            self.engine
+                .progress
+                .lag_ms
+                .store(lag * 1000, Ordering::Relaxed);
             crate::metrics::record_lag(lag as f64);
         }
     }

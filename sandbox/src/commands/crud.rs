@@ -182,6 +182,7 @@ fn update_statement(
     multi: bool,
     sort: Option<&SortSpec>,
     bypass: bool,
+    images: bool,
 ) -> CmdResult<UpdateOutcome> {
     let spec = UpdateSpec::parse(update)?;
     let replacement = matches!(spec, UpdateSpec::Replacement(_));
@@ -203,18 +204,26 @@ fn update_statement(
         first: None,
     };
     for id in ids {
-        let Some(old) = get_doc(storage, db, coll, &id) else {
-            continue;
+        let (new, old) = {
+            let Some(old) = storage
+                .collection(db, coll)
+                .and_then(|c| c.docs.get(&OrdBson(id.clone())))
+            else {
+                continue;
+            };
+            let new = spec.apply(old, query, false)?;
+            validate(storage, db, coll, &new, Some(old), bypass)?;
+            let keep = images && out.first.is_none();
+            (new, keep.then(|| old.clone()))
         };
-        let new = spec.apply(&old, query, false)?;
-        validate(storage, db, coll, &new, Some(&old), bypass)?;
-        let changed = storage.update(db, coll, &id, new.clone(), replacement)?;
+        let first = old.map(|old| (Some(old), new.clone()));
+        let changed = storage.update(db, coll, &id, new, replacement)?;
         out.matched += 1;
         if changed {
             out.modified += 1;
         }
-        if out.first.is_none() {
-            out.first = Some((Some(old), new));
+        if first.is_some() {
+            out.first = first;
         }
     }
     if out.matched == 0 && upsert {
@@ -235,11 +244,12 @@ fn update_statement(
             }
         }
         validate(storage, db, coll, &new, None, bypass)?;
-        let id = storage.insert(db, coll, new.clone())?;
+        let id = storage.insert(db, coll, new)?;
         out.matched = 0;
         out.upserted = Some(id.clone());
-        let stored = get_doc(storage, db, coll, &id).unwrap_or(new);
-        out.first = Some((None, stored));
+        if images {
+            out.first = get_doc(storage, db, coll, &id).map(|stored| (None, stored));
+        }
     }
     Ok(out)
 }
@@ -284,6 +294,7 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
                 stmt.get_bool("multi").unwrap_or(false),
                 None,
                 bypass,
+                false,
             )
         })();
         match result {
@@ -410,6 +421,7 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         false,
         sort.as_ref(),
         bypasses_validation(ctx.cmd),
+        true,
     )?;
     let mut last = doc! {"n": if o.upserted.is_some() { 1 } else { o.matched as i32 }, "updatedExisting": o.matched > 0};
     if let Some(id) = &o.upserted {

@@ -28,6 +28,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Compare source and destination now: counts, content hashes, indexes, options.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also compare unique and TTL index options (they are made effective at cutover).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Show a running migration's phase, copy progress, lag and cutover window.
     Status(ferry::cli::StatusArgs),
     /// Hand over to the destination; run only after application writes have stopped.
@@ -49,6 +57,9 @@ fn main() -> ExitCode {
         Command::Run { config } => ferry::run::run_command(&config),
         Command::Demo => ferry::demo::demo_command(),
         Command::Validate { config } => ferry::preflight::validate_command(&config),
+        Command::Verify { config, strict } => {
+            ferry::actors::verifier::verify_command(&config, strict)
+        }
         Command::Status(args) => ferry::cli::status_command(args),
         Command::Cutover(api) => {
             ferry::cli::control_command(api, ferry::cli::ControlAction::Cutover)

@@ -407,3 +407,73 @@ async fn locate(
     }
     Ok(None)
 }
+
+/// `ferry verify --config F [--strict]`: compares both sides now and prints every
+/// mismatch; exit 0 when they match. Meaningful once writes to the source have stopped.
+pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        use crate::cluster::Side;
+        let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
+        let destination =
+            Cluster::connect(Side::Destination, &config.destination.connection()).await?;
+        let filter = config
+            .namespace_filter()
+            .map_err(|e| ClusterError::Command {
+                side: Side::Source,
+                action: format!("namespace filter: {e}"),
+                source: mongodb::error::Error::custom(e.to_string()),
+            })?;
+        let checkpoints = crate::checkpoint::Checkpoints::new(
+            destination.clone(),
+            crate::preflight::lock_owner(&config),
+        );
+        let engine = std::sync::Arc::new(super::Engine {
+            config: config.clone(),
+            source,
+            destination,
+            filter,
+            checkpoints,
+            progress: crate::progress::Progress::new(),
+        });
+        verify(&engine, strict).await
+    });
+    match result {
+        Ok(v) if v.passed => {
+            println!(
+                "verification passed: {} namespaces, {} documents",
+                v.namespaces_checked, v.documents_checked
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("verification FAILED: {} mismatches", v.mismatches.len());
+            for m in &v.mismatches {
+                println!("  {} [{}]: {}", m.namespace, m.kind, m.detail);
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {}", crate::cluster::describe_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -361,7 +361,7 @@ impl ChangeStream {
                     entry
                         .full_document
                         .clone()
-                        .map(Bson::Document)
+                        .map(|d| Bson::Document(Document::clone(&d)))
                         .unwrap_or(Bson::Null),
                 );
             }
@@ -391,7 +391,10 @@ impl ChangeStream {
                             });
                         ev.insert(
                             "fullDocument",
-                            current.cloned().map(Bson::Document).unwrap_or(Bson::Null),
+                            current
+                                .cloned()
+                                .map(|d| Bson::Document(Document::clone(&d)))
+                                .unwrap_or(Bson::Null),
                         );
                     }
                     FullDocument::WhenAvailable | FullDocument::Required => {
@@ -405,7 +408,8 @@ impl ChangeStream {
                         }
                         ev.insert(
                             "fullDocument",
-                            post.map(Bson::Document).unwrap_or(Bson::Null),
+                            post.map(|d| Bson::Document(Document::clone(&d)))
+                                .unwrap_or(Bson::Null),
                         );
                     }
                 }

@@ -3,6 +3,7 @@
 //! oplog entry in the same call, so the data and its history can never disagree.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use bson::{doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, Timestamp};
 
@@ -74,7 +75,7 @@ pub struct OplogEntry {
     pub uuid: Option<Binary>,
     pub document_key: Option<Document>,
     /// Inserted or replacing document; for updates the post-image.
-    pub full_document: Option<Document>,
+    pub full_document: Option<Arc<Document>>,
     /// Pre-image, kept only when the collection has changeStreamPreAndPostImages enabled.
     pub pre_image: Option<Document>,
     pub update_description: Option<UpdateDescription>,
@@ -111,7 +112,7 @@ impl OplogEntry {
         // Inserts keep the document once, as their full document.
         let o = match (&self.kind, &self.full_document) {
             (EventKind::Insert | EventKind::Replace, Some(full)) if self.o.is_empty() => {
-                full.clone()
+                Document::clone(full)
             }
             _ => self.o.clone(),
         };
@@ -373,7 +374,7 @@ pub struct Collection {
     pub uuid: Binary,
     /// Options as given to create (and changed by collMod), reported by listCollections.
     pub options: Document,
-    pub docs: BTreeMap<OrdBson, Document>,
+    pub docs: BTreeMap<OrdBson, Arc<Document>>,
     pub indexes: Vec<Index>,
 }
 
@@ -408,7 +409,7 @@ impl Collection {
     pub fn data_size(&self) -> u64 {
         self.docs
             .values()
-            .map(|d| bson::to_vec(d).map(|v| v.len() as u64).unwrap_or(0))
+            .map(|d| bson::to_vec(&**d).map(|v| v.len() as u64).unwrap_or(0))
             .sum()
     }
 }
@@ -468,7 +469,7 @@ struct Change {
     coll: String,
     uuid: Option<Binary>,
     document_key: Option<Document>,
-    full_document: Option<Document>,
+    full_document: Option<Arc<Document>>,
     pre_image: Option<Document>,
     update_description: Option<UpdateDescription>,
     to: Option<(String, String)>,
@@ -675,6 +676,8 @@ impl Storage {
         for index in &mut c.indexes {
             index.add(&doc, &id);
         }
+        // The collection and the oplog share the one copy.
+        let doc = Arc::new(doc);
         c.docs.insert(id, doc.clone());
         let uuid = c.uuid.clone();
         let mut change = Change::new(EventKind::Insert, db, coll, Document::new());
@@ -706,7 +709,7 @@ impl Storage {
             .get(&key)
             .cloned()
             .ok_or_else(|| CommandError::new(codes::NO_SUCH_KEY, "document vanished"))?;
-        if old == new_doc {
+        if *old == new_doc {
             return Ok(false);
         }
         if let Some(new_id) = new_doc.get("_id") {
@@ -733,6 +736,7 @@ impl Storage {
         for index in &mut c.indexes {
             index.add(&new_doc, &key);
         }
+        let new_doc = Arc::new(new_doc);
         c.docs.insert(key, new_doc.clone());
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
@@ -767,7 +771,7 @@ impl Storage {
             change.full_document = Some(new_doc);
         }
         if images {
-            change.pre_image = Some(old);
+            change.pre_image = Some(Arc::unwrap_or_clone(old));
         }
         self.append(change);
         Ok(true)
@@ -791,7 +795,7 @@ impl Storage {
         change.uuid = Some(uuid);
         change.document_key = Some(doc! {"_id": id.clone()});
         if images {
-            change.pre_image = Some(old);
+            change.pre_image = Some(Arc::unwrap_or_clone(old));
         }
         self.append(change);
         true

@@ -229,7 +229,11 @@ pub fn db_hash(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             if c.is_view() || wanted.as_ref().is_some_and(|w| !w.contains(name)) {
                 continue;
             }
-            let hash = md5_hex(c.docs.values().map(|d| bson::to_vec(d).unwrap_or_default()));
+            let hash = md5_hex(
+                c.docs
+                    .values()
+                    .map(|d| bson::to_vec(&**d).unwrap_or_default()),
+            );
             collections.insert(name.clone(), hash);
             uuids.insert(name.clone(), c.uuid.clone());
         }

@@ -146,7 +146,12 @@ pub fn matching_ids(
             .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
             .collect(),
         Some(s) => {
-            let mut docs: Vec<&Document> = c.docs.values().filter(|d| matcher.matches(d)).collect();
+            let mut docs: Vec<&Document> = c
+                .docs
+                .values()
+                .map(|d| &**d)
+                .filter(|d| matcher.matches(d))
+                .collect();
             docs.sort_by(|a, b| s.compare(a, b));
             docs.into_iter()
                 .take(limit.unwrap_or(usize::MAX))
@@ -159,7 +164,7 @@ pub fn matching_ids(
 fn get_doc(storage: &Storage, db: &str, coll: &str, id: &Bson) -> Option<Document> {
     storage
         .collection(db, coll)
-        .and_then(|c| c.docs.get(&OrdBson(id.clone())).cloned())
+        .and_then(|c| c.docs.get(&OrdBson(id.clone())).map(|d| Document::clone(d)))
 }
 
 /// Outcome of one update statement.
@@ -214,7 +219,7 @@ fn update_statement(
             let new = spec.apply(old, query, false)?;
             validate(storage, db, coll, &new, Some(old), bypass)?;
             let keep = images && out.first.is_none();
-            (new, keep.then(|| old.clone()))
+            (new, keep.then(|| Document::clone(old)))
         };
         let first = old.map(|old| (Some(old), new.clone()));
         let changed = storage.update(db, coll, &id, new, replacement)?;

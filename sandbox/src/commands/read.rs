@@ -178,7 +178,7 @@ fn source_documents_in(
             }
             Ok(c.docs
                 .range((lo, hi))
-                .map(|(_, d)| d)
+                .map(|(_, d)| &**d)
                 .filter(|d| matcher.matches(d))
                 .cloned()
                 .collect())
@@ -188,6 +188,7 @@ fn source_documents_in(
                 return Ok(c
                     .docs
                     .get(&crate::query::order::OrdBson(id.clone()))
+                    .map(|d| &**d)
                     .filter(|d| matcher.matches(d))
                     .cloned()
                     .into_iter()
@@ -195,6 +196,7 @@ fn source_documents_in(
             }
             Ok(c.docs
                 .values()
+                .map(|d| &**d)
                 .filter(|d| matcher.matches(d))
                 .cloned()
                 .collect())

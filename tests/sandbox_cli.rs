@@ -51,3 +51,50 @@ fn cli_prints_ready_and_exits_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+/// `--oplog-max-events N` keeps only the newest N oplog entries: resuming a change stream
+/// from before them fails with ChangeStreamHistoryLost (286), as on a rolled-over oplog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_oplog_max_events_loses_old_history() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sandbox", "--port", "0", "--oplog-max-events", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry sandbox");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("ready line");
+    let uri = line
+        .trim()
+        .strip_prefix("ready ")
+        .expect("ready line")
+        .to_string();
+    let client = mongodb::Client::with_uri_str(&uri).await.expect("client");
+    let hello = client
+        .database("admin")
+        .run_command(bson::doc! {"ping": 1})
+        .await
+        .expect("ping");
+    let before = hello.get_timestamp("operationTime").expect("operationTime");
+    let coll = client.database("t").collection::<bson::Document>("c");
+    for i in 0..20 {
+        coll.insert_one(bson::doc! {"_id": i})
+            .await
+            .expect("insert");
+    }
+    let err = coll
+        .watch()
+        .start_at_operation_time(before)
+        .await
+        .expect_err("history before the newest 5 entries is gone");
+    let code = match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => c.code,
+        other => panic!("unexpected error {other:?}"),
+    };
+    assert_eq!(code, 286, "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -381,3 +381,20 @@ async fn append_oplog_note_advances_operation_time() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn end_and_kill_sessions_are_accepted() {
+    let sb = start();
+    let client = client(&sb).await;
+    let lsid = doc! {"id": mongodb::bson::Binary{subtype: mongodb::bson::spec::BinarySubtype::Uuid, bytes: vec![3;16]}};
+    let r = run(&client, "admin", doc! {"endSessions": [lsid.clone()]})
+        .await
+        .unwrap();
+    assert_eq!(as_i64(r.get("ok")), 1);
+    let r = run(&client, "admin", doc! {"killSessions": [lsid]})
+        .await
+        .unwrap();
+    assert_eq!(as_i64(r.get("ok")), 1);
+    // The driver's own endSessions on shutdown is answered too.
+    client.shutdown().await;
+}

@@ -339,6 +339,16 @@ async fn aggregation_stages() {
     assert_eq!(grouped[0].get_f64("avg"), Ok(1.5));
     assert_eq!(as_i64(grouped[0].get("cnt")), 2);
     assert_eq!(as_i64(grouped[1].get("mx")), 5);
+    // $first/$last follow the input order, $min the BSON order.
+    let ordered = run_agg(vec![
+        doc! {"$sort": {"_id": 1}},
+        doc! {"$group": {"_id": "$g", "first": {"$first": "$_id"}, "last": {"$last": "$_id"}, "mn": {"$min": "$n"}}},
+        doc! {"$sort": {"_id": 1}},
+    ])
+    .await;
+    assert_eq!(as_i64(ordered[0].get("first")), 1);
+    assert_eq!(as_i64(ordered[0].get("last")), 2);
+    assert_eq!(as_i64(ordered[0].get("mn")), 1);
     let unwound = run_agg(vec![doc! {"$unwind": "$tags"}, doc! {"$count": "n"}]).await;
     assert_eq!(unwound, vec![doc! {"n": 3}]);
     let projected = run_agg(vec![

@@ -81,7 +81,7 @@ pub struct NamespaceProgress {
 #[derive(Default)]
 pub struct Progress {
     pub phase: RwLock<Option<Phase>>,
-    /// Phase to return to when resumed from pause.
+    /// Copy and apply progress per namespace ("db.coll").
     pub namespaces: DashMap<String, NamespaceProgress>,
     pub documents_copied: AtomicU64,
     pub bytes_copied: AtomicU64,

@@ -221,7 +221,7 @@ async fn drive(
                 let started_at = unix_now();
                 engine
                     .checkpoints
-                    .set_state(doc! {"start_ts": start_ts, "started_at": started_at, "copy_complete": false, "planned": false, "events_applied": 0i64})
+                    .set_state(doc! {"start_ts": start_ts, "started_at": started_at, "copy_complete": false, "events_applied": 0i64})
                     .await?;
                 engine.checkpoints.load_state().await?.unwrap_or_default()
             }

@@ -713,7 +713,7 @@ impl Storage {
             return Ok(false);
         }
         if let Some(new_id) = new_doc.get("_id") {
-            if !crate::query::order::values_equal(new_id, id) || new_id != id {
+            if new_id != id {
                 return Err(CommandError::new(
                     codes::IMMUTABLE_FIELD,
                     "Performing an update on the path '_id' would modify the immutable field '_id'",

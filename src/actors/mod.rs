@@ -67,6 +67,4 @@ impl ActorFailure {
 }
 
 /// "outer: inner: innermost" for an error and its sources.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    crate::cluster::describe_error(error)
-}
+pub use crate::cluster::describe_error as error_chain;

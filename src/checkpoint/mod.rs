@@ -27,8 +27,6 @@ pub const LOCK_LEASE_SECONDS: i64 = 60;
 pub struct RunState {
     /// Cluster time captured before the first document was copied.
     pub start_ts: Option<Timestamp>,
-    /// The copy plan is stored and destination collections exist.
-    pub planned: bool,
     /// Every range of every planned collection is copied.
     pub copy_complete: bool,
     /// Resume token after the last fully applied batch (None: start at `start_ts`).

@@ -283,9 +283,7 @@ fn named(kind: &str, side: Side) -> String {
 }
 
 /// The error and its causes, for an operator to read.
-fn describe(e: &ClusterError) -> String {
-    crate::cluster::describe_error(e)
-}
+use crate::cluster::describe_error as describe;
 
 fn is_auth_failure(e: &ClusterError) -> bool {
     use mongodb::error::ErrorKind;

@@ -4,7 +4,8 @@
 //! - change apply events/s vs the same ceiling;
 //! - peak resident memory of the Ferry process (the sandboxes run as child processes).
 //!
-//! Run: `cargo bench --bench migration` (optionally `FERRY_BENCH_DOCS=N`).
+//! Run: `cargo bench --bench migration` (optionally `FERRY_BENCH_DOCS=N`,
+//! `FERRY_BENCH_EXTRA_TOML="[copy]\\nbatch_max_documents = 1000"`, `FERRY_BENCH_LOG=info`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -99,6 +100,10 @@ async fn wait_for(progress: &ferry::progress::SharedProgress, what: &str, done: 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    ferry::memory::tune_allocator();
+    if let Ok(level) = std::env::var("FERRY_BENCH_LOG") {
+        ferry::logging::init(&level, false);
+    }
     let n: usize = std::env::var("FERRY_BENCH_DOCS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -10,6 +10,7 @@
 //! - [`progress`]: the shared view of a running migration; [`api`] serves it over HTTP.
 //! - [`control`]: operator requests from the API to the supervisor.
 //! - [`metrics`], [`report`], [`notify`], [`logging`]: what an operator sees.
+//! - [`memory`]: allocator tuning for batch-sized buffers.
 //! - [`sandbox`], [`demo`]: the in-memory replica set from the CLI, and a whole demo run.
 
 pub mod actors;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;

@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ferry::memory::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Sandbox(args) => ferry::sandbox::run(args),

@@ -254,7 +254,7 @@ impl ChangeStream {
             last_token = Some(token);
             if self.filter.as_ref().is_none_or(|m| m.matches(&event)) {
                 let event = self.apply_stages(event)?;
-                bytes += bson::to_vec(&event).map(|v| v.len()).unwrap_or(0);
+                bytes += crate::storage::encoded_size(&event);
                 events.push(event);
             }
             if invalidates {

@@ -407,11 +407,51 @@ impl Collection {
     }
     /// Sum of the BSON sizes of all documents.
     pub fn data_size(&self) -> u64 {
-        self.docs
-            .values()
-            .map(|d| bson::to_vec(&**d).map(|v| v.len() as u64).unwrap_or(0))
-            .sum()
+        self.docs.values().map(|d| encoded_size(d) as u64).sum()
     }
+}
+
+/// The BSON size of a document, computed without encoding it.
+pub fn encoded_size(doc: &Document) -> usize {
+    5 + doc
+        .iter()
+        .map(|(k, v)| 2 + k.len() + value_size(v))
+        .sum::<usize>()
+}
+
+fn value_size(v: &Bson) -> usize {
+    let string = |s: &str| 5 + s.len();
+    match v {
+        Bson::Double(_) | Bson::DateTime(_) | Bson::Timestamp(_) | Bson::Int64(_) => 8,
+        Bson::String(s) | Bson::JavaScriptCode(s) | Bson::Symbol(s) => string(s),
+        Bson::Document(d) => encoded_size(d),
+        Bson::Array(a) => {
+            5 + a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| 2 + decimal_digits(i) + value_size(v))
+                .sum::<usize>()
+        }
+        Bson::Binary(b) if b.subtype == BinarySubtype::BinaryOld => 9 + b.bytes.len(),
+        Bson::Binary(b) => 5 + b.bytes.len(),
+        Bson::ObjectId(_) => 12,
+        Bson::Boolean(_) => 1,
+        Bson::RegularExpression(r) => r.pattern.len() + r.options.len() + 2,
+        Bson::DbPointer(_) => bson::to_vec(&doc! {"": v.clone()}).map_or(0, |b| b.len() - 7),
+        Bson::JavaScriptCodeWithScope(c) => 4 + string(&c.code) + encoded_size(&c.scope),
+        Bson::Int32(_) => 4,
+        Bson::Decimal128(_) => 16,
+        Bson::Null | Bson::Undefined | Bson::MaxKey | Bson::MinKey => 0,
+    }
+}
+
+fn decimal_digits(mut i: usize) -> usize {
+    let mut n = 1;
+    while i >= 10 {
+        i /= 10;
+        n += 1;
+    }
+    n
 }
 
 pub fn new_uuid() -> Binary {
@@ -1152,5 +1192,29 @@ pub fn type_name(v: &Bson) -> &'static str {
         Bson::Decimal128(_) => "decimal",
         Bson::MinKey => "minKey",
         Bson::MaxKey => "maxKey",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{Decimal128, JavaScriptCodeWithScope, Regex};
+
+    #[test]
+    fn encoded_size_matches_the_encoder_for_every_type() {
+        let many: Vec<Bson> = (0..120).map(Bson::Int32).collect();
+        let d = doc! {
+            "_id": ObjectId::new(), "d": 1.5, "s": "héllo", "doc": {"a": {"b": [1, "x"]}},
+            "arr": many, "bin": Binary {subtype: BinarySubtype::Generic, bytes: vec![1, 2, 3]},
+            "old": Binary {subtype: BinarySubtype::BinaryOld, bytes: vec![1, 2]},
+            "t": true, "dt": DateTime::now(), "null": Bson::Null, "undef": Bson::Undefined,
+            "re": Regex {pattern: "a.*b".into(), options: "i".into()},
+            "js": Bson::JavaScriptCode("f()".into()), "sym": Bson::Symbol("s".into()),
+            "jsw": JavaScriptCodeWithScope {code: "g()".into(), scope: doc! {"x": 1}},
+            "i32": 7, "ts": Timestamp {time: 1, increment: 2}, "i64": 9i64,
+            "dec": Decimal128::from_bytes([0; 16]), "min": Bson::MinKey, "max": Bson::MaxKey,
+        };
+        assert_eq!(encoded_size(&d), bson::to_vec(&d).unwrap().len());
+        assert_eq!(encoded_size(&Document::new()), 5);
     }
 }

@@ -32,7 +32,7 @@ fn take_batch(docs: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
     let mut bytes = 0;
     while out.len() < limit {
         let Some(d) = docs.pop_front() else { break };
-        bytes += bson::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+        bytes += crate::storage::encoded_size(&d);
         out.push(d);
         if bytes >= MAX_BATCH_BYTES {
             break;
@@ -382,13 +382,59 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         )
     })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
-    let input = {
+    let (input, stages) = {
         let storage = ctx.server.storage.lock();
-        source_documents(&storage, &ctx.db, &coll, &Matcher::new(&Document::new())?)?
+        match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
+            Some(sampled) => (sampled, &pipeline[1..]),
+            None => (
+                source_documents(&storage, &ctx.db, &coll, &Matcher::new(&Document::new())?)?,
+                &pipeline[..],
+            ),
+        }
     };
-    let out = crate::query::aggregate::run_pipeline(input, &pipeline)?;
+    let out = crate::query::aggregate::run_pipeline(input, stages)?;
     let ns = ctx.ns(&coll);
     Ok(cursor_reply(ctx, ns, out, batch_size))
+}
+
+/// A leading `$sample` on a collection picks its documents straight from storage, as the
+/// server's random cursor does, instead of materializing the whole collection first.
+fn sample_first(
+    storage: &Storage,
+    db: &str,
+    coll: &str,
+    pipeline: &[Document],
+) -> CmdResult<Option<Vec<Document>>> {
+    let Some(spec) = pipeline
+        .first()
+        .and_then(|s| s.get_document("$sample").ok())
+    else {
+        return Ok(None);
+    };
+    let Some(c) = storage.collection(db, coll).filter(|c| !c.is_view()) else {
+        return Ok(None);
+    };
+    let Some(size) = spec.get("size").and_then(as_usize) else {
+        // Let the pipeline report the bad argument.
+        return Ok(None);
+    };
+    use rand::{seq::SliceRandom, Rng};
+    let mut rng = rand::thread_rng();
+    let mut chosen: Vec<&Arc<Document>> = Vec::with_capacity(size.min(c.docs.len()));
+    for (seen, d) in c.docs.values().enumerate() {
+        if chosen.len() < size {
+            chosen.push(d);
+        } else {
+            let j = rng.gen_range(0..=seen);
+            if j < size {
+                chosen[j] = d;
+            }
+        }
+    }
+    chosen.shuffle(&mut rng);
+    Ok(Some(
+        chosen.into_iter().map(|d| Document::clone(d)).collect(),
+    ))
 }
 
 fn open_change_stream(

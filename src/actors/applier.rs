@@ -1,12 +1,21 @@
 //! Applier: one actor per namespace applying change events in stream order, idempotently.
-//! insert/replace/update -> replace-by-key with upsert (update events carry the looked-up
-//! document), delete -> delete by key. DDL events are applied by [`apply_ddl`] at a
-//! barrier, when every applier is idle.
+//! Events stay raw BSON from the source cursor to the destination command: nothing is
+//! decoded that is only passed on.
+//! - insert -> insert; a duplicate key means the document is already there (copied, or
+//!   applied before a restart), so it is replaced by key with upsert instead;
+//! - replace/update -> replace by key with upsert (update events carry the looked-up
+//!   document);
+//! - delete -> delete by key.
+//!
+//! Consecutive statements of one kind go in one command; a change of kind ends it, so
+//! the events of one document are applied in order. DDL events are applied by
+//! [`apply_ddl`] at a barrier, when every applier is idle.
 
 use std::time::Instant;
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document};
+use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument};
+use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 
 use super::SharedEngine;
 use crate::cluster::ClusterError;
@@ -15,6 +24,8 @@ use crate::cluster::ClusterError;
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 /// Most statements in one write command (the server allows 100k).
 const MAX_STATEMENTS: usize = 10_000;
+/// The server's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -43,10 +54,11 @@ impl ApplyError {
     }
 }
 
-/// Events of one namespace, in stream order. Replies with how many were applied.
+/// Events of one namespace, in stream order, as raw BSON. Replies with how many were
+/// applied.
 #[derive(Message)]
 #[rtype(result = "Result<u64, ApplyError>")]
-pub struct ApplyEvents(pub Vec<Document>);
+pub struct ApplyEvents(pub Vec<RawDocumentBuf>);
 
 pub struct Applier {
     engine: SharedEngine,
@@ -78,13 +90,26 @@ impl Handler<ApplyEvents> for Applier {
     }
 }
 
-/// A write statement of one kind; consecutive statements of a kind go in one command.
-enum Statement {
-    Upsert(Document),
-    Delete(Document),
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Insert,
+    Upsert,
+    Delete,
 }
 
-fn statement_of(ns: &str, event: &Document) -> Result<Option<Statement>, ApplyError> {
+/// One write statement: for inserts the document (with its key, for the fallback), for
+/// the others the statement itself.
+struct Statement {
+    kind: Kind,
+    body: RawDocumentBuf,
+    key: Option<RawDocumentBuf>,
+}
+
+fn upsert_statement(key: &RawDocument, full: &RawDocument) -> RawDocumentBuf {
+    rawdoc! {"q": key.to_raw_document_buf(), "u": full.to_raw_document_buf(), "upsert": true}
+}
+
+fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, ApplyError> {
     let malformed = |field| ApplyError::Malformed {
         ns: ns.to_string(),
         field,
@@ -96,24 +121,47 @@ fn statement_of(ns: &str, event: &Document) -> Result<Option<Statement>, ApplyEr
     let key = event
         .get_document("documentKey")
         .map_err(|_| malformed("documentKey"))?;
-    match op {
-        "insert" | "replace" | "update" => match event.get("fullDocument") {
-            Some(Bson::Document(full)) => Ok(Some(Statement::Upsert(
-                doc! {"q": key.clone(), "u": full.clone(), "upsert": true},
-            ))),
-            // The document is gone by the time of the lookup; its delete event follows.
-            _ if op == "update" => Ok(None),
-            _ => Err(malformed("fullDocument")),
-        },
-        "delete" => Ok(Some(Statement::Delete(doc! {"q": key.clone(), "limit": 1}))),
+    let full = match event.get("fullDocument") {
+        Ok(Some(RawBsonRef::Document(d))) => Some(d),
+        _ => None,
+    };
+    match (op, full) {
+        ("insert", Some(full)) => Ok(Some(Statement {
+            kind: Kind::Insert,
+            body: full.to_raw_document_buf(),
+            key: Some(key.to_raw_document_buf()),
+        })),
+        ("replace" | "update", Some(full)) => Ok(Some(Statement {
+            kind: Kind::Upsert,
+            body: upsert_statement(key, full),
+            key: None,
+        })),
+        // The document is gone by the time of the lookup; its delete event follows.
+        ("update", None) => Ok(None),
+        ("insert" | "replace", None) => Err(malformed("fullDocument")),
+        ("delete", _) => Ok(Some(Statement {
+            kind: Kind::Delete,
+            body: rawdoc! {"q": key.to_raw_document_buf(), "limit": 1},
+            key: None,
+        })),
         _ => Ok(None),
     }
 }
 
-fn short(event: &Document) -> String {
-    let mut s = event.to_string();
+fn short(event: &RawDocument) -> String {
+    let mut s = Document::try_from(event)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|e| format!("<undecodable event: {e}>"));
     s.truncate(300);
     s
+}
+
+/// Statements of one kind waiting to be sent as one command.
+struct Run {
+    kind: Kind,
+    bodies: Vec<RawDocumentBuf>,
+    keys: Vec<RawDocumentBuf>,
+    bytes: usize,
 }
 
 /// Applies CRUD events of one namespace in order. Returns how many events were applied.
@@ -121,85 +169,156 @@ pub async fn apply_events(
     engine: &SharedEngine,
     db: &str,
     coll: &str,
-    events: Vec<Document>,
+    events: Vec<RawDocumentBuf>,
 ) -> Result<u64, ApplyError> {
     let ns = format!("{db}.{coll}");
     let started = Instant::now();
     let count = events.len() as u64;
-    let mut run: Vec<Document> = Vec::new();
-    let mut run_is_delete = false;
-    let mut run_bytes = 0usize;
+    let target = Target {
+        engine,
+        db,
+        coll,
+        ns: &ns,
+    };
+    let mut run = Run {
+        kind: Kind::Upsert,
+        bodies: Vec::new(),
+        keys: Vec::new(),
+        bytes: 0,
+    };
     for event in &events {
         let Some(stmt) = statement_of(&ns, event)? else {
             continue;
         };
-        let (is_delete, body) = match stmt {
-            Statement::Upsert(d) => (false, d),
-            Statement::Delete(d) => (true, d),
-        };
-        let size = bson::to_vec(&body).map(|v| v.len()).unwrap_or(0);
-        if !run.is_empty()
-            && (is_delete != run_is_delete
-                || run.len() >= MAX_STATEMENTS
-                || run_bytes + size > MAX_COMMAND_BYTES)
+        let size = stmt.body.as_bytes().len();
+        if !run.bodies.is_empty()
+            && (stmt.kind != run.kind
+                || run.bodies.len() >= MAX_STATEMENTS
+                || run.bytes + size > MAX_COMMAND_BYTES)
         {
-            flush(
-                engine,
-                db,
-                coll,
-                &ns,
-                std::mem::take(&mut run),
-                run_is_delete,
-            )
-            .await?;
-            run_bytes = 0;
+            target.flush(&mut run).await?;
         }
-        run_is_delete = is_delete;
-        run_bytes += size;
-        run.push(body);
+        run.kind = stmt.kind;
+        run.bytes += size;
+        run.bodies.push(stmt.body);
+        if let Some(key) = stmt.key {
+            run.keys.push(key);
+        }
     }
-    if !run.is_empty() {
-        flush(engine, db, coll, &ns, run, run_is_delete).await?;
-    }
+    target.flush(&mut run).await?;
     crate::metrics::record_batch("apply", started.elapsed().as_secs_f64());
     crate::metrics::record_applied(&ns, count);
     Ok(count)
 }
 
-async fn flush(
-    engine: &SharedEngine,
-    db: &str,
-    coll: &str,
-    ns: &str,
-    statements: Vec<Document>,
-    delete: bool,
-) -> Result<(), ApplyError> {
-    let (command, field) = if delete {
-        ("delete", "deletes")
-    } else {
-        ("update", "updates")
-    };
-    let mut cmd = doc! {command: coll, field: statements, "ordered": true};
-    if !delete {
-        cmd.insert("bypassDocumentValidation", true);
-    }
-    let reply = engine.destination.run(db, cmd).await?;
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        if !errors.is_empty() {
-            let detail = errors
-                .iter()
-                .take(3)
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(ApplyError::WriteErrors {
-                command,
-                ns: ns.to_string(),
-                detail,
-            });
+/// The destination namespace an applier writes to.
+struct Target<'a> {
+    engine: &'a SharedEngine,
+    db: &'a str,
+    coll: &'a str,
+    ns: &'a str,
+}
+
+impl Target<'_> {
+    /// Sends the run as one command and empties it.
+    async fn flush(&self, run: &mut Run) -> Result<(), ApplyError> {
+        if run.bodies.is_empty() {
+            return Ok(());
+        }
+        let bodies = std::mem::take(&mut run.bodies);
+        let keys = std::mem::take(&mut run.keys);
+        run.bytes = 0;
+        match run.kind {
+            Kind::Insert => self.insert(bodies, keys).await,
+            Kind::Upsert => self
+                .write("update", bodies)
+                .await
+                .and_then(|r| self.check("update", &r)),
+            Kind::Delete => self
+                .write("delete", bodies)
+                .await
+                .and_then(|r| self.check("delete", &r)),
         }
     }
-    Ok(())
+
+    /// Unordered insert; documents that are already there are replaced instead.
+    async fn insert(
+        &self,
+        docs: Vec<RawDocumentBuf>,
+        keys: Vec<RawDocumentBuf>,
+    ) -> Result<(), ApplyError> {
+        let reply = self.write("insert", docs.clone()).await?;
+        let Ok(errors) = reply.get_array("writeErrors") else {
+            return self.check("insert", &reply);
+        };
+        let mut again = Vec::new();
+        for e in errors {
+            let e = e.as_document();
+            let code = e.and_then(|e| e.get_i32("code").ok());
+            let index = e.and_then(|e| e.get("index")).and_then(|i| match i {
+                Bson::Int32(i) => usize::try_from(*i).ok(),
+                Bson::Int64(i) => usize::try_from(*i).ok(),
+                _ => None,
+            });
+            match (code, index) {
+                (Some(DUPLICATE_KEY), Some(i)) if i < docs.len() && i < keys.len() => {
+                    again.push(upsert_statement(&keys[i], &docs[i]));
+                }
+                _ => return self.check("insert", &reply),
+            }
+        }
+        if reply.get_document("writeConcernError").is_ok() {
+            return self.check("insert", &reply);
+        }
+        if again.is_empty() {
+            return Ok(());
+        }
+        let reply = self.write("update", again).await?;
+        self.check("update", &reply)
+    }
+
+    async fn write(
+        &self,
+        command: &'static str,
+        statements: Vec<RawDocumentBuf>,
+    ) -> Result<Document, ApplyError> {
+        let field = match command {
+            "insert" => "documents",
+            "update" => "updates",
+            _ => "deletes",
+        };
+        let mut array = RawArrayBuf::new();
+        for s in statements {
+            array.push(s);
+        }
+        let mut cmd = RawDocumentBuf::new();
+        cmd.append(command, self.coll);
+        cmd.append(field, array);
+        cmd.append("ordered", command != "insert");
+        if command != "delete" {
+            cmd.append("bypassDocumentValidation", true);
+        }
+        Ok(self.engine.destination.run_raw(self.db, cmd).await?)
+    }
+
+    /// Fails on write errors or a write concern error in a reply.
+    fn check(&self, command: &'static str, reply: &Document) -> Result<(), ApplyError> {
+        let mut problems: Vec<String> = reply
+            .get_array("writeErrors")
+            .map(|a| a.iter().take(3).map(|e| e.to_string()).collect())
+            .unwrap_or_default();
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            problems.push(format!("write concern error: {wce}"));
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ApplyError::WriteErrors {
+            command,
+            ns: self.ns.to_string(),
+            detail: problems.join("; "),
+        })
+    }
 }
 
 /// Whether an event is DDL (applied at a barrier rather than by an applier).

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document, Timestamp};
+use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
@@ -41,6 +41,8 @@ pub enum TailError {
     ApplierGone,
     #[error("cannot encode resume token: {0}")]
     Token(String),
+    #[error("source: undecodable change event: {0}")]
+    Decode(String),
 }
 
 impl TailError {
@@ -147,6 +149,18 @@ fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
     }
 }
 
+/// The database and collection an event is about (empty when it has none).
+fn event_namespace(event: &RawDocument) -> (&str, &str) {
+    let ns = event.get_document("ns").ok();
+    let field = |name| ns.and_then(|ns| ns.get_str(name).ok()).unwrap_or_default();
+    (field("db"), field("coll"))
+}
+
+/// A (rare) DDL event decoded for inspection.
+fn decode_event(event: &RawDocument) -> Result<Document, TailError> {
+    Document::try_from(event).map_err(|e| TailError::Decode(e.to_string()))
+}
+
 fn ts_after(a: Timestamp, b: Timestamp) -> bool {
     (a.time, a.increment) > (b.time, b.increment)
 }
@@ -161,18 +175,19 @@ type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, Tai
 /// Hands each namespace's events to its applier now (mailboxes keep per-namespace order)
 /// and returns the future of their acknowledgements, so the next batch can be read while
 /// these are applied.
-fn dispatch(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<Document>) -> Flight {
+fn dispatch(
+    engine: &SharedEngine,
+    routing: &mut Routing,
+    pending: &mut Vec<RawDocumentBuf>,
+) -> Flight {
     if pending.is_empty() {
         return Box::pin(async { Ok(0) });
     }
-    let mut by_ns: HashMap<(String, String), Vec<Document>> = HashMap::new();
+    let mut by_ns: HashMap<(String, String), Vec<RawDocumentBuf>> = HashMap::new();
     let mut order: Vec<(String, String)> = Vec::new();
     for ev in pending.drain(..) {
-        let ns = ev.get_document("ns").cloned().unwrap_or_default();
-        let key = (
-            ns.get_str("db").unwrap_or_default().to_string(),
-            ns.get_str("coll").unwrap_or_default().to_string(),
-        );
+        let (db, coll) = event_namespace(&ev);
+        let key = (db.to_string(), coll.to_string());
         if !by_ns.contains_key(&key) {
             order.push(key.clone());
         }
@@ -217,7 +232,7 @@ fn dispatch(engine: &SharedEngine, routing: &mut Routing, pending: &mut Vec<Docu
 async fn flush(
     engine: &SharedEngine,
     routing: &mut Routing,
-    pending: &mut Vec<Document>,
+    pending: &mut Vec<RawDocumentBuf>,
 ) -> Result<u64, TailError> {
     dispatch(engine, routing, pending).await
 }
@@ -262,7 +277,7 @@ async fn tail(
                 TailError::Stream(e)
             }
         })?
-        .with_type::<Document>();
+        .with_type::<RawDocumentBuf>();
     tracing::info!(
         resume = state.resume_token.is_some(),
         "tailing the source change stream"
@@ -270,7 +285,7 @@ async fn tail(
     let mut routing = Routing {
         appliers: HashMap::new(),
     };
-    let mut pending: Vec<Document> = Vec::new();
+    let mut pending: Vec<RawDocumentBuf> = Vec::new();
     let batch_max = engine.config.apply.batch_max_events.max(1);
     let checkpoint_every = engine.config.runtime.checkpoint_interval();
     let idle_noop = engine.config.runtime.idle_noop_interval();
@@ -306,9 +321,7 @@ async fn tail(
                 .get_str("operationType")
                 .unwrap_or_default()
                 .to_string();
-            let ns = event.get_document("ns").cloned().unwrap_or_default();
-            let db = ns.get_str("db").unwrap_or_default();
-            let coll = ns.get_str("coll").unwrap_or_default();
+            let (db, coll) = event_namespace(&event);
             let event_ts = event.get_timestamp("clusterTime").ok();
             let wanted = if op == "dropDatabase" {
                 engine.filter.may_allow_database(db)
@@ -327,7 +340,7 @@ async fn tail(
                         events_applied += previous.await?;
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
-                    apply_ddl(&engine, &event).await?;
+                    apply_ddl(&engine, &decode_event(&event)?).await?;
                     events_applied += 1;
                     engine
                         .progress

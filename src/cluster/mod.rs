@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use bson::{doc, Bson, Document, Timestamp};
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::{ClientOptions, ReadConcern, Tls, TlsOptions, WriteConcern};
 use mongodb::Client;
 
@@ -184,6 +184,26 @@ impl Cluster {
         self.client
             .database(db)
             .run_command(command)
+            .await
+            .map_err(self.err(name))
+    }
+
+    /// Runs a command already encoded as raw BSON (write batches built without decoding
+    /// the documents they carry).
+    pub async fn run_raw(
+        &self,
+        db: &str,
+        command: RawDocumentBuf,
+    ) -> Result<Document, ClusterError> {
+        let name = command
+            .iter()
+            .next()
+            .and_then(|e| e.ok())
+            .map(|(k, _)| k.to_string())
+            .unwrap_or_default();
+        self.client
+            .database(db)
+            .run_raw_command(command)
             .await
             .map_err(self.err(name))
     }

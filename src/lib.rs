@@ -7,6 +7,7 @@
 //! - [`run`]: one migration on its own actix system; [`run::Migration`] is its handle.
 //! - [`actors`]: supervisor, coordinator, copier, tailer, appliers, verifier.
 //! - [`checkpoint`]: run state in the destination's `__ferry` database (resume after a crash).
+//! - [`spool`]: change events kept on local disk while the initial copy runs.
 //! - [`progress`]: the shared view of a running migration; [`api`] serves it over HTTP.
 //! - [`control`]: operator requests from the API to the supervisor.
 //! - [`metrics`], [`report`], [`notify`], [`logging`]: what an operator sees.
@@ -30,3 +31,4 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod spool;

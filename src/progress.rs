@@ -88,6 +88,8 @@ pub struct Progress {
     pub documents_estimated: AtomicU64,
     pub bytes_estimated: AtomicU64,
     pub events_applied: AtomicU64,
+    /// Bytes of change events written to the spool while copying.
+    pub spooled_bytes: AtomicU64,
     /// Data events on the source after the cutover optime (writes that should not happen).
     pub late_writes: AtomicU64,
     /// Lag in milliseconds; -1 while unknown (before syncing starts).

@@ -60,6 +60,8 @@ pub struct Supervisor {
     coordinator: Option<Addr<Coordinator>>,
     paused_tx: watch::Sender<bool>,
     drain_tx: watch::Sender<Option<Timestamp>>,
+    /// Tells a tailer that started with the copy (spooling) that the copy is done.
+    copy_done_tx: watch::Sender<bool>,
     /// Phase to return to on resume.
     paused_from: Option<Phase>,
     failures: u32,
@@ -79,6 +81,7 @@ impl Supervisor {
     ) -> Supervisor {
         let (paused_tx, _) = watch::channel(false);
         let (drain_tx, _) = watch::channel(None);
+        let (copy_done_tx, _) = watch::channel(state.copy_complete);
         Supervisor {
             engine,
             state,
@@ -87,6 +90,7 @@ impl Supervisor {
             coordinator: None,
             paused_tx,
             drain_tx,
+            copy_done_tx,
             paused_from: None,
             failures: 0,
             copy_summary: CopySummary::default(),
@@ -134,8 +138,15 @@ impl Supervisor {
         self.copier = Some(copier.start());
     }
 
+    /// Starts the tailer unless one runs (a restart scheduled after a failure may find
+    /// that the copy's end already started one).
     fn start_tailer(&mut self, ctx: &mut Context<Self>) {
-        if self.phase() == Phase::Copying || self.phase() == Phase::Initializing {
+        if self.tailer.is_some() {
+            return;
+        }
+        if self.state.copy_complete
+            && (self.phase() == Phase::Copying || self.phase() == Phase::Initializing)
+        {
             self.set_phase(ctx, Phase::Syncing);
         }
         let me = ctx.address();
@@ -149,6 +160,7 @@ impl Supervisor {
             peers,
             self.paused_tx.subscribe(),
             self.drain_tx.subscribe(),
+            self.copy_done_tx.subscribe(),
         );
         self.tailer = Some(tailer.start());
     }
@@ -231,7 +243,7 @@ impl Supervisor {
         self.tailer.take();
         self.coordinator.take();
         // Dropping the addresses stops the actors; cancel what they are running now.
-        let _ = self.paused_tx.send(false);
+        self.paused_tx.send_replace(false);
     }
 
     /// While copying, no change is applied yet: the destination is as far behind as the
@@ -372,7 +384,7 @@ impl Supervisor {
                     return Err(ControlError::conflict("cannot pause during cutover"));
                 }
                 self.paused_from = Some(phase);
-                let _ = self.paused_tx.send(true);
+                self.paused_tx.send_replace(true);
                 self.set_phase(ctx, Phase::Paused);
                 Ok(serde_json::json!({"phase": "paused"}))
             }
@@ -384,7 +396,7 @@ impl Supervisor {
                     )));
                 }
                 let back = self.paused_from.take().unwrap_or(Phase::Syncing);
-                let _ = self.paused_tx.send(false);
+                self.paused_tx.send_replace(false);
                 self.set_phase(ctx, back);
                 Ok(serde_json::json!({"phase": back.as_str()}))
             }
@@ -484,6 +496,10 @@ impl Actor for Supervisor {
             self.start_tailer(ctx);
         } else {
             self.start_copier(ctx);
+            if self.engine.config.runtime.spool_dir.is_some() {
+                // Read changes into the spool while the copy runs.
+                self.start_tailer(ctx);
+            }
         }
     }
 }
@@ -502,7 +518,12 @@ impl Handler<CopyOutcome> for Supervisor {
                     async move { engine.checkpoints.set_state(doc! {"copy_complete": true}).await }.into_actor(self).map(|r, act, ctx| match r {
                         Ok(()) => {
                             tracing::info!("initial copy finished; applying changes");
-                            act.start_tailer(ctx);
+                            act.copy_done_tx.send_replace(true);
+                            if act.tailer.is_some() {
+                                act.set_phase(ctx, Phase::Syncing);
+                            } else {
+                                act.start_tailer(ctx);
+                            }
                         }
                         Err(e) => {
                             let transient = matches!(&e, crate::checkpoint::CheckpointError::Cluster(c) if c.is_transient());
@@ -577,7 +598,7 @@ impl Handler<CutoverStarted> for Supervisor {
         match msg.0 {
             Ok(optime) => {
                 tracing::info!(optime = ?optime, "draining to the source's optime");
-                let _ = self.drain_tx.send(Some(optime));
+                self.drain_tx.send_replace(Some(optime));
             }
             Err(e) => {
                 self.engine.progress.set_error(format!("cutover: {e}"));
@@ -659,7 +680,7 @@ impl Supervisor {
     /// Back to ready_for_cutover after a refused cutover: stop draining and give the
     /// source its writes back if Ferry blocked them.
     fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
-        let _ = self.drain_tx.send(None);
+        self.drain_tx.send_replace(None);
         self.cutover_confirmed = None;
         if self.write_blocked {
             let engine = self.engine.clone();

@@ -43,6 +43,8 @@ pub enum TailError {
     Token(String),
     #[error("source: undecodable change event: {0}")]
     Decode(String),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 impl TailError {
@@ -88,6 +90,7 @@ pub struct Tailer {
     peers: TailerPeers,
     paused: watch::Receiver<bool>,
     drain_to: watch::Receiver<Option<Timestamp>>,
+    copy_done: watch::Receiver<bool>,
 }
 
 impl Tailer {
@@ -96,12 +99,14 @@ impl Tailer {
         peers: TailerPeers,
         paused: watch::Receiver<bool>,
         drain_to: watch::Receiver<Option<Timestamp>>,
+        copy_done: watch::Receiver<bool>,
     ) -> Tailer {
         Tailer {
             engine,
             peers,
             paused,
             drain_to,
+            copy_done,
         }
     }
 }
@@ -113,8 +118,9 @@ impl Actor for Tailer {
         let peers = self.peers.clone();
         let paused = self.paused.clone();
         let drain_to = self.drain_to.clone();
+        let copy_done = self.copy_done.clone();
         ctx.spawn(
-            async move { tail(engine, peers, paused, drain_to).await }
+            async move { tail(engine, peers, paused, drain_to, copy_done).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     if let Err(e) = result {
@@ -243,16 +249,228 @@ fn is_history_lost(e: &mongodb::error::Error) -> bool {
             && crate::cluster::error_code(e) == Some(280)
 }
 
+fn stream_error(e: mongodb::error::Error) -> TailError {
+    if is_history_lost(&e) {
+        TailError::HistoryLost(e)
+    } else {
+        TailError::Stream(e)
+    }
+}
+
+/// Whether the migration wants an event (namespace filter, system collections).
+fn is_wanted(engine: &SharedEngine, event: &RawDocument) -> bool {
+    let (db, coll) = event_namespace(event);
+    if event.get_str("operationType") == Ok("dropDatabase") {
+        engine.filter.may_allow_database(db)
+            && !crate::config::NamespaceFilter::is_never_migrated_db(db)
+    } else {
+        engine.filter.allows(db, coll) && !coll.starts_with("system.")
+    }
+}
+
+/// The `_data` string of a resume token, which orders tokens.
+fn token_data(token: &Document) -> Option<&str> {
+    token.get_str("_data").ok()
+}
+
+/// The spool of this run, as the checkpoint records it: which file, how much of it is
+/// durable, and the stream position it reaches.
+struct SpoolPlan {
+    dir: Option<std::path::PathBuf>,
+    /// (file, durable length, stream position) when a usable spool exists.
+    durable: Option<(std::path::PathBuf, u64, Document)>,
+}
+
+impl SpoolPlan {
+    fn load(engine: &SharedEngine, state: &crate::checkpoint::RunState) -> SpoolPlan {
+        let dir = engine.config.runtime.spool_dir.clone();
+        let recorded = match (&dir, &state.spool_file, &state.spool_token) {
+            (Some(dir), Some(file), Some(token)) => Some((dir.join(file), token.clone())),
+            _ => None,
+        };
+        let durable = recorded.and_then(|(path, token)| {
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len >= state.spool_bytes {
+                Some((path, state.spool_bytes, token))
+            } else {
+                tracing::warn!(path = %path.display(), expected_bytes = state.spool_bytes, found_bytes = len, "the spool file is missing or shorter than recorded; reading those changes from the source again");
+                None
+            }
+        });
+        if durable.is_none() && state.spool_file.is_some() && dir.is_none() {
+            tracing::warn!(
+                "runtime.spool_dir is no longer set; reading spooled changes from the source again"
+            );
+        }
+        SpoolPlan { dir, durable }
+    }
+
+    /// Where the stream resumes: after the spool, else after the last applied batch.
+    fn stream_from(&self, state: &crate::checkpoint::RunState) -> Option<Document> {
+        match &self.durable {
+            Some((_, _, token)) => Some(token.clone()),
+            None => state.resume_token.clone(),
+        }
+    }
+
+    /// Replays the spooled events the checkpoint has not applied yet.
+    fn replay(&self, state: &crate::checkpoint::RunState) -> Result<Option<Replay>, TailError> {
+        let Some((path, len, token)) = &self.durable else {
+            return Ok(None);
+        };
+        Ok(Some(Replay {
+            reader: crate::spool::SpoolReader::open(path, *len)?,
+            path: path.clone(),
+            skip_through: state
+                .resume_token
+                .as_ref()
+                .and_then(token_data)
+                .map(str::to_string),
+            last_token: None,
+            end_token: Some(token.clone()),
+        }))
+    }
+}
+
+/// Spooled events read back in order after the copy.
+struct Replay {
+    reader: crate::spool::SpoolReader,
+    path: std::path::PathBuf,
+    /// Events at or before this position were applied before a restart.
+    skip_through: Option<String>,
+    last_token: Option<Document>,
+    /// The stream position the spool reaches.
+    end_token: Option<Document>,
+}
+
+impl Replay {
+    fn next_event(&mut self) -> Result<Option<RawDocumentBuf>, TailError> {
+        while let Some(event) = self.reader.next_event()? {
+            let token = event
+                .get_document("_id")
+                .ok()
+                .and_then(|t| Document::try_from(t).ok());
+            let applied = match (&self.skip_through, token.as_ref().and_then(token_data)) {
+                (Some(done), Some(data)) => data <= done.as_str(),
+                _ => false,
+            };
+            if token.is_some() {
+                self.last_token = token;
+            }
+            if !applied {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// While the copy runs: reads the change stream into the spool file (when
+/// `runtime.spool_dir` is set) and records its durable length and stream position, so
+/// the source's oplog need not hold the whole copy's worth of history. Returns when the
+/// copy is done. Without a spool directory it just waits: the stream is read from the
+/// start time after the copy.
+async fn spool_during_copy(
+    engine: &SharedEngine,
+    stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
+    spool: &mut SpoolPlan,
+    paused: &mut watch::Receiver<bool>,
+    copy_done: &mut watch::Receiver<bool>,
+) -> Result<(), TailError> {
+    let Some(dir) = spool.dir.clone() else {
+        while !*copy_done.borrow() {
+            if copy_done.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    };
+    let (path, keep) = match &spool.durable {
+        Some((path, len, _)) => (path.clone(), *len),
+        None => {
+            let name = format!("ferry-{:016x}.spool", rand::random::<u64>());
+            engine
+                .checkpoints
+                .set_state(
+                    doc! {"spool_file": &name, "spool_bytes": 0i64, "spool_token": Bson::Null},
+                )
+                .await?;
+            (dir.join(name), 0)
+        }
+    };
+    let mut writer = crate::spool::SpoolWriter::open(&path, keep)?;
+    tracing::info!(path = %path.display(), bytes = keep, "spooling change events while the copy runs");
+    let max_bytes = engine.config.runtime.spool_max_bytes;
+    let checkpoint_every = engine.config.runtime.checkpoint_interval();
+    let mut last_record = Instant::now();
+    let mut recorded_len = keep;
+    let mut warned_full = false;
+    loop {
+        let done = *copy_done.borrow();
+        let full = writer.len() >= max_bytes;
+        let pause = *paused.borrow();
+        let due = last_record.elapsed() >= checkpoint_every;
+        if done || full || pause || due {
+            if let Some(token) = stream
+                .resume_token()
+                .as_ref()
+                .map(token_document)
+                .transpose()?
+            {
+                let len = writer.sync()?;
+                if len != recorded_len || due {
+                    engine
+                        .checkpoints
+                        .set_state(doc! {"spool_token": &token, "spool_bytes": len as i64})
+                        .await?;
+                    recorded_len = len;
+                }
+                spool.durable = Some((path.clone(), len, token));
+            }
+            last_record = Instant::now();
+        }
+        if done {
+            engine
+                .progress
+                .spooled_bytes
+                .store(writer.len(), Ordering::Relaxed);
+            return Ok(());
+        }
+        if full || pause {
+            if full && !warned_full {
+                tracing::warn!(bytes = writer.len(), "the spool is full (runtime.spool_max_bytes): reading changes pauses until the copy ends");
+                warned_full = true;
+            }
+            tokio::select! {
+                r = copy_done.changed() => if r.is_err() { return Ok(()) },
+                r = paused.changed(), if pause => if r.is_err() { return Ok(()) },
+            }
+            continue;
+        }
+        if let Some(event) = stream.next_if_any().await.map_err(stream_error)? {
+            if is_wanted(engine, &event) {
+                writer.append(&event)?;
+            }
+        }
+        engine
+            .progress
+            .spooled_bytes
+            .store(writer.len(), Ordering::Relaxed);
+    }
+}
+
 async fn tail(
     engine: SharedEngine,
     peers: TailerPeers,
     mut paused: watch::Receiver<bool>,
     drain_to: watch::Receiver<Option<Timestamp>>,
+    mut copy_done: watch::Receiver<bool>,
 ) -> Result<(), TailError> {
     let state = engine.checkpoints.load_state().await?.unwrap_or_default();
     let start_ts = state.start_ts.ok_or(TailError::NoStart)?;
     let mut applied_ts = state.applied_ts.unwrap_or(start_ts);
     let mut events_applied = state.events_applied;
+    let mut spool = SpoolPlan::load(&engine, &state);
     let mut watch = engine
         .source
         .client
@@ -260,7 +478,7 @@ async fn tail(
         .full_document(FullDocumentType::UpdateLookup)
         .show_expanded_events(true)
         .max_await_time(MAX_AWAIT);
-    match &state.resume_token {
+    match spool.stream_from(&state) {
         Some(token) => {
             let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
                 .map_err(|e| TailError::Token(e.to_string()))?;
@@ -270,18 +488,25 @@ async fn tail(
     }
     let mut stream = watch
         .await
-        .map_err(|e| {
-            if is_history_lost(&e) {
-                TailError::HistoryLost(e)
-            } else {
-                TailError::Stream(e)
-            }
-        })?
+        .map_err(stream_error)?
         .with_type::<RawDocumentBuf>();
     tracing::info!(
         resume = state.resume_token.is_some(),
+        spooled = spool.durable.is_some(),
         "tailing the source change stream"
     );
+    if !*copy_done.borrow() {
+        spool_during_copy(
+            &engine,
+            &mut stream,
+            &mut spool,
+            &mut paused,
+            &mut copy_done,
+        )
+        .await?;
+    }
+    let mut replay = spool.replay(&state)?;
+    let mut replay_finished: Option<Replay> = None;
     let mut routing = Routing {
         appliers: HashMap::new(),
     };
@@ -307,13 +532,19 @@ async fn tail(
                 }
             }
         }
-        let next = stream.next_if_any().await.map_err(|e| {
-            if is_history_lost(&e) {
-                TailError::HistoryLost(e)
-            } else {
-                TailError::Stream(e)
+        let next = match replay.as_mut() {
+            Some(r) => {
+                let next = r.next_event()?;
+                if next.is_none() {
+                    // Everything spooled is handed over: cut and checkpoint at the
+                    // spool's stream position, then read the stream itself.
+                    replay_finished = replay.take();
+                    dirty = true;
+                }
+                next
             }
-        })?;
+            None => stream.next_if_any().await.map_err(stream_error)?,
+        };
         let caught_up = next.is_none();
         if let Some(event) = next {
             last_event = Instant::now();
@@ -321,14 +552,8 @@ async fn tail(
                 .get_str("operationType")
                 .unwrap_or_default()
                 .to_string();
-            let (db, coll) = event_namespace(&event);
             let event_ts = event.get_timestamp("clusterTime").ok();
-            let wanted = if op == "dropDatabase" {
-                engine.filter.may_allow_database(db)
-                    && !crate::config::NamespaceFilter::is_never_migrated_db(db)
-            } else {
-                engine.filter.allows(db, coll) && !coll.starts_with("system.")
-            };
+            let wanted = is_wanted(&engine, &event);
             if let (Some(target), Some(ts)) = (*drain_to.borrow(), event_ts) {
                 if wanted && ts_after(ts, target) && !is_ddl(&op) {
                     engine.progress.late_writes.fetch_add(1, Ordering::Relaxed);
@@ -362,11 +587,15 @@ async fn tail(
         // Cut here. While behind, the next batch is read while this one is applied, so
         // the checkpoint and lag move with the previous, acknowledged batch; once caught
         // up, everything is acknowledged before the position is recorded.
-        let token = stream
-            .resume_token()
-            .as_ref()
-            .map(token_document)
-            .transpose()?;
+        let token = match (&replay, &replay_finished) {
+            (Some(r), _) => r.last_token.clone(),
+            (None, Some(done)) => done.end_token.clone(),
+            (None, None) => stream
+                .resume_token()
+                .as_ref()
+                .map(token_document)
+                .transpose()?,
+        };
         let flight = dispatch(&engine, &mut routing, &mut pending);
         let acknowledged = if caught_up {
             if let Some((previous, _)) = in_flight.take() {
@@ -390,10 +619,20 @@ async fn tail(
                 }
             }
             if dirty && (last_checkpoint.elapsed() >= checkpoint_every || caught_up) {
-                engine
-                    .checkpoints
-                    .set_state(doc! {"resume_token": t, "applied_ts": applied_ts, "events_applied": events_applied as i64})
-                    .await?;
+                let mut fields = doc! {"resume_token": t, "applied_ts": applied_ts, "events_applied": events_applied as i64};
+                let finished = if caught_up {
+                    replay_finished.take()
+                } else {
+                    None
+                };
+                if finished.is_some() {
+                    fields.extend(doc! {"spool_file": Bson::Null, "spool_token": Bson::Null, "spool_bytes": 0i64});
+                }
+                engine.checkpoints.set_state(fields).await?;
+                if let Some(done) = finished {
+                    tracing::info!(path = %done.path.display(), "spooled changes applied; spool removed");
+                    crate::spool::remove(&done.path);
+                }
                 last_checkpoint = Instant::now();
                 dirty = false;
             }

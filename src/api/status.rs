@@ -54,6 +54,9 @@ pub struct StatusView {
     pub bytes_copied: u64,
     pub bytes_estimated: u64,
     pub events_applied: u64,
+    /// Bytes of change events kept on disk while the copy runs (`runtime.spool_dir`).
+    #[serde(default)]
+    pub spooled_bytes: u64,
     /// When the cutover window closes (RFC 3339, UTC); `null` before it opens.
     pub window_expires_at: Option<String>,
     /// Seconds left in the cutover window (negative once passed), so clients need no
@@ -86,6 +89,7 @@ impl StatusView {
             bytes_copied: progress.bytes_copied.load(Ordering::Relaxed),
             bytes_estimated: progress.bytes_estimated.load(Ordering::Relaxed),
             events_applied: progress.events_applied.load(Ordering::Relaxed),
+            spooled_bytes: progress.spooled_bytes.load(Ordering::Relaxed),
             window_expires_at: (expires > 0).then(|| format_rfc3339(expires)),
             window_expires_in_seconds: (expires > 0).then(|| expires - now_unix),
             namespaces,

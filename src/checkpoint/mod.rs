@@ -42,6 +42,13 @@ pub struct RunState {
     /// Sides whose balancer Ferry stopped and must restart ("source", "destination").
     #[serde(default)]
     pub balancers_stopped: Vec<String>,
+    /// File name (in `runtime.spool_dir`) of the events read during the copy.
+    pub spool_file: Option<String>,
+    /// Stream position through which events are in the spool file.
+    pub spool_token: Option<Document>,
+    /// Durable length of the spool file at `spool_token`.
+    #[serde(default)]
+    pub spool_bytes: u64,
 }
 
 /// A planned namespace.

@@ -238,7 +238,8 @@ impl ChangeStream {
         };
         let mut events = Vec::new();
         let mut bytes = 0usize;
-        let mut last_token = None;
+        // Only the last event's token is reported; it is encoded once, at the end.
+        let mut last_ts = None;
         let end = storage.oplog.entries.len();
         let mut i = start;
         while i < end && events.len() < max {
@@ -250,8 +251,7 @@ impl ChangeStream {
                 continue;
             };
             let invalidates = self.invalidated_by(entry);
-            let token = encode_token(entry.ts, TOKEN_EVENT);
-            last_token = Some(token);
+            last_ts = Some(entry.ts);
             if self.filter.as_ref().is_none_or(|m| m.matches(&event)) {
                 let event = self.apply_stages(event)?;
                 bytes += crate::storage::encoded_size(&event);
@@ -268,7 +268,7 @@ impl ChangeStream {
         let token = if i >= end && self.pending_invalidate.is_none() {
             self.position_token(storage)
         } else {
-            last_token.unwrap_or_else(|| encode_token(self.after, TOKEN_EVENT))
+            encode_token(last_ts.unwrap_or(self.after), TOKEN_EVENT)
         };
         if i >= end && self.pending_invalidate.is_none() {
             // Caught up: everything up to the cluster time is consumed.
@@ -360,8 +360,8 @@ impl ChangeStream {
                     "fullDocument",
                     entry
                         .full_document
-                        .clone()
-                        .map(|d| Bson::Document(Document::clone(&d)))
+                        .as_deref()
+                        .map(|d| Bson::Document(d.clone()))
                         .unwrap_or(Bson::Null),
                 );
             }
@@ -392,8 +392,7 @@ impl ChangeStream {
                         ev.insert(
                             "fullDocument",
                             current
-                                .cloned()
-                                .map(|d| Bson::Document(Document::clone(&d)))
+                                .map(|d| Bson::Document(Document::clone(d)))
                                 .unwrap_or(Bson::Null),
                         );
                     }

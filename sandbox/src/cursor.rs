@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::Document;
@@ -13,8 +14,8 @@ use crate::changestream::ChangeStream;
 pub const CURSOR_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub enum CursorState {
-    /// Remaining documents of a query.
-    Documents(VecDeque<Document>),
+    /// Remaining documents of a query (shared with the collection until sent).
+    Documents(VecDeque<Arc<Document>>),
     ChangeStream(Box<ChangeStream>),
 }
 

@@ -41,7 +41,8 @@ pub struct Ctx<'a> {
     pub db: String,
     pub cmd: &'a Document,
     pub name: &'a str,
-    /// An insert's documents, moved out of the command so they are stored without a copy.
+    /// An insert's documents or an update's statements, moved out of the command so
+    /// their documents are stored without a copy.
     pub documents: Option<Vec<Bson>>,
 }
 
@@ -128,6 +129,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
         }
         None => None,
     };
+    if name == "update" && matches!(cmd.get("updates"), Some(Bson::Array(_))) {
+        if let Some(Bson::Array(stmts)) = cmd.remove("updates") {
+            documents = Some(stmts);
+        }
+    }
     let retry_key = retry_key(&cmd, spec);
     // Auth, primary state and write blocking apply to a retried write too; only then may
     // the stored result of its first execution be returned.

@@ -2,7 +2,8 @@
 //! that the official drivers treat it as a replica-set primary.
 //!
 //! Map of the crate:
-//! - [`wire`]: message framing (OP_MSG, legacy OP_QUERY/OP_REPLY).
+//! - [`wire`]: message framing (OP_MSG, legacy OP_QUERY/OP_REPLY); `decode` is its fast
+//!   path for common BSON, falling back to `bson` for anything else.
 //! - [`server`]: the TCP/TLS listener, one task per connection, the [`Sandbox`] handle.
 //! - [`dispatch`]: the one command table; applies auth, write blocking, faults and error
 //!   labels once so each handler is about its own command.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod changestream;
 pub mod commands;
 pub mod cursor;
+mod decode;
 pub mod dispatch;
 pub mod error;
 pub mod server;

@@ -78,7 +78,12 @@ fn read_document(buf: &[u8], at: usize) -> Result<(Document, usize), WireError> 
     let bytes = buf
         .get(at..end)
         .ok_or_else(|| malformed("document overruns message"))?;
-    let doc = Document::from_reader(bytes).map_err(|e| malformed(format!("invalid BSON: {e}")))?;
+    let doc = match crate::decode::document(bytes) {
+        Some(doc) => doc,
+        None => {
+            Document::from_reader(bytes).map_err(|e| malformed(format!("invalid BSON: {e}")))?
+        }
+    };
     Ok((doc, end))
 }
 

@@ -182,14 +182,14 @@ fn update_statement(
     db: &str,
     coll: &str,
     query: &Document,
-    update: &Bson,
+    update: Bson,
     upsert: bool,
     multi: bool,
     sort: Option<&SortSpec>,
     bypass: bool,
     images: bool,
 ) -> CmdResult<UpdateOutcome> {
-    let spec = UpdateSpec::parse(update)?;
+    let mut spec = UpdateSpec::parse_owned(update)?;
     let replacement = matches!(spec, UpdateSpec::Replacement(_));
     if multi && replacement {
         return Err(CommandError::new(
@@ -216,7 +216,13 @@ fn update_statement(
             else {
                 continue;
             };
-            let new = spec.apply(old, query, false)?;
+            // A replacement touches at most one document (multi is refused above), and once
+            // it has, no upsert follows: its document can be moved instead of copied.
+            let new = if replacement {
+                spec.apply_last(old, query, false)?
+            } else {
+                spec.apply(old, query, false)?
+            };
             validate(storage, db, coll, &new, Some(old), bypass)?;
             let keep = images && out.first.is_none();
             (new, keep.then(|| Document::clone(old)))
@@ -238,7 +244,7 @@ fn update_statement(
         } else {
             upsert_seed(query)
         };
-        let mut new = spec.apply(&seed, query, true)?;
+        let mut new = spec.apply_last(&seed, query, true)?;
         if !new.contains_key("_id") {
             if let Some(Bson::Document(_)) | None = query.get("_id") {
                 new = with_generated_id(new);
@@ -267,7 +273,18 @@ fn with_generated_id(d: Document) -> Document {
 
 pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
-    let stmts = statements(ctx, "updates")?;
+    let stmts: Vec<Document> = match ctx.documents.take() {
+        Some(stmts) => stmts
+            .into_iter()
+            .map(|v| match v {
+                Bson::Document(d) => Ok(d),
+                _ => Err(CommandError::type_mismatch(
+                    "updates entries must be documents",
+                )),
+            })
+            .collect::<CmdResult<_>>()?,
+        None => statements(ctx, "updates")?.into_iter().cloned().collect(),
+    };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
     let mut storage = ctx.server.storage.lock();
     refuse_view(&storage, &ctx.db, &coll)?;
@@ -275,15 +292,18 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
-    for (i, stmt) in stmts.into_iter().enumerate() {
+    for (i, mut stmt) in stmts.into_iter().enumerate() {
         let result = (|| {
+            // Moved out first so the statement's document is stored without a copy; the
+            // missing-field checks keep their order (q, then u).
+            let u = stmt.remove("u");
             let q = stmt.get_document("q").map_err(|_| {
                 CommandError::new(
                     codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.q' is missing but a required field",
                 )
             })?;
-            let u = stmt.get("u").ok_or_else(|| {
+            let u = u.ok_or_else(|| {
                 CommandError::new(
                     codes::MISSING_REQUIRED_FIELD,
                     "BSON field 'update.updates.u' is missing but a required field",
@@ -421,7 +441,7 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         &ctx.db,
         &coll,
         &query,
-        &update,
+        update,
         upsert,
         false,
         sort.as_ref(),

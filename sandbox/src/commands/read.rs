@@ -26,14 +26,15 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// How long a change-stream getMore waits for events when the client gives no maxTimeMS.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
-/// Takes up to `limit` documents (and the byte budget) off the front of `docs`.
-fn take_batch(docs: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
+/// Takes up to `limit` documents (and the byte budget) off the front of `docs`. A document
+/// still shared with the collection is copied only here, when its batch is sent.
+fn take_batch(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> Vec<Bson> {
     let mut out = Vec::new();
     let mut bytes = 0;
     while out.len() < limit {
         let Some(d) = docs.pop_front() else { break };
         bytes += crate::storage::encoded_size(&d);
-        out.push(d);
+        out.push(Bson::Document(Arc::unwrap_or_clone(d)));
         if bytes >= MAX_BATCH_BYTES {
             break;
         }
@@ -55,7 +56,21 @@ pub fn cursor_reply(
     docs: Vec<Document>,
     batch_size: Option<usize>,
 ) -> Document {
-    let mut docs: VecDeque<Document> = docs.into();
+    cursor_reply_shared(
+        ctx,
+        ns,
+        docs.into_iter().map(Arc::new).collect(),
+        batch_size,
+    )
+}
+
+/// [`cursor_reply`] for documents that may still be shared with storage.
+fn cursor_reply_shared(
+    ctx: &Ctx<'_>,
+    ns: String,
+    mut docs: VecDeque<Arc<Document>>,
+    batch_size: Option<usize>,
+) -> Document {
     let first = take_batch(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
     let id = if docs.is_empty() {
         0i64
@@ -131,20 +146,27 @@ fn source_documents(
     coll: &str,
     matcher: &Matcher,
 ) -> CmdResult<Vec<Document>> {
-    source_documents_in(storage, db, coll, matcher, &IdBounds::default())
+    Ok(
+        source_documents_in(storage, db, coll, matcher, &IdBounds::default())?
+            .into_iter()
+            .map(Arc::unwrap_or_clone)
+            .collect(),
+    )
 }
 
+/// [`source_documents`] within `_id` bounds; a collection's documents stay shared with it.
 fn source_documents_in(
     storage: &Storage,
     db: &str,
     coll: &str,
     matcher: &Matcher,
     bounds: &IdBounds,
-) -> CmdResult<Vec<Document>> {
+) -> CmdResult<Vec<Arc<Document>>> {
     if db == "local" && coll == "oplog.rs" {
         return Ok(oplog_documents(storage)
             .into_iter()
             .filter(|d| matcher.matches(d))
+            .map(Arc::new)
             .collect());
     }
     match storage.collection(db, coll) {
@@ -158,7 +180,11 @@ fn source_documents_in(
                 .unwrap_or_default();
             let base = source_documents(storage, db, &on, &Matcher::new(&Document::new())?)?;
             let out = crate::query::aggregate::run_pipeline(base, &pipeline)?;
-            Ok(out.into_iter().filter(|d| matcher.matches(d)).collect())
+            Ok(out
+                .into_iter()
+                .filter(|d| matcher.matches(d))
+                .map(Arc::new)
+                .collect())
         }
         Some(c) if bounds.is_set() => {
             use crate::query::order::OrdBson;
@@ -178,7 +204,7 @@ fn source_documents_in(
             }
             Ok(c.docs
                 .range((lo, hi))
-                .map(|(_, d)| &**d)
+                .map(|(_, d)| d)
                 .filter(|d| matcher.matches(d))
                 .cloned()
                 .collect())
@@ -188,7 +214,6 @@ fn source_documents_in(
                 return Ok(c
                     .docs
                     .get(&crate::query::order::OrdBson(id.clone()))
-                    .map(|d| &**d)
                     .filter(|d| matcher.matches(d))
                     .cloned()
                     .into_iter()
@@ -196,7 +221,6 @@ fn source_documents_in(
             }
             Ok(c.docs
                 .values()
-                .map(|d| &**d)
                 .filter(|d| matcher.matches(d))
                 .cloned()
                 .collect())
@@ -291,27 +315,26 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     } else if natural_reverse {
         docs.reverse();
     }
-    let docs: Vec<Document> = docs
+    let mut docs: VecDeque<Arc<Document>> = docs
         .into_iter()
         .skip(skip)
         .take(limit.unwrap_or(usize::MAX))
         .map(|d| match &projection {
-            Some(p) => p.apply(&d),
+            Some(p) => Arc::new(p.apply(&d)),
             None => d,
         })
         .collect();
     let ns = ctx.ns(&coll);
     if single_batch {
-        let mut q: VecDeque<Document> = docs.into();
         let first = take_batch(
-            &mut q,
+            &mut docs,
             batch_size
                 .unwrap_or(usize::MAX)
                 .min(limit.unwrap_or(usize::MAX)),
         );
         return Ok(doc! {"cursor": {"firstBatch": first, "id": 0i64, "ns": ns}});
     }
-    Ok(cursor_reply(ctx, ns, docs, batch_size))
+    Ok(cursor_reply_shared(ctx, ns, docs, batch_size))
 }
 
 pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {

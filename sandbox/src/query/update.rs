@@ -59,9 +59,16 @@ impl UpdateSpec {
     /// Classifies and validates an update: `$`-keyed documents are operator updates, other
     /// documents replacements, arrays pipelines.
     pub fn parse(update: &Bson) -> CmdResult<UpdateSpec> {
+        UpdateSpec::parse_owned(update.clone())
+    }
+
+    /// [`UpdateSpec::parse`] taking the update by value, so a replacement document (the
+    /// whole new document) is kept without a copy.
+    pub fn parse_owned(update: Bson) -> CmdResult<UpdateSpec> {
+        let is_operators = is_operator_doc(&update);
         match update {
-            Bson::Document(d) if is_operator_doc(update) => {
-                for (op, arg) in d {
+            Bson::Document(d) if is_operators => {
+                for (op, arg) in &d {
                     if !OPERATORS.contains(&op.as_str()) {
                         return Err(CommandError::failed_to_parse(format!(
                             "Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update specified as an array"
@@ -74,11 +81,11 @@ impl UpdateSpec {
                         )));
                     }
                 }
-                Ok(UpdateSpec::Operators(d.clone()))
+                Ok(UpdateSpec::Operators(d))
             }
             Bson::Document(d) => {
-                check_replacement_fields(d)?;
-                Ok(UpdateSpec::Replacement(d.clone()))
+                check_replacement_fields(&d)?;
+                Ok(UpdateSpec::Replacement(d))
             }
             Bson::Array(items) => {
                 let mut stages = Vec::with_capacity(items.len());
@@ -95,7 +102,7 @@ impl UpdateSpec {
                             format!("{name} is not allowed to be used within an update"),
                         ));
                     }
-                    stages.push(stage.clone());
+                    stages.push(stage);
                 }
                 Ok(UpdateSpec::Pipeline(stages))
             }
@@ -125,6 +132,20 @@ impl UpdateSpec {
             }
         };
         keep_id(doc, after)
+    }
+
+    /// [`UpdateSpec::apply`] for the last application of this spec: a replacement's
+    /// document is moved into the result instead of copied (and left empty in `self`).
+    pub fn apply_last(
+        &mut self,
+        doc: &Document,
+        query: &Document,
+        is_upsert_insert: bool,
+    ) -> CmdResult<Document> {
+        match self {
+            UpdateSpec::Replacement(r) => replace_owned(doc, std::mem::take(r)),
+            _ => self.apply(doc, query, is_upsert_insert),
+        }
     }
 }
 
@@ -173,6 +194,41 @@ fn replace(doc: &Document, replacement: &Document) -> CmdResult<Document> {
     for (k, v) in replacement {
         if k != "_id" {
             out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// [`replace`] consuming the replacement: same result, without copying its values.
+fn replace_owned(doc: &Document, mut replacement: Document) -> CmdResult<Document> {
+    let id = match (doc.get("_id"), replacement.get("_id")) {
+        (Some(old), Some(new)) if old != new => {
+            return Err(CommandError::new(
+                codes::IMMUTABLE_FIELD,
+                format!("After applying the update, the (immutable) field '_id' was found to have been altered to _id: {new}"),
+            ))
+        }
+        // The original `_id` wins (values that compare equal may differ, e.g. 0.0 and -0.0).
+        (Some(id), _) => Some(id.clone()),
+        (None, _) => None,
+    };
+    if replacement.keys().next().map(String::as_str) == Some("_id") {
+        if let (Some(id), Some(slot)) = (id, replacement.get_mut("_id")) {
+            *slot = id;
+        }
+        return Ok(replacement);
+    }
+    let id = match id {
+        Some(id) => Some(id),
+        None => replacement.remove("_id"),
+    };
+    let mut out = Document::new();
+    if let Some(id) = id {
+        out.insert("_id", id);
+    }
+    for (k, v) in replacement {
+        if k != "_id" {
+            out.insert(k, v);
         }
     }
     Ok(out)
@@ -1181,5 +1237,43 @@ mod tests {
         );
         assert_eq!(d.removed_fields, vec!["gone".to_string()]);
         assert_eq!(d.truncated_arrays, vec![("t".to_string(), 1)]);
+    }
+
+    #[test]
+    fn moving_a_replacement_gives_the_same_bytes_as_copying_it() {
+        let olds = [
+            doc! {},
+            doc! {"_id": 1, "a": 1},
+            doc! {"_id": -0.0, "a": 1},
+            doc! {"a": 1, "_id": "x"},
+        ];
+        let replacements = [
+            doc! {},
+            doc! {"b": 2},
+            doc! {"_id": 1, "b": 2},
+            doc! {"b": 2, "_id": 1, "c": 3},
+            doc! {"_id": 0.0, "b": 2},
+            doc! {"b": 2, "_id": 0.0},
+            doc! {"_id": 2, "b": 2},
+            doc! {"_id": "x"},
+        ];
+        for old in &olds {
+            for r in &replacements {
+                let copied = replace(old, r);
+                let mut spec = UpdateSpec::parse_owned(Bson::Document(r.clone())).expect("parse");
+                let moved = spec.apply_last(old, &doc! {}, false);
+                match (copied, moved) {
+                    (Ok(a), Ok(b)) => assert_eq!(
+                        bson::to_vec(&a).expect("encode"),
+                        bson::to_vec(&b).expect("encode"),
+                        "{old} <- {r}"
+                    ),
+                    (Err(a), Err(b)) => {
+                        assert_eq!((a.code, a.errmsg), (b.code, b.errmsg), "{old} <- {r}")
+                    }
+                    (a, b) => panic!("{old} <- {r}: {a:?} vs {b:?}"),
+                }
+            }
+        }
     }
 }

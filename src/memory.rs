@@ -16,7 +16,8 @@ pub fn tune_allocator() {
         // SAFETY: mallopt only changes allocator parameters; called before any thread
         // is started.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * MIB);
+            // 32 MiB is the largest threshold glibc accepts on 64-bit targets.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * MIB);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 512 * MIB);
             libc::mallopt(libc::M_TOP_PAD, 64 * MIB);
         }

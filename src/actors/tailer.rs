@@ -171,16 +171,70 @@ fn ts_after(a: Timestamp, b: Timestamp) -> bool {
     (a.time, a.increment) > (b.time, b.increment)
 }
 
+/// One applier per (namespace, partition): events of one document always reach the same
+/// applier, so they stay in order, while a busy namespace is applied by several.
 struct Routing {
-    appliers: HashMap<String, Addr<Applier>>,
+    appliers: HashMap<(String, String, usize), Addr<Applier>>,
+}
+
+/// Which applier of its namespace takes an event: a hash of the document's `_id`, with
+/// numbers hashed by value, because the server treats int32 1, int64 1 and double 1.0
+/// as one `_id` (a document deleted as one type and inserted again as another must not
+/// race with itself on two appliers).
+fn partition_of(event: &RawDocument, partitions: usize) -> usize {
+    if partitions <= 1 {
+        return 0;
+    }
+    let id = event
+        .get_document("documentKey")
+        .ok()
+        .and_then(|k| k.get("_id").ok().flatten());
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    if let Some(id) = id {
+        hash_value(&mut hasher, id);
+    }
+    (hasher.digest() % partitions as u64) as usize
+}
+
+fn hash_value(h: &mut xxhash_rust::xxh3::Xxh3, v: bson::RawBsonRef<'_>) {
+    use bson::RawBsonRef as R;
+    let number = |h: &mut xxhash_rust::xxh3::Xxh3, f: f64| {
+        h.update(b"n");
+        // -0.0 == 0.0 as keys.
+        h.update(&(if f == 0.0 { 0.0f64 } else { f }).to_bits().to_le_bytes());
+    };
+    match v {
+        R::Int32(i) => number(h, i as f64),
+        R::Int64(i) => number(h, i as f64),
+        R::Double(f) => number(h, f),
+        R::Document(d) => {
+            h.update(b"d");
+            for (k, v) in d.iter().flatten() {
+                h.update(k.as_bytes());
+                hash_value(h, v);
+            }
+        }
+        R::Array(a) => {
+            h.update(b"a");
+            for v in a.into_iter().flatten() {
+                hash_value(h, v);
+            }
+        }
+        // Decimal128 values equal to other numbers are rare as `_id`s; by bytes.
+        other => {
+            let mut d = RawDocumentBuf::new();
+            d.append_ref("", other);
+            h.update(d.as_bytes());
+        }
+    }
 }
 
 /// Events handed to the appliers and not yet acknowledged.
 type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, TailError>>>>;
 
-/// Hands each namespace's events to its applier now (mailboxes keep per-namespace order)
-/// and returns the future of their acknowledgements, so the next batch can be read while
-/// these are applied.
+/// Hands each namespace's events to its appliers now (mailboxes keep per-document
+/// order) and returns the future of their acknowledgements, so the next batch can be
+/// read while these are applied.
 fn dispatch(
     engine: &SharedEngine,
     routing: &mut Routing,
@@ -189,23 +243,28 @@ fn dispatch(
     if pending.is_empty() {
         return Box::pin(async { Ok(0) });
     }
-    let mut by_ns: HashMap<(String, String), Vec<RawDocumentBuf>> = HashMap::new();
-    let mut order: Vec<(String, String)> = Vec::new();
+    let partitions = engine.config.apply.workers.max(1);
+    let mut by_key: HashMap<(String, String, usize), Vec<RawDocumentBuf>> = HashMap::new();
+    let mut order: Vec<(String, String, usize)> = Vec::new();
     for ev in pending.drain(..) {
         let (db, coll) = event_namespace(&ev);
-        let key = (db.to_string(), coll.to_string());
-        if !by_ns.contains_key(&key) {
+        let key = (
+            db.to_string(),
+            coll.to_string(),
+            partition_of(&ev, partitions),
+        );
+        if !by_key.contains_key(&key) {
             order.push(key.clone());
         }
-        by_ns.entry(key).or_default().push(ev);
+        by_key.entry(key).or_default().push(ev);
     }
     let mut requests = Vec::new();
     for key in order {
-        let events = by_ns.remove(&key).unwrap_or_default();
+        let events = by_key.remove(&key).unwrap_or_default();
         let name = format!("{}.{}", key.0, key.1);
         let addr = routing
             .appliers
-            .entry(name.clone())
+            .entry(key.clone())
             .or_insert_with(|| Applier::new(engine.clone(), key.0.clone(), key.1.clone()).start())
             .clone();
         let n = events.len() as u64;
@@ -477,7 +536,10 @@ async fn tail(
         .watch()
         .full_document(FullDocumentType::UpdateLookup)
         .show_expanded_events(true)
-        .max_await_time(MAX_AWAIT);
+        .max_await_time(MAX_AWAIT)
+        // getMores the size of an applied batch, so reading the next one overlaps with
+        // applying this one instead of alternating with it.
+        .batch_size(engine.config.apply.batch_max_events.clamp(1, 100_000) as u32);
     match spool.stream_from(&state) {
         Some(token) => {
             let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
@@ -681,5 +743,53 @@ async fn tail(
                 peers.drained.do_send(Drained);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::rawdoc;
+
+    fn event_for(id: bson::RawBson) -> RawDocumentBuf {
+        rawdoc! {"operationType": "delete", "documentKey": {"_id": id}}
+    }
+
+    #[test]
+    fn one_document_always_reaches_the_same_applier_whatever_its_numeric_type() {
+        use bson::RawBson as R;
+        for partitions in [2, 8, 64] {
+            let p = |id| partition_of(&event_for(id), partitions);
+            for n in [0i32, 1, 7, 123_456] {
+                let same = p(R::Int32(n));
+                assert_eq!(p(R::Int64(n as i64)), same);
+                assert_eq!(p(R::Double(n as f64)), same);
+            }
+            assert_eq!(p(R::Double(-0.0)), p(R::Int32(0)));
+            let nested = |v| {
+                let mut d = RawDocumentBuf::new();
+                d.append("k", v);
+                R::Document(d)
+            };
+            assert_eq!(p(nested(R::Int32(5))), p(nested(R::Int64(5))));
+        }
+        // Different documents spread over the appliers.
+        let used: std::collections::HashSet<usize> = (0..200)
+            .map(|i| partition_of(&event_for(bson::RawBson::Int32(i)), 8))
+            .collect();
+        assert_eq!(used.len(), 8);
+    }
+
+    #[test]
+    fn resume_tokens_carry_their_cluster_time() {
+        let token = doc! {"_data": "8200000064000000072B"};
+        assert_eq!(
+            token_timestamp(&token),
+            Some(Timestamp {
+                time: 100,
+                increment: 7
+            })
+        );
+        assert_eq!(token_timestamp(&doc! {"_data": "00"}), None);
     }
 }

@@ -574,6 +574,10 @@ async fn tail(
     };
     let mut pending: Vec<RawDocumentBuf> = Vec::new();
     let batch_max = engine.config.apply.batch_max_events.max(1);
+    let batch_max_bytes = engine.config.apply.batch_max_bytes.max(1) as usize;
+    let flush_every = Duration::from_millis(engine.config.apply.flush_interval_ms);
+    let mut pending_bytes = 0usize;
+    let mut last_cut = Instant::now();
     let checkpoint_every = engine.config.runtime.checkpoint_interval();
     let idle_noop = engine.config.runtime.idle_noop_interval();
     let mut last_checkpoint = Instant::now();
@@ -588,6 +592,7 @@ async fn tail(
                 events_applied += previous.await?;
             }
             events_applied += flush(&engine, &mut routing, &mut pending).await?;
+            pending_bytes = 0;
             while *paused.borrow() {
                 if paused.changed().await.is_err() {
                     return Ok(());
@@ -627,6 +632,7 @@ async fn tail(
                         events_applied += previous.await?;
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
+                    pending_bytes = 0;
                     apply_ddl(&engine, &decode_event(&event)?).await?;
                     events_applied += 1;
                     engine
@@ -638,11 +644,16 @@ async fn tail(
                     }
                     last_checkpoint = Instant::now() - checkpoint_every;
                 } else if op != "invalidate" {
+                    pending_bytes += event.as_bytes().len();
                     pending.push(event);
                 }
             }
             dirty = true;
-            if pending.len() < batch_max && last_checkpoint.elapsed() < checkpoint_every {
+            if pending.len() < batch_max
+                && pending_bytes < batch_max_bytes
+                && last_cut.elapsed() < flush_every
+                && last_checkpoint.elapsed() < checkpoint_every
+            {
                 continue;
             }
         }
@@ -659,6 +670,8 @@ async fn tail(
                 .transpose()?,
         };
         let flight = dispatch(&engine, &mut routing, &mut pending);
+        pending_bytes = 0;
+        last_cut = Instant::now();
         let acknowledged = if caught_up {
             if let Some((previous, _)) = in_flight.take() {
                 events_applied += previous.await?;

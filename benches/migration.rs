@@ -156,6 +156,7 @@ async fn main() {
     let copy = copy_started.elapsed();
     let copied = progress.documents_copied.load(Ordering::Relaxed);
     let copy_rate = copied as f64 / copy.as_secs_f64();
+    let rss_after_copy = peak_rss_mib();
     wait_for(&progress, "ready", || {
         progress.phase() == Phase::ReadyForCutover
     })
@@ -218,5 +219,7 @@ async fn main() {
         "change apply                : {apply_rate:>10.0} events/s ({:.0}% of ceiling)",
         100.0 * apply_rate / ceiling_rate
     );
-    println!("peak RSS of the ferry process: {rss:.0} MiB");
+    println!(
+        "peak RSS of the ferry process: {rss_after_copy:.0} MiB after the copy, {rss:.0} MiB after apply"
+    );
 }

@@ -136,7 +136,7 @@ pub const DEFAULT_API_LISTEN: SocketAddr =
 /// for small documents (the byte cap below governs for large ones), well
 /// under the server's `maxWriteBatchSize` of 100 000 so the driver never has
 /// to split a batch.
-pub const DEFAULT_COPY_BATCH_MAX_DOCUMENTS: usize = 10_000;
+pub const DEFAULT_COPY_BATCH_MAX_DOCUMENTS: usize = 2_000;
 
 /// Default `copy.batch_max_bytes` and `apply.batch_max_bytes`: 16 MiB less
 /// [`BATCH_ENVELOPE_HEADROOM_BYTES`], so a whole batch fits in one maximum

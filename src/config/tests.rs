@@ -95,7 +95,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:27182");
     assert!(cfg.filter.include_namespaces.is_empty());
     assert!(cfg.filter.exclude_namespaces.is_empty());
-    assert_eq!(cfg.copy.batch_max_documents, 10_000);
+    assert_eq!(cfg.copy.batch_max_documents, 2_000);
     assert_eq!(cfg.copy.batch_max_bytes, 16 * 1024 * 1024 - 16 * 1024);
     assert_eq!(cfg.apply.batch_max_bytes, cfg.copy.batch_max_bytes);
     assert_eq!(cfg.runtime.checkpoint_interval_seconds, 5);

@@ -845,7 +845,15 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
             format!("the oplog covers {}; {estimate_text}", human(window)),
         );
     }
-    if window < needed {
+    if window < needed && config.runtime.spool_dir.is_some() {
+        Check::pass(
+            NAME,
+            format!(
+                "the oplog covers {}, less than {OPLOG_WINDOW_SAFETY_FACTOR}x the copy estimate, but changes are spooled to runtime.spool_dir while copying; {estimate_text}",
+                human(window)
+            ),
+        )
+    } else if window < needed {
         Check::warn(
             NAME,
             format!(

@@ -272,12 +272,12 @@ impl Supervisor {
         let left = expires - unix_now();
         if left <= 0 {
             tracing::error!("the cutover window expired: syncing stopped, the source is untouched; start a new migration to try again");
+            self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
             crate::notify::send(
                 &self.engine,
                 "expired",
                 "the cutover window expired; syncing stopped",
             );
-            self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
             return;
         }
         for &hours in &self.engine.config.cutover.warn_before_expiry_hours.clone() {
@@ -561,6 +561,7 @@ impl Handler<SyncStatus> for Supervisor {
                         }
                         .into_actor(self),
                     );
+                    self.set_phase(ctx, Phase::ReadyForCutover);
                     crate::notify::send(
                         &self.engine,
                         "ready_for_cutover",
@@ -646,12 +647,12 @@ impl Handler<Verified> for Supervisor {
                 let report = self.build_report(strict);
                 println!("{report}");
                 *self.engine.progress.report.write() = Some(report);
+                self.finish(ctx, Phase::Completed, None);
                 crate::notify::send(
                     &self.engine,
                     "completed",
                     "migration completed; verification passed",
                 );
-                self.finish(ctx, Phase::Completed, None);
             }
             Ok((data, strict)) => {
                 let failed = if data.passed { strict } else { data };

@@ -543,6 +543,9 @@ pub struct NotifyConfig {
     /// and expiry warnings. None (default): no notifications.
     pub webhook_url: Option<String>,
     pub webhook_timeout_seconds: u64,
+    /// PEM file of the CA that signed an `https://` webhook's certificate, for a
+    /// receiver behind a private CA. None (default): the public web roots.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl Default for NotifyConfig {
@@ -550,6 +553,7 @@ impl Default for NotifyConfig {
         Self {
             webhook_url: None,
             webhook_timeout_seconds: DEFAULT_NOTIFY_WEBHOOK_TIMEOUT_SECONDS,
+            webhook_ca_file: None,
         }
     }
 }
@@ -563,6 +567,7 @@ impl fmt::Debug for NotifyConfig {
                 &self.webhook_url.as_deref().map(redacted_url),
             )
             .field("webhook_timeout_seconds", &self.webhook_timeout_seconds)
+            .field("webhook_ca_file", &self.webhook_ca_file)
             .finish()
     }
 }

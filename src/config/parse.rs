@@ -99,6 +99,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.destination.tls_ca_file);
     fix(&mut config.destination.tls_certificate_key_file);
     fix(&mut config.runtime.spool_dir);
+    fix(&mut config.notify.webhook_ca_file);
 }
 
 // ---------------------------------------------------------------------------

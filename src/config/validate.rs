@@ -244,6 +244,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
         "notify.webhook_timeout_seconds",
         notify.webhook_timeout_seconds,
     );
+    v.existing_file("notify.webhook_ca_file", notify.webhook_ca_file.as_deref());
 
     // [log]
     validate_log_level(&mut v, "log.level", &config.log.level);

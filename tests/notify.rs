@@ -1,0 +1,170 @@
+//! Webhook notifications: a run announces ready_for_cutover and completed to an http://
+//! receiver; https:// receivers are checked against the public roots or a given CA.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// Reads one HTTP request (head + Content-Length body), answers 200, records the body.
+async fn serve_one<S>(mut stream: S, received: Received)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Ok(n) = stream.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                let body = &data[end + 4..end + 4 + length];
+                if let Ok(json) = serde_json::from_slice(body) {
+                    received.lock().unwrap().push(json);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn http_receiver() -> (String, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/ferry", listener.local_addr().unwrap());
+    let received: Received = Arc::default();
+    let r = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_one(stream, r.clone()));
+        }
+    });
+    (url, received)
+}
+
+fn events(received: &Received) -> Vec<String> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["event"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_announces_ready_for_cutover_and_completed() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 200).await;
+    let (url, received) = http_receiver().await;
+    let m = start(pair.config(&format!("[notify]\nwebhook_url = \"{url}\"\n"))).await;
+    wait_phase(&m.progress, ferry::progress::Phase::ReadyForCutover).await;
+    poll("the ready_for_cutover notification", || {
+        events(&received).contains(&"ready_for_cutover".to_string())
+    })
+    .await;
+    cutover_and_complete(m).await;
+    poll("the completed notification", || {
+        events(&received).contains(&"completed".to_string())
+    })
+    .await;
+    let all = received.lock().unwrap().clone();
+    let completed = all.iter().find(|j| j["event"] == "completed").unwrap();
+    assert_eq!(completed["phase"], "completed");
+    assert!(completed["message"]
+        .as_str()
+        .unwrap()
+        .contains("verification passed"));
+}
+
+fn write_certs(dir: &std::path::Path) -> (std::path::PathBuf, ferry_sandbox::TlsFiles) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry webhook test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    let cert_file = dir.join("server.pem");
+    let key_file = dir.join("server.key");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (
+        ca_file,
+        ferry_sandbox::TlsFiles {
+            cert_file,
+            key_file,
+        },
+    )
+}
+
+#[tokio::test]
+async fn https_webhooks_trust_the_given_ca_and_refuse_unknown_ones() {
+    let dir = std::env::temp_dir().join(format!("ferry-webhook-tls-{}", std::process::id()));
+    let (ca_file, files) = write_certs(&dir);
+    let acceptor = ferry_sandbox::tls::acceptor(&files).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received: Received = Arc::default();
+    let r = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let r = r.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    serve_one(tls, r).await;
+                }
+            });
+        }
+    });
+    let url = format!("https://localhost:{port}/hook");
+    let body = r#"{"event":"test","message":"hello","phase":"syncing"}"#;
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        ferry::notify::post(&url, body, Some(&ca_file)),
+    )
+    .await
+    .expect("answered in time")
+    .expect("https POST with the test CA");
+    assert_eq!(status, 200);
+    assert_eq!(events(&received), vec!["test".to_string()]);
+
+    let refused = ferry::notify::post(&url, body, None).await;
+    assert!(
+        refused.is_err(),
+        "a certificate from an unknown CA must be refused"
+    );
+    let bad = ferry::notify::post("ftp://example.com/x", body, None)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("http:// and https://"), "{bad}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -163,7 +163,7 @@ fn example_file_commented_keys_are_valid_keys() {
             "unexpected issue: {issue}"
         );
     }
-    assert_eq!(got.len(), 4, "{}", display_issues(&got));
+    assert_eq!(got.len(), 5, "{}", display_issues(&got));
 }
 
 #[test]
@@ -199,6 +199,7 @@ fn every_default_in_example_is_documented() {
         "enforce_write_block",
         "webhook_url",
         "webhook_timeout_seconds",
+        "webhook_ca_file",
         "level",
         "format",
     ] {

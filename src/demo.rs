@@ -171,7 +171,12 @@ fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config,
     let text = format!(
         "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n"
     );
-    Ok(crate::config::from_toml_str(&text, &|_| None)?)
+    let mut config = crate::config::from_toml_str(&text, &|_| None)?;
+    // Changes made during the copy are spooled on local disk, as on a production run.
+    config.runtime.spool_dir = Some(
+        std::env::temp_dir().join(format!("ferry-demo-spool-{}", std::process::id())),
+    );
+    Ok(config)
 }
 
 /// Runs the demo; prints progress and the report.

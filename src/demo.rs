@@ -173,9 +173,8 @@ fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config,
     );
     let mut config = crate::config::from_toml_str(&text, &|_| None)?;
     // Changes made during the copy are spooled on local disk, as on a production run.
-    config.runtime.spool_dir = Some(
-        std::env::temp_dir().join(format!("ferry-demo-spool-{}", std::process::id())),
-    );
+    config.runtime.spool_dir =
+        Some(std::env::temp_dir().join(format!("ferry-demo-spool-{}", std::process::id())));
     Ok(config)
 }
 

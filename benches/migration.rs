@@ -116,9 +116,10 @@ async fn main() {
         .await
         .expect("client");
 
-    // Baseline: raw insertMany into an identical destination.
-    let ceiling = insert_all(&ceiling_client, "bench", n).await;
-    let ceiling_rate = n as f64 / ceiling.as_secs_f64();
+    // Baseline: raw insertMany into an identical, empty destination; measured again on
+    // the migration's own destination after the run, and the best rate is the ceiling
+    // (the strictest baseline on a noisy machine).
+    let fresh_rate = n as f64 / insert_all(&ceiling_client, "bench", n).await.as_secs_f64();
     insert_all(&src, "bench", n).await;
 
     let config = ferry::config::from_toml_str(
@@ -208,9 +209,22 @@ async fn main() {
         .await
         .expect("cancel");
     let _ = tokio::task::spawn_blocking(move || migration.wait()).await;
+    let dst = Client::with_uri_str(&destination.uri)
+        .await
+        .expect("client");
+    let mut same_rates = Vec::new();
+    for round in 0..2 {
+        let took = insert_all(&dst, &format!("ceiling{round}"), n).await;
+        same_rates.push(n as f64 / took.as_secs_f64());
+    }
+    let ceiling_rate = same_rates.iter().copied().fold(fresh_rate, f64::max);
 
     println!("documents: {n} x ~1 KiB ({data_mib:.0} MiB), sandboxes in child processes");
-    println!("baseline insertMany ceiling : {ceiling_rate:>10.0} docs/s");
+    println!(
+        "insertMany into an empty sandbox: {fresh_rate:.0} docs/s; into the migration's destination afterwards: {:.0} and {:.0} docs/s",
+        same_rates[0], same_rates[1]
+    );
+    println!("baseline insertMany ceiling : {ceiling_rate:>10.0} docs/s (the best of those)");
     println!(
         "initial copy                : {copy_rate:>10.0} docs/s  ({:.0}% of ceiling)",
         100.0 * copy_rate / ceiling_rate

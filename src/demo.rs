@@ -206,6 +206,7 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
         sizes.customers,
     ));
     let config = demo_config(&source.uri(), &destination.uri())?;
+    let spool_dir = config.runtime.spool_dir.clone();
     let migration =
         tokio::task::spawn_blocking(move || Migration::start(config, RunOptions::default()))
             .await
@@ -264,6 +265,10 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
     let outcome = tokio::task::spawn_blocking(move || migration.wait())
         .await
         .map_err(|e| DemoError::Other(e.to_string()))??;
+    if let Some(dir) = spool_dir {
+        // Empty once the spooled changes are applied.
+        let _ = std::fs::remove_dir(dir);
+    }
     match (outcome.phase, outcome.report) {
         (Phase::Completed, Some(report)) => {
             println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());

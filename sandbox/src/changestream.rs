@@ -62,6 +62,9 @@ pub struct ChangeStream {
     full_document: FullDocument,
     before_change: BeforeChange,
     show_expanded: bool,
+    /// Whether update events carry `disambiguatedPaths` (servers 6.1+, with
+    /// `showExpandedEvents`).
+    pub disambiguate: bool,
     /// Entries with ts <= after (or < after when `inclusive`) have been consumed.
     after: Timestamp,
     inclusive: bool,
@@ -181,6 +184,7 @@ impl ChangeStream {
             full_document,
             before_change,
             show_expanded: spec.get_bool("showExpandedEvents").unwrap_or(false),
+            disambiguate: false,
             after,
             inclusive,
             pending_invalidate,
@@ -372,10 +376,12 @@ impl ChangeStream {
                         .iter()
                         .map(|(f, n)| Bson::Document(doc! {"field": f.clone(), "newSize": *n}))
                         .collect();
-                    ev.insert(
-                        "updateDescription",
-                        doc! {"updatedFields": d.updated_fields.clone(), "removedFields": d.removed_fields.clone(), "truncatedArrays": truncated},
-                    );
+                    let mut description = doc! {"updatedFields": d.updated_fields.clone(), "removedFields": d.removed_fields.clone(), "truncatedArrays": truncated};
+                    if self.show_expanded && self.disambiguate && !d.disambiguated_paths.is_empty()
+                    {
+                        description.insert("disambiguatedPaths", d.disambiguated_paths.clone());
+                    }
+                    ev.insert("updateDescription", description);
                 }
                 match self.full_document {
                     FullDocument::Default => {}

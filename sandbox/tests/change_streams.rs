@@ -766,3 +766,73 @@ async fn history_lost_after_truncation() {
     )
     .await;
 }
+
+/// With showExpandedEvents, a 6.1+ server tells which dotted paths hold array indices or
+/// numeric field names (`disambiguatedPaths`); older servers and plain streams do not.
+#[tokio::test]
+async fn disambiguated_paths_for_numeric_components() {
+    for (version, expanded, expect) in [
+        ("7.0.13", true, true),
+        ("7.0.13", false, false),
+        ("6.0.17", true, false),
+    ] {
+        let sb = start_with(ferry_sandbox::SandboxOptions {
+            version: version.into(),
+            ..Default::default()
+        });
+        let client = client(&sb).await;
+        let coll = client.database("t").collection::<Document>("c");
+        coll.insert_one(doc! {"_id": 1, "tags": ["a"], "m": {"0": "x"}, "plain": 1})
+            .await
+            .unwrap();
+        let (id, _, _) = raw_stream(
+            &client,
+            "t",
+            Bson::String("c".into()),
+            doc! {"showExpandedEvents": expanded},
+        )
+        .await;
+        coll.update_one(doc! {"_id": 1}, doc! {"$push": {"tags": "b"}})
+            .await
+            .unwrap();
+        coll.update_one(doc! {"_id": 1}, doc! {"$set": {"m.0": "y"}})
+            .await
+            .unwrap();
+        coll.update_one(doc! {"_id": 1}, doc! {"$set": {"plain": 2}})
+            .await
+            .unwrap();
+        let events = raw_events(&client, "t", "c", id, 3).await;
+        let desc = |i: usize| events[i].get_document("updateDescription").unwrap();
+        assert_eq!(
+            desc(0).get_document("updatedFields").unwrap(),
+            &doc! {"tags.1": "b"}
+        );
+        assert_eq!(
+            desc(1).get_document("updatedFields").unwrap(),
+            &doc! {"m.0": "y"}
+        );
+        if expect {
+            assert_eq!(
+                desc(0).get_document("disambiguatedPaths").unwrap(),
+                &doc! {"tags.1": ["tags", 1]}
+            );
+            assert_eq!(
+                desc(1).get_document("disambiguatedPaths").unwrap(),
+                &doc! {"m.0": ["m", "0"]}
+            );
+        } else {
+            assert!(
+                desc(0).get("disambiguatedPaths").is_none(),
+                "{version} {expanded}"
+            );
+            assert!(
+                desc(1).get("disambiguatedPaths").is_none(),
+                "{version} {expanded}"
+            );
+        }
+        assert!(
+            desc(2).get("disambiguatedPaths").is_none(),
+            "an unambiguous path needs no disambiguation"
+        );
+    }
+}

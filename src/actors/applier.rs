@@ -94,6 +94,11 @@ impl Handler<ApplyEvents> for Applier {
 enum Kind {
     Insert,
     Upsert,
+    /// An update's changed fields as `$set`/`$unset`/`$push`; no upsert.
+    Delta,
+    /// An update whose changes cannot be replayed as operators: read the document from
+    /// the source and replace it.
+    Refetch,
     Delete,
 }
 
@@ -115,16 +120,19 @@ fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, Appl
         field,
         event: short(event),
     };
-    let op = event
-        .get_str("operationType")
-        .map_err(|_| malformed("operationType"))?;
-    let key = event
-        .get_document("documentKey")
-        .map_err(|_| malformed("documentKey"))?;
-    let full = match event.get("fullDocument") {
-        Ok(Some(RawBsonRef::Document(d))) => Some(d),
-        _ => None,
-    };
+    // One pass over the event's fields.
+    let (mut op, mut key, mut full, mut desc) = (None, None, None, None);
+    for (name, value) in event.iter().flatten() {
+        match (name, value) {
+            ("operationType", RawBsonRef::String(o)) => op = Some(o),
+            ("documentKey", RawBsonRef::Document(k)) => key = Some(k),
+            ("fullDocument", RawBsonRef::Document(d)) => full = Some(d),
+            ("updateDescription", RawBsonRef::Document(d)) => desc = Some(d),
+            _ => {}
+        }
+    }
+    let op = op.ok_or_else(|| malformed("operationType"))?;
+    let key = key.ok_or_else(|| malformed("documentKey"))?;
     match (op, full) {
         ("insert", Some(full)) => Ok(Some(Statement {
             kind: Kind::Insert,
@@ -136,8 +144,23 @@ fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, Appl
             body: upsert_statement(key, full),
             key: None,
         })),
-        // The document is gone by the time of the lookup; its delete event follows.
-        ("update", None) => Ok(None),
+        // Without the looked-up document (delta mode, or the document is gone by the
+        // time of the lookup): apply the changed fields.
+        ("update", None) => {
+            let desc = desc.ok_or_else(|| malformed("updateDescription"))?;
+            Ok(delta_of(desc).map(|delta| match delta {
+                Some(u) => Statement {
+                    kind: Kind::Delta,
+                    body: rawdoc! {"q": key.to_raw_document_buf(), "u": u, "upsert": false},
+                    key: Some(key.to_raw_document_buf()),
+                },
+                None => Statement {
+                    kind: Kind::Refetch,
+                    body: key.to_raw_document_buf(),
+                    key: Some(key.to_raw_document_buf()),
+                },
+            }))
+        }
         ("insert" | "replace", None) => Err(malformed("fullDocument")),
         ("delete", _) => Ok(Some(Statement {
             kind: Kind::Delete,
@@ -145,6 +168,60 @@ fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, Appl
             key: None,
         })),
         _ => Ok(None),
+    }
+}
+
+/// The update operators replaying an `updateDescription`: `Some(None)` when they cannot
+/// (ambiguous paths, `$`-prefixed or empty field names), `None` when nothing changed.
+fn delta_of(desc: &RawDocument) -> Option<Option<RawDocumentBuf>> {
+    if let Ok(Some(RawBsonRef::Document(d))) = desc.get("disambiguatedPaths") {
+        if !d.is_empty() {
+            return Some(None);
+        }
+    }
+    let operator_safe = |path: &str| !path.split('.').any(|c| c.starts_with('$') || c.is_empty());
+    let mut u = RawDocumentBuf::new();
+    if let Ok(Some(RawBsonRef::Document(updated))) = desc.get("updatedFields") {
+        if !updated.is_empty() {
+            if !updated.iter().flatten().all(|(k, _)| operator_safe(k)) {
+                return Some(None);
+            }
+            u.append_ref("$set", updated);
+        }
+    }
+    if let Ok(Some(RawBsonRef::Array(removed))) = desc.get("removedFields") {
+        let mut unset = RawDocumentBuf::new();
+        for field in removed.into_iter().flatten() {
+            match field {
+                RawBsonRef::String(f) if operator_safe(f) => unset.append(f, ""),
+                _ => return Some(None),
+            }
+        }
+        if !unset.is_empty() {
+            u.append("$unset", unset);
+        }
+    }
+    if let Ok(Some(RawBsonRef::Array(truncated))) = desc.get("truncatedArrays") {
+        let mut push = RawDocumentBuf::new();
+        for t in truncated.into_iter().flatten() {
+            let RawBsonRef::Document(t) = t else {
+                return Some(None);
+            };
+            match (t.get_str("field"), t.get_i32("newSize")) {
+                (Ok(f), Ok(n)) if operator_safe(f) => {
+                    push.append(f, rawdoc! {"$each": [], "$slice": n});
+                }
+                _ => return Some(None),
+            }
+        }
+        if !push.is_empty() {
+            u.append("$push", push);
+        }
+    }
+    if u.is_empty() {
+        None
+    } else {
+        Some(Some(u))
     }
 }
 
@@ -211,6 +288,14 @@ pub async fn apply_events(
     Ok(count)
 }
 
+fn source_error(ns: &str, source: mongodb::error::Error) -> ApplyError {
+    ApplyError::Cluster(ClusterError::Command {
+        side: crate::cluster::Side::Source,
+        action: format!("read {ns} for an update that does not apply as a delta"),
+        source,
+    })
+}
+
 /// The destination namespace an applier writes to.
 struct Target<'a> {
     engine: &'a SharedEngine,
@@ -238,7 +323,90 @@ impl Target<'_> {
                 .write("delete", bodies)
                 .await
                 .and_then(|r| self.check("delete", &r)),
+            Kind::Delta => self.delta(bodies, keys).await,
+            Kind::Refetch => self.refetch(&keys).await,
         }
+    }
+
+    /// Ordered updates; one that does not apply to the destination's version of its
+    /// document (a path conflict: that version is older or newer than the event's) is
+    /// replaced by the source's current document, then the rest go on.
+    async fn delta(
+        &self,
+        mut bodies: Vec<RawDocumentBuf>,
+        mut keys: Vec<RawDocumentBuf>,
+    ) -> Result<(), ApplyError> {
+        while !bodies.is_empty() {
+            let reply = self.write("update", bodies.clone()).await?;
+            if reply.get_document("writeConcernError").is_ok() {
+                return self.check("update", &reply);
+            }
+            let failed = reply
+                .get_array("writeErrors")
+                .ok()
+                .and_then(|errors| errors.first())
+                .and_then(|e| e.as_document())
+                .and_then(|e| match e.get("index") {
+                    Some(Bson::Int32(i)) => usize::try_from(*i).ok(),
+                    Some(Bson::Int64(i)) => usize::try_from(*i).ok(),
+                    _ => None,
+                });
+            let Some(i) = failed else {
+                return self.check("update", &reply);
+            };
+            if i >= bodies.len() || i >= keys.len() {
+                return self.check("update", &reply);
+            }
+            tracing::debug!(ns = self.ns, error = ?reply.get_array("writeErrors"), "an update does not apply to the destination's document; replacing it with the source's");
+            self.refetch(&keys[i..=i]).await?;
+            bodies.drain(..=i);
+            keys.drain(..=i);
+        }
+        Ok(())
+    }
+
+    /// Replaces each keyed document with the source's current version (a document gone
+    /// from the source is left to its delete event, which follows in the stream).
+    async fn refetch(&self, keys: &[RawDocumentBuf]) -> Result<(), ApplyError> {
+        use futures_util::TryStreamExt;
+        let alternatives: Vec<Bson> = keys
+            .iter()
+            .filter_map(|k| Document::try_from(k.as_ref()).ok().map(Bson::Document))
+            .collect();
+        let query = doc! {"$or": alternatives};
+        let found: Vec<RawDocumentBuf> = self
+            .engine
+            .source
+            .client
+            .database(self.db)
+            .collection::<RawDocumentBuf>(self.coll)
+            .find(query)
+            .await
+            .map_err(|e| source_error(self.ns, e))?
+            .try_collect()
+            .await
+            .map_err(|e| source_error(self.ns, e))?;
+        let id_bytes = |d: &RawDocument| -> Option<Vec<u8>> {
+            let mut one = RawDocumentBuf::new();
+            one.append_ref("", d.get("_id").ok().flatten()?);
+            Some(one.into_bytes())
+        };
+        let by_id: std::collections::HashMap<Vec<u8>, &RawDocumentBuf> = found
+            .iter()
+            .filter_map(|d| Some((id_bytes(d)?, d)))
+            .collect();
+        let statements: Vec<RawDocumentBuf> = keys
+            .iter()
+            .filter_map(|k| {
+                let doc = by_id.get(&id_bytes(k)?)?;
+                Some(upsert_statement(k, doc))
+            })
+            .collect();
+        if statements.is_empty() {
+            return Ok(());
+        }
+        let reply = self.write("update", statements).await?;
+        self.check("update", &reply)
     }
 
     /// Unordered insert; documents that are already there are replaced instead.
@@ -461,5 +629,89 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             ignore(&[26])(dest.run(&db, cmd).await)
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    fn delta(d: Document) -> Option<Option<Document>> {
+        delta_of(&desc(d)).map(|u| u.map(|u| Document::try_from(u.as_ref()).unwrap()))
+    }
+
+    #[test]
+    fn an_update_description_becomes_set_unset_and_slice() {
+        assert_eq!(
+            delta(doc! {
+                "updatedFields": {"n": 2, "a.b": "x"},
+                "removedFields": ["gone", "c.d"],
+                "truncatedArrays": [{"field": "arr", "newSize": 3}],
+            }),
+            Some(Some(doc! {
+                "$set": {"n": 2, "a.b": "x"},
+                "$unset": {"gone": "", "c.d": ""},
+                "$push": {"arr": {"$each": [], "$slice": 3}},
+            }))
+        );
+        assert_eq!(
+            delta(doc! {"updatedFields": {}, "removedFields": [], "truncatedArrays": []}),
+            None,
+            "nothing to apply"
+        );
+    }
+
+    #[test]
+    fn ambiguous_or_dollar_paths_read_the_source_document() {
+        let refetch = Some(None);
+        assert_eq!(
+            delta(
+                doc! {"updatedFields": {"tags.3": "t"}, "removedFields": [], "truncatedArrays": [],
+                "disambiguatedPaths": {"tags.3": ["tags", 3]}}
+            ),
+            refetch
+        );
+        assert_eq!(
+            delta(doc! {"updatedFields": {"a.$b": 1}, "removedFields": []}),
+            refetch
+        );
+        assert_eq!(
+            delta(doc! {"updatedFields": {}, "removedFields": ["$x"]}),
+            refetch
+        );
+        // An empty disambiguatedPaths is no reason to read the source.
+        assert_eq!(
+            delta(doc! {"updatedFields": {"n": 1}, "disambiguatedPaths": {}}),
+            Some(Some(doc! {"$set": {"n": 1}}))
+        );
+    }
+
+    #[test]
+    fn update_events_without_the_document_become_deltas() {
+        let event = desc(doc! {
+            "operationType": "update",
+            "documentKey": {"_id": 7},
+            "updateDescription": {"updatedFields": {"n": 1}, "removedFields": []},
+        });
+        let stmt = statement_of("d.c", &event).unwrap().unwrap();
+        assert_eq!(stmt.kind, Kind::Delta);
+        assert_eq!(
+            Document::try_from(stmt.body.as_ref()).unwrap(),
+            doc! {"q": {"_id": 7}, "u": {"$set": {"n": 1}}, "upsert": false}
+        );
+        let with_lookup = desc(doc! {
+            "operationType": "update",
+            "documentKey": {"_id": 7},
+            "fullDocument": {"_id": 7, "n": 1},
+            "updateDescription": {"updatedFields": {"n": 1}, "removedFields": []},
+        });
+        assert_eq!(
+            statement_of("d.c", &with_lookup).unwrap().unwrap().kind,
+            Kind::Upsert
+        );
     }
 }

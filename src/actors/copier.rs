@@ -164,10 +164,15 @@ pub async fn run_copy(
         * engine.config.copy.parallel_ranges_per_collection)
         .max(1);
     wait_unpaused(&mut paused).await?;
+    // Inserts in flight across all ranges (each range also reads its next batch meanwhile).
+    let inserts = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        engine.config.copy.insert_workers.max(1),
+    ));
     futures_util::stream::iter(todo.into_iter().map(|r| {
         let engine = engine.clone();
         let paused = paused.clone();
-        async move { copy_range(engine, r, paused).await }
+        let inserts = inserts.clone();
+        async move { copy_range(engine, r, paused, inserts).await }
     }))
     .buffer_unordered(concurrency)
     .try_collect::<Vec<()>>()
@@ -345,11 +350,13 @@ fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
 }
 
 /// Copies one range from its checkpoint on, one batch at a time, with one insert in
-/// flight while the next batch is read.
+/// flight while the next batch is read (and at most `copy.insert_workers` inserts in
+/// flight over all ranges).
 async fn copy_range(
     engine: SharedEngine,
     mut range: CopyRange,
     mut paused: watch::Receiver<bool>,
+    inserts: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<(), CopyError> {
     let (db, coll) = range
         .ns
@@ -417,13 +424,17 @@ async fn copy_range(
             wait_unpaused(&mut paused).await?;
             let docs = std::mem::take(&mut batch);
             let n_bytes = std::mem::take(&mut bytes);
-            in_flight = Some(tokio::spawn(insert_batch(
-                engine.clone(),
-                db.clone(),
-                coll.clone(),
-                docs,
-                n_bytes,
-            )));
+            let permit = inserts
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| CopyError::Stopped)?;
+            let insert = insert_batch(engine.clone(), db.clone(), coll.clone(), docs, n_bytes);
+            in_flight = Some(tokio::spawn(async move {
+                let done = insert.await;
+                drop(permit);
+                done
+            }));
         }
         if finished {
             break;

@@ -155,13 +155,6 @@ fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
     }
 }
 
-/// The database and collection an event is about (empty when it has none).
-fn event_namespace(event: &RawDocument) -> (&str, &str) {
-    let ns = event.get_document("ns").ok();
-    let field = |name| ns.and_then(|ns| ns.get_str(name).ok()).unwrap_or_default();
-    (field("db"), field("coll"))
-}
-
 /// A (rare) DDL event decoded for inspection.
 fn decode_event(event: &RawDocument) -> Result<Document, TailError> {
     Document::try_from(event).map_err(|e| TailError::Decode(e.to_string()))
@@ -181,18 +174,12 @@ struct Routing {
 /// numbers hashed by value, because the server treats int32 1, int64 1 and double 1.0
 /// as one `_id` (a document deleted as one type and inserted again as another must not
 /// race with itself on two appliers).
-fn partition_of(event: &RawDocument, partitions: usize) -> usize {
+fn partition_of_id(id: bson::RawBsonRef<'_>, partitions: usize) -> usize {
     if partitions <= 1 {
         return 0;
     }
-    let id = event
-        .get_document("documentKey")
-        .ok()
-        .and_then(|k| k.get("_id").ok().flatten());
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    if let Some(id) = id {
-        hash_value(&mut hasher, id);
-    }
+    hash_value(&mut hasher, id);
     (hasher.digest() % partitions as u64) as usize
 }
 
@@ -232,35 +219,111 @@ fn hash_value(h: &mut xxhash_rust::xxh3::Xxh3, v: bson::RawBsonRef<'_>) {
 /// Events handed to the appliers and not yet acknowledged.
 type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, TailError>>>>;
 
+/// The fields of a change event the tailer routes by, read in one pass.
+struct EventView<'a> {
+    op: &'a str,
+    db: &'a str,
+    coll: &'a str,
+    /// `documentKey._id`.
+    id: Option<bson::RawBsonRef<'a>>,
+    ts: Option<Timestamp>,
+}
+
+impl<'a> EventView<'a> {
+    fn parse(event: &'a RawDocument) -> EventView<'a> {
+        let mut view = EventView {
+            op: "",
+            db: "",
+            coll: "",
+            id: None,
+            ts: None,
+        };
+        for (key, value) in event.iter().flatten() {
+            match (key, value) {
+                ("operationType", bson::RawBsonRef::String(op)) => view.op = op,
+                ("clusterTime", bson::RawBsonRef::Timestamp(ts)) => view.ts = Some(ts),
+                ("ns", bson::RawBsonRef::Document(ns)) => {
+                    view.db = ns.get_str("db").unwrap_or_default();
+                    view.coll = ns.get_str("coll").unwrap_or_default();
+                }
+                ("documentKey", bson::RawBsonRef::Document(k)) => {
+                    view.id = k.get("_id").ok().flatten();
+                }
+                _ => {}
+            }
+        }
+        view
+    }
+
+    /// Whether the migration wants this event (namespace filter, system collections).
+    fn is_wanted(&self, engine: &SharedEngine) -> bool {
+        if self.op == "dropDatabase" {
+            engine.filter.may_allow_database(self.db)
+                && !crate::config::NamespaceFilter::is_never_migrated_db(self.db)
+        } else {
+            engine.filter.allows(self.db, self.coll) && !self.coll.starts_with("system.")
+        }
+    }
+}
+
+/// Applier of an event: (database, collection, partition).
+type ApplierKey = (String, String, usize);
+
+/// Events waiting to be handed to the appliers, grouped by applier in first-seen order.
+#[derive(Default)]
+struct Pending {
+    groups: Vec<(ApplierKey, Vec<RawDocumentBuf>)>,
+    events: usize,
+    bytes: usize,
+}
+
+impl Pending {
+    /// The group of the applier this event goes to (created when new).
+    fn slot(&mut self, view: &EventView<'_>, partitions: usize) -> usize {
+        let partition = view.id.map_or(0, |id| partition_of_id(id, partitions));
+        let found = self
+            .groups
+            .iter()
+            .rposition(|((db, coll, p), _)| *p == partition && db == view.db && coll == view.coll);
+        found.unwrap_or_else(|| {
+            self.groups.push((
+                (view.db.to_string(), view.coll.to_string(), partition),
+                Vec::new(),
+            ));
+            self.groups.len() - 1
+        })
+    }
+
+    fn push(&mut self, slot: usize, event: RawDocumentBuf) {
+        self.events += 1;
+        self.bytes += event.as_bytes().len();
+        self.groups[slot].1.push(event);
+    }
+
+    fn len(&self) -> usize {
+        self.events
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    fn take(&mut self) -> Vec<(ApplierKey, Vec<RawDocumentBuf>)> {
+        self.events = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.groups)
+    }
+}
+
 /// Hands each namespace's events to its appliers now (mailboxes keep per-document
 /// order) and returns the future of their acknowledgements, so the next batch can be
 /// read while these are applied.
-fn dispatch(
-    engine: &SharedEngine,
-    routing: &mut Routing,
-    pending: &mut Vec<RawDocumentBuf>,
-) -> Flight {
+fn dispatch(engine: &SharedEngine, routing: &mut Routing, pending: &mut Pending) -> Flight {
     if pending.is_empty() {
         return Box::pin(async { Ok(0) });
     }
-    let partitions = engine.config.apply.workers.max(1);
-    let mut by_key: HashMap<(String, String, usize), Vec<RawDocumentBuf>> = HashMap::new();
-    let mut order: Vec<(String, String, usize)> = Vec::new();
-    for ev in pending.drain(..) {
-        let (db, coll) = event_namespace(&ev);
-        let key = (
-            db.to_string(),
-            coll.to_string(),
-            partition_of(&ev, partitions),
-        );
-        if !by_key.contains_key(&key) {
-            order.push(key.clone());
-        }
-        by_key.entry(key).or_default().push(ev);
-    }
     let mut requests = Vec::new();
-    for key in order {
-        let events = by_key.remove(&key).unwrap_or_default();
+    for (key, events) in pending.take() {
         let name = format!("{}.{}", key.0, key.1);
         let addr = routing
             .appliers
@@ -297,7 +360,7 @@ fn dispatch(
 async fn flush(
     engine: &SharedEngine,
     routing: &mut Routing,
-    pending: &mut Vec<RawDocumentBuf>,
+    pending: &mut Pending,
 ) -> Result<u64, TailError> {
     dispatch(engine, routing, pending).await
 }
@@ -313,17 +376,6 @@ fn stream_error(e: mongodb::error::Error) -> TailError {
         TailError::HistoryLost(e)
     } else {
         TailError::Stream(e)
-    }
-}
-
-/// Whether the migration wants an event (namespace filter, system collections).
-fn is_wanted(engine: &SharedEngine, event: &RawDocument) -> bool {
-    let (db, coll) = event_namespace(event);
-    if event.get_str("operationType") == Ok("dropDatabase") {
-        engine.filter.may_allow_database(db)
-            && !crate::config::NamespaceFilter::is_never_migrated_db(db)
-    } else {
-        engine.filter.allows(db, coll) && !coll.starts_with("system.")
     }
 }
 
@@ -507,7 +559,7 @@ async fn spool_during_copy(
             continue;
         }
         if let Some(event) = stream.next_if_any().await.map_err(stream_error)? {
-            if is_wanted(engine, &event) {
+            if EventView::parse(&event).is_wanted(engine) {
                 writer.append(&event)?;
             }
         }
@@ -515,6 +567,23 @@ async fn spool_during_copy(
             .progress
             .spooled_bytes
             .store(writer.len(), Ordering::Relaxed);
+    }
+}
+
+/// Whether update events must carry the looked-up document: when configured so, or when
+/// the source predates `disambiguatedPaths` (6.1), without which a changed field's path
+/// can be ambiguous.
+async fn updates_need_lookup(engine: &SharedEngine) -> bool {
+    use crate::cluster::topology::{server_version, ServerVersion};
+    if engine.config.apply.update_events == crate::config::UpdateEvents::Lookup {
+        return true;
+    }
+    match server_version(&engine.source).await {
+        Ok(v) => v < ServerVersion::new(6, 1, 0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the source version; update events carry the whole document");
+            true
+        }
     }
 }
 
@@ -530,16 +599,19 @@ async fn tail(
     let mut applied_ts = state.applied_ts.unwrap_or(start_ts);
     let mut events_applied = state.events_applied;
     let mut spool = SpoolPlan::load(&engine, &state);
+    let lookup = updates_need_lookup(&engine).await;
     let mut watch = engine
         .source
         .client
         .watch()
-        .full_document(FullDocumentType::UpdateLookup)
         .show_expanded_events(true)
         .max_await_time(MAX_AWAIT)
         // getMores the size of an applied batch, so reading the next one overlaps with
         // applying this one instead of alternating with it.
         .batch_size(engine.config.apply.batch_max_events.clamp(1, 100_000) as u32);
+    if lookup {
+        watch = watch.full_document(FullDocumentType::UpdateLookup);
+    }
     match spool.stream_from(&state) {
         Some(token) => {
             let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
@@ -555,6 +627,7 @@ async fn tail(
     tracing::info!(
         resume = state.resume_token.is_some(),
         spooled = spool.durable.is_some(),
+        update_lookup = lookup,
         "tailing the source change stream"
     );
     if !*copy_done.borrow() {
@@ -572,11 +645,11 @@ async fn tail(
     let mut routing = Routing {
         appliers: HashMap::new(),
     };
-    let mut pending: Vec<RawDocumentBuf> = Vec::new();
+    let mut pending = Pending::default();
+    let partitions = engine.config.apply.workers.max(1);
     let batch_max = engine.config.apply.batch_max_events.max(1);
     let batch_max_bytes = engine.config.apply.batch_max_bytes.max(1) as usize;
     let flush_every = Duration::from_millis(engine.config.apply.flush_interval_ms);
-    let mut pending_bytes = 0usize;
     let mut last_cut = Instant::now();
     let checkpoint_every = engine.config.runtime.checkpoint_interval();
     let idle_noop = engine.config.runtime.idle_noop_interval();
@@ -592,7 +665,6 @@ async fn tail(
                 events_applied += previous.await?;
             }
             events_applied += flush(&engine, &mut routing, &mut pending).await?;
-            pending_bytes = 0;
             while *paused.borrow() {
                 if paused.changed().await.is_err() {
                     return Ok(());
@@ -615,42 +687,38 @@ async fn tail(
         let caught_up = next.is_none();
         if let Some(event) = next {
             last_event = Instant::now();
-            let op = event
-                .get_str("operationType")
-                .unwrap_or_default()
-                .to_string();
-            let event_ts = event.get_timestamp("clusterTime").ok();
-            let wanted = is_wanted(&engine, &event);
-            if let (Some(target), Some(ts)) = (*drain_to.borrow(), event_ts) {
-                if wanted && ts_after(ts, target) && !is_ddl(&op) {
+            let view = EventView::parse(&event);
+            let op = view.op;
+            let wanted = view.is_wanted(&engine);
+            if let (Some(target), Some(ts)) = (*drain_to.borrow(), view.ts) {
+                if wanted && ts_after(ts, target) && !is_ddl(op) {
                     engine.progress.late_writes.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if wanted {
-                if is_ddl(&op) {
+                if is_ddl(op) {
                     if let Some((previous, _)) = in_flight.take() {
                         events_applied += previous.await?;
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
-                    pending_bytes = 0;
                     apply_ddl(&engine, &decode_event(&event)?).await?;
                     events_applied += 1;
                     engine
                         .progress
                         .events_applied
                         .fetch_add(1, Ordering::Relaxed);
-                    if matches!(op.as_str(), "drop" | "rename" | "dropDatabase") {
+                    if matches!(op, "drop" | "rename" | "dropDatabase") {
                         routing.appliers.clear();
                     }
                     last_checkpoint = Instant::now() - checkpoint_every;
                 } else if op != "invalidate" {
-                    pending_bytes += event.as_bytes().len();
-                    pending.push(event);
+                    let slot = pending.slot(&view, partitions);
+                    pending.push(slot, event);
                 }
             }
             dirty = true;
             if pending.len() < batch_max
-                && pending_bytes < batch_max_bytes
+                && pending.bytes < batch_max_bytes
                 && last_cut.elapsed() < flush_every
                 && last_checkpoint.elapsed() < checkpoint_every
             {
@@ -670,7 +738,6 @@ async fn tail(
                 .transpose()?,
         };
         let flight = dispatch(&engine, &mut routing, &mut pending);
-        pending_bytes = 0;
         last_cut = Instant::now();
         let acknowledged = if caught_up {
             if let Some((previous, _)) = in_flight.take() {
@@ -764,8 +831,14 @@ mod tests {
     use super::*;
     use bson::rawdoc;
 
+    fn partition_of(event: &RawDocument, partitions: usize) -> usize {
+        EventView::parse(event)
+            .id
+            .map_or(0, |id| partition_of_id(id, partitions))
+    }
+
     fn event_for(id: bson::RawBson) -> RawDocumentBuf {
-        rawdoc! {"operationType": "delete", "documentKey": {"_id": id}}
+        rawdoc! {"operationType": "delete", "ns": {"db": "d", "coll": "c"}, "documentKey": {"_id": id}}
     }
 
     #[test]

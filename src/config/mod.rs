@@ -453,6 +453,20 @@ pub struct ApplyConfig {
     pub batch_max_bytes: u64,
     pub workers: usize,
     pub flush_interval_ms: u64,
+    pub update_events: UpdateEvents,
+}
+
+/// How update events reach the destination (`apply.update_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateEvents {
+    /// Apply the changed fields (`$set`/`$unset`); read the source document only when a
+    /// path is ambiguous or does not apply. Sources older than 6.1 (no
+    /// `disambiguatedPaths`) always use `Lookup`.
+    #[default]
+    Delta,
+    /// Read the whole current document with every update event and replace it.
+    Lookup,
 }
 
 impl Default for ApplyConfig {
@@ -462,6 +476,7 @@ impl Default for ApplyConfig {
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             workers: DEFAULT_APPLY_WORKERS,
             flush_interval_ms: DEFAULT_APPLY_FLUSH_INTERVAL_MS,
+            update_events: UpdateEvents::Delta,
         }
     }
 }

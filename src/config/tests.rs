@@ -188,6 +188,7 @@ fn every_default_in_example_is_documented() {
         "batch_max_events",
         "workers",
         "flush_interval_ms",
+        "update_events",
         "mailbox_capacity",
         "checkpoint_interval_seconds",
         "idle_noop_interval_seconds",

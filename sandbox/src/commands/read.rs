@@ -510,6 +510,7 @@ fn open_change_stream(
     };
     let mut storage = ctx.server.storage.lock();
     let mut stream = ChangeStream::open(&mut storage, scope, &spec, rest)?;
+    stream.disambiguate = ctx.server.version_parts() >= (6, 1, 0);
     let (events, token) =
         stream.next_batch(&mut storage, batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
     drop(storage);

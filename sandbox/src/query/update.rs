@@ -853,12 +853,16 @@ pub struct UpdateDescription {
     pub updated_fields: Document,
     pub removed_fields: Vec<String>,
     pub truncated_arrays: Vec<(String, i32)>,
+    /// Paths whose dotted form is ambiguous (a numeric component, an array index or a
+    /// field name with a dot) -> their components (strings for field names, ints for
+    /// array indices), as change streams report them with `showExpandedEvents` (6.1+).
+    pub disambiguated_paths: Document,
 }
 
 /// Computes the `updateDescription` of an update from `before` to `after`.
 pub fn diff(before: &Document, after: &Document) -> UpdateDescription {
     let mut desc = UpdateDescription::default();
-    diff_documents("", before, after, &mut desc);
+    diff_documents("", &mut Vec::new(), before, after, &mut desc);
     desc
 }
 
@@ -870,37 +874,75 @@ fn dotted(prefix: &str, key: &str) -> String {
     }
 }
 
-fn diff_documents(prefix: &str, before: &Document, after: &Document, desc: &mut UpdateDescription) {
+/// Records `path` in `disambiguatedPaths` when its dotted form is ambiguous.
+fn note_path(path: &str, components: &[Bson], desc: &mut UpdateDescription) {
+    let ambiguous = components.iter().any(|c| match c {
+        Bson::String(s) => {
+            s.contains('.') || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        }
+        _ => true,
+    });
+    if ambiguous {
+        desc.disambiguated_paths
+            .insert(path.to_string(), Bson::Array(components.to_vec()));
+    }
+}
+
+fn diff_documents(
+    prefix: &str,
+    components: &mut Vec<Bson>,
+    before: &Document,
+    after: &Document,
+    desc: &mut UpdateDescription,
+) {
     for key in before.keys() {
         if !after.contains_key(key) {
-            desc.removed_fields.push(dotted(prefix, key));
+            let name = dotted(prefix, key);
+            components.push(Bson::String(key.clone()));
+            note_path(&name, components, desc);
+            components.pop();
+            desc.removed_fields.push(name);
         }
     }
     for (key, new) in after {
         let name = dotted(prefix, key);
+        components.push(Bson::String(key.clone()));
         match (before.get(key), new) {
-            (None, _) => {
-                desc.updated_fields.insert(name, new.clone());
-            }
             (Some(old), _) if old == new => {}
-            (Some(Bson::Document(o)), Bson::Document(n)) => diff_documents(&name, o, n, desc),
-            (Some(Bson::Array(o)), Bson::Array(n)) => diff_arrays(&name, o, n, desc),
-            (Some(_), _) => {
+            (Some(Bson::Document(o)), Bson::Document(n)) => {
+                diff_documents(&name, components, o, n, desc)
+            }
+            (Some(Bson::Array(o)), Bson::Array(n)) => diff_arrays(&name, components, o, n, desc),
+            _ => {
+                note_path(&name, components, desc);
                 desc.updated_fields.insert(name, new.clone());
             }
         }
+        components.pop();
     }
 }
 
-fn diff_arrays(name: &str, old: &[Bson], new: &[Bson], desc: &mut UpdateDescription) {
+fn diff_arrays(
+    name: &str,
+    components: &mut Vec<Bson>,
+    old: &[Bson],
+    new: &[Bson],
+    desc: &mut UpdateDescription,
+) {
     if new.len() > old.len() && new[..old.len()] == *old {
         for (i, v) in new.iter().enumerate().skip(old.len()) {
-            desc.updated_fields.insert(format!("{name}.{i}"), v.clone());
+            let path = format!("{name}.{i}");
+            components.push(Bson::Int32(i as i32));
+            note_path(&path, components, desc);
+            components.pop();
+            desc.updated_fields.insert(path, v.clone());
         }
     } else if new.len() < old.len() && old[..new.len()] == *new {
+        note_path(name, components, desc);
         desc.truncated_arrays
             .push((name.to_string(), new.len() as i32));
     } else {
+        note_path(name, components, desc);
         desc.updated_fields
             .insert(name.to_string(), Bson::Array(new.to_vec()));
     }

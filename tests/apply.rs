@@ -1,0 +1,114 @@
+//! How update events reach the destination: as their changed fields (`$set`/`$unset`),
+//! with the source's document read when a change no longer applies to the destination's
+//! version of the document, or as the looked-up whole document (on sources older than
+//! 6.1, or when configured). Either way the destination ends equal to the source.
+
+mod common;
+
+use std::time::Duration;
+
+use bson::{doc, Document};
+use common::*;
+use ferry::progress::Phase;
+use ferry_sandbox::{Sandbox, SandboxOptions};
+use mongodb::Client;
+
+/// Updates made after the start time to a document the copy has not reached yet: the copy
+/// takes the newer document, and replaying the older updates on it meets a path that no
+/// longer exists (`a.b` on a number); the applier replaces the document with the
+/// source's instead of failing, and the run converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_that_no_longer_apply_are_replaced_by_the_source_document() {
+    let pair = Pair::start().await;
+    let coll = pair.src.database("app").collection::<Document>("shapes");
+    let docs: Vec<Document> = (0..1000i64)
+        .map(|i| doc! {"_id": i, "a": {"b": 1}, "n": i})
+        .collect();
+    coll.insert_many(docs).await.expect("seed");
+    let cfg = pair.config(
+        "[copy]\nbatch_max_documents = 50\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    );
+    pair.destination.set_latency(Duration::from_millis(30));
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::Copying).await;
+    // The last document is copied last.
+    coll.update_one(doc! {"_id": 999i64}, doc! {"$set": {"a.b": 2}})
+        .await
+        .expect("update");
+    coll.update_one(
+        doc! {"_id": 999i64},
+        doc! {"$set": {"a": 7}, "$unset": {"n": ""}},
+    )
+    .await
+    .expect("update");
+    coll.update_one(doc! {"_id": 998i64}, doc! {"$set": {"a.c": [1, 2]}})
+        .await
+        .expect("update");
+    assert!(
+        copied(&m.progress) < 998,
+        "the copy reached the updated documents before the test could update them"
+    );
+    pair.destination.set_latency(Duration::ZERO);
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    // And while syncing: a change that applies as a delta, then one that does not.
+    coll.update_one(
+        doc! {"_id": 5i64},
+        doc! {"$set": {"a.b": 3}, "$inc": {"n": 1}},
+    )
+    .await
+    .expect("update");
+    coll.update_one(doc! {"_id": 6i64}, doc! {"$set": {"a": "text"}})
+        .await
+        .expect("update");
+    coll.update_one(doc! {"_id": 6i64}, doc! {"$set": {"a": {"z": 1}}})
+        .await
+        .expect("update");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 1000);
+    let last = pair
+        .dst
+        .database("app")
+        .collection::<Document>("shapes")
+        .find_one(doc! {"_id": 999i64})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, doc! {"_id": 999i64, "a": 7});
+}
+
+async fn sandbox_pair(version: &str) -> (Sandbox, Sandbox, Client, Client) {
+    init_logging();
+    let start = |name: &str| {
+        Sandbox::start(SandboxOptions {
+            set_name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        })
+        .expect("sandbox starts")
+    };
+    let (source, destination) = (start("src"), start("dst"));
+    let src = Client::with_uri_str(source.uri()).await.unwrap();
+    let dst = Client::with_uri_str(destination.uri()).await.unwrap();
+    (source, destination, src, dst)
+}
+
+/// A 6.0 source reports no `disambiguatedPaths`, so update events carry the looked-up
+/// document; `apply.update_events = "lookup"` asks for the same on any source. Both
+/// converge under a live workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_document_updates_converge_on_6_0_and_when_configured() {
+    for (version, extra) in [
+        ("6.0.17", ""),
+        ("7.0.13", "[apply]\nupdate_events = \"lookup\"\n"),
+    ] {
+        let (source, destination, src, dst) = sandbox_pair(version).await;
+        seed(&src, "app", 500).await;
+        let load = Workload::start(src.clone(), "app", 500);
+        let m = start(config(&source.uri(), &destination.uri(), extra)).await;
+        wait_phase(&m.progress, Phase::ReadyForCutover).await;
+        load.advance(30).await;
+        load.stop().await;
+        cutover_and_complete(m).await;
+        assert_same(&src, &dst).await;
+    }
+}

@@ -248,6 +248,13 @@ pub fn render_status(view: &StatusView) -> String {
     };
     let _ = writeln!(out, "lag:        {lag}");
     let _ = writeln!(out, "events:     {} applied", view.events_applied);
+    if view.spooled_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "spooled:    {} of changes kept on disk during the copy",
+            human_bytes(view.spooled_bytes)
+        );
+    }
     match (&view.window_expires_at, view.window_expires_in_seconds) {
         (Some(at), Some(left)) => {
             let _ = writeln!(out, "window:     expires {at} ({})", duration_words(left));

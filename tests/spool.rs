@@ -175,3 +175,28 @@ async fn a_crash_while_spooling_resumes_from_the_spool() {
     assert_same(&pair.src, &pair.dst).await;
     assert!(spool_files(&dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_spooling_removes_the_spool() {
+    let pair = Pair::start().await;
+    let dir = spool_dir("cancel");
+    seed(&pair.src, "app", 1000).await;
+    let m = start(slow_copy_config(&pair, Some(&dir))).await;
+    wait_phase(&m.progress, Phase::Copying).await;
+    let last = writes_during_copy(&pair.src, 1).await;
+    spooled_through(&pair.dst, last).await;
+    assert_eq!(spool_files(&dir).len(), 1);
+    let reply = m
+        .control
+        .request(ferry::control::ControlRequest::Cancel)
+        .await;
+    assert!(reply.is_ok(), "cancel refused: {reply:?}");
+    let outcome = wait(m).await;
+    assert_eq!(outcome.phase, Phase::Cancelled);
+    assert!(
+        spool_files(&dir).is_empty(),
+        "a cancelled run leaves no spool behind: {:?}",
+        spool_files(&dir)
+    );
+    pair.destination.set_latency(Duration::ZERO);
+}

@@ -227,6 +227,17 @@ impl Supervisor {
                 if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
                     tracing::warn!(error = %error_chain(&e), "could not record the final phase");
                 }
+                if matches!(phase, Phase::Cancelled | Phase::Expired) {
+                    // The run is over for good: its spooled changes will never be applied.
+                    if let (Ok(Some(state)), Some(dir)) = (
+                        engine.checkpoints.load_state().await,
+                        engine.config.runtime.spool_dir.as_ref(),
+                    ) {
+                        if let Some(file) = state.spool_file {
+                            crate::spool::remove(&dir.join(file));
+                        }
+                    }
+                }
                 if let Err(e) = engine.checkpoints.release_lock().await {
                     tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
                 }

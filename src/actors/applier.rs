@@ -288,6 +288,15 @@ pub async fn apply_events(
     Ok(count)
 }
 
+/// The statement a write error is about.
+fn write_error_index(error: &Document) -> Option<usize> {
+    match error.get("index") {
+        Some(Bson::Int32(i)) => usize::try_from(*i).ok(),
+        Some(Bson::Int64(i)) => usize::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
 fn source_error(ns: &str, source: mongodb::error::Error) -> ApplyError {
     ApplyError::Cluster(ClusterError::Command {
         side: crate::cluster::Side::Source,
@@ -346,11 +355,7 @@ impl Target<'_> {
                 .ok()
                 .and_then(|errors| errors.first())
                 .and_then(|e| e.as_document())
-                .and_then(|e| match e.get("index") {
-                    Some(Bson::Int32(i)) => usize::try_from(*i).ok(),
-                    Some(Bson::Int64(i)) => usize::try_from(*i).ok(),
-                    _ => None,
-                });
+                .and_then(write_error_index);
             let Some(i) = failed else {
                 return self.check("update", &reply);
             };
@@ -402,6 +407,11 @@ impl Target<'_> {
                 Some(upsert_statement(k, doc))
             })
             .collect();
+        self.replace_all(statements).await
+    }
+
+    /// Sends replace-by-key upserts, if any.
+    async fn replace_all(&self, statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
         if statements.is_empty() {
             return Ok(());
         }
@@ -423,11 +433,7 @@ impl Target<'_> {
         for e in errors {
             let e = e.as_document();
             let code = e.and_then(|e| e.get_i32("code").ok());
-            let index = e.and_then(|e| e.get("index")).and_then(|i| match i {
-                Bson::Int32(i) => usize::try_from(*i).ok(),
-                Bson::Int64(i) => usize::try_from(*i).ok(),
-                _ => None,
-            });
+            let index = e.and_then(write_error_index);
             match (code, index) {
                 (Some(DUPLICATE_KEY), Some(i)) if i < docs.len() && i < keys.len() => {
                     again.push(upsert_statement(&keys[i], &docs[i]));
@@ -438,11 +444,7 @@ impl Target<'_> {
         if reply.get_document("writeConcernError").is_ok() {
             return self.check("insert", &reply);
         }
-        if again.is_empty() {
-            return Ok(());
-        }
-        let reply = self.write("update", again).await?;
-        self.check("update", &reply)
+        self.replace_all(again).await
     }
 
     async fn write(

@@ -639,9 +639,12 @@ impl Handler<Drained> for Supervisor {
                 finalize_indexes(&engine)
                     .await
                     .map_err(|e| error_chain(&e))?;
-                let strict = verifier::verify(&engine, true)
+                // Finalize changed index options, not data: compare definitions again
+                // without a second scan of every document (it would double downtime).
+                let mut strict = verifier::verify_definitions(&engine, true)
                     .await
                     .map_err(|e| error_chain(&e))?;
+                strict.documents_checked = data.documents_checked;
                 Ok((data, strict))
             }
             .into_actor(self)

@@ -266,6 +266,23 @@ async fn shapes(
 
 /// Compares both sides. `strict` also compares unique and TTL options (after finalize).
 pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification, ClusterError> {
+    compare(engine, strict, true).await
+}
+
+/// Compares namespaces, options and index definitions only (no document scan): after
+/// finalize, which changes index options but no data.
+pub async fn verify_definitions(
+    engine: &SharedEngine,
+    strict: bool,
+) -> Result<Verification, ClusterError> {
+    compare(engine, strict, false).await
+}
+
+async fn compare(
+    engine: &SharedEngine,
+    strict: bool,
+    documents: bool,
+) -> Result<Verification, ClusterError> {
     let source = shapes(engine, &engine.source, strict).await?;
     let dest = shapes(engine, &engine.destination, strict).await?;
     let mut v = Verification::default();
@@ -308,7 +325,7 @@ pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification,
                 ),
             });
         }
-        if s.is_view {
+        if s.is_view || !documents {
             continue;
         }
         let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));

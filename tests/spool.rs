@@ -200,3 +200,28 @@ async fn cancel_while_spooling_removes_the_spool() {
     );
     pair.destination.set_latency(Duration::ZERO);
 }
+
+/// The spool file lost with the migration host's disk: the restarted run warns and
+/// reads those changes from the source again (its oplog still has them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_spool_file_is_read_again_from_the_source() {
+    let pair = Pair::start().await;
+    let dir = spool_dir("lost");
+    seed(&pair.src, "app", 1000).await;
+    let cfg = slow_copy_config(&pair, Some(&dir));
+    let m = start(cfg.clone()).await;
+    wait_phase(&m.progress, Phase::Copying).await;
+    let last = writes_during_copy(&pair.src, 1).await;
+    spooled_through(&pair.dst, last).await;
+    assert_copying(&m);
+    abort(m).await;
+    std::fs::remove_dir_all(&dir).expect("remove the spool");
+    writes_during_copy(&pair.src, 2).await;
+    pair.destination.set_latency(Duration::ZERO);
+
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+    assert!(spool_files(&dir).is_empty());
+}

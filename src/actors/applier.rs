@@ -288,6 +288,11 @@ pub async fn apply_events(
     Ok(count)
 }
 
+/// Statements as the array of a write command.
+fn array_of(statements: Vec<RawDocumentBuf>) -> RawArrayBuf {
+    statements.into_iter().collect()
+}
+
 /// The statement a write error is about.
 fn write_error_index(error: &Document) -> Option<usize> {
     match error.get("index") {
@@ -325,11 +330,11 @@ impl Target<'_> {
         match run.kind {
             Kind::Insert => self.insert(bodies, keys).await,
             Kind::Upsert => self
-                .write("update", bodies)
+                .write("update", array_of(bodies))
                 .await
                 .and_then(|r| self.check("update", &r)),
             Kind::Delete => self
-                .write("delete", bodies)
+                .write("delete", array_of(bodies))
                 .await
                 .and_then(|r| self.check("delete", &r)),
             Kind::Delta => self.delta(bodies, keys).await,
@@ -342,11 +347,13 @@ impl Target<'_> {
     /// replaced by the source's current document, then the rest go on.
     async fn delta(
         &self,
-        mut bodies: Vec<RawDocumentBuf>,
+        bodies: Vec<RawDocumentBuf>,
         mut keys: Vec<RawDocumentBuf>,
     ) -> Result<(), ApplyError> {
-        while !bodies.is_empty() {
-            let reply = self.write("update", bodies.clone()).await?;
+        // Kept (one buffer) so the statements after a failed one can be sent again.
+        let mut statements = array_of(bodies);
+        while !keys.is_empty() {
+            let reply = self.write("update", statements.clone()).await?;
             if reply.get_document("writeConcernError").is_ok() {
                 return self.check("update", &reply);
             }
@@ -359,12 +366,19 @@ impl Target<'_> {
             let Some(i) = failed else {
                 return self.check("update", &reply);
             };
-            if i >= bodies.len() || i >= keys.len() {
+            if i >= keys.len() {
                 return self.check("update", &reply);
             }
             tracing::debug!(ns = self.ns, error = ?reply.get_array("writeErrors"), "an update does not apply to the destination's document; replacing it with the source's");
             self.refetch(&keys[i..=i]).await?;
-            bodies.drain(..=i);
+            statements = statements
+                .into_iter()
+                .skip(i + 1)
+                .filter_map(|s| match s {
+                    Ok(RawBsonRef::Document(d)) => Some(d.to_raw_document_buf()),
+                    _ => None,
+                })
+                .collect();
             keys.drain(..=i);
         }
         Ok(())
@@ -415,7 +429,7 @@ impl Target<'_> {
         if statements.is_empty() {
             return Ok(());
         }
-        let reply = self.write("update", statements).await?;
+        let reply = self.write("update", array_of(statements)).await?;
         self.check("update", &reply)
     }
 
@@ -425,6 +439,8 @@ impl Target<'_> {
         docs: Vec<RawDocumentBuf>,
         keys: Vec<RawDocumentBuf>,
     ) -> Result<(), ApplyError> {
+        // Kept (one buffer) for the documents that turn out to be there already.
+        let docs = array_of(docs);
         let reply = self.write("insert", docs.clone()).await?;
         let Ok(errors) = reply.get_array("writeErrors") else {
             return self.check("insert", &reply);
@@ -435,8 +451,11 @@ impl Target<'_> {
             let code = e.and_then(|e| e.get_i32("code").ok());
             let index = e.and_then(write_error_index);
             match (code, index) {
-                (Some(DUPLICATE_KEY), Some(i)) if i < docs.len() && i < keys.len() => {
-                    again.push(upsert_statement(&keys[i], &docs[i]));
+                (Some(DUPLICATE_KEY), Some(i)) if i < keys.len() => {
+                    let Ok(doc) = docs.get_document(i) else {
+                        return self.check("insert", &reply);
+                    };
+                    again.push(upsert_statement(&keys[i], doc));
                 }
                 _ => return self.check("insert", &reply),
             }
@@ -450,20 +469,16 @@ impl Target<'_> {
     async fn write(
         &self,
         command: &'static str,
-        statements: Vec<RawDocumentBuf>,
+        statements: RawArrayBuf,
     ) -> Result<Document, ApplyError> {
         let field = match command {
             "insert" => "documents",
             "update" => "updates",
             _ => "deletes",
         };
-        let mut array = RawArrayBuf::new();
-        for s in statements {
-            array.push(s);
-        }
         let mut cmd = RawDocumentBuf::new();
         cmd.append(command, self.coll);
-        cmd.append(field, array);
+        cmd.append(field, statements);
         cmd.append("ordered", command != "insert");
         if command != "delete" {
             cmd.append("bypassDocumentValidation", true);

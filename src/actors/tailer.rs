@@ -155,7 +155,7 @@ fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
     }
 }
 
-/// A (rare) DDL event decoded for inspection.
+/// A raw document decoded: a (rare) DDL event, or a resume token when a batch is cut.
 fn decode_event(event: &RawDocument) -> Result<Document, TailError> {
     Document::try_from(event).map_err(|e| TailError::Decode(e.to_string()))
 }
@@ -206,6 +206,15 @@ fn hash_value(h: &mut xxhash_rust::xxh3::Xxh3, v: bson::RawBsonRef<'_>) {
             for v in a.into_iter().flatten() {
                 hash_value(h, v);
             }
+        }
+        // The common `_id` types, hashed without encoding them again.
+        R::String(v) => {
+            h.update(b"s");
+            h.update(v.as_bytes());
+        }
+        R::ObjectId(oid) => {
+            h.update(b"o");
+            h.update(&oid.bytes());
         }
         // Decimal128 values equal to other numbers are rare as `_id`s; by bytes.
         other => {
@@ -449,7 +458,8 @@ struct Replay {
     path: std::path::PathBuf,
     /// Events at or before this position were applied before a restart.
     skip_through: Option<String>,
-    last_token: Option<Document>,
+    /// Kept raw: decoded only when a batch is cut.
+    last_token: Option<RawDocumentBuf>,
     /// The stream position the spool reaches.
     end_token: Option<Document>,
 }
@@ -457,16 +467,16 @@ struct Replay {
 impl Replay {
     fn next_event(&mut self) -> Result<Option<RawDocumentBuf>, TailError> {
         while let Some(event) = self.reader.next_event()? {
-            let token = event
-                .get_document("_id")
-                .ok()
-                .and_then(|t| Document::try_from(t).ok());
-            let applied = match (&self.skip_through, token.as_ref().and_then(token_data)) {
+            let token = event.get_document("_id").ok();
+            let applied = match (
+                &self.skip_through,
+                token.and_then(|t| t.get_str("_data").ok()),
+            ) {
                 (Some(done), Some(data)) => data <= done.as_str(),
                 _ => false,
             };
-            if token.is_some() {
-                self.last_token = token;
+            if let Some(t) = token {
+                self.last_token = Some(t.to_raw_document_buf());
             }
             if !applied {
                 return Ok(Some(event));
@@ -729,7 +739,7 @@ async fn tail(
         // the checkpoint and lag move with the previous, acknowledged batch; once caught
         // up, everything is acknowledged before the position is recorded.
         let token = match (&replay, &replay_finished) {
-            (Some(r), _) => r.last_token.clone(),
+            (Some(r), _) => r.last_token.as_deref().map(decode_event).transpose()?,
             (None, Some(done)) => done.end_token.clone(),
             (None, None) => stream
                 .resume_token()

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::api::client::{ApiClient, ClientError};
 use crate::api::StatusView;
+use crate::progress::BaselineState;
 use crate::report::human_bytes;
 
 /// Where `ferry run` listens unless `api.listen` says otherwise; matches
@@ -254,6 +255,25 @@ pub fn render_status(view: &StatusView) -> String {
             "spooled:    {} of changes kept on disk during the copy",
             human_bytes(view.spooled_bytes)
         );
+    }
+    let b = &view.baseline;
+    let baseline = match b.state {
+        BaselineState::Pending => None,
+        BaselineState::Running => Some(format!(
+            "running: {} documents compared, {} changed since",
+            b.documents_compared, b.documents_changed
+        )),
+        BaselineState::Done => Some(format!(
+            "done: {} documents compared ({} chunks differed); cutover re-reads those and the {} documents changed since",
+            b.documents_compared, b.chunks_differing, b.documents_changed
+        )),
+        BaselineState::Failed => Some(format!(
+            "not usable ({}); cutover compares every document",
+            b.detail.as_deref().unwrap_or("unknown reason")
+        )),
+    };
+    if let Some(line) = baseline {
+        let _ = writeln!(out, "baseline:   {line}");
     }
     match (&view.window_expires_at, view.window_expires_in_seconds) {
         (Some(at), Some(left)) => {

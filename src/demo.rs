@@ -12,7 +12,7 @@ use ferry_sandbox::{Sandbox, SandboxOptions};
 use mongodb::Client;
 
 use crate::control::ControlRequest;
-use crate::progress::Phase;
+use crate::progress::{BaselineState, Phase};
 use crate::run::{Migration, RunOptions};
 
 /// Sizes of the seeded collections (about 115k documents in all).
@@ -245,8 +245,48 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Let the workload run in sync for a moment, as applications would.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Applications keep writing while Ferry compares both sides in the background (the
+    // baseline verification); once it is done, the cutover only re-reads what changed.
+    println!("in sync; comparing both sides in the background while the workload goes on");
+    let baseline_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = progress.baseline.read().clone();
+        match view.state {
+            BaselineState::Done => {
+                println!(
+                    "baseline verification done: {} documents compared, {} chunks differed (the live workload), {} documents changed since",
+                    view.documents_compared,
+                    view.chunks_differing,
+                    progress.baseline_changed.load(Ordering::Relaxed)
+                );
+                break;
+            }
+            BaselineState::Failed => {
+                println!(
+                    "baseline verification not usable ({}); the cutover compares every document",
+                    view.detail.unwrap_or_default()
+                );
+                break;
+            }
+            _ if Instant::now() > baseline_deadline => {
+                println!("baseline verification still running; cutting over anyway");
+                break;
+            }
+            _ => {}
+        }
+        if last_print.elapsed() > Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!(
+                "  baseline           compared {:>7} docs, lag {}",
+                view.documents_compared,
+                progress
+                    .lag_seconds()
+                    .map(|l| format!("{l:.0} s"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
     println!(

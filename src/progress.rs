@@ -77,6 +77,33 @@ pub struct NamespaceProgress {
     pub events_applied: u64,
 }
 
+/// Where the background comparison of both sides (baseline verification) stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaselineState {
+    /// Not started: the destination is not in sync yet, or it is disabled.
+    #[default]
+    Pending,
+    Running,
+    /// Every namespace compared; cutover re-reads only what changed since.
+    Done,
+    /// Cutover compares every document (the reason is in `detail`).
+    Failed,
+}
+
+/// The baseline verification, as `GET /api/v1/progress` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineView {
+    pub state: BaselineState,
+    /// Source documents compared so far.
+    pub documents_compared: u64,
+    /// Chunks (of up to 1000 documents) that differed; re-read at cutover.
+    pub chunks_differing: u64,
+    /// Documents changed on either side since the baseline began; re-read at cutover.
+    pub documents_changed: u64,
+    pub detail: Option<String>,
+}
+
 /// Everything the API shows, shared between actors and readers.
 #[derive(Default)]
 pub struct Progress {
@@ -92,6 +119,9 @@ pub struct Progress {
     pub spooled_bytes: AtomicU64,
     /// Data events on the source after the cutover optime (writes that should not happen).
     pub late_writes: AtomicU64,
+    pub baseline: RwLock<BaselineView>,
+    /// Documents changed since the baseline began (kept apart: updated per event).
+    pub baseline_changed: AtomicU64,
     /// Lag in milliseconds; -1 while unknown (before syncing starts).
     pub lag_ms: AtomicI64,
     /// Unix seconds when the cutover window expires (0: not started).

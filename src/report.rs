@@ -15,7 +15,16 @@ pub struct Mismatch {
 pub struct Verification {
     pub passed: bool,
     pub namespaces_checked: u64,
+    /// Documents read on both sides by this comparison.
     pub documents_checked: u64,
+    /// Documents compared before the cutover by the baseline verification, in the
+    /// namespaces checked from it.
+    #[serde(default)]
+    pub baseline_documents: u64,
+    /// Namespaces checked from the baseline (only changed documents and differing
+    /// chunks read again); the others were read in full.
+    #[serde(default)]
+    pub namespaces_rechecked: u64,
     pub mismatches: Vec<Mismatch>,
 }
 
@@ -68,11 +77,19 @@ impl std::fmt::Display for Report {
         )?;
         let v = &self.verification;
         if v.passed {
-            writeln!(
-                f,
-                "  verification:        passed ({} namespaces, {} documents)",
-                v.namespaces_checked, v.documents_checked
-            )?;
+            if v.namespaces_rechecked > 0 {
+                writeln!(
+                    f,
+                    "  verification:        passed ({} namespaces; {} documents compared before cutover, {} read again at cutover)",
+                    v.namespaces_checked, v.baseline_documents, v.documents_checked
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "  verification:        passed ({} namespaces, {} documents)",
+                    v.namespaces_checked, v.documents_checked
+                )?;
+            }
         } else {
             writeln!(
                 f,

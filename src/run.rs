@@ -205,6 +205,10 @@ async fn drive(
             destination,
             filter,
             checkpoints,
+            baseline: crate::actors::baseline::Tracker::new(
+                config.cutover.recheck_max_documents,
+                progress.clone(),
+            ),
             progress: progress.clone(),
         });
         let state = match existing {

@@ -18,6 +18,7 @@
 //! source's optime, the verifier compares both sides, and the coordinator finalizes.
 
 pub mod applier;
+pub mod baseline;
 pub mod coordinator;
 pub mod copier;
 pub mod supervisor;
@@ -40,6 +41,8 @@ pub struct Engine {
     pub filter: NamespaceFilter,
     pub checkpoints: Checkpoints,
     pub progress: SharedProgress,
+    /// Documents changed since the baseline verification began (see [`baseline`]).
+    pub baseline: baseline::Tracker,
 }
 
 pub type SharedEngine = Arc<Engine>;

@@ -70,6 +70,8 @@ pub struct Supervisor {
     cutover_confirmed: Option<Instant>,
     write_blocked: bool,
     warned_hours: Vec<u64>,
+    /// The baseline verification, once the destination is first in sync.
+    baseline: Option<SpawnHandle>,
     done: Option<oneshot::Sender<RunOutcome>>,
 }
 
@@ -98,6 +100,7 @@ impl Supervisor {
             cutover_confirmed: None,
             write_blocked: false,
             warned_hours: Vec::new(),
+            baseline: None,
             done: Some(done),
         }
     }
@@ -112,6 +115,13 @@ impl Supervisor {
         }
         tracing::info!(phase = phase.as_str(), "phase");
         self.engine.progress.set_phase(phase);
+        if phase == Phase::ReadyForCutover
+            && self.baseline.is_none()
+            && self.engine.config.cutover.baseline_verification
+        {
+            let run = super::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
+            self.baseline = Some(ctx.spawn(run.into_actor(self)));
+        }
         self.state.phase = Some(phase);
         let engine = self.engine.clone();
         ctx.spawn(
@@ -209,7 +219,7 @@ impl Supervisor {
             return;
         }
         self.set_phase(ctx, phase);
-        self.stop_workers();
+        self.stop_workers(ctx);
         let engine = self.engine.clone();
         let unblock = self.write_blocked && phase != Phase::Completed;
         let done = self.done.take();
@@ -249,7 +259,11 @@ impl Supervisor {
         );
     }
 
-    fn stop_workers(&mut self) {
+    fn stop_workers(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.baseline.take() {
+            ctx.cancel_future(handle);
+            self.engine.baseline.stop();
+        }
         self.copier.take();
         self.tailer.take();
         self.coordinator.take();
@@ -630,7 +644,7 @@ impl Handler<Drained> for Supervisor {
         let engine = self.engine.clone();
         ctx.spawn(
             async move {
-                let data = verifier::verify(&engine, false)
+                let data = verifier::verify_at_cutover(&engine)
                     .await
                     .map_err(|e| error_chain(&e))?;
                 if !data.passed {
@@ -645,6 +659,8 @@ impl Handler<Drained> for Supervisor {
                     .await
                     .map_err(|e| error_chain(&e))?;
                 strict.documents_checked = data.documents_checked;
+                strict.baseline_documents = data.baseline_documents;
+                strict.namespaces_rechecked = data.namespaces_rechecked;
                 Ok((data, strict))
             }
             .into_actor(self)
@@ -725,7 +741,7 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ();
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         tracing::info!("shutting down; the next `ferry run` resumes from the checkpoints");
-        self.stop_workers();
+        self.stop_workers(ctx);
         let engine = self.engine.clone();
         let done = self.done.take();
         let phase = self.phase();

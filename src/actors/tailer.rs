@@ -147,7 +147,7 @@ pub fn token_timestamp(token: &Document) -> Option<Timestamp> {
     Some(Timestamp { time, increment })
 }
 
-fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
+pub(crate) fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
     match bson::to_bson(token) {
         Ok(Bson::Document(d)) => Ok(d),
         Ok(other) => Err(TailError::Token(format!("unexpected token {other}"))),
@@ -706,6 +706,9 @@ async fn tail(
                 }
             }
             if wanted {
+                engine
+                    .baseline
+                    .record_source(op, view.db, view.coll, view.id, view.ts);
                 if is_ddl(op) {
                     if let Some((previous, _)) = in_flight.take() {
                         events_applied += previous.await?;

@@ -12,6 +12,7 @@ use bson::{doc, Bson, Document, RawDocumentBuf};
 use crossbeam_channel::{bounded, Sender};
 use futures_util::TryStreamExt;
 
+use super::baseline::{self, CutoverPlan, Recheck};
 use super::SharedEngine;
 use crate::cluster::{Cluster, ClusterError};
 use crate::report::{Mismatch, Verification};
@@ -266,7 +267,57 @@ async fn shapes(
 
 /// Compares both sides. `strict` also compares unique and TTL options (after finalize).
 pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification, ClusterError> {
-    compare(engine, strict, true).await
+    compare(engine, strict, true, None).await
+}
+
+/// The comparison at cutover: where the baseline verification covers a namespace, only
+/// its differing chunks and changed documents are read again; the rest in full.
+pub async fn verify_at_cutover(engine: &SharedEngine) -> Result<Verification, ClusterError> {
+    let plan = if engine.config.cutover.baseline_verification {
+        engine.baseline.plan(&engine.destination).await
+    } else {
+        None
+    };
+    match &plan {
+        Some(p) => tracing::info!(
+            namespaces = p.namespaces.len(),
+            "verifying from the baseline: re-reading only differing chunks and changed documents"
+        ),
+        None => tracing::info!("verifying every document on both sides"),
+    }
+    compare(engine, false, true, plan.as_ref()).await
+}
+
+/// Reads a namespace's differing chunks and changed documents on both sides: the
+/// documents read when all agree, `None` at the first difference.
+async fn recheck(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+    plan: &Recheck,
+) -> Result<Option<u64>, ClusterError> {
+    let mut read = 0;
+    for chunk in &plan.chunks {
+        let (a, b) = futures_util::try_join!(
+            baseline::digest_range(&engine.source, db, coll, chunk),
+            baseline::digest_range(&engine.destination, db, coll, chunk)
+        )?;
+        if a != b {
+            return Ok(None);
+        }
+        read += a.count;
+    }
+    for ids in plan.ids.chunks(baseline::CHUNK) {
+        let (a, b) = futures_util::try_join!(
+            baseline::digest_ids(&engine.source, db, coll, ids),
+            baseline::digest_ids(&engine.destination, db, coll, ids)
+        )?;
+        if a != b {
+            return Ok(None);
+        }
+        read += a.count;
+    }
+    Ok(Some(read))
 }
 
 /// Compares namespaces, options and index definitions only (no document scan): after
@@ -275,17 +326,21 @@ pub async fn verify_definitions(
     engine: &SharedEngine,
     strict: bool,
 ) -> Result<Verification, ClusterError> {
-    compare(engine, strict, false).await
+    compare(engine, strict, false, None).await
 }
 
 async fn compare(
     engine: &SharedEngine,
     strict: bool,
     documents: bool,
+    plan: Option<&CutoverPlan>,
 ) -> Result<Verification, ClusterError> {
     let source = shapes(engine, &engine.source, strict).await?;
     let dest = shapes(engine, &engine.destination, strict).await?;
-    let mut v = Verification::default();
+    let mut v = Verification {
+        baseline_documents: plan.map_or(0, |p| p.baseline_documents),
+        ..Verification::default()
+    };
     let pool = HashPool::new(2);
     for (ns, s) in &source {
         v.namespaces_checked += 1;
@@ -329,6 +384,18 @@ async fn compare(
             continue;
         }
         let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
+        if let Some(r) = plan.and_then(|p| p.namespaces.get(ns)) {
+            match recheck(engine, db, coll, r).await? {
+                Some(read) => {
+                    v.documents_checked += read;
+                    v.namespaces_rechecked += 1;
+                    continue;
+                }
+                None => {
+                    tracing::warn!(namespace = %ns, "a changed document differs; comparing the whole namespace")
+                }
+            }
+        }
         let (a, b) = futures_util::try_join!(
             pool.digest(&engine.source, db, coll),
             pool.digest(&engine.destination, db, coll)
@@ -469,6 +536,7 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
             destination,
             filter,
             checkpoints,
+            baseline: super::baseline::Tracker::new(1, crate::progress::Progress::new()),
             progress: crate::progress::Progress::new(),
         });
         verify(&engine, strict).await

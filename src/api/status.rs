@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::progress::{NamespaceProgress, Phase, Progress};
+use crate::progress::{BaselineView, NamespaceProgress, Phase, Progress};
 
 /// Whether the run is still going, coarser than the phase: lets a script wait for
 /// `finished` without knowing every phase name.
@@ -57,6 +57,9 @@ pub struct StatusView {
     /// Bytes of change events kept on disk while the copy runs (`runtime.spool_dir`).
     #[serde(default)]
     pub spooled_bytes: u64,
+    /// The background comparison that keeps the cutover short.
+    #[serde(default)]
+    pub baseline: BaselineView,
     /// When the cutover window closes (RFC 3339, UTC); `null` before it opens.
     pub window_expires_at: Option<String>,
     /// Seconds left in the cutover window (negative once passed), so clients need no
@@ -90,6 +93,10 @@ impl StatusView {
             bytes_estimated: progress.bytes_estimated.load(Ordering::Relaxed),
             events_applied: progress.events_applied.load(Ordering::Relaxed),
             spooled_bytes: progress.spooled_bytes.load(Ordering::Relaxed),
+            baseline: BaselineView {
+                documents_changed: progress.baseline_changed.load(Ordering::Relaxed),
+                ..progress.baseline.read().clone()
+            },
             window_expires_at: (expires > 0).then(|| format_rfc3339(expires)),
             window_expires_in_seconds: (expires > 0).then(|| expires - now_unix),
             namespaces,

@@ -214,6 +214,13 @@ pub fn default_warn_before_expiry_hours() -> Vec<u64> {
     vec![24, 6, 1]
 }
 
+/// Default `cutover.recheck_max_documents`: documents changed after the
+/// baseline verification are remembered by `_id` (tens of bytes each) and
+/// re-read at cutover; past 1 million in one namespace (~100 MB of memory,
+/// and as long to re-read as a scan of a mid-sized collection) that
+/// namespace is compared in full at cutover instead.
+pub const DEFAULT_CUTOVER_RECHECK_MAX_DOCUMENTS: u64 = 1_000_000;
+
 /// Default `notify.webhook_timeout_seconds`: a notification must never stall
 /// the migration; 10 s tolerates a slow receiver.
 pub const DEFAULT_NOTIFY_WEBHOOK_TIMEOUT_SECONDS: u64 = 10;
@@ -537,6 +544,12 @@ pub struct CutoverConfig {
     /// (MongoDB 6.0+, needs the `setUserWriteBlockMode` privilege). Default
     /// false: the operator stops application writes.
     pub enforce_write_block: bool,
+    /// Compare both sides in the background once in sync, so that cutover
+    /// only re-reads what changed since (downtime independent of data size).
+    pub baseline_verification: bool,
+    /// Changed documents remembered per namespace before it falls back to a
+    /// full comparison at cutover.
+    pub recheck_max_documents: u64,
 }
 
 impl Default for CutoverConfig {
@@ -546,6 +559,8 @@ impl Default for CutoverConfig {
             window_hours: DEFAULT_CUTOVER_WINDOW_HOURS,
             warn_before_expiry_hours: default_warn_before_expiry_hours(),
             enforce_write_block: false,
+            baseline_verification: true,
+            recheck_max_documents: DEFAULT_CUTOVER_RECHECK_MAX_DOCUMENTS,
         }
     }
 }

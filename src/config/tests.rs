@@ -104,6 +104,8 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(cfg.cutover.window_hours, 120);
     assert_eq!(cfg.cutover.warn_before_expiry_hours, vec![24, 6, 1]);
     assert!(!cfg.cutover.enforce_write_block);
+    assert!(cfg.cutover.baseline_verification);
+    assert_eq!(cfg.cutover.recheck_max_documents, 1_000_000);
     assert_eq!(cfg.notify.webhook_url, None);
     assert_eq!(cfg.log.level, "info");
     assert_eq!(cfg.log.format, LogFormat::Text);
@@ -198,6 +200,8 @@ fn every_default_in_example_is_documented() {
         "window_hours",
         "warn_before_expiry_hours",
         "enforce_write_block",
+        "baseline_verification",
+        "recheck_max_documents",
         "webhook_url",
         "webhook_timeout_seconds",
         "webhook_ca_file",

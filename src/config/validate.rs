@@ -207,6 +207,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
     let cut = &config.cutover;
     v.positive_u64("cutover.lag_threshold_seconds", cut.lag_threshold_seconds);
     v.positive_u64("cutover.window_hours", cut.window_hours);
+    v.positive_u64("cutover.recheck_max_documents", cut.recheck_max_documents);
     if cut.window_hours > 0 && cut.lag_threshold_seconds >= cut.window_hours.saturating_mul(3600) {
         v.push(
             "cutover.lag_threshold_seconds",

@@ -1,6 +1,7 @@
 //! Writes and simple reads: insert, update, delete, findAndModify, count, distinct.
 
 use bson::{doc, Bson, Document};
+use std::sync::Arc;
 
 use crate::dispatch::Ctx;
 use crate::error::{codes, CmdResult, CommandError};
@@ -131,11 +132,17 @@ pub fn matching_ids(
     sort: Option<&SortSpec>,
     limit: Option<usize>,
 ) -> Vec<Bson> {
-    if let Some(id) = matcher.id_equality() {
-        return match c.docs.get(&OrdBson(id.clone())) {
-            Some(d) if matcher.matches(d) => vec![d.get("_id").cloned().unwrap_or(Bson::Null)],
-            _ => Vec::new(),
-        };
+    if let Some(ids) = matcher.id_set() {
+        let mut found: Vec<&Arc<Document>> =
+            lookup_ids(c, ids).filter(|d| matcher.matches(d)).collect();
+        if let Some(s) = sort {
+            found.sort_by(|a, b| s.compare(a, b));
+        }
+        return found
+            .into_iter()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|d| d.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
     }
     match sort {
         None => c
@@ -159,6 +166,17 @@ pub fn matching_ids(
                 .collect()
         }
     }
+}
+
+/// The documents with these `_id`s, in `_id` order and each once, as an `_id` index
+/// scan returns them.
+pub fn lookup_ids<'a>(
+    c: &'a Collection,
+    ids: &[Bson],
+) -> impl Iterator<Item = &'a Arc<Document>> + 'a {
+    let keys: std::collections::BTreeSet<OrdBson> =
+        ids.iter().map(|id| OrdBson(id.clone())).collect();
+    keys.into_iter().filter_map(move |k| c.docs.get(&k))
 }
 
 fn get_doc(storage: &Storage, db: &str, coll: &str, id: &Bson) -> Option<Document> {

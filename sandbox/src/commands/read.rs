@@ -210,13 +210,10 @@ fn source_documents_in(
                 .collect())
         }
         Some(c) => {
-            if let Some(id) = matcher.id_equality() {
-                return Ok(c
-                    .docs
-                    .get(&crate::query::order::OrdBson(id.clone()))
+            if let Some(ids) = matcher.id_set() {
+                return Ok(crate::commands::crud::lookup_ids(c, ids)
                     .filter(|d| matcher.matches(d))
                     .cloned()
-                    .into_iter()
                     .collect());
             }
             Ok(c.docs

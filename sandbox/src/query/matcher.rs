@@ -14,6 +14,7 @@ use crate::error::{CmdResult, CommandError};
 pub struct Matcher {
     root: Expr,
     id_equality: Option<Bson>,
+    id_set: Option<Vec<Bson>>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,7 +69,12 @@ impl Matcher {
             }
             _ => None,
         };
-        Ok(Matcher { root, id_equality })
+        let id_set = Self::ids_of(filter);
+        Ok(Matcher {
+            root,
+            id_equality,
+            id_set,
+        })
     }
 
     /// Whether `doc` satisfies the filter.
@@ -79,6 +85,44 @@ impl Matcher {
     /// The `_id` value when the filter is exactly `{_id: <value>}` (a point lookup).
     pub fn id_equality(&self) -> Option<&Bson> {
         self.id_equality.as_ref()
+    }
+
+    /// See [`Matcher::ids_of`].
+    pub fn id_set(&self) -> Option<&[Bson]> {
+        self.id_set.as_deref()
+    }
+
+    /// The `_id` values when the filter only selects documents by `_id` from a list:
+    /// `{_id: v}`, `{_id: {$in: [...]}}` or `{$or: [{_id: a}, {_id: b}, ...]}`. Like the
+    /// server's `_id` index, these are answered by lookups, not a collection scan.
+    fn ids_of(filter: &Document) -> Option<Vec<Bson>> {
+        fn plain(v: &Bson) -> bool {
+            !is_operator_doc(v) && !matches!(v, Bson::RegularExpression(_) | Bson::Array(_))
+        }
+        if filter.len() != 1 {
+            return None;
+        }
+        match filter.iter().next()? {
+            (k, v) if k == "_id" => match v {
+                Bson::Document(d) if d.len() == 1 => match d.get("$in")? {
+                    Bson::Array(values) if values.iter().all(plain) => Some(values.clone()),
+                    _ => None,
+                },
+                v if plain(v) => Some(vec![v.clone()]),
+                _ => None,
+            },
+            (k, Bson::Array(clauses)) if k == "$or" && !clauses.is_empty() => clauses
+                .iter()
+                .map(|c| match c {
+                    Bson::Document(c) if c.len() == 1 => match c.get("_id") {
+                        Some(v) if plain(v) => Some(v.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
     }
 }
 
@@ -780,6 +824,30 @@ mod tests {
             Matcher::new(&doc! {"a": {"$in": 1}}).expect_err("in").code,
             2
         );
+    }
+
+    #[test]
+    fn id_sets_are_recognised_only_when_exact() {
+        let ids = |f: Document| {
+            Matcher::new(&f)
+                .expect("filter")
+                .id_set()
+                .map(<[Bson]>::to_vec)
+        };
+        assert_eq!(ids(doc! {"_id": 5}), Some(vec![Bson::Int32(5)]));
+        assert_eq!(
+            ids(doc! {"_id": {"$in": [1, "a"]}}),
+            Some(vec![Bson::Int32(1), Bson::String("a".into())])
+        );
+        assert_eq!(
+            ids(doc! {"$or": [{"_id": 1}, {"_id": {"k": 2}}]}),
+            Some(vec![Bson::Int32(1), Bson::Document(doc! {"k": 2})])
+        );
+        assert_eq!(ids(doc! {"_id": {"$in": [1, [2]]}}), None);
+        assert_eq!(ids(doc! {"_id": {"$in": [1], "$nin": [2]}}), None);
+        assert_eq!(ids(doc! {"$or": [{"_id": 1}, {"a": 2}]}), None);
+        assert_eq!(ids(doc! {"$or": [{"_id": {"$gt": 1}}]}), None);
+        assert_eq!(ids(doc! {"_id": 1, "a": 1}), None);
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! batch checkpointed); then the tailer replays the source's change stream from the start
 //! time captured before the copy, routing events to one applier per namespace (bounded
 //! mailboxes: a slow destination slows the reader). Applying is idempotent, so the
-//! overlap between copy and replay converges. At cutover the tailer drains to the
-//! source's optime, the verifier compares both sides, and the coordinator finalizes.
+//! overlap between copy and replay converges. Once in sync, the baseline verification
+//! compares both sides in the background and remembers what changes on either side
+//! since. At cutover the tailer drains to the source's optime, the verifier compares
+//! both sides (from the baseline, only what changed), and the coordinator finalizes.
 
 pub mod applier;
 pub mod baseline;

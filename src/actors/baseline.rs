@@ -147,6 +147,12 @@ impl Tracker {
         t.changed.clear();
     }
 
+    /// Whether this baseline still counts (not failed, not replaced, not stopped).
+    fn is_current(&self, generation: u64) -> bool {
+        let t = self.inner.lock();
+        t.generation == generation && t.failed.is_none()
+    }
+
     fn fail(&self, generation: u64, reason: String) {
         let mut t = self.inner.lock();
         if t.generation == generation && t.failed.is_none() {
@@ -278,7 +284,8 @@ impl Tracker {
 }
 
 /// Runs the baseline: the comparison of every namespace, and the destination's change
-/// stream (until cancelled). Both start from the cluster times read first.
+/// stream (until cancelled). Both start from the cluster times read first. Returns only
+/// when the baseline failed (the caller may start a new one later).
 pub async fn run(engine: SharedEngine, paused: watch::Receiver<bool>) {
     let times = async {
         let source = engine.source.cluster_time().await?;
@@ -348,6 +355,9 @@ async fn compare_all(
                     if paused.changed().await.is_err() {
                         return Ok(total);
                     }
+                }
+                if !engine.baseline.is_current(generation) {
+                    return Ok(total);
                 }
                 let (source, next) =
                     source_chunk(&engine.source, &db, name, start.as_ref()).await?;
@@ -521,6 +531,9 @@ async fn watch_destination(engine: &SharedEngine, generation: u64, since: Timest
             Ok(stream) => {
                 let mut stream = stream.with_type::<RawDocumentBuf>();
                 loop {
+                    if !engine.baseline.is_current(generation) {
+                        return;
+                    }
                     match stream.next_if_any().await {
                         Ok(event) => {
                             failures = 0;

@@ -24,6 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_CONSECUTIVE_FAILURES: u32 = 30;
 /// How often the cutover window is checked.
 const WINDOW_CHECK: Duration = Duration::from_secs(1);
+/// Wait before a failed baseline verification starts again.
+const BASELINE_RETRY: Duration = Duration::from_secs(30);
 /// Tries of the cutover handshake (write block, cutover optime) on transient errors.
 const CUTOVER_ATTEMPTS: u32 = 10;
 
@@ -115,12 +117,8 @@ impl Supervisor {
         }
         tracing::info!(phase = phase.as_str(), "phase");
         self.engine.progress.set_phase(phase);
-        if phase == Phase::ReadyForCutover
-            && self.baseline.is_none()
-            && self.engine.config.cutover.baseline_verification
-        {
-            let run = super::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
-            self.baseline = Some(ctx.spawn(run.into_actor(self)));
+        if phase == Phase::ReadyForCutover {
+            self.start_baseline(ctx);
         }
         self.state.phase = Some(phase);
         let engine = self.engine.clone();
@@ -136,6 +134,24 @@ impl Supervisor {
             }
             .into_actor(self),
         );
+    }
+
+    /// Starts the baseline verification unless it runs or is disabled. One that fails
+    /// (its comparison or the destination's change stream hit an error) is started
+    /// again after a while; until then the cutover compares every document.
+    fn start_baseline(&mut self, ctx: &mut Context<Self>) {
+        if self.baseline.is_some() || !self.engine.config.cutover.baseline_verification {
+            return;
+        }
+        let run = super::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
+        self.baseline = Some(ctx.spawn(run.into_actor(self).map(|(), act, ctx| {
+            act.baseline = None;
+            ctx.run_later(BASELINE_RETRY, |act, ctx| {
+                if matches!(act.phase(), Phase::ReadyForCutover | Phase::Syncing) {
+                    act.start_baseline(ctx);
+                }
+            });
+        })));
     }
 
     fn start_copier(&mut self, ctx: &mut Context<Self>) {

@@ -4,6 +4,9 @@
 use bson::{Bson, Document};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::encode;
+use crate::error::{codes, CommandError};
+
 pub const OP_REPLY: i32 = 1;
 pub const OP_QUERY: i32 = 2004;
 pub const OP_COMPRESSED: i32 = 2012;
@@ -208,31 +211,41 @@ fn next_response_id() -> i32 {
 
 /// Encodes an OP_MSG reply: flags 0, one kind-0 section, no checksum.
 pub fn encode_msg_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(32 + crate::storage::encoded_size(reply));
     header(&mut buf, response_to, OP_MSG);
     buf.extend_from_slice(&0u32.to_le_bytes());
     buf.push(0);
-    // Writing a Document into a Vec cannot fail except on invalid keys, which replies never hold.
-    if reply.to_writer(&mut buf).is_err() {
-        tracing::error!("could not encode reply");
-    }
+    reply_document(&mut buf, reply);
     patch_length(&mut buf);
     buf
 }
 
 /// Encodes an OP_REPLY carrying one document (legacy handshake answers).
 pub fn encode_op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(40 + crate::storage::encoded_size(reply));
     header(&mut buf, response_to, OP_REPLY);
     buf.extend_from_slice(&0i32.to_le_bytes()); // responseFlags
     buf.extend_from_slice(&0i64.to_le_bytes()); // cursorID
     buf.extend_from_slice(&0i32.to_le_bytes()); // startingFrom
     buf.extend_from_slice(&1i32.to_le_bytes()); // numberReturned
-    if reply.to_writer(&mut buf).is_err() {
-        tracing::error!("could not encode reply");
-    }
+    reply_document(&mut buf, reply);
     patch_length(&mut buf);
     buf
+}
+
+/// Appends a reply document. One that cannot be encoded (a key with a NUL byte, which
+/// only a handler bug could produce) is answered with an InternalError instead of a
+/// truncated message.
+fn reply_document(buf: &mut Vec<u8>, reply: &Document) {
+    let start = buf.len();
+    if let Err(e) = encode::document(buf, reply) {
+        tracing::error!(error = %e, "could not encode reply");
+        buf.truncate(start);
+        let error = CommandError::new(codes::INTERNAL_ERROR, e.to_string()).to_reply();
+        if encode::document(buf, &error).is_err() {
+            buf.truncate(start);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,18 @@
 //! NUL byte, which a cstring cannot carry.
 
 use bson::spec::BinarySubtype;
-use bson::{doc, Bson, Document};
+use bson::{doc, Binary, Bson, Document};
 
 /// A string that must be written as a cstring holds a NUL byte.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot encode {0:?} as a BSON cstring: it contains a NUL byte")]
 pub struct EncodeError(pub String);
+
+impl From<EncodeError> for crate::error::CommandError {
+    fn from(e: EncodeError) -> Self {
+        crate::error::CommandError::new(crate::error::codes::INTERNAL_ERROR, e.to_string())
+    }
+}
 
 /// Appends `doc` as one BSON document.
 pub fn document(buf: &mut Vec<u8>, doc: &Document) -> Result<(), EncodeError> {
@@ -115,18 +121,7 @@ pub fn value(buf: &mut Vec<u8>, value: &Bson) -> Result<(), EncodeError> {
         Bson::String(s) | Bson::JavaScriptCode(s) | Bson::Symbol(s) => string(buf, s),
         Bson::Document(d) => document(buf, d)?,
         Bson::Array(items) => array(buf, items)?,
-        Bson::Binary(b) => {
-            let len = b.bytes.len() as i32;
-            if b.subtype == BinarySubtype::BinaryOld {
-                buf.extend_from_slice(&(len + 4).to_le_bytes());
-                buf.push(u8::from(b.subtype));
-                buf.extend_from_slice(&len.to_le_bytes());
-            } else {
-                buf.extend_from_slice(&len.to_le_bytes());
-                buf.push(u8::from(b.subtype));
-            }
-            buf.extend_from_slice(&b.bytes);
-        }
+        Bson::Binary(b) => binary(buf, b),
         Bson::Undefined | Bson::Null | Bson::MinKey | Bson::MaxKey => {}
         Bson::ObjectId(oid) => buf.extend_from_slice(&oid.bytes()),
         Bson::Boolean(b) => buf.push(u8::from(*b)),
@@ -163,6 +158,20 @@ pub fn value(buf: &mut Vec<u8>, value: &Bson) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// Appends a binary value (old binary carries its length twice, as `bson` writes it).
+pub fn binary(buf: &mut Vec<u8>, b: &Binary) {
+    let len = b.bytes.len() as i32;
+    if b.subtype == BinarySubtype::BinaryOld {
+        buf.extend_from_slice(&(len + 4).to_le_bytes());
+        buf.push(u8::from(b.subtype));
+        buf.extend_from_slice(&len.to_le_bytes());
+    } else {
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.push(u8::from(b.subtype));
+    }
+    buf.extend_from_slice(&b.bytes);
+}
+
 /// `doc` as BSON bytes.
 pub fn to_vec(doc: &Document) -> Result<Vec<u8>, EncodeError> {
     let mut buf = Vec::with_capacity(crate::storage::encoded_size(doc));
@@ -174,7 +183,7 @@ pub fn to_vec(doc: &Document) -> Result<Vec<u8>, EncodeError> {
 mod tests {
     use super::*;
     use bson::oid::ObjectId;
-    use bson::{Binary, DateTime, Decimal128, JavaScriptCodeWithScope, Regex, Timestamp};
+    use bson::{DateTime, Decimal128, JavaScriptCodeWithScope, Regex, Timestamp};
 
     fn same_as_bson(d: &Document) {
         let ours = to_vec(d).expect("encodes");

@@ -4,6 +4,7 @@
 use bson::{Bson, Document};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::cursor::CursorReply;
 use crate::encode;
 use crate::error::{codes, CommandError};
 
@@ -209,9 +210,49 @@ fn next_response_id() -> i32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A command's reply as it is framed: its fields, after a `cursor` whose batch was
+/// encoded when it was taken (find, aggregate, getMore), so batches are never built as
+/// documents only to be serialized.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    /// Written first, as the `cursor` field, when set.
+    pub cursor: Option<CursorReply>,
+    /// The other fields (`ok`, `$clusterTime`, ..., or the whole reply).
+    pub fields: Document,
+}
+
+impl From<Document> for Reply {
+    fn from(fields: Document) -> Reply {
+        Reply {
+            cursor: None,
+            fields,
+        }
+    }
+}
+
+impl Reply {
+    fn size_hint(&self) -> usize {
+        crate::storage::encoded_size(&self.fields)
+            + self.cursor.as_ref().map_or(0, CursorReply::size_hint)
+    }
+
+    /// Appends the reply as one BSON document.
+    fn write(&self, buf: &mut Vec<u8>) -> Result<(), encode::EncodeError> {
+        let start = encode::open(buf);
+        if let Some(cursor) = &self.cursor {
+            cursor.write_element(buf)?;
+        }
+        for (key, value) in &self.fields {
+            encode::element(buf, key, value)?;
+        }
+        encode::end(buf, start);
+        Ok(())
+    }
+}
+
 /// Encodes an OP_MSG reply: flags 0, one kind-0 section, no checksum.
-pub fn encode_msg_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(32 + crate::storage::encoded_size(reply));
+pub fn encode_msg_reply(response_to: i32, reply: &Reply) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(32 + reply.size_hint());
     header(&mut buf, response_to, OP_MSG);
     buf.extend_from_slice(&0u32.to_le_bytes());
     buf.push(0);
@@ -221,8 +262,8 @@ pub fn encode_msg_reply(response_to: i32, reply: &Document) -> Vec<u8> {
 }
 
 /// Encodes an OP_REPLY carrying one document (legacy handshake answers).
-pub fn encode_op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(40 + crate::storage::encoded_size(reply));
+pub fn encode_op_reply(response_to: i32, reply: &Reply) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(40 + reply.size_hint());
     header(&mut buf, response_to, OP_REPLY);
     buf.extend_from_slice(&0i32.to_le_bytes()); // responseFlags
     buf.extend_from_slice(&0i64.to_le_bytes()); // cursorID
@@ -236,9 +277,9 @@ pub fn encode_op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
 /// Appends a reply document. One that cannot be encoded (a key with a NUL byte, which
 /// only a handler bug could produce) is answered with an InternalError instead of a
 /// truncated message.
-fn reply_document(buf: &mut Vec<u8>, reply: &Document) {
+fn reply_document(buf: &mut Vec<u8>, reply: &Reply) {
     let start = buf.len();
-    if let Err(e) = encode::document(buf, reply) {
+    if let Err(e) = reply.write(buf) {
         tracing::error!(error = %e, "could not encode reply");
         buf.truncate(start);
         let error = CommandError::new(codes::INTERNAL_ERROR, e.to_string()).to_reply();

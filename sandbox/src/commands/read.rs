@@ -10,7 +10,7 @@ use bson::{doc, Bson, DateTime, Document};
 use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
-use crate::cursor::{Cursor, CursorState};
+use crate::cursor::{Cursor, CursorReply, CursorState};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
@@ -18,6 +18,7 @@ use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
 use crate::server::Server;
 use crate::storage::Storage;
+use crate::wire::Reply;
 
 /// Documents in a first batch when the client gives no batchSize.
 const DEFAULT_FIRST_BATCH: usize = 101;
@@ -524,7 +525,14 @@ fn open_change_stream(
             owner: owner(ctx.conn),
         })
     };
-    Ok(doc! {"cursor": {"firstBatch": events, "postBatchResumeToken": token, "id": id, "ns": ns}})
+    ctx.cursor = Some(CursorReply {
+        first: true,
+        batch: events,
+        post_batch_resume_token: Some(token),
+        id,
+        ns,
+    });
+    Ok(Document::new())
 }
 
 /// Placeholder entry for the table: getMore is async and run by the dispatcher directly.
@@ -542,7 +550,7 @@ pub async fn get_more(
     conn: &mut Connection,
     db: &str,
     cmd: &Document,
-) -> CmdResult<Document> {
+) -> CmdResult<Reply> {
     let id = match cmd.get("getMore") {
         Some(Bson::Int64(i)) => *i,
         Some(Bson::Int32(i)) => *i as i64,
@@ -584,7 +592,7 @@ pub async fn get_more(
             if !exhausted {
                 server.cursors.put_back(id, cursor);
             }
-            Ok(doc! {"cursor": {"nextBatch": batch, "id": reply_id, "ns": ns}})
+            Ok(doc! {"cursor": {"nextBatch": batch, "id": reply_id, "ns": ns}}.into())
         }
         CursorState::ChangeStream(_) => {
             let wait = match cmd.get("maxTimeMS") {
@@ -620,9 +628,16 @@ pub async fn get_more(
                     if !finished {
                         server.cursors.put_back(id, cursor);
                     }
-                    Ok(
-                        doc! {"cursor": {"nextBatch": events, "postBatchResumeToken": token, "id": reply_id, "ns": ns}},
-                    )
+                    Ok(Reply {
+                        cursor: Some(CursorReply {
+                            first: false,
+                            batch: events,
+                            post_batch_resume_token: Some(token),
+                            id: reply_id,
+                            ns,
+                        }),
+                        fields: Document::new(),
+                    })
                 }
                 Err(e) => Err(e.with_label("ChangeStreamCursor")),
             }

@@ -10,7 +10,7 @@ use bson::{doc, Bson, DateTime, Document};
 use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
-use crate::cursor::{Cursor, CursorReply, CursorState};
+use crate::cursor::{Cursor, CursorReply, CursorState, EncodedBatch};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
@@ -27,9 +27,22 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// How long a change-stream getMore waits for events when the client gives no maxTimeMS.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
-/// Takes up to `limit` documents (and the byte budget) off the front of `docs`. A document
-/// still shared with the collection is copied only here, when its batch is sent.
-fn take_batch(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> Vec<Bson> {
+/// Takes up to `limit` documents (and the byte budget) off the front of `docs`, encoding
+/// each where it is: a document still shared with the collection is never copied.
+fn take_batch(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> CmdResult<EncodedBatch> {
+    let mut batch = EncodedBatch::default();
+    while batch.len() < limit {
+        let Some(d) = docs.pop_front() else { break };
+        batch.push(&d)?;
+        if batch.doc_bytes() >= MAX_BATCH_BYTES {
+            break;
+        }
+    }
+    Ok(batch)
+}
+
+/// [`take_batch`] as documents, for replies built as a [`Document`].
+fn take_documents(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> Vec<Bson> {
     let mut out = Vec::new();
     let mut bytes = 0;
     while out.len() < limit {
@@ -65,25 +78,54 @@ pub fn cursor_reply(
     )
 }
 
-/// [`cursor_reply`] for documents that may still be shared with storage.
+/// Documents left after a first batch: a cursor holds them, or 0 when none are left.
+fn open_documents_cursor(ctx: &Ctx<'_>, ns: &str, docs: VecDeque<Arc<Document>>) -> i64 {
+    if docs.is_empty() {
+        return 0;
+    }
+    ctx.server.cursors.open(Cursor {
+        ns: ns.to_string(),
+        state: CursorState::Documents(docs),
+        last_used: Instant::now(),
+        owner: owner(ctx.conn),
+    })
+}
+
+/// [`cursor_reply`] as a document.
 fn cursor_reply_shared(
     ctx: &Ctx<'_>,
     ns: String,
     mut docs: VecDeque<Arc<Document>>,
     batch_size: Option<usize>,
 ) -> Document {
-    let first = take_batch(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
-    let id = if docs.is_empty() {
-        0i64
-    } else {
-        ctx.server.cursors.open(Cursor {
-            ns: ns.clone(),
-            state: CursorState::Documents(docs),
-            last_used: Instant::now(),
-            owner: owner(ctx.conn),
-        })
-    };
+    let first = take_documents(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
+    let id = open_documents_cursor(ctx, &ns, docs);
     doc! {"cursor": {"firstBatch": first, "id": id, "ns": ns}}
+}
+
+/// Replies with a first batch encoded straight from documents shared with storage,
+/// opening a cursor when documents remain.
+fn encoded_cursor_reply(
+    ctx: &mut Ctx<'_>,
+    ns: String,
+    mut docs: VecDeque<Arc<Document>>,
+    limit: usize,
+    single_batch: bool,
+) -> CmdResult<Document> {
+    let first = take_batch(&mut docs, limit)?;
+    let id = if single_batch {
+        0
+    } else {
+        open_documents_cursor(ctx, &ns, docs)
+    };
+    ctx.cursor = Some(CursorReply {
+        first: true,
+        batch: first,
+        post_batch_resume_token: None,
+        id,
+        ns,
+    });
+    Ok(Document::new())
 }
 
 fn oplog_documents(storage: &Storage) -> Vec<Document> {
@@ -316,7 +358,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     } else if natural_reverse {
         docs.reverse();
     }
-    let mut docs: VecDeque<Arc<Document>> = docs
+    let docs: VecDeque<Arc<Document>> = docs
         .into_iter()
         .skip(skip)
         .take(limit.unwrap_or(usize::MAX))
@@ -327,15 +369,13 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .collect();
     let ns = ctx.ns(&coll);
     if single_batch {
-        let first = take_batch(
-            &mut docs,
-            batch_size
-                .unwrap_or(usize::MAX)
-                .min(limit.unwrap_or(usize::MAX)),
-        );
-        return Ok(doc! {"cursor": {"firstBatch": first, "id": 0i64, "ns": ns}});
+        let limit = batch_size
+            .unwrap_or(usize::MAX)
+            .min(limit.unwrap_or(usize::MAX));
+        return encoded_cursor_reply(ctx, ns, docs, limit, true);
     }
-    Ok(cursor_reply_shared(ctx, ns, docs, batch_size))
+    let limit = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
+    encoded_cursor_reply(ctx, ns, docs, limit, false)
 }
 
 pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
@@ -586,13 +626,22 @@ pub async fn get_more(
     let ns = cursor.ns.clone();
     match &mut cursor.state {
         CursorState::Documents(docs) => {
-            let batch = take_batch(docs, batch_size.unwrap_or(usize::MAX));
+            let batch = take_batch(docs, batch_size.unwrap_or(usize::MAX))?;
             let exhausted = docs.is_empty();
             let reply_id = if exhausted { 0 } else { id };
             if !exhausted {
                 server.cursors.put_back(id, cursor);
             }
-            Ok(doc! {"cursor": {"nextBatch": batch, "id": reply_id, "ns": ns}}.into())
+            Ok(Reply {
+                cursor: Some(CursorReply {
+                    first: false,
+                    batch,
+                    post_batch_resume_token: None,
+                    id: reply_id,
+                    ns,
+                }),
+                fields: Document::new(),
+            })
         }
         CursorState::ChangeStream(_) => {
             let wait = match cmd.get("maxTimeMS") {

@@ -1,7 +1,9 @@
 //! The apply path of a migration against the sandbox, in process:
 //! destination side: `update` commands of 1000 `{q: {_id}, u: <replacement>, upsert: true}`
 //! statements (half replacing existing documents, half upserting) and `delete` commands;
-//! source side: a change stream with `fullDocument: updateLookup` read to the end, and a
+//! source side: a change stream with `fullDocument: updateLookup` read to the end, a
+//! default change stream with `showExpandedEvents` read as raw documents over the whole
+//! history (inserts, replacements, upserts, deletes and small `$inc` updates), and a
 //! `find` with min/max and hint `{_id: 1}` over the whole collection.
 //! Rates are reported as ratios to an `insert_many` baseline measured in the same run.
 
@@ -9,13 +11,15 @@ use std::time::Instant;
 
 use ferry_sandbox::{Sandbox, SandboxOptions};
 use futures_util::{StreamExt, TryStreamExt};
-use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::FullDocumentType;
 
 const DOCS: i64 = 100_000;
 const BATCH: i64 = 1_000;
 const UPDATE_COMMANDS: i64 = 40;
 const DELETE_COMMANDS: i64 = 10;
+/// Documents touched by the one `update_many` of small `$inc` updates.
+const SMALL_UPDATES: i64 = 50_000;
 
 fn make_doc(i: i64, gen: i64) -> Document {
     doc! {"_id": i, "n": i, "gen": gen, "name": format!("name-{i}"), "tags": ["a", "b", "c"],
@@ -31,6 +35,11 @@ fn main() {
             .expect("client");
         let db = client.database("bench");
         let coll = db.collection::<Document>("c");
+
+        let before_inserts: Timestamp = match db.run_command(doc! {"ping": 1}).await {
+            Ok(reply) => reply.get_timestamp("operationTime").expect("operationTime"),
+            Err(e) => panic!("ping: {e}"),
+        };
 
         // Baseline: insert_many.
         let batches: Vec<Vec<Document>> = (0..DOCS / BATCH)
@@ -104,6 +113,33 @@ fn main() {
         assert_eq!(seen, events);
         let stream_rate = events as f64 / t.elapsed().as_secs_f64();
 
+        // Small updates (not timed), then a default stream over the whole history, as a
+        // migration's source reads it: no fullDocument option, expanded events, raw.
+        let updated = coll
+            .update_many(doc! {"_id": {"$lt": SMALL_UPDATES}}, doc! {"$inc": {"n": 1}})
+            .await
+            .expect("update_many");
+        assert_eq!(updated.modified_count, SMALL_UPDATES as u64);
+        let history = DOCS + (UPDATE_COMMANDS + DELETE_COMMANDS) * BATCH + SMALL_UPDATES;
+        let t = Instant::now();
+        let mut stream = coll
+            .watch()
+            .show_expanded_events(true)
+            .start_at_operation_time(before_inserts)
+            .await
+            .expect("watch")
+            .with_type::<RawDocumentBuf>();
+        let mut seen = 0i64;
+        while seen < history {
+            match stream.next().await {
+                Some(Ok(_)) => seen += 1,
+                Some(Err(e)) => panic!("change stream: {e}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen, history);
+        let raw_stream_rate = history as f64 / t.elapsed().as_secs_f64();
+
         // Full find with min/max and hint {_id: 1}.
         let t = Instant::now();
         let find = doc! {"find": "c", "filter": {}, "min": {"_id": Bson::MinKey}, "max": {"_id": Bson::MaxKey},
@@ -123,6 +159,7 @@ fn main() {
             ("update (replace/upsert)", update_rate),
             ("delete", delete_rate),
             ("change stream (updateLookup)", stream_rate),
+            ("change stream (expanded, raw)", raw_stream_rate),
             ("find min/max hint _id", find_rate),
         ] {
             println!(

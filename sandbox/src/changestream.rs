@@ -1,12 +1,20 @@
 //! Change streams rendered from the oplog: scope (collection, database, cluster), the
 //! fullDocument and fullDocumentBeforeChange modes, expanded events, invalidation, and
 //! opaque, totally ordered resume tokens.
+//!
+//! Events are rendered straight into a batch's BSON bytes, reading the oplog entry's
+//! documents in place; only a stream with a `$match` or later stages builds each event as
+//! a [`Document`] first. One `render` drives both forms, so they are the same bytes.
 
-use bson::{doc, Bson, Document, Timestamp};
+use bson::spec::ElementType;
+use bson::{doc, Binary, Bson, Document, Timestamp};
 
+use crate::cursor::EncodedBatch;
+use crate::encode;
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
 use crate::query::order::OrdBson;
+use crate::query::update::UpdateDescription;
 use crate::storage::{ts_lt, EventKind, OplogEntry, Storage};
 
 /// Largest batch returned, in bytes (the server's 16 MiB reply budget, less headroom).
@@ -40,7 +48,27 @@ const TOKEN_INVALIDATE: u8 = 1;
 
 /// Encodes a resume token: hex of (time, increment, kind), so byte order is time order.
 pub fn encode_token(ts: Timestamp, kind: u8) -> Document {
-    doc! {"_data": format!("82{:08X}{:08X}{:02X}", ts.time, ts.increment, kind)}
+    let data = token_data(ts, kind);
+    doc! {"_data": String::from_utf8_lossy(&data).into_owned()}
+}
+
+/// The `_data` string of a token: "82", time, increment and kind in upper-case hex.
+fn token_data(ts: Timestamp, kind: u8) -> [u8; 20] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = [0u8; 20];
+    out[0] = b'8';
+    out[1] = b'2';
+    let bytes = ts
+        .time
+        .to_be_bytes()
+        .into_iter()
+        .chain(ts.increment.to_be_bytes())
+        .chain([kind]);
+    for (i, b) in bytes.enumerate() {
+        out[2 + 2 * i] = HEX[usize::from(b >> 4)];
+        out[3 + 2 * i] = HEX[usize::from(b & 0xf)];
+    }
+    out
 }
 
 fn decode_token(token: &Document) -> CmdResult<(Timestamp, u8)> {
@@ -206,20 +234,22 @@ impl ChangeStream {
         encode_token(ts, TOKEN_EVENT)
     }
 
-    /// Next events (up to `max`), with the postBatchResumeToken to report.
+    /// Next events (up to `max`), encoded, with the postBatchResumeToken to report.
     pub fn next_batch(
         &mut self,
         storage: &mut Storage,
         max: usize,
-    ) -> CmdResult<(Vec<Document>, Document)> {
+    ) -> CmdResult<(EncodedBatch, Document)> {
+        let mut batch = EncodedBatch::default();
         if self.finished {
-            return Ok((Vec::new(), encode_token(self.after, TOKEN_INVALIDATE)));
+            return Ok((batch, encode_token(self.after, TOKEN_INVALIDATE)));
         }
         if let Some((ts, wall)) = self.pending_invalidate.take() {
             self.finished = true;
             let token = encode_token(ts, TOKEN_INVALIDATE);
             let event = doc! {"_id": token.clone(), "operationType": "invalidate", "clusterTime": ts, "wallTime": wall};
-            return Ok((vec![event], token));
+            batch.push(&event)?;
+            return Ok((batch, token));
         }
         let lost = if self.inclusive {
             storage
@@ -240,32 +270,40 @@ impl ChangeStream {
         } else {
             storage.oplog.position_after(self.after)
         };
-        let mut events = Vec::new();
-        let mut bytes = 0usize;
+        // Without a filter or stages, events go straight to bytes.
+        let raw = self.filter.is_none() && self.stages.is_empty();
         // Only the last event's token is reported; it is encoded once, at the end.
         let mut last_ts = None;
         let end = storage.oplog.entries.len();
         let mut i = start;
-        while i < end && events.len() < max {
+        while i < end && batch.len() < max {
             let entry = &storage.oplog.entries[i];
             i += 1;
             self.after = entry.ts;
             self.inclusive = false;
-            let Some(event) = self.render(storage, entry)? else {
+            if !self.shows(entry) {
                 continue;
-            };
-            let invalidates = self.invalidated_by(entry);
-            last_ts = Some(entry.ts);
-            if self.filter.as_ref().is_none_or(|m| m.matches(&event)) {
-                let event = self.apply_stages(event)?;
-                bytes += crate::storage::encoded_size(&event);
-                events.push(event);
             }
-            if invalidates {
+            if raw {
+                batch.push_with(|buf| {
+                    let start = encode::open(buf);
+                    self.render(storage, entry, &mut EventBytes(buf))?;
+                    encode::end(buf, start);
+                    Ok::<_, CommandError>(())
+                })?;
+            } else {
+                let mut event = EventDocument(Document::new());
+                self.render(storage, entry, &mut event)?;
+                if self.filter.as_ref().is_none_or(|m| m.matches(&event.0)) {
+                    batch.push(&self.apply_stages(event.0)?)?;
+                }
+            }
+            last_ts = Some(entry.ts);
+            if self.invalidated_by(entry) {
                 self.pending_invalidate = Some((entry.ts, entry.wall));
                 break;
             }
-            if bytes > MAX_BATCH_BYTES {
+            if batch.doc_bytes() > MAX_BATCH_BYTES {
                 break;
             }
         }
@@ -281,7 +319,7 @@ impl ChangeStream {
                 self.after = now;
             }
         }
-        Ok((events, token))
+        Ok((batch, token))
     }
 
     fn apply_stages(&self, event: Document) -> CmdResult<Document> {
@@ -321,72 +359,57 @@ impl ChangeStream {
         }
     }
 
-    /// The event document for an entry, or None when this stream does not show it.
-    fn render(&self, storage: &Storage, entry: &OplogEntry) -> CmdResult<Option<Document>> {
+    /// Whether this stream shows an event for the entry.
+    fn shows(&self, entry: &OplogEntry) -> bool {
         if !self.in_scope(entry) {
-            return Ok(None);
+            return false;
         }
         if entry.kind.is_expanded() && !self.show_expanded {
-            return Ok(None);
+            return false;
         }
-        if let Scope::Collection(..) = self.scope {
-            if entry.kind == EventKind::DropDatabase {
-                // The collection's own drop entry came first and invalidated the stream.
-                return Ok(None);
-            }
-        }
-        let mut ev = doc! {
-            "_id": encode_token(entry.ts, TOKEN_EVENT),
-            "operationType": entry.kind.operation_type(),
-            "clusterTime": entry.ts,
-            "wallTime": entry.wall,
-        };
+        // In a collection stream the collection's own drop entry came first and
+        // invalidated the stream.
+        !(matches!(self.scope, Scope::Collection(..)) && entry.kind == EventKind::DropDatabase)
+    }
+
+    /// Writes the event of an entry this stream [shows](Self::shows), field by field.
+    fn render(
+        &self,
+        storage: &Storage,
+        entry: &OplogEntry,
+        ev: &mut impl EventSink,
+    ) -> CmdResult<()> {
+        ev.token("_id", entry.ts, TOKEN_EVENT)?;
+        ev.string("operationType", entry.kind.operation_type())?;
+        ev.value("clusterTime", &Bson::Timestamp(entry.ts))?;
+        ev.value("wallTime", &Bson::DateTime(entry.wall))?;
         if self.show_expanded {
             if let Some(uuid) = &entry.uuid {
-                ev.insert("collectionUUID", uuid.clone());
+                ev.binary("collectionUUID", uuid)?;
             }
         }
         if entry.kind == EventKind::DropDatabase {
-            ev.insert("ns", doc! {"db": entry.db.clone()});
+            ev.namespace("ns", &entry.db, None)?;
         } else {
-            ev.insert(
-                "ns",
-                doc! {"db": entry.db.clone(), "coll": entry.coll.clone()},
-            );
+            ev.namespace("ns", &entry.db, Some(&entry.coll))?;
         }
         if let Some(key) = &entry.document_key {
-            ev.insert("documentKey", key.clone());
+            ev.document("documentKey", key)?;
         }
         let images_enabled = entry.pre_image.is_some();
         match entry.kind {
-            EventKind::Insert | EventKind::Replace => {
-                ev.insert(
-                    "fullDocument",
-                    entry
-                        .full_document
-                        .as_deref()
-                        .map(|d| Bson::Document(d.clone()))
-                        .unwrap_or(Bson::Null),
-                );
-            }
+            EventKind::Insert | EventKind::Replace => match entry.full_document.as_deref() {
+                Some(d) => ev.document("fullDocument", d)?,
+                None => ev.value("fullDocument", &Bson::Null)?,
+            },
             EventKind::Update => {
                 if let Some(d) = &entry.update_description {
-                    let truncated: Vec<Bson> = d
-                        .truncated_arrays
-                        .iter()
-                        .map(|(f, n)| Bson::Document(doc! {"field": f.clone(), "newSize": *n}))
-                        .collect();
-                    let mut description = doc! {"updatedFields": d.updated_fields.clone(), "removedFields": d.removed_fields.clone(), "truncatedArrays": truncated};
-                    if self.show_expanded && self.disambiguate && !d.disambiguated_paths.is_empty()
-                    {
-                        description.insert("disambiguatedPaths", d.disambiguated_paths.clone());
-                    }
-                    ev.insert("updateDescription", description);
+                    ev.update_description(d, self.show_expanded && self.disambiguate)?;
                 }
-                match self.full_document {
-                    FullDocument::Default => {}
-                    FullDocument::UpdateLookup => {
-                        let current = entry
+                let post = match self.full_document {
+                    FullDocument::Default => None,
+                    FullDocument::UpdateLookup => Some(
+                        entry
                             .document_key
                             .as_ref()
                             .and_then(|k| k.get("_id"))
@@ -394,34 +417,25 @@ impl ChangeStream {
                                 storage
                                     .collection(&entry.db, &entry.coll)
                                     .and_then(|c| c.docs.get(&OrdBson(id.clone())))
-                            });
-                        ev.insert(
-                            "fullDocument",
-                            current
-                                .map(|d| Bson::Document(Document::clone(d)))
-                                .unwrap_or(Bson::Null),
-                        );
-                    }
+                            }),
+                    ),
                     FullDocument::WhenAvailable | FullDocument::Required => {
-                        let post = if images_enabled {
-                            entry.full_document.clone()
-                        } else {
-                            None
-                        };
+                        let post = entry.full_document.as_ref().filter(|_| images_enabled);
                         if post.is_none() && self.full_document == FullDocument::Required {
                             return Err(missing_image("post", entry));
                         }
-                        ev.insert(
-                            "fullDocument",
-                            post.map(|d| Bson::Document(Document::clone(&d)))
-                                .unwrap_or(Bson::Null),
-                        );
+                        Some(post)
                     }
+                };
+                match post {
+                    None => {}
+                    Some(Some(d)) => ev.document("fullDocument", d)?,
+                    Some(None) => ev.value("fullDocument", &Bson::Null)?,
                 }
             }
             EventKind::Rename => {
                 if let Some((db, coll)) = &entry.to {
-                    ev.insert("to", doc! {"db": db.clone(), "coll": coll.clone()});
+                    ev.namespace("to", db, Some(coll))?;
                 }
             }
             _ => {}
@@ -430,32 +444,157 @@ impl ChangeStream {
             entry.kind,
             EventKind::Update | EventKind::Replace | EventKind::Delete
         ) {
-            match self.before_change {
-                BeforeChange::Off => {}
-                BeforeChange::WhenAvailable => {
-                    ev.insert(
-                        "fullDocumentBeforeChange",
-                        entry
-                            .pre_image
-                            .clone()
-                            .map(Bson::Document)
-                            .unwrap_or(Bson::Null),
-                    );
+            match (self.before_change, &entry.pre_image) {
+                (BeforeChange::Off, _) => {}
+                (_, Some(d)) => ev.document("fullDocumentBeforeChange", d)?,
+                (BeforeChange::WhenAvailable, None) => {
+                    ev.value("fullDocumentBeforeChange", &Bson::Null)?
                 }
-                BeforeChange::Required => match &entry.pre_image {
-                    Some(d) => {
-                        ev.insert("fullDocumentBeforeChange", d.clone());
-                    }
-                    None => return Err(missing_image("pre", entry)),
-                },
+                (BeforeChange::Required, None) => return Err(missing_image("pre", entry)),
             }
         }
         if self.show_expanded {
             if let Some(desc) = &entry.operation_description {
-                ev.insert("operationDescription", desc.clone());
+                ev.document("operationDescription", desc)?;
             }
         }
-        Ok(Some(ev))
+        Ok(())
+    }
+}
+
+/// Receives an event's fields in order: [`EventDocument`] builds the document a `$match`
+/// and later stages need, [`EventBytes`] writes BSON without copying any document.
+trait EventSink {
+    /// A resume token `{_data: ...}`.
+    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()>;
+    fn string(&mut self, key: &str, s: &str) -> CmdResult<()>;
+    /// A small value (timestamps, dates, null).
+    fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()>;
+    fn binary(&mut self, key: &str, b: &Binary) -> CmdResult<()>;
+    fn document(&mut self, key: &str, d: &Document) -> CmdResult<()>;
+    /// `{db}` or `{db, coll}`.
+    fn namespace(&mut self, key: &str, db: &str, coll: Option<&str>) -> CmdResult<()>;
+    /// `updateDescription`; `disambiguate` adds `disambiguatedPaths` when there are any.
+    fn update_description(&mut self, d: &UpdateDescription, disambiguate: bool) -> CmdResult<()>;
+}
+
+/// Builds the event as a document.
+struct EventDocument(Document);
+
+impl EventSink for EventDocument {
+    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+        self.0.insert(key, encode_token(ts, kind));
+        Ok(())
+    }
+    fn string(&mut self, key: &str, s: &str) -> CmdResult<()> {
+        self.0.insert(key, s);
+        Ok(())
+    }
+    fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()> {
+        self.0.insert(key, value.clone());
+        Ok(())
+    }
+    fn binary(&mut self, key: &str, b: &Binary) -> CmdResult<()> {
+        self.0.insert(key, b.clone());
+        Ok(())
+    }
+    fn document(&mut self, key: &str, d: &Document) -> CmdResult<()> {
+        self.0.insert(key, d.clone());
+        Ok(())
+    }
+    fn namespace(&mut self, key: &str, db: &str, coll: Option<&str>) -> CmdResult<()> {
+        let ns = match coll {
+            Some(coll) => doc! {"db": db, "coll": coll},
+            None => doc! {"db": db},
+        };
+        self.0.insert(key, ns);
+        Ok(())
+    }
+    fn update_description(&mut self, d: &UpdateDescription, disambiguate: bool) -> CmdResult<()> {
+        let truncated: Vec<Bson> = d
+            .truncated_arrays
+            .iter()
+            .map(|(f, n)| Bson::Document(doc! {"field": f.clone(), "newSize": *n}))
+            .collect();
+        let mut description = doc! {"updatedFields": d.updated_fields.clone(), "removedFields": d.removed_fields.clone(), "truncatedArrays": truncated};
+        if disambiguate && !d.disambiguated_paths.is_empty() {
+            description.insert("disambiguatedPaths", d.disambiguated_paths.clone());
+        }
+        self.0.insert("updateDescription", description);
+        Ok(())
+    }
+}
+
+/// Writes the event's elements into an open BSON document.
+struct EventBytes<'a>(&'a mut Vec<u8>);
+
+impl EventSink for EventBytes<'_> {
+    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::EmbeddedDocument, key)?;
+        let start = encode::open(self.0);
+        encode::element_header(self.0, ElementType::String, "_data")?;
+        let data = token_data(ts, kind);
+        self.0
+            .extend_from_slice(&(data.len() as i32 + 1).to_le_bytes());
+        self.0.extend_from_slice(&data);
+        self.0.push(0);
+        encode::end(self.0, start);
+        Ok(())
+    }
+    fn string(&mut self, key: &str, s: &str) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::String, key)?;
+        encode::string(self.0, s);
+        Ok(())
+    }
+    fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()> {
+        Ok(encode::element(self.0, key, value)?)
+    }
+    fn binary(&mut self, key: &str, b: &Binary) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::Binary, key)?;
+        encode::binary(self.0, b);
+        Ok(())
+    }
+    fn document(&mut self, key: &str, d: &Document) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::EmbeddedDocument, key)?;
+        Ok(encode::document(self.0, d)?)
+    }
+    fn namespace(&mut self, key: &str, db: &str, coll: Option<&str>) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::EmbeddedDocument, key)?;
+        let start = encode::open(self.0);
+        self.string("db", db)?;
+        if let Some(coll) = coll {
+            self.string("coll", coll)?;
+        }
+        encode::end(self.0, start);
+        Ok(())
+    }
+    fn update_description(&mut self, d: &UpdateDescription, disambiguate: bool) -> CmdResult<()> {
+        encode::element_header(self.0, ElementType::EmbeddedDocument, "updateDescription")?;
+        let start = encode::open(self.0);
+        self.document("updatedFields", &d.updated_fields)?;
+        encode::element_header(self.0, ElementType::Array, "removedFields")?;
+        let removed = encode::open(self.0);
+        for (i, field) in d.removed_fields.iter().enumerate() {
+            encode::index_header(self.0, ElementType::String, i);
+            encode::string(self.0, field);
+        }
+        encode::end(self.0, removed);
+        encode::element_header(self.0, ElementType::Array, "truncatedArrays")?;
+        let truncated = encode::open(self.0);
+        for (i, (field, size)) in d.truncated_arrays.iter().enumerate() {
+            encode::index_header(self.0, ElementType::EmbeddedDocument, i);
+            let item = encode::open(self.0);
+            self.string("field", field)?;
+            encode::element_header(self.0, ElementType::Int32, "newSize")?;
+            self.0.extend_from_slice(&size.to_le_bytes());
+            encode::end(self.0, item);
+        }
+        encode::end(self.0, truncated);
+        if disambiguate && !d.disambiguated_paths.is_empty() {
+            self.document("disambiguatedPaths", &d.disambiguated_paths)?;
+        }
+        encode::end(self.0, start);
+        Ok(())
     }
 }
 

@@ -11,8 +11,10 @@ use crate::auth::roles::{is_authorized, Action};
 use crate::auth::scram::ScramConversation;
 use crate::auth::users::AuthenticatedUser;
 use crate::commands::{self, CommandSpec, Effect};
+use crate::cursor::CursorReply;
 use crate::error::{codes, CmdResult, CommandError};
 use crate::server::Server;
+use crate::wire::Reply;
 
 /// Per-connection state.
 pub struct Connection {
@@ -44,6 +46,9 @@ pub struct Ctx<'a> {
     /// An insert's documents or an update's statements, moved out of the command so
     /// their documents are stored without a copy.
     pub documents: Option<Vec<Bson>>,
+    /// Set by a cursor-returning handler that encoded its batch as it took it: the reply
+    /// is then this `cursor` followed by the fields the handler returns.
+    pub cursor: Option<CursorReply>,
 }
 
 impl Ctx<'_> {
@@ -95,8 +100,8 @@ pub fn unauthorized(command: &str, db: &str) -> CommandError {
     ))
 }
 
-/// Runs one OP_MSG command and returns the reply document (success or error).
-pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Document) -> Document {
+/// Runs one OP_MSG command and returns its reply (success or error).
+pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Document) -> Reply {
     let Some(name) = cmd.keys().next().cloned() else {
         return finish(server, Err(CommandError::failed_to_parse("empty command")));
     };
@@ -156,8 +161,12 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                         cmd: &cmd,
                         name: &name,
                         documents: documents.take(),
+                        cursor: None,
                     };
-                    (spec.handler)(&mut ctx)
+                    (spec.handler)(&mut ctx).map(|fields| Reply {
+                        cursor: ctx.cursor.take(),
+                        fields,
+                    })
                 }
             }
         }
@@ -277,19 +286,19 @@ fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec) ->
     e
 }
 
-/// Adds `$clusterTime` and `operationTime` to a reply.
-fn finish(server: &Arc<Server>, result: CmdResult<Document>) -> Document {
+/// Adds `ok`, `$clusterTime` and `operationTime` to a reply.
+fn finish(server: &Arc<Server>, result: CmdResult<Reply>) -> Reply {
     let mut reply = match result {
-        Ok(mut d) => {
-            if !d.contains_key("ok") {
-                d.insert("ok", 1.0);
+        Ok(mut r) => {
+            if !r.fields.contains_key("ok") {
+                r.fields.insert("ok", 1.0);
             }
-            d
+            r
         }
-        Err(e) => e.to_reply(),
+        Err(e) => e.to_reply().into(),
     };
     let ts = server.storage.lock().cluster_time();
-    append_cluster_time(&mut reply, ts);
+    append_cluster_time(&mut reply.fields, ts);
     reply
 }
 
@@ -310,7 +319,7 @@ pub async fn run_legacy_query(
     conn: &mut Connection,
     collection: &str,
     mut query: Document,
-) -> Document {
+) -> Reply {
     if let Ok(inner) = query.get_document("$query") {
         query = inner.clone();
     }
@@ -323,7 +332,8 @@ pub async fn run_legacy_query(
                 "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
             ),
         )
-        .to_reply();
+        .to_reply()
+        .into();
     }
     let db = collection.trim_end_matches(".$cmd").to_string();
     query.insert("$db", db);

@@ -3,7 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`wire`]: message framing (OP_MSG, legacy OP_QUERY/OP_REPLY); `decode` is its fast
-//!   path for common BSON, falling back to `bson` for anything else.
+//!   path for common BSON, falling back to `bson` for anything else; [`encode`] writes
+//!   replies (and change events straight from the oplog) as BSON bytes.
 //! - [`server`]: the TCP/TLS listener, one task per connection, the [`Sandbox`] handle.
 //! - [`dispatch`]: the one command table; applies auth, write blocking, faults and error
 //!   labels once so each handler is about its own command.
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod cursor;
 mod decode;
 pub mod dispatch;
+pub mod encode;
 pub mod error;
 pub mod server;
 pub mod storage;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
-use bson::Document;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -102,7 +101,7 @@ pub struct Server {
     pub term: AtomicI64,
     pub next_connection_id: AtomicI64,
     /// Replies of retryable writes, keyed by (lsid, txnNumber).
-    pub retry_cache: Mutex<std::collections::HashMap<(Vec<u8>, i64), Document>>,
+    pub retry_cache: Mutex<std::collections::HashMap<(Vec<u8>, i64), crate::wire::Reply>>,
     /// Bumped to make every connection close (fault injection, stepdown).
     pub disconnect: watch::Sender<u64>,
     pub started: Instant,

@@ -4,6 +4,10 @@
 use bson::{Bson, Document};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::cursor::CursorReply;
+use crate::encode;
+use crate::error::{codes, CommandError};
+
 pub const OP_REPLY: i32 = 1;
 pub const OP_QUERY: i32 = 2004;
 pub const OP_COMPRESSED: i32 = 2012;
@@ -206,33 +210,83 @@ fn next_response_id() -> i32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A command's reply as it is framed: its fields, after a `cursor` whose batch was
+/// encoded when it was taken (find, aggregate, getMore), so batches are never built as
+/// documents only to be serialized.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    /// Written first, as the `cursor` field, when set.
+    pub cursor: Option<CursorReply>,
+    /// The other fields (`ok`, `$clusterTime`, ..., or the whole reply).
+    pub fields: Document,
+}
+
+impl From<Document> for Reply {
+    fn from(fields: Document) -> Reply {
+        Reply {
+            cursor: None,
+            fields,
+        }
+    }
+}
+
+impl Reply {
+    fn size_hint(&self) -> usize {
+        crate::storage::encoded_size(&self.fields)
+            + self.cursor.as_ref().map_or(0, CursorReply::size_hint)
+    }
+
+    /// Appends the reply as one BSON document.
+    fn write(&self, buf: &mut Vec<u8>) -> Result<(), encode::EncodeError> {
+        let start = encode::open(buf);
+        if let Some(cursor) = &self.cursor {
+            cursor.write_element(buf)?;
+        }
+        for (key, value) in &self.fields {
+            encode::element(buf, key, value)?;
+        }
+        encode::end(buf, start);
+        Ok(())
+    }
+}
+
 /// Encodes an OP_MSG reply: flags 0, one kind-0 section, no checksum.
-pub fn encode_msg_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
+pub fn encode_msg_reply(response_to: i32, reply: &Reply) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(32 + reply.size_hint());
     header(&mut buf, response_to, OP_MSG);
     buf.extend_from_slice(&0u32.to_le_bytes());
     buf.push(0);
-    // Writing a Document into a Vec cannot fail except on invalid keys, which replies never hold.
-    if reply.to_writer(&mut buf).is_err() {
-        tracing::error!("could not encode reply");
-    }
+    reply_document(&mut buf, reply);
     patch_length(&mut buf);
     buf
 }
 
 /// Encodes an OP_REPLY carrying one document (legacy handshake answers).
-pub fn encode_op_reply(response_to: i32, reply: &Document) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
+pub fn encode_op_reply(response_to: i32, reply: &Reply) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(40 + reply.size_hint());
     header(&mut buf, response_to, OP_REPLY);
     buf.extend_from_slice(&0i32.to_le_bytes()); // responseFlags
     buf.extend_from_slice(&0i64.to_le_bytes()); // cursorID
     buf.extend_from_slice(&0i32.to_le_bytes()); // startingFrom
     buf.extend_from_slice(&1i32.to_le_bytes()); // numberReturned
-    if reply.to_writer(&mut buf).is_err() {
-        tracing::error!("could not encode reply");
-    }
+    reply_document(&mut buf, reply);
     patch_length(&mut buf);
     buf
+}
+
+/// Appends a reply document. One that cannot be encoded (a key with a NUL byte, which
+/// only a handler bug could produce) is answered with an InternalError instead of a
+/// truncated message.
+fn reply_document(buf: &mut Vec<u8>, reply: &Reply) {
+    let start = buf.len();
+    if let Err(e) = reply.write(buf) {
+        tracing::error!(error = %e, "could not encode reply");
+        buf.truncate(start);
+        let error = CommandError::new(codes::INTERNAL_ERROR, e.to_string()).to_reply();
+        if encode::document(buf, &error).is_err() {
+            buf.truncate(start);
+        }
+    }
 }
 
 #[cfg(test)]

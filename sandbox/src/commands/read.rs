@@ -10,7 +10,7 @@ use bson::{doc, Bson, DateTime, Document};
 use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
-use crate::cursor::{Cursor, CursorState};
+use crate::cursor::{Cursor, CursorReply, CursorState, EncodedBatch};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
@@ -18,6 +18,7 @@ use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
 use crate::server::Server;
 use crate::storage::Storage;
+use crate::wire::Reply;
 
 /// Documents in a first batch when the client gives no batchSize.
 const DEFAULT_FIRST_BATCH: usize = 101;
@@ -26,9 +27,22 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// How long a change-stream getMore waits for events when the client gives no maxTimeMS.
 const DEFAULT_AWAIT: Duration = Duration::from_secs(1);
 
-/// Takes up to `limit` documents (and the byte budget) off the front of `docs`. A document
-/// still shared with the collection is copied only here, when its batch is sent.
-fn take_batch(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> Vec<Bson> {
+/// Takes up to `limit` documents (and the byte budget) off the front of `docs`, encoding
+/// each where it is: a document still shared with the collection is never copied.
+fn take_batch(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> CmdResult<EncodedBatch> {
+    let mut batch = EncodedBatch::default();
+    while batch.len() < limit {
+        let Some(d) = docs.pop_front() else { break };
+        batch.push(&d)?;
+        if batch.doc_bytes() >= MAX_BATCH_BYTES {
+            break;
+        }
+    }
+    Ok(batch)
+}
+
+/// [`take_batch`] as documents, for replies built as a [`Document`].
+fn take_documents(docs: &mut VecDeque<Arc<Document>>, limit: usize) -> Vec<Bson> {
     let mut out = Vec::new();
     let mut bytes = 0;
     while out.len() < limit {
@@ -64,25 +78,54 @@ pub fn cursor_reply(
     )
 }
 
-/// [`cursor_reply`] for documents that may still be shared with storage.
+/// Documents left after a first batch: a cursor holds them, or 0 when none are left.
+fn open_documents_cursor(ctx: &Ctx<'_>, ns: &str, docs: VecDeque<Arc<Document>>) -> i64 {
+    if docs.is_empty() {
+        return 0;
+    }
+    ctx.server.cursors.open(Cursor {
+        ns: ns.to_string(),
+        state: CursorState::Documents(docs),
+        last_used: Instant::now(),
+        owner: owner(ctx.conn),
+    })
+}
+
+/// [`cursor_reply`] as a document.
 fn cursor_reply_shared(
     ctx: &Ctx<'_>,
     ns: String,
     mut docs: VecDeque<Arc<Document>>,
     batch_size: Option<usize>,
 ) -> Document {
-    let first = take_batch(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
-    let id = if docs.is_empty() {
-        0i64
-    } else {
-        ctx.server.cursors.open(Cursor {
-            ns: ns.clone(),
-            state: CursorState::Documents(docs),
-            last_used: Instant::now(),
-            owner: owner(ctx.conn),
-        })
-    };
+    let first = take_documents(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
+    let id = open_documents_cursor(ctx, &ns, docs);
     doc! {"cursor": {"firstBatch": first, "id": id, "ns": ns}}
+}
+
+/// Replies with a first batch encoded straight from documents shared with storage,
+/// opening a cursor when documents remain.
+fn encoded_cursor_reply(
+    ctx: &mut Ctx<'_>,
+    ns: String,
+    mut docs: VecDeque<Arc<Document>>,
+    limit: usize,
+    single_batch: bool,
+) -> CmdResult<Document> {
+    let first = take_batch(&mut docs, limit)?;
+    let id = if single_batch {
+        0
+    } else {
+        open_documents_cursor(ctx, &ns, docs)
+    };
+    ctx.cursor = Some(CursorReply {
+        first: true,
+        batch: first,
+        post_batch_resume_token: None,
+        id,
+        ns,
+    });
+    Ok(Document::new())
 }
 
 fn oplog_documents(storage: &Storage) -> Vec<Document> {
@@ -312,7 +355,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     } else if natural_reverse {
         docs.reverse();
     }
-    let mut docs: VecDeque<Arc<Document>> = docs
+    let docs: VecDeque<Arc<Document>> = docs
         .into_iter()
         .skip(skip)
         .take(limit.unwrap_or(usize::MAX))
@@ -323,15 +366,13 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .collect();
     let ns = ctx.ns(&coll);
     if single_batch {
-        let first = take_batch(
-            &mut docs,
-            batch_size
-                .unwrap_or(usize::MAX)
-                .min(limit.unwrap_or(usize::MAX)),
-        );
-        return Ok(doc! {"cursor": {"firstBatch": first, "id": 0i64, "ns": ns}});
+        let limit = batch_size
+            .unwrap_or(usize::MAX)
+            .min(limit.unwrap_or(usize::MAX));
+        return encoded_cursor_reply(ctx, ns, docs, limit, true);
     }
-    Ok(cursor_reply_shared(ctx, ns, docs, batch_size))
+    let limit = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
+    encoded_cursor_reply(ctx, ns, docs, limit, false)
 }
 
 pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
@@ -521,7 +562,14 @@ fn open_change_stream(
             owner: owner(ctx.conn),
         })
     };
-    Ok(doc! {"cursor": {"firstBatch": events, "postBatchResumeToken": token, "id": id, "ns": ns}})
+    ctx.cursor = Some(CursorReply {
+        first: true,
+        batch: events,
+        post_batch_resume_token: Some(token),
+        id,
+        ns,
+    });
+    Ok(Document::new())
 }
 
 /// Placeholder entry for the table: getMore is async and run by the dispatcher directly.
@@ -539,7 +587,7 @@ pub async fn get_more(
     conn: &mut Connection,
     db: &str,
     cmd: &Document,
-) -> CmdResult<Document> {
+) -> CmdResult<Reply> {
     let id = match cmd.get("getMore") {
         Some(Bson::Int64(i)) => *i,
         Some(Bson::Int32(i)) => *i as i64,
@@ -575,13 +623,22 @@ pub async fn get_more(
     let ns = cursor.ns.clone();
     match &mut cursor.state {
         CursorState::Documents(docs) => {
-            let batch = take_batch(docs, batch_size.unwrap_or(usize::MAX));
+            let batch = take_batch(docs, batch_size.unwrap_or(usize::MAX))?;
             let exhausted = docs.is_empty();
             let reply_id = if exhausted { 0 } else { id };
             if !exhausted {
                 server.cursors.put_back(id, cursor);
             }
-            Ok(doc! {"cursor": {"nextBatch": batch, "id": reply_id, "ns": ns}})
+            Ok(Reply {
+                cursor: Some(CursorReply {
+                    first: false,
+                    batch,
+                    post_batch_resume_token: None,
+                    id: reply_id,
+                    ns,
+                }),
+                fields: Document::new(),
+            })
         }
         CursorState::ChangeStream(_) => {
             let wait = match cmd.get("maxTimeMS") {
@@ -617,9 +674,16 @@ pub async fn get_more(
                     if !finished {
                         server.cursors.put_back(id, cursor);
                     }
-                    Ok(
-                        doc! {"cursor": {"nextBatch": events, "postBatchResumeToken": token, "id": reply_id, "ns": ns}},
-                    )
+                    Ok(Reply {
+                        cursor: Some(CursorReply {
+                            first: false,
+                            batch: events,
+                            post_batch_resume_token: Some(token),
+                            id: reply_id,
+                            ns,
+                        }),
+                        fields: Document::new(),
+                    })
                 }
                 Err(e) => Err(e.with_label("ChangeStreamCursor")),
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
 use ferry::control::ControlRequest;
-use ferry::progress::Phase;
+use ferry::progress::{BaselineState, Phase};
 use ferry::run::{Migration, RunOptions};
 use mongodb::Client;
 
@@ -163,6 +163,19 @@ async fn main() {
     })
     .await;
 
+    // The baseline verification starts once in sync; the apply is measured in the steady
+    // state after it (its change tracking on both sides stays on).
+    let baseline_started = Instant::now();
+    wait_for(&progress, "baseline verification", || {
+        matches!(
+            progress.baseline.read().state,
+            BaselineState::Done | BaselineState::Failed
+        )
+    })
+    .await;
+    let baseline_time = baseline_started.elapsed();
+    let baseline = progress.baseline.read().clone();
+
     // Apply: pause, write n/2 inserts and n/2 updates to the source, resume, time the catch-up.
     migration
         .control
@@ -205,10 +218,16 @@ async fn main() {
 
     migration
         .control
-        .request(ControlRequest::Cancel)
+        .request(ControlRequest::Cutover {
+            writes_stopped: true,
+        })
         .await
-        .expect("cancel");
-    let _ = tokio::task::spawn_blocking(move || migration.wait()).await;
+        .expect("cutover");
+    let outcome = tokio::task::spawn_blocking(move || migration.wait())
+        .await
+        .expect("join")
+        .expect("run");
+    let report = outcome.report.expect("a completed run has a report");
     let dst = Client::with_uri_str(&destination.uri)
         .await
         .expect("client");
@@ -240,5 +259,21 @@ async fn main() {
     );
     println!(
         "peak RSS of the ferry process: {rss_after_copy:.0} MiB after the copy, {rss:.0} MiB after apply"
+    );
+    let v = &report.verification;
+    println!(
+        "baseline verification       : {} documents compared in {:.1} s ({:?}, {} chunks differed)",
+        baseline.documents_compared,
+        baseline_time.as_secs_f64(),
+        baseline.state,
+        baseline.chunks_differing
+    );
+    println!(
+        "cutover                     : downtime {:.2} s; {} documents read again on each side ({} namespaces from the baseline, {} documents compared before), verification {}",
+        report.downtime_seconds,
+        v.documents_checked,
+        v.namespaces_rechecked,
+        v.baseline_documents,
+        if v.passed { "passed" } else { "FAILED" }
     );
 }

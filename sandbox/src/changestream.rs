@@ -102,6 +102,36 @@ pub struct ChangeStream {
     filter: Option<Matcher>,
     /// Stages after the `$match` (projection-like stages), applied per event.
     stages: Vec<Document>,
+    /// When the only stage is a `$project` including top-level fields: those fields,
+    /// rendered straight to bytes like a stream without stages.
+    project: Option<Vec<String>>,
+}
+
+/// The fields of `[{$project: {a: 1, b: true, ...}}]` when it only includes top-level
+/// event fields (`_id` stays, as in any inclusion projection).
+fn simple_projection(stages: &[Document]) -> Option<Vec<String>> {
+    let [stage] = stages else {
+        return None;
+    };
+    if stage.len() != 1 {
+        return None;
+    }
+    let spec = stage.get_document("$project").ok()?;
+    let mut fields = vec!["_id".to_string()];
+    for (k, v) in spec {
+        let included = match v {
+            Bson::Boolean(b) => *b,
+            Bson::Int32(i) => *i != 0,
+            Bson::Int64(i) => *i != 0,
+            Bson::Double(d) => *d != 0.0,
+            _ => return None,
+        };
+        if !included || k.contains('.') || k.starts_with('$') || k == "_id" {
+            return None;
+        }
+        fields.push(k.clone());
+    }
+    Some(fields)
 }
 
 impl ChangeStream {
@@ -218,6 +248,7 @@ impl ChangeStream {
             pending_invalidate,
             finished: false,
             filter,
+            project: simple_projection(&stages),
             stages,
         })
     }
@@ -270,8 +301,9 @@ impl ChangeStream {
         } else {
             storage.oplog.position_after(self.after)
         };
-        // Without a filter or stages, events go straight to bytes.
-        let raw = self.filter.is_none() && self.stages.is_empty();
+        // Without a filter or stages (or with only a simple inclusion `$project`), events
+        // go straight to bytes.
+        let raw = self.filter.is_none() && (self.stages.is_empty() || self.project.is_some());
         // Only the last event's token is reported; it is encoded once, at the end.
         let mut last_ts = None;
         let end = storage.oplog.entries.len();
@@ -287,7 +319,17 @@ impl ChangeStream {
             if raw {
                 batch.push_with(|buf| {
                     let start = encode::open(buf);
-                    self.render(storage, entry, &mut EventBytes(buf))?;
+                    match &self.project {
+                        Some(fields) => self.render(
+                            storage,
+                            entry,
+                            &mut Projected {
+                                inner: EventBytes(buf),
+                                fields,
+                            },
+                        )?,
+                        None => self.render(storage, entry, &mut EventBytes(buf))?,
+                    }
                     encode::end(buf, start);
                     Ok::<_, CommandError>(())
                 })?;
@@ -521,6 +563,64 @@ impl EventSink for EventDocument {
             description.insert("disambiguatedPaths", d.disambiguated_paths.clone());
         }
         self.0.insert("updateDescription", description);
+        Ok(())
+    }
+}
+
+/// Writes only the projected fields, in the event's order (as an inclusion `$project`
+/// returns them).
+struct Projected<'a, 'b> {
+    inner: EventBytes<'a>,
+    fields: &'b [String],
+}
+
+impl Projected<'_, '_> {
+    fn keeps(&self, key: &str) -> bool {
+        self.fields.iter().any(|f| f == key)
+    }
+}
+
+impl EventSink for Projected<'_, '_> {
+    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.token(key, ts, kind)?;
+        }
+        Ok(())
+    }
+    fn string(&mut self, key: &str, s: &str) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.string(key, s)?;
+        }
+        Ok(())
+    }
+    fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.value(key, value)?;
+        }
+        Ok(())
+    }
+    fn binary(&mut self, key: &str, b: &Binary) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.binary(key, b)?;
+        }
+        Ok(())
+    }
+    fn document(&mut self, key: &str, d: &Document) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.document(key, d)?;
+        }
+        Ok(())
+    }
+    fn namespace(&mut self, key: &str, db: &str, coll: Option<&str>) -> CmdResult<()> {
+        if self.keeps(key) {
+            self.inner.namespace(key, db, coll)?;
+        }
+        Ok(())
+    }
+    fn update_description(&mut self, d: &UpdateDescription, disambiguate: bool) -> CmdResult<()> {
+        if self.keeps("updateDescription") {
+            self.inner.update_description(d, disambiguate)?;
+        }
         Ok(())
     }
 }

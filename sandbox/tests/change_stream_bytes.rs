@@ -310,3 +310,50 @@ async fn encoded_batches_keep_the_reply_layout() {
         event.get_document("_id").expect("_id")
     );
 }
+
+/// A stream whose only stage includes some top-level fields (what a reader that only
+/// needs each event's kind and key asks for) is written directly too, and equals the
+/// same projection applied to events built as documents.
+#[tokio::test]
+async fn projected_events_written_directly_equal_projected_documents() {
+    let sb = start();
+    let client = client(&sb).await;
+    let start = history(&client).await;
+    let project = doc! {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": true, "updateDescription": 1}};
+    let mut options = ChangeStreamOptions::default();
+    options.show_expanded_events = Some(true);
+    options.start_at_operation_time = Some(start);
+    let mut out = Vec::new();
+    for pipeline in [
+        vec![project.clone()],
+        vec![doc! {"$match": {}}, project.clone()],
+    ] {
+        let stream = client
+            .watch()
+            .pipeline(pipeline)
+            .with_options(options.clone())
+            .await
+            .expect("watch")
+            .with_type::<RawDocumentBuf>();
+        let mut events = Vec::new();
+        let mut stream = stream;
+        // A cluster-wide stream is not invalidated by dropDatabase: read up to it.
+        while let Ok(Some(Ok(ev))) =
+            tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+        {
+            let last = ev.get_str("operationType").ok() == Some("dropDatabase");
+            events.push(ev);
+            if last {
+                break;
+            }
+        }
+        out.push(events);
+    }
+    let (direct, built) = (&out[0], &out[1]);
+    assert!(direct.len() > 10, "{} events", direct.len());
+    assert_eq!(direct.len(), built.len());
+    for (a, b) in direct.iter().zip(built) {
+        assert_eq!(a.as_bytes(), b.as_bytes(), "{a:?} vs {b:?}");
+        assert!(a.get("fullDocument").ok().flatten().is_none(), "{a:?}");
+    }
+}

@@ -3,7 +3,7 @@
 //! DDL at a barrier, checkpoints only what every applier has acknowledged, measures lag,
 //! writes a no-op on an idle source so lag reaches zero, and drains to the cutover optime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,10 @@ use crate::cluster::ClusterError;
 
 /// How often the source's cluster time is read to compute lag.
 const CLUSTER_TIME_INTERVAL: Duration = Duration::from_millis(500);
+/// Batches applied at once while behind: the destination always has the next one
+/// queued while Ferry reads and routes the one after (per-document order holds: each
+/// applier takes its batches in order).
+const MAX_FLIGHTS: usize = 3;
 /// How long a getMore waits on an idle stream before returning an empty batch.
 const MAX_AWAIT: Duration = Duration::from_millis(250);
 
@@ -668,10 +672,11 @@ async fn tail(
     let mut source_now: Option<(Timestamp, Instant)> = None;
     let mut drained_sent = false;
     let mut dirty = false;
-    let mut in_flight: Option<(Flight, Option<Document>)> = None;
+    // Batches handed to the appliers and not yet acknowledged, oldest first.
+    let mut in_flight: VecDeque<(Flight, Option<Document>)> = VecDeque::new();
     loop {
         if *paused.borrow() {
-            if let Some((previous, _)) = in_flight.take() {
+            while let Some((previous, _)) = in_flight.pop_front() {
                 events_applied += previous.await?;
             }
             events_applied += flush(&engine, &mut routing, &mut pending).await?;
@@ -710,7 +715,7 @@ async fn tail(
                     .baseline
                     .record_source(op, view.db, view.coll, view.id, view.ts);
                 if is_ddl(op) {
-                    if let Some((previous, _)) = in_flight.take() {
+                    while let Some((previous, _)) = in_flight.pop_front() {
                         events_applied += previous.await?;
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
@@ -753,19 +758,21 @@ async fn tail(
         let flight = dispatch(&engine, &mut routing, &mut pending);
         last_cut = Instant::now();
         let acknowledged = if caught_up {
-            if let Some((previous, _)) = in_flight.take() {
+            while let Some((previous, _)) = in_flight.pop_front() {
                 events_applied += previous.await?;
             }
             events_applied += flight.await?;
             token
         } else {
-            match in_flight.replace((flight, token)) {
-                Some((previous, previous_token)) => {
+            in_flight.push_back((flight, token));
+            let mut acknowledged = None;
+            while in_flight.len() >= MAX_FLIGHTS {
+                if let Some((previous, previous_token)) = in_flight.pop_front() {
                     events_applied += previous.await?;
-                    previous_token
+                    acknowledged = previous_token.or(acknowledged);
                 }
-                None => None,
             }
+            acknowledged
         };
         if let Some(t) = acknowledged {
             if let Some(ts) = token_timestamp(&t) {

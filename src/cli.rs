@@ -256,6 +256,18 @@ pub fn render_status(view: &StatusView) -> String {
             human_bytes(view.spooled_bytes)
         );
     }
+    match view.update_events.as_deref() {
+        Some("delta") => {
+            let _ = writeln!(out, "updates:    applied as their changed fields");
+        }
+        Some("lookup") => {
+            let _ = writeln!(
+                out,
+                "updates:    applied as the source's whole document (looked up)"
+            );
+        }
+        _ => {}
+    }
     let b = &view.baseline;
     let baseline = match b.state {
         BaselineState::Pending => None,

@@ -120,6 +120,9 @@ pub struct Progress {
     /// Data events on the source after the cutover optime (writes that should not happen).
     pub late_writes: AtomicU64,
     pub baseline: RwLock<BaselineView>,
+    /// How update events are applied: "delta" (their changed fields) or "lookup" (the
+    /// source's whole document); unset until the tailer starts.
+    pub update_events: RwLock<Option<&'static str>>,
     /// Documents changed since the baseline began (kept apart: updated per event).
     pub baseline_changed: AtomicU64,
     /// Lag in milliseconds; -1 while unknown (before syncing starts).

@@ -9,7 +9,9 @@ use ferry::api::client::{ApiClient, ClientError};
 use ferry::api::{ApiServer, RunState, StatusView};
 use ferry::cli::{self, ControlAction};
 use ferry::control::{ControlError, ControlHandle, ControlRequest};
-use ferry::progress::{NamespaceProgress, Phase, Progress, SharedProgress};
+use ferry::progress::{
+    BaselineState, BaselineView, NamespaceProgress, Phase, Progress, SharedProgress,
+};
 use ferry::report::Report;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
@@ -129,6 +131,13 @@ async fn progress_reports_phase_counters_window_and_namespaces() {
     };
     h.progress
         .set_error("destination: write conflict, retrying");
+    *h.progress.baseline.write() = BaselineView {
+        state: BaselineState::Done,
+        documents_compared: 1000,
+        chunks_differing: 1,
+        ..Default::default()
+    };
+    h.progress.baseline_changed.store(7, Ordering::Relaxed);
 
     let raw: Value = h
         .client
@@ -148,6 +157,9 @@ async fn progress_reports_phase_counters_window_and_namespaces() {
     assert_eq!(raw["namespaces"]["shop.orders"]["status"], "copying");
     assert_eq!(raw["namespaces"]["shop.orders"]["documents_copied"], 500);
     assert_eq!(raw["last_error"], "destination: write conflict, retrying");
+    assert_eq!(raw["baseline"]["state"], "done");
+    assert_eq!(raw["baseline"]["documents_compared"], 1000);
+    assert_eq!(raw["baseline"]["documents_changed"], 7);
 
     // The CLI's screen shows the same facts.
     let view = cli::status(&h.url).await.expect("status");
@@ -162,6 +174,8 @@ async fn progress_reports_phase_counters_window_and_namespaces() {
         "shop.orders",
         "ferry cutover",
         "write conflict",
+        "baseline:   done: 1000 documents compared (1 chunks differed)",
+        "the 7 documents changed since",
     ] {
         assert!(
             screen.contains(expected),

@@ -50,6 +50,7 @@ async fn updates_that_no_longer_apply_are_replaced_by_the_source_document() {
     );
     pair.destination.set_latency(Duration::ZERO);
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_eq!(*m.progress.update_events.read(), Some("delta"));
     // And while syncing: a change that applies as a delta, then one that does not.
     coll.update_one(
         doc! {"_id": 5i64},
@@ -106,6 +107,11 @@ async fn whole_document_updates_converge_on_6_0_and_when_configured() {
         let load = Workload::start(src.clone(), "app", 500);
         let m = start(config(&source.uri(), &destination.uri(), extra)).await;
         wait_phase(&m.progress, Phase::ReadyForCutover).await;
+        assert_eq!(
+            *m.progress.update_events.read(),
+            Some("lookup"),
+            "{version} {extra:?}"
+        );
         load.advance(30).await;
         load.stop().await;
         cutover_and_complete(m).await;

@@ -614,6 +614,7 @@ async fn tail(
     let mut events_applied = state.events_applied;
     let mut spool = SpoolPlan::load(&engine, &state);
     let lookup = updates_need_lookup(&engine).await;
+    *engine.progress.update_events.write() = Some(if lookup { "lookup" } else { "delta" });
     let mut watch = engine
         .source
         .client

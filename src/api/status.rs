@@ -57,6 +57,10 @@ pub struct StatusView {
     /// Bytes of change events kept on disk while the copy runs (`runtime.spool_dir`).
     #[serde(default)]
     pub spooled_bytes: u64,
+    /// How update events are applied: "delta" (their changed fields) or "lookup" (the
+    /// source's whole document: sources before 6.1, or `apply.update_events`).
+    #[serde(default)]
+    pub update_events: Option<String>,
     /// The background comparison that keeps the cutover short.
     #[serde(default)]
     pub baseline: BaselineView,
@@ -93,6 +97,7 @@ impl StatusView {
             bytes_estimated: progress.bytes_estimated.load(Ordering::Relaxed),
             events_applied: progress.events_applied.load(Ordering::Relaxed),
             spooled_bytes: progress.spooled_bytes.load(Ordering::Relaxed),
+            update_events: progress.update_events.read().map(str::to_string),
             baseline: BaselineView {
                 documents_changed: progress.baseline_changed.load(Ordering::Relaxed),
                 ..progress.baseline.read().clone()

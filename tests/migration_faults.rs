@@ -250,3 +250,80 @@ async fn faults_during_sync_are_survived() {
     cutover_and_complete(m).await;
     assert_same(&pair.src, &pair.dst).await;
 }
+
+/// Starts a run with `enforce_write_block`, requests the cutover against a slow
+/// destination, and crashes once the source refuses writes (the cutover under way).
+async fn crash_during_cutover(pair: &Pair, cfg: &ferry::config::Config) {
+    let m = start(cfg.clone()).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    // A slow destination keeps the drain and the verification going for a while.
+    pair.destination.set_latency(Duration::from_millis(200));
+    let reply = request_until_accepted(
+        &m,
+        ferry::control::ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let counters = pair.src.database("app").collection::<Document>("counters");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut attempt = 0i64;
+    loop {
+        attempt += 1;
+        let write = counters
+            .insert_one(doc! {"_id": format!("probe-{attempt}")})
+            .await;
+        if let Err(e) = write {
+            assert_eq!(ferry::cluster::error_code(&e), Some(371), "{e}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the source was never write-blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(m.progress.phase(), Phase::CuttingOver);
+    abort(m).await;
+    pair.destination.set_latency(Duration::ZERO);
+    let still = counters.insert_one(doc! {"_id": "after-crash"}).await;
+    assert!(still.is_err(), "the crash left the source blocked");
+}
+
+/// A crash during a cutover that blocked the source's writes: the restarted run knows
+/// the source is blocked, and cancelling it gives the source its writes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_a_crash_during_cutover_unblocks_the_source() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 1000).await;
+    let cfg = pair.config("[cutover]\nenforce_write_block = true\n");
+    crash_during_cutover(&pair, &cfg).await;
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let reply = m
+        .control
+        .request(ferry::control::ControlRequest::Cancel)
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(wait(m).await.phase, Phase::Cancelled);
+    pair.src
+        .database("app")
+        .collection::<Document>("counters")
+        .insert_one(doc! {"_id": "after-cancel"})
+        .await
+        .expect("the source takes writes again after cancel");
+}
+
+/// A crash during a cutover, then a restart: the cutover requested again completes and
+/// the destination equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_after_a_crash_during_cutover_completes() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 1000).await;
+    let cfg = pair.config("[cutover]\nenforce_write_block = true\n");
+    crash_during_cutover(&pair, &cfg).await;
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}

@@ -54,14 +54,31 @@ pub async fn set_source_write_block(
     engine: &SharedEngine,
     blocked: bool,
 ) -> Result<(), ClusterError> {
+    // Recorded before blocking and after unblocking: a run that crashes in between
+    // knows, when restarted, that the source may still be blocked.
+    let record = |blocked: bool| async move {
+        if let Err(e) = engine
+            .checkpoints
+            .set_state(doc! {"source_write_blocked": blocked})
+            .await
+        {
+            tracing::warn!(error = %super::error_chain(&e), "could not record the source's write block");
+        }
+    };
+    if blocked {
+        record(true).await;
+    }
     engine
         .source
         .run(
             "admin",
             doc! {"setUserWriteBlockMode": 1, "global": blocked},
         )
-        .await
-        .map(|_| ())
+        .await?;
+    if !blocked {
+        record(false).await;
+    }
+    Ok(())
 }
 
 /// Makes unique and TTL index options effective on the destination, as on the source.

@@ -86,6 +86,7 @@ impl Supervisor {
         let (paused_tx, _) = watch::channel(false);
         let (drain_tx, _) = watch::channel(None);
         let (copy_done_tx, _) = watch::channel(state.copy_complete);
+        let write_blocked = state.source_write_blocked;
         Supervisor {
             engine,
             state,
@@ -100,7 +101,7 @@ impl Supervisor {
             copy_summary: CopySummary::default(),
             run_started: Instant::now(),
             cutover_confirmed: None,
-            write_blocked: false,
+            write_blocked,
             warned_hours: Vec::new(),
             baseline: None,
             done: Some(done),
@@ -503,6 +504,9 @@ impl Actor for Supervisor {
             act.report_copy_lag();
             act.check_window(ctx);
         });
+        if self.write_blocked {
+            tracing::warn!("an interrupted cutover left the source's writes blocked (cutover.enforce_write_block): request the cutover again, or cancel to give the source its writes back");
+        }
         if self.state.copy_complete {
             self.engine.progress.set_phase(Phase::Syncing);
             // The plan tells the report what was copied.

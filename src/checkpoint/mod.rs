@@ -49,6 +49,10 @@ pub struct RunState {
     /// Durable length of the spool file at `spool_token`.
     #[serde(default)]
     pub spool_bytes: u64,
+    /// Ferry blocked the source's writes for a cutover (`cutover.enforce_write_block`)
+    /// and has not given them back: a restarted run must, if it does not complete.
+    #[serde(default)]
+    pub source_write_blocked: bool,
 }
 
 /// A planned namespace.

@@ -109,24 +109,7 @@ async fn a_destination_write_after_the_baseline_refuses_cutover() {
         .update_one(doc! {"_id": 1200i64}, doc! {"$set": {"value": 99i64}})
         .await
         .expect("out-of-band write");
-    let reply = request_until_accepted(
-        &m,
-        ControlRequest::Cutover {
-            writes_stopped: true,
-        },
-    )
-    .await;
-    assert!(reply.is_ok(), "{reply:?}");
-    poll("verification to refuse the cutover", || {
-        m.progress.phase() == Phase::ReadyForCutover
-            && m.progress
-                .last_error
-                .read()
-                .as_deref()
-                .is_some_and(|e| e.contains("verification failed"))
-    })
-    .await;
-    let error = m.progress.last_error.read().clone().unwrap_or_default();
+    let error = cutover_refused_by_verification(&m).await;
     assert!(error.contains("app.counters"), "{error}");
     assert!(
         error.contains("1200"),

@@ -286,26 +286,9 @@ async fn verification_refuses_cutover_on_a_difference() {
         .insert_one(doc! {"_id": "intruder", "value": 1i64})
         .await
         .unwrap();
-    let reply = request_until_accepted(
-        &m,
-        ControlRequest::Cutover {
-            writes_stopped: true,
-        },
-    )
-    .await;
-    assert!(reply.is_ok(), "{reply:?}");
     // The cutover is attempted, verified, refused: back to ready_for_cutover with the
     // namespace named.
-    poll("verification to refuse the cutover", || {
-        m.progress.phase() == Phase::ReadyForCutover
-            && m.progress
-                .last_error
-                .read()
-                .as_deref()
-                .is_some_and(|e| e.contains("verification failed"))
-    })
-    .await;
-    let error = m.progress.last_error.read().clone().unwrap();
+    let error = cutover_refused_by_verification(&m).await;
     assert!(error.contains("app.counters"), "{error}");
     let report = m
         .progress

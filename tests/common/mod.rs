@@ -227,6 +227,30 @@ pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
     outcome
 }
 
+/// Requests cutover and waits until verification refuses it (the run is back in
+/// ready_for_cutover); returns the error it reports.
+pub async fn cutover_refused_by_verification(m: &Migration) -> String {
+    let reply = request_until_accepted(
+        m,
+        ferry::control::ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    poll("verification to refuse the cutover", || {
+        m.progress.phase() == Phase::ReadyForCutover
+            && m.progress
+                .last_error
+                .read()
+                .as_deref()
+                .is_some_and(|e| e.contains("verification failed"))
+    })
+    .await;
+    let error = m.progress.last_error.read().clone();
+    error.unwrap_or_default()
+}
+
 /// Cutover is only accepted in ready_for_cutover, and the phase may flip back to syncing
 /// for a moment on a loaded machine: retry a conflict until the deadline.
 pub async fn request_until_accepted(

@@ -145,11 +145,19 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     let result = match preflight(server, conn, &db, &cmd, &name, spec) {
         Err(e) => Err(e),
         Ok(()) => {
-            let replay = retry_key
-                .as_ref()
-                .and_then(|key| server.retry_cache.lock().get(key).cloned());
+            let replay = match &retry_key {
+                Some((lsid, txn)) => match server.retry_cache.lock().get(lsid) {
+                    Some((done, reply)) if done == txn => Some(Ok(reply.clone())),
+                    Some((done, _)) if done > txn => Some(Err(CommandError::new(
+                        codes::TRANSACTION_TOO_OLD,
+                        format!("Retryable write with txnNumber {txn} is prohibited on session because a newer retryable write with txnNumber {done} has already started on this session."),
+                    ))),
+                    _ => None,
+                },
+                None => None,
+            };
             match replay {
-                Some(previous) => return finish(server, Ok(previous)),
+                Some(previous) => return finish(server, previous),
                 None if name == "getMore" => {
                     commands::read::get_more(server, conn, &db, &cmd).await
                 }
@@ -175,8 +183,8 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
         server.oplog_appended.notify_waiters();
     }
     let result = result.map_err(|e| label(e, &cmd, &name, spec));
-    if let (Some(key), Ok(reply)) = (retry_key, &result) {
-        server.retry_cache.lock().insert(key, reply.clone());
+    if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
+        server.retry_cache.lock().insert(lsid, (txn, reply.clone()));
     }
     finish(server, result)
 }

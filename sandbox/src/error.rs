@@ -36,6 +36,7 @@ pub mod codes {
     pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const USER_WRITES_BLOCKED: i32 = 371;
+    pub const TRANSACTION_TOO_OLD: i32 = 225;
     pub const LOCATION40324: i32 = 40324;
     /// A required command field is missing (IDL parser).
     pub const MISSING_REQUIRED_FIELD: i32 = 40414;

@@ -101,7 +101,9 @@ pub struct Server {
     pub term: AtomicI64,
     pub next_connection_id: AtomicI64,
     /// Replies of retryable writes, keyed by (lsid, txnNumber).
-    pub retry_cache: Mutex<std::collections::HashMap<(Vec<u8>, i64), crate::wire::Reply>>,
+    /// Per session (`lsid` bytes): the latest retryable write's txnNumber and reply. Like
+    /// the server's session records, one per session: older txnNumbers are refused.
+    pub retry_cache: Mutex<std::collections::HashMap<Vec<u8>, (i64, crate::wire::Reply)>>,
     /// Bumped to make every connection close (fault injection, stepdown).
     pub disconnect: watch::Sender<u64>,
     pub started: Instant,

@@ -79,7 +79,11 @@ async fn retryable_write_applied_once() {
         .unwrap();
     assert_eq!(d.get_i32("n"), Ok(1));
     // A new txnNumber applies again.
-    run(&client, "t", doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}], "lsid": lsid, "txnNumber": 6i64}).await.unwrap();
+    run(&client, "t", doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}], "lsid": lsid.clone(), "txnNumber": 6i64}).await.unwrap();
+    // The session now only knows its latest write: an older one is refused, not redone.
+    let old = run(&client, "t", doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}], "lsid": lsid, "txnNumber": 5i64}).await;
+    let err = old.expect_err("an older txnNumber is refused");
+    assert_eq!(code(&err), 225, "{err}");
     let d = client
         .database("t")
         .collection::<Document>("c")

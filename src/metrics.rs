@@ -15,6 +15,8 @@ pub const LAG_SECONDS: &str = "ferry_sync_lag_seconds";
 pub const BATCH_LATENCY_SECONDS: &str = "ferry_batch_latency_seconds";
 pub const ERRORS_TOTAL: &str = "ferry_errors_total";
 pub const STATE: &str = "ferry_state";
+pub const BASELINE_DOCUMENTS_TOTAL: &str = "ferry_baseline_documents_compared_total";
+pub const BASELINE_CHANGED_TOTAL: &str = "ferry_baseline_documents_changed_total";
 
 /// Label: the namespace ("db.coll").
 pub const LABEL_NAMESPACE: &str = "namespace";
@@ -57,6 +59,16 @@ pub fn describe() {
         Unit::Count,
         "errors seen, retried or not, by component"
     );
+    describe_counter!(
+        BASELINE_DOCUMENTS_TOTAL,
+        Unit::Count,
+        "source documents compared with the destination by the baseline verification"
+    );
+    describe_counter!(
+        BASELINE_CHANGED_TOTAL,
+        Unit::Count,
+        "documents changed on either side since the baseline began (read again at cutover)"
+    );
     describe_gauge!(
         STATE,
         Unit::Count,
@@ -89,4 +101,12 @@ pub fn record_batch(stage: &'static str, seconds: f64) {
 
 pub fn record_error(component: &'static str) {
     counter!(ERRORS_TOTAL, LABEL_COMPONENT => component).increment(1);
+}
+
+pub fn record_baseline_compared(documents: u64) {
+    counter!(BASELINE_DOCUMENTS_TOTAL).increment(documents);
+}
+
+pub fn record_baseline_changed() {
+    counter!(BASELINE_CHANGED_TOTAL).increment(1);
 }

@@ -366,6 +366,8 @@ async fn metrics_endpoint_serves_ferry_metrics() {
     );
     let h = start(prometheus).await;
     ferry::metrics::record_copy("shop.metrics_test", 5, 640);
+    ferry::metrics::record_baseline_compared(1000);
+    ferry::metrics::record_baseline_changed();
     let response = h.client.get("/metrics").await.expect("api answers");
     assert_eq!(response.status, 200);
     let text = response.text();
@@ -376,6 +378,14 @@ async fn metrics_endpoint_serves_ferry_metrics() {
     assert!(
         text.contains("# HELP ferry_copy_documents_total"),
         "metrics are described: {text}"
+    );
+    assert!(
+        text.contains("ferry_baseline_documents_compared_total 1000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_baseline_documents_changed_total 1\n"),
+        "{text}"
     );
     h.server.stop().await;
 

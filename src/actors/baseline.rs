@@ -205,6 +205,7 @@ impl Tracker {
                     self.progress
                         .baseline_changed
                         .fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::record_baseline_changed();
                     if set.len() > self.max_per_namespace {
                         tracing::info!(namespace = %ns, limit = self.max_per_namespace, "more changed documents than cutover.recheck_max_documents: this namespace is compared in full at cutover");
                         t.changed.remove(&ns);
@@ -371,6 +372,7 @@ async fn compare_all(
                     differing.push(chunk.clone());
                 }
                 engine.progress.baseline.write().documents_compared += source.count;
+                crate::metrics::record_baseline_compared(source.count);
                 match chunk.max {
                     Some(next) => start = Some(next),
                     None => break,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bson::{doc, Bson, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::options::Hint;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -333,73 +333,94 @@ pub async fn run(engine: SharedEngine, paused: watch::Receiver<bool>) {
     futures_util::future::join(compare, watch).await;
 }
 
+/// Compares every namespace, `copy.parallel_collections` at a time; the documents
+/// compared.
 async fn compare_all(
     engine: &SharedEngine,
     generation: u64,
-    mut paused: watch::Receiver<bool>,
+    paused: watch::Receiver<bool>,
 ) -> Result<u64, ClusterError> {
-    let mut total = 0u64;
+    let mut namespaces = Vec::new();
     for db in engine.source.database_names(&engine.filter).await? {
         for spec in engine.source.collection_specs(&db).await? {
             let Ok(name) = spec.get_str("name") else {
                 continue;
             };
             let kind = spec.get_str("type").unwrap_or("collection");
-            if kind != "collection" || !engine.filter.allows(&db, name) {
-                continue;
+            if kind == "collection" && engine.filter.allows(&db, name) {
+                namespaces.push((db.clone(), name.to_string()));
             }
-            let mut start: Option<Bson> = None;
-            let mut differing = Vec::new();
-            let mut documents = 0u64;
-            loop {
-                while *paused.borrow() {
-                    if paused.changed().await.is_err() {
-                        return Ok(total);
-                    }
-                }
-                if !engine.baseline.is_current(generation) {
-                    return Ok(total);
-                }
-                let (source, next) =
-                    source_chunk(&engine.source, &db, name, start.as_ref()).await?;
-                let chunk = Chunk {
-                    min: start.take(),
-                    max: next,
-                };
-                let destination = digest_range(&engine.destination, &db, name, &chunk).await?;
-                documents += source.count;
-                if source != destination {
-                    differing.push(chunk.clone());
-                }
-                engine.progress.baseline.write().documents_compared += source.count;
-                crate::metrics::record_baseline_compared(source.count);
-                match chunk.max {
-                    Some(next) => start = Some(next),
-                    None => break,
-                }
-            }
-            // A chunk usually differs because changes to it were still on their way to
-            // the destination: compare it once more now that they have had time to
-            // arrive. Any comparison after the baseline began is as good as the first.
-            let mut still = Vec::new();
-            for chunk in differing {
-                let (a, b) = futures_util::try_join!(
-                    digest_range(&engine.source, &db, name, &chunk),
-                    digest_range(&engine.destination, &db, name, &chunk)
-                )?;
-                if a != b {
-                    still.push(chunk);
-                }
-            }
-            let differing = still;
-            engine.progress.baseline.write().chunks_differing += differing.len() as u64;
-            total += documents;
-            engine
-                .baseline
-                .scanned(generation, format!("{db}.{name}"), differing, documents);
         }
     }
+    let parallel = engine.config.copy.parallel_collections.max(1);
+    let mut compared = futures_util::stream::iter(
+        namespaces
+            .iter()
+            .map(|(db, coll)| compare_namespace(engine, generation, db, coll, paused.clone())),
+    )
+    .buffer_unordered(parallel);
+    let mut total = 0;
+    while let Some(documents) = compared.try_next().await? {
+        total += documents;
+    }
     Ok(total)
+}
+
+/// Compares one namespace chunk by chunk and records the chunks that still differ.
+async fn compare_namespace(
+    engine: &SharedEngine,
+    generation: u64,
+    db: &str,
+    name: &str,
+    mut paused: watch::Receiver<bool>,
+) -> Result<u64, ClusterError> {
+    let mut start: Option<Bson> = None;
+    let mut differing = Vec::new();
+    let mut documents = 0u64;
+    loop {
+        while *paused.borrow() {
+            if paused.changed().await.is_err() {
+                return Ok(documents);
+            }
+        }
+        if !engine.baseline.is_current(generation) {
+            return Ok(documents);
+        }
+        let (source, next) = source_chunk(&engine.source, db, name, start.as_ref()).await?;
+        let chunk = Chunk {
+            min: start.take(),
+            max: next,
+        };
+        let destination = digest_range(&engine.destination, db, name, &chunk).await?;
+        documents += source.count;
+        if source != destination {
+            differing.push(chunk.clone());
+        }
+        engine.progress.baseline.write().documents_compared += source.count;
+        crate::metrics::record_baseline_compared(source.count);
+        match chunk.max {
+            Some(next) => start = Some(next),
+            None => break,
+        }
+    }
+    // A chunk usually differs because changes to it were still on their way to the
+    // destination: compare it once more now that they have had time to arrive. Any
+    // comparison after the baseline began is as good as the first.
+    let mut still = Vec::new();
+    for chunk in differing {
+        let (a, b) = futures_util::try_join!(
+            digest_range(&engine.source, db, name, &chunk),
+            digest_range(&engine.destination, db, name, &chunk)
+        )?;
+        if a != b {
+            still.push(chunk);
+        }
+    }
+    engine.progress.baseline.write().chunks_differing += still.len() as u64;
+    engine
+        .baseline
+        .scanned(generation, format!("{db}.{name}"), still, documents);
+    Ok(documents)
 }
 
 fn find_error(

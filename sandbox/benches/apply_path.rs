@@ -77,6 +77,25 @@ fn main() {
         }
         let update_rate = (UPDATE_COMMANDS * BATCH) as f64 / t.elapsed().as_secs_f64();
 
+        // Changed fields by `_id` (how Ferry applies update events): `$set` of one field.
+        let commands: Vec<Document> = (0..UPDATE_COMMANDS)
+            .map(|c| {
+                let updates: Vec<Bson> = (0..BATCH)
+                    .map(|s| {
+                        let id = (c * BATCH + s) * 2 + 1;
+                        Bson::Document(doc! {"q": {"_id": id}, "u": {"$set": {"n": id + 7}}})
+                    })
+                    .collect();
+                doc! {"update": "c", "updates": updates, "ordered": false}
+            })
+            .collect();
+        let t = Instant::now();
+        for cmd in commands {
+            let reply = db.run_command(cmd).await.expect("update");
+            assert_eq!(reply.get_i32("n").expect("n"), BATCH as i32);
+        }
+        let delta_rate = (UPDATE_COMMANDS * BATCH) as f64 / t.elapsed().as_secs_f64();
+
         let commands: Vec<Document> = (0..DELETE_COMMANDS)
             .map(|c| {
                 let deletes: Vec<Bson> = (0..BATCH)
@@ -93,7 +112,7 @@ fn main() {
         let delete_rate = (DELETE_COMMANDS * BATCH) as f64 / t.elapsed().as_secs_f64();
 
         // Change stream over those events, with updateLookup.
-        let events = (UPDATE_COMMANDS + DELETE_COMMANDS) * BATCH;
+        let events = (2 * UPDATE_COMMANDS + DELETE_COMMANDS) * BATCH;
         let t = Instant::now();
         let mut stream = coll
             .watch()
@@ -120,7 +139,7 @@ fn main() {
             .await
             .expect("update_many");
         assert_eq!(updated.modified_count, SMALL_UPDATES as u64);
-        let history = DOCS + (UPDATE_COMMANDS + DELETE_COMMANDS) * BATCH + SMALL_UPDATES;
+        let history = DOCS + (2 * UPDATE_COMMANDS + DELETE_COMMANDS) * BATCH + SMALL_UPDATES;
         let t = Instant::now();
         let mut stream = coll
             .watch()
@@ -157,6 +176,7 @@ fn main() {
         println!("insert_many baseline: {insert_rate:.0} docs/s");
         for (name, rate) in [
             ("update (replace/upsert)", update_rate),
+            ("update ($set by _id)", delta_rate),
             ("delete", delete_rate),
             ("change stream (updateLookup)", stream_rate),
             ("change stream (expanded, raw)", raw_stream_rate),

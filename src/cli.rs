@@ -350,6 +350,33 @@ mod tests {
     }
 
     #[test]
+    fn status_says_where_the_baseline_stands_and_what_it_means_for_cutover() {
+        let progress = crate::progress::Progress::new();
+        progress.set_phase(crate::progress::Phase::ReadyForCutover);
+        let screen =
+            |progress: &crate::progress::Progress| render_status(&StatusView::capture(progress, 0));
+        assert!(
+            !screen(&progress).contains("baseline:"),
+            "not started: no line"
+        );
+        progress.baseline.write().state = BaselineState::Running;
+        progress.baseline.write().documents_compared = 4000;
+        assert!(screen(&progress).contains("baseline:   running: 4000 documents compared"));
+        {
+            let mut view = progress.baseline.write();
+            view.state = BaselineState::Failed;
+            view.detail = Some("the destination's change stream stopped".into());
+        }
+        let text = screen(&progress);
+        assert!(
+            text.contains("not usable (the destination's change stream stopped); cutover compares every document"),
+            "{text}"
+        );
+        *progress.update_events.write() = Some("delta");
+        assert!(screen(&progress).contains("updates:    applied as their changed fields"));
+    }
+
+    #[test]
     fn window_reads_as_time_left_or_passed() {
         assert_eq!(duration_words(3 * 3600 + 12 * 60), "in 3h 12m");
         assert_eq!(duration_words(-90), "1m 30s ago");

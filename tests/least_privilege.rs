@@ -10,23 +10,8 @@ use ferry::progress::{BaselineState, Phase};
 use ferry_sandbox::{Sandbox, SandboxOptions};
 use mongodb::Client;
 
-const ADMIN: (&str, &str) = ("admin", "admin-pw");
-const MIGRATOR: (&str, &str) = ("ferry", "ferry-pw");
-
 fn sandbox(set_name: &str, migrator_roles: &[&str]) -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        set_name: set_name.into(),
-        users: vec![
-            (ADMIN.0.into(), ADMIN.1.into(), vec!["root".into()]),
-            (
-                MIGRATOR.0.into(),
-                MIGRATOR.1.into(),
-                migrator_roles.iter().map(|r| r.to_string()).collect(),
-            ),
-        ],
-        ..Default::default()
-    })
-    .expect("sandbox starts")
+    sandbox_with_users(set_name, &SandboxOptions::default().version, migrator_roles)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,33 +1,20 @@
 //! `ferry validate` and the preflight checks against sandbox clusters over real TCP.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bson::{doc, Document};
+use common::{sandbox_with_users, ADMIN, MIGRATOR};
 use ferry::preflight::{run_checks_as, Check, PreflightReport, Status, LOCK_COLLECTION, LOCK_DB};
-use ferry_sandbox::{Sandbox, SandboxOptions};
+use ferry_sandbox::Sandbox;
 
 const OWNER: &str = "ferry@validate-test";
-const ADMIN: (&str, &str) = ("admin", "admin-pw");
-const MIGRATOR: (&str, &str) = ("ferry", "ferry-pw");
 
 fn start(set_name: &str, version: &str, migrator_roles: &[&str]) -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        port: 0,
-        set_name: set_name.into(),
-        version: version.into(),
-        users: vec![
-            (ADMIN.0.into(), ADMIN.1.into(), vec!["root".into()]),
-            (
-                MIGRATOR.0.into(),
-                MIGRATOR.1.into(),
-                migrator_roles.iter().map(|r| r.to_string()).collect(),
-            ),
-        ],
-        ..Default::default()
-    })
-    .expect("sandbox starts")
+    sandbox_with_users(set_name, version, migrator_roles)
 }
 
 fn source(version: &str) -> Sandbox {

@@ -68,8 +68,11 @@ type IdKey = Vec<u8>;
 fn id_key(id: RawBsonRef<'_>) -> IdKey {
     let mut d = RawDocumentBuf::new();
     d.append_ref("", id);
-    let bytes = d.as_bytes();
-    bytes[4..bytes.len() - 1].to_vec()
+    // The document's bytes without its length prefix and terminator, in place.
+    let mut bytes = d.into_bytes();
+    bytes.pop();
+    bytes.drain(..4);
+    bytes
 }
 
 fn id_value(key: &IdKey) -> Option<Bson> {
@@ -502,7 +505,14 @@ pub async fn digest_range(
     if let Some(max) = &chunk.max {
         find = find.max(doc! {"_id": max.clone()});
     }
-    let mut cursor = find.await.map_err(&err)?;
+    digest_all(find.await.map_err(&err)?, err).await
+}
+
+/// Digest of every document a cursor returns.
+async fn digest_all(
+    mut cursor: mongodb::Cursor<RawDocumentBuf>,
+    err: impl Fn(mongodb::error::Error) -> ClusterError,
+) -> Result<Digest, ClusterError> {
     let mut digest = Digest::default();
     while let Some(d) = cursor.try_next().await.map_err(&err)? {
         digest.add_document(d.as_bytes());
@@ -518,7 +528,7 @@ pub async fn digest_ids(
     ids: &[Bson],
 ) -> Result<Digest, ClusterError> {
     let err = find_error(cluster, db, coll);
-    let mut cursor = cluster
+    let cursor = cluster
         .client
         .database(db)
         .collection::<RawDocumentBuf>(coll)
@@ -526,11 +536,7 @@ pub async fn digest_ids(
         .batch_size(CHUNK as u32)
         .await
         .map_err(&err)?;
-    let mut digest = Digest::default();
-    while let Some(d) = cursor.try_next().await.map_err(&err)? {
-        digest.add_document(d.as_bytes());
-    }
-    Ok(digest)
+    digest_all(cursor, err).await
 }
 
 /// Reads the destination's change stream from the baseline's start and remembers every

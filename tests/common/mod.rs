@@ -74,6 +74,29 @@ impl Pair {
     }
 }
 
+/// The users of [`sandbox_with_users`]: a root administrator, and the migrator Ferry
+/// logs in as.
+pub const ADMIN: (&str, &str) = ("admin", "admin-pw");
+pub const MIGRATOR: (&str, &str) = ("ferry", "ferry-pw");
+
+/// A sandbox with authentication: [`ADMIN`] with root, [`MIGRATOR`] with these roles.
+pub fn sandbox_with_users(set_name: &str, version: &str, migrator_roles: &[&str]) -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        set_name: set_name.into(),
+        version: version.into(),
+        users: vec![
+            (ADMIN.0.into(), ADMIN.1.into(), vec!["root".into()]),
+            (
+                MIGRATOR.0.into(),
+                MIGRATOR.1.into(),
+                migrator_roles.iter().map(|r| r.to_string()).collect(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .expect("sandbox starts")
+}
+
 /// A config for a test run: fast checkpoints and no-op ticks, small copy batches, plus
 /// `extra` TOML (whole sections, e.g. "[cutover]\nenforce_write_block = true").
 pub fn config(source: &str, destination: &str, extra: &str) -> ferry::config::Config {

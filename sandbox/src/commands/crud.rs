@@ -174,8 +174,16 @@ pub fn lookup_ids<'a>(
     c: &'a Collection,
     ids: &[Bson],
 ) -> impl Iterator<Item = &'a Arc<Document>> + 'a {
-    let keys: std::collections::BTreeSet<OrdBson> =
-        ids.iter().map(|id| OrdBson(id.clone())).collect();
+    // One `_id` (every update and delete by key): no set to build.
+    let keys: Vec<OrdBson> = match ids {
+        [id] => vec![OrdBson(id.clone())],
+        _ => ids
+            .iter()
+            .map(|id| OrdBson(id.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
     keys.into_iter().filter_map(move |k| c.docs.get(&k))
 }
 

@@ -13,7 +13,6 @@ use crate::error::{CmdResult, CommandError};
 #[derive(Clone, Debug)]
 pub struct Matcher {
     root: Expr,
-    id_equality: Option<Bson>,
     id_set: Option<Vec<Bson>>,
 }
 
@@ -63,28 +62,13 @@ impl Matcher {
     /// Parses a filter. Unknown or malformed operators fail with `BadValue` as the server.
     pub fn new(filter: &Document) -> CmdResult<Matcher> {
         let root = parse_document(filter)?;
-        let id_equality = match (filter.len(), filter.get("_id")) {
-            (1, Some(v)) if !is_operator_doc(v) && !matches!(v, Bson::RegularExpression(_)) => {
-                Some(v.clone())
-            }
-            _ => None,
-        };
         let id_set = Self::ids_of(filter);
-        Ok(Matcher {
-            root,
-            id_equality,
-            id_set,
-        })
+        Ok(Matcher { root, id_set })
     }
 
     /// Whether `doc` satisfies the filter.
     pub fn matches(&self, doc: &Document) -> bool {
         eval_expr(&self.root, doc)
-    }
-
-    /// The `_id` value when the filter is exactly `{_id: <value>}` (a point lookup).
-    pub fn id_equality(&self) -> Option<&Bson> {
-        self.id_equality.as_ref()
     }
 
     /// See [`Matcher::ids_of`].
@@ -104,11 +88,11 @@ impl Matcher {
         }
         match filter.iter().next()? {
             (k, v) if k == "_id" => match v {
+                v if plain(v) => Some(vec![v.clone()]),
                 Bson::Document(d) if d.len() == 1 => match d.get("$in")? {
                     Bson::Array(values) if values.iter().all(plain) => Some(values.clone()),
                     _ => None,
                 },
-                v if plain(v) => Some(vec![v.clone()]),
                 _ => None,
             },
             (k, Bson::Array(clauses)) if k == "$or" && !clauses.is_empty() => clauses
@@ -852,12 +836,12 @@ mod tests {
 
     #[test]
     fn id_equality_fast_path() {
-        assert_eq!(m(doc! {"_id": 5}).id_equality(), Some(&Bson::Int32(5)));
-        assert_eq!(m(doc! {"_id": {"$gt": 5}}).id_equality(), None);
-        assert_eq!(m(doc! {"_id": 5, "a": 1}).id_equality(), None);
+        assert_eq!(m(doc! {"_id": 5}).id_set(), Some(&[Bson::Int32(5)][..]));
+        assert_eq!(m(doc! {"_id": {"$gt": 5}}).id_set(), None);
+        assert_eq!(m(doc! {"_id": 5, "a": 1}).id_set(), None);
         assert_eq!(
-            m(doc! {"_id": {"x": 1}}).id_equality(),
-            Some(&Bson::Document(doc! {"x": 1}))
+            m(doc! {"_id": {"x": 1}}).id_set(),
+            Some(&[Bson::Document(doc! {"x": 1})][..])
         );
     }
 

@@ -24,6 +24,8 @@ use crate::cluster::ClusterError;
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 /// Most statements in one write command (the server allows 100k).
 const MAX_STATEMENTS: usize = 10_000;
+/// Most documents read again from the source in one query.
+const REFETCH_CHUNK: usize = 1000;
 /// The server's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -110,8 +112,22 @@ struct Statement {
     key: Option<RawDocumentBuf>,
 }
 
+/// Replaces the keyed document with `full`, inserting it when missing.
+///
+/// A document with a top-level `$`-prefixed field (legal since 5.0) cannot be sent as a
+/// replacement: the server refuses it with 52 DollarPrefixedFieldName once the filter
+/// matches an existing document. It goes as a pipeline replacing the whole document with
+/// the literal, which the server accepts for any field names.
 fn upsert_statement(key: &RawDocument, full: &RawDocument) -> RawDocumentBuf {
-    rawdoc! {"q": key.to_raw_document_buf(), "u": full.to_raw_document_buf(), "upsert": true}
+    let dollar_prefixed = full.iter().flatten().any(|(k, _)| k.starts_with('$'));
+    if dollar_prefixed {
+        let stage = rawdoc! {"$replaceWith": {"$literal": full.to_raw_document_buf()}};
+        let mut pipeline = RawArrayBuf::new();
+        pipeline.push(stage);
+        rawdoc! {"q": key.to_raw_document_buf(), "u": pipeline, "upsert": true}
+    } else {
+        rawdoc! {"q": key.to_raw_document_buf(), "u": full.to_raw_document_buf(), "upsert": true}
+    }
 }
 
 fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, ApplyError> {
@@ -174,9 +190,26 @@ fn statement_of(ns: &str, event: &RawDocument) -> Result<Option<Statement>, Appl
 /// The update operators replaying an `updateDescription`: `Some(None)` when they cannot
 /// (ambiguous paths, `$`-prefixed or empty field names), `None` when nothing changed.
 fn delta_of(desc: &RawDocument) -> Option<Option<RawDocumentBuf>> {
+    // A path is ambiguous when a component is numeric (array index or numeric field
+    // name) or holds a dot. Numeric components replay the same either way (`$set` of
+    // `a.5` sets index 5 of an array and field "5" of a document, whichever the
+    // destination's version has, and a conflict falls back to the source's document), so
+    // only components with dots, `$` or no name make the operators unusable. Every `$push`
+    // to an array is such a numeric path: reading the document again for each one made
+    // bursts of pushes re-read, and resend, one large document hundreds of times.
     if let Ok(Some(RawBsonRef::Document(d))) = desc.get("disambiguatedPaths") {
-        if !d.is_empty() {
-            return Some(None);
+        for entry in d.iter() {
+            let Ok((_, RawBsonRef::Array(components))) = entry else {
+                return Some(None);
+            };
+            for c in components {
+                match c {
+                    Ok(RawBsonRef::Int32(_) | RawBsonRef::Int64(_)) => {}
+                    Ok(RawBsonRef::String(name))
+                        if !name.is_empty() && !name.contains('.') && !name.starts_with('$') => {}
+                    _ => return Some(None),
+                }
+            }
         }
     }
     let operator_safe = |path: &str| !path.split('.').any(|c| c.starts_with('$') || c.is_empty());
@@ -302,6 +335,14 @@ fn write_error_index(error: &Document) -> Option<usize> {
     }
 }
 
+/// A document's (or document key's) `_id` as exact bytes: documents are matched by the
+/// bytes their `_id` has, since the source and the destination store it as written.
+fn id_bytes(d: &RawDocument) -> Option<Vec<u8>> {
+    let mut one = RawDocumentBuf::new();
+    one.append_ref("", d.get("_id").ok().flatten()?);
+    Some(one.into_bytes())
+}
+
 fn source_error(ns: &str, source: mongodb::error::Error) -> ApplyError {
     ApplyError::Cluster(ClusterError::Command {
         side: crate::cluster::Side::Source,
@@ -386,14 +427,31 @@ impl Target<'_> {
 
     /// Replaces each keyed document with the source's current version (a document gone
     /// from the source is left to its delete event, which follows in the stream).
+    ///
+    /// Each document is read once however often it is keyed (a burst of updates to one
+    /// document names it hundreds of times), a bounded number at a time, and the
+    /// replacements go in commands within the byte budget: a document near 16 MB read
+    /// again must not become one oversized command.
     async fn refetch(&self, keys: &[RawDocumentBuf]) -> Result<(), ApplyError> {
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&RawDocumentBuf> = keys
+            .iter()
+            .filter(|k| id_bytes(k).is_none_or(|id| seen.insert(id)))
+            .collect();
+        for chunk in unique.chunks(REFETCH_CHUNK) {
+            self.refetch_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn refetch_chunk(&self, keys: &[&RawDocumentBuf]) -> Result<(), ApplyError> {
         use futures_util::TryStreamExt;
         let alternatives: Vec<Bson> = keys
             .iter()
             .filter_map(|k| Document::try_from(k.as_ref()).ok().map(Bson::Document))
             .collect();
         let query = doc! {"$or": alternatives};
-        let found: Vec<RawDocumentBuf> = self
+        let mut cursor = self
             .engine
             .source
             .client
@@ -401,35 +459,46 @@ impl Target<'_> {
             .collection::<RawDocumentBuf>(self.coll)
             .find(query)
             .await
-            .map_err(|e| source_error(self.ns, e))?
-            .try_collect()
-            .await
             .map_err(|e| source_error(self.ns, e))?;
-        let id_bytes = |d: &RawDocument| -> Option<Vec<u8>> {
-            let mut one = RawDocumentBuf::new();
-            one.append_ref("", d.get("_id").ok().flatten()?);
-            Some(one.into_bytes())
-        };
-        let by_id: std::collections::HashMap<Vec<u8>, &RawDocumentBuf> = found
-            .iter()
-            .filter_map(|d| Some((id_bytes(d)?, d)))
-            .collect();
-        let statements: Vec<RawDocumentBuf> = keys
-            .iter()
-            .filter_map(|k| {
-                let doc = by_id.get(&id_bytes(k)?)?;
-                Some(upsert_statement(k, doc))
-            })
-            .collect();
+        let mut found = std::collections::HashMap::new();
+        while let Some(doc) = cursor
+            .try_next()
+            .await
+            .map_err(|e| source_error(self.ns, e))?
+        {
+            if let Some(id) = id_bytes(&doc) {
+                found.insert(id, doc);
+            }
+        }
+        let statements = keys.iter().filter_map(|k| {
+            let doc = found.get(&id_bytes(k)?)?;
+            Some(upsert_statement(k, doc))
+        });
         self.replace_all(statements).await
     }
 
-    /// Sends replace-by-key upserts, if any.
-    async fn replace_all(&self, statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
-        if statements.is_empty() {
+    /// Sends replace-by-key upserts, if any, in commands within the byte budget.
+    async fn replace_all(
+        &self,
+        statements: impl IntoIterator<Item = RawDocumentBuf>,
+    ) -> Result<(), ApplyError> {
+        let mut batch = RawArrayBuf::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for statement in statements {
+            let size = statement.as_bytes().len();
+            if count > 0 && (bytes + size > MAX_COMMAND_BYTES || count >= MAX_STATEMENTS) {
+                let reply = self.write("update", std::mem::take(&mut batch)).await?;
+                self.check("update", &reply)?;
+                (count, bytes) = (0, 0);
+            }
+            batch.push(statement);
+            count += 1;
+            bytes += size;
+        }
+        if count == 0 {
             return Ok(());
         }
-        let reply = self.write("update", array_of(statements)).await?;
+        let reply = self.write("update", batch).await?;
         self.check("update", &reply)
     }
 
@@ -687,9 +756,15 @@ mod tests {
         let refetch = Some(None);
         assert_eq!(
             delta(
-                doc! {"updatedFields": {"tags.3": "t"}, "removedFields": [], "truncatedArrays": [],
-                "disambiguatedPaths": {"tags.3": ["tags", 3]}}
+                doc! {"updatedFields": {"a.b": "t"}, "removedFields": [], "truncatedArrays": [],
+                "disambiguatedPaths": {"a.b": ["a.b"]}}
             ),
+            refetch,
+            "a field whose name holds a dot"
+        );
+        assert_eq!(
+            delta(doc! {"updatedFields": {"m.$x": 1}, "removedFields": [],
+            "disambiguatedPaths": {"m.$x.0": ["m", "$x", 0]}}),
             refetch
         );
         assert_eq!(
@@ -699,6 +774,15 @@ mod tests {
         assert_eq!(
             delta(doc! {"updatedFields": {}, "removedFields": ["$x"]}),
             refetch
+        );
+        // The failure this pins: every `$push` (an array index path) re-read the source
+        // document, and a burst of pushes to one document built a 63 MB command.
+        assert_eq!(
+            delta(
+                doc! {"updatedFields": {"tags.3": "t", "m.7": 1}, "removedFields": [],
+                "disambiguatedPaths": {"tags.3": ["tags", 3], "m.7": ["m", "7"]}}
+            ),
+            Some(Some(doc! {"$set": {"tags.3": "t", "m.7": 1}}))
         );
         // An empty disambiguatedPaths is no reason to read the source.
         assert_eq!(

@@ -221,7 +221,7 @@ async fn drive(
                 if engine.config.destination.clear_destination {
                     clear_destination(&engine).await?;
                 }
-                let start_ts = engine.source.append_noop("ferry start").await?;
+                let start_ts = engine.source.record_start_time().await?;
                 let started_at = unix_now();
                 engine
                     .checkpoints

@@ -327,3 +327,40 @@ async fn cutover_after_a_crash_during_cutover_completes() {
     cutover_and_complete(m).await;
     assert_same(&pair.src, &pair.dst).await;
 }
+
+/// Pins: an election on the source as `ferry run` records its start time made the run
+/// exit with "appendOplogNote failed: NotPrimaryNoSecondaryOk" instead of waiting for the
+/// new primary. The source's `appendOplogNote` fails three times, first as a secondary
+/// answers it (10107 NotWritablePrimary), then as a member mid-transition (11602,
+/// 13435): the run waits, records the start time, and migrates everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_election_while_the_start_time_is_recorded_is_waited_out() {
+    let pair = Pair::start().await;
+    let seeded = seed(&pair.src, "app", 500).await as usize;
+    let admin = pair.src.database("admin");
+    for code in [10107, 11602, 13435] {
+        admin
+            .run_command(doc! {
+                "configureFailPoint": "failCommand",
+                "mode": {"times": 1},
+                "data": {"failCommands": ["appendOplogNote"], "errorCode": code},
+            })
+            .await
+            .expect("fail point");
+        let m = start(pair.config("")).await;
+        wait_phase(&m.progress, Phase::ReadyForCutover).await;
+        cutover_and_complete(m).await;
+        assert_eq!(assert_same(&pair.src, &pair.dst).await, seeded);
+        pair.dst.database("__ferry").drop().await.expect("reset");
+        pair.dst.database("app").drop().await.expect("reset");
+    }
+    let fired = admin
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("fail point off");
+    assert_eq!(
+        fired.get_i64("count"),
+        Ok(3),
+        "each injected election fired"
+    );
+}

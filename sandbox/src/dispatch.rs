@@ -13,6 +13,7 @@ use crate::auth::users::AuthenticatedUser;
 use crate::commands::{self, CommandSpec, Effect};
 use crate::cursor::CursorReply;
 use crate::error::{codes, CmdResult, CommandError};
+use crate::failpoint::Injected;
 use crate::server::Server;
 use crate::wire::Reply;
 
@@ -156,12 +157,14 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 },
                 None => None,
             };
-            match replay {
-                Some(previous) => return finish(server, previous),
-                None if name == "getMore" => {
+            let injected = server.faults.fail_points.check(&name);
+            match (replay, injected) {
+                (_, Some(Injected::Error(e))) => Err(e),
+                (Some(previous), _) => return finish(server, previous),
+                (None, _) if name == "getMore" => {
                     commands::read::get_more(server, conn, &db, &cmd).await
                 }
-                None => {
+                (None, injected) => {
                     let mut ctx = Ctx {
                         server,
                         conn,
@@ -171,9 +174,14 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                         documents: documents.take(),
                         cursor: None,
                     };
-                    (spec.handler)(&mut ctx).map(|fields| Reply {
-                        cursor: ctx.cursor.take(),
-                        fields,
+                    (spec.handler)(&mut ctx).map(|mut fields| {
+                        if let Some(Injected::WriteConcernError(wce)) = injected {
+                            fields.insert("writeConcernError", wce);
+                        }
+                        Reply {
+                            cursor: ctx.cursor.take(),
+                            fields,
+                        }
                     })
                 }
             }

@@ -30,6 +30,7 @@ mod decode;
 pub mod dispatch;
 pub mod encode;
 pub mod error;
+pub mod failpoint;
 pub mod server;
 pub mod storage;
 pub mod tls;

@@ -84,6 +84,8 @@ pub struct Faults {
     pub stepped_down_until: Mutex<Option<Instant>>,
     /// Added before each reply, in microseconds.
     pub latency_us: AtomicU64,
+    /// `configureFailPoint` (`failCommand`).
+    pub fail_points: crate::failpoint::FailPoints,
 }
 
 /// State shared by every connection of one server.

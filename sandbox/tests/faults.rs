@@ -211,3 +211,77 @@ async fn retried_write_is_not_replayed_while_stepped_down() {
     .await;
     assert_eq!(code(&err), 10107, "{err:?}");
 }
+
+/// `configureFailPoint: "failCommand"` fails the named command as many times as asked,
+/// with the code given, then lets it through; `writeConcernError` runs the command and
+/// adds the error to its reply; the reply's `count` says how often it fired.
+#[tokio::test]
+async fn fail_command_fails_named_commands_and_counts() {
+    let sb = start();
+    let client = client(&sb).await;
+    let fail = |mode: mongodb::bson::Bson, data: Document| {
+        run(
+            &client,
+            "admin",
+            doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data},
+        )
+    };
+    fail(
+        doc! {"times": 2}.into(),
+        doc! {"failCommands": ["find"], "errorCode": 96},
+    )
+    .await
+    .unwrap();
+    let find = || run(&client, "t", doc! {"find": "c", "filter": {}});
+    let e = find().await.unwrap_err();
+    assert_eq!(code(&e), 96, "{e}");
+    assert!(find().await.is_err());
+    find().await.expect("the third find passes");
+    // A write concern error on a write that is applied.
+    fail(
+        "alwaysOn".into(),
+        doc! {"failCommands": ["insert"], "writeConcernError": {"code": 64, "errmsg": "waiting for replication timed out"}},
+    )
+    .await
+    .unwrap();
+    let reply = run(
+        &client,
+        "t",
+        doc! {"insert": "c", "documents": [{"_id": 1}]},
+    )
+    .await
+    .expect("insert reply");
+    assert_eq!(
+        reply
+            .get_document("writeConcernError")
+            .and_then(|w| w.get_i32("code")),
+        Ok(64)
+    );
+    let off = run(
+        &client,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    )
+    .await
+    .unwrap();
+    assert_eq!(off.get_i64("count"), Ok(3));
+    let n = run(&client, "t", doc! {"count": "c"}).await.unwrap();
+    assert_eq!(as_i64(n.get("n")), 1, "the insert was applied");
+    // Only on admin, only failCommand.
+    let e = run(
+        &client,
+        "t",
+        doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&e), 13);
+    let e = run(
+        &client,
+        "admin",
+        doc! {"configureFailPoint": "noSuchPoint", "mode": "off"},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&e), 2);
+}

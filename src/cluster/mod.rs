@@ -104,6 +104,10 @@ pub fn is_transient(e: &mongodb::error::Error) -> bool {
     )
 }
 
+/// How long Ferry waits for a primary to record the start time on (elections take
+/// seconds; longer means the deployment needs an operator, and the run says so).
+pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A connected deployment.
 #[derive(Clone)]
 pub struct Cluster {
@@ -242,6 +246,49 @@ impl Cluster {
             Ok(ts) => Ok(ts),
             Err(_) => self.cluster_time().await,
         }
+    }
+
+    /// Records the migration's start time on the source: a no-op written by the
+    /// primary, then a wait until that write is majority-committed.
+    ///
+    /// An election may be under way (a secondary refuses with 10107 NotWritablePrimary,
+    /// a member mid-transition with 13435, 189 or 11602): transient errors are retried
+    /// with backoff until [`PRIMARY_WAIT`] has passed. The majority wait matters because
+    /// the copy reads at majority read concern: a document written just before the
+    /// start time but not yet majority-committed would be missing from the copy's
+    /// snapshot, and the change stream starts after it, so neither would carry it.
+    pub async fn record_start_time(&self) -> Result<Timestamp, ClusterError> {
+        let deadline = std::time::Instant::now() + PRIMARY_WAIT;
+        let mut pause = std::time::Duration::from_millis(100);
+        let ts = loop {
+            match self.append_noop("ferry start").await {
+                Ok(ts) => break ts,
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(side = %self.side, error = %e, "no primary to record the start time on yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.wait_majority_committed(ts).await?;
+        Ok(ts)
+    }
+
+    /// Waits until the majority commit point has reached `ts`: a majority read with
+    /// `afterClusterTime` blocks until then (the collection read need not exist).
+    pub async fn wait_majority_committed(&self, ts: Timestamp) -> Result<(), ClusterError> {
+        self.run(
+            "admin",
+            doc! {
+                "find": "ferry_majority_probe",
+                "filter": {},
+                "limit": 1,
+                "readConcern": {"level": "majority", "afterClusterTime": ts},
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Database names, excluding the ones Ferry never migrates.

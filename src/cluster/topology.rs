@@ -315,6 +315,40 @@ pub async fn auth_info(cluster: &Cluster) -> Result<AuthInfo, ClusterError> {
     Ok(AuthInfo { users, roles })
 }
 
+/// The actions the connection's users may take on the cluster resource
+/// (`connectionStatus` with `showPrivileges`), e.g. `setUserWriteBlockMode`.
+pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
+    let reply = cluster
+        .run(
+            "admin",
+            doc! {"connectionStatus": 1, "showPrivileges": true},
+        )
+        .await?;
+    let privileges = reply
+        .get_document("authInfo")
+        .and_then(|i| i.get_array("authenticatedUserPrivileges"))
+        .map_err(|_| {
+            unexpected(
+                cluster,
+                "connectionStatus",
+                "the reply lists no authenticatedUserPrivileges",
+            )
+        })?;
+    let mut actions = Vec::new();
+    for p in privileges.iter().filter_map(Bson::as_document) {
+        let resource = p.get_document("resource").ok();
+        let on_cluster = resource.is_some_and(|r| {
+            r.get_bool("cluster").unwrap_or(false) || r.get_bool("anyResource").unwrap_or(false)
+        });
+        if on_cluster {
+            if let Ok(list) = p.get_array("actions") {
+                actions.extend(list.iter().filter_map(|a| a.as_str().map(String::from)));
+            }
+        }
+    }
+    Ok(actions)
+}
+
 /// Whether the balancer of a sharded cluster is enabled (`balancerStatus` mode other than
 /// `"off"`); `None` for a replica set or standalone, which have no balancer.
 pub async fn balancer_state(cluster: &Cluster) -> Result<Option<bool>, ClusterError> {

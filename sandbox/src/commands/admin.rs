@@ -457,3 +457,12 @@ pub fn sandbox_fault(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     Ok(doc! {"applied": applied})
 }
+
+/// `{configureFailPoint: "failCommand", mode, data}` (admin only), as on a real server
+/// with test commands enabled.
+pub fn configure_fail_point(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    if ctx.db != "admin" {
+        return Err(unauthorized("configureFailPoint", &ctx.db));
+    }
+    ctx.server.faults.fail_points.configure(ctx.cmd)
+}

@@ -142,6 +142,12 @@ static COMMANDS: &[CommandSpec] = &[
         Admin,
     ),
     cmd(
+        "configureFailPoint",
+        admin::configure_fail_point,
+        Some(Action::InternalFaults),
+        Admin,
+    ),
+    cmd(
         "sandboxFault",
         admin::sandbox_fault,
         Some(Action::InternalFaults),

@@ -142,3 +142,56 @@ async fn documents_with_dollar_prefixed_fields_converge() {
         assert!(assert_same(&pair.src, &pair.dst).await >= 2000, "{mode}");
     }
 }
+
+/// Pins: collections renamed on the source while the copy runs lost the documents the
+/// copy had not reached (the copy read the old name, found nothing; the replayed rename
+/// moved the partial copy), the cutover refused, and restarting could not repair it.
+/// The copy follows a collection by its UUID: a collection renamed mid-copy is read under
+/// its new name into the planned one, and the replayed rename moves it; a new collection
+/// created under the old name is not mixed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_renamed_during_the_copy_converge() {
+    let pair = Pair::start().await;
+    let db = pair.src.database("app");
+    for name in ["orders", "users"] {
+        let docs: Vec<Document> = (0..3000)
+            .map(|i| doc! {"_id": i, "name": name, "pad": "p".repeat(200)})
+            .collect();
+        db.collection::<Document>(name)
+            .insert_many(docs)
+            .await
+            .expect("seed");
+    }
+    pair.destination
+        .set_latency(std::time::Duration::from_millis(20));
+    let m = start(pair.config(
+        "[copy]\nbatch_max_documents = 100\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    ))
+    .await;
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    let admin = pair.src.database("admin");
+    admin
+        .run_command(doc! {"renameCollection": "app.orders", "to": "app.orders_2026"})
+        .await
+        .expect("rename orders");
+    admin
+        .run_command(doc! {"renameCollection": "app.users", "to": "app.people"})
+        .await
+        .expect("rename users");
+    // A new collection under an old name, with other documents.
+    db.collection::<Document>("orders")
+        .insert_many(
+            (0..50)
+                .map(|i| doc! {"_id": i, "name": "new orders"})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("new orders");
+    assert!(
+        copied(&m.progress) < 6000,
+        "the copy finished before the renames; the test proves nothing"
+    );
+    pair.destination.set_latency(std::time::Duration::ZERO);
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 6050);
+}

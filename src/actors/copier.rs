@@ -43,7 +43,13 @@ impl CopyError {
             CopyError::Cluster(e) => e.is_transient(),
             CopyError::Checkpoint(CheckpointError::Cluster(e)) => e.is_transient(),
             CopyError::Checkpoint(_) => false,
-            CopyError::Driver { source, .. } => crate::cluster::is_transient(source),
+            // A collection renamed or dropped under an open cursor (175 QueryPlanKilled,
+            // 26 NamespaceNotFound): the range starts again from its checkpoint and
+            // finds the collection by UUID.
+            CopyError::Driver { source, .. } => {
+                crate::cluster::is_transient(source)
+                    || matches!(crate::cluster::error_code(source), Some(175 | 26))
+            }
             CopyError::Stopped => false,
         }
     }
@@ -168,11 +174,16 @@ pub async fn run_copy(
     let inserts = std::sync::Arc::new(tokio::sync::Semaphore::new(
         engine.config.copy.insert_workers.max(1),
     ));
+    let uuids: std::collections::HashMap<String, bson::Binary> = plan
+        .iter()
+        .filter_map(|n| Some((n.ns.clone(), n.uuid.clone()?)))
+        .collect();
     futures_util::stream::iter(todo.into_iter().map(|r| {
         let engine = engine.clone();
         let paused = paused.clone();
         let inserts = inserts.clone();
-        async move { copy_range(engine, r, paused, inserts).await }
+        let uuid = uuids.get(&r.ns).cloned();
+        async move { copy_range(engine, r, uuid, paused, inserts).await }
     }))
     .buffer_unordered(concurrency)
     .try_collect::<Vec<()>>()
@@ -243,7 +254,12 @@ async fn make_plan(
                     });
                 }
             }
+            let uuid = match spec.get_document("info").map(|i| i.get("uuid")) {
+                Ok(Some(Bson::Binary(b))) => Some(b.clone()),
+                _ => None,
+            };
             plan.push(PlannedNamespace {
+                uuid,
                 ns,
                 db: db.clone(),
                 coll: name.to_string(),
@@ -352,9 +368,16 @@ fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
 /// Copies one range from its checkpoint on, one batch at a time, with one insert in
 /// flight while the next batch is read (and at most `copy.insert_workers` inserts in
 /// flight over all ranges).
+///
+/// The source is read under the collection's current name (found by its planned UUID)
+/// and written under the planned name: a collection renamed since the plan is copied
+/// where the stream's replayed rename will find it. A collection gone from its database
+/// (dropped, or renamed into another database, which the server carries out as a new
+/// collection filled by inserts) has nothing left to copy here; its events rebuild it.
 async fn copy_range(
     engine: SharedEngine,
     mut range: CopyRange,
+    uuid: Option<bson::Binary>,
     mut paused: watch::Receiver<bool>,
     inserts: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<(), CopyError> {
@@ -363,11 +386,26 @@ async fn copy_range(
         .split_once('.')
         .map(|(d, c)| (d.to_string(), c.to_string()))
         .unwrap_or_default();
+    let source_coll = match &uuid {
+        None => coll.clone(),
+        Some(uuid) => match current_name(&engine, &db, uuid).await? {
+            Some(name) => name,
+            None => {
+                tracing::info!(ns = %range.ns, "collection gone from the source since the plan; its change events carry what happened to it");
+                range.done = true;
+                engine.checkpoints.save_range(&range).await?;
+                return Ok(());
+            }
+        },
+    };
+    if source_coll != coll {
+        tracing::info!(ns = %range.ns, now = %source_coll, "collection renamed on the source since the plan; copying it from its new name");
+    }
     let source = engine
         .source
         .client
         .database(&db)
-        .collection::<RawDocumentBuf>(&coll);
+        .collection::<RawDocumentBuf>(&source_coll);
     let start = range.last_id.clone().or_else(|| range.min.clone());
     let resuming = range.last_id.clone();
     let mut find = source
@@ -447,6 +485,23 @@ async fn copy_range(
     range.done = true;
     engine.checkpoints.save_range(&range).await?;
     Ok(())
+}
+
+/// The name the collection with this UUID has now in `db`, if it is still there.
+async fn current_name(
+    engine: &SharedEngine,
+    db: &str,
+    uuid: &bson::Binary,
+) -> Result<Option<String>, CopyError> {
+    let specs = engine.source.collection_specs(db).await?;
+    Ok(specs.iter().find_map(|spec| {
+        let same = matches!(
+            spec.get_document("info").map(|i| i.get("uuid")),
+            Ok(Some(Bson::Binary(b))) if b == uuid
+        );
+        same.then(|| spec.get_str("name").ok().map(String::from))
+            .flatten()
+    }))
 }
 
 struct InsertedBatch {

@@ -67,6 +67,10 @@ pub struct PlannedNamespace {
     pub indexes: Vec<Document>,
     pub documents_estimated: u64,
     pub bytes_estimated: u64,
+    /// The source collection's UUID when planned: the copy follows the collection by it,
+    /// so one renamed while the copy runs is still read (under its new name).
+    #[serde(default)]
+    pub uuid: Option<bson::Binary>,
 }
 
 /// One `_id` range of a collection: [min, max) in index order; None = unbounded.

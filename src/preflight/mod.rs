@@ -22,6 +22,8 @@
 //! - `migration lock`: no other Ferry holds the destination's lease.
 //! - `oplog window (source)`: the source's oplog covers at least
 //!   [`OPLOG_WINDOW_SAFETY_FACTOR`] times the estimated copy time.
+//! - `write block privilege (source)`: with `cutover.enforce_write_block`, the source
+//!   user holds the `setUserWriteBlockMode` privilege (checked by privilege, not role).
 
 use std::fmt;
 use std::path::Path;
@@ -250,7 +252,63 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     });
     checks.push(migration_lock(&destination, owner).await);
     checks.push(oplog_window(config, &source).await);
+    checks.push(write_block_privilege(config, &source).await);
     PreflightReport { checks }
+}
+
+const WRITE_BLOCK_PRIVILEGE: &str = "write block privilege (source)";
+
+/// With `cutover.enforce_write_block`, the source user must be allowed to run
+/// `setUserWriteBlockMode`; checked by the privilege itself, so a custom role without it
+/// fails here rather than at the cutover, when the operator has already stopped the
+/// applications.
+async fn write_block_privilege(config: &Config, source: &Probe) -> Check {
+    const NAME: &str = WRITE_BLOCK_PRIVILEGE;
+    if !config.cutover.enforce_write_block {
+        return Check::pass(
+            NAME,
+            "not needed: cutover.enforce_write_block is off (the operator stops the writes)",
+        );
+    }
+    let cluster = match source.usable() {
+        Ok(c) => c,
+        Err(reason) => return Check::not_run(NAME, &reason),
+    };
+    let auth = match topology::auth_info(cluster).await {
+        Ok(a) => a,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot read the source user's privileges: {}", describe(&e)),
+                "make sure the source answers connectionStatus",
+            )
+        }
+    };
+    if auth.unauthenticated() {
+        return Check::pass(NAME, "the source runs without access control");
+    }
+    let user = auth.users.first().map(String::as_str).unwrap_or("the user");
+    match topology::cluster_actions(cluster).await {
+        Ok(actions) if actions.iter().any(|a| a == "setUserWriteBlockMode") => Check::pass(
+            NAME,
+            format!("{user} may run setUserWriteBlockMode to block writes at cutover"),
+        ),
+        Ok(_) => Check::fail(
+            NAME,
+            format!(
+                "cutover.enforce_write_block is on, but the source user {user} may not run setUserWriteBlockMode, so the cutover would fail after the applications were stopped"
+            ),
+            format!(
+                "{} (the built-in backup role grants setUserWriteBlockMode), or set cutover.enforce_write_block = false and stop the writes yourself",
+                grant_fix(Side::Source, user, &["backup"])
+            ),
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("cannot read the source user's privileges: {}", describe(&e)),
+            "make sure the source answers connectionStatus with showPrivileges",
+        ),
+    }
 }
 
 const DESTINATION_EMPTY: &str = "destination empty";

@@ -364,3 +364,40 @@ async fn an_election_while_the_start_time_is_recorded_is_waited_out() {
         "each injected election fired"
     );
 }
+
+/// Pins: a crash while the copy plan was being saved left collections with no ranges,
+/// which the next run treated as copied (their documents never reached the
+/// destination). Emulated precisely: a run is killed mid-copy, then its plan is left as
+/// such a crash leaves it (the namespaces written, no ranges, no completion marker).
+/// The restarted run plans again and copies everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_the_plan_is_saved_is_planned_again() {
+    let pair = Pair::start().await;
+    let seeded = seed(&pair.src, "app", 2000).await as usize;
+    pair.destination.set_latency(Duration::from_millis(20));
+    let cfg = pair.config("[copy]\nbatch_max_documents = 50\nparallel_collections = 1\n");
+    let m = start(cfg.clone()).await;
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    abort(m).await;
+    pair.destination.set_latency(Duration::ZERO);
+    let state = pair.dst.database("__ferry");
+    let namespaces = state
+        .collection::<Document>("namespaces")
+        .count_documents(doc! {})
+        .await
+        .expect("count namespaces");
+    assert!(namespaces > 0, "the plan was saved before the copy began");
+    state
+        .collection::<Document>("ranges")
+        .delete_many(doc! {})
+        .await
+        .expect("emulate the crash");
+    state
+        .collection::<Document>("plan")
+        .delete_many(doc! {})
+        .await
+        .expect("emulate the crash");
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, seeded);
+}

@@ -17,6 +17,8 @@ pub const LOCK: &str = "lock";
 pub const STATE: &str = "state";
 pub const NAMESPACES: &str = "namespaces";
 pub const RANGES: &str = "ranges";
+/// Holds `{_id: "plan", saved: true}` once the whole copy plan is saved.
+pub const PLAN: &str = "plan";
 
 /// How long a lock lease lasts without renewal; a crashed holder blocks others this long.
 pub const LOCK_LEASE_SECONDS: i64 = 60;
@@ -229,11 +231,21 @@ impl Checkpoints {
         Ok(())
     }
 
+    /// Saves a new copy plan. The plan counts only once its [`PLAN`] marker is written,
+    /// after every namespace and range is written: a crash in between leaves a partial
+    /// plan that [`Checkpoints::load_plan`] ignores (a collection with no ranges would
+    /// otherwise pass for copied), and the next run plans again from scratch.
     pub async fn save_plan(
         &self,
         namespaces: &[PlannedNamespace],
         ranges: &[CopyRange],
     ) -> Result<(), CheckpointError> {
+        for c in [PLAN, NAMESPACES, RANGES] {
+            self.coll(c)
+                .delete_many(doc! {})
+                .await
+                .map_err(self.err("clear a partial plan"))?;
+        }
         for ns in namespaces {
             let d = bson::to_document(ns).map_err(|e| CheckpointError::Corrupt {
                 collection: NAMESPACES,
@@ -248,6 +260,11 @@ impl Checkpoints {
         for r in ranges {
             self.save_range(r).await?;
         }
+        self.coll(PLAN)
+            .replace_one(doc! {"_id": "plan"}, doc! {"_id": "plan", "saved": true})
+            .upsert(true)
+            .await
+            .map_err(self.err("save plan"))?;
         Ok(())
     }
 
@@ -255,6 +272,15 @@ impl Checkpoints {
         &self,
     ) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CheckpointError> {
         use futures_util::TryStreamExt;
+        let saved = self
+            .coll(PLAN)
+            .find_one(doc! {"_id": "plan"})
+            .await
+            .map_err(self.err("read plan"))?
+            .is_some_and(|d| d.get_bool("saved").unwrap_or(false));
+        if !saved {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let nss: Vec<Document> = self
             .coll(NAMESPACES)
             .find(doc! {})
@@ -309,7 +335,7 @@ impl Checkpoints {
 
     /// Drops all checkpoint data except the lock (used by clear_destination).
     pub async fn reset(&self) -> Result<(), CheckpointError> {
-        for c in [STATE, NAMESPACES, RANGES] {
+        for c in [STATE, PLAN, NAMESPACES, RANGES] {
             self.coll(c)
                 .drop()
                 .await

@@ -35,6 +35,8 @@ pub enum CopyError {
     },
     #[error("stopped")]
     Stopped,
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl CopyError {
@@ -50,7 +52,7 @@ impl CopyError {
                 crate::cluster::is_transient(source)
                     || matches!(crate::cluster::error_code(source), Some(175 | 26))
             }
-            CopyError::Stopped => false,
+            CopyError::Stopped | CopyError::Unsupported(_) => false,
         }
     }
 }
@@ -221,8 +223,11 @@ async fn make_plan(
             }
             let kind = spec.get_str("type").unwrap_or("collection");
             if kind == "timeseries" {
-                tracing::warn!(ns = %format!("{db}.{name}"), "skipping time-series collection: not supported yet");
-                continue;
+                // The preflight refuses time-series collections in scope; one created
+                // since is refused here rather than left out.
+                return Err(CopyError::Unsupported(format!(
+                    "{db}.{name} is a time-series collection, which Ferry cannot keep in sync: exclude it with [filter] exclude_namespaces and move it separately"
+                )));
             }
             let is_view = kind == "view";
             let options = spec.get_document("options").cloned().unwrap_or_default();

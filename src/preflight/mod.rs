@@ -24,6 +24,7 @@
 //!   [`OPLOG_WINDOW_SAFETY_FACTOR`] times the estimated copy time.
 //! - `write block privilege (source)`: with `cutover.enforce_write_block`, the source
 //!   user holds the `setUserWriteBlockMode` privilege (checked by privilege, not role).
+//! - `time-series collections (source)`: none in scope (they cannot be kept in sync).
 
 use std::fmt;
 use std::path::Path;
@@ -253,7 +254,54 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(migration_lock(&destination, owner).await);
     checks.push(oplog_window(config, &source).await);
     checks.push(write_block_privilege(config, &source).await);
+    checks.push(time_series(config, &source).await);
     PreflightReport { checks }
+}
+
+const TIME_SERIES: &str = "time-series collections (source)";
+
+/// Time-series collections cannot be migrated live: their change events are not
+/// available to change streams on MongoDB 6.0 and 7.0, so Ferry could copy them but not
+/// keep them in sync. They are refused here, by name, rather than left out silently.
+async fn time_series(config: &Config, source: &Probe) -> Check {
+    const NAME: &str = TIME_SERIES;
+    let cluster = match source.usable() {
+        Ok(c) => c,
+        Err(reason) => return Check::not_run(NAME, &reason),
+    };
+    let filter = config.namespace_filter().unwrap_or_default();
+    let found = async {
+        let mut found = Vec::new();
+        for db in cluster.database_names(&filter).await? {
+            for spec in cluster.collection_specs(&db).await? {
+                let name = spec.get_str("name").unwrap_or_default();
+                if spec.get_str("type") == Ok("timeseries") && filter.allows(&db, name) {
+                    found.push(format!("{db}.{name}"));
+                }
+            }
+        }
+        Ok::<_, ClusterError>(found)
+    };
+    match found.await {
+        Ok(found) if found.is_empty() => Check::pass(NAME, "none in scope"),
+        Ok(found) => Check::fail(
+            NAME,
+            format!(
+                "{} in scope: {}; their changes cannot be followed by a change stream, so Ferry cannot keep them in sync",
+                found.len(),
+                found.join(", ")
+            ),
+            format!(
+                "leave them out with [filter] exclude_namespaces = [{}] and move them separately (mongodump/mongorestore while their writers are stopped)",
+                found.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            format!("cannot list the source's collections: {}", describe(&e)),
+            "grant the source user listCollections on every database (readAnyDatabase has it)",
+        ),
+    }
 }
 
 const WRITE_BLOCK_PRIVILEGE: &str = "write block privilege (source)";

@@ -255,6 +255,11 @@ pub fn list_collections(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             for (name, c) in &db.collections {
                 let entry = if c.is_view() {
                     doc! {"name": name.clone(), "type": "view", "options": c.options.clone(), "info": {"readOnly": true}}
+                } else if c.options.contains_key("timeseries") {
+                    // A time-series collection is listed as its own type, without a
+                    // UUID or an `_id` index (those belong to its buckets collection,
+                    // which the sandbox does not model).
+                    doc! {"name": name.clone(), "type": "timeseries", "options": c.options.clone(), "info": {"readOnly": false}}
                 } else {
                     let id_index = c.index("_id_").map(|i| i.spec.clone()).unwrap_or_default();
                     doc! {"name": name.clone(), "type": "collection", "options": c.options.clone(),

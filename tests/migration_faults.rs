@@ -401,3 +401,80 @@ async fn a_crash_while_the_plan_is_saved_is_planned_again() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, seeded);
 }
+
+/// Pins: a rename replayed after a crash renamed the wrong collection. Events after the
+/// rename (a new collection under the old name, written to) were applied, then the
+/// checkpoint write failed and the restarted tailer replayed the rename from an older
+/// position, moving the new collection onto the renamed one. Here every checkpoint
+/// write fails (fail point on `__ferry.state` updates) from just before the rename until
+/// the tailer has restarted several times; the destination must still equal the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_replayed_after_a_restart_does_not_move_a_newer_collection() {
+    let pair = Pair::start().await;
+    let db = pair.src.database("app");
+    db.collection::<Document>("orders")
+        .insert_many(
+            (0..100)
+                .map(|i| doc! {"_id": i, "v": "original"})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("seed");
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let reply = m
+        .control
+        .request(ferry::control::ControlRequest::Pause)
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    wait_phase(&m.progress, Phase::Paused).await;
+    pair.src
+        .database("admin")
+        .run_command(doc! {"renameCollection": "app.orders", "to": "app.orders_old"})
+        .await
+        .expect("rename");
+    db.collection::<Document>("orders")
+        .insert_many(
+            (0..10)
+                .map(|i| doc! {"_id": i, "v": "new"})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("a new collection under the old name");
+    let dst_admin = pair.dst.database("admin");
+    let fail_point = |mode: bson::Bson| {
+        dst_admin.run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": mode,
+            "data": {"failCommands": ["update"], "namespace": "__ferry.state", "errorCode": 91},
+        })
+    };
+    fail_point("alwaysOn".into()).await.expect("fail point");
+    let reply = m
+        .control
+        .request(ferry::control::ControlRequest::Resume)
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = fail_point("alwaysOn".into())
+            .await
+            .expect("fail point")
+            .get_i64("count")
+            .unwrap_or(0);
+        if count >= 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint writes were not attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dst_admin
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("fail point off");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 110);
+}

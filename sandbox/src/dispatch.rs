@@ -157,7 +157,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 },
                 None => None,
             };
-            let injected = server.faults.fail_points.check(&name);
+            let target = match cmd.get(&name) {
+                Some(Bson::String(coll)) => format!("{db}.{coll}"),
+                _ => db.clone(),
+            };
+            let injected = server.faults.fail_points.check(&name, &target);
             match (replay, injected) {
                 (_, Some(Injected::Error(e))) => Err(e),
                 (Some(previous), _) => return finish(server, previous),

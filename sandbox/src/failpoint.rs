@@ -1,7 +1,8 @@
 //! The `failCommand` fail point, as a real `mongod` started with test commands enabled
 //! offers it: `configureFailPoint: "failCommand"` with `mode` (`"alwaysOn"`, `"off"`,
 //! `{times: n}`, `{skip: n}`) and `data` (`failCommands`, `errorCode`, `errorLabels`,
-//! `writeConcernError`; `closeConnection` and `blockConnection` are not offered). Tests use it to fail one named command at
+//! `writeConcernError`, `namespace`; `closeConnection` and `blockConnection` are not
+//! offered). Tests use it to fail one named command at
 //! the exact moment that matters (an election during `appendOplogNote`, a write concern
 //! error on a destination write) instead of racing a timer against the code under test.
 
@@ -14,6 +15,8 @@ use crate::error::{CmdResult, CommandError};
 #[derive(Clone, Debug, Default)]
 struct FailCommand {
     commands: Vec<String>,
+    /// Only commands on this namespace (`db.coll`), when given.
+    namespace: Option<String>,
     /// Commands still to fail (`None`: until turned off).
     times: Option<u64>,
     /// Matching commands to let through before failing.
@@ -85,6 +88,7 @@ impl FailPoints {
             .iter()
             .filter_map(|c| c.as_str().map(String::from))
             .collect();
+        point.namespace = data.get_str("namespace").ok().map(String::from);
         point.error_code = data.get("errorCode").and_then(as_count).map(|c| c as i32);
         point.error_labels = data.get_array("errorLabels").ok().map(|a| {
             a.iter()
@@ -106,11 +110,13 @@ impl FailPoints {
         bson::doc! {"count": n as i64}
     }
 
-    /// Whether the fail point takes this command, and how it fails it.
-    pub fn check(&self, command: &str) -> Option<Injected> {
+    /// Whether the fail point takes this command (on namespace `ns`), and how it fails it.
+    pub fn check(&self, command: &str, ns: &str) -> Option<Injected> {
         let mut guard = self.fail_command.lock();
         let point = guard.as_mut()?;
-        if !point.commands.iter().any(|c| c == command) {
+        if !point.commands.iter().any(|c| c == command)
+            || point.namespace.as_deref().is_some_and(|n| n != ns)
+        {
             return None;
         }
         if point.skip > 0 {

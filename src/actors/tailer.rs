@@ -732,12 +732,28 @@ async fn tail(
                         events_applied += previous.await?;
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
-                    apply_ddl(&engine, &decode_event(&event)?).await?;
+                    let ddl = decode_event(&event)?;
+                    apply_ddl(&engine, &ddl).await?;
                     events_applied += 1;
                     engine
                         .progress
                         .events_applied
                         .fetch_add(1, Ordering::Relaxed);
+                    // Checkpoint at the DDL before any later event is applied. Replaying
+                    // a DDL is harmless only while nothing after it has been applied: a
+                    // rename of A to B replayed after a new A was created and written
+                    // would move the new A onto B. With this checkpoint, a DDL is replayed
+                    // only when the crash came between it and this write, and then its
+                    // source is already gone (26, ignored) or its target already there.
+                    if let Ok(token) = ddl.get_document("_id") {
+                        if let Some(ts) = view.ts.filter(|ts| ts_after(*ts, applied_ts)) {
+                            applied_ts = ts;
+                        }
+                        engine
+                            .checkpoints
+                            .set_state(doc! {"resume_token": token, "applied_ts": applied_ts, "events_applied": events_applied as i64})
+                            .await?;
+                    }
                     if matches!(op, "drop" | "rename" | "dropDatabase") {
                         routing.appliers.clear();
                     }

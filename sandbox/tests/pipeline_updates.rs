@@ -101,8 +101,9 @@ async fn pipeline_stages_in_update_and_find_and_modify() {
     .await;
 }
 
-/// Pins: Ferry writes documents with `$`-prefixed top-level fields (legal since 5.0) with
-/// `$replaceWith: {$literal: <document>}`; a replacement document cannot carry them.
+/// Guards what Ferry relies on to write documents with `$`-prefixed top-level fields
+/// (legal since 5.0): `$replaceWith: {$literal: <document>}` stores them as given, while a
+/// replacement document cannot carry them. (This already worked before this change.)
 #[tokio::test]
 async fn replace_with_literal_writes_dollar_prefixed_fields() {
     let sb = start();

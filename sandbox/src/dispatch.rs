@@ -10,7 +10,7 @@ use bson::{doc, Bson, Document, Timestamp};
 use crate::auth::roles::{is_authorized, Action};
 use crate::auth::scram::ScramConversation;
 use crate::auth::users::AuthenticatedUser;
-use crate::commands::{self, CommandSpec, Effect};
+use crate::commands::{self, CommandSpec, Effect, OnSecondary};
 use crate::cursor::CursorReply;
 use crate::error::{codes, CmdResult, CommandError};
 use crate::failpoint::Injected;
@@ -232,14 +232,23 @@ fn preflight(
             }
         }
     }
-    if !spec.no_auth && !server.is_primary() {
-        return Err(match spec.effect {
-            Effect::Write => CommandError::new(codes::NOT_WRITABLE_PRIMARY, "not primary"),
-            _ => CommandError::new(
-                codes::NOT_PRIMARY_NO_SECONDARY_OK,
-                "not primary and secondaryOk=false",
-            ),
-        });
+    if !server.is_primary() {
+        match spec.on_secondary {
+            OnSecondary::Always => {}
+            OnSecondary::OptIn if secondary_ok(cmd) => {}
+            OnSecondary::OptIn => {
+                return Err(CommandError::new(
+                    codes::NOT_PRIMARY_NO_SECONDARY_OK,
+                    "not primary and secondaryOk=false",
+                ))
+            }
+            OnSecondary::Never => {
+                return Err(CommandError::new(
+                    codes::NOT_WRITABLE_PRIMARY,
+                    "not primary",
+                ))
+            }
+        }
     }
     if spec.effect == Effect::Write
         && server.write_block.load(Ordering::SeqCst)
@@ -258,6 +267,15 @@ fn preflight(
         }
     }
     Ok(())
+}
+
+/// Whether the client lets a secondary answer: OP_MSG carries this as a `$readPreference`
+/// whose mode is not `primary`. A `getMore` has none and follows its cursor's command.
+fn secondary_ok(cmd: &Document) -> bool {
+    cmd.get_document("$readPreference")
+        .ok()
+        .and_then(|rp| rp.get_str("mode").ok())
+        .is_some_and(|mode| mode != "primary")
 }
 
 /// Key of a retryable write: (lsid.id bytes, txnNumber), only for writes outside transactions.

@@ -109,6 +109,9 @@ pub struct Server {
     /// Bumped to make every connection close (fault injection, stepdown).
     pub disconnect: watch::Sender<u64>,
     pub started: Instant,
+    /// Oplog entries read by queries on `local.oplog.rs` (entries materialized and
+    /// tested), so tests can prove a `$natural` read with a limit does not scan it all.
+    pub oplog_entries_read: AtomicU64,
 }
 
 impl Server {
@@ -237,6 +240,7 @@ impl Sandbox {
             retry_cache: Mutex::new(Default::default()),
             disconnect,
             started: Instant::now(),
+            oplog_entries_read: AtomicU64::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -313,6 +317,10 @@ impl Sandbox {
     }
     pub fn truncate_oplog(&self, keep_last: usize) {
         self.server.truncate_oplog(keep_last);
+    }
+    /// How many oplog entries queries on `local.oplog.rs` have read so far.
+    pub fn oplog_entries_read(&self) -> u64 {
+        self.server.oplog_entries_read.load(Ordering::Relaxed)
     }
     /// Blocks until the server stops (it never does on its own; used by the CLI).
     pub fn wait(mut self) {

@@ -12,6 +12,7 @@ use crate::query::matcher::Matcher;
 use crate::query::order::OrdBson;
 use crate::query::path::get_path;
 use crate::query::update::UpdateDescription;
+use crate::query::UpdateLog;
 
 /// Databases whose collections the sandbox never lists as user data.
 pub const INTERNAL_DBS: &[&str] = &["admin", "local", "config"];
@@ -729,15 +730,16 @@ impl Storage {
         Ok(id_value)
     }
 
-    /// Replaces the document with `_id` = `id` by `new_doc` (an update or a replacement).
-    /// Returns false (and writes nothing) when the new document equals the old one.
+    /// Replaces the document with `_id` = `id` by `new_doc` (an update or a replacement),
+    /// logged as `log` says. Returns false (and writes nothing) when the new document has
+    /// the same bytes as the old one (a reordered subdocument is a change).
     pub fn update(
         &mut self,
         db: &str,
         coll: &str,
         id: &Bson,
         new_doc: Document,
-        replacement: bool,
+        log: UpdateLog,
     ) -> CmdResult<bool> {
         let ns = format!("{db}.{coll}");
         let key = OrdBson(id.clone());
@@ -749,7 +751,7 @@ impl Storage {
             .get(&key)
             .cloned()
             .ok_or_else(|| CommandError::new(codes::NO_SUCH_KEY, "document vanished"))?;
-        if *old == new_doc {
+        if crate::query::order::documents_binary_equal(&old, &new_doc) {
             return Ok(false);
         }
         if let Some(new_id) = new_doc.get("_id") {
@@ -780,25 +782,15 @@ impl Storage {
         c.docs.insert(key, new_doc.clone());
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
-        let (kind, o, description) = if replacement {
+        let replacement = matches!(log, UpdateLog::Replacement);
+        let (kind, o, description) = match log {
             // The replacement is kept once, as the event's full document.
-            (EventKind::Replace, Document::new(), None)
-        } else {
-            let d = crate::query::update::diff(&old, &new_doc);
-            let mut o = doc! {"$v": 2};
-            let mut diff = Document::new();
-            if !d.updated_fields.is_empty() {
-                diff.insert("u", d.updated_fields.clone());
-            }
-            if !d.removed_fields.is_empty() {
-                let mut removed = Document::new();
-                for f in &d.removed_fields {
-                    removed.insert(f.clone(), false);
-                }
-                diff.insert("d", removed);
-            }
-            o.insert("diff", diff);
-            (EventKind::Update, o, Some(d))
+            UpdateLog::Replacement => (EventKind::Replace, Document::new(), None),
+            UpdateLog::Delta { diff, description } => (
+                EventKind::Update,
+                doc! {"$v": 2, "diff": diff},
+                Some(*description),
+            ),
         };
         let mut change = Change::new(kind, db, coll, o);
         change.uuid = Some(uuid);

@@ -14,7 +14,9 @@ use mongodb::bson::{
     Timestamp,
 };
 use mongodb::change_stream::ChangeStream;
-use mongodb::options::{ChangeStreamOptions, FullDocumentBeforeChangeType, FullDocumentType};
+use mongodb::options::{
+    ChangeStreamOptions, FullDocumentBeforeChangeType, FullDocumentType, UpdateModifications,
+};
 use mongodb::{Client, Database};
 
 /// Reads a stream to its end (the invalidate closes it), each event as raw bytes.
@@ -60,11 +62,12 @@ async fn history(client: &Client) -> Timestamp {
     .await
     .expect("insert");
     for update in [
-        doc! {"$push": {"tags": "d"}},
-        doc! {"$set": {"m.0": "y", "m.k.1": "z"}},
-        doc! {"$pop": {"tags": 1}},
-        doc! {"$set": {"tags": ["a"]}},
-        doc! {"$unset": {"n": ""}, "$inc": {"big": -1i64}},
+        UpdateModifications::Document(doc! {"$push": {"tags": "d"}}),
+        UpdateModifications::Document(doc! {"$set": {"m.0": "y", "m.k.1": "z"}}),
+        // A pipeline update that shortens an array: the event has truncatedArrays.
+        UpdateModifications::Pipeline(vec![doc! {"$set": {"tags": ["a", "b", "c"]}}]),
+        UpdateModifications::Document(doc! {"$set": {"tags": ["a"]}}),
+        UpdateModifications::Document(doc! {"$unset": {"n": ""}, "$inc": {"big": -1i64}}),
     ] {
         c.update_one(doc! {"_id": 1}, update).await.expect("update");
     }

@@ -284,4 +284,76 @@ async fn fail_command_fails_named_commands_and_counts() {
     .await
     .unwrap_err();
     assert_eq!(code(&e), 2);
+
+/// Pins: on a member that is not primary, `appendOplogNote` and the other primary-only
+/// admin commands failed with 13435 NotPrimaryNoSecondaryOk (the code for reads without
+/// secondaryOk); a real secondary answers them with 10107 NotWritablePrimary, and still
+/// answers status, parameter and secondary-allowed reads.
+#[tokio::test]
+async fn stepped_down_member_answers_each_command_class_as_a_secondary() {
+    let sb = start();
+    let raw = client_for(&format!(
+        "mongodb://{}/?directConnection=true",
+        sb.address()
+    ))
+    .await;
+    run(&raw, "t", doc! {"insert": "c", "documents": [{"_id": 1}]})
+        .await
+        .unwrap();
+    sb.step_down(Duration::from_secs(30));
+    // The stepdown closes connections; wait until a fresh one sees a secondary.
+    poll(Duration::from_secs(10), || {
+        let raw = raw.clone();
+        async move {
+            let h = run(&raw, "admin", doc! {"hello": 1}).await.ok()?;
+            (h.get_bool("isWritablePrimary") == Ok(false)).then_some(())
+        }
+    })
+    .await;
+    for (db, cmd) in [
+        ("admin", doc! {"appendOplogNote": 1, "data": {"tick": 1}}),
+        ("admin", doc! {"setUserWriteBlockMode": 1, "global": true}),
+        ("admin", doc! {"replSetStepDown": 1}),
+        (
+            "admin",
+            doc! {"setFeatureCompatibilityVersion": "7.0", "confirm": true},
+        ),
+        ("t", doc! {"insert": "c", "documents": [{"_id": 2}]}),
+        (
+            "t",
+            doc! {"update": "c", "updates": [{"q": {}, "u": {"$set": {"a": 1}}}]},
+        ),
+        ("t", doc! {"create": "d"}),
+    ] {
+        let err = run(&raw, db, cmd.clone()).await.unwrap_err();
+        assert_eq!(code(&err), 10107, "{cmd}: {err:?}");
+        assert!(!err.contains_label("RetryableWriteError"), "{cmd}: {err:?}");
+    }
+    for (db, cmd) in [
+        ("admin", doc! {"serverStatus": 1}),
+        (
+            "admin",
+            doc! {"getParameter": 1, "featureCompatibilityVersion": 1},
+        ),
+        ("admin", doc! {"replSetGetStatus": 1}),
+        ("admin", doc! {"sandboxFault": 1, "latencyMs": 0}),
+    ] {
+        run(&raw, db, cmd.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e:?}"));
+    }
+    // A read that allows secondaries is served.
+    let found = run(
+        &raw,
+        "t",
+        doc! {"find": "c", "filter": {}, "$readPreference": {"mode": "secondaryPreferred"}},
+    )
+    .await
+    .unwrap();
+    let batch = found
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
 }

@@ -46,6 +46,7 @@ pub enum Action {
     ReplSetGetStatus,
     ConnPoolStats,
     GetParameter,
+    GetCmdLineOpts,
     SetParameter,
     SetFeatureCompatibilityVersion,
     ListShards,
@@ -93,6 +94,7 @@ impl Action {
         ReplSetGetStatus,
         ConnPoolStats,
         GetParameter,
+        GetCmdLineOpts,
         SetParameter,
         SetFeatureCompatibilityVersion,
         ListShards,
@@ -137,6 +139,7 @@ impl Action {
             ReplSetGetStatus => "replSetGetStatus",
             ConnPoolStats => "connPoolStats",
             GetParameter => "getParameter",
+            GetCmdLineOpts => "getCmdLineOpts",
             SetParameter => "setParameter",
             SetFeatureCompatibilityVersion => "setFeatureCompatibilityVersion",
             ListShards => "listShards",
@@ -165,6 +168,7 @@ impl Action {
                 | ReplSetGetStatus
                 | ConnPoolStats
                 | GetParameter
+                | GetCmdLineOpts
                 | SetParameter
                 | SetFeatureCompatibilityVersion
                 | ListShards
@@ -327,6 +331,7 @@ const CLUSTER_MONITOR: &[Action] = &[
     ListShards,
     BalancerStatus,
     GetParameter,
+    GetCmdLineOpts,
     ListDatabases,
     ConnPoolStats,
 ];
@@ -436,7 +441,15 @@ fn role_privileges(role: &str, on: &str, out: &mut Vec<Privilege>) {
             ));
             out.push((
                 Resource::Cluster,
-                &[ListDatabases, AppendOplogNote, ServerStatus, GetParameter],
+                &[
+                    ListDatabases,
+                    AppendOplogNote,
+                    ServerStatus,
+                    GetParameter,
+                    // Granted since 6.0 so that cluster-to-cluster sync can block writes
+                    // on the source at cutover.
+                    SetUserWriteBlockMode,
+                ],
             ));
         }
         "restore" => {
@@ -644,9 +657,15 @@ mod tests {
         assert!(is_authorized(&b, Find, "local", "oplog.rs"));
         assert!(is_authorized(&b, Find, "config", "system.sessions"));
         assert!(is_authorized(&b, Find, "admin", "system.users"));
-        for act in [ListDatabases, AppendOplogNote, ServerStatus] {
+        for act in [
+            ListDatabases,
+            AppendOplogNote,
+            ServerStatus,
+            SetUserWriteBlockMode,
+        ] {
             assert!(is_authorized(&b, act, "admin", ""), "{act:?}");
         }
+        assert!(!is_authorized(&b, BypassWriteBlockingMode, "admin", ""));
         assert!(is_authorized(&b, ListCollections, "x", ""));
         assert!(is_authorized(&b, DbHash, "x", ""));
         assert!(!is_authorized(&b, Insert, "x", "c"));

@@ -41,34 +41,6 @@ pub fn kill_sessions(_ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     Ok(doc! {})
 }
 
-pub fn get_parameter(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
-    if ctx.db != "admin" {
-        return Err(CommandError::unauthorized(
-            "getParameter may only be run against the admin database.",
-        ));
-    }
-    let fcv = ctx.server.fcv.lock().clone();
-    let all = matches!(ctx.cmd.get("getParameter"), Some(Bson::String(s)) if s == "*");
-    let mut reply = Document::new();
-    let wants = |name: &str| all || ctx.cmd.contains_key(name);
-    if wants("featureCompatibilityVersion") {
-        reply.insert("featureCompatibilityVersion", doc! {"version": fcv});
-    }
-    if wants("authenticationMechanisms") {
-        reply.insert(
-            "authenticationMechanisms",
-            vec!["SCRAM-SHA-1", "SCRAM-SHA-256"],
-        );
-    }
-    if reply.is_empty() {
-        return Err(CommandError::new(
-            codes::INVALID_OPTIONS,
-            "no option found to get",
-        ));
-    }
-    Ok(reply)
-}
-
 pub fn set_fcv(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     if ctx.db != "admin" {
         return Err(CommandError::unauthorized(

@@ -10,6 +10,7 @@ use crate::query::order::OrdBson;
 use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
 use crate::query::update::{upsert_seed, UpdateSpec};
+use crate::query::ArrayFilters;
 use crate::storage::{Collection, Storage};
 
 fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>> {
@@ -209,6 +210,7 @@ fn update_statement(
     coll: &str,
     query: &Document,
     update: Bson,
+    filters: Option<&Bson>,
     upsert: bool,
     multi: bool,
     sort: Option<&SortSpec>,
@@ -216,6 +218,8 @@ fn update_statement(
     images: bool,
 ) -> CmdResult<UpdateOutcome> {
     let mut spec = UpdateSpec::parse_owned(update)?;
+    let filters = ArrayFilters::parse(filters)?;
+    spec.check_array_filters(&filters)?;
     let replacement = matches!(spec, UpdateSpec::Replacement(_));
     if multi && replacement {
         return Err(CommandError::new(
@@ -244,17 +248,18 @@ fn update_statement(
             };
             // A replacement touches at most one document (multi is refused above), and once
             // it has, no upsert follows: its document can be moved instead of copied.
-            let new = if replacement {
-                spec.apply_last(old, query, false)?
+            let (new, log) = if replacement {
+                spec.apply_last(old, query, &filters, false)?
             } else {
-                spec.apply(old, query, false)?
+                spec.apply_logged(old, query, &filters, false)?
             };
             validate(storage, db, coll, &new, Some(old), bypass)?;
             let keep = images && out.first.is_none();
-            (new, keep.then(|| Document::clone(old)))
+            ((new, log), keep.then(|| Document::clone(old)))
         };
+        let (new, log) = new;
         let first = old.map(|old| (Some(old), new.clone()));
-        let changed = storage.update(db, coll, &id, new, replacement)?;
+        let changed = storage.update(db, coll, &id, new, log)?;
         out.matched += 1;
         if changed {
             out.modified += 1;
@@ -270,7 +275,7 @@ fn update_statement(
         } else {
             upsert_seed(query)
         };
-        let mut new = spec.apply_last(&seed, query, true)?;
+        let (mut new, _) = spec.apply_last(&seed, query, &filters, true)?;
         if !new.contains_key("_id") {
             if let Some(Bson::Document(_)) | None = query.get("_id") {
                 new = with_generated_id(new);
@@ -341,6 +346,7 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
                 &coll,
                 q,
                 u,
+                stmt.get("arrayFilters"),
                 stmt.get_bool("upsert").unwrap_or(false),
                 stmt.get_bool("multi").unwrap_or(false),
                 None,
@@ -468,6 +474,7 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         &coll,
         &query,
         update,
+        ctx.cmd.get("arrayFilters"),
         upsert,
         false,
         sort.as_ref(),

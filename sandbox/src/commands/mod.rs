@@ -11,6 +11,7 @@ pub mod crud;
 pub mod ddl;
 pub mod handshake;
 pub mod read;
+pub mod server_config;
 
 pub type Handler = fn(&mut Ctx<'_>) -> CmdResult<Document>;
 
@@ -22,6 +23,19 @@ pub enum Effect {
     Admin,
 }
 
+/// Whether a command runs on a node that is not primary (after a stepdown), as the real
+/// server decides per command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnSecondary {
+    /// Runs anywhere (server status, parameters, fault injection).
+    Always,
+    /// Reads: only when the client allows secondaries (`$readPreference` other than
+    /// primary); otherwise 13435 NotPrimaryNoSecondaryOk.
+    OptIn,
+    /// Writes and primary-only commands: 10107 NotWritablePrimary.
+    Never,
+}
+
 pub struct CommandSpec {
     pub name: &'static str,
     pub handler: Handler,
@@ -30,6 +44,17 @@ pub struct CommandSpec {
     pub effect: Effect,
     /// Allowed before authentication and while not primary.
     pub no_auth: bool,
+    /// What a node that is not primary does with the command.
+    pub on_secondary: OnSecondary,
+}
+
+impl CommandSpec {
+    /// Marks an admin command that only a primary runs (it writes to the oplog or to
+    /// replicated state): on a secondary it fails with 10107 NotWritablePrimary.
+    const fn primary_only(mut self) -> CommandSpec {
+        self.on_secondary = OnSecondary::Never;
+        self
+    }
 }
 
 const fn cmd(
@@ -44,6 +69,11 @@ const fn cmd(
         action,
         effect,
         no_auth: false,
+        on_secondary: match effect {
+            Effect::Write => OnSecondary::Never,
+            Effect::Read => OnSecondary::OptIn,
+            Effect::Admin => OnSecondary::Always,
+        },
     }
 }
 
@@ -54,6 +84,7 @@ const fn open(name: &'static str, handler: Handler) -> CommandSpec {
         action: None,
         effect: Effect::Admin,
         no_auth: true,
+        on_secondary: OnSecondary::Always,
     }
 }
 
@@ -73,8 +104,14 @@ static COMMANDS: &[CommandSpec] = &[
     open("endSessions", admin::end_sessions),
     cmd(
         "getParameter",
-        admin::get_parameter,
+        server_config::get_parameter,
         Some(Action::GetParameter),
+        Admin,
+    ),
+    cmd(
+        "getCmdLineOpts",
+        server_config::get_cmd_line_opts,
+        Some(Action::GetCmdLineOpts),
         Admin,
     ),
     cmd(
@@ -82,7 +119,8 @@ static COMMANDS: &[CommandSpec] = &[
         admin::set_fcv,
         Some(Action::SetFeatureCompatibilityVersion),
         Admin,
-    ),
+    )
+    .primary_only(),
     cmd(
         "serverStatus",
         admin::server_status,
@@ -121,26 +159,30 @@ static COMMANDS: &[CommandSpec] = &[
         admin::create_user,
         Some(Action::CreateUser),
         Admin,
-    ),
-    cmd("dropUser", admin::drop_user, Some(Action::DropUser), Admin),
+    )
+    .primary_only(),
+    cmd("dropUser", admin::drop_user, Some(Action::DropUser), Admin).primary_only(),
     cmd(
         "setUserWriteBlockMode",
         admin::set_user_write_block_mode,
         Some(Action::SetUserWriteBlockMode),
         Admin,
-    ),
+    )
+    .primary_only(),
     cmd(
         "appendOplogNote",
         admin::append_oplog_note,
         Some(Action::AppendOplogNote),
         Admin,
-    ),
+    )
+    .primary_only(),
     cmd(
         "replSetStepDown",
         admin::repl_set_step_down,
         Some(Action::InternalFaults),
         Admin,
-    ),
+    )
+    .primary_only(),
     cmd(
         "configureFailPoint",
         admin::configure_fail_point,

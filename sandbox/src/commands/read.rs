@@ -137,6 +137,36 @@ fn oplog_documents(storage: &Storage) -> Vec<Document> {
         .collect()
 }
 
+/// Oplog entries matching `matcher` in natural order (newest first when `reverse`), at
+/// most `wanted` of them; also returns how many entries were read to find them.
+fn oplog_natural(
+    storage: &Storage,
+    matcher: &Matcher,
+    reverse: bool,
+    wanted: Option<usize>,
+) -> (Vec<Arc<Document>>, u64) {
+    let wanted = wanted.unwrap_or(usize::MAX);
+    let entries = &storage.oplog.entries;
+    let ordered: Box<dyn Iterator<Item = _>> = if reverse {
+        Box::new(entries.iter().rev())
+    } else {
+        Box::new(entries.iter())
+    };
+    let mut out = Vec::new();
+    let mut read = 0u64;
+    for entry in ordered {
+        if out.len() >= wanted {
+            break;
+        }
+        read += 1;
+        let d = entry.to_oplog_document();
+        if matcher.matches(&d) {
+            out.push(Arc::new(d));
+        }
+    }
+    (out, read)
+}
+
 /// Index bounds of a find with `min`/`max` (only on the `_id` index): [min, max).
 #[derive(Default)]
 struct IdBounds {
@@ -348,11 +378,22 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let bounds = IdBounds::parse(ctx.cmd)?;
     let mut docs = {
         let storage = ctx.server.storage.lock();
-        source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
+        if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
+            // Natural order over the oplog: read entries in that order and stop once
+            // skip + limit have matched, as a capped collection's scan does.
+            let wanted = limit.map(|n| n.saturating_add(skip));
+            let (docs, read) = oplog_natural(&storage, &matcher, natural_reverse, wanted);
+            ctx.server
+                .oplog_entries_read
+                .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+            docs
+        } else {
+            source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
+        }
     };
     if let Some(s) = &sort {
         docs.sort_by(|a, b| s.compare(a, b));
-    } else if natural_reverse {
+    } else if natural_reverse && !(ctx.db == "local" && coll == "oplog.rs") {
         docs.reverse();
     }
     let docs: VecDeque<Arc<Document>> = docs

@@ -123,6 +123,9 @@ fn is_nullish(v: &Bson) -> bool {
 fn operator(op: &str, arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
     let value = match op {
         "$literal" => arg.clone(),
+        "$mergeObjects" => merge_objects(arg, root)?,
+        "$getField" => return get_field(arg, root),
+        "$setField" => set_field(arg, root)?,
         "$add" | "$multiply" => {
             let vals = eval_args(op, arg, root, None)?;
             arithmetic_fold(op, &vals)?
@@ -313,6 +316,118 @@ fn operator(op: &str, arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
         }
     };
     Ok(Some(value))
+}
+
+/// `$mergeObjects`: later documents' fields win; null and missing inputs are skipped.
+fn merge_objects(arg: &Bson, root: &Document) -> CmdResult<Bson> {
+    let mut out = Document::new();
+    for input in args(arg) {
+        match evaluate(input, root)? {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => {}
+            Some(Bson::Document(d)) => out.extend(d),
+            Some(other) => {
+                return Err(CommandError::new(
+                    40400,
+                    format!(
+                        "$mergeObjects requires object inputs, but input {other} is of type {}",
+                        type_name(&other)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Bson::Document(out))
+}
+
+/// The `field` argument of `$getField`/`$setField`: a string, possibly as `$literal`
+/// (which is how a `$`-prefixed or dotted field name is named).
+fn field_name<'a>(op: &str, field: Option<&'a Bson>) -> CmdResult<&'a str> {
+    match field {
+        Some(Bson::String(s)) if !s.starts_with('$') => Ok(s),
+        Some(Bson::Document(d)) if d.len() == 1 => match d.get("$literal") {
+            Some(Bson::String(s)) => Ok(s),
+            _ => Err(field_not_constant(op)),
+        },
+        _ => Err(field_not_constant(op)),
+    }
+}
+
+fn field_not_constant(op: &str) -> CommandError {
+    let code = if op == "$getField" { 5654602 } else { 4161106 };
+    CommandError::new(
+        code,
+        format!("{op} requires 'field' to evaluate to a constant, but got a non-constant argument"),
+    )
+}
+
+/// `$getField: "name"` or `{field, input}`: the field of a document by its exact name
+/// (dots and `$` included); missing when the input is not a document or lacks it.
+fn get_field(arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
+    let (field, input) = match arg {
+        Bson::Document(d) if d.contains_key("field") => {
+            (field_name("$getField", d.get("field"))?, d.get("input"))
+        }
+        other => (field_name("$getField", Some(other))?, None),
+    };
+    let input = match input {
+        Some(expr) => evaluate(expr, root)?,
+        None => Some(Bson::Document(root.clone())),
+    };
+    Ok(match input {
+        Some(Bson::Document(d)) => d.get(field).cloned(),
+        Some(Bson::Null) | Some(Bson::Undefined) => Some(Bson::Null),
+        _ => None,
+    })
+}
+
+/// `$setField: {field, input, value}`: the input document with the field set (in place
+/// when present, appended otherwise) or removed when `value` is `$$REMOVE`.
+fn set_field(arg: &Bson, root: &Document) -> CmdResult<Bson> {
+    let Bson::Document(spec) = arg else {
+        return Err(CommandError::new(
+            4161100,
+            "$setField only supports an object as its argument",
+        ));
+    };
+    let field = field_name("$setField", spec.get("field"))?;
+    let input = match spec.get("input") {
+        Some(expr) => evaluate(expr, root)?,
+        None => {
+            return Err(CommandError::new(
+                4161103,
+                "$setField requires 'input' to be specified",
+            ))
+        }
+    };
+    let Some(value_expr) = spec.get("value") else {
+        return Err(CommandError::new(
+            4161104,
+            "$setField requires 'value' to be specified",
+        ));
+    };
+    let value = evaluate(value_expr, root)?;
+    let mut out = match input {
+        Some(Bson::Document(d)) => d,
+        None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Bson::Null),
+        Some(other) => {
+            return Err(CommandError::new(
+                4161105,
+                format!(
+                    "$setField requires 'input' to evaluate to type Object, but got {}",
+                    type_name(&other)
+                ),
+            ))
+        }
+    };
+    match value {
+        Some(v) => {
+            out.insert(field, v);
+        }
+        None => {
+            out.remove(field);
+        }
+    }
+    Ok(Bson::Document(out))
 }
 
 fn arithmetic_fold(op: &str, vals: &[Bson]) -> CmdResult<Bson> {

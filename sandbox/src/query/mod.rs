@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod aggregate;
+pub mod array_filters;
 pub mod expr;
 pub mod matcher;
 mod numeric;
@@ -14,12 +15,15 @@ pub mod path;
 pub mod projection;
 pub mod sort;
 pub mod update;
+pub mod update_log;
 mod write_path;
 
 pub use aggregate::run_pipeline;
+pub use array_filters::ArrayFilters;
 pub use matcher::Matcher;
 pub use order::{compare, type_rank, values_equal, OrdBson};
 pub use path::{get_path, lookup_values};
 pub use projection::Projection;
 pub use sort::SortSpec;
-pub use update::{diff, upsert_seed, UpdateDescription, UpdateSpec};
+pub use update::{upsert_seed, UpdateSpec};
+pub use update_log::{diff, UpdateDescription, UpdateLog};

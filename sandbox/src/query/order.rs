@@ -202,9 +202,50 @@ impl Ord for OrdBson {
     }
 }
 
+/// Whether two values have the same BSON bytes: same types, same field order, doubles by
+/// bit pattern. This is the server's notion of "no change" for an update (a reordered
+/// subdocument or an int32 replaced by an equal int64 is a change), unlike
+/// [`values_equal`], which is the query language's equality.
+pub fn binary_equal(a: &Bson, b: &Bson) -> bool {
+    match (a, b) {
+        (Bson::Document(x), Bson::Document(y)) => documents_binary_equal(x, y),
+        (Bson::Array(x), Bson::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| binary_equal(p, q))
+        }
+        (Bson::Double(x), Bson::Double(y)) => x.to_bits() == y.to_bits(),
+        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => {
+            x.code == y.code && documents_binary_equal(&x.scope, &y.scope)
+        }
+        _ => a == b,
+    }
+}
+
+/// [`binary_equal`] for documents: the same fields in the same order with equal bytes.
+pub fn documents_binary_equal(a: &Document, b: &Document) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| ka == kb && binary_equal(va, vb))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_equality_sees_order_types_and_signed_zero() {
+        use bson::doc;
+        let a = Bson::Document(doc! {"x": 1, "y": 2});
+        assert!(binary_equal(&a, &Bson::Document(doc! {"x": 1, "y": 2})));
+        assert!(!binary_equal(&a, &Bson::Document(doc! {"y": 2, "x": 1})));
+        assert!(!binary_equal(&Bson::Int32(1), &Bson::Int64(1)));
+        assert!(!binary_equal(&Bson::Double(0.0), &Bson::Double(-0.0)));
+        assert!(binary_equal(
+            &Bson::Double(f64::NAN),
+            &Bson::Double(f64::NAN)
+        ));
+    }
+
     use bson::{doc, oid::ObjectId, Bson};
 
     #[test]

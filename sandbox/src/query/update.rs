@@ -1,17 +1,23 @@
-//! Update documents: replacements, operator updates (`$set`, `$inc`, `$push`, ...) and
-//! pipeline updates; upsert seeding; and the change-stream `updateDescription` diff.
+//! Update documents: replacements, operator updates (`$set`, `$inc`, `$push`, ..., with
+//! the positional `$`, `$[]` and `$[<identifier>]` operators) and pipeline updates; upsert
+//! seeding. How each kind is logged is in [`super::update_log`].
 
 use std::cmp::Ordering;
 
 use bson::{Bson, Document};
 
 use super::aggregate::apply_document_stage;
+use super::array_filters::{filtered_identifier, ArrayFilters};
 use super::matcher::{is_operator_doc, type_name, Matcher};
 use super::numeric::{add, is_number, multiply, zero_like};
 use super::order::{compare, values_equal};
 use super::sort::SortSpec;
+use super::update_log::{operator_log, pipeline_log, UpdateLog, WrittenPath};
 use super::write_path::{get_parts, remove_parts, set_parts, split_path};
 use crate::error::{codes, CmdResult, CommandError};
+
+/// Kept at its former path for the change-stream and storage code.
+pub use super::update_log::UpdateDescription;
 
 /// A parsed update argument.
 #[derive(Clone, Debug)]
@@ -112,6 +118,25 @@ impl UpdateSpec {
         }
     }
 
+    /// Checks the update against its `arrayFilters` before any document is touched: every
+    /// `$[<identifier>]` needs a filter and every filter must be used; pipelines take none.
+    pub fn check_array_filters(&self, filters: &ArrayFilters) -> CmdResult<()> {
+        match self {
+            UpdateSpec::Operators(ops) => {
+                let paths = ops
+                    .values()
+                    .filter_map(Bson::as_document)
+                    .flat_map(|fields| fields.keys().map(String::as_str));
+                filters.check_usage(paths, ops)
+            }
+            UpdateSpec::Pipeline(_) if !filters.is_empty() => Err(CommandError::failed_to_parse(
+                "arrayFilters may not be specified for pipeline-style updates",
+            )),
+            UpdateSpec::Replacement(r) => filters.check_usage(std::iter::empty(), r),
+            UpdateSpec::Pipeline(_) => Ok(()),
+        }
+    }
+
     /// Applies the update to `doc`. `query` is the filter that selected it (for the
     /// positional `$` operator); `is_upsert_insert` enables `$setOnInsert`.
     pub fn apply(
@@ -120,31 +145,59 @@ impl UpdateSpec {
         query: &Document,
         is_upsert_insert: bool,
     ) -> CmdResult<Document> {
-        let after = match self {
-            UpdateSpec::Replacement(r) => return replace(doc, r),
-            UpdateSpec::Operators(ops) => apply_operators(doc, ops, query, is_upsert_insert)?,
+        self.apply_logged(doc, query, &ArrayFilters::none(), is_upsert_insert)
+            .map(|(d, _)| d)
+    }
+
+    /// [`UpdateSpec::apply`] with `arrayFilters`, also returning how the server logs the
+    /// change (a replacement, or a delta computed the way this kind of update computes it).
+    pub fn apply_logged(
+        &self,
+        doc: &Document,
+        query: &Document,
+        filters: &ArrayFilters,
+        is_upsert_insert: bool,
+    ) -> CmdResult<(Document, UpdateLog)> {
+        match self {
+            UpdateSpec::Replacement(r) => Ok((replace(doc, r)?, UpdateLog::Replacement)),
+            UpdateSpec::Operators(ops) => {
+                let (after, written) = apply_operators(doc, ops, query, filters, is_upsert_insert)?;
+                let after = keep_id(doc, after)?;
+                let log = operator_log(doc, &after, &written);
+                Ok((after, log))
+            }
             UpdateSpec::Pipeline(stages) => {
                 let mut cur = doc.clone();
                 for stage in stages {
                     cur = apply_document_stage(&cur, stage)?;
                 }
-                cur
+                // A pipeline whose result lacks `_id` keeps the document's own.
+                if let (Some(id), false) = (doc.get("_id"), cur.contains_key("_id")) {
+                    cur.insert("_id", id.clone());
+                }
+                let after = keep_id(doc, cur)?;
+                let log = pipeline_log(doc, &after);
+                Ok((after, log))
             }
-        };
-        keep_id(doc, after)
+        }
     }
 
-    /// [`UpdateSpec::apply`] for the last application of this spec: a replacement's
-    /// document is moved into the result instead of copied (and left empty in `self`).
+    /// [`UpdateSpec::apply_logged`] for the last application of this spec: a
+    /// replacement's document is moved into the result instead of copied (and left empty
+    /// in `self`).
     pub fn apply_last(
         &mut self,
         doc: &Document,
         query: &Document,
+        filters: &ArrayFilters,
         is_upsert_insert: bool,
-    ) -> CmdResult<Document> {
+    ) -> CmdResult<(Document, UpdateLog)> {
         match self {
-            UpdateSpec::Replacement(r) => replace_owned(doc, std::mem::take(r)),
-            _ => self.apply(doc, query, is_upsert_insert),
+            UpdateSpec::Replacement(r) => Ok((
+                replace_owned(doc, std::mem::take(r))?,
+                UpdateLog::Replacement,
+            )),
+            _ => self.apply_logged(doc, query, filters, is_upsert_insert),
         }
     }
 }
@@ -252,12 +305,15 @@ fn keep_id(before: &Document, mut after: Document) -> CmdResult<Document> {
     Ok(after)
 }
 
+/// Applies operators; returns the new document and the paths written (sorted), for the
+/// log.
 fn apply_operators(
     doc: &Document,
     ops: &Document,
     query: &Document,
+    filters: &ArrayFilters,
     is_upsert_insert: bool,
-) -> CmdResult<Document> {
+) -> CmdResult<(Document, Vec<WrittenPath>)> {
     let mut field_ops = Vec::new();
     for (op, arg) in ops {
         let Bson::Document(fields) = arg else {
@@ -265,7 +321,7 @@ fn apply_operators(
         };
         for (path, value) in fields {
             validate_path(path)?;
-            for parts in resolve_positional(doc, path, query)? {
+            for parts in resolve_positional(doc, path, query, filters)? {
                 field_ops.push(FieldOp {
                     op,
                     parts,
@@ -277,10 +333,35 @@ fn apply_operators(
     check_conflicts(&field_ops)?;
     field_ops.sort_by(|a, b| a.parts.cmp(&b.parts));
     let mut out = doc.clone();
+    let mut written = Vec::with_capacity(field_ops.len() + 1);
     for fop in &field_ops {
         apply_one(&mut out, fop, is_upsert_insert)?;
+        if fop.op == "$rename" {
+            if let Bson::String(to) = fop.arg {
+                written.push(WrittenPath {
+                    parts: split_path(to),
+                    append_only: false,
+                });
+            }
+        }
+        written.push(WrittenPath {
+            parts: fop.parts.clone(),
+            append_only: fop.op == "$push" && is_plain_append(fop.arg),
+        });
     }
-    Ok(out)
+    written.sort_by(|a, b| a.parts.cmp(&b.parts));
+    Ok((out, written))
+}
+
+/// A `$push` that only appends (no `$position`, `$sort` or `$slice`): the server logs
+/// the new elements, not the whole array.
+fn is_plain_append(arg: &Bson) -> bool {
+    match arg {
+        Bson::Document(d) if d.contains_key("$each") => !["$position", "$sort", "$slice"]
+            .iter()
+            .any(|m| d.contains_key(*m)),
+        _ => true,
+    }
 }
 
 fn validate_path(path: &str) -> CmdResult<()> {
@@ -293,8 +374,14 @@ fn validate_path(path: &str) -> CmdResult<()> {
     Ok(())
 }
 
-/// Expands `$` (first array element matched by the query) and `$[]` (every element).
-fn resolve_positional(doc: &Document, path: &str, query: &Document) -> CmdResult<Vec<Vec<String>>> {
+/// Expands `$` (first array element matched by the query), `$[]` (every element) and
+/// `$[<identifier>]` (every element its array filter matches), at any depth.
+fn resolve_positional(
+    doc: &Document,
+    path: &str,
+    query: &Document,
+    filters: &ArrayFilters,
+) -> CmdResult<Vec<Vec<String>>> {
     let parts = split_path(path);
     if parts.iter().filter(|p| p.as_str() == "$").count() > 1 {
         return Err(CommandError::bad_value(format!(
@@ -312,25 +399,21 @@ fn resolve_positional(doc: &Document, path: &str, query: &Document) -> CmdResult
                     p.push(idx.to_string());
                     next.push(p);
                 }
-                "$[]" => {
-                    if let Some(Bson::Array(items)) = get_parts(doc, &prefix) {
-                        for i in 0..items.len() {
+                p if p == "$[]" || filtered_identifier(p).is_some() => {
+                    let filter = match filtered_identifier(p) {
+                        Some(id) => Some((id, filters.get(id, path)?)),
+                        None => None,
+                    };
+                    let items = array_at(doc, &prefix)?;
+                    for (i, item) in items.iter().enumerate() {
+                        let selected =
+                            filter.is_none_or(|(id, m)| ArrayFilters::element_matches(m, id, item));
+                        if selected {
                             let mut p = prefix.clone();
                             p.push(i.to_string());
                             next.push(p);
                         }
-                    } else {
-                        return Err(CommandError::bad_value(format!(
-                            "The path '{}' must exist in the document in order to apply array updates.",
-                            prefix.join(".")
-                        )));
                     }
-                }
-                p if p.starts_with("$[") => {
-                    let id = p.trim_start_matches("$[").trim_end_matches(']');
-                    return Err(CommandError::bad_value(format!(
-                        "No array filter found for identifier '{id}' in path '{path}'"
-                    )));
                 }
                 _ => {
                     let mut p = prefix.clone();
@@ -342,6 +425,21 @@ fn resolve_positional(doc: &Document, path: &str, query: &Document) -> CmdResult
         resolved = next;
     }
     Ok(resolved)
+}
+
+/// The array an all-positional or filtered-positional component applies to.
+fn array_at<'a>(doc: &'a Document, prefix: &[String]) -> CmdResult<&'a [Bson]> {
+    match get_parts(doc, prefix) {
+        Some(Bson::Array(items)) => Ok(items),
+        Some(other) => Err(CommandError::bad_value(format!(
+            "Cannot apply array updates to non-array element {}: {other}",
+            prefix.last().map(String::as_str).unwrap_or("")
+        ))),
+        None => Err(CommandError::bad_value(format!(
+            "The path '{}' must exist in the document in order to apply array updates.",
+            prefix.join(".")
+        ))),
+    }
 }
 
 fn positional_index(doc: &Document, prefix: &[String], query: &Document) -> CmdResult<usize> {
@@ -847,107 +945,6 @@ fn seed_from(query: &Document, out: &mut Document) {
     }
 }
 
-/// What changed between two versions of a document, in change-stream form.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct UpdateDescription {
-    pub updated_fields: Document,
-    pub removed_fields: Vec<String>,
-    pub truncated_arrays: Vec<(String, i32)>,
-    /// Paths whose dotted form is ambiguous (a numeric component, an array index or a
-    /// field name with a dot) -> their components (strings for field names, ints for
-    /// array indices), as change streams report them with `showExpandedEvents` (6.1+).
-    pub disambiguated_paths: Document,
-}
-
-/// Computes the `updateDescription` of an update from `before` to `after`.
-pub fn diff(before: &Document, after: &Document) -> UpdateDescription {
-    let mut desc = UpdateDescription::default();
-    diff_documents("", &mut Vec::new(), before, after, &mut desc);
-    desc
-}
-
-fn dotted(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-/// Records `path` in `disambiguatedPaths` when its dotted form is ambiguous.
-fn note_path(path: &str, components: &[Bson], desc: &mut UpdateDescription) {
-    let ambiguous = components.iter().any(|c| match c {
-        Bson::String(s) => {
-            s.contains('.') || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-        }
-        _ => true,
-    });
-    if ambiguous {
-        desc.disambiguated_paths
-            .insert(path.to_string(), Bson::Array(components.to_vec()));
-    }
-}
-
-fn diff_documents(
-    prefix: &str,
-    components: &mut Vec<Bson>,
-    before: &Document,
-    after: &Document,
-    desc: &mut UpdateDescription,
-) {
-    for key in before.keys() {
-        if !after.contains_key(key) {
-            let name = dotted(prefix, key);
-            components.push(Bson::String(key.clone()));
-            note_path(&name, components, desc);
-            components.pop();
-            desc.removed_fields.push(name);
-        }
-    }
-    for (key, new) in after {
-        let name = dotted(prefix, key);
-        components.push(Bson::String(key.clone()));
-        match (before.get(key), new) {
-            (Some(old), _) if old == new => {}
-            (Some(Bson::Document(o)), Bson::Document(n)) => {
-                diff_documents(&name, components, o, n, desc)
-            }
-            (Some(Bson::Array(o)), Bson::Array(n)) => diff_arrays(&name, components, o, n, desc),
-            _ => {
-                note_path(&name, components, desc);
-                desc.updated_fields.insert(name, new.clone());
-            }
-        }
-        components.pop();
-    }
-}
-
-fn diff_arrays(
-    name: &str,
-    components: &mut Vec<Bson>,
-    old: &[Bson],
-    new: &[Bson],
-    desc: &mut UpdateDescription,
-) {
-    if new.len() > old.len() && new[..old.len()] == *old {
-        for (i, v) in new.iter().enumerate().skip(old.len()) {
-            let path = format!("{name}.{i}");
-            components.push(Bson::Int32(i as i32));
-            note_path(&path, components, desc);
-            components.pop();
-            desc.updated_fields.insert(path, v.clone());
-        }
-    } else if new.len() < old.len() && old[..new.len()] == *new {
-        note_path(name, components, desc);
-        desc.truncated_arrays
-            .push((name.to_string(), new.len() as i32));
-    } else {
-        note_path(name, components, desc);
-        desc.updated_fields
-            .insert(name.to_string(), Bson::Array(new.to_vec()));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1269,19 +1266,6 @@ mod tests {
     }
 
     #[test]
-    fn diff_describes_changes_like_change_streams() {
-        let before = doc! {"_id": 1, "a": 1, "n": {"x": 1, "y": 2}, "arr": [1, 2], "t": [1, 2, 3], "r": [1, 2], "gone": 1};
-        let after = doc! {"_id": 1, "a": 2, "n": {"x": 1, "y": 3}, "arr": [1, 2, 3], "t": [1], "r": [2, 1], "new": true};
-        let d = diff(&before, &after);
-        assert_eq!(
-            d.updated_fields,
-            doc! {"a": 2, "n.y": 3, "arr.2": 3, "r": [2, 1], "new": true}
-        );
-        assert_eq!(d.removed_fields, vec!["gone".to_string()]);
-        assert_eq!(d.truncated_arrays, vec![("t".to_string(), 1)]);
-    }
-
-    #[test]
     fn moving_a_replacement_gives_the_same_bytes_as_copying_it() {
         let olds = [
             doc! {},
@@ -1303,7 +1287,9 @@ mod tests {
             for r in &replacements {
                 let copied = replace(old, r);
                 let mut spec = UpdateSpec::parse_owned(Bson::Document(r.clone())).expect("parse");
-                let moved = spec.apply_last(old, &doc! {}, false);
+                let moved = spec
+                    .apply_last(old, &doc! {}, &ArrayFilters::none(), false)
+                    .map(|(d, _)| d);
                 match (copied, moved) {
                     (Ok(a), Ok(b)) => assert_eq!(
                         bson::to_vec(&a).expect("encode"),

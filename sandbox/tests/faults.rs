@@ -284,6 +284,7 @@ async fn fail_command_fails_named_commands_and_counts() {
     .await
     .unwrap_err();
     assert_eq!(code(&e), 2);
+}
 
 /// Pins: on a member that is not primary, `appendOplogNote` and the other primary-only
 /// admin commands failed with 13435 NotPrimaryNoSecondaryOk (the code for reads without

@@ -15,7 +15,7 @@ use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
 use crate::query::order::OrdBson;
 use crate::query::update::UpdateDescription;
-use crate::storage::{ts_lt, EventKind, OplogEntry, Storage};
+use crate::storage::{ts_lt, EventKind, OplogEntry, OplogPosition, Storage};
 
 /// Largest batch returned, in bytes (the server's 16 MiB reply budget, less headroom).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -46,23 +46,45 @@ enum BeforeChange {
 const TOKEN_EVENT: u8 = 0;
 const TOKEN_INVALIDATE: u8 = 1;
 
-/// Encodes a resume token: hex of (time, increment, kind), so byte order is time order.
-pub fn encode_token(ts: Timestamp, kind: u8) -> Document {
-    let data = token_data(ts, kind);
+/// Length of a token's `_data`: "82", then time, increment, txnOpIndex, fragment and kind.
+const TOKEN_LEN: usize = 32;
+
+/// A decoded resume token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// The event's oplog position (cluster time and txnOpIndex).
+    pub position: OplogPosition,
+    /// Fragment of a split event (0 when the event is whole).
+    pub fragment: u16,
+    pub kind: u8,
+}
+
+/// Encodes a resume token: hex of (time, increment, txnOpIndex, fragment, kind), so byte
+/// order is stream order.
+pub fn encode_token(position: OplogPosition, kind: u8) -> Document {
+    encode_fragment_token(position, 0, kind)
+}
+
+/// [`encode_token`] for one fragment of a split event.
+pub fn encode_fragment_token(position: OplogPosition, fragment: u16, kind: u8) -> Document {
+    let data = token_data(position, fragment, kind);
     doc! {"_data": String::from_utf8_lossy(&data).into_owned()}
 }
 
-/// The `_data` string of a token: "82", time, increment and kind in upper-case hex.
-fn token_data(ts: Timestamp, kind: u8) -> [u8; 20] {
+/// The `_data` string of a token, in upper-case hex.
+fn token_data(position: OplogPosition, fragment: u16, kind: u8) -> [u8; TOKEN_LEN] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = [0u8; 20];
+    let mut out = [0u8; TOKEN_LEN];
     out[0] = b'8';
     out[1] = b'2';
-    let bytes = ts
+    let bytes = position
+        .ts
         .time
         .to_be_bytes()
         .into_iter()
-        .chain(ts.increment.to_be_bytes())
+        .chain(position.ts.increment.to_be_bytes())
+        .chain(position.op.to_be_bytes())
+        .chain(fragment.to_be_bytes())
         .chain([kind]);
     for (i, b) in bytes.enumerate() {
         out[2 + 2 * i] = HEX[usize::from(b >> 4)];
@@ -71,16 +93,26 @@ fn token_data(ts: Timestamp, kind: u8) -> [u8; 20] {
     out
 }
 
-fn decode_token(token: &Document) -> CmdResult<(Timestamp, u8)> {
+pub fn decode_token(token: &Document) -> CmdResult<Token> {
     let bad = || CommandError::new(codes::INVALID_RESUME_TOKEN, "invalid resume token");
     let data = token.get_str("_data").map_err(|_| bad())?;
-    if data.len() != 20 || !data.starts_with("82") {
+    if data.len() != TOKEN_LEN || !data.starts_with("82") || !data.is_ascii() {
         return Err(bad());
     }
-    let time = u32::from_str_radix(&data[2..10], 16).map_err(|_| bad())?;
-    let increment = u32::from_str_radix(&data[10..18], 16).map_err(|_| bad())?;
-    let kind = u8::from_str_radix(&data[18..20], 16).map_err(|_| bad())?;
-    Ok((Timestamp { time, increment }, kind))
+    let hex32 = |r: std::ops::Range<usize>| u32::from_str_radix(&data[r], 16).map_err(|_| bad());
+    let time = hex32(2..10)?;
+    let increment = hex32(10..18)?;
+    let op = hex32(18..26)?;
+    let fragment = u16::from_str_radix(&data[26..30], 16).map_err(|_| bad())?;
+    let kind = u8::from_str_radix(&data[30..32], 16).map_err(|_| bad())?;
+    Ok(Token {
+        position: OplogPosition {
+            ts: Timestamp { time, increment },
+            op,
+        },
+        fragment,
+        kind,
+    })
 }
 
 /// An open change stream: where it is in the oplog and how to render events.
@@ -93,8 +125,8 @@ pub struct ChangeStream {
     /// Whether update events carry `disambiguatedPaths` (servers 6.1+, with
     /// `showExpandedEvents`).
     pub disambiguate: bool,
-    /// Entries with ts <= after (or < after when `inclusive`) have been consumed.
-    after: Timestamp,
+    /// Entries at or before `after` (before it when `inclusive`) have been consumed.
+    after: OplogPosition,
     inclusive: bool,
     /// Set after an invalidating event; the next batch carries the invalidate.
     pending_invalidate: Option<(Timestamp, bson::DateTime)>,
@@ -195,20 +227,19 @@ impl ChangeStream {
         let (after, inclusive, pending_invalidate) = if let Ok(token) =
             spec.get_document("resumeAfter")
         {
-            let (ts, kind) = decode_token(token)?;
-            if kind == TOKEN_INVALIDATE {
+            let t = decode_token(token)?;
+            if t.kind == TOKEN_INVALIDATE {
                 return Err(CommandError::new(
                     codes::INVALID_RESUME_TOKEN,
                     "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
                 ));
             }
-            (ts, false, None)
+            (t.position, false, None)
         } else if let Ok(token) = spec.get_document("startAfter") {
-            let (ts, _) = decode_token(token)?;
-            (ts, false, None)
+            (decode_token(token)?.position, false, None)
         } else if let Some(v) = spec.get("startAtOperationTime") {
             match v {
-                Bson::Timestamp(ts) => (*ts, true, None),
+                Bson::Timestamp(ts) => (OplogPosition::at(*ts), true, None),
                 _ => {
                     return Err(CommandError::type_mismatch(
                         "startAtOperationTime must be a timestamp",
@@ -216,15 +247,15 @@ impl ChangeStream {
                 }
             }
         } else {
-            (storage.cluster_time(), false, None)
+            (OplogPosition::end_of(storage.cluster_time()), false, None)
         };
         let lost = if inclusive {
             storage
                 .oplog
                 .truncated_through
-                .is_some_and(|t| !ts_lt(t, after))
+                .is_some_and(|t| !ts_lt(t, after.ts))
         } else {
-            storage.oplog.lost_after(after)
+            storage.oplog.lost_after(after.ts)
         };
         if lost {
             return Err(history_lost());
@@ -256,13 +287,13 @@ impl ChangeStream {
     /// The resume token of the current position (postBatchResumeToken of an empty batch).
     fn position_token(&self, storage: &mut Storage) -> Document {
         // Everything up to the cluster time has been examined once a batch ends empty.
+        // At the cluster time itself the last event's own token stands for it.
         let now = storage.cluster_time();
-        let ts = if ts_lt(self.after, now) {
-            now
+        if ts_lt(self.after.ts, now) {
+            encode_token(OplogPosition::end_of(now), TOKEN_EVENT)
         } else {
-            self.after
-        };
-        encode_token(ts, TOKEN_EVENT)
+            encode_token(self.after, TOKEN_EVENT)
+        }
     }
 
     /// Next events (up to `max`), encoded, with the postBatchResumeToken to report.
@@ -277,7 +308,7 @@ impl ChangeStream {
         }
         if let Some((ts, wall)) = self.pending_invalidate.take() {
             self.finished = true;
-            let token = encode_token(ts, TOKEN_INVALIDATE);
+            let token = encode_token(OplogPosition::at(ts), TOKEN_INVALIDATE);
             let event = doc! {"_id": token.clone(), "operationType": "invalidate", "clusterTime": ts, "wallTime": wall};
             batch.push(&event)?;
             return Ok((batch, token));
@@ -286,20 +317,17 @@ impl ChangeStream {
             storage
                 .oplog
                 .truncated_through
-                .is_some_and(|t| !ts_lt(t, self.after))
+                .is_some_and(|t| !ts_lt(t, self.after.ts))
         } else {
-            storage.oplog.lost_after(self.after)
+            storage.oplog.lost_after(self.after.ts)
         };
         if lost {
             return Err(history_lost());
         }
         let start = if self.inclusive {
-            storage
-                .oplog
-                .entries
-                .partition_point(|e| ts_lt(e.ts, self.after))
+            storage.oplog.index_at(self.after)
         } else {
-            storage.oplog.position_after(self.after)
+            storage.oplog.index_after(self.after)
         };
         // Without a filter or stages (or with only a simple inclusion `$project`), events
         // go straight to bytes.
@@ -311,7 +339,7 @@ impl ChangeStream {
         while i < end && batch.len() < max {
             let entry = &storage.oplog.entries[i];
             i += 1;
-            self.after = entry.ts;
+            self.after = entry.position();
             self.inclusive = false;
             if !self.shows(entry) {
                 continue;
@@ -340,7 +368,7 @@ impl ChangeStream {
                     batch.push(&self.apply_stages(event.0)?)?;
                 }
             }
-            last_ts = Some(entry.ts);
+            last_ts = Some(entry.position());
             if self.invalidated_by(entry) {
                 self.pending_invalidate = Some((entry.ts, entry.wall));
                 break;
@@ -356,10 +384,8 @@ impl ChangeStream {
         };
         if i >= end && self.pending_invalidate.is_none() {
             // Caught up: everything up to the cluster time is consumed.
-            let now = storage.cluster_time();
-            if ts_lt(self.after, now) {
-                self.after = now;
-            }
+            let now = OplogPosition::end_of(storage.cluster_time());
+            self.after = self.after.max(now);
         }
         Ok((batch, token))
     }
@@ -421,7 +447,7 @@ impl ChangeStream {
         entry: &OplogEntry,
         ev: &mut impl EventSink,
     ) -> CmdResult<()> {
-        ev.token("_id", entry.ts, TOKEN_EVENT)?;
+        ev.token("_id", entry.position(), TOKEN_EVENT)?;
         ev.string("operationType", entry.kind.operation_type())?;
         ev.value("clusterTime", &Bson::Timestamp(entry.ts))?;
         ev.value("wallTime", &Bson::DateTime(entry.wall))?;
@@ -482,6 +508,10 @@ impl ChangeStream {
             }
             _ => {}
         }
+        if let Some(txn) = &entry.txn {
+            ev.document("lsid", &txn.lsid)?;
+            ev.value("txnNumber", &Bson::Int64(txn.txn_number))?;
+        }
         if matches!(
             entry.kind,
             EventKind::Update | EventKind::Replace | EventKind::Delete
@@ -508,7 +538,7 @@ impl ChangeStream {
 /// and later stages need, [`EventBytes`] writes BSON without copying any document.
 trait EventSink {
     /// A resume token `{_data: ...}`.
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()>;
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()>;
     fn string(&mut self, key: &str, s: &str) -> CmdResult<()>;
     /// A small value (timestamps, dates, null).
     fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()>;
@@ -524,8 +554,8 @@ trait EventSink {
 struct EventDocument(Document);
 
 impl EventSink for EventDocument {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
-        self.0.insert(key, encode_token(ts, kind));
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
+        self.0.insert(key, encode_token(position, kind));
         Ok(())
     }
     fn string(&mut self, key: &str, s: &str) -> CmdResult<()> {
@@ -581,9 +611,9 @@ impl Projected<'_, '_> {
 }
 
 impl EventSink for Projected<'_, '_> {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
         if self.keeps(key) {
-            self.inner.token(key, ts, kind)?;
+            self.inner.token(key, position, kind)?;
         }
         Ok(())
     }
@@ -629,11 +659,11 @@ impl EventSink for Projected<'_, '_> {
 struct EventBytes<'a>(&'a mut Vec<u8>);
 
 impl EventSink for EventBytes<'_> {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
         encode::element_header(self.0, ElementType::EmbeddedDocument, key)?;
         let start = encode::open(self.0);
         encode::element_header(self.0, ElementType::String, "_data")?;
-        let data = token_data(ts, kind);
+        let data = token_data(position, 0, kind);
         self.0
             .extend_from_slice(&(data.len() as i32 + 1).to_le_bytes());
         self.0.extend_from_slice(&data);

@@ -104,6 +104,8 @@ pub struct Server {
     /// Per session (`lsid` bytes): the latest retryable write's txnNumber and reply. Like
     /// the server's session records, one per session: older txnNumbers are refused.
     pub retry_cache: Mutex<std::collections::HashMap<Vec<u8>, (i64, crate::wire::Reply)>>,
+    /// Open and recent multi-document transactions, per session.
+    pub transactions: crate::transaction::Transactions,
     /// Bumped to make every connection close (fault injection, stepdown).
     pub disconnect: watch::Sender<u64>,
     pub started: Instant,
@@ -233,6 +235,7 @@ impl Sandbox {
             term: AtomicI64::new(1),
             next_connection_id: AtomicI64::new(1),
             retry_cache: Mutex::new(Default::default()),
+            transactions: Default::default(),
             disconnect,
             started: Instant::now(),
         });

@@ -11,6 +11,26 @@ use crate::query::projection::Projection;
 use crate::query::sort::SortSpec;
 use crate::query::update::{upsert_seed, UpdateSpec};
 use crate::storage::{Collection, Storage};
+use crate::transaction::{holds_any, wait_for_transaction};
+
+/// Whether a statement with this filter could touch a document an open transaction
+/// holds (then the write waits for the transaction, as on the server).
+fn filter_hits_lock(storage: &Storage, db: &str, coll: &str, q: &Document) -> bool {
+    if storage.locks.is_empty() {
+        return false;
+    }
+    let Ok(m) = Matcher::new(q) else {
+        return false;
+    };
+    if m.id_set()
+        .is_some_and(|ids| holds_any(storage, db, coll, ids))
+    {
+        return true;
+    }
+    storage
+        .collection(db, coll)
+        .is_some_and(|c| holds_any(storage, db, coll, &matching_ids(c, &m, None, None)))
+}
 
 fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>> {
     ctx.cmd
@@ -104,8 +124,18 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         None => statements(ctx, "documents")?.into_iter().cloned().collect(),
     };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if holds_any(
+        &storage,
+        &ctx.db,
+        &coll,
+        docs.iter().filter_map(|d| d.get("_id")),
+    ) {
+        drop(storage);
+        ctx.documents = Some(docs.into_iter().map(Bson::Document).collect());
+        return Err(wait_for_transaction());
+    }
     let mut n = 0;
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
@@ -312,8 +342,16 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         None => statements(ctx, "updates")?.into_iter().cloned().collect(),
     };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if stmts.iter().any(|st| {
+        st.get_document("q")
+            .is_ok_and(|q| filter_hits_lock(&storage, &ctx.db, &coll, q))
+    }) {
+        drop(storage);
+        ctx.documents = Some(stmts.into_iter().map(Bson::Document).collect());
+        return Err(wait_for_transaction());
+    }
     let (mut n, mut modified) = (0i64, 0i64);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
@@ -376,8 +414,14 @@ pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let stmts = statements(ctx, "deletes")?;
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if stmts.iter().any(|st| {
+        st.get_document("q")
+            .is_ok_and(|q| filter_hits_lock(&storage, &ctx.db, &coll, q))
+    }) {
+        return Err(wait_for_transaction());
+    }
     let mut n = 0i64;
     let mut errors = Vec::new();
     for (i, stmt) in stmts.into_iter().enumerate() {
@@ -444,8 +488,11 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         Some(p) => p.apply(&d),
         None => d,
     };
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if filter_hits_lock(&storage, &ctx.db, &coll, &query) {
+        return Err(wait_for_transaction());
+    }
     if remove {
         let matcher = Matcher::new(&query)?;
         let ids = match storage.collection(&ctx.db, &coll) {
@@ -504,7 +551,7 @@ pub fn count(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .get("limit")
         .and_then(crate::commands::ddl::as_usize)
         .filter(|l| *l > 0);
-    let storage = ctx.server.storage.lock();
+    let storage = ctx.storage();
     let n = match storage.collection(&ctx.db, &coll) {
         Some(c) if query.is_empty() => c.docs.len(),
         Some(c) => c.docs.values().filter(|d| matcher.matches(d)).count(),
@@ -524,7 +571,7 @@ pub fn distinct(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .to_string();
     let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
     let matcher = Matcher::new(&query)?;
-    let storage = ctx.server.storage.lock();
+    let storage = ctx.storage();
     let mut values: std::collections::BTreeSet<OrdBson> = std::collections::BTreeSet::new();
     if let Some(c) = storage.collection(&ctx.db, &coll) {
         for d in c.docs.values().filter(|d| matcher.matches(d)) {

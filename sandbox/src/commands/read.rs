@@ -129,12 +129,7 @@ fn encoded_cursor_reply(
 }
 
 fn oplog_documents(storage: &Storage) -> Vec<Document> {
-    storage
-        .oplog
-        .entries
-        .iter()
-        .map(|e| e.to_oplog_document())
-        .collect()
+    storage.oplog.documents()
 }
 
 /// Index bounds of a find with `min`/`max` (only on the `_id` index): [min, max).
@@ -323,7 +318,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let single_batch = single_batch || ctx.cmd.get_bool("singleBatch").unwrap_or(false);
     let batch_size = ctx.cmd.get("batchSize").and_then(as_usize);
     if let Ok(hint) = ctx.cmd.get_document("hint") {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
             if !hint.is_empty()
                 && !hint.contains_key("$natural")
@@ -336,7 +331,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         }
     }
     if let Ok(name) = ctx.cmd.get_str("hint") {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
             if c.index(name).is_none() {
                 return Err(CommandError::bad_value(
@@ -347,7 +342,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let bounds = IdBounds::parse(ctx.cmd)?;
     let mut docs = {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
     };
     if let Some(s) = &sort {
@@ -444,7 +439,7 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
     let (input, stages) = {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
             Some(sampled) => (sampled, &pipeline[1..]),
             None => (

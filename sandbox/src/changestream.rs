@@ -288,7 +288,7 @@ impl ChangeStream {
     fn position_token(&self, storage: &mut Storage) -> Document {
         // Everything up to the cluster time has been examined once a batch ends empty.
         // At the cluster time itself the last event's own token stands for it.
-        let now = storage.cluster_time();
+        let now = storage.majority_point();
         if ts_lt(self.after.ts, now) {
             encode_token(OplogPosition::end_of(now), TOKEN_EVENT)
         } else {
@@ -334,7 +334,13 @@ impl ChangeStream {
         let raw = self.filter.is_none() && (self.stages.is_empty() || self.project.is_some());
         // Only the last event's token is reported; it is encoded once, at the end.
         let mut last_ts = None;
-        let end = storage.oplog.entries.len();
+        // Only majority-committed entries are shown.
+        let end = if storage.majority_lags() {
+            let point = storage.majority_point();
+            storage.oplog.index_after(OplogPosition::end_of(point))
+        } else {
+            storage.oplog.entries.len()
+        };
         let mut i = start;
         while i < end && batch.len() < max {
             let entry = &storage.oplog.entries[i];
@@ -384,7 +390,7 @@ impl ChangeStream {
         };
         if i >= end && self.pending_invalidate.is_none() {
             // Caught up: everything up to the cluster time is consumed.
-            let now = OplogPosition::end_of(storage.cluster_time());
+            let now = OplogPosition::end_of(storage.majority_point());
             self.after = self.after.max(now);
         }
         Ok((batch, token))

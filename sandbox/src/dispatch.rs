@@ -190,7 +190,7 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                         name: &name,
                         documents: documents.take(),
                         cursor: None,
-                        txn_storage: None,
+                        txn_storage: majority_snapshot(server, &db, &cmd, &name, spec),
                     };
                     run_waiting_for_transactions(&mut ctx, spec).await
                 }
@@ -199,12 +199,73 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     };
     if spec.effect != Effect::Read && result.is_ok() {
         server.oplog_appended.notify_waiters();
+        wait_for_majority(server, &cmd).await;
     }
     let result = result.map_err(|e| label(e, &cmd, &name, spec));
     if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
         server.retry_cache.lock().insert(lsid, (txn, reply.clone()));
     }
     finish(server, result)
+}
+
+/// Under the majority lag fault, a read with readConcern majority or snapshot (outside a
+/// transaction) reads its collection as of the majority commit point.
+fn majority_snapshot(
+    server: &Arc<Server>,
+    db: &str,
+    cmd: &Document,
+    name: &str,
+    spec: &CommandSpec,
+) -> Option<Mutex<Storage>> {
+    if server.faults.majority_lag_ms.load(Ordering::SeqCst) == 0
+        || spec.effect != Effect::Read
+        || db == "local"
+    {
+        return None;
+    }
+    let level = cmd
+        .get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok());
+    if !matches!(level, Some("majority" | "snapshot")) {
+        return None;
+    }
+    let is_change_stream = cmd
+        .get_array("pipeline")
+        .ok()
+        .and_then(|p| p.first())
+        .and_then(|s| s.as_document())
+        .is_some_and(|s| s.contains_key("$changeStream"));
+    let coll = cmd.get_str(name).ok()?;
+    if is_change_stream {
+        return None;
+    }
+    let mut storage = server.storage.lock();
+    let point = storage.majority_point();
+    Some(Mutex::new(storage.snapshot_of(db, coll, point)))
+}
+
+/// `writeConcern: {w: "majority"}` under the majority lag fault: waits until the majority
+/// commit point reaches the write.
+async fn wait_for_majority(server: &Arc<Server>, cmd: &Document) {
+    if server.faults.majority_lag_ms.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let majority = cmd
+        .get_document("writeConcern")
+        .ok()
+        .is_some_and(|wc| wc.get_str("w") == Ok("majority"));
+    if !majority {
+        return;
+    }
+    let target = server.storage.lock().cluster_time();
+    loop {
+        let point = server.storage.lock().majority_point();
+        if !crate::storage::ts_lt(point, target) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// Runs a handler; a write that touches a document an open transaction holds waits for

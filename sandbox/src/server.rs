@@ -84,6 +84,8 @@ pub struct Faults {
     pub stepped_down_until: Mutex<Option<Instant>>,
     /// Added before each reply, in microseconds.
     pub latency_us: AtomicU64,
+    /// The majority lag fault in milliseconds (0: none); read without the storage lock.
+    pub majority_lag_ms: AtomicU64,
 }
 
 /// State shared by every connection of one server.
@@ -155,6 +157,16 @@ impl Server {
         self.faults
             .latency_us
             .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+    /// Makes the majority commit point trail the last write by `lag` (zero: no lag), as
+    /// on a replica set whose secondaries are slow: majority reads and change streams see
+    /// only what is older, `w: "majority"` writes wait for it.
+    pub fn set_majority_lag(&self, lag: Duration) {
+        self.faults
+            .majority_lag_ms
+            .store(lag.as_millis() as u64, Ordering::SeqCst);
+        self.storage.lock().set_majority_lag(lag);
+        self.oplog_appended.notify_waiters();
     }
     /// Drops oplog history, keeping only the newest `keep_last` entries.
     pub fn truncate_oplog(&self, keep_last: usize) {
@@ -314,6 +326,10 @@ impl Sandbox {
     }
     pub fn truncate_oplog(&self, keep_last: usize) {
         self.server.truncate_oplog(keep_last);
+    }
+    /// See [`Server::set_majority_lag`].
+    pub fn set_majority_lag(&self, lag: Duration) {
+        self.server.set_majority_lag(lag);
     }
     /// Blocks until the server stops (it never does on its own; used by the CLI).
     pub fn wait(mut self) {

@@ -655,6 +655,10 @@ pub struct Storage {
     pub versions: crate::versions::Versions,
     /// Documents held by open transactions.
     pub locks: crate::transaction::Locks,
+    /// Set by the `majorityLagMs` fault: how far the majority commit point trails the
+    /// last write, and the cluster time when the fault was set (everything written before
+    /// it counts as majority-committed).
+    pub majority_lag: Option<(std::time::Duration, Timestamp)>,
 }
 
 /// A pending change for [`Storage::append`].
@@ -775,6 +779,63 @@ impl Storage {
     /// Appends an entry whose timestamp was taken with [`Self::next_timestamp`].
     pub fn push_entry(&mut self, entry: OplogEntry) {
         self.oplog.push(entry);
+    }
+
+    /// Sets (or clears, with zero) the majority lag fault.
+    pub fn set_majority_lag(&mut self, lag: std::time::Duration) {
+        if lag.is_zero() {
+            self.majority_lag = None;
+            self.versions.majority_floor = None;
+            self.versions.prune();
+            return;
+        }
+        let since = match self.majority_lag {
+            Some((_, since)) => since,
+            None => self.cluster_time(),
+        };
+        self.majority_lag = Some((lag, since));
+        self.versions.majority_floor = Some(self.majority_point());
+    }
+
+    /// The majority commit point: the cluster time, or under the majority lag fault the
+    /// newest entry written at least the lag ago. Keeps history after it readable.
+    pub fn majority_point(&mut self) -> Timestamp {
+        let Some((lag, since)) = self.majority_lag else {
+            return self.cluster_time();
+        };
+        let cutoff = DateTime::now().timestamp_millis() - lag.as_millis() as i64;
+        let n = self
+            .oplog
+            .entries
+            .partition_point(|e| e.wall.timestamp_millis() <= cutoff);
+        let point = match n.checked_sub(1).map(|i| self.oplog.entries[i].ts) {
+            Some(ts) if ts_lt(since, ts) => ts,
+            _ => since,
+        };
+        self.versions.majority_floor = Some(point);
+        point
+    }
+
+    /// Whether reads at majority see an older state than local reads.
+    pub fn majority_lags(&self) -> bool {
+        self.majority_lag.is_some()
+    }
+
+    /// A private copy of `db.coll` as of `ts` (for reads at the majority commit point).
+    pub fn snapshot_of(&self, db: &str, coll: &str, ts: Timestamp) -> Storage {
+        let mut out = Storage::workspace();
+        if let Some(c) = self.collection(db, coll) {
+            let docs = self
+                .versions
+                .docs_at(db, coll, &c.docs, ts)
+                .unwrap_or_else(|| c.docs.clone());
+            out.dbs
+                .entry(db.to_string())
+                .or_default()
+                .collections
+                .insert(coll.to_string(), c.with_docs(docs));
+        }
+        out
     }
 
     /// Appends a no-op entry (appendOplogNote), moving cluster time forward.

@@ -19,6 +19,11 @@ use crate::storage::{ts_lt, EventKind, OplogEntry, OplogPosition, Storage};
 
 /// Largest batch returned, in bytes (the server's 16 MiB reply budget, less headroom).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// Largest event a stream can return (the server's internal BSON limit, 16 MB + 16 KB);
+/// a larger one fails the stream with 10334 BSONObjectTooLarge unless it is split.
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024 + 16 * 1024;
+/// 10334 BSONObjectTooLarge.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -137,6 +142,12 @@ pub struct ChangeStream {
     /// When the only stage is a `$project` including top-level fields: those fields,
     /// rendered straight to bytes like a stream without stages.
     project: Option<Vec<String>>,
+    /// The pipeline ends with `$changeStreamSplitLargeEvent`: events over 16 MB come as
+    /// fragments.
+    split: bool,
+    /// Resumed from a fragment's token: the event at this position resumes after that
+    /// fragment.
+    resume_fragment: Option<(OplogPosition, u16)>,
 }
 
 /// The fields of `[{$project: {a: 1, b: true, ...}}]` when it only includes top-level
@@ -260,6 +271,45 @@ impl ChangeStream {
         if lost {
             return Err(history_lost());
         }
+        let mut rest = rest;
+        let mut split = false;
+        if let Some((last, before)) = rest.split_last() {
+            if last.contains_key("$changeStreamSplitLargeEvent") {
+                split = true;
+                rest = before;
+            }
+        }
+        if rest
+            .iter()
+            .any(|s| s.contains_key("$changeStreamSplitLargeEvent"))
+        {
+            return Err(CommandError::new(
+                7182802,
+                "$changeStreamSplitLargeEvent must be the last stage of the pipeline",
+            ));
+        }
+        let mut resume_fragment = None;
+        if let Some(token) = spec
+            .get_document("resumeAfter")
+            .or_else(|_| spec.get_document("startAfter"))
+            .ok()
+        {
+            let t = decode_token(token)?;
+            if t.fragment > 0 {
+                if !split {
+                    return Err(CommandError::new(
+                        codes::CHANGE_STREAM_FATAL_ERROR,
+                        "To resume from a split event, the $changeStream pipeline must end with $changeStreamSplitLargeEvent",
+                    ));
+                }
+                resume_fragment = Some((t.position, t.fragment));
+            }
+        }
+        // Resuming inside a split event reads that event again, for its later fragments.
+        let (after, inclusive) = match resume_fragment {
+            Some((position, _)) => (position, true),
+            None => (after, inclusive),
+        };
         let mut filter = None;
         let mut stages = Vec::new();
         for stage in rest {
@@ -281,6 +331,8 @@ impl ChangeStream {
             filter,
             project: simple_projection(&stages),
             stages,
+            split,
+            resume_fragment,
         })
     }
 
@@ -331,9 +383,12 @@ impl ChangeStream {
         };
         // Without a filter or stages (or with only a simple inclusion `$project`), events
         // go straight to bytes.
-        let raw = self.filter.is_none() && (self.stages.is_empty() || self.project.is_some());
+        let raw = self.filter.is_none()
+            && !self.split
+            && (self.stages.is_empty() || self.project.is_some());
         // Only the last event's token is reported; it is encoded once, at the end.
         let mut last_ts = None;
+        let mut last_fragment = 0u16;
         // Only majority-committed entries are shown.
         let end = if storage.majority_lags() {
             let point = storage.majority_point();
@@ -344,13 +399,16 @@ impl ChangeStream {
         let mut i = start;
         while i < end && batch.len() < max {
             let entry = &storage.oplog.entries[i];
+            let (after_before, inclusive_before) = (self.after, self.inclusive);
             i += 1;
             self.after = entry.position();
             self.inclusive = false;
             if !self.shows(entry) {
                 continue;
             }
+            last_fragment = 0;
             if raw {
+                let before = batch.doc_bytes();
                 batch.push_with(|buf| {
                     let start = encode::open(buf);
                     match &self.project {
@@ -367,11 +425,47 @@ impl ChangeStream {
                     encode::end(buf, start);
                     Ok::<_, CommandError>(())
                 })?;
+                let size = batch.doc_bytes() - before;
+                if size > MAX_EVENT_BYTES {
+                    return Err(too_large(size, entry.position()));
+                }
             } else {
                 let mut event = EventDocument(Document::new());
                 self.render(storage, entry, &mut event)?;
                 if self.filter.as_ref().is_none_or(|m| m.matches(&event.0)) {
-                    batch.push(&self.apply_stages(event.0)?)?;
+                    let event = self.apply_stages(event.0)?;
+                    let size = crate::storage::encoded_size(&event);
+                    if size <= MAX_EVENT_BYTES {
+                        batch.push(&event)?;
+                    } else if !self.split {
+                        return Err(too_large(size, entry.position()));
+                    } else {
+                        // A split event starts a batch of its own, so all its fragments
+                        // go out together.
+                        if !batch.is_empty() {
+                            self.after = after_before;
+                            self.inclusive = inclusive_before;
+                            i -= 1;
+                            break;
+                        }
+                        let fragments = split_event(event, entry.position())?;
+                        let of = fragments.len() as u16;
+                        let skip = match self.resume_fragment.take() {
+                            Some((at, n)) if at == entry.position() => n,
+                            _ => 0,
+                        };
+                        for (n, fragment) in fragments.into_iter().enumerate() {
+                            let n = n as u16 + 1;
+                            if n > skip {
+                                batch.push(&fragment)?;
+                            }
+                        }
+                        if skip >= of {
+                            // Resumed after the last fragment: the event is done.
+                            continue;
+                        }
+                        last_fragment = of;
+                    }
                 }
             }
             last_ts = Some(entry.position());
@@ -383,10 +477,10 @@ impl ChangeStream {
                 break;
             }
         }
-        let token = if i >= end && self.pending_invalidate.is_none() {
+        let token = if i >= end && self.pending_invalidate.is_none() && last_fragment == 0 {
             self.position_token(storage)
         } else {
-            encode_token(last_ts.unwrap_or(self.after), TOKEN_EVENT)
+            encode_fragment_token(last_ts.unwrap_or(self.after), last_fragment, TOKEN_EVENT)
         };
         if i >= end && self.pending_invalidate.is_none() {
             // Caught up: everything up to the cluster time is consumed.
@@ -732,6 +826,68 @@ impl EventSink for EventBytes<'_> {
         encode::end(self.0, start);
         Ok(())
     }
+}
+
+/// 10334 BSONObjectTooLarge for an event of `size` bytes.
+fn too_large(size: usize, position: OplogPosition) -> CommandError {
+    CommandError::new(
+        BSON_OBJECT_TOO_LARGE,
+        format!(
+            "BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and {MAX_EVENT_BYTES}(16MB) First element: _id: {}",
+            encode_token(position, TOKEN_EVENT)
+        ),
+    )
+}
+
+/// Splits an event over 16 MB into fragments (as `$changeStreamSplitLargeEvent`): each
+/// `{_id: <fragment token>, splitEvent: {fragment, of}, ...fields}` under the limit; the
+/// smallest top-level fields go first, so the first fragment carries most of the event's
+/// context; fields keep their order within a fragment. A single field too large for a
+/// fragment fails with BSONObjectTooLarge, as on the server.
+fn split_event(event: Document, position: OplogPosition) -> CmdResult<Vec<Document>> {
+    // Room for `_id` and `splitEvent` in each fragment.
+    const OVERHEAD: usize = 256;
+    let mut fields: Vec<(usize, String, Bson, usize)> = event
+        .into_iter()
+        .filter(|(k, _)| k != "_id")
+        .enumerate()
+        .map(|(order, (k, v))| {
+            let size = crate::storage::encoded_size(&doc! {k.clone(): v.clone()});
+            (order, k, v, size)
+        })
+        .collect();
+    fields.sort_by_key(|f| f.3);
+    let mut groups: Vec<Vec<(usize, String, Bson)>> = vec![Vec::new()];
+    let mut bytes = OVERHEAD;
+    for (order, k, v, size) in fields {
+        if size + OVERHEAD > MAX_EVENT_BYTES {
+            return Err(too_large(size, position));
+        }
+        if bytes + size > MAX_EVENT_BYTES {
+            groups.push(Vec::new());
+            bytes = OVERHEAD;
+        }
+        bytes += size;
+        if let Some(g) = groups.last_mut() {
+            g.push((order, k, v));
+        }
+    }
+    let of = groups.len();
+    Ok(groups
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut group)| {
+            group.sort_by_key(|f| f.0);
+            let mut fragment = doc! {
+                "_id": encode_fragment_token(position, n as u16 + 1, TOKEN_EVENT),
+                "splitEvent": {"fragment": n as i32 + 1, "of": of as i32},
+            };
+            for (_, k, v) in group {
+                fragment.insert(k, v);
+            }
+            fragment
+        })
+        .collect())
 }
 
 fn history_lost() -> CommandError {

@@ -105,6 +105,32 @@ fn validate(
     ))
 }
 
+/// The largest document a user may store (16 MiB).
+const MAX_USER_DOCUMENT: usize = crate::wire::MAX_BSON_SIZE;
+
+/// An inserted document over 16 MiB fails as on the server: 2 BadValue.
+fn check_insert_size(doc: &Document) -> CmdResult<()> {
+    let size = crate::storage::encoded_size(doc);
+    if size > MAX_USER_DOCUMENT {
+        return Err(CommandError::bad_value(format!(
+            "object to insert too large. size in bytes: {size}, max size: {MAX_USER_DOCUMENT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A document grown over 16 MiB by an update fails as on the server: 17419.
+fn check_update_size(doc: &Document) -> CmdResult<()> {
+    let size = crate::storage::encoded_size(doc);
+    if size > MAX_USER_DOCUMENT {
+        return Err(CommandError::new(
+            17419,
+            format!("Resulting document after update is larger than {MAX_USER_DOCUMENT}"),
+        ));
+    }
+    Ok(())
+}
+
 fn bypasses_validation(cmd: &Document) -> bool {
     cmd.get_bool("bypassDocumentValidation").unwrap_or(false)
 }
@@ -140,7 +166,8 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
     for (i, d) in docs.into_iter().enumerate() {
-        let inserted = validate(&storage, &ctx.db, &coll, &d, None, bypass)
+        let inserted = check_insert_size(&d)
+            .and_then(|()| validate(&storage, &ctx.db, &coll, &d, None, bypass))
             .and_then(|()| storage.insert(&ctx.db, &coll, d));
         match inserted {
             Ok(_) => n += 1,
@@ -279,6 +306,7 @@ fn update_statement(
             } else {
                 spec.apply(old, query, false)?
             };
+            check_update_size(&new)?;
             validate(storage, db, coll, &new, Some(old), bypass)?;
             let keep = images && out.first.is_none();
             (new, keep.then(|| Document::clone(old)))
@@ -310,6 +338,7 @@ fn update_statement(
                 new = d;
             }
         }
+        check_update_size(&new)?;
         validate(storage, db, coll, &new, None, bypass)?;
         let id = storage.insert(db, coll, new)?;
         out.matched = 0;

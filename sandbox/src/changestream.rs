@@ -289,10 +289,9 @@ impl ChangeStream {
             ));
         }
         let mut resume_fragment = None;
-        if let Some(token) = spec
+        if let Ok(token) = spec
             .get_document("resumeAfter")
             .or_else(|_| spec.get_document("startAfter"))
-            .ok()
         {
             let t = decode_token(token)?;
             if t.fragment > 0 {

@@ -15,10 +15,15 @@ use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
 use crate::query::order::OrdBson;
 use crate::query::update::UpdateDescription;
-use crate::storage::{ts_lt, EventKind, OplogEntry, Storage};
+use crate::storage::{ts_lt, EventKind, OplogEntry, OplogPosition, Storage};
 
 /// Largest batch returned, in bytes (the server's 16 MiB reply budget, less headroom).
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// Largest event a stream can return (the server's internal BSON limit, 16 MB + 16 KB);
+/// a larger one fails the stream with 10334 BSONObjectTooLarge unless it is split.
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024 + 16 * 1024;
+/// 10334 BSONObjectTooLarge.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -46,23 +51,45 @@ enum BeforeChange {
 const TOKEN_EVENT: u8 = 0;
 const TOKEN_INVALIDATE: u8 = 1;
 
-/// Encodes a resume token: hex of (time, increment, kind), so byte order is time order.
-pub fn encode_token(ts: Timestamp, kind: u8) -> Document {
-    let data = token_data(ts, kind);
+/// Length of a token's `_data`: "82", then time, increment, txnOpIndex, fragment and kind.
+const TOKEN_LEN: usize = 32;
+
+/// A decoded resume token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// The event's oplog position (cluster time and txnOpIndex).
+    pub position: OplogPosition,
+    /// Fragment of a split event (0 when the event is whole).
+    pub fragment: u16,
+    pub kind: u8,
+}
+
+/// Encodes a resume token: hex of (time, increment, txnOpIndex, fragment, kind), so byte
+/// order is stream order.
+pub fn encode_token(position: OplogPosition, kind: u8) -> Document {
+    encode_fragment_token(position, 0, kind)
+}
+
+/// [`encode_token`] for one fragment of a split event.
+pub fn encode_fragment_token(position: OplogPosition, fragment: u16, kind: u8) -> Document {
+    let data = token_data(position, fragment, kind);
     doc! {"_data": String::from_utf8_lossy(&data).into_owned()}
 }
 
-/// The `_data` string of a token: "82", time, increment and kind in upper-case hex.
-fn token_data(ts: Timestamp, kind: u8) -> [u8; 20] {
+/// The `_data` string of a token, in upper-case hex.
+fn token_data(position: OplogPosition, fragment: u16, kind: u8) -> [u8; TOKEN_LEN] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = [0u8; 20];
+    let mut out = [0u8; TOKEN_LEN];
     out[0] = b'8';
     out[1] = b'2';
-    let bytes = ts
+    let bytes = position
+        .ts
         .time
         .to_be_bytes()
         .into_iter()
-        .chain(ts.increment.to_be_bytes())
+        .chain(position.ts.increment.to_be_bytes())
+        .chain(position.op.to_be_bytes())
+        .chain(fragment.to_be_bytes())
         .chain([kind]);
     for (i, b) in bytes.enumerate() {
         out[2 + 2 * i] = HEX[usize::from(b >> 4)];
@@ -71,16 +98,26 @@ fn token_data(ts: Timestamp, kind: u8) -> [u8; 20] {
     out
 }
 
-fn decode_token(token: &Document) -> CmdResult<(Timestamp, u8)> {
+pub fn decode_token(token: &Document) -> CmdResult<Token> {
     let bad = || CommandError::new(codes::INVALID_RESUME_TOKEN, "invalid resume token");
     let data = token.get_str("_data").map_err(|_| bad())?;
-    if data.len() != 20 || !data.starts_with("82") {
+    if data.len() != TOKEN_LEN || !data.starts_with("82") || !data.is_ascii() {
         return Err(bad());
     }
-    let time = u32::from_str_radix(&data[2..10], 16).map_err(|_| bad())?;
-    let increment = u32::from_str_radix(&data[10..18], 16).map_err(|_| bad())?;
-    let kind = u8::from_str_radix(&data[18..20], 16).map_err(|_| bad())?;
-    Ok((Timestamp { time, increment }, kind))
+    let hex32 = |r: std::ops::Range<usize>| u32::from_str_radix(&data[r], 16).map_err(|_| bad());
+    let time = hex32(2..10)?;
+    let increment = hex32(10..18)?;
+    let op = hex32(18..26)?;
+    let fragment = u16::from_str_radix(&data[26..30], 16).map_err(|_| bad())?;
+    let kind = u8::from_str_radix(&data[30..32], 16).map_err(|_| bad())?;
+    Ok(Token {
+        position: OplogPosition {
+            ts: Timestamp { time, increment },
+            op,
+        },
+        fragment,
+        kind,
+    })
 }
 
 /// An open change stream: where it is in the oplog and how to render events.
@@ -93,8 +130,8 @@ pub struct ChangeStream {
     /// Whether update events carry `disambiguatedPaths` (servers 6.1+, with
     /// `showExpandedEvents`).
     pub disambiguate: bool,
-    /// Entries with ts <= after (or < after when `inclusive`) have been consumed.
-    after: Timestamp,
+    /// Entries at or before `after` (before it when `inclusive`) have been consumed.
+    after: OplogPosition,
     inclusive: bool,
     /// Set after an invalidating event; the next batch carries the invalidate.
     pending_invalidate: Option<(Timestamp, bson::DateTime)>,
@@ -105,6 +142,12 @@ pub struct ChangeStream {
     /// When the only stage is a `$project` including top-level fields: those fields,
     /// rendered straight to bytes like a stream without stages.
     project: Option<Vec<String>>,
+    /// The pipeline ends with `$changeStreamSplitLargeEvent`: events over 16 MB come as
+    /// fragments.
+    split: bool,
+    /// Resumed from a fragment's token: the event at this position resumes after that
+    /// fragment.
+    resume_fragment: Option<(OplogPosition, u16)>,
 }
 
 /// The fields of `[{$project: {a: 1, b: true, ...}}]` when it only includes top-level
@@ -195,20 +238,19 @@ impl ChangeStream {
         let (after, inclusive, pending_invalidate) = if let Ok(token) =
             spec.get_document("resumeAfter")
         {
-            let (ts, kind) = decode_token(token)?;
-            if kind == TOKEN_INVALIDATE {
+            let t = decode_token(token)?;
+            if t.kind == TOKEN_INVALIDATE {
                 return Err(CommandError::new(
                     codes::INVALID_RESUME_TOKEN,
                     "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
                 ));
             }
-            (ts, false, None)
+            (t.position, false, None)
         } else if let Ok(token) = spec.get_document("startAfter") {
-            let (ts, _) = decode_token(token)?;
-            (ts, false, None)
+            (decode_token(token)?.position, false, None)
         } else if let Some(v) = spec.get("startAtOperationTime") {
             match v {
-                Bson::Timestamp(ts) => (*ts, true, None),
+                Bson::Timestamp(ts) => (OplogPosition::at(*ts), true, None),
                 _ => {
                     return Err(CommandError::type_mismatch(
                         "startAtOperationTime must be a timestamp",
@@ -216,19 +258,57 @@ impl ChangeStream {
                 }
             }
         } else {
-            (storage.cluster_time(), false, None)
+            (OplogPosition::end_of(storage.cluster_time()), false, None)
         };
         let lost = if inclusive {
             storage
                 .oplog
                 .truncated_through
-                .is_some_and(|t| !ts_lt(t, after))
+                .is_some_and(|t| !ts_lt(t, after.ts))
         } else {
-            storage.oplog.lost_after(after)
+            storage.oplog.lost_after(after.ts)
         };
         if lost {
             return Err(history_lost());
         }
+        let mut rest = rest;
+        let mut split = false;
+        if let Some((last, before)) = rest.split_last() {
+            if last.contains_key("$changeStreamSplitLargeEvent") {
+                split = true;
+                rest = before;
+            }
+        }
+        if rest
+            .iter()
+            .any(|s| s.contains_key("$changeStreamSplitLargeEvent"))
+        {
+            return Err(CommandError::new(
+                7182802,
+                "$changeStreamSplitLargeEvent must be the last stage of the pipeline",
+            ));
+        }
+        let mut resume_fragment = None;
+        if let Ok(token) = spec
+            .get_document("resumeAfter")
+            .or_else(|_| spec.get_document("startAfter"))
+        {
+            let t = decode_token(token)?;
+            if t.fragment > 0 {
+                if !split {
+                    return Err(CommandError::new(
+                        codes::CHANGE_STREAM_FATAL_ERROR,
+                        "To resume from a split event, the $changeStream pipeline must end with $changeStreamSplitLargeEvent",
+                    ));
+                }
+                resume_fragment = Some((t.position, t.fragment));
+            }
+        }
+        // Resuming inside a split event reads that event again, for its later fragments.
+        let (after, inclusive) = match resume_fragment {
+            Some((position, _)) => (position, true),
+            None => (after, inclusive),
+        };
         let mut filter = None;
         let mut stages = Vec::new();
         for stage in rest {
@@ -250,19 +330,21 @@ impl ChangeStream {
             filter,
             project: simple_projection(&stages),
             stages,
+            split,
+            resume_fragment,
         })
     }
 
     /// The resume token of the current position (postBatchResumeToken of an empty batch).
     fn position_token(&self, storage: &mut Storage) -> Document {
         // Everything up to the cluster time has been examined once a batch ends empty.
-        let now = storage.cluster_time();
-        let ts = if ts_lt(self.after, now) {
-            now
+        // At the cluster time itself the last event's own token stands for it.
+        let now = storage.majority_point();
+        if ts_lt(self.after.ts, now) {
+            encode_token(OplogPosition::end_of(now), TOKEN_EVENT)
         } else {
-            self.after
-        };
-        encode_token(ts, TOKEN_EVENT)
+            encode_token(self.after, TOKEN_EVENT)
+        }
     }
 
     /// Next events (up to `max`), encoded, with the postBatchResumeToken to report.
@@ -277,7 +359,7 @@ impl ChangeStream {
         }
         if let Some((ts, wall)) = self.pending_invalidate.take() {
             self.finished = true;
-            let token = encode_token(ts, TOKEN_INVALIDATE);
+            let token = encode_token(OplogPosition::at(ts), TOKEN_INVALIDATE);
             let event = doc! {"_id": token.clone(), "operationType": "invalidate", "clusterTime": ts, "wallTime": wall};
             batch.push(&event)?;
             return Ok((batch, token));
@@ -286,37 +368,46 @@ impl ChangeStream {
             storage
                 .oplog
                 .truncated_through
-                .is_some_and(|t| !ts_lt(t, self.after))
+                .is_some_and(|t| !ts_lt(t, self.after.ts))
         } else {
-            storage.oplog.lost_after(self.after)
+            storage.oplog.lost_after(self.after.ts)
         };
         if lost {
             return Err(history_lost());
         }
         let start = if self.inclusive {
-            storage
-                .oplog
-                .entries
-                .partition_point(|e| ts_lt(e.ts, self.after))
+            storage.oplog.index_at(self.after)
         } else {
-            storage.oplog.position_after(self.after)
+            storage.oplog.index_after(self.after)
         };
         // Without a filter or stages (or with only a simple inclusion `$project`), events
         // go straight to bytes.
-        let raw = self.filter.is_none() && (self.stages.is_empty() || self.project.is_some());
+        let raw = self.filter.is_none()
+            && !self.split
+            && (self.stages.is_empty() || self.project.is_some());
         // Only the last event's token is reported; it is encoded once, at the end.
         let mut last_ts = None;
-        let end = storage.oplog.entries.len();
+        let mut last_fragment = 0u16;
+        // Only majority-committed entries are shown.
+        let end = if storage.majority_lags() {
+            let point = storage.majority_point();
+            storage.oplog.index_after(OplogPosition::end_of(point))
+        } else {
+            storage.oplog.entries.len()
+        };
         let mut i = start;
         while i < end && batch.len() < max {
             let entry = &storage.oplog.entries[i];
+            let (after_before, inclusive_before) = (self.after, self.inclusive);
             i += 1;
-            self.after = entry.ts;
+            self.after = entry.position();
             self.inclusive = false;
             if !self.shows(entry) {
                 continue;
             }
+            last_fragment = 0;
             if raw {
+                let before = batch.doc_bytes();
                 batch.push_with(|buf| {
                     let start = encode::open(buf);
                     match &self.project {
@@ -333,14 +424,50 @@ impl ChangeStream {
                     encode::end(buf, start);
                     Ok::<_, CommandError>(())
                 })?;
+                let size = batch.doc_bytes() - before;
+                if size > MAX_EVENT_BYTES {
+                    return Err(too_large(size, entry.position()));
+                }
             } else {
                 let mut event = EventDocument(Document::new());
                 self.render(storage, entry, &mut event)?;
                 if self.filter.as_ref().is_none_or(|m| m.matches(&event.0)) {
-                    batch.push(&self.apply_stages(event.0)?)?;
+                    let event = self.apply_stages(event.0)?;
+                    let size = crate::storage::encoded_size(&event);
+                    if size <= MAX_EVENT_BYTES {
+                        batch.push(&event)?;
+                    } else if !self.split {
+                        return Err(too_large(size, entry.position()));
+                    } else {
+                        // A split event starts a batch of its own, so all its fragments
+                        // go out together.
+                        if !batch.is_empty() {
+                            self.after = after_before;
+                            self.inclusive = inclusive_before;
+                            i -= 1;
+                            break;
+                        }
+                        let fragments = split_event(event, entry.position())?;
+                        let of = fragments.len() as u16;
+                        let skip = match self.resume_fragment.take() {
+                            Some((at, n)) if at == entry.position() => n,
+                            _ => 0,
+                        };
+                        for (n, fragment) in fragments.into_iter().enumerate() {
+                            let n = n as u16 + 1;
+                            if n > skip {
+                                batch.push(&fragment)?;
+                            }
+                        }
+                        if skip >= of {
+                            // Resumed after the last fragment: the event is done.
+                            continue;
+                        }
+                        last_fragment = of;
+                    }
                 }
             }
-            last_ts = Some(entry.ts);
+            last_ts = Some(entry.position());
             if self.invalidated_by(entry) {
                 self.pending_invalidate = Some((entry.ts, entry.wall));
                 break;
@@ -349,17 +476,15 @@ impl ChangeStream {
                 break;
             }
         }
-        let token = if i >= end && self.pending_invalidate.is_none() {
+        let token = if i >= end && self.pending_invalidate.is_none() && last_fragment == 0 {
             self.position_token(storage)
         } else {
-            encode_token(last_ts.unwrap_or(self.after), TOKEN_EVENT)
+            encode_fragment_token(last_ts.unwrap_or(self.after), last_fragment, TOKEN_EVENT)
         };
         if i >= end && self.pending_invalidate.is_none() {
             // Caught up: everything up to the cluster time is consumed.
-            let now = storage.cluster_time();
-            if ts_lt(self.after, now) {
-                self.after = now;
-            }
+            let now = OplogPosition::end_of(storage.majority_point());
+            self.after = self.after.max(now);
         }
         Ok((batch, token))
     }
@@ -421,7 +546,7 @@ impl ChangeStream {
         entry: &OplogEntry,
         ev: &mut impl EventSink,
     ) -> CmdResult<()> {
-        ev.token("_id", entry.ts, TOKEN_EVENT)?;
+        ev.token("_id", entry.position(), TOKEN_EVENT)?;
         ev.string("operationType", entry.kind.operation_type())?;
         ev.value("clusterTime", &Bson::Timestamp(entry.ts))?;
         ev.value("wallTime", &Bson::DateTime(entry.wall))?;
@@ -482,6 +607,10 @@ impl ChangeStream {
             }
             _ => {}
         }
+        if let Some(txn) = &entry.txn {
+            ev.document("lsid", &txn.lsid)?;
+            ev.value("txnNumber", &Bson::Int64(txn.txn_number))?;
+        }
         if matches!(
             entry.kind,
             EventKind::Update | EventKind::Replace | EventKind::Delete
@@ -508,7 +637,7 @@ impl ChangeStream {
 /// and later stages need, [`EventBytes`] writes BSON without copying any document.
 trait EventSink {
     /// A resume token `{_data: ...}`.
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()>;
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()>;
     fn string(&mut self, key: &str, s: &str) -> CmdResult<()>;
     /// A small value (timestamps, dates, null).
     fn value(&mut self, key: &str, value: &Bson) -> CmdResult<()>;
@@ -524,8 +653,8 @@ trait EventSink {
 struct EventDocument(Document);
 
 impl EventSink for EventDocument {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
-        self.0.insert(key, encode_token(ts, kind));
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
+        self.0.insert(key, encode_token(position, kind));
         Ok(())
     }
     fn string(&mut self, key: &str, s: &str) -> CmdResult<()> {
@@ -581,9 +710,9 @@ impl Projected<'_, '_> {
 }
 
 impl EventSink for Projected<'_, '_> {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
         if self.keeps(key) {
-            self.inner.token(key, ts, kind)?;
+            self.inner.token(key, position, kind)?;
         }
         Ok(())
     }
@@ -629,11 +758,11 @@ impl EventSink for Projected<'_, '_> {
 struct EventBytes<'a>(&'a mut Vec<u8>);
 
 impl EventSink for EventBytes<'_> {
-    fn token(&mut self, key: &str, ts: Timestamp, kind: u8) -> CmdResult<()> {
+    fn token(&mut self, key: &str, position: OplogPosition, kind: u8) -> CmdResult<()> {
         encode::element_header(self.0, ElementType::EmbeddedDocument, key)?;
         let start = encode::open(self.0);
         encode::element_header(self.0, ElementType::String, "_data")?;
-        let data = token_data(ts, kind);
+        let data = token_data(position, 0, kind);
         self.0
             .extend_from_slice(&(data.len() as i32 + 1).to_le_bytes());
         self.0.extend_from_slice(&data);
@@ -696,6 +825,68 @@ impl EventSink for EventBytes<'_> {
         encode::end(self.0, start);
         Ok(())
     }
+}
+
+/// 10334 BSONObjectTooLarge for an event of `size` bytes.
+fn too_large(size: usize, position: OplogPosition) -> CommandError {
+    CommandError::new(
+        BSON_OBJECT_TOO_LARGE,
+        format!(
+            "BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and {MAX_EVENT_BYTES}(16MB) First element: _id: {}",
+            encode_token(position, TOKEN_EVENT)
+        ),
+    )
+}
+
+/// Splits an event over 16 MB into fragments (as `$changeStreamSplitLargeEvent`): each
+/// `{_id: <fragment token>, splitEvent: {fragment, of}, ...fields}` under the limit; the
+/// smallest top-level fields go first, so the first fragment carries most of the event's
+/// context; fields keep their order within a fragment. A single field too large for a
+/// fragment fails with BSONObjectTooLarge, as on the server.
+fn split_event(event: Document, position: OplogPosition) -> CmdResult<Vec<Document>> {
+    // Room for `_id` and `splitEvent` in each fragment.
+    const OVERHEAD: usize = 256;
+    let mut fields: Vec<(usize, String, Bson, usize)> = event
+        .into_iter()
+        .filter(|(k, _)| k != "_id")
+        .enumerate()
+        .map(|(order, (k, v))| {
+            let size = crate::storage::encoded_size(&doc! {k.clone(): v.clone()});
+            (order, k, v, size)
+        })
+        .collect();
+    fields.sort_by_key(|f| f.3);
+    let mut groups: Vec<Vec<(usize, String, Bson)>> = vec![Vec::new()];
+    let mut bytes = OVERHEAD;
+    for (order, k, v, size) in fields {
+        if size + OVERHEAD > MAX_EVENT_BYTES {
+            return Err(too_large(size, position));
+        }
+        if bytes + size > MAX_EVENT_BYTES {
+            groups.push(Vec::new());
+            bytes = OVERHEAD;
+        }
+        bytes += size;
+        if let Some(g) = groups.last_mut() {
+            g.push((order, k, v));
+        }
+    }
+    let of = groups.len();
+    Ok(groups
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut group)| {
+            group.sort_by_key(|f| f.0);
+            let mut fragment = doc! {
+                "_id": encode_fragment_token(position, n as u16 + 1, TOKEN_EVENT),
+                "splitEvent": {"fragment": n as i32 + 1, "of": of as i32},
+            };
+            for (_, k, v) in group {
+                fragment.insert(k, v);
+            }
+            fragment
+        })
+        .collect())
 }
 
 fn history_lost() -> CommandError {

@@ -15,7 +15,10 @@ use crate::cursor::CursorReply;
 use crate::error::{codes, CmdResult, CommandError};
 use crate::failpoint::Injected;
 use crate::server::Server;
+use crate::storage::Storage;
+use crate::transaction::{self, TxnArgs};
 use crate::wire::Reply;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Per-connection state.
 pub struct Connection {
@@ -50,9 +53,19 @@ pub struct Ctx<'a> {
     /// Set by a cursor-returning handler that encoded its batch as it took it: the reply
     /// is then this `cursor` followed by the fields the handler returns.
     pub cursor: Option<CursorReply>,
+    /// The workspace of the transaction this statement belongs to, if any.
+    pub txn_storage: Option<Mutex<Storage>>,
 }
 
 impl Ctx<'_> {
+    /// The data this command reads and writes: its transaction's workspace, or the
+    /// server's storage.
+    pub fn storage(&self) -> MutexGuard<'_, Storage> {
+        match &self.txn_storage {
+            Some(ws) => ws.lock(),
+            None => self.server.storage.lock(),
+        }
+    }
     /// The command's first value as a collection name.
     pub fn collection(&self) -> CmdResult<String> {
         match self.cmd.get(self.name) {
@@ -162,13 +175,20 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 _ => db.clone(),
             };
             let injected = server.faults.fail_points.check(&name, &target);
-            match (replay, injected) {
-                (_, Some(Injected::Error(e))) => Err(e),
-                (Some(previous), _) => return finish(server, previous),
-                (None, _) if name == "getMore" => {
+            let txn = match TxnArgs::parse(&cmd) {
+                Ok(txn) => txn,
+                Err(e) => return finish(server, Err(e)),
+            };
+            match (replay, injected, txn) {
+                (_, Some(Injected::Error(e)), _) => Err(e),
+                (Some(previous), _, _) => return finish(server, previous),
+                (None, _, Some(args)) => {
+                    run_in_transaction(server, conn, &db, &cmd, &name, spec, documents, args).await
+                }
+                (None, _, None) if name == "getMore" => {
                     commands::read::get_more(server, conn, &db, &cmd).await
                 }
-                (None, injected) => {
+                (None, injected, None) => {
                     let mut ctx = Ctx {
                         server,
                         conn,
@@ -177,28 +197,172 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                         name: &name,
                         documents: documents.take(),
                         cursor: None,
+                        txn_storage: majority_snapshot(server, &db, &cmd, &name, spec),
                     };
-                    (spec.handler)(&mut ctx).map(|mut fields| {
-                        if let Some(Injected::WriteConcernError(wce)) = injected {
-                            fields.insert("writeConcernError", wce);
-                        }
-                        Reply {
-                            cursor: ctx.cursor.take(),
-                            fields,
-                        }
-                    })
+                    run_waiting_for_transactions(&mut ctx, spec)
+                        .await
+                        .map(|mut reply| {
+                            if let Some(Injected::WriteConcernError(wce)) = injected {
+                                reply.fields.insert("writeConcernError", wce);
+                            }
+                            reply
+                        })
                 }
             }
         }
     };
     if spec.effect != Effect::Read && result.is_ok() {
         server.oplog_appended.notify_waiters();
+        wait_for_majority(server, &cmd).await;
     }
     let result = result.map_err(|e| label(e, &cmd, &name, spec));
     if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
         server.retry_cache.lock().insert(lsid, (txn, reply.clone()));
     }
     finish(server, result)
+}
+
+/// Under the majority lag fault, a read with readConcern majority or snapshot (outside a
+/// transaction) reads its collection as of the majority commit point.
+fn majority_snapshot(
+    server: &Arc<Server>,
+    db: &str,
+    cmd: &Document,
+    name: &str,
+    spec: &CommandSpec,
+) -> Option<Mutex<Storage>> {
+    if server.faults.majority_lag_ms.load(Ordering::SeqCst) == 0
+        || spec.effect != Effect::Read
+        || db == "local"
+    {
+        return None;
+    }
+    let level = cmd
+        .get_document("readConcern")
+        .ok()
+        .and_then(|rc| rc.get_str("level").ok());
+    if !matches!(level, Some("majority" | "snapshot")) {
+        return None;
+    }
+    let is_change_stream = cmd
+        .get_array("pipeline")
+        .ok()
+        .and_then(|p| p.first())
+        .and_then(|s| s.as_document())
+        .is_some_and(|s| s.contains_key("$changeStream"));
+    let coll = cmd.get_str(name).ok()?;
+    if is_change_stream {
+        return None;
+    }
+    let mut storage = server.storage.lock();
+    let point = storage.majority_point();
+    Some(Mutex::new(storage.snapshot_of(db, coll, point)))
+}
+
+/// `writeConcern: {w: "majority"}` under the majority lag fault: waits until the majority
+/// commit point reaches the write.
+async fn wait_for_majority(server: &Arc<Server>, cmd: &Document) {
+    if server.faults.majority_lag_ms.load(Ordering::SeqCst) == 0 {
+        return;
+    }
+    let majority = cmd
+        .get_document("writeConcern")
+        .ok()
+        .is_some_and(|wc| wc.get_str("w") == Ok("majority"));
+    if !majority {
+        return;
+    }
+    let target = server.storage.lock().cluster_time();
+    loop {
+        let point = server.storage.lock().majority_point();
+        if !crate::storage::ts_lt(point, target) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs a handler; a write that touches a document an open transaction holds waits for
+/// that transaction to end, then runs again (the handler changed nothing before asking to
+/// wait).
+async fn run_waiting_for_transactions(ctx: &mut Ctx<'_>, spec: &CommandSpec) -> CmdResult<Reply> {
+    loop {
+        match (spec.handler)(ctx) {
+            Ok(fields) => {
+                return Ok(Reply {
+                    cursor: ctx.cursor.take(),
+                    fields,
+                })
+            }
+            Err(e)
+                if e.labels
+                    .iter()
+                    .any(|l| l == transaction::WAIT_FOR_TRANSACTION) =>
+            {
+                let ended = ctx.server.transactions.ended.notified();
+                // Bounded, so an end notified just before this wait is not missed for long.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(50), ended).await;
+                transaction::abort_expired(ctx.server);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a command of a multi-document transaction: commit, abort, or a statement on the
+/// transaction's workspace.
+#[allow(clippy::too_many_arguments)]
+async fn run_in_transaction(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    db: &str,
+    cmd: &Document,
+    name: &str,
+    spec: &CommandSpec,
+    documents: Option<Vec<Bson>>,
+    args: TxnArgs,
+) -> CmdResult<Reply> {
+    transaction::check_allowed(name)?;
+    let fields = match name {
+        "commitTransaction" => transaction::commit(server, &args)?,
+        "abortTransaction" => transaction::abort(server, &args)?,
+        "getMore" => return commands::read::get_more(server, conn, db, cmd).await,
+        _ => {
+            let mut ws = transaction::begin_statement(server, &args)?;
+            if let Ok(coll) = cmd.get_str(name) {
+                transaction::copy_collection(server, &mut ws, db, coll);
+            }
+            let ops_before = ws.storage.oplog.entries.len();
+            let mut ctx = Ctx {
+                server,
+                conn,
+                db: db.to_string(),
+                cmd,
+                name,
+                documents,
+                cursor: None,
+                txn_storage: Some(Mutex::new(std::mem::take(&mut ws.storage))),
+            };
+            let result = (spec.handler)(&mut ctx).map(|fields| Reply {
+                cursor: ctx.cursor.take(),
+                fields,
+            });
+            if let Some(storage) = ctx.txn_storage.take() {
+                ws.storage = storage.into_inner();
+            }
+            // A failed statement aborts its transaction, as on the server.
+            let failed = match &result {
+                Ok(r) => r.fields.contains_key("writeErrors"),
+                Err(_) => true,
+            };
+            transaction::finish_statement(server, &args, ws, ops_before, failed)?;
+            return result;
+        }
+    };
+    Ok(Reply {
+        cursor: None,
+        fields,
+    })
 }
 
 /// Checks done before any handler: authentication, privileges, primary state, write blocking.

@@ -12,6 +12,8 @@
 //!   and the oplog, the single source of truth for history.
 //! - [`query`]: BSON ordering, filters, sort, projection, update operators, aggregation.
 //! - [`auth`]: SCRAM-SHA-1/256 conversations, users and built-in roles.
+//! - [`transaction`]: multi-document transactions (workspaces, locks, commit as
+//!   `applyOps`); [`versions`]: prior document versions for snapshot and majority reads.
 //! - [`error`]: command errors with codes and labels as the real server reports them.
 //!
 //! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
@@ -34,6 +36,8 @@ pub mod failpoint;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod transaction;
+pub mod versions;
 pub mod wire;
 
 pub use server::{Sandbox, SandboxOptions, StartError, TlsFiles};

@@ -86,6 +86,8 @@ pub struct Faults {
     pub latency_us: AtomicU64,
     /// `configureFailPoint` (`failCommand`).
     pub fail_points: crate::failpoint::FailPoints,
+    /// The majority lag fault in milliseconds (0: none); read without the storage lock.
+    pub majority_lag_ms: AtomicU64,
 }
 
 /// State shared by every connection of one server.
@@ -106,6 +108,8 @@ pub struct Server {
     /// Per session (`lsid` bytes): the latest retryable write's txnNumber and reply. Like
     /// the server's session records, one per session: older txnNumbers are refused.
     pub retry_cache: Mutex<std::collections::HashMap<Vec<u8>, (i64, crate::wire::Reply)>>,
+    /// Open and recent multi-document transactions, per session.
+    pub transactions: crate::transaction::Transactions,
     /// Bumped to make every connection close (fault injection, stepdown).
     pub disconnect: watch::Sender<u64>,
     pub started: Instant,
@@ -158,6 +162,16 @@ impl Server {
         self.faults
             .latency_us
             .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+    /// Makes the majority commit point trail the last write by `lag` (zero: no lag), as
+    /// on a replica set whose secondaries are slow: majority reads and change streams see
+    /// only what is older, `w: "majority"` writes wait for it.
+    pub fn set_majority_lag(&self, lag: Duration) {
+        self.faults
+            .majority_lag_ms
+            .store(lag.as_millis() as u64, Ordering::SeqCst);
+        self.storage.lock().set_majority_lag(lag);
+        self.oplog_appended.notify_waiters();
     }
     /// Drops oplog history, keeping only the newest `keep_last` entries.
     pub fn truncate_oplog(&self, keep_last: usize) {
@@ -238,6 +252,7 @@ impl Sandbox {
             term: AtomicI64::new(1),
             next_connection_id: AtomicI64::new(1),
             retry_cache: Mutex::new(Default::default()),
+            transactions: Default::default(),
             disconnect,
             started: Instant::now(),
             oplog_entries_read: AtomicU64::new(0),
@@ -321,6 +336,10 @@ impl Sandbox {
     /// How many oplog entries queries on `local.oplog.rs` have read so far.
     pub fn oplog_entries_read(&self) -> u64 {
         self.server.oplog_entries_read.load(Ordering::Relaxed)
+    }
+    /// See [`Server::set_majority_lag`].
+    pub fn set_majority_lag(&self, lag: Duration) {
+        self.server.set_majority_lag(lag);
     }
     /// Blocks until the server stops (it never does on its own; used by the CLI).
     pub fn wait(mut self) {

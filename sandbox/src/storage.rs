@@ -87,11 +87,75 @@ pub struct OplogEntry {
     /// The `o` field as `local.oplog.rs` shows it.
     pub o: Document,
     pub o2: Option<Document>,
+    /// Set on the operations of a committed transaction: which transaction, and where the
+    /// operation sits in it (entries of one `applyOps` share `ts`).
+    pub txn: Option<TxnStamp>,
+}
+
+/// Where an operation of a committed transaction sits: its session and number, its index
+/// in the transaction, and the `applyOps` oplog entry that holds it.
+#[derive(Clone, Debug)]
+pub struct TxnStamp {
+    /// `{id, uid}` as the oplog and change events show it.
+    pub lsid: Arc<Document>,
+    pub txn_number: i64,
+    /// Index of the operation in the whole transaction (the resume token's txnOpIndex).
+    pub op_index: u32,
+    /// True on every `applyOps` entry but the last of a transaction.
+    pub partial: bool,
+    /// The previous `applyOps` entry of the transaction (None on the first).
+    pub prev: Option<Timestamp>,
+    /// Number of operations of the whole transaction (reported on the last entry of a
+    /// transaction that spans several).
+    pub count: u32,
+    /// Number of `applyOps` entries of the transaction.
+    pub entries: u32,
+}
+
+/// A position in the oplog: an entry's timestamp and, inside one `applyOps` entry, the
+/// operation's index. Totally ordered, as resume tokens are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OplogPosition {
+    pub ts: Timestamp,
+    pub op: u32,
+}
+
+impl OplogPosition {
+    pub fn at(ts: Timestamp) -> OplogPosition {
+        OplogPosition { ts, op: 0 }
+    }
+    /// After every operation at `ts`.
+    pub fn end_of(ts: Timestamp) -> OplogPosition {
+        OplogPosition { ts, op: u32::MAX }
+    }
+    fn key(&self) -> (u32, u32, u32) {
+        (self.ts.time, self.ts.increment, self.op)
+    }
+}
+
+impl PartialOrd for OplogPosition {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OplogPosition {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 impl OplogEntry {
-    /// The document `local.oplog.rs` returns for this entry.
-    pub fn to_oplog_document(&self) -> Document {
+    /// This entry's position in the oplog.
+    pub fn position(&self) -> OplogPosition {
+        OplogPosition {
+            ts: self.ts,
+            op: self.txn.as_ref().map_or(0, |t| t.op_index),
+        }
+    }
+
+    /// `{op, ns, ui, o, o2}`: the operation as an `applyOps` array lists it.
+    pub fn op_document(&self) -> Document {
         let op = match self.kind {
             EventKind::Insert => "i",
             EventKind::Update | EventKind::Replace => "u",
@@ -121,6 +185,12 @@ impl OplogEntry {
         if let Some(o2) = &self.o2 {
             d.insert("o2", o2.clone());
         }
+        d
+    }
+
+    /// The document `local.oplog.rs` returns for this entry (outside a transaction).
+    pub fn to_oplog_document(&self) -> Document {
+        let mut d = self.op_document();
         d.insert("ts", self.ts);
         d.insert("t", 1i64);
         d.insert("v", 2i64);
@@ -162,6 +232,38 @@ impl Oplog {
     /// Index of the first entry with ts > `after`.
     pub fn position_after(&self, after: Timestamp) -> usize {
         self.entries.partition_point(|e| ts_le(e.ts, after))
+    }
+    /// Index of the first entry past `after`.
+    pub fn index_after(&self, after: OplogPosition) -> usize {
+        self.entries.partition_point(|e| e.position() <= after)
+    }
+    /// Index of the first entry at or past `at`.
+    pub fn index_at(&self, at: OplogPosition) -> usize {
+        self.entries.partition_point(|e| e.position() < at)
+    }
+    /// The documents `local.oplog.rs` holds, oldest first: one per entry, and one
+    /// `applyOps` command per transaction entry (the operations sharing its `ts`).
+    pub fn documents(&self) -> Vec<Document> {
+        let mut out = Vec::with_capacity(self.entries.len());
+        let mut i = 0;
+        while i < self.entries.len() {
+            let e = &self.entries[i];
+            let Some(txn) = &e.txn else {
+                out.push(e.to_oplog_document());
+                i += 1;
+                continue;
+            };
+            let mut ops = Vec::new();
+            while i < self.entries.len()
+                && self.entries[i].ts == e.ts
+                && self.entries[i].txn.is_some()
+            {
+                ops.push(Bson::Document(self.entries[i].op_document()));
+                i += 1;
+            }
+            out.push(crate::transaction::apply_ops_document(e, txn, ops));
+        }
+        out
     }
     /// True when entries after `after` may have been dropped.
     pub fn lost_after(&self, after: Timestamp) -> bool {
@@ -290,7 +392,7 @@ impl Index {
         Some(values)
     }
 
-    fn check(&self, ns: &str, doc: &Document, id: &OrdBson) -> CmdResult<()> {
+    pub(crate) fn check(&self, ns: &str, doc: &Document, id: &OrdBson) -> CmdResult<()> {
         if !self.unique || self.is_id() {
             return Ok(());
         }
@@ -304,7 +406,7 @@ impl Index {
         Ok(())
     }
 
-    fn add(&mut self, doc: &Document, id: &OrdBson) {
+    pub(crate) fn add(&mut self, doc: &Document, id: &OrdBson) {
         if !self.unique || self.is_id() {
             return;
         }
@@ -313,7 +415,7 @@ impl Index {
         }
     }
 
-    fn remove(&mut self, doc: &Document, id: &OrdBson) {
+    pub(crate) fn remove(&mut self, doc: &Document, id: &OrdBson) {
         if !self.unique || self.is_id() {
             return;
         }
@@ -380,7 +482,7 @@ pub struct Collection {
 }
 
 impl Collection {
-    fn new(options: Document) -> Collection {
+    pub(crate) fn new(options: Document) -> Collection {
         let indexes = if options.contains_key("viewOn") {
             Vec::new()
         } else {
@@ -393,6 +495,55 @@ impl Collection {
             indexes,
         }
     }
+    /// This collection (options, indexes) holding `docs` instead: a snapshot of it.
+    pub(crate) fn with_docs(&self, docs: BTreeMap<OrdBson, Arc<Document>>) -> Collection {
+        let mut indexes = self.indexes.clone();
+        for index in &mut indexes {
+            index.entries.clear();
+            for (id, d) in &docs {
+                index.add(d, id);
+            }
+        }
+        Collection {
+            uuid: self.uuid.clone(),
+            options: self.options.clone(),
+            docs,
+            indexes,
+        }
+    }
+
+    /// Sets (or removes) one document, keeping indexes; refuses a unique-key duplicate.
+    pub(crate) fn install(
+        &mut self,
+        ns: &str,
+        id: &OrdBson,
+        new: Option<Arc<Document>>,
+    ) -> CmdResult<Option<Arc<Document>>> {
+        let old = self.docs.get(id).cloned();
+        if let Some(old) = &old {
+            for index in &mut self.indexes {
+                index.remove(old, id);
+            }
+        }
+        if let Some(doc) = &new {
+            if let Some(err) = self.indexes.iter().find_map(|i| i.check(ns, doc, id).err()) {
+                if let Some(old) = &old {
+                    for index in &mut self.indexes {
+                        index.add(old, id);
+                    }
+                }
+                return Err(err);
+            }
+            for index in &mut self.indexes {
+                index.add(doc, id);
+            }
+            self.docs.insert(id.clone(), doc.clone());
+        } else {
+            self.docs.remove(id);
+        }
+        Ok(old)
+    }
+
     pub fn is_view(&self) -> bool {
         self.options.contains_key("viewOn")
     }
@@ -501,6 +652,14 @@ pub struct Storage {
     pub dbs: BTreeMap<String, Database>,
     pub oplog: Oplog,
     clock: Clock,
+    /// Prior versions of documents, kept while a snapshot may read them.
+    pub versions: crate::versions::Versions,
+    /// Documents held by open transactions.
+    pub locks: crate::transaction::Locks,
+    /// Set by the `majorityLagMs` fault: how far the majority commit point trails the
+    /// last write, and the cluster time when the fault was set (everything written before
+    /// it counts as majority-committed).
+    pub majority_lag: Option<(std::time::Duration, Timestamp)>,
 }
 
 /// A pending change for [`Storage::append`].
@@ -601,8 +760,83 @@ impl Storage {
             operation_description: c.operation_description,
             o: c.o,
             o2: c.o2,
+            txn: None,
         });
         ts
+    }
+
+    /// A transaction's private copy of the data it touches: no oplog history, its own
+    /// clock; its oplog collects the transaction's operations.
+    pub fn workspace() -> Storage {
+        Storage::default()
+    }
+
+    /// Appends already-built entries (a committed transaction's operations), stamping
+    /// each with a fresh timestamp per `applyOps` group. Returns the last timestamp.
+    pub fn next_timestamp(&mut self) -> Timestamp {
+        self.clock.tick()
+    }
+
+    /// Appends an entry whose timestamp was taken with [`Self::next_timestamp`].
+    pub fn push_entry(&mut self, entry: OplogEntry) {
+        self.oplog.push(entry);
+    }
+
+    /// Sets (or clears, with zero) the majority lag fault.
+    pub fn set_majority_lag(&mut self, lag: std::time::Duration) {
+        if lag.is_zero() {
+            self.majority_lag = None;
+            self.versions.majority_floor = None;
+            self.versions.prune();
+            return;
+        }
+        let since = match self.majority_lag {
+            Some((_, since)) => since,
+            None => self.cluster_time(),
+        };
+        self.majority_lag = Some((lag, since));
+        self.versions.majority_floor = Some(self.majority_point());
+    }
+
+    /// The majority commit point: the cluster time, or under the majority lag fault the
+    /// newest entry written at least the lag ago. Keeps history after it readable.
+    pub fn majority_point(&mut self) -> Timestamp {
+        let Some((lag, since)) = self.majority_lag else {
+            return self.cluster_time();
+        };
+        let cutoff = DateTime::now().timestamp_millis() - lag.as_millis() as i64;
+        let n = self
+            .oplog
+            .entries
+            .partition_point(|e| e.wall.timestamp_millis() <= cutoff);
+        let point = match n.checked_sub(1).map(|i| self.oplog.entries[i].ts) {
+            Some(ts) if ts_lt(since, ts) => ts,
+            _ => since,
+        };
+        self.versions.majority_floor = Some(point);
+        point
+    }
+
+    /// Whether reads at majority see an older state than local reads.
+    pub fn majority_lags(&self) -> bool {
+        self.majority_lag.is_some()
+    }
+
+    /// A private copy of `db.coll` as of `ts` (for reads at the majority commit point).
+    pub fn snapshot_of(&self, db: &str, coll: &str, ts: Timestamp) -> Storage {
+        let mut out = Storage::workspace();
+        if let Some(c) = self.collection(db, coll) {
+            let docs = self
+                .versions
+                .docs_at(db, coll, &c.docs, ts)
+                .unwrap_or_else(|| c.docs.clone());
+            out.dbs
+                .entry(db.to_string())
+                .or_default()
+                .collections
+                .insert(coll.to_string(), c.with_docs(docs));
+        }
+        out
     }
 
     /// Appends a no-op entry (appendOplogNote), moving cluster time forward.
@@ -629,7 +863,14 @@ impl Storage {
                 format!("Collection {db}.{coll} already exists."),
             ));
         }
-        let c = Collection::new(options.clone());
+        self.adopt_collection(db, coll, Collection::new(options));
+        Ok(())
+    }
+
+    /// Adds a collection built elsewhere (a transaction's implicitly created one keeps its
+    /// uuid) and writes its create entry.
+    pub fn adopt_collection(&mut self, db: &str, coll: &str, c: Collection) {
+        let options = c.options.clone();
         let uuid = c.uuid.clone();
         let is_view = c.is_view();
         let id_index = c.index("_id_").map(|i| i.spec.clone());
@@ -663,7 +904,6 @@ impl Storage {
         }
         change.operation_description = Some(desc);
         self.append(change);
-        Ok(())
     }
 
     /// The collection, created implicitly (as an insert or createIndexes would) if missing.
@@ -726,7 +966,11 @@ impl Storage {
         change.document_key = Some(doc! {"_id": id_value.clone()});
         change.o2 = Some(doc! {"_id": id_value.clone()});
         change.full_document = Some(doc);
-        self.append(change);
+        let ts = self.append(change);
+        if self.versions.recording() {
+            self.versions
+                .record(db, coll, OrdBson(id_value.clone()), ts, None);
+        }
         Ok(id_value)
     }
 
@@ -802,10 +1046,16 @@ impl Storage {
         if replacement || images {
             change.full_document = Some(new_doc);
         }
+        let recording = self.versions.recording();
+        let before = recording.then(|| old.clone());
         if images {
             change.pre_image = Some(Arc::unwrap_or_clone(old));
         }
-        self.append(change);
+        let ts = self.append(change);
+        if let Some(before) = before {
+            self.versions
+                .record(db, coll, OrdBson(id.clone()), ts, Some(before));
+        }
         Ok(true)
     }
 
@@ -826,10 +1076,15 @@ impl Storage {
         let mut change = Change::new(EventKind::Delete, db, coll, doc! {"_id": id.clone()});
         change.uuid = Some(uuid);
         change.document_key = Some(doc! {"_id": id.clone()});
+        let recording = self.versions.recording();
+        let before = recording.then(|| old.clone());
         if images {
             change.pre_image = Some(Arc::unwrap_or_clone(old));
         }
-        self.append(change);
+        let ts = self.append(change);
+        if let Some(before) = before {
+            self.versions.record(db, coll, key, ts, Some(before));
+        }
         true
     }
 
@@ -844,6 +1099,7 @@ impl Storage {
         if d.collections.is_empty() {
             self.dbs.remove(db);
         }
+        self.versions.forget(db, coll);
         let mut change = Change::new(EventKind::Drop, db, coll, doc! {"drop": coll});
         change.uuid = if c.is_view() { None } else { Some(c.uuid) };
         self.append(change);
@@ -906,6 +1162,7 @@ impl Storage {
         {
             self.dbs.remove(from.0);
         }
+        self.versions.forget(from.0, from.1);
         let uuid = c.uuid.clone();
         self.dbs
             .entry(to.0.to_string())

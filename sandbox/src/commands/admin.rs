@@ -105,8 +105,12 @@ pub fn repl_set_get_status(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let server = ctx.server;
     let primary = server.is_primary();
     let term = server.term.load(Ordering::SeqCst);
-    let ts = server.storage.lock().cluster_time();
+    let (ts, majority) = {
+        let mut storage = server.storage.lock();
+        (storage.cluster_time(), storage.majority_point())
+    };
     let optime = doc! {"ts": ts, "t": term};
+    let committed = doc! {"ts": majority, "t": term};
     let now = DateTime::now();
     Ok(doc! {
         "set": server.options.set_name.clone(),
@@ -114,7 +118,7 @@ pub fn repl_set_get_status(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         "myState": if primary { 1 } else { 2 },
         "term": term,
         "heartbeatIntervalMillis": 2000i64,
-        "optimes": {"lastCommittedOpTime": optime.clone(), "appliedOpTime": optime.clone(), "durableOpTime": optime.clone()},
+        "optimes": {"lastCommittedOpTime": committed.clone(), "readConcernMajorityOpTime": committed, "appliedOpTime": optime.clone(), "durableOpTime": optime.clone()},
         "members": [{
             "_id": 0, "name": server.address.clone(), "health": 1.0, "state": if primary { 1 } else { 2 },
             "stateStr": if primary { "PRIMARY" } else { "SECONDARY" }, "uptime": server.started.elapsed().as_secs() as i64,
@@ -406,6 +410,11 @@ pub fn sandbox_fault(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             .set_latency(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
         applied.push("latencyMs");
     }
+    if let Some(ms) = ctx.cmd.get("majorityLagMs").and_then(number) {
+        ctx.server
+            .set_majority_lag(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+        applied.push("majorityLagMs");
+    }
     if let Some(keep) = ctx.cmd.get("truncateOplogKeepLast").and_then(number) {
         ctx.server.truncate_oplog(keep.max(0.0) as usize);
         applied.push("truncateOplogKeepLast");
@@ -424,7 +433,7 @@ pub fn sandbox_fault(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     if applied.is_empty() {
         return Err(CommandError::bad_value(
-            "sandboxFault needs one of stepDownSecs, dropConnections, latencyMs, truncateOplogKeepLast",
+            "sandboxFault needs one of stepDownSecs, dropConnections, latencyMs, majorityLagMs, truncateOplogKeepLast",
         ));
     }
     Ok(doc! {"applied": applied})

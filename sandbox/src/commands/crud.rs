@@ -12,6 +12,26 @@ use crate::query::sort::SortSpec;
 use crate::query::update::{upsert_seed, UpdateSpec};
 use crate::query::ArrayFilters;
 use crate::storage::{Collection, Storage};
+use crate::transaction::{holds_any, wait_for_transaction};
+
+/// Whether a statement with this filter could touch a document an open transaction
+/// holds (then the write waits for the transaction, as on the server).
+fn filter_hits_lock(storage: &Storage, db: &str, coll: &str, q: &Document) -> bool {
+    if storage.locks.is_empty() {
+        return false;
+    }
+    let Ok(m) = Matcher::new(q) else {
+        return false;
+    };
+    if m.id_set()
+        .is_some_and(|ids| holds_any(storage, db, coll, ids))
+    {
+        return true;
+    }
+    storage
+        .collection(db, coll)
+        .is_some_and(|c| holds_any(storage, db, coll, &matching_ids(c, &m, None, None)))
+}
 
 fn statements<'a>(ctx: &'a Ctx<'_>, field: &str) -> CmdResult<Vec<&'a Document>> {
     ctx.cmd
@@ -86,6 +106,32 @@ fn validate(
     ))
 }
 
+/// The largest document a user may store (16 MiB).
+const MAX_USER_DOCUMENT: usize = crate::wire::MAX_BSON_SIZE;
+
+/// An inserted document over 16 MiB fails as on the server: 2 BadValue.
+fn check_insert_size(doc: &Document) -> CmdResult<()> {
+    let size = crate::storage::encoded_size(doc);
+    if size > MAX_USER_DOCUMENT {
+        return Err(CommandError::bad_value(format!(
+            "object to insert too large. size in bytes: {size}, max size: {MAX_USER_DOCUMENT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A document grown over 16 MiB by an update fails as on the server: 17419.
+fn check_update_size(doc: &Document) -> CmdResult<()> {
+    let size = crate::storage::encoded_size(doc);
+    if size > MAX_USER_DOCUMENT {
+        return Err(CommandError::new(
+            17419,
+            format!("Resulting document after update is larger than {MAX_USER_DOCUMENT}"),
+        ));
+    }
+    Ok(())
+}
+
 fn bypasses_validation(cmd: &Document) -> bool {
     cmd.get_bool("bypassDocumentValidation").unwrap_or(false)
 }
@@ -105,13 +151,24 @@ pub fn insert(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         None => statements(ctx, "documents")?.into_iter().cloned().collect(),
     };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if holds_any(
+        &storage,
+        &ctx.db,
+        &coll,
+        docs.iter().filter_map(|d| d.get("_id")),
+    ) {
+        drop(storage);
+        ctx.documents = Some(docs.into_iter().map(Bson::Document).collect());
+        return Err(wait_for_transaction());
+    }
     let mut n = 0;
     let mut errors = Vec::new();
     let bypass = bypasses_validation(ctx.cmd);
     for (i, d) in docs.into_iter().enumerate() {
-        let inserted = validate(&storage, &ctx.db, &coll, &d, None, bypass)
+        let inserted = check_insert_size(&d)
+            .and_then(|()| validate(&storage, &ctx.db, &coll, &d, None, bypass))
             .and_then(|()| storage.insert(&ctx.db, &coll, d));
         match inserted {
             Ok(_) => n += 1,
@@ -253,6 +310,7 @@ fn update_statement(
             } else {
                 spec.apply_logged(old, query, &filters, false)?
             };
+            check_update_size(&new)?;
             validate(storage, db, coll, &new, Some(old), bypass)?;
             let keep = images && out.first.is_none();
             ((new, log), keep.then(|| Document::clone(old)))
@@ -285,6 +343,7 @@ fn update_statement(
                 new = d;
             }
         }
+        check_update_size(&new)?;
         validate(storage, db, coll, &new, None, bypass)?;
         let id = storage.insert(db, coll, new)?;
         out.matched = 0;
@@ -317,8 +376,16 @@ pub fn update(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         None => statements(ctx, "updates")?.into_iter().cloned().collect(),
     };
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if stmts.iter().any(|st| {
+        st.get_document("q")
+            .is_ok_and(|q| filter_hits_lock(&storage, &ctx.db, &coll, q))
+    }) {
+        drop(storage);
+        ctx.documents = Some(stmts.into_iter().map(Bson::Document).collect());
+        return Err(wait_for_transaction());
+    }
     let (mut n, mut modified) = (0i64, 0i64);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
@@ -382,8 +449,14 @@ pub fn delete(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let stmts = statements(ctx, "deletes")?;
     let ordered = ctx.cmd.get_bool("ordered").unwrap_or(true);
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if stmts.iter().any(|st| {
+        st.get_document("q")
+            .is_ok_and(|q| filter_hits_lock(&storage, &ctx.db, &coll, q))
+    }) {
+        return Err(wait_for_transaction());
+    }
     let mut n = 0i64;
     let mut errors = Vec::new();
     for (i, stmt) in stmts.into_iter().enumerate() {
@@ -450,8 +523,11 @@ pub fn find_and_modify(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         Some(p) => p.apply(&d),
         None => d,
     };
-    let mut storage = ctx.server.storage.lock();
+    let mut storage = ctx.storage();
     refuse_view(&storage, &ctx.db, &coll)?;
+    if filter_hits_lock(&storage, &ctx.db, &coll, &query) {
+        return Err(wait_for_transaction());
+    }
     if remove {
         let matcher = Matcher::new(&query)?;
         let ids = match storage.collection(&ctx.db, &coll) {
@@ -511,7 +587,7 @@ pub fn count(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .get("limit")
         .and_then(crate::commands::ddl::as_usize)
         .filter(|l| *l > 0);
-    let storage = ctx.server.storage.lock();
+    let storage = ctx.storage();
     let n = match storage.collection(&ctx.db, &coll) {
         Some(c) if query.is_empty() => c.docs.len(),
         Some(c) => c.docs.values().filter(|d| matcher.matches(d)).count(),
@@ -531,7 +607,7 @@ pub fn distinct(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         .to_string();
     let query = ctx.cmd.get_document("query").cloned().unwrap_or_default();
     let matcher = Matcher::new(&query)?;
-    let storage = ctx.server.storage.lock();
+    let storage = ctx.storage();
     let mut values: std::collections::BTreeSet<OrdBson> = std::collections::BTreeSet::new();
     if let Some(c) = storage.collection(&ctx.db, &coll) {
         for d in c.docs.values().filter(|d| matcher.matches(d)) {

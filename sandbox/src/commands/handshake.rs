@@ -32,15 +32,20 @@ pub fn hello(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     reply.insert("me", server.address.clone());
     let now = DateTime::now();
-    let (ts, wall) = {
+    let (ts, majority) = {
         let mut storage = server.storage.lock();
-        let ts = storage.cluster_time();
-        (ts, now)
+        (storage.cluster_time(), storage.majority_point())
     };
+    let lag = server
+        .faults
+        .majority_lag_ms
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let majority_wall = DateTime::from_millis(now.timestamp_millis() - lag as i64);
+    let term = server.term.load(std::sync::atomic::Ordering::SeqCst);
     reply.insert(
         "lastWrite",
-        doc! {"opTime": {"ts": ts, "t": server.term.load(std::sync::atomic::Ordering::SeqCst)}, "lastWriteDate": wall,
-              "majorityOpTime": {"ts": ts, "t": server.term.load(std::sync::atomic::Ordering::SeqCst)}, "majorityWriteDate": wall},
+        doc! {"opTime": {"ts": ts, "t": term}, "lastWriteDate": now,
+        "majorityOpTime": {"ts": majority, "t": term}, "majorityWriteDate": majority_wall},
     );
     reply.insert("maxBsonObjectSize", MAX_BSON_SIZE as i32);
     reply.insert("maxMessageSizeBytes", MAX_MESSAGE_SIZE as i32);

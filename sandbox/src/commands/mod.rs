@@ -261,7 +261,21 @@ static COMMANDS: &[CommandSpec] = &[
         Read,
     ),
     cmd("aggregate", read::aggregate, None, Read),
+    cmd("commitTransaction", outside_transaction, None, Write),
+    cmd("abortTransaction", outside_transaction, None, Write),
 ];
+
+/// commitTransaction / abortTransaction without `autocommit: false`: the dispatcher runs
+/// them for transactions; on their own they are refused.
+fn outside_transaction(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    Err(crate::error::CommandError::new(
+        crate::error::codes::INVALID_OPTIONS,
+        format!(
+            "'{}' must be run within a transaction (with lsid, txnNumber and autocommit: false)",
+            ctx.name
+        ),
+    ))
+}
 
 pub fn lookup(name: &str) -> Option<&'static CommandSpec> {
     COMMANDS.iter().find(|c| c.name == name)

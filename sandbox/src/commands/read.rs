@@ -129,12 +129,7 @@ fn encoded_cursor_reply(
 }
 
 fn oplog_documents(storage: &Storage) -> Vec<Document> {
-    storage
-        .oplog
-        .entries
-        .iter()
-        .map(|e| e.to_oplog_document())
-        .collect()
+    storage.oplog.documents()
 }
 
 /// Oplog entries matching `matcher` in natural order (newest first when `reverse`), at
@@ -353,7 +348,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let single_batch = single_batch || ctx.cmd.get_bool("singleBatch").unwrap_or(false);
     let batch_size = ctx.cmd.get("batchSize").and_then(as_usize);
     if let Ok(hint) = ctx.cmd.get_document("hint") {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
             if !hint.is_empty()
                 && !hint.contains_key("$natural")
@@ -366,7 +361,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         }
     }
     if let Ok(name) = ctx.cmd.get_str("hint") {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         if let Some(c) = storage.collection(&ctx.db, &coll) {
             if c.index(name).is_none() {
                 return Err(CommandError::bad_value(
@@ -377,7 +372,7 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let bounds = IdBounds::parse(ctx.cmd)?;
     let mut docs = {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
             // Natural order over the oplog: read entries in that order and stop once
             // skip + limit have matched, as a capped collection's scan does.
@@ -485,7 +480,7 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
     let (input, stages) = {
-        let storage = ctx.server.storage.lock();
+        let storage = ctx.storage();
         match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
             Some(sampled) => (sampled, &pipeline[1..]),
             None => (

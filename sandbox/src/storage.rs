@@ -245,25 +245,75 @@ impl Oplog {
     /// `applyOps` command per transaction entry (the operations sharing its `ts`).
     pub fn documents(&self) -> Vec<Document> {
         let mut out = Vec::with_capacity(self.entries.len());
-        let mut i = 0;
-        while i < self.entries.len() {
-            let e = &self.entries[i];
-            let Some(txn) = &e.txn else {
-                out.push(e.to_oplog_document());
-                i += 1;
-                continue;
-            };
-            let mut ops = Vec::new();
-            while i < self.entries.len()
-                && self.entries[i].ts == e.ts
-                && self.entries[i].txn.is_some()
-            {
-                ops.push(Bson::Document(self.entries[i].op_document()));
-                i += 1;
-            }
-            out.push(crate::transaction::apply_ops_document(e, txn, ops));
-        }
+        self.visit_documents(false, |d| {
+            out.push(d);
+            true
+        });
         out
+    }
+
+    /// Visits the documents of `local.oplog.rs` in natural order (newest first when
+    /// `reverse`), rendering each only when reached, until `visit` returns false: a read
+    /// of the newest entries costs what it returns, not the whole oplog. Returns how many
+    /// documents were rendered.
+    pub fn visit_documents(&self, reverse: bool, mut visit: impl FnMut(Document) -> bool) -> u64 {
+        let entries = &self.entries;
+        let group_end = |start: usize| {
+            let e = &entries[start];
+            let mut end = start + 1;
+            if e.txn.is_some() {
+                while end < entries.len() && entries[end].ts == e.ts && entries[end].txn.is_some() {
+                    end += 1;
+                }
+            }
+            end
+        };
+        let group_start = |end: usize| {
+            let e = &entries[end - 1];
+            let mut start = end - 1;
+            if e.txn.is_some() {
+                while start > 0 && entries[start - 1].ts == e.ts && entries[start - 1].txn.is_some()
+                {
+                    start -= 1;
+                }
+            }
+            start
+        };
+        let render = |start: usize, end: usize| {
+            let e = &entries[start];
+            match &e.txn {
+                None => e.to_oplog_document(),
+                Some(txn) => {
+                    let ops = (start..end)
+                        .map(|k| Bson::Document(entries[k].op_document()))
+                        .collect();
+                    crate::transaction::apply_ops_document(e, txn, ops)
+                }
+            }
+        };
+        let mut rendered = 0;
+        if reverse {
+            let mut end = entries.len();
+            while end > 0 {
+                let start = group_start(end);
+                rendered += 1;
+                if !visit(render(start, end)) {
+                    break;
+                }
+                end = start;
+            }
+        } else {
+            let mut start = 0;
+            while start < entries.len() {
+                let end = group_end(start);
+                rendered += 1;
+                if !visit(render(start, end)) {
+                    break;
+                }
+                start = end;
+            }
+        }
+        rendered
     }
     /// True when entries after `after` may have been dropped.
     pub fn lost_after(&self, after: Timestamp) -> bool {

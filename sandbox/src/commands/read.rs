@@ -141,24 +141,13 @@ fn oplog_natural(
     wanted: Option<usize>,
 ) -> (Vec<Arc<Document>>, u64) {
     let wanted = wanted.unwrap_or(usize::MAX);
-    let entries = &storage.oplog.entries;
-    let ordered: Box<dyn Iterator<Item = _>> = if reverse {
-        Box::new(entries.iter().rev())
-    } else {
-        Box::new(entries.iter())
-    };
     let mut out = Vec::new();
-    let mut read = 0u64;
-    for entry in ordered {
-        if out.len() >= wanted {
-            break;
-        }
-        read += 1;
-        let d = entry.to_oplog_document();
+    let read = storage.oplog.visit_documents(reverse, |d| {
         if matcher.matches(&d) {
             out.push(Arc::new(d));
         }
-    }
+        out.len() < wanted
+    });
     (out, read)
 }
 

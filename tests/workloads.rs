@@ -241,3 +241,38 @@ async fn time_series_collections_are_refused_at_validation() {
         .expect("list");
     assert_eq!(dst_names, vec!["orders".to_string()]);
 }
+
+/// Documents near the 16 MB limit written while Ferry syncs. With update events carrying
+/// the looked-up document, an update's event holds the document and its changed fields,
+/// over 16 MB, which a server can only send split (`$changeStreamSplitLargeEvent`);
+/// without it the stream fails with BSONObjectTooLarge on every resume. Ferry asks for
+/// split events and joins them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_near_the_size_limit_written_during_sync_converge() {
+    let pair = Pair::start().await;
+    let coll = pair.src.database("app").collection::<Document>("blobs");
+    coll.insert_one(doc! {"_id": 0, "small": true})
+        .await
+        .expect("seed");
+    let m = start(pair.config("[apply]\nupdate_events = \"lookup\"\n")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let big = "b".repeat(16 * 1024 * 1024 - 200);
+    coll.insert_one(doc! {"_id": 1, "data": &big})
+        .await
+        .expect("insert a document near 16 MB");
+    let half = "h".repeat(8 * 1024 * 1024);
+    coll.insert_one(doc! {"_id": 2, "a": &half})
+        .await
+        .expect("insert");
+    coll.update_one(
+        doc! {"_id": 2},
+        doc! {"$set": {"b": &half[..7 * 1024 * 1024]}},
+    )
+    .await
+    .expect("grow it near the limit");
+    coll.insert_one(doc! {"_id": 3, "after": true})
+        .await
+        .expect("insert");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 4);
+}

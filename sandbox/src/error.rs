@@ -111,6 +111,7 @@ pub mod codes {
             11600 => "InterruptedAtShutdown",
             11602 => "InterruptedDueToReplStateChange",
             10107 => "NotWritablePrimary",
+            10334 => "BSONObjectTooLarge",
             13435 => "NotPrimaryNoSecondaryOk",
             13388 => "StaleConfig",
             _ => return format!("Location{code}"),

@@ -23,6 +23,7 @@ pub mod applier;
 pub mod baseline;
 pub mod coordinator;
 pub mod copier;
+pub mod split_events;
 pub mod supervisor;
 pub mod tailer;
 pub mod verifier;

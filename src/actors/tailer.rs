@@ -14,6 +14,7 @@ use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
 
 use super::applier::{apply_ddl, is_ddl, Applier, ApplyError, ApplyEvents};
+use super::split_events::{Joining, NextError};
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::CheckpointError;
 use crate::cluster::ClusterError;
@@ -510,6 +511,7 @@ impl Replay {
 async fn spool_during_copy(
     engine: &SharedEngine,
     stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
+    joining: &mut Joining,
     spool: &mut SpoolPlan,
     paused: &mut watch::Receiver<bool>,
     copy_done: &mut watch::Receiver<bool>,
@@ -584,7 +586,7 @@ async fn spool_during_copy(
             }
             continue;
         }
-        if let Some(event) = stream.next_if_any().await.map_err(stream_error)? {
+        if let Some(event) = next_whole_event(stream, joining).await? {
             if EventView::parse(&event).is_wanted(engine) {
                 writer.append(&event)?;
             }
@@ -593,6 +595,33 @@ async fn spool_during_copy(
             .progress
             .spooled_bytes
             .store(writer.len(), Ordering::Relaxed);
+    }
+}
+
+/// The next whole change event of the current batch (large events joined from their
+/// fragments).
+async fn next_whole_event(
+    stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
+    joining: &mut Joining,
+) -> Result<Option<RawDocumentBuf>, TailError> {
+    super::split_events::next_whole(stream, joining)
+        .await
+        .map_err(|e| match e {
+            NextError::Stream(e) => stream_error(e),
+            NextError::Split(e) => TailError::Decode(e.to_string()),
+        })
+}
+
+/// Whether the source can send events over 16 MB in fragments (see
+/// [`super::split_events`]); without it such an event stops the stream for good.
+async fn split_large_events(engine: &SharedEngine) -> bool {
+    use crate::cluster::topology::server_version;
+    match server_version(&engine.source).await {
+        Ok(v) => super::split_events::supported((v.major, v.minor, v.patch)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the source version; change events over 16 MB would stop the stream");
+            false
+        }
     }
 }
 
@@ -626,6 +655,7 @@ async fn tail(
     let mut events_applied = state.events_applied;
     let mut spool = SpoolPlan::load(&engine, &state);
     let lookup = updates_need_lookup(&engine).await;
+    let split = split_large_events(&engine).await;
     *engine.progress.update_events.write() = Some(if lookup { "lookup" } else { "delta" });
     let mut watch = engine
         .source
@@ -639,6 +669,9 @@ async fn tail(
     if lookup {
         watch = watch.full_document(FullDocumentType::UpdateLookup);
     }
+    if split {
+        watch = watch.pipeline([super::split_events::split_stage()]);
+    }
     match spool.stream_from(&state) {
         Some(token) => {
             let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
@@ -651,6 +684,7 @@ async fn tail(
         .await
         .map_err(stream_error)?
         .with_type::<RawDocumentBuf>();
+    let mut joining = Joining::default();
     tracing::info!(
         resume = state.resume_token.is_some(),
         spooled = spool.durable.is_some(),
@@ -661,6 +695,7 @@ async fn tail(
         spool_during_copy(
             &engine,
             &mut stream,
+            &mut joining,
             &mut spool,
             &mut paused,
             &mut copy_done,
@@ -710,7 +745,7 @@ async fn tail(
                 }
                 next
             }
-            None => stream.next_if_any().await.map_err(stream_error)?,
+            None => next_whole_event(&mut stream, &mut joining).await?,
         };
         let caught_up = next.is_none();
         if let Some(event) = next {

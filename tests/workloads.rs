@@ -276,3 +276,79 @@ async fn documents_near_the_size_limit_written_during_sync_converge() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, 4);
 }
+
+/// Multi-document transactions on the source, during the copy and during sync, one of
+/// them larger than one 16 MB `applyOps` oplog entry: their events carry `lsid` and
+/// `txnNumber` and share cluster times, and Ferry applies them event by event (the
+/// destination converges; a transaction's writes are not applied atomically there while
+/// syncing, which nobody reads before the cutover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_on_the_source_converge() {
+    let pair = Pair::start().await;
+    let accounts = pair.src.database("bank").collection::<Document>("accounts");
+    let ledger = pair.src.database("bank").collection::<Document>("ledger");
+    accounts
+        .insert_many(
+            (0..2000)
+                .map(|i| doc! {"_id": i, "balance": 100})
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("seed");
+    pair.destination
+        .set_latency(std::time::Duration::from_millis(10));
+    let m = start(pair.config("[copy]\nbatch_max_documents = 100\n")).await;
+    let transfer = |from: i32, to: i32, n: i32| {
+        let client = pair.src.clone();
+        let (accounts, ledger) = (accounts.clone(), ledger.clone());
+        async move {
+            let mut s = client.start_session().await.expect("session");
+            s.start_transaction().await.expect("start");
+            accounts
+                .update_one(doc! {"_id": from}, doc! {"$inc": {"balance": -1}})
+                .session(&mut s)
+                .await
+                .expect("debit");
+            accounts
+                .update_one(doc! {"_id": to}, doc! {"$inc": {"balance": 1}})
+                .session(&mut s)
+                .await
+                .expect("credit");
+            ledger
+                .insert_one(doc! {"_id": n, "from": from, "to": to})
+                .session(&mut s)
+                .await
+                .expect("ledger");
+            s.commit_transaction().await.expect("commit");
+        }
+    };
+    for n in 0..50 {
+        transfer(n * 37 % 2000, n * 91 % 2000, n).await;
+    }
+    pair.destination.set_latency(std::time::Duration::ZERO);
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    for n in 50..100 {
+        transfer(n * 37 % 2000, n * 91 % 2000, n).await;
+    }
+    // A transaction over several 16 MB oplog entries, and an aborted one.
+    let mut s = pair.src.start_session().await.expect("session");
+    s.start_transaction().await.expect("start");
+    let blob = "t".repeat(4 * 1024 * 1024);
+    for i in 0..6 {
+        ledger
+            .insert_one(doc! {"_id": 1000 + i, "blob": &blob})
+            .session(&mut s)
+            .await
+            .expect("large transaction");
+    }
+    s.commit_transaction().await.expect("commit");
+    s.start_transaction().await.expect("start");
+    ledger
+        .insert_one(doc! {"_id": -1, "aborted": true})
+        .session(&mut s)
+        .await
+        .expect("insert");
+    s.abort_transaction().await.expect("abort");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 2106);
+}

@@ -8,7 +8,17 @@
 //! - delete -> delete by key.
 //!
 //! Consecutive statements of one kind go in one command; a change of kind ends it, so
-//! the events of one document are applied in order. DDL events are applied by
+//! the events of one document are applied in order.
+//!
+//! Transactions: their events (which carry `lsid`/`txnNumber` and share the cluster time
+//! of their `applyOps` oplog entry) are applied event by event like any other, not as
+//! one destination transaction. The guarantee: every event of a committed transaction is
+//! applied, in order per document, and the checkpoint never passes an unapplied one, so
+//! the destination converges; while syncing, a reader of the destination may see part of
+//! a transaction. Nobody reads the destination as the system of record before the
+//! cutover, and at the cutover every transaction is applied whole. (Per-transaction
+//! atomicity would need destination transactions, unavailable for the same guarantees
+//! on a sharded destination, and would serialise the appliers.) DDL events are applied by
 //! [`apply_ddl`] at a barrier, when every applier is idle.
 
 use std::time::Instant;

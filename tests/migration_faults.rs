@@ -478,3 +478,23 @@ async fn a_rename_replayed_after_a_restart_does_not_move_a_newer_collection() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, 110);
 }
+
+/// Pins: the start time was recorded with a write that was not majority-committed while
+/// the copy reads at majority, so on a replica set whose majority lags, a document written
+/// just before the start time was missed by both the copy (not in its majority snapshot)
+/// and the change stream (which starts after it). Here the source's commit point trails
+/// its writes by 4 s and documents are written right up to the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_written_just_before_the_start_under_majority_lag_are_copied() {
+    let pair = Pair::start().await;
+    pair.source.set_majority_lag(Duration::from_secs(4));
+    let coll = pair.src.database("app").collection::<Document>("late");
+    for i in 0..20 {
+        coll.insert_one(doc! {"_id": i}).await.expect("insert");
+    }
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    pair.source.set_majority_lag(Duration::ZERO);
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 20);
+}

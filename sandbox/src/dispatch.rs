@@ -189,6 +189,7 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                     commands::read::get_more(server, conn, &db, &cmd).await
                 }
                 (None, injected, None) => {
+                    wait_after_cluster_time(server, &cmd).await;
                     let mut ctx = Ctx {
                         server,
                         conn,
@@ -257,6 +258,46 @@ fn majority_snapshot(
     let mut storage = server.storage.lock();
     let point = storage.majority_point();
     Some(Mutex::new(storage.snapshot_of(db, coll, point)))
+}
+
+/// `readConcern: {afterClusterTime: T}`: the read waits until the data it reads covers T
+/// (for majority and snapshot reads, until the majority commit point reaches T), as the
+/// real server does. Bounded like the server's wait by the command's `maxTimeMS`, else
+/// by a minute.
+async fn wait_after_cluster_time(server: &Arc<Server>, cmd: &Document) {
+    let Ok(rc) = cmd.get_document("readConcern") else {
+        return;
+    };
+    let Ok(after) = rc.get_timestamp("afterClusterTime") else {
+        return;
+    };
+    let majority = matches!(rc.get_str("level"), Ok("majority" | "snapshot"));
+    let limit = cmd
+        .get("maxTimeMS")
+        .and_then(|v| match v {
+            Bson::Int32(n) => Some(*n as u64),
+            Bson::Int64(n) => Some(*n as u64),
+            Bson::Double(f) => Some(*f as u64),
+            _ => None,
+        })
+        .filter(|ms| *ms > 0)
+        .unwrap_or(60_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(limit);
+    loop {
+        let reached = {
+            let mut storage = server.storage.lock();
+            let point = if majority {
+                storage.majority_point()
+            } else {
+                storage.cluster_time()
+            };
+            !crate::storage::ts_lt(point, after)
+        };
+        if reached || std::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// `writeConcern: {w: "majority"}` under the majority lag fault: waits until the majority

@@ -291,9 +291,15 @@ impl Tracker {
 /// stream (until cancelled). Both start from the cluster times read first. Returns only
 /// when the baseline failed (the caller may start a new one later).
 pub async fn run(engine: SharedEngine, paused: watch::Receiver<bool>) {
+    // Changes are tracked from these times on, and the comparison reads at majority: it
+    // must not start before each side's majority commit point has reached its time, or a
+    // write between the two (on a replica set whose majority lags) would be in neither
+    // the comparison nor the tracked changes.
     let times = async {
         let source = engine.source.cluster_time().await?;
         let destination = engine.destination.cluster_time().await?;
+        engine.source.wait_majority_committed(source).await?;
+        engine.destination.wait_majority_committed(destination).await?;
         Ok::<_, ClusterError>((source, destination))
     };
     let (source_since, destination_since) = match times.await {

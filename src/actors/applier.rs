@@ -294,11 +294,21 @@ pub async fn apply_events(
     let ns = format!("{db}.{coll}");
     let started = Instant::now();
     let count = events.len() as u64;
+    // DDL events are barriers and a drop or rename ends the namespace's appliers, so the
+    // events of one call are all of one collection: its UUID is the first one given.
+    let uuid = events.iter().find_map(|e| match e.get("collectionUUID") {
+        Ok(Some(RawBsonRef::Binary(b))) => Some(bson::Binary {
+            subtype: b.subtype,
+            bytes: b.bytes.to_vec(),
+        }),
+        _ => None,
+    });
     let target = Target {
         engine,
         db,
         coll,
         ns: &ns,
+        uuid,
     };
     let mut run = Run {
         kind: Kind::Upsert,
@@ -367,6 +377,9 @@ struct Target<'a> {
     db: &'a str,
     coll: &'a str,
     ns: &'a str,
+    /// The source collection's UUID, from the events: a document read again is looked up
+    /// under the collection's current name when it was renamed since the events.
+    uuid: Option<bson::Binary>,
 }
 
 impl Target<'_> {
@@ -455,19 +468,51 @@ impl Target<'_> {
     }
 
     async fn refetch_chunk(&self, keys: &[&RawDocumentBuf]) -> Result<(), ApplyError> {
+        let mut found = self.read_source(self.coll, keys).await?;
+        // Documents not found may have been deleted (their delete event follows) or their
+        // collection renamed since these events (no event will bring them back): look for
+        // them under the collection's current name. They are written under this
+        // namespace, where the replayed rename will find them.
+        let missing: Vec<&RawDocumentBuf> = keys
+            .iter()
+            .copied()
+            .filter(|k| id_bytes(k).is_some_and(|id| !found.contains_key(&id)))
+            .collect();
+        if let (Some(uuid), false) = (&self.uuid, missing.is_empty()) {
+            let now = self
+                .engine
+                .source
+                .collection_name_by_uuid(self.db, uuid)
+                .await?;
+            if let Some(now) = now.filter(|n| n != self.coll) {
+                found.extend(self.read_source(&now, &missing).await?);
+            }
+        }
+        let statements = keys.iter().filter_map(|k| {
+            let doc = found.get(&id_bytes(k)?)?;
+            Some(upsert_statement(k, doc))
+        });
+        self.replace_all(statements).await
+    }
+
+    /// The keyed documents of source collection `coll` (of this database), by `_id` bytes.
+    async fn read_source(
+        &self,
+        coll: &str,
+        keys: &[&RawDocumentBuf],
+    ) -> Result<std::collections::HashMap<Vec<u8>, RawDocumentBuf>, ApplyError> {
         use futures_util::TryStreamExt;
         let alternatives: Vec<Bson> = keys
             .iter()
             .filter_map(|k| Document::try_from(k.as_ref()).ok().map(Bson::Document))
             .collect();
-        let query = doc! {"$or": alternatives};
         let mut cursor = self
             .engine
             .source
             .client
             .database(self.db)
-            .collection::<RawDocumentBuf>(self.coll)
-            .find(query)
+            .collection::<RawDocumentBuf>(coll)
+            .find(doc! {"$or": alternatives})
             .await
             .map_err(|e| source_error(self.ns, e))?;
         let mut found = std::collections::HashMap::new();
@@ -480,11 +525,7 @@ impl Target<'_> {
                 found.insert(id, doc);
             }
         }
-        let statements = keys.iter().filter_map(|k| {
-            let doc = found.get(&id_bytes(k)?)?;
-            Some(upsert_statement(k, doc))
-        });
-        self.replace_all(statements).await
+        Ok(found)
     }
 
     /// Sends replace-by-key upserts, if any, in commands within the byte budget.

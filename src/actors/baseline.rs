@@ -299,7 +299,10 @@ pub async fn run(engine: SharedEngine, paused: watch::Receiver<bool>) {
         let source = engine.source.cluster_time().await?;
         let destination = engine.destination.cluster_time().await?;
         engine.source.wait_majority_committed(source).await?;
-        engine.destination.wait_majority_committed(destination).await?;
+        engine
+            .destination
+            .wait_majority_committed(destination)
+            .await?;
         Ok::<_, ClusterError>((source, destination))
     };
     let (source_since, destination_since) = match times.await {

@@ -393,7 +393,7 @@ async fn copy_range(
         .unwrap_or_default();
     let source_coll = match &uuid {
         None => coll.clone(),
-        Some(uuid) => match current_name(&engine, &db, uuid).await? {
+        Some(uuid) => match engine.source.collection_name_by_uuid(&db, uuid).await? {
             Some(name) => name,
             None => {
                 tracing::info!(ns = %range.ns, "collection gone from the source since the plan; its change events carry what happened to it");
@@ -490,23 +490,6 @@ async fn copy_range(
     range.done = true;
     engine.checkpoints.save_range(&range).await?;
     Ok(())
-}
-
-/// The name the collection with this UUID has now in `db`, if it is still there.
-async fn current_name(
-    engine: &SharedEngine,
-    db: &str,
-    uuid: &bson::Binary,
-) -> Result<Option<String>, CopyError> {
-    let specs = engine.source.collection_specs(db).await?;
-    Ok(specs.iter().find_map(|spec| {
-        let same = matches!(
-            spec.get_document("info").map(|i| i.get("uuid")),
-            Ok(Some(Bson::Binary(b))) if b == uuid
-        );
-        same.then(|| spec.get_str("name").ok().map(String::from))
-            .flatten()
-    }))
 }
 
 struct InsertedBatch {

@@ -322,6 +322,27 @@ impl Cluster {
             .await
     }
 
+    /// The name the collection with this UUID has now in `db`, if it is still there (a
+    /// rename within a database keeps the UUID; one into another database does not).
+    pub async fn collection_name_by_uuid(
+        &self,
+        db: &str,
+        uuid: &bson::Binary,
+    ) -> Result<Option<String>, ClusterError> {
+        let specs = self.collection_specs(db).await?;
+        Ok(specs.iter().find_map(|spec| {
+            let same = matches!(
+                spec.get_document("info").map(|i| i.get("uuid")),
+                Ok(Some(Bson::Binary(b))) if b == uuid
+            );
+            if same {
+                spec.get_str("name").ok().map(String::from)
+            } else {
+                None
+            }
+        }))
+    }
+
     /// listIndexes of a collection (empty when it does not exist).
     pub async fn index_specs(&self, db: &str, coll: &str) -> Result<Vec<Document>, ClusterError> {
         match self

@@ -34,8 +34,10 @@
 //!   deleted and re-inserted as another type (66 ImmutableField).
 //! - `dollar_fields`: top-level `$`-prefixed field names, then updated (52).
 //! - `rename_during_copy`: renameCollection while the copy runs (documents missing).
-//! - `retry_write_block`: a refused then retried cutover with `enforce_write_block`
-//!   (the second cutover never ends and the source stays blocked).
+//! - `retried_cutover`: a cutover refused by verification (a planted difference), then
+//!   retried once the difference is removed: the second cutover stays in
+//!   `cutting_over` for good, with or without `enforce_write_block` (with it, the source
+//!   also stays write-blocked).
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):
@@ -56,6 +58,10 @@ mod workload;
 
 use std::collections::BTreeSet;
 
+/// The tests of this file run one seed at a time: the machine is small, and the
+/// fault checks read per-server counters.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Seeds `cargo test` runs (kept few: the whole file should take about a minute on a
 /// loaded two-core machine).
 pub const DEFAULT_SEEDS: u64 = 3;
@@ -67,7 +73,7 @@ pub enum Feature {
     EqualIds,
     DollarFields,
     RenameDuringCopy,
-    RetryWriteBlock,
+    RetriedCutover,
     Txn,
     Pipeline,
     ArrayFilters,
@@ -79,7 +85,7 @@ const FEATURES: [(&str, Feature); 9] = [
     ("equal_ids", Feature::EqualIds),
     ("dollar_fields", Feature::DollarFields),
     ("rename_during_copy", Feature::RenameDuringCopy),
-    ("retry_write_block", Feature::RetryWriteBlock),
+    ("retried_cutover", Feature::RetriedCutover),
     ("txn", Feature::Txn),
     ("pipeline", Feature::Pipeline),
     ("array_filters", Feature::ArrayFilters),
@@ -154,24 +160,57 @@ async fn seeded_workloads_and_faults_converge_exactly() {
         settings.features
     );
     for &seed in &settings.seeds {
-        let s = settings.clone();
-        let outcome = tokio::spawn(scenario::run(seed, s)).await;
-        match outcome {
-            Ok(summary) => eprintln!("randomized: seed {seed} converged: {summary}"),
-            Err(e) => {
-                let message = match e.try_into_panic() {
-                    Ok(p) => p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "(no message)".into()),
-                    Err(e) => e.to_string(),
-                };
-                panic!(
-                    "seed {seed} failed; replay it with FERRY_RANDOMIZED_SEED={seed} (features {:?}):\n{message}",
-                    settings.features
-                );
-            }
+        run_seed(seed, &settings, None).await;
+    }
+}
+
+/// A SIGKILL of `ferry run` at each crash point (plan save, copy, sync, DDL replay,
+/// cutover), then a restart with the same config: every seed still converges exactly.
+/// Runs seeds `1000 + i` unless `FERRY_RANDOMIZED_SEED` picks one for every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_every_crash_point_converges() {
+    let settings = Settings::from_env();
+    let single = std::env::var("FERRY_RANDOMIZED_SEED").is_ok();
+    for (i, at) in scenario::CRASHES.iter().enumerate() {
+        let seed = if single {
+            settings.seeds[0]
+        } else {
+            1000 + i as u64
+        };
+        eprintln!("randomized: SIGKILL at {at:?} with seed {seed}");
+        run_seed(seed, &settings, Some(*at)).await;
+    }
+}
+
+/// Runs one seed on its own task, so that a failure is reported with its seed.
+async fn run_seed(seed: u64, settings: &Settings, kill: Option<scenario::Crash>) {
+    let _serial = SERIAL.lock().await;
+    let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill)).await;
+    match outcome {
+        Ok(summary) => eprintln!("randomized: seed {seed} converged: {summary}"),
+        Err(e) => {
+            let message = match e.try_into_panic() {
+                Ok(p) => p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into()),
+                Err(e) => e.to_string(),
+            };
+            let features: Vec<&str> = FEATURES
+                .iter()
+                .filter(|(_, f)| settings.has(*f))
+                .map(|(n, _)| *n)
+                .collect();
+            let test = match kill {
+                Some(at) => format!("kill_9 (crash point {at:?})"),
+                None => "seeded".into(),
+            };
+            panic!(
+                "seed {seed} failed; replay: FERRY_RANDOMIZED_SEED={seed} \
+                 FERRY_RANDOMIZED_FEATURES={} cargo test --test randomized {test}\n{message}",
+                features.join(",")
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `abort`), or a `ferry run` child process (crashed with SIGKILL), observed and steered
 //! the same way, so one scenario drives both.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -136,10 +136,7 @@ impl Daemon {
                     s.last_error
                 );
             }
-            assert!(
-                !self.finished(),
-                "the run stopped while waiting for {what}"
-            );
+            assert!(!self.finished(), "the run stopped while waiting for {what}");
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what} (status {:?})",
@@ -166,9 +163,10 @@ impl Daemon {
             }
             Daemon::Child { api, .. } => {
                 let (path, body) = match request {
-                    ControlRequest::Cutover { .. } => {
-                        ("/api/v1/cutover", serde_json::json!({"writes_stopped": true}))
-                    }
+                    ControlRequest::Cutover { .. } => (
+                        "/api/v1/cutover",
+                        serde_json::json!({"writes_stopped": true}),
+                    ),
                     ControlRequest::Pause => ("/api/v1/pause", serde_json::json!({})),
                     ControlRequest::Resume => ("/api/v1/resume", serde_json::json!({})),
                     ControlRequest::Cancel => ("/api/v1/cancel", serde_json::json!({})),
@@ -253,30 +251,50 @@ impl Daemon {
                     assert!(Instant::now() < deadline, "ferry run did not exit");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let Daemon::Child { child, last, .. } = self else {
+                let Daemon::Child {
+                    child,
+                    last,
+                    config,
+                    ..
+                } = self
+                else {
                     unreachable!()
                 };
                 let status = child.wait().expect("reap ferry run");
                 let last = last.clone();
+                let log = config.with_extension("log");
                 let phase = if status.success() {
                     Phase::Completed
                 } else {
                     last.as_ref().map(|s| s.phase).unwrap_or(Phase::Failed)
                 };
-                (phase, Some(format!("exit {status}; last status {last:?}")))
+                (
+                    phase,
+                    Some(format!(
+                        "exit {status}; last status {last:?}; log in {}",
+                        log.display()
+                    )),
+                )
             }
         }
     }
 }
 
-fn spawn(config: &PathBuf) -> Child {
+/// Spawns `ferry run`; its output goes to `<config>.log` (appended across restarts),
+/// which a failure message names.
+fn spawn(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_extension("log"))
+        .expect("open the child's log");
+    let err = log.try_clone().expect("clone the log handle");
     Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
         .spawn()
         .expect("spawn ferry run")
 }
@@ -286,6 +304,9 @@ impl Drop for Daemon {
         if let Daemon::Child { child, config, .. } = self {
             let _ = child.kill();
             let _ = child.wait();
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_file(config.with_extension("log"));
+            }
             let _ = std::fs::remove_file(config);
         }
     }

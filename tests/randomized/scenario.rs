@@ -18,7 +18,7 @@ use super::{common, compare, Feature, Settings};
 
 /// Where a crash of Ferry lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Crash {
+pub enum Crash {
     /// As soon as the run leaves validation: the copy plan is being made and saved.
     PlanSave,
     Copy,
@@ -99,11 +99,8 @@ impl Plan {
         } else {
             None
         };
-        let refused_cutover = rng.gen_bool(0.3);
-        let mut enforce_write_block = rng.gen_bool(0.5);
-        if refused_cutover && !settings.has(Feature::RetryWriteBlock) {
-            enforce_write_block = false;
-        }
+        let refused_cutover = rng.gen_bool(0.3) && settings.has(Feature::RetriedCutover);
+        let enforce_write_block = rng.gen_bool(0.5);
         let mut extra = format!(
             "[copy]\nbatch_max_documents = {}\nparallel_collections = {}\nparallel_ranges_per_collection = {}\n",
             rng.gen_range(10..300),
@@ -263,7 +260,10 @@ async fn stage(
                     }
                 }
                 ferry.crash().await;
-                fired.push(format!("crash at op {i}{}", if after_ddl { " after DDL" } else { "" }));
+                fired.push(format!(
+                    "crash at op {i}{}",
+                    if after_ddl { " after DDL" } else { "" }
+                ));
                 load.run(&pair.src, 5).await;
                 ferry.restart(text).await;
             }
@@ -318,9 +318,24 @@ async fn cutover(ferry: &mut Daemon) -> Option<String> {
     }
 }
 
-pub async fn run(seed: u64, settings: Settings) -> Summary {
+/// Every crash point, for the test that forces each one with SIGKILL.
+pub const CRASHES: [Crash; 5] = [
+    Crash::PlanSave,
+    Crash::Copy,
+    Crash::Sync,
+    Crash::DdlReplay,
+    Crash::Cutover,
+];
+
+/// Runs `seed`; `kill` forces a SIGKILL of a `ferry run` child at that point instead of
+/// the crash the seed would draw.
+pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary {
     let mut rng = StdRng::seed_from_u64(seed);
-    let plan = Plan::draw(&mut rng, &settings);
+    let mut plan = Plan::draw(&mut rng, &settings);
+    if let Some(at) = kill {
+        let op = plan.crash.map(|(_, _, op)| op).unwrap_or(0);
+        plan.crash = Some((at, true, op));
+    }
     eprintln!("randomized: seed {seed}: {plan:?}");
     let pair = common::Pair::start().await;
     let mut load = Workload::new(StdRng::seed_from_u64(rng.gen()), &settings);
@@ -360,7 +375,9 @@ pub async fn run(seed: u64, settings: Settings) -> Summary {
 
     if crash == Some(Crash::PlanSave) {
         ferry
-            .wait_for("the run to leave validation", |s| s.phase != Phase::Validating)
+            .wait_for("the run to leave validation", |s| {
+                s.phase != Phase::Validating
+            })
             .await;
         ferry.crash().await;
         fired.push("crash at plan save".into());
@@ -441,7 +458,9 @@ pub async fn run(seed: u64, settings: Settings) -> Summary {
             })
             .await;
         ferry
-            .wait_for("the cutover to start", |s| s.phase != Phase::ReadyForCutover)
+            .wait_for("the cutover to start", |s| {
+                s.phase != Phase::ReadyForCutover
+            })
             .await;
         ferry.crash().await;
         fired.push("crash at cutover".into());

@@ -53,7 +53,11 @@ pub fn scalar(rng: &mut StdRng) -> Bson {
         1 => Bson::Int64(rng.gen_range(-1_000_000_000_000i64..1_000_000_000_000)),
         2 => Bson::Double(rng.gen_range(-1e6..1e6)),
         3 => Bson::Double([f64::NAN, -0.0, f64::INFINITY, 1e-300][rng.gen_range(0..4)]),
-        4 => decimal(&format!("{}.{}", rng.gen_range(-9999..9999), rng.gen_range(0..999))),
+        4 => decimal(&format!(
+            "{}.{}",
+            rng.gen_range(-9999..9999),
+            rng.gen_range(0..999)
+        )),
         5 | 6 => Bson::String(word(rng)),
         7 => Bson::Boolean(rng.gen()),
         8 => Bson::Null,
@@ -91,7 +95,11 @@ pub fn value(rng: &mut StdRng, depth: usize) -> Bson {
         return scalar(rng);
     }
     match rng.gen_range(0..10) {
-        0 => Bson::Array((0..rng.gen_range(0..4)).map(|_| value(rng, depth - 1)).collect()),
+        0 => Bson::Array(
+            (0..rng.gen_range(0..4))
+                .map(|_| value(rng, depth - 1))
+                .collect(),
+        ),
         1 => {
             let mut d = Document::new();
             for i in 0..rng.gen_range(0..4) {

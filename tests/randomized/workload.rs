@@ -644,10 +644,14 @@ impl Workload {
             }
             3 | 4 => {
                 let spec = self.index_spec();
-                command(client, &db, doc! {"createIndexes": &coll, "indexes": [spec]})
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                command(
+                    client,
+                    &db,
+                    doc! {"createIndexes": &coll, "indexes": [spec]},
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
             5 => {
                 let names = index_names(client, ns).await;
@@ -756,7 +760,12 @@ async fn write(client: &Client, db: &str, cmd: Document) -> Result<(), String> {
 /// collection. Returns why not, when it does not.
 pub async fn unsupported(client: &Client, kind: Kind) -> Option<String> {
     let db = "rand_probe";
-    let _ = command(client, db, doc! {"insert": "p", "documents": [{"_id": 1, "objs": [{"b": 1}], "arr": [1]}]}).await;
+    let _ = command(
+        client,
+        db,
+        doc! {"insert": "p", "documents": [{"_id": 1, "objs": [{"b": 1}], "arr": [1]}]},
+    )
+    .await;
     let outcome = match kind {
         Kind::Transaction => {
             let mut w = Workload {

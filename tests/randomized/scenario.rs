@@ -147,7 +147,7 @@ impl fmt::Display for Summary {
 }
 
 /// The side a fault hits, with the handle to check it fired.
-fn side<'a>(pair: &'a common::Pair, source: bool) -> (&'a ferry_sandbox::Sandbox, &'a Client) {
+fn side(pair: &common::Pair, source: bool) -> (&ferry_sandbox::Sandbox, &Client) {
     if source {
         (&pair.source, &pair.src)
     } else {

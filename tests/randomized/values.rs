@@ -137,7 +137,7 @@ pub fn id(rng: &mut StdRng, seq: u64) -> Bson {
         })),
         8 => Bson::Document(doc! {"k": seq as i64, "s": WORDS[(seq % 12) as usize]}),
         9 => Bson::Binary(Binary {
-            subtype: if seq % 2 == 0 {
+            subtype: if seq.is_multiple_of(2) {
                 BinarySubtype::Generic
             } else {
                 BinarySubtype::Uuid
@@ -208,7 +208,7 @@ pub fn document(rng: &mut StdRng, id: Bson, shape: Shape) -> Document {
     d.insert(
         "objs",
         (0..rng.gen_range(0..6))
-            .map(|i| Bson::Document(doc! {"b": i as i32, "c": word(rng)}))
+            .map(|i: i32| Bson::Document(doc! {"b": i, "c": word(rng)}))
             .collect::<Vec<_>>(),
     );
     d.insert("sub", doc! {"a": value(rng, 2), "b": {"c": value(rng, 1)}});

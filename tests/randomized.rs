@@ -10,6 +10,8 @@
 //! - `FERRY_RANDOMIZED_SEEDS=N`: run N seeds (from `FERRY_RANDOMIZED_FIRST`, default 1);
 //!   `cargo test` runs [`DEFAULT_SEEDS`].
 //! - `FERRY_RANDOMIZED_SIZE=large`: more documents and ops per seed.
+//! - `FERRY_RANDOMIZED_TRACE=1`: print every command the workload sends, and each
+//!   fault and crash as it happens (to minimise a failing seed).
 //! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients that are off
 //!   by default, listed below.
 //!
@@ -65,6 +67,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Seeds `cargo test` runs (kept few: the whole file should take about a minute on a
 /// loaded two-core machine).
 pub const DEFAULT_SEEDS: u64 = 3;
+
+/// Whether `FERRY_RANDOMIZED_TRACE` asks for every command and fault to be printed.
+pub fn trace() -> bool {
+    std::env::var("FERRY_RANDOMIZED_TRACE").is_ok_and(|v| v == "1")
+}
 
 /// Ingredients that are off by default (see the header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -166,12 +173,17 @@ async fn seeded_workloads_and_faults_converge_exactly() {
 
 /// A SIGKILL of `ferry run` at each crash point (plan save, copy, sync, DDL replay,
 /// cutover), then a restart with the same config: every seed still converges exactly.
-/// Runs seeds `1000 + i` unless `FERRY_RANDOMIZED_SEED` picks one for every point.
+/// Runs seeds `1000 + i` unless `FERRY_RANDOMIZED_SEED` picks one for every point;
+/// `FERRY_RANDOMIZED_CRASH=DdlReplay` (a point's name) runs only that point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_every_crash_point_converges() {
     let settings = Settings::from_env();
     let single = std::env::var("FERRY_RANDOMIZED_SEED").is_ok();
+    let only = std::env::var("FERRY_RANDOMIZED_CRASH").ok();
     for (i, at) in scenario::CRASHES.iter().enumerate() {
+        if only.as_deref().is_some_and(|o| o != format!("{at:?}")) {
+            continue;
+        }
         let seed = if single {
             settings.seeds[0]
         } else {
@@ -203,7 +215,7 @@ async fn run_seed(seed: u64, settings: &Settings, kill: Option<scenario::Crash>)
                 .map(|(n, _)| *n)
                 .collect();
             let test = match kill {
-                Some(at) => format!("kill_9 (crash point {at:?})"),
+                Some(at) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
                 None => "seeded".into(),
             };
             panic!(

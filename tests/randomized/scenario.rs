@@ -240,7 +240,11 @@ async fn stage(
     for i in 0..count {
         while let Some((_, fault)) = faults.next_if(|(at, _)| *at == i) {
             let mut rng = StdRng::seed_from_u64(i as u64);
-            fired.push(inject(pair, ferry, *fault, &mut rng).await);
+            let what = inject(pair, ferry, *fault, &mut rng).await;
+            if super::trace() {
+                eprintln!("randomized: trace: fault {what}");
+            }
+            fired.push(what);
             if *fault == Fault::PauseResume {
                 paused_until = Some(i + 5);
             }
@@ -259,12 +263,18 @@ async fn stage(
                         load.run_kind(&pair.src, kind).await;
                     }
                 }
+                if super::trace() {
+                    eprintln!("randomized: trace: crash");
+                }
                 ferry.crash().await;
                 fired.push(format!(
                     "crash at op {i}{}",
                     if after_ddl { " after DDL" } else { "" }
                 ));
                 load.run(&pair.src, 5).await;
+                if super::trace() {
+                    eprintln!("randomized: trace: restart");
+                }
                 ferry.restart(text).await;
             }
         }
@@ -472,11 +482,22 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
             .await;
         if s.phase == Phase::ReadyForCutover {
             if let Some(error) = cutover(&mut ferry).await {
-                panic!("the cutover after a crash during cutover bounced: {error}");
+                let (diffs, _) = compare::differences(&pair.src, &pair.dst).await;
+                panic!(
+                    "the cutover after a crash during cutover bounced: {error}\n\
+                     differences seen by the suite:\n{}",
+                    diffs.join("\n")
+                );
             }
         }
     } else if let Some(error) = cutover(&mut ferry).await {
-        panic!("the cutover went back to ready_for_cutover: {error}");
+        // Writes have stopped: what differs now is what Ferry got wrong.
+        let (diffs, _) = compare::differences(&pair.src, &pair.dst).await;
+        panic!(
+            "the cutover went back to ready_for_cutover: {error}\nfaults fired: {fired:?}\n\
+             differences seen by the suite:\n{}",
+            diffs.join("\n")
+        );
     }
     let (phase, error) = ferry.wait_end().await;
     assert_eq!(

@@ -730,6 +730,10 @@ fn state_change(code: Option<i32>) -> bool {
 /// Runs a command, retrying while the server is between primaries or the connection
 /// was dropped (a fault), as an application would.
 pub async fn command(client: &Client, db: &str, cmd: Document) -> mongodb::error::Result<Document> {
+    if super::trace() {
+        let text: String = cmd.to_string().chars().take(300).collect();
+        eprintln!("randomized: trace: {db}: {text}");
+    }
     let deadline = Instant::now() + RETRY_FOR;
     loop {
         match client.database(db).run_command(cmd.clone()).await {

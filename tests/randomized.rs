@@ -40,6 +40,12 @@
 //!   retried once the difference is removed: the second cutover stays in
 //!   `cutting_over` for good, with or without `enforce_write_block` (with it, the source
 //!   also stays write-blocked).
+//! - `rename_race`: renameCollection while Ferry still has updates of that collection
+//!   to apply. Found by this suite (seed 1003 of the crash test): an update Ferry
+//!   applies by re-reading the source document (`$push`, a `$set` that extends an
+//!   array) is read from the old namespace after the rename, finds nothing, and is
+//!   dropped. Without the switch a rename first waits until the destination holds
+//!   the collection's documents.
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):
@@ -81,18 +87,20 @@ pub enum Feature {
     DollarFields,
     RenameDuringCopy,
     RetriedCutover,
+    RenameRace,
     Txn,
     Pipeline,
     ArrayFilters,
     Reorder,
 }
 
-const FEATURES: [(&str, Feature); 9] = [
+const FEATURES: [(&str, Feature); 10] = [
     ("push_storm", Feature::PushStorm),
     ("equal_ids", Feature::EqualIds),
     ("dollar_fields", Feature::DollarFields),
     ("rename_during_copy", Feature::RenameDuringCopy),
     ("retried_cutover", Feature::RetriedCutover),
+    ("rename_race", Feature::RenameRace),
     ("txn", Feature::Txn),
     ("pipeline", Feature::Pipeline),
     ("array_filters", Feature::ArrayFilters),

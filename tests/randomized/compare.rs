@@ -31,7 +31,7 @@ pub async fn index_specs(
 }
 
 /// `_id` element bytes (type byte + value) -> raw document bytes.
-async fn documents(client: &Client, db: &str, coll: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+pub async fn documents(client: &Client, db: &str, coll: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let c = client.database(db).collection::<RawDocumentBuf>(coll);
     let docs: Vec<RawDocumentBuf> = c
         .find(doc! {})
@@ -39,7 +39,7 @@ async fn documents(client: &Client, db: &str, coll: &str) -> BTreeMap<Vec<u8>, V
         .expect("find every document")
         .try_collect()
         .await
-        .expect("read every document");
+        .unwrap_or_default();
     let mut out = BTreeMap::new();
     for d in docs {
         let key = id_key(&d);

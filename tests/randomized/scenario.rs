@@ -257,11 +257,7 @@ async fn stage(
             if at == i {
                 if after_ddl {
                     // A DDL event for the run to replay when it dies.
-                    let before = load.done.get(&Kind::Ddl).map(|d| d.0).unwrap_or(0);
-                    while load.done.get(&Kind::Ddl).map(|d| d.0).unwrap_or(0) == before {
-                        let kind = Kind::Ddl;
-                        load.run_kind(&pair.src, kind).await;
-                    }
+                    load.certain_ddl(&pair.src).await;
                 }
                 if super::trace() {
                     eprintln!("randomized: trace: crash");
@@ -344,11 +340,14 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     let mut plan = Plan::draw(&mut rng, &settings);
     if let Some(at) = kill {
         let op = plan.crash.map(|(_, _, op)| op).unwrap_or(0);
-        plan.crash = Some((at, true, op));
+        // FERRY_RANDOMIZED_IN_PROCESS=1 crashes an in-process run instead (to minimise).
+        let child = std::env::var("FERRY_RANDOMIZED_IN_PROCESS").map_or(true, |v| v != "1");
+        plan.crash = Some((at, child, op));
     }
     eprintln!("randomized: seed {seed}: {plan:?}");
     let pair = common::Pair::start().await;
     let mut load = Workload::new(StdRng::seed_from_u64(rng.gen()), &settings);
+    load.destination = Some(pair.dst.clone());
     for (feature, kind) in [
         (Feature::Txn, Kind::Transaction),
         (Feature::Pipeline, Kind::PipelineUpdate),
@@ -418,6 +417,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     // While syncing.
     ferry.wait_phase(Phase::ReadyForCutover).await;
     load.renames_allowed = true;
+    load.wait_before_rename = !settings.has(Feature::RenameRace);
     let sync_crash = match crash {
         Some(Crash::Sync) => Some((crash_op, false)),
         Some(Crash::DdlReplay) => Some((crash_op, true)),

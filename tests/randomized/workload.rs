@@ -69,6 +69,11 @@ pub struct Workload {
     shape: Shape,
     /// Whether renames may run now (during the copy only with `rename_during_copy`).
     pub renames_allowed: bool,
+    /// Wait for the destination to catch up on a collection before renaming it (set
+    /// while syncing unless the switch `rename_race` is on).
+    pub wait_before_rename: bool,
+    /// The destination, to see that it caught up before a rename.
+    pub destination: Option<Client>,
     /// Ops done and failed, per kind, for the report of a seed.
     pub done: BTreeMap<Kind, (u64, u64)>,
     /// The first error of each kind, to tell a generator bug from a fault.
@@ -114,6 +119,8 @@ impl Workload {
             weights,
             shape,
             renames_allowed: false,
+            wait_before_rename: false,
+            destination: None,
             done: BTreeMap::new(),
             first_error: BTreeMap::new(),
         }
@@ -225,6 +232,31 @@ impl Workload {
     /// Runs one op of `kind`, counted like the others.
     pub async fn run_kind(&mut self, client: &Client, kind: Kind) {
         let result = self.op(client, kind).await;
+        self.count(kind, result);
+    }
+
+    /// A DDL op that certainly reaches the server (a crash point follows it): renames
+    /// the collection when renames are allowed, else creates an index.
+    pub async fn certain_ddl(&mut self, client: &Client) {
+        let Some(ns) = self.pick_ns() else {
+            return;
+        };
+        if self.renames_allowed {
+            let result = self.ddl_arm(client, &ns, 2).await;
+            self.count(Kind::Ddl, result);
+            let renamed = !self
+                .namespaces
+                .iter()
+                .any(|n| n.db == ns.db && n.coll == ns.coll);
+            if renamed {
+                return;
+            }
+        }
+        let result = self.ddl_arm(client, &ns, 3).await;
+        self.count(Kind::Ddl, result);
+    }
+
+    fn count(&mut self, kind: Kind, result: Result<(), String>) {
         let entry = self.done.entry(kind).or_default();
         entry.0 += 1;
         if let Err(e) = result {
@@ -468,6 +500,24 @@ impl Workload {
         }
     }
 
+    /// Waits (up to [`CATCH_UP`]) until the destination holds exactly the source's
+    /// documents of `ns`: an update Ferry re-reads from the source is lost when the
+    /// collection is renamed before it is applied (see `rename_race`).
+    async fn caught_up(&self, client: &Client, ns: &Namespace) -> bool {
+        let Some(dst) = &self.destination else {
+            return true;
+        };
+        let deadline = Instant::now() + CATCH_UP;
+        while Instant::now() < deadline {
+            let s = super::compare::documents(client, &ns.db, &ns.coll).await;
+            if s == super::compare::documents(dst, &ns.db, &ns.coll).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// One update document mixing one to three operator kinds on distinct fields.
     fn update_operators(&mut self) -> Document {
         let mut u = Document::new();
@@ -588,9 +638,14 @@ impl Workload {
     }
 
     async fn ddl(&mut self, client: &Client, ns: &Namespace) -> Result<(), String> {
+        let arm = self.rng.gen_range(0..7);
+        self.ddl_arm(client, ns, arm).await
+    }
+
+    async fn ddl_arm(&mut self, client: &Client, ns: &Namespace, arm: u32) -> Result<(), String> {
         let db = ns.db.clone();
         let coll = ns.coll.clone();
-        match self.rng.gen_range(0..7) {
+        match arm {
             0 => {
                 self.seq += 1;
                 let new = Namespace {
@@ -615,6 +670,10 @@ impl Workload {
                     .map_err(|e| e.to_string())
             }
             2 if self.renames_allowed => {
+                if self.wait_before_rename && !self.caught_up(client, ns).await {
+                    // Not caught up in time (a paused run): no rename this time.
+                    return Ok(());
+                }
                 self.seq += 1;
                 let to_db = if self.rng.gen_bool(0.3) {
                     "moved".to_string()
@@ -720,6 +779,9 @@ async fn index_names(client: &Client, ns: &Namespace) -> Vec<String> {
     }
 }
 
+/// How long a rename waits for the destination to catch up on its collection.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// How long a command is retried while the server is stepped down or unreachable.
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
@@ -784,6 +846,8 @@ pub async fn unsupported(client: &Client, kind: Kind) -> Option<String> {
                     pad: 0,
                 },
                 renames_allowed: false,
+                wait_before_rename: false,
+                destination: None,
                 done: BTreeMap::new(),
                 first_error: BTreeMap::new(),
             };

@@ -10,6 +10,8 @@
 //! - `FERRY_RANDOMIZED_SEEDS=N`: run N seeds (from `FERRY_RANDOMIZED_FIRST`, default 1);
 //!   `cargo test` runs [`DEFAULT_SEEDS`].
 //! - `FERRY_RANDOMIZED_SIZE=large`: more documents and ops per seed.
+//! - `FERRY_RANDOMIZED_KEEP_GOING=1`: run every seed and list the failing ones at the
+//!   end, instead of stopping at the first.
 //! - `FERRY_RANDOMIZED_TRACE=1`: print every command the workload sends, and each
 //!   fault and crash as it happens (to minimise a failing seed).
 //! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients that are off
@@ -174,9 +176,23 @@ async fn seeded_workloads_and_faults_converge_exactly() {
         if settings.large { "large" } else { "small" },
         settings.features
     );
+    let keep_going = std::env::var("FERRY_RANDOMIZED_KEEP_GOING").is_ok_and(|v| v == "1");
+    let mut failed = Vec::new();
     for &seed in &settings.seeds {
-        run_seed(seed, &settings, None).await;
+        if let Err(message) = run_seed(seed, &settings, None).await {
+            if !keep_going {
+                panic!("{message}");
+            }
+            eprintln!("randomized: FAILED {message}");
+            failed.push(seed);
+        }
     }
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds failed: {failed:?}",
+        failed.len(),
+        settings.seeds.len()
+    );
 }
 
 /// A SIGKILL of `ferry run` at each crash point (plan save, copy, sync, DDL replay,
@@ -198,16 +214,26 @@ async fn kill_9_at_every_crash_point_converges() {
             1000 + i as u64
         };
         eprintln!("randomized: SIGKILL at {at:?} with seed {seed}");
-        run_seed(seed, &settings, Some(*at)).await;
+        if let Err(message) = run_seed(seed, &settings, Some(*at)).await {
+            panic!("{message}");
+        }
     }
 }
 
-/// Runs one seed on its own task, so that a failure is reported with its seed.
-async fn run_seed(seed: u64, settings: &Settings, kill: Option<scenario::Crash>) {
+/// Runs one seed on its own task, so that a failure is reported with its seed and the
+/// command that replays it.
+async fn run_seed(
+    seed: u64,
+    settings: &Settings,
+    kill: Option<scenario::Crash>,
+) -> Result<(), String> {
     let _serial = SERIAL.lock().await;
     let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill)).await;
     match outcome {
-        Ok(summary) => eprintln!("randomized: seed {seed} converged: {summary}"),
+        Ok(summary) => {
+            eprintln!("randomized: seed {seed} converged: {summary}");
+            Ok(())
+        }
         Err(e) => {
             let message = match e.try_into_panic() {
                 Ok(p) => p
@@ -226,11 +252,11 @@ async fn run_seed(seed: u64, settings: &Settings, kill: Option<scenario::Crash>)
                 Some(at) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
                 None => "seeded".into(),
             };
-            panic!(
+            Err(format!(
                 "seed {seed} failed; replay: FERRY_RANDOMIZED_SEED={seed} \
                  FERRY_RANDOMIZED_FEATURES={} cargo test --test randomized {test}\n{message}",
                 features.join(",")
-            );
+            ))
         }
     }
 }

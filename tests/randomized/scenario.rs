@@ -239,7 +239,7 @@ async fn stage(
     let mut faults = faults.iter().peekable();
     for i in 0..count {
         while let Some((_, fault)) = faults.next_if(|(at, _)| *at == i) {
-            let mut rng = StdRng::seed_from_u64(i as u64);
+            let mut rng = StdRng::seed_from_u64(load.rng.gen());
             let what = inject(pair, ferry, *fault, &mut rng).await;
             if super::trace() {
                 eprintln!("randomized: trace: fault {what}");

@@ -59,8 +59,12 @@ mod common;
 mod compare;
 #[path = "randomized/daemon.rs"]
 mod daemon;
+#[path = "randomized/requests.rs"]
+mod requests;
 #[path = "randomized/scenario.rs"]
 mod scenario;
+#[path = "randomized/updates.rs"]
+mod updates;
 #[path = "randomized/values.rs"]
 mod values;
 #[path = "randomized/workload.rs"]

@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::daemon::{config_text, Daemon};
+use super::requests;
 use super::workload::{self, Kind, Workload};
 use super::{common, compare, Feature, Settings};
 
@@ -156,7 +157,7 @@ fn side(pair: &common::Pair, source: bool) -> (&ferry_sandbox::Sandbox, &Client)
 }
 
 async fn sandbox_fault(client: &Client, cmd: Document) {
-    workload::command(client, "admin", cmd.clone())
+    requests::command(client, "admin", cmd.clone())
         .await
         .unwrap_or_else(|e| panic!("sandboxFault {cmd} refused: {e}"));
 }
@@ -188,7 +189,7 @@ async fn inject(pair: &common::Pair, ferry: &mut Daemon, fault: Fault, rng: &mut
             .await;
             // Someone (Ferry or the workload) had to connect again.
             let _ = ferry.status().await;
-            let _ = workload::command(client, "admin", doc! {"ping": 1}).await;
+            let _ = requests::command(client, "admin", doc! {"ping": 1}).await;
             common::poll("a reconnection after the drop", || {
                 sandbox.server().next_connection_id.load(Ordering::SeqCst) > connections
             })
@@ -400,6 +401,14 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
             s.copied > 0 || !matches!(s.phase, Phase::Validating | Phase::Initializing)
         })
         .await;
+    if settings.has(Feature::RenameDuringCopy) {
+        // At least one rename while the copy still runs (a slow destination keeps it
+        // going), not left to the draw.
+        sandbox_fault(&pair.dst, doc! {"sandboxFault": 1, "latencyMs": 30}).await;
+        let copying = ferry.status().await.map(|s| s.phase) == Some(Phase::Copying);
+        load.certain_ddl(&pair.src).await;
+        fired.push(format!("rename (copying: {copying})"));
+    }
     let copy_crash = (crash == Some(Crash::Copy)).then_some((crash_op, false));
     stage(
         &pair,
@@ -516,7 +525,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
         diffs.join("\n")
     );
     if plan.enforce_write_block {
-        fired.push("write block".into());
+        fired.push("enforce_write_block configured".into());
     }
     Summary {
         compared,

@@ -3,7 +3,6 @@
 //! a driver sends it, so the sandbox sees exactly what a real server would.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 use mongodb::Client;
@@ -11,8 +10,17 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use super::requests::{command, write};
+use super::updates;
 use super::values::{self, Shape};
 use super::{Feature, Settings};
+
+#[path = "ddl.rs"]
+mod ddl;
+#[path = "probes.rs"]
+mod probes;
+
+pub use probes::unsupported;
 
 /// Op kinds; each seed gives every kind its own weight (some zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -178,7 +186,7 @@ impl Workload {
                     }
                 }
                 for _ in 0..self.rng.gen_range(0..3) {
-                    let spec = self.index_spec();
+                    let spec = updates::index_spec(&mut self.rng);
                     let _ = command(
                         client,
                         &ns.db,
@@ -187,22 +195,6 @@ impl Workload {
                     .await;
                 }
             }
-        }
-    }
-
-    fn index_spec(&mut self) -> Document {
-        let n = self.rng.gen_range(0..1000);
-        match self.rng.gen_range(0..6) {
-            0 => doc! {"key": {"g": 1, "cnt": -1}, "name": format!("g_cnt_{n}")},
-            1 => doc! {"key": {"s": 1}, "name": format!("s_sparse_{n}"), "sparse": true},
-            2 => {
-                doc! {"key": {"at": 1}, "name": format!("ttl_{n}"), "expireAfterSeconds": 86_400 * 365}
-            }
-            3 => {
-                doc! {"key": {"tags": 1}, "name": format!("tags_partial_{n}"), "partialFilterExpression": {"g": {"$gt": 2}}}
-            }
-            4 => doc! {"key": {"objs.b": -1}, "name": format!("objs_b_{n}")},
-            _ => doc! {"key": {"sub.a": 1, "g": 1}, "name": format!("sub_a_{n}")},
         }
     }
 
@@ -233,27 +225,6 @@ impl Workload {
     pub async fn run_kind(&mut self, client: &Client, kind: Kind) {
         let result = self.op(client, kind).await;
         self.count(kind, result);
-    }
-
-    /// A DDL op that certainly reaches the server (a crash point follows it): renames
-    /// the collection when renames are allowed, else creates an index.
-    pub async fn certain_ddl(&mut self, client: &Client) {
-        let Some(ns) = self.pick_ns() else {
-            return;
-        };
-        if self.renames_allowed {
-            let result = self.ddl_arm(client, &ns, 2).await;
-            self.count(Kind::Ddl, result);
-            let renamed = !self
-                .namespaces
-                .iter()
-                .any(|n| n.db == ns.db && n.coll == ns.coll);
-            if renamed {
-                return;
-            }
-        }
-        let result = self.ddl_arm(client, &ns, 3).await;
-        self.count(Kind::Ddl, result);
     }
 
     fn count(&mut self, kind: Kind, result: Result<(), String>) {
@@ -317,9 +288,9 @@ impl Workload {
                     return Ok(());
                 };
                 let u = if kind == Kind::Update {
-                    self.update_operators()
+                    updates::operators(&mut self.rng)
                 } else {
-                    self.array_path_update()
+                    updates::array_path(&mut self.rng)
                 };
                 write(
                     client,
@@ -377,7 +348,7 @@ impl Workload {
                 let id = self.next_id();
                 self.ids.entry(Self::key(&ns)).or_default().push(id.clone());
                 let u = if self.rng.gen_bool(0.5) {
-                    let mut u = self.update_operators();
+                    let mut u = updates::operators(&mut self.rng);
                     u.insert("$setOnInsert", doc! {"born": values::word(&mut self.rng)});
                     u
                 } else {
@@ -442,7 +413,7 @@ impl Workload {
                 let mut d = values::document(&mut self.rng, id.clone(), self.shape);
                 d.insert("$price", 10);
                 write(client, &db, doc! {"insert": &coll, "documents": [d]}).await?;
-                let u = self.update_operators();
+                let u = updates::operators(&mut self.rng);
                 write(
                     client,
                     &db,
@@ -450,16 +421,16 @@ impl Workload {
                 )
                 .await
             }
-            Kind::Transaction => self.transaction(client, &ns).await,
+            Kind::Transaction => {
+                let new = self.new_document(&ns);
+                let existing = self.pick_id(&ns);
+                transaction(client, &ns, new, existing).await
+            }
             Kind::PipelineUpdate => {
                 let Some(id) = self.pick_id(&ns) else {
                     return Ok(());
                 };
-                let pipeline = vec![
-                    doc! {"$set": {"piped": values::word(&mut self.rng), "cnt": {"$add": [{"$ifNull": ["$cnt", 0]}, 1]}}},
-                    doc! {"$unset": ["s"]},
-                    doc! {"$replaceWith": {"$mergeDocuments": [{"moved": "$sub"}, "$$ROOT"]}},
-                ];
+                let pipeline = updates::pipeline(&values::word(&mut self.rng));
                 write(
                     client,
                     &db,
@@ -500,129 +471,6 @@ impl Workload {
         }
     }
 
-    /// Waits (up to [`CATCH_UP`]) until the destination holds exactly the source's
-    /// documents of `ns`: an update Ferry re-reads from the source is lost when the
-    /// collection is renamed before it is applied (see `rename_race`).
-    async fn caught_up(&self, client: &Client, ns: &Namespace) -> bool {
-        let Some(dst) = &self.destination else {
-            return true;
-        };
-        let deadline = Instant::now() + CATCH_UP;
-        while Instant::now() < deadline {
-            let s = super::compare::documents(client, &ns.db, &ns.coll).await;
-            if s == super::compare::documents(dst, &ns.db, &ns.coll).await {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-
-    /// One update document mixing one to three operator kinds on distinct fields.
-    fn update_operators(&mut self) -> Document {
-        let mut u = Document::new();
-        let mut used = std::collections::BTreeSet::new();
-        for _ in 0..self.rng.gen_range(1..=3) {
-            let (op, field, arg): (&str, &str, Bson) = match self.rng.gen_range(0..16) {
-                0 => ("$set", "s", Bson::String(values::word(&mut self.rng))),
-                1 => ("$set", "sub.a", values::value(&mut self.rng, 2)),
-                2 => ("$unset", "sub.b", Bson::String(String::new())),
-                3 => ("$inc", "cnt", self.number()),
-                4 => ("$mul", "cnt", self.number()),
-                5 => ("$min", "cnt", self.number()),
-                6 => ("$max", "cnt", self.number()),
-                7 => ("$rename", "s", Bson::String("s_renamed".into())),
-                8 => {
-                    let each: Vec<Bson> = (0..self.rng.gen_range(0..5))
-                        .map(|_| Bson::Int32(self.rng.gen_range(0..20)))
-                        .collect();
-                    let mut spec = doc! {"$each": each};
-                    if self.rng.gen_bool(0.5) {
-                        spec.insert("$slice", self.rng.gen_range(-6..6i32));
-                    }
-                    if self.rng.gen_bool(0.5) {
-                        spec.insert("$position", self.rng.gen_range(0..4i32));
-                    }
-                    ("$push", "arr", Bson::Document(spec))
-                }
-                9 => (
-                    "$pull",
-                    "arr",
-                    Bson::Document(doc! {"$gte": self.rng.gen_range(0..20i32)}),
-                ),
-                10 => ("$pullAll", "arr", bson::bson!([1, 2, 3])),
-                11 => (
-                    "$addToSet",
-                    "tags",
-                    Bson::Document(doc! {"$each": ["café", "new", values::word(&mut self.rng)]}),
-                ),
-                12 => (
-                    "$pop",
-                    "arr",
-                    Bson::Int32(if self.rng.gen_bool(0.5) { 1 } else { -1 }),
-                ),
-                13 => (
-                    "$currentDate",
-                    "touched",
-                    if self.rng.gen_bool(0.5) {
-                        Bson::Boolean(true)
-                    } else {
-                        Bson::Document(doc! {"$type": "timestamp"})
-                    },
-                ),
-                14 => ("$bit", "bits", Bson::Document(doc! {"xor": 5})),
-                _ => (
-                    "$set",
-                    "new_field",
-                    Bson::Document(doc! {"k": values::unicode_key(&mut self.rng)}),
-                ),
-            };
-            // One path per update: two operators on one field conflict (code 40).
-            let root = field.split('.').next().unwrap_or(field);
-            let target_root = match &arg {
-                Bson::String(s) if op == "$rename" => s.clone(),
-                _ => root.to_string(),
-            };
-            if !used.insert(root.to_string()) || !used.insert(target_root) {
-                continue;
-            }
-            let entry = u
-                .entry(op.to_string())
-                .or_insert_with(|| Bson::Document(Document::new()));
-            if let Bson::Document(d) = entry {
-                d.insert(field, arg);
-            }
-        }
-        if u.is_empty() {
-            u.insert("$set", doc! {"s": "fallback"});
-        }
-        u
-    }
-
-    /// Updates through array index paths (`objs.3.b`, `arr.2`), which a change event
-    /// reports as dotted paths that a `$set` may not be able to replay as is.
-    fn array_path_update(&mut self) -> Document {
-        let i = self.rng.gen_range(0..6);
-        match self.rng.gen_range(0..5) {
-            0 => doc! {"$set": {format!("objs.{i}.b"): self.rng.gen_range(0..100i32)}},
-            1 => doc! {"$inc": {format!("arr.{i}"): 1}},
-            2 => doc! {"$unset": {format!("objs.{i}.c"): ""}},
-            3 => doc! {"$set": {format!("objs.{i}"): {"b": -1, "c": "whole"}}},
-            _ => {
-                doc! {"$set": {format!("arr.{}", i + 8): 7}, "$push": {"tags": {"$each": ["x"], "$slice": -2}}}
-            }
-        }
-    }
-
-    fn number(&mut self) -> Bson {
-        match self.rng.gen_range(0..4) {
-            0 => Bson::Int32(self.rng.gen_range(-3..4)),
-            1 => Bson::Int64(self.rng.gen_range(-3..4)),
-            2 => Bson::Double(self.rng.gen_range(-2.0..2.0)),
-            _ => values::decimal("1.5"),
-        }
-    }
-
     /// A document close to the 16 MB limit, inserted then updated.
     async fn big_document(&mut self, client: &Client, ns: &Namespace) -> Result<(), String> {
         let id = self.next_id();
@@ -636,255 +484,39 @@ impl Workload {
             .map_err(|e| e.to_string())?;
         Ok(())
     }
-
-    async fn ddl(&mut self, client: &Client, ns: &Namespace) -> Result<(), String> {
-        let arm = self.rng.gen_range(0..7);
-        self.ddl_arm(client, ns, arm).await
-    }
-
-    async fn ddl_arm(&mut self, client: &Client, ns: &Namespace, arm: u32) -> Result<(), String> {
-        let db = ns.db.clone();
-        let coll = ns.coll.clone();
-        match arm {
-            0 => {
-                self.seq += 1;
-                let new = Namespace {
-                    db: db.clone(),
-                    coll: format!("created{}", self.seq),
-                };
-                command(client, &db, doc! {"create": &new.coll})
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.namespaces.push(new.clone());
-                let docs: Vec<Document> = (0..self.rng.gen_range(1..20))
-                    .map(|_| self.new_document(&new))
-                    .collect();
-                write(client, &db, doc! {"insert": &new.coll, "documents": docs}).await
-            }
-            1 if self.namespaces.len() > 1 => {
-                self.namespaces
-                    .retain(|n| !(n.db == ns.db && n.coll == ns.coll));
-                command(client, &db, doc! {"drop": &coll})
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            2 if self.renames_allowed => {
-                if self.wait_before_rename && !self.caught_up(client, ns).await {
-                    // Not caught up in time (a paused run): no rename this time.
-                    return Ok(());
-                }
-                self.seq += 1;
-                let to_db = if self.rng.gen_bool(0.3) {
-                    "moved".to_string()
-                } else {
-                    db.clone()
-                };
-                let to = Namespace {
-                    db: to_db,
-                    coll: format!("renamed{}", self.seq),
-                };
-                command(
-                    client,
-                    "admin",
-                    doc! {"renameCollection": format!("{db}.{coll}"), "to": format!("{}.{}", to.db, to.coll)},
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                for n in self.namespaces.iter_mut() {
-                    if n.db == ns.db && n.coll == ns.coll {
-                        *n = to.clone();
-                    }
-                }
-                if let Some(ids) = self.ids.remove(&Self::key(ns)) {
-                    self.ids.insert(Self::key(&to), ids);
-                }
-                Ok(())
-            }
-            3 | 4 => {
-                let spec = self.index_spec();
-                command(
-                    client,
-                    &db,
-                    doc! {"createIndexes": &coll, "indexes": [spec]},
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
-            5 => {
-                let names = index_names(client, ns).await;
-                let Some(name) = names.choose(&mut self.rng).cloned() else {
-                    return Ok(());
-                };
-                command(client, &db, doc! {"dropIndexes": &coll, "index": name})
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            _ => {
-                let level = ["moderate", "off", "strict"][self.rng.gen_range(0..3)];
-                command(
-                    client,
-                    &db,
-                    doc! {"collMod": &coll, "validator": {"cnt": {"$exists": true}}, "validationLevel": level, "validationAction": "warn"},
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    /// A multi-document transaction over two documents (feature `txn`).
-    async fn transaction(&mut self, client: &Client, ns: &Namespace) -> Result<(), String> {
-        let mut session = client.start_session().await.map_err(|e| e.to_string())?;
-        session
-            .start_transaction()
-            .await
-            .map_err(|e| e.to_string())?;
-        let coll = client.database(&ns.db).collection::<Document>(&ns.coll);
-        let d = self.new_document(ns);
-        let body = async {
-            coll.insert_one(d).session(&mut session).await?;
-            if let Some(id) = self.pick_id(ns) {
-                coll.update_one(doc! {"_id": id}, doc! {"$inc": {"cnt": 1}})
-                    .session(&mut session)
-                    .await?;
-            }
-            Ok::<_, mongodb::error::Error>(())
-        };
-        match body.await {
-            Ok(()) => session
-                .commit_transaction()
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => {
-                let _ = session.abort_transaction().await;
-                Err(e.to_string())
-            }
-        }
-    }
 }
 
-/// Non-`_id` index names of a collection.
-async fn index_names(client: &Client, ns: &Namespace) -> Vec<String> {
-    match super::compare::index_specs(client, &ns.db, &ns.coll).await {
-        Ok(specs) => specs
-            .into_iter()
-            .filter_map(|s| s.get_str("name").ok().map(str::to_string))
-            .filter(|n| n != "_id_")
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// How long a rename waits for the destination to catch up on its collection.
-const CATCH_UP: Duration = Duration::from_secs(10);
-
-/// How long a command is retried while the server is stepped down or unreachable.
-const RETRY_FOR: Duration = Duration::from_secs(20);
-
-fn state_change(code: Option<i32>) -> bool {
-    matches!(code, Some(10107 | 13435 | 11602 | 189 | 91 | 11600))
-}
-
-/// Runs a command, retrying while the server is between primaries or the connection
-/// was dropped (a fault), as an application would.
-pub async fn command(client: &Client, db: &str, cmd: Document) -> mongodb::error::Result<Document> {
-    if super::trace() {
-        let text: String = cmd.to_string().chars().take(300).collect();
-        eprintln!("randomized: trace: {db}: {text}");
-    }
-    let deadline = Instant::now() + RETRY_FOR;
-    loop {
-        match client.database(db).run_command(cmd.clone()).await {
-            Err(e)
-                if Instant::now() < deadline
-                    && (state_change(ferry::cluster::error_code(&e))
-                        || matches!(*e.kind, mongodb::error::ErrorKind::Io(_))
-                        || e.contains_label("RetryableWriteError")) =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
+/// A multi-document transaction (feature `txn`): inserts `new` and increments the
+/// counter of `existing`, then commits.
+pub async fn transaction(
+    client: &Client,
+    ns: &Namespace,
+    new: Document,
+    existing: Option<Bson>,
+) -> Result<(), String> {
+    let mut session = client.start_session().await.map_err(|e| e.to_string())?;
+    session
+        .start_transaction()
+        .await
+        .map_err(|e| e.to_string())?;
+    let coll = client.database(&ns.db).collection::<Document>(&ns.coll);
+    let body = async {
+        coll.insert_one(new).session(&mut session).await?;
+        if let Some(id) = existing {
+            coll.update_one(doc! {"_id": id}, doc! {"$inc": {"cnt": 1}})
+                .session(&mut session)
+                .await?;
         }
-    }
-}
-
-/// A write command; write errors in an ok reply (duplicate key, type mismatch) count as
-/// a failed op.
-async fn write(client: &Client, db: &str, cmd: Document) -> Result<(), String> {
-    let reply = command(client, db, cmd).await.map_err(|e| e.to_string())?;
-    match reply.get_array("writeErrors") {
-        Ok(errors) if !errors.is_empty() => Err(format!("{errors:?}")),
-        _ => Ok(()),
-    }
-}
-
-/// Whether the source supports a feature's commands: probes them on a scratch
-/// collection. Returns why not, when it does not.
-pub async fn unsupported(client: &Client, kind: Kind) -> Option<String> {
-    let db = "rand_probe";
-    let _ = command(
-        client,
-        db,
-        doc! {"insert": "p", "documents": [{"_id": 1, "objs": [{"b": 1}], "arr": [1]}]},
-    )
-    .await;
-    let outcome = match kind {
-        Kind::Transaction => {
-            let mut w = Workload {
-                rng: rand::SeedableRng::seed_from_u64(0),
-                namespaces: Vec::new(),
-                ids: BTreeMap::new(),
-                seq: 1_000_000,
-                weights: Vec::new(),
-                shape: Shape {
-                    dotted: false,
-                    dollar: false,
-                    pad: 0,
-                },
-                renames_allowed: false,
-                wait_before_rename: false,
-                destination: None,
-                done: BTreeMap::new(),
-                first_error: BTreeMap::new(),
-            };
-            let ns = Namespace {
-                db: db.into(),
-                coll: "p".into(),
-            };
-            w.transaction(client, &ns).await
-        }
-        Kind::PipelineUpdate => {
-            write(client, db, doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": [{"$set": {"x": 1}}]}]}).await
-        }
-        Kind::ArrayFilters => {
-            write(client, db, doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": {"$set": {"objs.$[o].c": 1}}, "arrayFilters": [{"o.b": 1}]}]}).await
-        }
-        Kind::Reorder => {
-            let _ = write(client, db, doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": {"$set": {"pair": {"x": 1, "y": 2}}}}]}).await;
-            let _ = write(client, db, doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": {"$set": {"pair": {"y": 2, "x": 1}}}}]}).await;
-            let found = client
-                .database(db)
-                .collection::<Document>("p")
-                .find_one(doc! {"_id": 1})
-                .await
-                .ok()
-                .flatten();
-            let order: Vec<String> = found
-                .and_then(|d| d.get_document("pair").ok().cloned())
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default();
-            if order == ["y", "x"] {
-                Ok(())
-            } else {
-                Err(format!("a reordering $set left the fields as {order:?}"))
-            }
-        }
-        _ => Ok(()),
+        Ok::<_, mongodb::error::Error>(())
     };
-    let _ = command(client, db, doc! {"dropDatabase": 1}).await;
-    outcome.err()
+    match body.await {
+        Ok(()) => session
+            .commit_transaction()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => {
+            let _ = session.abort_transaction().await;
+            Err(e.to_string())
+        }
+    }
 }

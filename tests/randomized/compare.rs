@@ -80,6 +80,34 @@ fn show(bytes: Option<&Vec<u8>>) -> String {
     t
 }
 
+/// The first top-level field (in source order) whose value or position differs, for
+/// documents too long to show whole.
+fn first_difference(a: Option<&Vec<u8>>, b: Option<&Vec<u8>>) -> String {
+    let decode = |bytes: Option<&Vec<u8>>| bytes.and_then(|b| bson::from_slice::<Document>(b).ok());
+    let (Some(a), Some(b)) = (decode(a), decode(b)) else {
+        return String::new();
+    };
+    let (ak, bk): (Vec<&String>, Vec<&String>) = (a.keys().collect(), b.keys().collect());
+    for (i, key) in ak.iter().enumerate() {
+        if bk.get(i) != Some(key) || a.get(*key) != b.get(*key) {
+            let cut = |v: Option<&bson::Bson>| -> String {
+                v.map(|v| format!("{v}").chars().take(TRUNCATE).collect())
+                    .unwrap_or_else(|| "(missing)".into())
+            };
+            return format!(
+                "\n  first difference at field {key:?} (#{i}): source {} / destination {} (destination field #{i}: {:?})",
+                cut(a.get(*key)),
+                cut(b.get(*key)),
+                bk.get(i)
+            );
+        }
+    }
+    format!(
+        "\n  the destination has extra fields: {:?}",
+        &bk[ak.len().min(bk.len())..]
+    )
+}
+
 fn show_id(key: &[u8]) -> String {
     match key.split_first() {
         Some((kind, rest)) => {
@@ -153,10 +181,11 @@ pub async fn differences(src: &Client, dst: &Client) -> (Vec<String>, usize) {
                 if shown < SHOW {
                     shown += 1;
                     diffs.push(format!(
-                        "{ns}: _id {}\n  source      {}\n  destination {}",
+                        "{ns}: _id {}\n  source      {}\n  destination {}{}",
                         show_id(key),
                         show(a),
-                        show(b)
+                        show(b),
+                        first_difference(a, b)
                     ));
                 }
             }

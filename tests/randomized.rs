@@ -32,22 +32,27 @@
 //! refused by verification (a planted difference) then retried once it is removed.
 //!
 //! Switches for ingredients that fail today because of known engine bugs (issue 8,
-//! being fixed elsewhere); each is off by default so `cargo test` stays green:
-//! - `push_storm`: hundreds of `$push` to one document (one oversized `update` command).
-//! - `equal_ids`: numerically equal `_id`s of different types, Decimal128 included,
-//!   deleted and re-inserted as another type (66 ImmutableField).
-//! - `dollar_fields`: top-level `$`-prefixed field names, then updated (52).
-//! - `rename_during_copy`: renameCollection while the copy runs (documents missing).
-//! - `retried_cutover`: a cutover refused by verification (a planted difference), then
-//!   retried once the difference is removed: the second cutover stays in
-//!   `cutting_over` for good, with or without `enforce_write_block` (with it, the source
-//!   also stays write-blocked).
-//! - `rename_race`: renameCollection while Ferry still has updates of that collection
-//!   to apply. Found by this suite (seed 1003 of the crash test): an update Ferry
-//!   applies by re-reading the source document (`$push`, a `$set` that extends an
-//!   array) is read from the old namespace after the rename, finds nothing, and is
-//!   dropped. Without the switch a rename first waits until the destination holds
-//!   the collection's documents.
+//! being fixed elsewhere); each is off by default so `cargo test` stays green. The seed
+//! after each name reproduced its failure when this suite was written
+//! (`FERRY_RANDOMIZED_FEATURES=<name> FERRY_RANDOMIZED_SEED=<seed> cargo test --test
+//! randomized seeded`):
+//! - `push_storm` (seed 1): hundreds of `$push` to one document; the tailer sends one
+//!   oversized `update` command ("Message length 87234784 over maximum 48000000").
+//! - `equal_ids` (seed 1): numerically equal `_id`s of different types, Decimal128
+//!   included, deleted and re-inserted as another type (66 ImmutableField).
+//! - `dollar_fields` (seed 1): top-level `$`-prefixed field names, then updated (52
+//!   DollarPrefixedFieldName from the replacement fallback).
+//! - `rename_during_copy` (seed 4): renameCollection while the copy runs (documents
+//!   missing on the destination; verification refuses the cutover).
+//! - `retried_cutover` (seed 1): a cutover refused by verification (a planted
+//!   difference), then retried once the difference is removed: the second cutover
+//!   stays in `cutting_over` for good, with or without `enforce_write_block`.
+//! - `rename_race` (seed 1003 of `kill_9`, `FERRY_RANDOMIZED_CRASH=DdlReplay`):
+//!   renameCollection while Ferry still has updates of that collection to apply. Found
+//!   by this suite: an update Ferry applies by re-reading the source document (`$push`,
+//!   a `$set` that extends an array) is read from the old namespace after the rename,
+//!   finds nothing, and is dropped. Without the switch a rename first waits until the
+//!   destination holds the collection's documents.
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):

@@ -53,6 +53,12 @@
 //!   a `$set` that extends an array) is read from the old namespace after the rename,
 //!   finds nothing, and is dropped. Without the switch a rename first waits until the
 //!   destination holds the collection's documents.
+//! - `slow_plan_save`: the plan-save crash point with slow servers, the SIGKILL sent
+//!   once the first range of the copy plan is saved and before any is copied. Aims at
+//!   a failure this suite hit by chance (seed 67 of `seeded`, 1 run in 11, crash while
+//!   copying 2 collections in parallel): the restarted run logged "copying
+//!   ranges_left=0", called the copy finished, and 48 of 137 documents never reached
+//!   the destination (verification refused the cutover). Not yet deterministic.
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):
@@ -99,19 +105,21 @@ pub enum Feature {
     RenameDuringCopy,
     RetriedCutover,
     RenameRace,
+    SlowPlanSave,
     Txn,
     Pipeline,
     ArrayFilters,
     Reorder,
 }
 
-const FEATURES: [(&str, Feature); 10] = [
+const FEATURES: [(&str, Feature); 11] = [
     ("push_storm", Feature::PushStorm),
     ("equal_ids", Feature::EqualIds),
     ("dollar_fields", Feature::DollarFields),
     ("rename_during_copy", Feature::RenameDuringCopy),
     ("retried_cutover", Feature::RetriedCutover),
     ("rename_race", Feature::RenameRace),
+    ("slow_plan_save", Feature::SlowPlanSave),
     ("txn", Feature::Txn),
     ("pipeline", Feature::Pipeline),
     ("array_filters", Feature::ArrayFilters),

@@ -374,6 +374,15 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     }
     let (src_uri, dst_uri) = (pair.source.uri(), pair.destination.uri());
     let text = config_text(&src_uri, &dst_uri, "127.0.0.1:0", &plan.extra);
+    // With `slow_plan_save`, a slow source keeps the run making and saving its copy
+    // plan long enough for the crash to land there.
+    let slow_plan = settings.has(Feature::SlowPlanSave)
+        && plan.crash.is_some_and(|(at, _, _)| at == Crash::PlanSave);
+    if slow_plan {
+        for client in [&pair.src, &pair.dst] {
+            sandbox_fault(client, doc! {"sandboxFault": 1, "latencyMs": 150}).await;
+        }
+    }
     let child = plan.crash.is_some_and(|(_, child, _)| child);
     let mut ferry = if child {
         Daemon::start_child(&src_uri, &dst_uri, &plan.extra, &seed.to_string()).await
@@ -384,13 +393,28 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     let crash_op = plan.crash.map(|(_, _, op)| op).unwrap_or(0);
 
     if crash == Some(Crash::PlanSave) {
-        ferry
+        let s = ferry
             .wait_for("the run to leave validation", |s| {
-                s.phase != Phase::Validating
+                s.phase != Phase::Validating && (!slow_plan || s.phase == Phase::Copying)
             })
             .await;
+        if slow_plan {
+            // Once the first range of the plan is saved, before any is copied.
+            let ranges = pair
+                .dst
+                .database("__ferry")
+                .collection::<Document>("ranges");
+            let deadline = Instant::now() + common::DEADLINE;
+            while ranges.count_documents(doc! {}).await.unwrap_or(0) == 0 {
+                assert!(Instant::now() < deadline, "no copy plan was saved");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         ferry.crash().await;
-        fired.push("crash at plan save".into());
+        fired.push(format!("crash at plan save ({} copied)", s.copied));
+        if slow_plan {
+            clear_latency(&pair).await;
+        }
         ferry.restart(&text).await;
     }
 

@@ -53,12 +53,13 @@
 //!   a `$set` that extends an array) is read from the old namespace after the rename,
 //!   finds nothing, and is dropped. Without the switch a rename first waits until the
 //!   destination holds the collection's documents.
-//! - `slow_plan_save`: the plan-save crash point with slow servers, the SIGKILL sent
-//!   once the first range of the copy plan is saved and before any is copied. Aims at
-//!   a failure this suite hit by chance (seed 67 of `seeded`, 1 run in 11, crash while
-//!   copying 2 collections in parallel): the restarted run logged "copying
-//!   ranges_left=0", called the copy finished, and 48 of 137 documents never reached
-//!   the destination (verification refused the cutover). Not yet deterministic.
+//! - `slow_plan_save` (seed 67 of `kill_9`, `FERRY_RANDOMIZED_CRASH=PlanSave`; 2 of 2
+//!   runs): the plan-save crash point with slow servers, the SIGKILL sent once the
+//!   first namespace of the copy plan is saved and before its ranges are. Found by this
+//!   suite (seed 67 of `seeded` hit it by chance, 1 run in 11): the restarted run logs
+//!   "copying ranges_left=0", calls the copy finished, and the documents of the
+//!   namespaces whose ranges were not saved never reach the destination (verification
+//!   refuses the cutover; restarting again cannot repair it).
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):

@@ -399,13 +399,14 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
             })
             .await;
         if slow_plan {
-            // Once the first range of the plan is saved, before any is copied.
-            let ranges = pair
+            // Once the plan's first namespace is saved (its ranges are saved after all
+            // the namespaces, one write each), before any range is copied.
+            let saved = pair
                 .dst
                 .database("__ferry")
-                .collection::<Document>("ranges");
+                .collection::<Document>("namespaces");
             let deadline = Instant::now() + common::DEADLINE;
-            while ranges.count_documents(doc! {}).await.unwrap_or(0) == 0 {
+            while saved.count_documents(doc! {}).await.unwrap_or(0) == 0 {
                 assert!(Instant::now() < deadline, "no copy plan was saved");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

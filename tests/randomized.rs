@@ -59,7 +59,7 @@
 //!   suite (seed 67 of `seeded` hit it by chance, 1 run in 11): the restarted run logs
 //!   "copying ranges_left=0", calls the copy finished, and the documents of the
 //!   namespaces whose ranges were not saved never reach the destination (verification
-//!   refuses the cutover; restarting again cannot repair it).
+//!   refuses the cutover).
 //!
 //! Sandbox features being added by others, off by default and probed at run time (a
 //! seed skips them, saying so, when the sandbox does not support them yet):

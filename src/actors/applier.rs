@@ -37,6 +37,8 @@ pub enum ApplyError {
         ns: String,
         detail: String,
     },
+    #[error(transparent)]
+    Fenced(#[from] crate::checkpoint::FenceError),
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -49,6 +51,7 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Cluster(e) => e.is_transient(),
+            ApplyError::Fenced(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -471,6 +474,8 @@ impl Target<'_> {
         command: &'static str,
         statements: RawArrayBuf,
     ) -> Result<Document, ApplyError> {
+        // No destination write once this process may not hold the lease.
+        self.engine.checkpoints.fence().check()?;
         let field = match command {
             "insert" => "documents",
             "update" => "updates",
@@ -539,6 +544,7 @@ pub fn relaxed_index(spec: &Document) -> Document {
 
 /// Applies one DDL event to the destination; replays after a restart are harmless.
 pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {
+    engine.checkpoints.fence().check()?;
     let dest = &engine.destination;
     let op = event.get_str("operationType").unwrap_or_default();
     let ns = event.get_document("ns").cloned().unwrap_or_default();

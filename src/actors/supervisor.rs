@@ -9,7 +9,7 @@ use actix::prelude::*;
 use bson::{doc, Timestamp};
 use tokio::sync::{oneshot, watch};
 
-use super::coordinator::{finalize_indexes, set_source_write_block, Coordinator, LockLost};
+use super::coordinator::{finalize_indexes, Coordinator, LockLost, SourceWriteBlock};
 use super::copier::{Copier, CopyOutcome, CopySummary};
 use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
 use super::{error_chain, verifier, ActorFailure, SharedEngine};
@@ -46,13 +46,21 @@ pub struct Control(pub ControlRequest, pub oneshot::Sender<ControlReply>);
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// The verification of cutover attempt `attempt` ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Verified(Result<(Verification, Verification), String>);
+struct Verified {
+    attempt: u64,
+    result: Result<(Verification, Verification), String>,
+}
 
+/// The handshake of cutover attempt `attempt` (write block, cutover optime) ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CutoverStarted(Result<Timestamp, String>);
+struct CutoverStarted {
+    attempt: u64,
+    result: Result<Timestamp, String>,
+}
 
 pub struct Supervisor {
     engine: SharedEngine,
@@ -70,7 +78,15 @@ pub struct Supervisor {
     copy_summary: CopySummary,
     run_started: Instant,
     cutover_confirmed: Option<Instant>,
+    /// The source's writes may be blocked by Ferry (a cutover asked for it, or a crashed
+    /// run left it so): every ending gives them back.
     write_blocked: bool,
+    /// Orders the block and unblock commands of cutover attempts and endings.
+    write_block: SourceWriteBlock,
+    /// The current cutover attempt: messages of an earlier one are ignored.
+    cutover_attempt: u64,
+    /// The optime the current attempt drains to, until its `Drained` arrives.
+    drain_target: Option<Timestamp>,
     warned_hours: Vec<u64>,
     /// The baseline verification, once the destination is first in sync.
     baseline: Option<SpawnHandle>,
@@ -102,6 +118,9 @@ impl Supervisor {
             run_started: Instant::now(),
             cutover_confirmed: None,
             write_blocked,
+            write_block: SourceWriteBlock::default(),
+            cutover_attempt: 0,
+            drain_target: None,
             warned_hours: Vec::new(),
             baseline: None,
             done: Some(done),
@@ -113,7 +132,8 @@ impl Supervisor {
     }
 
     fn set_phase(&mut self, ctx: &mut Context<Self>, phase: Phase) {
-        if self.phase() == phase {
+        // An ended run stays ended, whatever late message arrives.
+        if self.phase() == phase || self.phase().is_terminal() {
             return;
         }
         tracing::info!(phase = phase.as_str(), "phase");
@@ -238,14 +258,18 @@ impl Supervisor {
         self.set_phase(ctx, phase);
         self.stop_workers(ctx);
         let engine = self.engine.clone();
-        let unblock = self.write_blocked && phase != Phase::Completed;
+        // Every ending, completion included, gives the source its writes back.
+        self.write_block.end_attempts();
+        let unblock = self.write_blocked.then(|| self.write_block.clone());
+        self.write_blocked = false;
         let done = self.done.take();
         let report = self.engine.progress.report.read().clone();
         ctx.spawn(
             async move {
-                if unblock {
-                    if let Err(e) = set_source_write_block(&engine, false).await {
-                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                if let Some(write_block) = unblock {
+                    match write_block.lift(&engine).await {
+                        Ok(()) => tracing::info!("the source takes writes again"),
+                        Err(e) => tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
                     }
                 }
                 if let Err(e) = super::coordinator::restore_balancers(&engine).await {
@@ -265,7 +289,7 @@ impl Supervisor {
                         }
                     }
                 }
-                if let Err(e) = engine.checkpoints.release_lock().await {
+                if let Err(e) = engine.checkpoints.release_lease().await {
                     tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
                 }
                 if let Some(done) = done {
@@ -362,7 +386,11 @@ impl Supervisor {
                 self.set_phase(ctx, Phase::CuttingOver);
                 let engine = self.engine.clone();
                 let block = engine.config.cutover.enforce_write_block;
-                self.write_blocked = block;
+                let cutover = self.write_block.begin_attempt();
+                self.cutover_attempt = cutover;
+                self.drain_target = None;
+                self.write_blocked |= block;
+                let write_block = self.write_block.clone();
                 ctx.spawn(
                     async move {
                         // A stepdown or dropped connection right now must not bounce
@@ -371,13 +399,14 @@ impl Supervisor {
                         loop {
                             attempt += 1;
                             let step = async {
-                                if block {
-                                    set_source_write_block(&engine, true).await?;
+                                if block && !write_block.block(&engine, cutover).await? {
+                                    return Ok(None);
                                 }
-                                engine.source.append_noop("ferry cutover").await
+                                engine.source.append_noop("ferry cutover").await.map(Some)
                             };
                             match step.await {
-                                Ok(ts) => return Ok(ts),
+                                Ok(Some(ts)) => return Ok(ts),
+                                Ok(None) => return Err("the cutover attempt was superseded".to_string()),
                                 Err(e) if e.is_transient() && attempt < CUTOVER_ATTEMPTS => {
                                     tracing::warn!(error = %error_chain(&e), attempt, "cutover handshake failed; retrying");
                                     tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
@@ -387,7 +416,12 @@ impl Supervisor {
                         }
                     }
                     .into_actor(self)
-                    .map(|r, _, ctx| ctx.notify(CutoverStarted(r))),
+                    .map(move |result, _, ctx| {
+                        ctx.notify(CutoverStarted {
+                            attempt: cutover,
+                            result,
+                        })
+                    }),
                 );
                 Ok(
                     serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}),
@@ -641,9 +675,17 @@ impl Handler<LockLost> for Supervisor {
 impl Handler<CutoverStarted> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: CutoverStarted, ctx: &mut Self::Context) {
-        match msg.0 {
+        if msg.attempt != self.cutover_attempt || self.phase() != Phase::CuttingOver {
+            tracing::debug!(
+                attempt = msg.attempt,
+                "ignoring the handshake of an ended cutover attempt"
+            );
+            return;
+        }
+        match msg.result {
             Ok(optime) => {
                 tracing::info!(optime = ?optime, "draining to the source's optime");
+                self.drain_target = Some(optime);
                 self.drain_tx.send_replace(Some(optime));
             }
             Err(e) => {
@@ -656,11 +698,14 @@ impl Handler<CutoverStarted> for Supervisor {
 
 impl Handler<Drained> for Supervisor {
     type Result = ();
-    fn handle(&mut self, _msg: Drained, ctx: &mut Self::Context) {
-        if self.phase() != Phase::CuttingOver {
+    fn handle(&mut self, msg: Drained, ctx: &mut Self::Context) {
+        // Only the first report of the current attempt's target starts a verification.
+        if self.phase() != Phase::CuttingOver || self.drain_target != Some(msg.0) {
             return;
         }
+        self.drain_target = None;
         tracing::info!("drained; verifying");
+        let attempt = self.cutover_attempt;
         let engine = self.engine.clone();
         ctx.spawn(
             async move {
@@ -684,7 +729,7 @@ impl Handler<Drained> for Supervisor {
                 Ok((data, strict))
             }
             .into_actor(self)
-            .map(|r, _, ctx| ctx.notify(Verified(r))),
+            .map(move |result, _, ctx| ctx.notify(Verified { attempt, result })),
         );
     }
 }
@@ -692,7 +737,14 @@ impl Handler<Drained> for Supervisor {
 impl Handler<Verified> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: Verified, ctx: &mut Self::Context) {
-        match msg.0 {
+        if msg.attempt != self.cutover_attempt || self.phase() != Phase::CuttingOver {
+            tracing::debug!(
+                attempt = msg.attempt,
+                "ignoring the verification of an ended cutover attempt"
+            );
+            return;
+        }
+        match msg.result {
             Ok((data, strict)) if data.passed && strict.passed => {
                 let report = self.build_report(strict);
                 println!("{report}");
@@ -731,18 +783,25 @@ impl Supervisor {
     /// Back to ready_for_cutover after a refused cutover: stop draining and give the
     /// source its writes back if Ferry blocked them.
     fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
+        self.write_block.end_attempts();
         self.drain_tx.send_replace(None);
+        self.drain_target = None;
         self.cutover_confirmed = None;
         if self.write_blocked {
             let engine = self.engine.clone();
+            let write_block = self.write_block.clone();
             self.write_blocked = false;
             ctx.spawn(
-                async move {
-                    if let Err(e) = set_source_write_block(&engine, false).await {
-                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
-                    }
-                }
-                .into_actor(self),
+                async move { write_block.lift(&engine).await }
+                    .into_actor(self)
+                    .map(|result, act, _| match result {
+                        Ok(()) => tracing::info!("cutover refused; the source takes writes again"),
+                        Err(e) => {
+                            // Still blocked: the run's ending tries again.
+                            act.write_blocked = true;
+                            tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it, or cancel the migration");
+                        }
+                    }),
             );
         }
         self.set_phase(ctx, Phase::ReadyForCutover);
@@ -765,9 +824,18 @@ impl Handler<Shutdown> for Supervisor {
         let engine = self.engine.clone();
         let done = self.done.take();
         let phase = self.phase();
+        // A stopped Ferry must not leave the source without writes.
+        self.write_block.end_attempts();
+        let unblock = self.write_blocked.then(|| self.write_block.clone());
+        self.write_blocked = false;
         ctx.spawn(
             async move {
-                let _ = engine.checkpoints.release_lock().await;
+                if let Some(write_block) = unblock {
+                    if let Err(e) = write_block.lift(&engine).await {
+                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                    }
+                }
+                let _ = engine.checkpoints.release_lease().await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome {
                         phase,

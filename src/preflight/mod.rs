@@ -16,10 +16,11 @@
 //! - `roles (side)`: the source user can read everything and its oplog (`backup` and
 //!   `readAnyDatabase`, plus `clusterMonitor` on a sharded source, or `root`); the
 //!   destination user can write every database.
-//! - `destination empty`: no user data on the destination, unless `clear_destination` is
-//!   set and `confirm_destination_name` names the cluster (see
-//!   [`TopologyKind::confirm_name`]).
-//! - `migration lock`: no other Ferry holds the destination's lease.
+//! - `destination empty`: no user data in the migrated namespaces on the destination,
+//!   unless `clear_destination` is set and `confirm_destination_name` names the cluster
+//!   (see [`TopologyKind::confirm_name`]); data outside them is left alone.
+//! - `migration lock`: no other Ferry process holds the destination's lease (one of
+//!   this host that is gone is waited for, see [`crate::checkpoint::lease`]).
 //! - `oplog window (source)`: the source's oplog covers at least
 //!   [`OPLOG_WINDOW_SAFETY_FACTOR`] times the estimated copy time.
 
@@ -647,6 +648,17 @@ async fn destination_empty(config: &Config, destination: &Probe) -> Check {
     if databases.is_empty() {
         return Check::pass(NAME, "the destination holds no user data");
     }
+    // Only data in the migrated namespaces is in the way: the rest is left alone.
+    let (databases, untouched) = split_by_scope(config, cluster, databases).await;
+    if databases.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "the destination holds no data in the migrated namespaces; it holds other data, left alone, in: {}",
+                untouched.join(", ")
+            ),
+        );
+    }
     let shown = databases
         .iter()
         .take(5)
@@ -706,6 +718,43 @@ async fn destination_empty(config: &Config, destination: &Probe) -> Check {
             format!("set destination.confirm_destination_name = \"{expected}\" (the destination's {what})"),
         ),
     }
+}
+
+/// Splits the destination's user databases into those holding a namespace the filter
+/// migrates and the others. A database whose collections cannot be listed counts as in
+/// scope (the check then fails rather than miss data).
+async fn split_by_scope(
+    config: &Config,
+    cluster: &Cluster,
+    databases: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    // An invalid filter is reported by the config checks; judge as if everything moved.
+    let filter = config
+        .namespace_filter()
+        .unwrap_or_else(|_| config::NamespaceFilter::allow_all());
+    if filter.is_unrestricted() {
+        return (databases, Vec::new());
+    }
+    let (mut in_scope, mut untouched) = (Vec::new(), Vec::new());
+    for db in databases {
+        if !filter.may_allow_database(&db) {
+            untouched.push(db);
+            continue;
+        }
+        let migrated = match cluster.collection_specs(&db).await {
+            Ok(specs) => specs.iter().any(|spec| {
+                spec.get_str("name")
+                    .is_ok_and(|name| filter.allows(&db, name))
+            }),
+            Err(_) => true,
+        };
+        if migrated {
+            in_scope.push(db);
+        } else {
+            untouched.push(db);
+        }
+    }
+    (in_scope, untouched)
 }
 
 async fn migration_lock(destination: &Probe, owner: &str) -> Check {

@@ -39,6 +39,14 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Fenced(#[from] crate::checkpoint::FenceError),
+    #[error("destination: {command} on {ns} was not acknowledged by a majority: {detail}")]
+    WriteConcern {
+        command: &'static str,
+        ns: String,
+        detail: String,
+        /// A stepdown or a timeout: applying again (idempotent) may pass.
+        transient: bool,
+    },
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -52,6 +60,7 @@ impl ApplyError {
         match self {
             ApplyError::Cluster(e) => e.is_transient(),
             ApplyError::Fenced(e) => e.is_transient(),
+            ApplyError::WriteConcern { transient, .. } => *transient,
             _ => false,
         }
     }
@@ -498,6 +507,14 @@ impl Target<'_> {
             .map(|a| a.iter().take(3).map(|e| e.to_string()).collect())
             .unwrap_or_default();
         if let Ok(wce) = reply.get_document("writeConcernError") {
+            if problems.is_empty() {
+                return Err(ApplyError::WriteConcern {
+                    command,
+                    ns: self.ns.to_string(),
+                    detail: wce.to_string(),
+                    transient: crate::cluster::write_concern_error_is_transient(wce),
+                });
+            }
             problems.push(format!("write concern error: {wce}"));
         }
         if problems.is_empty() {

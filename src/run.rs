@@ -213,6 +213,7 @@ async fn drive(
                 progress.clone(),
             ),
             progress: progress.clone(),
+            generation: Default::default(),
         });
         let state = match existing {
             Some(state) => {

@@ -182,11 +182,36 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     if spec.effect != Effect::Read && result.is_ok() {
         server.oplog_appended.notify_waiters();
     }
-    let result = result.map_err(|e| label(e, &cmd, &name, spec));
+    let mut result = result.map_err(|e| label(e, &cmd, &name, spec));
+    if let Ok(reply) = &mut result {
+        if matches!(name.as_str(), "insert" | "update" | "delete") {
+            inject_write_concern_failure(server, &mut reply.fields);
+        }
+    }
     if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
         server.retry_cache.lock().insert(lsid, (txn, reply.clone()));
     }
     finish(server, result)
+}
+
+/// The `fail_write_concern` fault: the write is applied, and the reply says that it was
+/// not replicated in time, as a real primary's does after `wtimeout`.
+fn inject_write_concern_failure(server: &Arc<Server>, fields: &mut Document) {
+    let left = &server.faults.write_concern_failures;
+    if left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        fields.insert(
+            "writeConcernError",
+            doc! {
+                "code": 64,
+                "codeName": "WriteConcernFailed",
+                "errmsg": "waiting for replication timed out",
+                "errInfo": {"wtimeout": true, "writeConcern": {"w": "majority", "wtimeout": 0, "provenance": "clientSupplied"}},
+            },
+        );
+    }
 }
 
 /// Checks done before any handler: authentication, privileges, primary state, write blocking.

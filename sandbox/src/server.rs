@@ -84,6 +84,10 @@ pub struct Faults {
     pub stepped_down_until: Mutex<Option<Instant>>,
     /// Added before each reply, in microseconds.
     pub latency_us: AtomicU64,
+    /// This many more insert/update/delete commands are applied but answered with a
+    /// `writeConcernError` 64 WriteConcernFailed, as a primary whose secondaries did not
+    /// acknowledge in time (`wtimeout`) answers.
+    pub write_concern_failures: AtomicU64,
 }
 
 /// State shared by every connection of one server.
@@ -157,6 +161,17 @@ impl Server {
     /// Drops oplog history, keeping only the newest `keep_last` entries.
     pub fn truncate_oplog(&self, keep_last: usize) {
         self.storage.lock().oplog.truncate(keep_last);
+    }
+    /// The next `count` insert/update/delete commands apply their writes but report a
+    /// write concern timeout (see [`Faults::write_concern_failures`]).
+    pub fn fail_write_concern(&self, count: u64) {
+        self.faults
+            .write_concern_failures
+            .store(count, Ordering::SeqCst);
+    }
+    /// How many injected write concern failures are still to come.
+    pub fn write_concern_failures_left(&self) -> u64 {
+        self.faults.write_concern_failures.load(Ordering::SeqCst)
     }
 }
 
@@ -311,6 +326,12 @@ impl Sandbox {
     }
     pub fn truncate_oplog(&self, keep_last: usize) {
         self.server.truncate_oplog(keep_last);
+    }
+    pub fn fail_write_concern(&self, count: u64) {
+        self.server.fail_write_concern(count);
+    }
+    pub fn write_concern_failures_left(&self) -> u64 {
+        self.server.write_concern_failures_left()
     }
     /// Blocks until the server stops (it never does on its own; used by the CLI).
     pub fn wait(mut self) {

@@ -39,6 +39,8 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Fenced(#[from] crate::checkpoint::FenceError),
+    #[error("events for {ns} dropped: the workers that read them were superseded by a restart")]
+    Superseded { ns: String },
     #[error("destination: {command} on {ns} was not acknowledged by a majority: {detail}")]
     WriteConcern {
         command: &'static str,
@@ -60,6 +62,7 @@ impl ApplyError {
         match self {
             ApplyError::Cluster(e) => e.is_transient(),
             ApplyError::Fenced(e) => e.is_transient(),
+            ApplyError::Superseded { .. } => true,
             ApplyError::WriteConcern { transient, .. } => *transient,
             _ => false,
         }
@@ -76,11 +79,19 @@ pub struct Applier {
     engine: SharedEngine,
     db: String,
     coll: String,
+    /// The worker generation this applier belongs to (see [`super::WorkerGeneration`]).
+    generation: u64,
 }
 
 impl Applier {
     pub fn new(engine: SharedEngine, db: String, coll: String) -> Applier {
-        Applier { engine, db, coll }
+        let generation = engine.generation.current();
+        Applier {
+            engine,
+            db,
+            coll,
+            generation,
+        }
     }
 }
 
@@ -96,8 +107,17 @@ impl Handler<ApplyEvents> for Applier {
     fn handle(&mut self, msg: ApplyEvents, _ctx: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
         let (db, coll) = (self.db.clone(), self.coll.clone());
+        let generation = self.generation;
         AtomicResponse::new(Box::pin(
-            async move { apply_events(&engine, &db, &coll, msg.0).await }.into_actor(self),
+            async move {
+                if engine.generation.current() != generation {
+                    return Err(ApplyError::Superseded {
+                        ns: format!("{db}.{coll}"),
+                    });
+                }
+                apply_events(&engine, &db, &coll, msg.0).await
+            }
+            .into_actor(self),
         ))
     }
 }

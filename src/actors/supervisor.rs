@@ -232,6 +232,8 @@ impl Supervisor {
             return;
         }
         self.failures += 1;
+        // Whatever the failed worker left queued must not be written after the restart.
+        self.engine.generation.advance();
         if !failure.transient || self.failures > MAX_CONSECUTIVE_FAILURES {
             tracing::error!(component = failure.component, error = %failure.message, "the migration cannot continue");
             self.finish(
@@ -305,6 +307,7 @@ impl Supervisor {
             ctx.cancel_future(handle);
             self.engine.baseline.stop();
         }
+        self.engine.generation.advance();
         self.copier.take();
         self.tailer.take();
         self.coordinator.take();

@@ -536,6 +536,7 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
             checkpoints,
             baseline: super::baseline::Tracker::new(1, crate::progress::Progress::new()),
             progress: crate::progress::Progress::new(),
+            generation: Default::default(),
         });
         verify(&engine, strict).await
     });

@@ -22,6 +22,13 @@ use crate::report::{Report, Verification};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Consecutive failures after which the run fails instead of retrying.
 const MAX_CONSECUTIVE_FAILURES: u32 = 30;
+/// A failure counts as consecutive with the next one unless the workers ran this long
+/// without failing: a worker that fails again soon after each restart (even one that
+/// reports progress in between) is not retried forever.
+const FAILURE_MEMORY: Duration = Duration::from_secs(300);
+/// Failed baseline verifications after which none is started again (the cutover then
+/// compares every document, as with `cutover.baseline_verification = false`).
+const MAX_BASELINE_ATTEMPTS: u32 = 10;
 /// How often the cutover window is checked.
 const WINDOW_CHECK: Duration = Duration::from_secs(1);
 /// Wait before a failed baseline verification starts again.
@@ -75,6 +82,10 @@ pub struct Supervisor {
     /// Phase to return to on resume.
     paused_from: Option<Phase>,
     failures: u32,
+    /// When the last worker failure happened.
+    last_failure: Option<Instant>,
+    /// Baseline verifications started so far.
+    baseline_attempts: u32,
     copy_summary: CopySummary,
     run_started: Instant,
     cutover_confirmed: Option<Instant>,
@@ -114,6 +125,8 @@ impl Supervisor {
             copy_done_tx,
             paused_from: None,
             failures: 0,
+            last_failure: None,
+            baseline_attempts: 0,
             copy_summary: CopySummary::default(),
             run_started: Instant::now(),
             cutover_confirmed: None,
@@ -164,6 +177,11 @@ impl Supervisor {
         if self.baseline.is_some() || !self.engine.config.cutover.baseline_verification {
             return;
         }
+        if self.baseline_attempts >= MAX_BASELINE_ATTEMPTS {
+            tracing::warn!(attempts = self.baseline_attempts, "the baseline verification failed every time; not starting it again: the cutover compares every document");
+            return;
+        }
+        self.baseline_attempts += 1;
         let run = super::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
         self.baseline = Some(ctx.spawn(run.into_actor(self).map(|(), act, ctx| {
             act.baseline = None;
@@ -212,6 +230,16 @@ impl Supervisor {
         self.tailer = Some(tailer.start());
     }
 
+    /// The workers made progress: forget earlier failures once they are old enough.
+    fn healthy(&mut self) {
+        if self
+            .last_failure
+            .is_none_or(|at| at.elapsed() >= FAILURE_MEMORY)
+        {
+            self.failures = 0;
+        }
+    }
+
     fn backoff(&self) -> Duration {
         let secs = 1u64 << self.failures.min(5);
         Duration::from_secs(secs).min(MAX_BACKOFF)
@@ -232,15 +260,20 @@ impl Supervisor {
             return;
         }
         self.failures += 1;
+        self.last_failure = Some(Instant::now());
         // Whatever the failed worker left queued must not be written after the restart.
         self.engine.generation.advance();
         if !failure.transient || self.failures > MAX_CONSECUTIVE_FAILURES {
-            tracing::error!(component = failure.component, error = %failure.message, "the migration cannot continue");
-            self.finish(
-                ctx,
-                Phase::Failed,
-                Some(format!("{}: {}", failure.component, failure.message)),
-            );
+            let message = if failure.transient {
+                format!(
+                    "{}: {} (failed {} times in a row, each retried from the last checkpoint; fix the cause, then run again to resume)",
+                    failure.component, failure.message, self.failures
+                )
+            } else {
+                format!("{}: {}", failure.component, failure.message)
+            };
+            tracing::error!(component = failure.component, error = %message, "the migration cannot continue");
+            self.finish(ctx, Phase::Failed, Some(message));
             return;
         }
         let delay = self.backoff();
@@ -592,7 +625,7 @@ impl Handler<CopyOutcome> for Supervisor {
         self.copier = None;
         match msg.0 {
             Ok(summary) => {
-                self.failures = 0;
+                self.healthy();
                 self.copy_summary = summary;
                 self.state.copy_complete = true;
                 let engine = self.engine.clone();
@@ -622,7 +655,7 @@ impl Handler<CopyOutcome> for Supervisor {
 impl Handler<SyncStatus> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: SyncStatus, ctx: &mut Self::Context) {
-        self.failures = 0;
+        self.healthy();
         let threshold = self.engine.config.cutover.lag_threshold_seconds as f64;
         match self.phase() {
             Phase::Syncing if msg.lag_seconds <= threshold => {

@@ -343,6 +343,11 @@ async fn acquire_lease(checkpoints: &Checkpoints) -> Result<(), RunError> {
 /// of an earlier migration.
 async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), RunError> {
     let dest = &engine.destination;
+    engine
+        .checkpoints
+        .fence()
+        .check()
+        .map_err(CheckpointError::from)?;
     for db in dest.database_names(&engine.filter).await? {
         for spec in dest.collection_specs(&db).await? {
             let Ok(name) = spec.get_str("name") else {

@@ -173,6 +173,13 @@ async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<
 /// Makes unique and TTL index options effective on the destination, as on the source.
 /// Returns how many indexes were changed.
 pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError> {
+    if let Err(e) = engine.checkpoints.fence().check() {
+        return Err(ClusterError::Command {
+            side: engine.destination.side,
+            action: "finalize the destination's indexes".into(),
+            source: mongodb::error::Error::custom(e.to_string()),
+        });
+    }
     let mut changed = 0;
     let source = &engine.source;
     for db in source.database_names(&engine.filter).await? {

@@ -85,6 +85,32 @@ async fn cancelled_cutover_gives_the_source_its_writes_back() {
     assert_source_writable(&pair.src, "was cancelled during its cutover").await;
 }
 
+/// Pins: a cancel while the cutover handshake was still on its way (the destination slow
+/// to record the block) lifted the write block before the handshake set it, so the
+/// cancelled run left the source blocked. Block and unblock are now ordered, and a
+/// block of an ended attempt is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_the_handshake_gives_the_source_its_writes_back() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 300).await;
+    let m = start(pair.config(WRITE_BLOCK)).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    pair.destination.set_latency(Duration::from_millis(300));
+    let reply = request_until_accepted(
+        &m,
+        ControlRequest::Cutover {
+            writes_stopped: true,
+        },
+    )
+    .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let reply = m.control.request(ControlRequest::Cancel).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(wait(m).await.phase, Phase::Cancelled);
+    pair.destination.set_latency(Duration::ZERO);
+    assert_source_writable(&pair.src, "was cancelled during its cutover handshake").await;
+}
+
 /// A run that fails during a write-blocked cutover (its destination lease is taken away)
 /// gives the source its writes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,6 +82,8 @@ pub struct Supervisor {
     /// Phase to return to on resume.
     paused_from: Option<Phase>,
     failures: u32,
+    /// Failures since the workers last made progress: sets the backoff.
+    failures_since_progress: u32,
     /// When the last worker failure happened.
     last_failure: Option<Instant>,
     /// Baseline verifications started so far.
@@ -125,6 +127,7 @@ impl Supervisor {
             copy_done_tx,
             paused_from: None,
             failures: 0,
+            failures_since_progress: 0,
             last_failure: None,
             baseline_attempts: 0,
             copy_summary: CopySummary::default(),
@@ -232,6 +235,7 @@ impl Supervisor {
 
     /// The workers made progress: forget earlier failures once they are old enough.
     fn healthy(&mut self) {
+        self.failures_since_progress = 0;
         if self
             .last_failure
             .is_none_or(|at| at.elapsed() >= FAILURE_MEMORY)
@@ -241,7 +245,7 @@ impl Supervisor {
     }
 
     fn backoff(&self) -> Duration {
-        let secs = 1u64 << self.failures.min(5);
+        let secs = 1u64 << self.failures_since_progress.min(5);
         Duration::from_secs(secs).min(MAX_BACKOFF)
     }
 
@@ -260,6 +264,7 @@ impl Supervisor {
             return;
         }
         self.failures += 1;
+        self.failures_since_progress += 1;
         self.last_failure = Some(Instant::now());
         // Whatever the failed worker left queued must not be written after the restart.
         self.engine.generation.advance();

@@ -182,9 +182,12 @@ async fn drive(
         let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints =
-            Checkpoints::new(destination.clone(), crate::preflight::lock_owner(&config));
+        let checkpoints = Checkpoints::new(destination.clone(), config.runtime.lease_terms());
         let existing = checkpoints.load_state().await?;
+        if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
+            // Nothing to do, and nothing to touch (balancers, lease, data).
+            return Ok(None);
+        }
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
             for line in report.to_string().lines() {
@@ -194,7 +197,7 @@ async fn drive(
                 return Err(RunError::Preflight(report.to_string()));
             }
         }
-        checkpoints.acquire_lock().await?;
+        acquire_lease(&checkpoints).await?;
         let filter = match config.namespace_filter() {
             Ok(f) => f,
             Err(e) => return Err(RunError::Preflight(e.to_string())),
@@ -210,6 +213,7 @@ async fn drive(
                 progress.clone(),
             ),
             progress: progress.clone(),
+            generation: Default::default(),
         });
         let state = match existing {
             Some(state) => {
@@ -231,10 +235,20 @@ async fn drive(
             }
         };
         crate::actors::coordinator::stop_balancers(&engine).await?;
-        Ok::<_, RunError>((engine, state))
+        Ok::<_, RunError>(Some((engine, state)))
     };
     let (engine, state) = match setup.await {
-        Ok(v) => v,
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            let _ = ready.send(Ok(None));
+            progress.set_phase(Phase::Completed);
+            tracing::info!("this migration already completed; nothing to do (drop the destination's __ferry database to migrate again)");
+            return Ok(RunOutcome {
+                phase: Phase::Completed,
+                report: None,
+                error: None,
+            });
+        }
         Err(e) => {
             progress.set_phase(Phase::Failed);
             progress.set_error(error_chain(&e));
@@ -242,16 +256,6 @@ async fn drive(
             return Err(RunError::Crashed);
         }
     };
-    if state.phase == Some(Phase::Completed) {
-        let _ = ready.send(Ok(None));
-        progress.set_phase(Phase::Completed);
-        tracing::info!("this migration already completed; nothing to do");
-        return Ok(RunOutcome {
-            phase: Phase::Completed,
-            report: None,
-            error: None,
-        });
-    }
     let api = if options.serve_api {
         match crate::api::serve(
             config.api.listen,
@@ -298,16 +302,68 @@ async fn drive(
     Ok(outcome)
 }
 
-/// Drops every user database on the destination (clear_destination = true), and any
-/// checkpoints of an earlier migration.
+/// Takes the destination lease. Another live holder makes the run refuse to start; a
+/// holder that was a process of this host and is gone (a crash) is waited for until its
+/// lease expires, saying how long.
+async fn acquire_lease(checkpoints: &Checkpoints) -> Result<(), RunError> {
+    use crate::checkpoint::LeaseAttempt;
+    loop {
+        let held = match checkpoints.acquire_lease().await? {
+            LeaseAttempt::Taken => {
+                tracing::info!(owner = checkpoints.owner(), "took the destination lease");
+                return Ok(());
+            }
+            LeaseAttempt::Held(held) => held,
+        };
+        let wait = held.remaining(bson::DateTime::now());
+        match wait {
+            Some(wait) if held.holder_is_gone() => {
+                tracing::warn!(
+                    holder = %held.holder(),
+                    expires_at = %held.expires(),
+                    wait_s = wait.as_secs_f64().ceil(),
+                    "the destination lease belongs to a ferry process of this host that is gone (a crash?); waiting for the lease to expire before taking it over"
+                );
+                // Past the expiry by a little, so the holder's clock is behind it too.
+                tokio::time::sleep(wait + std::time::Duration::from_millis(200)).await;
+            }
+            _ => {
+                return Err(CheckpointError::Locked {
+                    holder: held.holder(),
+                    until: held.expires(),
+                }
+                .into())
+            }
+        }
+    }
+}
+
+/// Drops the migrated namespaces on the destination (clear_destination = true): every
+/// collection and view the namespace filter selects, nothing else, and any checkpoints
+/// of an earlier migration.
 async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), RunError> {
-    let everything = crate::config::NamespaceFilter::allow_all();
-    for db in engine.destination.database_names(&everything).await? {
-        tracing::warn!(db = %db, "clear_destination: dropping destination database");
-        engine
-            .destination
-            .run(&db, doc! {"dropDatabase": 1})
-            .await?;
+    let dest = &engine.destination;
+    engine
+        .checkpoints
+        .fence()
+        .check()
+        .map_err(CheckpointError::from)?;
+    for db in dest.database_names(&engine.filter).await? {
+        for spec in dest.collection_specs(&db).await? {
+            let Ok(name) = spec.get_str("name") else {
+                continue;
+            };
+            if !engine.filter.allows(&db, name) {
+                continue;
+            }
+            tracing::warn!(ns = %format!("{db}.{name}"), "clear_destination: dropping a migrated namespace on the destination");
+            match dest.run(&db, doc! {"drop": name}).await {
+                Ok(_) => {}
+                // Dropped meanwhile: what was asked for.
+                Err(e) if e.code() == Some(26) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     engine.checkpoints.reset().await?;
     Ok(())

@@ -498,3 +498,25 @@ async fn documents_written_just_before_the_start_under_majority_lag_are_copied()
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, 20);
 }
+
+/// Pins: a `writeConcernError` on the destination (the write applied on the primary but
+/// not acknowledged by a majority in time, 64 WriteConcernFailed) failed the run as if it
+/// could never pass. Now a retryable one is transient: the batch is applied again
+/// (idempotently) and the run converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_concern_timeouts_on_the_destination_are_retried() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 1000).await;
+    let load = Workload::start(pair.src.clone(), "app", 1000);
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    pair.destination.fail_write_concern(5);
+    poll("the injected write concern failures to fire", || {
+        pair.destination.write_concern_failures_left() == 0
+    })
+    .await;
+    load.advance(50).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}

@@ -358,3 +358,30 @@ async fn stepped_down_member_answers_each_command_class_as_a_secondary() {
         .unwrap();
     assert_eq!(batch.len(), 1);
 }
+
+/// The `fail_write_concern` fault: the write is applied, and the reply (ok: 1) carries a
+/// `writeConcernError` 64 WriteConcernFailed, as a primary whose majority did not
+/// acknowledge within `wtimeout` answers; the fault fires the given number of times.
+#[tokio::test]
+async fn write_concern_failure_applies_the_write_and_reports_it() {
+    let sb = start();
+    let client = client(&sb).await;
+    sb.fail_write_concern(1);
+    let reply = run(
+        &client,
+        "t",
+        doc! {"insert": "c", "documents": [{"_id": 1}], "writeConcern": {"w": "majority"}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("n").unwrap(), 1, "{reply}");
+    let wce = reply.get_document("writeConcernError").unwrap();
+    assert_eq!(wce.get_i32("code").unwrap(), 64);
+    assert_eq!(wce.get_str("codeName").unwrap(), "WriteConcernFailed");
+    assert_eq!(sb.write_concern_failures_left(), 0);
+    let coll = client.database("t").collection::<Document>("c");
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 1);
+    coll.insert_one(doc! {"_id": 2})
+        .await
+        .expect("only one failure was injected");
+}

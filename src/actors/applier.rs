@@ -49,6 +49,18 @@ pub enum ApplyError {
         ns: String,
         detail: String,
     },
+    #[error(transparent)]
+    Fenced(#[from] crate::checkpoint::FenceError),
+    #[error("events for {ns} dropped: the workers that read them were superseded by a restart")]
+    Superseded { ns: String },
+    #[error("destination: {command} on {ns} was not acknowledged by a majority: {detail}")]
+    WriteConcern {
+        command: &'static str,
+        ns: String,
+        detail: String,
+        /// A stepdown or a timeout: applying again (idempotent) may pass.
+        transient: bool,
+    },
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -61,6 +73,9 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApplyError::Cluster(e) => e.is_transient(),
+            ApplyError::Fenced(e) => e.is_transient(),
+            ApplyError::Superseded { .. } => true,
+            ApplyError::WriteConcern { transient, .. } => *transient,
             _ => false,
         }
     }
@@ -76,11 +91,19 @@ pub struct Applier {
     engine: SharedEngine,
     db: String,
     coll: String,
+    /// The worker generation this applier belongs to (see [`super::WorkerGeneration`]).
+    generation: u64,
 }
 
 impl Applier {
     pub fn new(engine: SharedEngine, db: String, coll: String) -> Applier {
-        Applier { engine, db, coll }
+        let generation = engine.generation.current();
+        Applier {
+            engine,
+            db,
+            coll,
+            generation,
+        }
     }
 }
 
@@ -96,8 +119,17 @@ impl Handler<ApplyEvents> for Applier {
     fn handle(&mut self, msg: ApplyEvents, _ctx: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
         let (db, coll) = (self.db.clone(), self.coll.clone());
+        let generation = self.generation;
         AtomicResponse::new(Box::pin(
-            async move { apply_events(&engine, &db, &coll, msg.0).await }.into_actor(self),
+            async move {
+                if engine.generation.current() != generation {
+                    return Err(ApplyError::Superseded {
+                        ns: format!("{db}.{coll}"),
+                    });
+                }
+                apply_events(&engine, &db, &coll, msg.0).await
+            }
+            .into_actor(self),
         ))
     }
 }
@@ -591,6 +623,8 @@ impl Target<'_> {
         command: &'static str,
         statements: RawArrayBuf,
     ) -> Result<Document, ApplyError> {
+        // No destination write once this process may not hold the lease.
+        self.engine.checkpoints.fence().check()?;
         let field = match command {
             "insert" => "documents",
             "update" => "updates",
@@ -613,6 +647,14 @@ impl Target<'_> {
             .map(|a| a.iter().take(3).map(|e| e.to_string()).collect())
             .unwrap_or_default();
         if let Ok(wce) = reply.get_document("writeConcernError") {
+            if problems.is_empty() {
+                return Err(ApplyError::WriteConcern {
+                    command,
+                    ns: self.ns.to_string(),
+                    detail: wce.to_string(),
+                    transient: crate::cluster::write_concern_error_is_transient(wce),
+                });
+            }
             problems.push(format!("write concern error: {wce}"));
         }
         if problems.is_empty() {
@@ -659,6 +701,7 @@ pub fn relaxed_index(spec: &Document) -> Document {
 
 /// Applies one DDL event to the destination; replays after a restart are harmless.
 pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {
+    engine.checkpoints.fence().check()?;
     let dest = &engine.destination;
     let op = event.get_str("operationType").unwrap_or_default();
     let ns = event.get_document("ns").cloned().unwrap_or_default();

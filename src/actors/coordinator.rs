@@ -1,18 +1,23 @@
-//! Coordinator: holds the destination lock (renewing its lease), stops the balancers of
-//! sharded deployments and restores them, blocks source writes at cutover when asked,
+//! Coordinator: holds the destination lease (renewing it, and telling the supervisor when
+//! it is lost: the lease's fence has by then stopped every destination write, see
+//! [`crate::checkpoint::lease`]), stops the balancers of sharded deployments and restores
+//! them, blocks source writes at cutover when asked and gives them back in every ending,
 //! and finalizes the destination (unique and TTL index options made effective).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bson::{doc, Bson, Document};
 
 use super::{ActorFailure, SharedEngine};
-use crate::checkpoint::{CheckpointError, LOCK_LEASE_SECONDS};
+use crate::checkpoint::{CheckpointError, FenceError};
 use crate::cluster::topology::{balancer_start, balancer_state, balancer_stop};
 use crate::cluster::ClusterError;
 
-/// The lock was lost: another migration took it after our lease lapsed.
+/// The lease was lost: it was changed or deleted by someone else, and this process has
+/// stopped writing.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LockLost(pub ActorFailure);
@@ -20,53 +25,135 @@ pub struct LockLost(pub ActorFailure);
 pub struct Coordinator {
     engine: SharedEngine,
     lost: Recipient<LockLost>,
+    /// A renewal is under way (a slow destination must not pile them up).
+    renewing: bool,
 }
 
 impl Coordinator {
     pub fn new(engine: SharedEngine, lost: Recipient<LockLost>) -> Coordinator {
-        Coordinator { engine, lost }
+        Coordinator {
+            engine,
+            lost,
+            renewing: false,
+        }
+    }
+
+    fn renew(&mut self, ctx: &mut Context<Self>) {
+        if self.renewing {
+            return;
+        }
+        self.renewing = true;
+        let engine = self.engine.clone();
+        ctx.spawn(
+            async move { engine.checkpoints.renew_lease().await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    act.renewing = false;
+                    let Err(e) = result else {
+                        return;
+                    };
+                    let fence = act.engine.checkpoints.fence().check();
+                    match (&e, fence) {
+                        (CheckpointError::LeaseLost { .. }, _)
+                        | (CheckpointError::Fenced(FenceError::Lost), _) => {
+                            tracing::error!(error = %super::error_chain(&e), "the destination lease was lost; every destination write stopped");
+                            act.lost
+                                .do_send(LockLost(ActorFailure::new("coordinator", &e, false)));
+                        }
+                        (_, Err(closed)) => {
+                            tracing::error!(error = %super::error_chain(&e), fence = %closed, "the destination lease could not be renewed; destination writes are stopped until it is");
+                        }
+                        (_, Ok(())) => {
+                            tracing::warn!(error = %super::error_chain(&e), "could not renew the destination lease; will retry");
+                        }
+                    }
+                }),
+        );
     }
 }
 
 impl Actor for Coordinator {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = Duration::from_secs((LOCK_LEASE_SECONDS / 3).max(1) as u64);
-        ctx.run_interval(every, |act, ctx| {
-            let engine = act.engine.clone();
-            let lost = act.lost.clone();
-            ctx.spawn(
-                async move {
-                    match engine.checkpoints.acquire_lock().await {
-                        Ok(()) => {}
-                        Err(e @ CheckpointError::Locked { .. }) => lost.do_send(LockLost(ActorFailure::new("coordinator", &e, false))),
-                        Err(e) => tracing::warn!(error = %super::error_chain(&e), "could not renew the destination lock; will retry"),
-                    }
+        let every = self.engine.checkpoints.lease_terms().renew_every();
+        ctx.run_interval(every, |act, ctx| act.renew(ctx));
+    }
+}
+
+/// Transient failures of a write-block command tried before giving up with a message.
+const WRITE_BLOCK_ATTEMPTS: u32 = 10;
+
+/// Orders the source write-block commands of cutover attempts and endings, so that an
+/// ending's "unblock" can never be overtaken by the "block" of an attempt it ended: each
+/// command runs under one lock, and a block of an attempt that is no longer current is
+/// skipped.
+#[derive(Clone, Default)]
+pub struct SourceWriteBlock {
+    ops: Arc<tokio::sync::Mutex<()>>,
+    /// The current cutover attempt (0: none may block).
+    current: Arc<AtomicU64>,
+}
+
+impl SourceWriteBlock {
+    /// A new cutover attempt: its number, which [`SourceWriteBlock::block`] checks.
+    pub fn begin_attempt(&self) -> u64 {
+        self.current.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// No attempt may block any more (the cutover ended, the run ends).
+    pub fn end_attempts(&self) {
+        self.current.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Blocks the source's user writes for `attempt`, unless it is no longer current.
+    /// Returns whether it blocked.
+    pub async fn block(&self, engine: &SharedEngine, attempt: u64) -> Result<bool, ClusterError> {
+        let _turn = self.ops.lock().await;
+        if self.current.load(Ordering::SeqCst) != attempt {
+            return Ok(false);
+        }
+        set_source_write_block(engine, true).await?;
+        Ok(true)
+    }
+
+    /// Gives the source its writes back, retrying transient errors, after any block
+    /// under way.
+    pub async fn lift(&self, engine: &SharedEngine) -> Result<(), ClusterError> {
+        let _turn = self.ops.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match set_source_write_block(engine, false).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && attempt < WRITE_BLOCK_ATTEMPTS => {
+                    tracing::warn!(error = %super::error_chain(&e), attempt, "could not lift the source's write block; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
                 }
-                .into_actor(act),
-            );
-        });
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
 /// Blocks (or unblocks) user writes on the source with setUserWriteBlockMode.
-pub async fn set_source_write_block(
-    engine: &SharedEngine,
-    blocked: bool,
-) -> Result<(), ClusterError> {
+async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<(), ClusterError> {
     // Recorded before blocking and after unblocking: a run that crashes in between
-    // knows, when restarted, that the source may still be blocked.
+    // knows, when restarted, that the source may still be blocked. Not blocking is
+    // better than blocking without a record of it.
     let record = |blocked: bool| async move {
-        if let Err(e) = engine
+        engine
             .checkpoints
             .set_state(doc! {"source_write_blocked": blocked})
             .await
-        {
-            tracing::warn!(error = %super::error_chain(&e), "could not record the source's write block");
-        }
     };
     if blocked {
-        record(true).await;
+        if let Err(e) = record(true).await {
+            return Err(ClusterError::Command {
+                side: engine.destination.side,
+                action: "record the source's write block before setting it".into(),
+                source: mongodb::error::Error::custom(super::error_chain(&e)),
+            });
+        }
     }
     engine
         .source
@@ -76,7 +163,9 @@ pub async fn set_source_write_block(
         )
         .await?;
     if !blocked {
-        record(false).await;
+        if let Err(e) = record(false).await {
+            tracing::warn!(error = %super::error_chain(&e), "could not record that the source's writes are back");
+        }
     }
     Ok(())
 }
@@ -84,6 +173,13 @@ pub async fn set_source_write_block(
 /// Makes unique and TTL index options effective on the destination, as on the source.
 /// Returns how many indexes were changed.
 pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError> {
+    if let Err(e) = engine.checkpoints.fence().check() {
+        return Err(ClusterError::Command {
+            side: engine.destination.side,
+            action: "finalize the destination's indexes".into(),
+            source: mongodb::error::Error::custom(e.to_string()),
+        });
+    }
     let mut changed = 0;
     let source = &engine.source;
     for db in source.database_names(&engine.filter).await? {

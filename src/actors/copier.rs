@@ -43,8 +43,7 @@ impl CopyError {
     pub fn is_transient(&self) -> bool {
         match self {
             CopyError::Cluster(e) => e.is_transient(),
-            CopyError::Checkpoint(CheckpointError::Cluster(e)) => e.is_transient(),
-            CopyError::Checkpoint(_) => false,
+            CopyError::Checkpoint(e) => e.is_transient(),
             // A collection renamed or dropped under an open cursor (175 QueryPlanKilled,
             // 26 NamespaceNotFound): the range starts again from its checkpoint and
             // finds the collection by UUID.
@@ -505,6 +504,12 @@ async fn insert_batch(
     docs: Vec<RawDocumentBuf>,
     bytes: usize,
 ) -> Result<InsertedBatch, CopyError> {
+    // No destination write once this process may not hold the lease.
+    engine
+        .checkpoints
+        .fence()
+        .check()
+        .map_err(CheckpointError::from)?;
     let started = Instant::now();
     let last_id = docs.last().and_then(raw_id);
     let documents = docs.len() as u64;

@@ -28,6 +28,7 @@ pub mod supervisor;
 pub mod tailer;
 pub mod verifier;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoints;
@@ -46,6 +47,26 @@ pub struct Engine {
     pub progress: SharedProgress,
     /// Documents changed since the baseline verification began (see [`baseline`]).
     pub baseline: baseline::Tracker,
+    /// The generation of the running workers: a restart after a failure starts a new one.
+    pub generation: WorkerGeneration,
+}
+
+/// Which restart of the workers is the current one. A worker remembers the generation it
+/// was started in and writes nothing once the supervisor has moved on (a failure and a
+/// restart, or the end of the run): batches still queued to an applier of a failed
+/// attempt are dropped instead of landing after the new attempt's writes.
+#[derive(Debug, Default)]
+pub struct WorkerGeneration(AtomicU64);
+
+impl WorkerGeneration {
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// The running workers are superseded.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 pub type SharedEngine = Arc<Engine>;

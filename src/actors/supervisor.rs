@@ -9,7 +9,7 @@ use actix::prelude::*;
 use bson::{doc, Timestamp};
 use tokio::sync::{oneshot, watch};
 
-use super::coordinator::{finalize_indexes, set_source_write_block, Coordinator, LockLost};
+use super::coordinator::{finalize_indexes, Coordinator, LockLost, SourceWriteBlock};
 use super::copier::{Copier, CopyOutcome, CopySummary};
 use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
 use super::{error_chain, verifier, ActorFailure, SharedEngine};
@@ -22,6 +22,13 @@ use crate::report::{Report, Verification};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Consecutive failures after which the run fails instead of retrying.
 const MAX_CONSECUTIVE_FAILURES: u32 = 30;
+/// A failure counts as consecutive with the next one unless the workers ran this long
+/// without failing: a worker that fails again soon after each restart (even one that
+/// reports progress in between) is not retried forever.
+const FAILURE_MEMORY: Duration = Duration::from_secs(300);
+/// Failed baseline verifications after which none is started again (the cutover then
+/// compares every document, as with `cutover.baseline_verification = false`).
+const MAX_BASELINE_ATTEMPTS: u32 = 10;
 /// How often the cutover window is checked.
 const WINDOW_CHECK: Duration = Duration::from_secs(1);
 /// Wait before a failed baseline verification starts again.
@@ -46,13 +53,21 @@ pub struct Control(pub ControlRequest, pub oneshot::Sender<ControlReply>);
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// The verification of cutover attempt `attempt` ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Verified(Result<(Verification, Verification), String>);
+struct Verified {
+    attempt: u64,
+    result: Result<(Verification, Verification), String>,
+}
 
+/// The handshake of cutover attempt `attempt` (write block, cutover optime) ended.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CutoverStarted(Result<Timestamp, String>);
+struct CutoverStarted {
+    attempt: u64,
+    result: Result<Timestamp, String>,
+}
 
 pub struct Supervisor {
     engine: SharedEngine,
@@ -67,10 +82,24 @@ pub struct Supervisor {
     /// Phase to return to on resume.
     paused_from: Option<Phase>,
     failures: u32,
+    /// Failures since the workers last made progress: sets the backoff.
+    failures_since_progress: u32,
+    /// When the last worker failure happened.
+    last_failure: Option<Instant>,
+    /// Baseline verifications started so far.
+    baseline_attempts: u32,
     copy_summary: CopySummary,
     run_started: Instant,
     cutover_confirmed: Option<Instant>,
+    /// The source's writes may be blocked by Ferry (a cutover asked for it, or a crashed
+    /// run left it so): every ending gives them back.
     write_blocked: bool,
+    /// Orders the block and unblock commands of cutover attempts and endings.
+    write_block: SourceWriteBlock,
+    /// The current cutover attempt: messages of an earlier one are ignored.
+    cutover_attempt: u64,
+    /// The optime the current attempt drains to, until its `Drained` arrives.
+    drain_target: Option<Timestamp>,
     warned_hours: Vec<u64>,
     /// The baseline verification, once the destination is first in sync.
     baseline: Option<SpawnHandle>,
@@ -98,10 +127,16 @@ impl Supervisor {
             copy_done_tx,
             paused_from: None,
             failures: 0,
+            failures_since_progress: 0,
+            last_failure: None,
+            baseline_attempts: 0,
             copy_summary: CopySummary::default(),
             run_started: Instant::now(),
             cutover_confirmed: None,
             write_blocked,
+            write_block: SourceWriteBlock::default(),
+            cutover_attempt: 0,
+            drain_target: None,
             warned_hours: Vec::new(),
             baseline: None,
             done: Some(done),
@@ -113,7 +148,8 @@ impl Supervisor {
     }
 
     fn set_phase(&mut self, ctx: &mut Context<Self>, phase: Phase) {
-        if self.phase() == phase {
+        // An ended run stays ended, whatever late message arrives.
+        if self.phase() == phase || self.phase().is_terminal() {
             return;
         }
         tracing::info!(phase = phase.as_str(), "phase");
@@ -144,6 +180,11 @@ impl Supervisor {
         if self.baseline.is_some() || !self.engine.config.cutover.baseline_verification {
             return;
         }
+        if self.baseline_attempts >= MAX_BASELINE_ATTEMPTS {
+            tracing::warn!(attempts = self.baseline_attempts, "the baseline verification failed every time; not starting it again: the cutover compares every document");
+            return;
+        }
+        self.baseline_attempts += 1;
         let run = super::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
         self.baseline = Some(ctx.spawn(run.into_actor(self).map(|(), act, ctx| {
             act.baseline = None;
@@ -192,8 +233,19 @@ impl Supervisor {
         self.tailer = Some(tailer.start());
     }
 
+    /// The workers made progress: forget earlier failures once they are old enough.
+    fn healthy(&mut self) {
+        self.failures_since_progress = 0;
+        if self
+            .last_failure
+            .is_none_or(|at| at.elapsed() >= FAILURE_MEMORY)
+        {
+            self.failures = 0;
+        }
+    }
+
     fn backoff(&self) -> Duration {
-        let secs = 1u64 << self.failures.min(5);
+        let secs = 1u64 << self.failures_since_progress.min(5);
         Duration::from_secs(secs).min(MAX_BACKOFF)
     }
 
@@ -212,13 +264,21 @@ impl Supervisor {
             return;
         }
         self.failures += 1;
+        self.failures_since_progress += 1;
+        self.last_failure = Some(Instant::now());
+        // Whatever the failed worker left queued must not be written after the restart.
+        self.engine.generation.advance();
         if !failure.transient || self.failures > MAX_CONSECUTIVE_FAILURES {
-            tracing::error!(component = failure.component, error = %failure.message, "the migration cannot continue");
-            self.finish(
-                ctx,
-                Phase::Failed,
-                Some(format!("{}: {}", failure.component, failure.message)),
-            );
+            let message = if failure.transient {
+                format!(
+                    "{}: {} (failed {} times in a row, each retried from the last checkpoint; fix the cause, then run again to resume)",
+                    failure.component, failure.message, self.failures
+                )
+            } else {
+                format!("{}: {}", failure.component, failure.message)
+            };
+            tracing::error!(component = failure.component, error = %message, "the migration cannot continue");
+            self.finish(ctx, Phase::Failed, Some(message));
             return;
         }
         let delay = self.backoff();
@@ -238,14 +298,18 @@ impl Supervisor {
         self.set_phase(ctx, phase);
         self.stop_workers(ctx);
         let engine = self.engine.clone();
-        let unblock = self.write_blocked && phase != Phase::Completed;
+        // Every ending, completion included, gives the source its writes back.
+        self.write_block.end_attempts();
+        let unblock = self.write_blocked.then(|| self.write_block.clone());
+        self.write_blocked = false;
         let done = self.done.take();
         let report = self.engine.progress.report.read().clone();
         ctx.spawn(
             async move {
-                if unblock {
-                    if let Err(e) = set_source_write_block(&engine, false).await {
-                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                if let Some(write_block) = unblock {
+                    match write_block.lift(&engine).await {
+                        Ok(()) => tracing::info!("the source takes writes again"),
+                        Err(e) => tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
                     }
                 }
                 if let Err(e) = super::coordinator::restore_balancers(&engine).await {
@@ -265,7 +329,7 @@ impl Supervisor {
                         }
                     }
                 }
-                if let Err(e) = engine.checkpoints.release_lock().await {
+                if let Err(e) = engine.checkpoints.release_lease().await {
                     tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
                 }
                 if let Some(done) = done {
@@ -281,6 +345,7 @@ impl Supervisor {
             ctx.cancel_future(handle);
             self.engine.baseline.stop();
         }
+        self.engine.generation.advance();
         self.copier.take();
         self.tailer.take();
         self.coordinator.take();
@@ -362,7 +427,11 @@ impl Supervisor {
                 self.set_phase(ctx, Phase::CuttingOver);
                 let engine = self.engine.clone();
                 let block = engine.config.cutover.enforce_write_block;
-                self.write_blocked = block;
+                let cutover = self.write_block.begin_attempt();
+                self.cutover_attempt = cutover;
+                self.drain_target = None;
+                self.write_blocked |= block;
+                let write_block = self.write_block.clone();
                 ctx.spawn(
                     async move {
                         // A stepdown or dropped connection right now must not bounce
@@ -371,13 +440,14 @@ impl Supervisor {
                         loop {
                             attempt += 1;
                             let step = async {
-                                if block {
-                                    set_source_write_block(&engine, true).await?;
+                                if block && !write_block.block(&engine, cutover).await? {
+                                    return Ok(None);
                                 }
-                                engine.source.append_noop("ferry cutover").await
+                                engine.source.append_noop("ferry cutover").await.map(Some)
                             };
                             match step.await {
-                                Ok(ts) => return Ok(ts),
+                                Ok(Some(ts)) => return Ok(ts),
+                                Ok(None) => return Err("the cutover attempt was superseded".to_string()),
                                 Err(e) if e.is_transient() && attempt < CUTOVER_ATTEMPTS => {
                                     tracing::warn!(error = %error_chain(&e), attempt, "cutover handshake failed; retrying");
                                     tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
@@ -387,7 +457,12 @@ impl Supervisor {
                         }
                     }
                     .into_actor(self)
-                    .map(|r, _, ctx| ctx.notify(CutoverStarted(r))),
+                    .map(move |result, _, ctx| {
+                        ctx.notify(CutoverStarted {
+                            attempt: cutover,
+                            result,
+                        })
+                    }),
                 );
                 Ok(
                     serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}),
@@ -555,7 +630,7 @@ impl Handler<CopyOutcome> for Supervisor {
         self.copier = None;
         match msg.0 {
             Ok(summary) => {
-                self.failures = 0;
+                self.healthy();
                 self.copy_summary = summary;
                 self.state.copy_complete = true;
                 let engine = self.engine.clone();
@@ -585,7 +660,7 @@ impl Handler<CopyOutcome> for Supervisor {
 impl Handler<SyncStatus> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: SyncStatus, ctx: &mut Self::Context) {
-        self.failures = 0;
+        self.healthy();
         let threshold = self.engine.config.cutover.lag_threshold_seconds as f64;
         match self.phase() {
             Phase::Syncing if msg.lag_seconds <= threshold => {
@@ -641,9 +716,17 @@ impl Handler<LockLost> for Supervisor {
 impl Handler<CutoverStarted> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: CutoverStarted, ctx: &mut Self::Context) {
-        match msg.0 {
+        if msg.attempt != self.cutover_attempt || self.phase() != Phase::CuttingOver {
+            tracing::debug!(
+                attempt = msg.attempt,
+                "ignoring the handshake of an ended cutover attempt"
+            );
+            return;
+        }
+        match msg.result {
             Ok(optime) => {
                 tracing::info!(optime = ?optime, "draining to the source's optime");
+                self.drain_target = Some(optime);
                 self.drain_tx.send_replace(Some(optime));
             }
             Err(e) => {
@@ -656,11 +739,14 @@ impl Handler<CutoverStarted> for Supervisor {
 
 impl Handler<Drained> for Supervisor {
     type Result = ();
-    fn handle(&mut self, _msg: Drained, ctx: &mut Self::Context) {
-        if self.phase() != Phase::CuttingOver {
+    fn handle(&mut self, msg: Drained, ctx: &mut Self::Context) {
+        // Only the first report of the current attempt's target starts a verification.
+        if self.phase() != Phase::CuttingOver || self.drain_target != Some(msg.0) {
             return;
         }
+        self.drain_target = None;
         tracing::info!("drained; verifying");
+        let attempt = self.cutover_attempt;
         let engine = self.engine.clone();
         ctx.spawn(
             async move {
@@ -684,7 +770,7 @@ impl Handler<Drained> for Supervisor {
                 Ok((data, strict))
             }
             .into_actor(self)
-            .map(|r, _, ctx| ctx.notify(Verified(r))),
+            .map(move |result, _, ctx| ctx.notify(Verified { attempt, result })),
         );
     }
 }
@@ -692,7 +778,14 @@ impl Handler<Drained> for Supervisor {
 impl Handler<Verified> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: Verified, ctx: &mut Self::Context) {
-        match msg.0 {
+        if msg.attempt != self.cutover_attempt || self.phase() != Phase::CuttingOver {
+            tracing::debug!(
+                attempt = msg.attempt,
+                "ignoring the verification of an ended cutover attempt"
+            );
+            return;
+        }
+        match msg.result {
             Ok((data, strict)) if data.passed && strict.passed => {
                 let report = self.build_report(strict);
                 println!("{report}");
@@ -731,18 +824,25 @@ impl Supervisor {
     /// Back to ready_for_cutover after a refused cutover: stop draining and give the
     /// source its writes back if Ferry blocked them.
     fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
+        self.write_block.end_attempts();
         self.drain_tx.send_replace(None);
+        self.drain_target = None;
         self.cutover_confirmed = None;
         if self.write_blocked {
             let engine = self.engine.clone();
+            let write_block = self.write_block.clone();
             self.write_blocked = false;
             ctx.spawn(
-                async move {
-                    if let Err(e) = set_source_write_block(&engine, false).await {
-                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
-                    }
-                }
-                .into_actor(self),
+                async move { write_block.lift(&engine).await }
+                    .into_actor(self)
+                    .map(|result, act, _| match result {
+                        Ok(()) => tracing::info!("cutover refused; the source takes writes again"),
+                        Err(e) => {
+                            // Still blocked: the run's ending tries again.
+                            act.write_blocked = true;
+                            tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it, or cancel the migration");
+                        }
+                    }),
             );
         }
         self.set_phase(ctx, Phase::ReadyForCutover);
@@ -765,9 +865,18 @@ impl Handler<Shutdown> for Supervisor {
         let engine = self.engine.clone();
         let done = self.done.take();
         let phase = self.phase();
+        // A stopped Ferry must not leave the source without writes.
+        self.write_block.end_attempts();
+        let unblock = self.write_blocked.then(|| self.write_block.clone());
+        self.write_blocked = false;
         ctx.spawn(
             async move {
-                let _ = engine.checkpoints.release_lock().await;
+                if let Some(write_block) = unblock {
+                    if let Err(e) = write_block.lift(&engine).await {
+                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                    }
+                }
+                let _ = engine.checkpoints.release_lease().await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome {
                         phase,

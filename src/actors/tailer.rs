@@ -56,7 +56,7 @@ impl TailError {
     pub fn is_transient(&self) -> bool {
         match self {
             TailError::Cluster(e) => e.is_transient(),
-            TailError::Checkpoint(CheckpointError::Cluster(e)) => e.is_transient(),
+            TailError::Checkpoint(e) => e.is_transient(),
             TailError::Apply(e) => e.is_transient(),
             TailError::Stream(e) => crate::cluster::is_transient(e),
             TailError::ApplierGone => true,
@@ -73,10 +73,11 @@ pub struct SyncStatus {
     pub applied_ts: Timestamp,
 }
 
-/// The tailer has applied everything up to the drain target.
+/// The tailer has applied everything up to this drain target (the cutover optime of one
+/// cutover attempt; the supervisor ignores a target that is no longer its own).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Drained;
+pub struct Drained(pub Timestamp);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -718,7 +719,8 @@ async fn tail(
     let mut last_checkpoint = Instant::now();
     let mut last_event = Instant::now();
     let mut source_now: Option<(Timestamp, Instant)> = None;
-    let mut drained_sent = false;
+    // The drain target last reported: a later cutover attempt has a new target.
+    let mut drained_sent: Option<Timestamp> = None;
     let mut dirty = false;
     // Batches handed to the appliers and not yet acknowledged, oldest first.
     let mut in_flight: VecDeque<(Flight, Option<Document>)> = VecDeque::new();
@@ -896,15 +898,15 @@ async fn tail(
             last_event = Instant::now();
         }
         if let Some(target) = *drain_to.borrow() {
-            if !drained_sent && caught_up && !ts_after(target, applied_ts) {
+            if drained_sent != Some(target) && caught_up && !ts_after(target, applied_ts) {
                 engine
                     .checkpoints
                     .set_state(
                         doc! {"applied_ts": applied_ts, "events_applied": events_applied as i64},
                     )
                     .await?;
-                drained_sent = true;
-                peers.drained.do_send(Drained);
+                drained_sent = Some(target);
+                peers.drained.do_send(Drained(target));
             }
         }
     }

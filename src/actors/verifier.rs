@@ -526,10 +526,8 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
                 action: format!("namespace filter: {e}"),
                 source: mongodb::error::Error::custom(e.to_string()),
             })?;
-        let checkpoints = crate::checkpoint::Checkpoints::new(
-            destination.clone(),
-            crate::preflight::lock_owner(&config),
-        );
+        let checkpoints =
+            crate::checkpoint::Checkpoints::new(destination.clone(), config.runtime.lease_terms());
         let engine = std::sync::Arc::new(super::Engine {
             config: config.clone(),
             source,
@@ -538,6 +536,7 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
             checkpoints,
             baseline: super::baseline::Tracker::new(1, crate::progress::Progress::new()),
             progress: crate::progress::Progress::new(),
+            generation: Default::default(),
         });
         verify(&engine, strict).await
     });

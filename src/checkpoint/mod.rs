@@ -1,12 +1,19 @@
 //! Run state persisted in the destination's `__ferry` database, so a restarted `ferry run`
 //! with the same config resumes where the last one stopped:
-//! - `lock`: the lease that keeps a second migration off this destination;
+//! - `lock`: the lease that keeps a second writer off this destination ([`lease`]);
 //! - `state`: phase, start time, the change-stream resume point, the cutover window;
 //! - `namespaces`: the copy plan (collections, views, their options and indexes);
 //! - `ranges`: per `_id` range of each collection, whether it is copied and how far.
 
+pub mod lease;
+
+use std::sync::Arc;
+use std::time::Instant;
+
 use bson::{doc, Bson, DateTime, Document, Timestamp};
 use serde::{Deserialize, Serialize};
+
+pub use lease::{Fence, FenceError, LeaseRecord, LeaseTerms};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::progress::Phase;
@@ -19,9 +26,6 @@ pub const NAMESPACES: &str = "namespaces";
 pub const RANGES: &str = "ranges";
 /// Holds `{_id: "plan", saved: true}` once the whole copy plan is saved.
 pub const PLAN: &str = "plan";
-
-/// How long a lock lease lasts without renewal; a crashed holder blocks others this long.
-pub const LOCK_LEASE_SECONDS: i64 = 60;
 
 /// Durable state of the run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -100,16 +104,32 @@ pub enum CheckpointError {
         collection: &'static str,
         message: String,
     },
-    #[error("destination: another migration ({owner}) holds the lock until {until}; wait for it to finish or cancel it")]
-    Locked { owner: String, until: String },
+    #[error("destination: another ferry process ({holder}) holds the destination lease until {until}; only one process may write to a destination: stop that one (ferry cancel on its host), or if it died, start again after {until}")]
+    Locked { holder: String, until: String },
+    #[error("destination: the lease was taken away from this process (now held by {now_held}); it stopped writing")]
+    LeaseLost { now_held: String },
+    #[error(transparent)]
+    Fenced(#[from] FenceError),
 }
 
-/// Reads and writes the checkpoint documents.
+impl CheckpointError {
+    /// Whether a retry (a restart from the checkpoint) may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CheckpointError::Cluster(e) => e.is_transient(),
+            CheckpointError::Fenced(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Reads and writes the checkpoint documents, and holds this process's destination lease
+/// (see [`lease`]): every checkpoint write checks the lease's [`Fence`] first.
 #[derive(Clone, Debug)]
 pub struct Checkpoints {
     dest: Cluster,
-    /// Identity of this migration in the lock document.
-    pub owner: String,
+    terms: LeaseTerms,
+    fence: Arc<Fence>,
 }
 
 fn now_secs() -> i64 {
@@ -119,9 +139,36 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// What [`Checkpoints::acquire_lease`] found.
+#[derive(Debug)]
+pub enum LeaseAttempt {
+    /// This process holds the lease now.
+    Taken,
+    /// Another process holds it.
+    Held(LeaseRecord),
+}
+
 impl Checkpoints {
-    pub fn new(dest: Cluster, owner: String) -> Checkpoints {
-        Checkpoints { dest, owner }
+    pub fn new(dest: Cluster, terms: LeaseTerms) -> Checkpoints {
+        Checkpoints {
+            dest,
+            terms,
+            fence: Fence::new(),
+        }
+    }
+
+    /// The identity of this process in the lease document.
+    pub fn owner(&self) -> &'static str {
+        lease::process_owner()
+    }
+
+    pub fn lease_terms(&self) -> LeaseTerms {
+        self.terms
+    }
+
+    /// The write gate every destination writer checks before each batch.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     fn coll(&self, name: &str) -> mongodb::Collection<Document> {
@@ -139,49 +186,96 @@ impl Checkpoints {
         }
     }
 
-    /// Takes or renews the destination lease; fails when another owner holds it.
-    pub async fn acquire_lock(&self) -> Result<(), CheckpointError> {
+    /// The lease document, if any.
+    pub async fn read_lease(&self) -> Result<Option<LeaseRecord>, CheckpointError> {
+        Ok(self
+            .coll(LOCK)
+            .find_one(doc! {"_id": "lock"})
+            .await
+            .map_err(self.err("read the destination lease"))?
+            .map(|d| LeaseRecord::from_document(&d)))
+    }
+
+    /// Takes the destination lease when it is free, expired or already this process's.
+    pub async fn acquire_lease(&self) -> Result<LeaseAttempt, CheckpointError> {
+        let sent = Instant::now();
         let now = DateTime::now();
-        let expires = DateTime::from_millis(now.timestamp_millis() + LOCK_LEASE_SECONDS * 1000);
-        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        let expires =
+            DateTime::from_millis(now.timestamp_millis() + self.terms.duration.as_millis() as i64);
         let result = self
             .coll(LOCK)
             .update_one(
-                doc! {"_id": "lock", "$or": [{"owner": &self.owner}, {"expires_at": {"$lt": now}}]},
-                doc! {"$set": {"owner": &self.owner, "expires_at": expires, "host": host, "pid": std::process::id() as i64}},
+                doc! {"_id": "lock", "$or": [{"owner": self.owner()}, {"expires_at": {"$lt": now}}]},
+                doc! {"$set": {
+                    "owner": self.owner(),
+                    "host": lease::host_name(),
+                    "pid": std::process::id() as i64,
+                    "since": now,
+                    "renewed_at": now,
+                    "expires_at": expires,
+                }},
             )
             .upsert(true)
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if crate::cluster::error_code(&e) == Some(11000) => {
-                let held = self
-                    .coll(LOCK)
-                    .find_one(doc! {"_id": "lock"})
-                    .await
-                    .map_err(self.err("read lock"))?;
-                let (owner, until) = held
-                    .map(|d| {
-                        (
-                            d.get_str("owner").unwrap_or("unknown").to_string(),
-                            d.get_datetime("expires_at")
-                                .map(|t| t.to_string())
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .unwrap_or_default();
-                Err(CheckpointError::Locked { owner, until })
+            Ok(_) => {
+                self.fence.renewed(sent, &self.terms);
+                Ok(LeaseAttempt::Taken)
             }
-            Err(e) => Err(self.err("take lock")(e)),
+            Err(e) if crate::cluster::error_code(&e) == Some(11000) => {
+                match self.read_lease().await? {
+                    Some(held) => Ok(LeaseAttempt::Held(held)),
+                    // Released between the two commands: try again next time.
+                    None => Err(CheckpointError::Cluster(ClusterError::Command {
+                        side: self.dest.side,
+                        action: "take the destination lease (it changed hands meanwhile)".into(),
+                        source: e,
+                    })),
+                }
+            }
+            Err(e) => Err(self.err("take the destination lease")(e)),
         }
     }
 
-    /// Releases the lease if this owner holds it.
-    pub async fn release_lock(&self) -> Result<(), CheckpointError> {
-        self.coll(LOCK)
-            .delete_one(doc! {"_id": "lock", "owner": &self.owner})
+    /// Extends the lease this process holds. Only a document that still names this
+    /// process is renewed: one changed or deleted out-of-band is lost, the fence closes
+    /// for good and [`CheckpointError::LeaseLost`] says who holds it now.
+    pub async fn renew_lease(&self) -> Result<(), CheckpointError> {
+        if let Err(e @ FenceError::Lost) = self.fence.check() {
+            return Err(e.into());
+        }
+        let sent = Instant::now();
+        let now = DateTime::now();
+        let expires =
+            DateTime::from_millis(now.timestamp_millis() + self.terms.duration.as_millis() as i64);
+        let result = self
+            .coll(LOCK)
+            .update_one(
+                doc! {"_id": "lock", "owner": self.owner()},
+                doc! {"$set": {"renewed_at": now, "expires_at": expires}},
+            )
             .await
-            .map_err(self.err("release lock"))?;
+            .map_err(self.err("renew the destination lease"))?;
+        if result.matched_count == 1 {
+            self.fence.renewed(sent, &self.terms);
+            return Ok(());
+        }
+        self.fence.lose();
+        let now_held = match self.read_lease().await {
+            Ok(Some(held)) => held.holder(),
+            Ok(None) => "nobody (the lease document was deleted)".into(),
+            Err(_) => "unknown".into(),
+        };
+        Err(CheckpointError::LeaseLost { now_held })
+    }
+
+    /// Releases the lease if this process holds it, and closes the fence.
+    pub async fn release_lease(&self) -> Result<(), CheckpointError> {
+        self.fence.close();
+        self.coll(LOCK)
+            .delete_one(doc! {"_id": "lock", "owner": self.owner()})
+            .await
+            .map_err(self.err("release the destination lease"))?;
         Ok(())
     }
 
@@ -204,6 +298,7 @@ impl Checkpoints {
     }
 
     pub async fn save_state(&self, state: &RunState) -> Result<(), CheckpointError> {
+        self.fence.check()?;
         let mut d = bson::to_document(state).map_err(|e| CheckpointError::Corrupt {
             collection: STATE,
             message: e.to_string(),
@@ -221,6 +316,7 @@ impl Checkpoints {
     /// Sets some fields of the state document, leaving the others as they are (the
     /// tailer and the supervisor each own different fields).
     pub async fn set_state(&self, fields: Document) -> Result<(), CheckpointError> {
+        self.fence.check()?;
         let mut fields = fields;
         fields.insert("saved_at", DateTime::now());
         self.coll(STATE)
@@ -240,6 +336,7 @@ impl Checkpoints {
         namespaces: &[PlannedNamespace],
         ranges: &[CopyRange],
     ) -> Result<(), CheckpointError> {
+        self.fence.check()?;
         for c in [PLAN, NAMESPACES, RANGES] {
             self.coll(c)
                 .delete_many(doc! {})
@@ -321,6 +418,7 @@ impl Checkpoints {
 
     /// Records a range's progress (called after each batch is acknowledged).
     pub async fn save_range(&self, r: &CopyRange) -> Result<(), CheckpointError> {
+        self.fence.check()?;
         let d = bson::to_document(r).map_err(|e| CheckpointError::Corrupt {
             collection: RANGES,
             message: e.to_string(),
@@ -335,6 +433,7 @@ impl Checkpoints {
 
     /// Drops all checkpoint data except the lock (used by clear_destination).
     pub async fn reset(&self) -> Result<(), CheckpointError> {
+        self.fence.check()?;
         for c in [STATE, PLAN, NAMESPACES, RANGES] {
             self.coll(c)
                 .drop()

@@ -84,11 +84,43 @@ pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
     }
 }
 
+/// Server error codes worth retrying after a pause: network trouble, elections,
+/// shutdowns, interrupted or timed-out operations, and a write concern not satisfied in
+/// time (64 WriteConcernFailed: Ferry's writes are idempotent, so sending them again is
+/// safe).
+pub fn is_transient_code(code: i32) -> bool {
+    matches!(
+        code,
+        6 | 7 | 43 | 50 | 64 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436
+    )
+}
+
+/// A `writeConcernError` of a command reply: transient when its code is (a stepdown or
+/// shutdown before the write reached a majority, a wtimeout) or it is labelled
+/// retryable. Others (100 UnsatisfiableWriteConcern, ...) need the operator.
+pub fn write_concern_error_is_transient(wce: &bson::Document) -> bool {
+    let retryable_label = wce
+        .get_array("errorLabels")
+        .is_ok_and(|l| l.iter().any(|l| l.as_str() == Some("RetryableWriteError")));
+    retryable_label || wce.get_i32("code").is_ok_and(is_transient_code)
+}
+
 /// Network errors, elections and shutdowns: worth retrying after a pause.
 pub fn is_transient(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
+    use mongodb::error::{ErrorKind, WriteFailure};
     if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") {
         return true;
+    }
+    // A write concern error alone (every write applied on the primary) is judged by its
+    // own code; write errors beside it decide on their own.
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => return is_transient_code(w.code),
+        ErrorKind::InsertMany(im) if im.write_errors.as_ref().is_none_or(|w| w.is_empty()) => {
+            if let Some(w) = &im.write_concern_error {
+                return is_transient_code(w.code);
+            }
+        }
+        _ => {}
     }
     if matches!(
         e.kind.as_ref(),
@@ -98,10 +130,7 @@ pub fn is_transient(e: &mongodb::error::Error) -> bool {
     ) {
         return true;
     }
-    matches!(
-        error_code(e),
-        Some(6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436 | 50 | 43)
-    )
+    error_code(e).is_some_and(is_transient_code)
 }
 
 /// How long Ferry waits for a primary to record the start time on (elections take

@@ -192,6 +192,14 @@ pub const DEFAULT_RUNTIME_CHECKPOINT_INTERVAL_SECONDS: u64 = 5;
 /// the lag measurement still advance at least this often.
 pub const DEFAULT_RUNTIME_IDLE_NOOP_INTERVAL_SECONDS: u64 = 10;
 
+/// Default `runtime.lease_seconds`: a crashed Ferry blocks a successor for at most a
+/// minute, while the holder renews every 10 s and stops writing 30 s after its last
+/// renewal, leaving 30 s for writes still in flight and clock skew between hosts.
+pub const DEFAULT_RUNTIME_LEASE_SECONDS: u64 = 60;
+
+/// Shortest `runtime.lease_seconds`: renewals every half second at the least.
+pub const MIN_RUNTIME_LEASE_SECONDS: u64 = 3;
+
 /// Default `runtime.spool_max_bytes`: 8 GiB of disk lets the change reader
 /// run far ahead of a slow destination during initial copy, yet cannot fill
 /// a typical data volume. Only used when `spool_dir` is set.
@@ -505,6 +513,8 @@ pub struct RuntimeConfig {
     /// buffer in memory only and apply backpressure to the change reader.
     pub spool_dir: Option<PathBuf>,
     pub spool_max_bytes: u64,
+    /// Lifetime of the destination lease after each renewal (see `checkpoint::lease`).
+    pub lease_seconds: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -515,6 +525,7 @@ impl Default for RuntimeConfig {
             idle_noop_interval_seconds: DEFAULT_RUNTIME_IDLE_NOOP_INTERVAL_SECONDS,
             spool_dir: None,
             spool_max_bytes: DEFAULT_RUNTIME_SPOOL_MAX_BYTES,
+            lease_seconds: DEFAULT_RUNTIME_LEASE_SECONDS,
         }
     }
 }
@@ -526,6 +537,10 @@ impl RuntimeConfig {
 
     pub fn idle_noop_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.idle_noop_interval_seconds)
+    }
+
+    pub fn lease_terms(&self) -> crate::checkpoint::LeaseTerms {
+        crate::checkpoint::LeaseTerms::new(std::time::Duration::from_secs(self.lease_seconds))
     }
 }
 

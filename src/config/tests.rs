@@ -196,6 +196,7 @@ fn every_default_in_example_is_documented() {
         "idle_noop_interval_seconds",
         "spool_dir",
         "spool_max_bytes",
+        "lease_seconds",
         "lag_threshold_seconds",
         "window_hours",
         "warn_before_expiry_hours",

@@ -185,6 +185,16 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
         "runtime.idle_noop_interval_seconds",
         rt.idle_noop_interval_seconds,
     );
+    if rt.lease_seconds < super::MIN_RUNTIME_LEASE_SECONDS {
+        v.push(
+            "runtime.lease_seconds",
+            format!(
+                "must be at least {}; the default ({}) suits production",
+                super::MIN_RUNTIME_LEASE_SECONDS,
+                super::DEFAULT_RUNTIME_LEASE_SECONDS
+            ),
+        );
+    }
     if let Some(dir) = &rt.spool_dir {
         if dir.as_os_str().is_empty() {
             v.push(

@@ -16,10 +16,11 @@
 //! - `roles (side)`: the source user can read everything and its oplog (`backup` and
 //!   `readAnyDatabase`, plus `clusterMonitor` on a sharded source, or `root`); the
 //!   destination user can write every database.
-//! - `destination empty`: no user data on the destination, unless `clear_destination` is
-//!   set and `confirm_destination_name` names the cluster (see
-//!   [`TopologyKind::confirm_name`]).
-//! - `migration lock`: no other Ferry holds the destination's lease.
+//! - `destination empty`: no user data in the migrated namespaces on the destination,
+//!   unless `clear_destination` is set and `confirm_destination_name` names the cluster
+//!   (see [`TopologyKind::confirm_name`]); data outside them is left alone.
+//! - `migration lock`: no other Ferry process holds the destination's lease (one of
+//!   this host that is gone is waited for, see [`crate::checkpoint::lease`]).
 //! - `oplog window (source)`: the source's oplog covers at least
 //!   [`OPLOG_WINDOW_SAFETY_FACTOR`] times the estimated copy time.
 //! - `write block privilege (source)`: with `cutover.enforce_write_block`, the source
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 
+use crate::checkpoint::lease::{process_owner, LeaseRecord};
 use crate::cluster::topology::{self, AuthInfo, ServerVersion, TopologyKind};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::{self, Config, ConnectionConfig};
@@ -194,26 +196,16 @@ impl fmt::Display for PreflightReport {
     }
 }
 
-/// The identity of a migration in the destination lease: a hash of the source and
-/// destination URIs, so the same migration restarted (on any host) recognises its own
-/// lease while any other migration into the destination is refused. `ferry run` writes
-/// the lease under this identity.
-pub fn lock_owner(config: &Config) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(
-        format!("{}|{}", config.source.uri, config.destination.uri).as_bytes(),
-    );
-    format!("ferry-{h:016x}")
-}
-
-/// Runs every check for a migration that has not started yet, as [`lock_owner`].
+/// Runs every check for a migration that has not started yet, as this process (see
+/// [`crate::checkpoint::lease::process_owner`]).
 pub async fn run_checks(config: &Config) -> PreflightReport {
-    run_checks_with(config, &lock_owner(config), false).await
+    run_checks_with(config, process_owner(), false).await
 }
 
 /// Runs every check before `ferry run` starts or resumes: when `resuming`, the
 /// destination holds the earlier run's partial copy, which is not foreign user data.
 pub async fn run_checks_for_run(config: &Config, resuming: bool) -> PreflightReport {
-    run_checks_with(config, &lock_owner(config), resuming).await
+    run_checks_with(config, process_owner(), resuming).await
 }
 
 /// Runs every check; a lease held by `owner` does not count as another migration.
@@ -762,6 +754,17 @@ async fn destination_empty(config: &Config, destination: &Probe) -> Check {
     if databases.is_empty() {
         return Check::pass(NAME, "the destination holds no user data");
     }
+    // Only data in the migrated namespaces is in the way: the rest is left alone.
+    let (databases, untouched) = split_by_scope(config, cluster, databases).await;
+    if databases.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "the destination holds no data in the migrated namespaces; it holds other data, left alone, in: {}",
+                untouched.join(", ")
+            ),
+        );
+    }
     let shown = databases
         .iter()
         .take(5)
@@ -823,6 +826,43 @@ async fn destination_empty(config: &Config, destination: &Probe) -> Check {
     }
 }
 
+/// Splits the destination's user databases into those holding a namespace the filter
+/// migrates and the others. A database whose collections cannot be listed counts as in
+/// scope (the check then fails rather than miss data).
+async fn split_by_scope(
+    config: &Config,
+    cluster: &Cluster,
+    databases: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    // An invalid filter is reported by the config checks; judge as if everything moved.
+    let filter = config
+        .namespace_filter()
+        .unwrap_or_else(|_| config::NamespaceFilter::allow_all());
+    if filter.is_unrestricted() {
+        return (databases, Vec::new());
+    }
+    let (mut in_scope, mut untouched) = (Vec::new(), Vec::new());
+    for db in databases {
+        if !filter.may_allow_database(&db) {
+            untouched.push(db);
+            continue;
+        }
+        let migrated = match cluster.collection_specs(&db).await {
+            Ok(specs) => specs.iter().any(|spec| {
+                spec.get_str("name")
+                    .is_ok_and(|name| filter.allows(&db, name))
+            }),
+            Err(_) => true,
+        };
+        if migrated {
+            in_scope.push(db);
+        } else {
+            untouched.push(db);
+        }
+    }
+    (in_scope, untouched)
+}
+
 async fn migration_lock(destination: &Probe, owner: &str) -> Check {
     const NAME: &str = "migration lock";
     let cluster = match destination.usable() {
@@ -851,30 +891,53 @@ async fn migration_lock(destination: &Probe, owner: &str) -> Check {
     let Some(lease) = lease else {
         return Check::pass(NAME, "no other migration holds the destination");
     };
-    let holder = lease
-        .get_str("owner")
-        .unwrap_or("an unknown owner")
-        .to_string();
-    let expires = lease.get_datetime("expires_at").ok().copied();
+    let held = LeaseRecord::from_document(&lease);
     let now = bson::DateTime::now();
-    match expires {
-        Some(at) if at <= now => {
-            Check::pass(NAME, format!("a lease of {holder} expired at {}; it will be taken over", at.try_to_rfc3339_string().unwrap_or_default()))
-        }
-        _ if holder == owner => Check::pass(NAME, format!("the lease is held by this migration ({owner}); it resumes")),
-        Some(at) => {
-            let until = at.try_to_rfc3339_string().unwrap_or_else(|_| at.to_string());
-            Check::fail(
-                NAME,
-                format!("another migration ({holder}) holds the destination until {until}"),
-                format!(
-                    "wait for that migration to finish or cancel it on its host (ferry cancel); if it is dead, its lease expires at {until}; never run two migrations into one destination"
-                ),
-            )
-        }
+    if held.is_expired(now) {
+        return Check::pass(
+            NAME,
+            format!(
+                "the lease of an earlier ferry process ({}) expired at {}; it will be taken over",
+                held.holder(),
+                held.expires()
+            ),
+        );
+    }
+    if held.owner == owner {
+        return Check::pass(
+            NAME,
+            format!("the lease is held by this process ({owner}); it resumes"),
+        );
+    }
+    match held.remaining(now) {
+        Some(left) if held.holder_is_gone() => Check::warn(
+            NAME,
+            format!(
+                "the lease is held by a ferry process of this host that is gone ({}); ferry run waits {} for it to expire at {}, then takes it over",
+                held.holder(),
+                human(left),
+                held.expires()
+            ),
+            None,
+        ),
+        Some(_) => Check::fail(
+            NAME,
+            format!(
+                "another ferry process ({}) holds the destination until {}",
+                held.holder(),
+                held.expires()
+            ),
+            format!(
+                "only one process may write to a destination: wait for that migration to finish or cancel it on its host (ferry cancel); if it is dead, its lease expires at {}",
+                held.expires()
+            ),
+        ),
         None => Check::fail(
             NAME,
-            format!("another migration ({holder}) holds the destination (its lease has no expires_at)"),
+            format!(
+                "another ferry process ({}) holds the destination (its lease has no expires_at)",
+                held.holder()
+            ),
             format!("cancel that migration on its host; if none runs, delete the document {{_id: \"{LOCK_ID}\"}} from {LOCK_DB}.{LOCK_COLLECTION} on the destination"),
         ),
     }

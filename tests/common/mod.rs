@@ -72,6 +72,17 @@ impl Pair {
     pub fn config(&self, extra: &str) -> ferry::config::Config {
         config(&self.source.uri(), &self.destination.uri(), extra)
     }
+
+    /// [`Pair::config`] with a destination lease of `lease_seconds` (renewed every sixth
+    /// of it), so lease tests see a lost or expired lease quickly.
+    pub fn config_with_lease(&self, lease_seconds: u64, extra: &str) -> ferry::config::Config {
+        config_with_runtime(
+            &self.source.uri(),
+            &self.destination.uri(),
+            &format!("lease_seconds = {lease_seconds}\n"),
+            extra,
+        )
+    }
 }
 
 /// The users of [`sandbox_with_users`]: a root administrator, and the migrator Ferry
@@ -100,8 +111,18 @@ pub fn sandbox_with_users(set_name: &str, version: &str, migrator_roles: &[&str]
 /// A config for a test run: fast checkpoints and no-op ticks, small copy batches, plus
 /// `extra` TOML (whole sections, e.g. "[cutover]\nenforce_write_block = true").
 pub fn config(source: &str, destination: &str, extra: &str) -> ferry::config::Config {
+    config_with_runtime(source, destination, "", extra)
+}
+
+/// [`config`] with more `[runtime]` keys (`runtime`, one `key = value` per line).
+pub fn config_with_runtime(
+    source: &str,
+    destination: &str,
+    runtime: &str,
+    extra: &str,
+) -> ferry::config::Config {
     let mut text = format!(
-        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n"
+        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n{runtime}"
     );
     if !extra.contains("[copy]") {
         text.push_str("[copy]\nbatch_max_documents = 500\n");
@@ -189,8 +210,16 @@ pub fn applied(progress: &SharedProgress) -> u64 {
 }
 
 /// Requests cutover (the caller has stopped writes) and waits for a completed run whose
-/// verification passed.
+/// verification passed. A cutover that goes back to ready_for_cutover fails the test with
+/// its reason: the first attempt must succeed.
 pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
+    cutover_and_complete_retrying(m, 0).await
+}
+
+/// [`cutover_and_complete`] for tests that inject faults at cutover time (opt-in): a
+/// handshake or verification that could not run is requested again, as an operator
+/// would, up to `retries` times. Any other bounce fails the test.
+pub async fn cutover_and_complete_retrying(m: Migration, retries: u32) -> RunOutcome {
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     let reply = request_until_accepted(
         &m,
@@ -202,10 +231,9 @@ pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
     assert!(reply.is_ok(), "cutover refused: {reply:?}");
     let progress = m.progress.clone();
     // Poll rather than block, so a cutover that bounces back to ready_for_cutover fails
-    // the test with its reason instead of hanging it. A handshake or verification that
-    // could not run (a fault at that moment) is retried, as an operator would.
+    // the test with its reason instead of hanging it.
     let deadline = Instant::now() + DEADLINE;
-    let mut retries = 0;
+    let mut retried = 0;
     while !m.is_finished() {
         let phase = progress.phase();
         let error = progress.last_error.read().clone().unwrap_or_default();
@@ -213,10 +241,10 @@ pub async fn cutover_and_complete(m: Migration) -> RunOutcome {
             let retryable =
                 error.starts_with("cutover:") || error.starts_with("verification could not run");
             assert!(
-                retryable && retries < 5,
+                retryable && retried < retries,
                 "the cutover went back to ready_for_cutover: {error}"
             );
-            retries += 1;
+            retried += 1;
             let reply = request_until_accepted(
                 &m,
                 ferry::control::ControlRequest::Cutover {
@@ -645,4 +673,137 @@ pub async fn lock(dst: &Client) -> Option<Document> {
         .find_one(doc! {"_id": "lock"})
         .await
         .expect("read lock")
+}
+
+/// Whether a plain client's insert into `db.coll` of the source is accepted (false while
+/// the source's user writes are blocked, 371 UserWritesBlocked).
+pub async fn source_takes_writes(src: &Client, db: &str, coll: &str) -> bool {
+    let id = ObjectId::new();
+    match src
+        .database(db)
+        .collection::<Document>(coll)
+        .insert_one(doc! {"_id": id, "probe": true})
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            assert_eq!(
+                ferry::cluster::error_code(&e),
+                Some(371),
+                "a write to the source failed for another reason than the write block: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// Waits until the source takes writes again; panics with `ending` after `DEADLINE`.
+pub async fn assert_source_writable(src: &Client, ending: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !source_takes_writes(src, "app", "probes").await {
+        assert!(
+            Instant::now() < deadline,
+            "the source is still write-blocked after the run {ending}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the source refuses writes (a cutover blocked them).
+pub async fn wait_source_blocked(src: &Client) {
+    let deadline = Instant::now() + DEADLINE;
+    while source_takes_writes(src, "app", "probes").await {
+        assert!(
+            Instant::now() < deadline,
+            "the source was never write-blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `ferry run` as a child process
+
+/// A free local port (bound, read and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// A config file for `ferry run` in a fresh temporary directory, with its API on `port`.
+pub fn config_file(source: &str, destination: &str, port: u16, extra: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-test-{}", ObjectId::new().to_hex()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let path = dir.join("ferry.toml");
+    let mut text = format!(
+        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    text.push_str(extra);
+    std::fs::write(&path, text).expect("write the config file");
+    path
+}
+
+/// Starts `ferry run --config <path>` with its output captured.
+pub fn spawn_ferry_run(path: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(path)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry run starts")
+}
+
+/// Waits for a child to exit (polling, so a child that never exits fails the test);
+/// returns its status and everything it printed.
+pub async fn wait_child(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry run did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut out);
+    }
+    (status, out)
+}
+
+/// The phase a child's API reports, if it answers.
+pub async fn child_phase(api: &ferry::api::client::ApiClient) -> Option<String> {
+    let progress: serde_json::Value = api.get_json("/api/v1/progress").await.ok()?;
+    progress
+        .get("phase")
+        .and_then(|p| p.as_str())
+        .map(String::from)
+}
+
+/// Waits until a child's API reports `phase`.
+pub async fn wait_child_phase(api: &ferry::api::client::ApiClient, phase: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = child_phase(api).await;
+        if now.as_deref() == Some(phase) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the child's phase {phase} (now {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

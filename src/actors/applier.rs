@@ -36,6 +36,8 @@ const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 const MAX_STATEMENTS: usize = 10_000;
 /// Most documents read again from the source in one query.
 const REFETCH_CHUNK: usize = 1000;
+/// The server's error for a write that would change a document's `_id`.
+const IMMUTABLE_FIELD: i32 = 66;
 /// The server's duplicate key error.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -387,6 +389,22 @@ fn write_error_index(error: &Document) -> Option<usize> {
     }
 }
 
+/// The whole document a replace-by-key statement writes (its replacement, or the
+/// literal of its `$replaceWith` pipeline).
+fn replacement_of(statement: &RawDocument) -> Option<RawDocumentBuf> {
+    match statement.get("u").ok()?? {
+        RawBsonRef::Document(d) => Some(d.to_raw_document_buf()),
+        RawBsonRef::Array(stages) => {
+            let RawBsonRef::Document(stage) = stages.into_iter().next()?.ok()? else {
+                return None;
+            };
+            let literal = stage.get_document("$replaceWith").ok()?;
+            Some(literal.get_document("$literal").ok()?.to_raw_document_buf())
+        }
+        _ => None,
+    }
+}
+
 /// A document's (or document key's) `_id` as exact bytes: documents are matched by the
 /// bytes their `_id` has, since the source and the destination store it as written.
 fn id_bytes(d: &RawDocument) -> Option<Vec<u8>> {
@@ -425,10 +443,7 @@ impl Target<'_> {
         run.bytes = 0;
         match run.kind {
             Kind::Insert => self.insert(bodies, keys).await,
-            Kind::Upsert => self
-                .write("update", array_of(bodies))
-                .await
-                .and_then(|r| self.check("update", &r)),
+            Kind::Upsert => self.replace_all(bodies).await,
             Kind::Delete => self
                 .write("delete", array_of(bodies))
                 .await
@@ -565,24 +580,61 @@ impl Target<'_> {
         &self,
         statements: impl IntoIterator<Item = RawDocumentBuf>,
     ) -> Result<(), ApplyError> {
-        let mut batch = RawArrayBuf::new();
-        let (mut count, mut bytes) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
         for statement in statements {
             let size = statement.as_bytes().len();
-            if count > 0 && (bytes + size > MAX_COMMAND_BYTES || count >= MAX_STATEMENTS) {
-                let reply = self.write("update", std::mem::take(&mut batch)).await?;
-                self.check("update", &reply)?;
-                (count, bytes) = (0, 0);
+            if !batch.is_empty()
+                && (bytes + size > MAX_COMMAND_BYTES || batch.len() >= MAX_STATEMENTS)
+            {
+                self.replace_batch(std::mem::take(&mut batch)).await?;
+                bytes = 0;
             }
             batch.push(statement);
-            count += 1;
             bytes += size;
         }
-        if count == 0 {
-            return Ok(());
+        self.replace_batch(batch).await
+    }
+
+    /// One ordered command of replace-by-key upserts. A replacement whose key matches a
+    /// document stored with an `_id` of another type (int32 1 where the event has
+    /// Decimal128("1"): one key to the server, other bytes) fails with 66 ImmutableField;
+    /// that document is deleted by key and the event's document inserted, then the rest
+    /// go on in order.
+    async fn replace_batch(&self, mut statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
+        while !statements.is_empty() {
+            let reply = self
+                .write("update", statements.iter().cloned().collect())
+                .await?;
+            let failed = reply
+                .get_array("writeErrors")
+                .ok()
+                .and_then(|errors| errors.first())
+                .and_then(|e| e.as_document())
+                .filter(|e| e.get_i32("code") == Ok(IMMUTABLE_FIELD))
+                .and_then(write_error_index)
+                .filter(|i| *i < statements.len());
+            let Some(i) = failed else {
+                return self.check("update", &reply);
+            };
+            if reply.get_document("writeConcernError").is_ok() {
+                return self.check("update", &reply);
+            }
+            let statement = &statements[i];
+            let (Ok(key), Some(doc)) = (statement.get_document("q"), replacement_of(statement))
+            else {
+                return self.check("update", &reply);
+            };
+            let delete = rawdoc! {"q": key.to_raw_document_buf(), "limit": 1};
+            let reply = self
+                .write("delete", std::iter::once(delete).collect())
+                .await?;
+            self.check("delete", &reply)?;
+            let reply = self.write("insert", std::iter::once(doc).collect()).await?;
+            self.check("insert", &reply)?;
+            statements.drain(..=i);
         }
-        let reply = self.write("update", batch).await?;
-        self.check("update", &reply)
+        Ok(())
     }
 
     /// Unordered insert; documents that are already there are replaced instead.

@@ -699,12 +699,15 @@ impl Target<'_> {
             .map(|a| a.iter().take(3).map(|e| e.to_string()).collect())
             .unwrap_or_default();
         if let Ok(wce) = reply.get_document("writeConcernError") {
-            if problems.is_empty() {
+            // A retryable one means: send the whole batch again (it is idempotent); write
+            // errors beside it are then met again, or handled, on that attempt.
+            let transient = crate::cluster::write_concern_error_is_transient(wce);
+            if problems.is_empty() || transient {
                 return Err(ApplyError::WriteConcern {
                     command,
                     ns: self.ns.to_string(),
                     detail: wce.to_string(),
-                    transient: crate::cluster::write_concern_error_is_transient(wce),
+                    transient,
                 });
             }
             problems.push(format!("write concern error: {wce}"));

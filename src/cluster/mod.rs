@@ -111,13 +111,15 @@ pub fn is_transient(e: &mongodb::error::Error) -> bool {
     if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") {
         return true;
     }
-    // A write concern error alone (every write applied on the primary) is judged by its
-    // own code; write errors beside it decide on their own.
+    // A retryable write concern error means: send the (idempotent) batch again; write
+    // errors beside it are met again, or handled, on that attempt.
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteConcernError(w)) => return is_transient_code(w.code),
-        ErrorKind::InsertMany(im) if im.write_errors.as_ref().is_none_or(|w| w.is_empty()) => {
+        ErrorKind::InsertMany(im) => {
             if let Some(w) = &im.write_concern_error {
-                return is_transient_code(w.code);
+                if is_transient_code(w.code) {
+                    return true;
+                }
             }
         }
         _ => {}

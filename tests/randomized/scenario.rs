@@ -487,10 +487,20 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
             error.contains("verification failed"),
             "the planted difference was refused for another reason: {error}"
         );
-        planted
-            .delete_one(doc! {"_id": "planted-difference"})
-            .await
-            .expect("remove the planted difference");
+        if db == "planted" {
+            // A namespace the destination did not have: remove it whole, as the difference
+            // is the collection too.
+            pair.dst
+                .database(&db)
+                .drop()
+                .await
+                .expect("remove the planted difference");
+        } else {
+            planted
+                .delete_one(doc! {"_id": "planted-difference"})
+                .await
+                .expect("remove the planted difference");
+        }
         fired.push("refused cutover".into());
     }
 

@@ -14,24 +14,50 @@ fn sandbox(set_name: &str, migrator_roles: &[&str]) -> Sandbox {
     sandbox_with_users(set_name, &SandboxOptions::default().version, migrator_roles)
 }
 
+/// Both sides with authentication, the migrator holding only the roles README.md
+/// documents, and an administrator's client on each.
+struct Documented {
+    source: Sandbox,
+    destination: Sandbox,
+    src: Client,
+    dst: Client,
+}
+
+impl Documented {
+    async fn start() -> Documented {
+        init_logging();
+        let source = sandbox("src", &["backup", "readAnyDatabase"]);
+        let destination = sandbox(
+            "dst",
+            &[
+                "readWriteAnyDatabase",
+                "dbAdminAnyDatabase",
+                "clusterMonitor",
+            ],
+        );
+        let src = Client::with_uri_str(source.uri_with_user(ADMIN.0, ADMIN.1))
+            .await
+            .expect("source admin client");
+        let dst = Client::with_uri_str(destination.uri_with_user(ADMIN.0, ADMIN.1))
+            .await
+            .expect("destination admin client");
+        Documented {
+            source,
+            destination,
+            src,
+            dst,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_needs_only_the_documented_roles() {
-    init_logging();
-    let source = sandbox("src", &["backup", "readAnyDatabase"]);
-    let destination = sandbox(
-        "dst",
-        &[
-            "readWriteAnyDatabase",
-            "dbAdminAnyDatabase",
-            "clusterMonitor",
-        ],
-    );
-    let src = Client::with_uri_str(source.uri_with_user(ADMIN.0, ADMIN.1))
-        .await
-        .expect("source admin client");
-    let dst = Client::with_uri_str(destination.uri_with_user(ADMIN.0, ADMIN.1))
-        .await
-        .expect("destination admin client");
+    let Documented {
+        source,
+        destination,
+        src,
+        dst,
+    } = Documented::start().await;
     seed(&src, "app", 1000).await;
     let m = start(config(
         &source.uri_with_user(MIGRATOR.0, MIGRATOR.1),
@@ -67,22 +93,12 @@ async fn a_migration_needs_only_the_documented_roles() {
 /// real server): the cutover blocks the source's writes, completes, and lifts the block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforce_write_block_works_with_the_documented_source_roles() {
-    init_logging();
-    let source = sandbox("src", &["backup", "readAnyDatabase"]);
-    let destination = sandbox(
-        "dst",
-        &[
-            "readWriteAnyDatabase",
-            "dbAdminAnyDatabase",
-            "clusterMonitor",
-        ],
-    );
-    let src = Client::with_uri_str(source.uri_with_user(ADMIN.0, ADMIN.1))
-        .await
-        .expect("source admin client");
-    let dst = Client::with_uri_str(destination.uri_with_user(ADMIN.0, ADMIN.1))
-        .await
-        .expect("destination admin client");
+    let Documented {
+        source,
+        destination,
+        src,
+        dst,
+    } = Documented::start().await;
     seed(&src, "app", 300).await;
     let m = start(config(
         &source.uri_with_user(MIGRATOR.0, MIGRATOR.1),

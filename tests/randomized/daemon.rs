@@ -37,7 +37,7 @@ pub enum Daemon {
 /// The config text of a run (the same settings `common::config` uses).
 pub fn config_text(source: &str, destination: &str, api: &str, extra: &str) -> String {
     format!(
-        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"{api}\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\nlease_seconds = 3\n{extra}"
+        "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"{api}\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\nlease_seconds = 10\n{extra}"
     )
 }
 

@@ -24,7 +24,7 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use bson::raw::{RawArrayBuf, RawBsonRef, RawDocument};
+use bson::raw::{RawArray, RawArrayBuf, RawBsonRef, RawDocument};
 use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 
 use super::SharedEngine;
@@ -445,7 +445,7 @@ impl Target<'_> {
             Kind::Insert => self.insert(bodies, keys).await,
             Kind::Upsert => self.replace_all(bodies).await,
             Kind::Delete => self
-                .write("delete", array_of(bodies))
+                .write("delete", &array_of(bodies))
                 .await
                 .and_then(|r| self.check("delete", &r)),
             Kind::Delta => self.delta(bodies, keys).await,
@@ -464,7 +464,7 @@ impl Target<'_> {
         // Kept (one buffer) so the statements after a failed one can be sent again.
         let mut statements = array_of(bodies);
         while !keys.is_empty() {
-            let reply = self.write("update", statements.clone()).await?;
+            let reply = self.write("update", &statements).await?;
             if reply.get_document("writeConcernError").is_ok() {
                 return self.check("update", &reply);
             }
@@ -601,11 +601,12 @@ impl Target<'_> {
     /// Decimal128("1"): one key to the server, other bytes) fails with 66 ImmutableField;
     /// that document is deleted by key and the event's document inserted, then the rest
     /// go on in order.
-    async fn replace_batch(&self, mut statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
-        while !statements.is_empty() {
-            let reply = self
-                .write("update", statements.iter().cloned().collect())
-                .await?;
+    async fn replace_batch(&self, statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
+        // One buffer, sent as is; rebuilt only after the rare fallback.
+        let mut left = statements.len();
+        let mut statements: RawArrayBuf = statements.into_iter().collect();
+        while left > 0 {
+            let reply = self.write("update", &statements).await?;
             let failed = reply
                 .get_array("writeErrors")
                 .ok()
@@ -613,26 +614,38 @@ impl Target<'_> {
                 .and_then(|e| e.as_document())
                 .filter(|e| e.get_i32("code") == Ok(IMMUTABLE_FIELD))
                 .and_then(write_error_index)
-                .filter(|i| *i < statements.len());
+                .filter(|i| *i < left);
             let Some(i) = failed else {
                 return self.check("update", &reply);
             };
             if reply.get_document("writeConcernError").is_ok() {
                 return self.check("update", &reply);
             }
-            let statement = &statements[i];
+            let Ok(statement) = statements.get_document(i) else {
+                return self.check("update", &reply);
+            };
             let (Ok(key), Some(doc)) = (statement.get_document("q"), replacement_of(statement))
             else {
                 return self.check("update", &reply);
             };
             let delete = rawdoc! {"q": key.to_raw_document_buf(), "limit": 1};
             let reply = self
-                .write("delete", std::iter::once(delete).collect())
+                .write("delete", &std::iter::once(delete).collect::<RawArrayBuf>())
                 .await?;
             self.check("delete", &reply)?;
-            let reply = self.write("insert", std::iter::once(doc).collect()).await?;
+            let reply = self
+                .write("insert", &std::iter::once(doc).collect::<RawArrayBuf>())
+                .await?;
             self.check("insert", &reply)?;
-            statements.drain(..=i);
+            statements = statements
+                .into_iter()
+                .skip(i + 1)
+                .filter_map(|s| match s {
+                    Ok(RawBsonRef::Document(d)) => Some(d.to_raw_document_buf()),
+                    _ => None,
+                })
+                .collect();
+            left -= i + 1;
         }
         Ok(())
     }
@@ -645,7 +658,7 @@ impl Target<'_> {
     ) -> Result<(), ApplyError> {
         // Kept (one buffer) for the documents that turn out to be there already.
         let docs = array_of(docs);
-        let reply = self.write("insert", docs.clone()).await?;
+        let reply = self.write("insert", &docs).await?;
         let Ok(errors) = reply.get_array("writeErrors") else {
             return self.check("insert", &reply);
         };
@@ -673,7 +686,7 @@ impl Target<'_> {
     async fn write(
         &self,
         command: &'static str,
-        statements: RawArrayBuf,
+        statements: &RawArray,
     ) -> Result<Document, ApplyError> {
         // No destination write once this process may not hold the lease.
         self.engine.checkpoints.fence().check()?;
@@ -684,7 +697,7 @@ impl Target<'_> {
         };
         let mut cmd = RawDocumentBuf::new();
         cmd.append(command, self.coll);
-        cmd.append(field, statements);
+        cmd.append_ref(field, RawBsonRef::Array(statements));
         cmd.append("ordered", command != "insert");
         if command != "delete" {
             cmd.append("bypassDocumentValidation", true);

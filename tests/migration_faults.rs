@@ -520,3 +520,89 @@ async fn write_concern_timeouts_on_the_destination_are_retried() {
     cutover_and_complete(m).await;
     assert_same(&pair.src, &pair.dst).await;
 }
+
+/// Sets (or, with `None`, clears) a `failCommand` point on `client` that applies `command`
+/// and then answers it with `writeConcernError` of `code`; returns how often it fired.
+async fn write_concern_fail_point(client: &Client, command: &str, code: Option<i32>) -> i64 {
+    let admin = client.database("admin");
+    let cmd = match code {
+        Some(code) => doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {
+                "failCommands": [command],
+                "writeConcernError": {"code": code, "errmsg": "injected by the test"},
+            },
+        },
+        None => doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    };
+    admin
+        .run_command(cmd)
+        .await
+        .expect("fail point")
+        .get_i64("count")
+        .unwrap_or(0)
+}
+
+/// Pins: replayed DDL ignored its reply's `writeConcernError` (the driver returns `ok: 1`
+/// replies as successes), so a drop applied on the destination's primary but never
+/// acknowledged as asked counted as done. Now a write concern that can never be met
+/// fails the run, naming the command, instead of going on as if it were durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_whose_write_concern_fails_for_good_fails_the_run() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    write_concern_fail_point(&pair.dst, "drop", Some(100)).await;
+    pair.src
+        .database("app")
+        .collection::<Document>("events")
+        .drop()
+        .await
+        .expect("drop on the source");
+    poll("the run to end", || m.progress.phase().is_terminal()).await;
+    let outcome = wait(m).await;
+    assert_eq!(outcome.phase, Phase::Failed, "{outcome:?}");
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("drop"),
+        "the error names the command: {error}"
+    );
+}
+
+/// Pins: a transient `writeConcernError` (64, a wtimeout) on a replayed DDL is retried,
+/// and the run converges, with the fault seen to fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ddl_whose_write_concern_times_out_is_applied_again() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    write_concern_fail_point(&pair.dst, "renameCollection", Some(64)).await;
+    pair.src
+        .database("admin")
+        .run_command(doc! {"renameCollection": "app.events", "to": "app.events_old"})
+        .await
+        .expect("rename on the source");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !pair
+        .dst
+        .database("app")
+        .list_collection_names()
+        .await
+        .expect("list collections")
+        .iter()
+        .any(|n| n == "events_old")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rename never reached the destination"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fired = write_concern_fail_point(&pair.dst, "renameCollection", None).await;
+    assert!(fired >= 1, "the injected write concern error fired");
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}

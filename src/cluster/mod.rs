@@ -69,12 +69,33 @@ impl ClusterError {
     }
 }
 
+/// The `writeConcernError` of a successful command reply, as the driver error it stands
+/// for (so it is classified like the same failure of a CRUD write).
+pub fn write_concern_failure(reply: &Document) -> Option<mongodb::error::Error> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let wce = reply.get_document("writeConcernError").ok()?;
+    let mut wce = wce.clone();
+    if !wce.contains_key("errorLabels") {
+        if let Ok(labels) = reply.get_array("errorLabels") {
+            wce.insert("errorLabels", labels.clone());
+        }
+    }
+    let parsed = bson::from_document(wce.clone())
+        .ok()
+        .or_else(|| bson::from_document(doc! {"code": 64, "errmsg": format!("{wce}")}).ok());
+    Some(match parsed {
+        Some(parsed) => ErrorKind::Write(WriteFailure::WriteConcernError(parsed)).into(),
+        None => mongodb::error::Error::custom(format!("writeConcernError {wce}")),
+    })
+}
+
 /// The server's error code of a driver error, if it carries one.
 pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
     use mongodb::error::ErrorKind;
     match e.kind.as_ref() {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => Some(w.code),
         ErrorKind::InsertMany(im) => im
             .write_errors
             .as_ref()
@@ -177,8 +198,7 @@ impl Cluster {
             let mut tls = TlsOptions::default();
             tls.ca_file_path = conn.tls_ca_file.clone();
             tls.cert_key_file_path = conn.tls_certificate_key_file.clone();
-            if conn.tls_allow_invalid_hostnames {
-                // The driver has no hostname-only switch: this also skips chain checks.
+            if conn.tls_allow_invalid_certificates {
                 tls.allow_invalid_certificates = Some(true);
             }
             options.tls = Some(Tls::Enabled(tls));
@@ -214,13 +234,23 @@ impl Cluster {
     }
 
     /// Runs a command on a database.
+    ///
+    /// A reply with `ok: 1` and a `writeConcernError` (a DDL command that was applied on
+    /// the primary but not acknowledged as asked) is an error: the driver hands such
+    /// replies back as successes, and treating them so would let a replayed drop or rename
+    /// count as done when a failover could still roll it back.
     pub async fn run(&self, db: &str, command: Document) -> Result<Document, ClusterError> {
         let name = command.keys().next().cloned().unwrap_or_default();
-        self.client
+        let reply = self
+            .client
             .database(db)
             .run_command(command)
             .await
-            .map_err(self.err(name))
+            .map_err(self.err(name.clone()))?;
+        match write_concern_failure(&reply) {
+            Some(source) => Err(self.err(name)(source)),
+            None => Ok(reply),
+        }
     }
 
     /// Runs a command already encoded as raw BSON (write batches built without decoding

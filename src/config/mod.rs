@@ -265,7 +265,7 @@ pub struct ConnectionConfig {
     pub uri: String,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_certificate_key_file: Option<PathBuf>,
-    pub tls_allow_invalid_hostnames: bool,
+    pub tls_allow_invalid_certificates: bool,
     pub app_name: String,
 }
 
@@ -276,8 +276,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_certificate_key_file", &self.tls_certificate_key_file)
             .field(
-                "tls_allow_invalid_hostnames",
-                &self.tls_allow_invalid_hostnames,
+                "tls_allow_invalid_certificates",
+                &self.tls_allow_invalid_certificates,
             )
             .field("app_name", &self.app_name)
             .finish()
@@ -294,7 +294,10 @@ pub struct SourceConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// PEM file with client certificate and key (x.509 / mutual TLS).
     pub tls_certificate_key_file: Option<PathBuf>,
-    /// Accept certificates whose host name does not match. Default false.
+    /// Accept any server certificate: no chain, expiry or host name check. Default false.
+    pub tls_allow_invalid_certificates: bool,
+    /// Refused when true: the TLS library cannot skip only the host name check, and a
+    /// key that silently skipped every check would promise less than it does.
     pub tls_allow_invalid_hostnames: bool,
     /// `appName` sent to the server. Default [`DEFAULT_APP_NAME`].
     pub app_name: String,
@@ -306,6 +309,7 @@ impl Default for SourceConfig {
             uri: String::new(),
             tls_ca_file: None,
             tls_certificate_key_file: None,
+            tls_allow_invalid_certificates: false,
             tls_allow_invalid_hostnames: false,
             app_name: DEFAULT_APP_NAME.to_owned(),
         }
@@ -318,7 +322,7 @@ impl SourceConfig {
             uri: self.uri.clone(),
             tls_ca_file: self.tls_ca_file.clone(),
             tls_certificate_key_file: self.tls_certificate_key_file.clone(),
-            tls_allow_invalid_hostnames: self.tls_allow_invalid_hostnames,
+            tls_allow_invalid_certificates: self.tls_allow_invalid_certificates,
             app_name: self.app_name.clone(),
         }
     }
@@ -331,8 +335,8 @@ impl fmt::Debug for SourceConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_certificate_key_file", &self.tls_certificate_key_file)
             .field(
-                "tls_allow_invalid_hostnames",
-                &self.tls_allow_invalid_hostnames,
+                "tls_allow_invalid_certificates",
+                &self.tls_allow_invalid_certificates,
             )
             .field("app_name", &self.app_name)
             .finish()
@@ -347,6 +351,8 @@ pub struct DestinationConfig {
     pub uri: String,
     pub tls_ca_file: Option<PathBuf>,
     pub tls_certificate_key_file: Option<PathBuf>,
+    pub tls_allow_invalid_certificates: bool,
+    /// Refused when true (see [`SourceConfig::tls_allow_invalid_hostnames`]).
     pub tls_allow_invalid_hostnames: bool,
     pub app_name: String,
     /// Drop the in-scope namespaces found on the destination before copying.
@@ -365,6 +371,7 @@ impl Default for DestinationConfig {
             uri: String::new(),
             tls_ca_file: None,
             tls_certificate_key_file: None,
+            tls_allow_invalid_certificates: false,
             tls_allow_invalid_hostnames: false,
             app_name: DEFAULT_APP_NAME.to_owned(),
             clear_destination: false,
@@ -379,7 +386,7 @@ impl DestinationConfig {
             uri: self.uri.clone(),
             tls_ca_file: self.tls_ca_file.clone(),
             tls_certificate_key_file: self.tls_certificate_key_file.clone(),
-            tls_allow_invalid_hostnames: self.tls_allow_invalid_hostnames,
+            tls_allow_invalid_certificates: self.tls_allow_invalid_certificates,
             app_name: self.app_name.clone(),
         }
     }
@@ -392,8 +399,8 @@ impl fmt::Debug for DestinationConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_certificate_key_file", &self.tls_certificate_key_file)
             .field(
-                "tls_allow_invalid_hostnames",
-                &self.tls_allow_invalid_hostnames,
+                "tls_allow_invalid_certificates",
+                &self.tls_allow_invalid_certificates,
             )
             .field("app_name", &self.app_name)
             .field("clear_destination", &self.clear_destination)

@@ -89,7 +89,7 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(cfg, expected);
 
     assert_eq!(cfg.source.app_name, "ferry");
-    assert!(!cfg.source.tls_allow_invalid_hostnames);
+    assert!(!cfg.source.tls_allow_invalid_certificates);
     assert_eq!(cfg.source.tls_ca_file, None);
     assert!(!cfg.destination.clear_destination);
     assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:27182");
@@ -175,7 +175,7 @@ fn every_default_in_example_is_documented() {
         "uri",
         "tls_ca_file",
         "tls_certificate_key_file",
-        "tls_allow_invalid_hostnames",
+        "tls_allow_invalid_certificates",
         "app_name",
         "clear_destination",
         "confirm_destination_name",
@@ -643,11 +643,15 @@ fn unknown_keys_everywhere_are_all_reported() {
 #[test]
 fn type_errors_name_dotted_path() {
     let got = issues(&build(
-        "tls_allow_invalid_hostnames = \"yes\"",
+        "tls_allow_invalid_certificates = \"yes\"",
         "",
         "[cutover]\nwarn_before_expiry_hours = [24, \"six\"]\n[apply]\nworkers = -1\n",
     ));
-    assert_issue(&got, "source.tls_allow_invalid_hostnames", "invalid type");
+    assert_issue(
+        &got,
+        "source.tls_allow_invalid_certificates",
+        "invalid type",
+    );
     assert_issue(&got, "cutover.warn_before_expiry_hours[1]", "invalid type");
     assert_issue(&got, "apply.workers", "-1");
     assert_eq!(got.len(), 3, "{}", display_issues(&got));
@@ -902,4 +906,22 @@ fn load_reads_file_and_resolves_relative_paths() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Pins: `tls_allow_invalid_hostnames = true` silently disabled every certificate check
+/// (the TLS library has no host-name-only switch). It is refused now, pointing at the
+/// key that says what it does.
+#[test]
+fn a_host_name_only_tls_exception_is_refused_with_the_honest_alternative() {
+    let got = issues(&build("tls_allow_invalid_hostnames = true", "", ""));
+    assert_issue(
+        &got,
+        "source.tls_allow_invalid_hostnames",
+        "tls_allow_invalid_certificates",
+    );
+    assert_eq!(got.len(), 1, "{}", display_issues(&got));
+    parse(&build("tls_allow_invalid_hostnames = false", "", "")).expect("false is harmless");
+    let cfg = parse(&build("tls_allow_invalid_certificates = true", "", ""))
+        .expect("a lab exception is accepted");
+    assert!(cfg.source.connection().tls_allow_invalid_certificates);
 }

@@ -257,15 +257,6 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
     );
     v.existing_file("notify.webhook_ca_file", notify.webhook_ca_file.as_deref());
 
-    // [log]
-    validate_log_level(&mut v, "log.level", &config.log.level);
-
-    v.0
-}
-
-/// Non-fatal observations an operator should see in the log.
-pub(super) fn warnings(config: &Config) -> Vec<ConfigIssue> {
-    let mut w = Issues(Vec::new());
     for (key, on) in [
         (
             "source.tls_allow_invalid_hostnames",
@@ -277,9 +268,36 @@ pub(super) fn warnings(config: &Config) -> Vec<ConfigIssue> {
         ),
     ] {
         if on {
+            v.push(
+                key,
+                "cannot be honoured: Ferry's TLS library cannot skip only the host name check; put the host name in the certificate's subject alternative names, or (lab only) set tls_allow_invalid_certificates = true, which skips every certificate check",
+            );
+        }
+    }
+
+    // [log]
+    validate_log_level(&mut v, "log.level", &config.log.level);
+
+    v.0
+}
+
+/// Non-fatal observations an operator should see in the log.
+pub(super) fn warnings(config: &Config) -> Vec<ConfigIssue> {
+    let mut w = Issues(Vec::new());
+    for (key, on) in [
+        (
+            "source.tls_allow_invalid_certificates",
+            config.source.tls_allow_invalid_certificates,
+        ),
+        (
+            "destination.tls_allow_invalid_certificates",
+            config.destination.tls_allow_invalid_certificates,
+        ),
+    ] {
+        if on {
             w.push(
                 key,
-                "is true: TLS host names are not verified, so a man-in-the-middle is possible; fix the certificate and set it to false",
+                "is true: the server's certificate is not verified at all (chain, expiry, host name), so a man-in-the-middle is possible; give Ferry the CA with tls_ca_file and set it to false",
             );
         }
     }

@@ -257,8 +257,9 @@ async fn drive(
         }
     };
     let api = if options.serve_api {
-        match crate::api::serve(
+        match crate::api::serve_with(
             config.api.listen,
+            config.api.access(),
             progress.clone(),
             control.clone(),
             crate::api::install_prometheus(),

@@ -168,3 +168,52 @@ async fn https_webhooks_trust_the_given_ca_and_refuse_unknown_ones() {
     assert!(bad.to_string().contains("http:// and https://"), "{bad}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pins: a webhook receiver that fails once (a 503 from a restarting receiver) lost the
+/// notification; it is now retried with backoff, and a 4xx is not retried.
+#[tokio::test]
+async fn a_webhook_is_retried_after_a_server_error_but_not_after_a_client_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let statuses = Arc::new(Mutex::new(vec![503u16, 200, 400]));
+    let seen = Arc::new(Mutex::new(0usize));
+    let (s, n) = (statuses.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let status = {
+                let mut s = s.lock().unwrap();
+                if s.is_empty() {
+                    400
+                } else {
+                    s.remove(0)
+                }
+            };
+            *n.lock().unwrap() += 1;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut data = Vec::new();
+                while !String::from_utf8_lossy(&data).contains("\"event\"") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => data.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let body = r#"{"event":"ready_for_cutover","message":"m","phase":"ready_for_cutover"}"#;
+    let short = Duration::from_millis(10);
+    let status = ferry::notify::deliver(&url, body, None, Duration::from_secs(10), short)
+        .await
+        .expect("delivered on the second attempt");
+    assert_eq!(status, 200);
+    assert_eq!(*seen.lock().unwrap(), 2, "one retry after the 503");
+    let refused = ferry::notify::deliver(&url, body, None, Duration::from_secs(10), short).await;
+    assert!(refused.is_err(), "a 400 is final");
+    assert_eq!(*seen.lock().unwrap(), 3, "no retry after a 400");
+}

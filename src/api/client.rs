@@ -1,40 +1,47 @@
-//! A minimal HTTP/1.1 client for Ferry's own API, used by the CLI verbs.
+//! The client of Ferry's own API, used by the CLI verbs (`ferry status`, `cutover`, ...).
 //!
-//! It speaks just enough HTTP for a loopback call to our own server: one request per
-//! connection (`Connection: close`), a JSON body with `Content-Length`, and a response
-//! read to the end (plain or chunked). Keeping it this small avoids pulling a full HTTP
-//! client stack into the daemon binary for a handful of local requests.
+//! HTTP is `reqwest` over rustls: `http://` or `https://` (the API listener may serve
+//! TLS), the CA to trust from `FERRY_API_CA_FILE` (besides the public web roots), and the
+//! bearer token from `FERRY_API_TOKEN` when the daemon requires one.
 
-use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How long one API call may take end to end. The API answers from memory (control
 /// requests wait at most 30 s on the supervisor), so this only catches a hung daemon.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// How long connecting may take before the daemon counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest response accepted; a progress document with thousands of namespaces stays
 /// well under this, and it bounds memory if something else answers on the port.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Environment variable with the API's bearer token.
+pub const TOKEN_ENV: &str = "FERRY_API_TOKEN";
+/// Environment variable with a PEM file of the CA that signed the API's certificate.
+pub const CA_FILE_ENV: &str = "FERRY_API_CA_FILE";
+
 /// Why a call failed, in the operator's words.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid API URL {url:?}: {reason}; expected http://HOST:PORT")]
+    #[error("invalid API URL {url:?}: {reason}; expected http://HOST:PORT or https://HOST:PORT")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot reach ferry at {url}: is `ferry run` running?")]
     Unreachable {
         url: String,
         #[source]
-        source: io::Error,
+        source: reqwest::Error,
     },
     #[error("ferry at {url} did not answer within {} s", REQUEST_TIMEOUT.as_secs())]
     Timeout { url: String },
     #[error("ferry at {url} sent a response this client cannot read: {reason}")]
     Malformed { url: String, reason: String },
+    #[error("cannot use the CA file {}: {reason}; set {CA_FILE_ENV} to a PEM file", path.display())]
+    CaFile { path: PathBuf, reason: String },
     /// The API answered with an error status; `message` is its `error` field.
     #[error("{message} (HTTP {status})")]
     Api { status: u16, message: String },
@@ -66,51 +73,71 @@ impl Response {
     }
 }
 
-/// Where the API lives: `http://host:port` plus an optional path prefix (for a daemon
-/// behind a reverse proxy).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the API lives (`http[s]://host:port` plus an optional path prefix, for a
+/// daemon behind a reverse proxy) and how to authenticate to it.
+#[derive(Debug, Clone)]
 pub struct ApiClient {
     url: String,
-    authority: String,
-    prefix: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// A PEM bundle's certificates, for a client that must trust a private CA.
+pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(certs)
 }
 
 impl ApiClient {
-    /// Parses `http://HOST[:PORT][/PREFIX]`; HTTPS is refused because the API listens
-    /// in plain HTTP (on loopback by default).
+    /// A client for `url`, with the token and CA file from the environment
+    /// ([`TOKEN_ENV`], [`CA_FILE_ENV`]).
     pub fn new(url: &str) -> Result<ApiClient, ClientError> {
+        let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        let ca_file = std::env::var_os(CA_FILE_ENV)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        ApiClient::with(url, token, ca_file.as_deref())
+    }
+
+    /// A client for `url` sending `token` as a bearer token and trusting `ca_file`.
+    pub fn with(
+        url: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<ApiClient, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: reason.to_string(),
         };
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                invalid("the ferry API speaks plain HTTP only")
-            } else {
-                invalid("missing http:// scheme")
-            }
-        })?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
+        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http:// or https://"));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
             return Err(invalid("missing host"));
         }
-        let has_port = match authority.rfind(':') {
-            // "[::1]" has colons but no port; "[::1]:80" and "host:80" have one.
-            Some(i) => !authority[i..].contains(']'),
-            None => false,
-        };
-        let authority = if has_port {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("ferry-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let certs = ca_certificates(path).map_err(|reason| ClientError::CaFile {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| invalid(&e.to_string()))?;
         Ok(ApiClient {
             url: url.trim_end_matches('/').to_string(),
-            authority,
-            prefix: prefix.to_string(),
+            token,
+            http,
         })
     }
 
@@ -132,14 +159,11 @@ impl ApiClient {
             .await
     }
 
-    /// GETs `path` and decodes a 2xx JSON body; an error status becomes
-    /// [`ClientError::Api`] with the API's message.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let response = self.get(path).await?;
         self.decode(response)
     }
 
-    /// POSTs `body` to `path` and decodes a 2xx JSON body like [`ApiClient::get_json`].
     pub async fn post_json_for<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -156,64 +180,62 @@ impl ApiClient {
                 message: response.error_message(),
             });
         }
-        serde_json::from_slice(&response.body).map_err(|e| ClientError::Malformed {
-            url: self.url.clone(),
-            reason: format!("invalid JSON: {e}"),
-        })
+        serde_json::from_slice(&response.body)
+            .map_err(|e| self.malformed(format!("invalid JSON: {e}")))
     }
 
-    /// Sends one request with any method; `body` is sent as JSON.
+    /// Sends one request; `path` starts with `/` and is appended to the base URL.
     pub async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response, ClientError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| {
+            ClientError::InvalidUrl {
                 url: self.url.clone(),
-            }),
+                reason: format!("unknown HTTP method {method:?}"),
+            }
+        })?;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let mut response = request.send().await.map_err(|e| self.failed(e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.failed(e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(
+                    self.malformed(format!("response larger than {MAX_RESPONSE_BYTES} bytes"))
+                );
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response { status, body })
     }
 
-    async fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Response, ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
-            url: self.url.clone(),
-            source,
-        };
-        let mut stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(unreachable)?;
-        let body = body.unwrap_or_default();
-        let mut request = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferry-cli\r\nAccept: application/json\r\n\
-             Connection: close\r\nContent-Length: {}\r\n",
-            self.prefix,
-            self.authority,
-            body.len()
-        );
-        if !body.is_empty() {
-            request.push_str("Content-Type: application/json\r\n");
+    fn failed(&self, source: reqwest::Error) -> ClientError {
+        if source.is_timeout() {
+            ClientError::Timeout {
+                url: self.url.clone(),
+            }
+        } else if source.is_decode() || source.is_body() {
+            self.malformed(source.to_string())
+        } else {
+            ClientError::Unreachable {
+                url: self.url.clone(),
+                source,
+            }
         }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(&body);
-        stream.write_all(&bytes).await.map_err(unreachable)?;
-        stream.flush().await.map_err(unreachable)?;
-
-        let mut raw = Vec::new();
-        let mut limited = (&mut stream).take(MAX_RESPONSE_BYTES as u64 + 1);
-        limited.read_to_end(&mut raw).await.map_err(unreachable)?;
-        if raw.len() > MAX_RESPONSE_BYTES {
-            return Err(self.malformed(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
-        }
-        parse_response(&raw).map_err(|reason| self.malformed(reason))
     }
 
     fn malformed(&self, reason: String) -> ClientError {
@@ -224,117 +246,24 @@ impl ApiClient {
     }
 }
 
-/// Parses a complete HTTP/1.1 response read until the server closed the connection.
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| "no end of headers (is this an HTTP server?)".to_string())?;
-    let head =
-        std::str::from_utf8(&raw[..head_end]).map_err(|_| "headers are not UTF-8".to_string())?;
-    let body = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("unexpected status line {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("unexpected status line {status_line:?}"))?;
-
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            && value.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
-        }
-    }
-    let body = if chunked {
-        decode_chunked(body)?
-    } else if let Some(len) = content_length {
-        body.get(..len)
-            .ok_or_else(|| format!("body shorter than Content-Length {len}"))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-/// Decodes a chunked body (extensions and trailers ignored).
-fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| "truncated chunk header".to_string())?;
-        let size_text =
-            std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk header".to_string())?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest
-            .get(..size)
-            .ok_or_else(|| "truncated chunk".to_string())?;
-        out.extend_from_slice(chunk);
-        rest = rest
-            .get(size + 2..)
-            .ok_or_else(|| "truncated chunk".to_string())?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn url_parsing_adds_default_port_and_keeps_prefix() {
-        let c = ApiClient::new("http://127.0.0.1:27182").expect("valid url");
-        assert_eq!(c.authority, "127.0.0.1:27182");
-        assert_eq!(c.prefix, "");
-        let c = ApiClient::new("http://proxy.local/ferry/").expect("valid url");
-        assert_eq!(c.authority, "proxy.local:80");
-        assert_eq!(c.prefix, "/ferry");
-        let c = ApiClient::new("http://[::1]").expect("valid url");
-        assert_eq!(c.authority, "[::1]:80");
-    }
-
-    #[test]
-    fn https_and_schemeless_urls_are_refused_with_a_reason() {
-        let e = ApiClient::new("https://host:1").expect_err("https refused");
-        assert!(e.to_string().contains("plain HTTP"), "{e}");
-        let e = ApiClient::new("127.0.0.1:27182").expect_err("scheme required");
-        assert!(e.to_string().contains("http://"), "{e}");
-    }
-
-    #[test]
-    fn parses_content_length_and_chunked_bodies() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}")
-            .expect("parses");
-        assert_eq!((r.status, r.body.as_slice()), (404, b"{}".as_slice()));
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-            .expect("parses");
-        assert_eq!(r.body, b"abcde");
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+    fn urls_are_checked_before_any_request() {
+        assert!(ApiClient::with("http://127.0.0.1:8080", None, None).is_ok());
+        assert!(ApiClient::with("https://ferry.internal:8443/prefix/", None, None).is_ok());
+        for bad in ["127.0.0.1:8080", "ftp://host", "http://", "not a url"] {
+            assert!(
+                matches!(
+                    ApiClient::with(bad, None, None),
+                    Err(ClientError::InvalidUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let missing = ApiClient::with("https://h:1", None, Some(Path::new("/nonexistent.pem")));
+        assert!(matches!(missing, Err(ClientError::CaFile { .. })));
     }
 }

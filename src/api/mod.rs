@@ -14,6 +14,7 @@
 //! - `GET  /api/v1/report`: the final [`crate::report::Report`], 404 until it exists
 //! - `GET  /metrics`: Prometheus text exposition
 
+pub mod access;
 pub mod client;
 mod routes;
 mod status;
@@ -110,6 +111,24 @@ pub async fn serve(
     control: ControlHandle,
     prometheus: Option<PrometheusHandle>,
 ) -> io::Result<ApiServer> {
+    serve_with(
+        listen,
+        access::ApiAccess::open(),
+        progress,
+        control,
+        prometheus,
+    )
+    .await
+}
+
+/// [`serve`] with an access rule (`api.token`).
+pub async fn serve_with(
+    listen: SocketAddr,
+    access: access::ApiAccess,
+    progress: SharedProgress,
+    control: ControlHandle,
+    prometheus: Option<PrometheusHandle>,
+) -> io::Result<ApiServer> {
     let upkeep_handle = prometheus.clone();
     let state = routes::ApiState {
         progress,
@@ -119,6 +138,8 @@ pub async fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(web::Data::new(access.clone()))
+            .wrap(actix_web::middleware::from_fn(access::check))
             .configure(routes::configure)
     })
     .workers(1)

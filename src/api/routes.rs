@@ -265,3 +265,63 @@ async fn ask(control: &ControlHandle, request: ControlRequest) -> Result<HttpRes
         )),
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::ROUTES;
+    use crate::api::status::StatusView;
+    use crate::progress::Progress;
+
+    const API_DOC: &str = include_str!("../../docs/api.md");
+
+    /// Every key of a JSON value, nested objects included (map keys of `namespaces`
+    /// excepted: they are namespace names).
+    fn keys(value: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(map) = value.as_object() {
+            for (k, v) in map {
+                out.push(k.clone());
+                keys(v, out);
+            }
+        }
+    }
+
+    /// docs/api.md names every route the server has, and every field of the progress
+    /// and report documents.
+    #[test]
+    fn the_api_document_matches_the_routes_and_fields() {
+        for route in ROUTES.split(", ") {
+            assert!(
+                API_DOC.contains(&format!("`{route}`")) || API_DOC.contains(route),
+                "docs/api.md does not describe {route}"
+            );
+        }
+        let progress = Progress::new();
+        progress
+            .namespaces
+            .insert("db.c".into(), Default::default());
+        let mut fields = Vec::new();
+        let view = serde_json::to_value(StatusView::capture(&progress, 0)).unwrap();
+        keys(&view, &mut fields);
+        let mut report = crate::report::Report::default();
+        report
+            .verification
+            .mismatches
+            .push(crate::report::Mismatch {
+                namespace: "db.c".into(),
+                kind: "count".into(),
+                detail: String::new(),
+            });
+        let report = serde_json::to_value(report).unwrap();
+        keys(&report, &mut fields);
+        if let Some(m) = report["verification"]["mismatches"][0].as_object() {
+            fields.extend(m.keys().cloned());
+        }
+        fields.retain(|f| f != "db.c");
+        for field in fields {
+            assert!(
+                API_DOC.contains(&format!("`{field}`")),
+                "docs/api.md does not describe the field {field}"
+            );
+        }
+    }
+}

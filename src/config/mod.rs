@@ -410,17 +410,48 @@ impl fmt::Debug for DestinationConfig {
 }
 
 /// `[api]`: the HTTP control/status API.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Socket address to listen on. Default [`DEFAULT_API_LISTEN`].
     pub listen: SocketAddr,
+    /// Bearer token required on every state-changing request (usually
+    /// `"${FERRY_API_TOKEN}"`). Default unset.
+    pub token: Option<String>,
+    /// Require the token on reads (progress, report, metrics) too. Default false.
+    pub token_required_for_reads: bool,
+    /// Allow a non-loopback `listen` without a token. Default false: refused.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_API_LISTEN,
+            token: None,
+            token_required_for_reads: false,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_required_for_reads", &self.token_required_for_reads)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .finish()
+    }
+}
+
+impl ApiConfig {
+    /// The access rule the API server enforces.
+    pub fn access(&self) -> crate::api::access::ApiAccess {
+        crate::api::access::ApiAccess {
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            token_required_for_reads: self.token_required_for_reads,
         }
     }
 }

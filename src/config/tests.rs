@@ -529,7 +529,10 @@ fn api_listen_is_checked() {
     let got = issues(&with_required("[api]\nlisten = \"localhost\""));
     assert_eq!(got.len(), 1);
     assert_issue(&got, "api.listen", "invalid socket address");
-    let cfg = parse(&with_required("[api]\nlisten = \"0.0.0.0:8080\"")).expect("valid");
+    let cfg = parse(&with_required(
+        "[api]\nlisten = \"0.0.0.0:8080\"\nallow_unauthenticated = true",
+    ))
+    .expect("valid");
     assert_eq!(cfg.api.listen.port(), 8080);
     assert!(cfg.warnings().iter().any(|w| w.key == "api.listen"));
 }
@@ -924,4 +927,24 @@ fn a_host_name_only_tls_exception_is_refused_with_the_honest_alternative() {
     let cfg = parse(&build("tls_allow_invalid_certificates = true", "", ""))
         .expect("a lab exception is accepted");
     assert!(cfg.source.connection().tls_allow_invalid_certificates);
+}
+
+/// Pins: anyone who could reach a non-loopback API could cut over or cancel.
+#[test]
+fn an_exposed_api_needs_a_token_or_an_explicit_choice() {
+    let got = issues(&with_required("[api]\nlisten = \"0.0.0.0:8080\""));
+    assert_issue(&got, "api.listen", "api.token");
+    let cfg = parse(&with_required(
+        "[api]\nlisten = \"0.0.0.0:8080\"\ntoken = \"0123456789abcdef\"",
+    ))
+    .expect("a token makes it acceptable");
+    assert!(!cfg.warnings().iter().any(|w| w.key == "api.listen"));
+    assert!(
+        !format!("{cfg:?}").contains("0123456789abcdef"),
+        "token redacted"
+    );
+    let got = issues(&with_required("[api]\ntoken_required_for_reads = true"));
+    assert_issue(&got, "api.token_required_for_reads", "api.token");
+    let got = issues(&with_required("[api]\ntoken = \"\""));
+    assert_issue(&got, "api.token", "empty");
 }

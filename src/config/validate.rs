@@ -275,6 +275,32 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
         }
     }
 
+    // [api]
+    let api = &config.api;
+    if api.token.as_deref() == Some("") {
+        v.push(
+            "api.token",
+            "is empty (is the environment variable it names set?); set a secret, or remove the key",
+        );
+    }
+    if api.access().token.is_none() {
+        if !api.listen.ip().is_loopback() && !api.allow_unauthenticated {
+            v.push(
+                "api.listen",
+                format!(
+                    "{} is reachable from other hosts but api.token is not set, so anyone who can reach it could cut over or cancel; set api.token = \"${{FERRY_API_TOKEN}}\", listen on 127.0.0.1, or set api.allow_unauthenticated = true",
+                    api.listen
+                ),
+            );
+        }
+        if api.token_required_for_reads {
+            v.push(
+                "api.token_required_for_reads",
+                "is true but api.token is not set; set api.token",
+            );
+        }
+    }
+
     // [log]
     validate_log_level(&mut v, "log.level", &config.log.level);
 
@@ -301,11 +327,11 @@ pub(super) fn warnings(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
-    if !config.api.listen.ip().is_loopback() {
+    if !config.api.listen.ip().is_loopback() && config.api.access().token.is_none() {
         w.push(
             "api.listen",
             format!(
-                "{} is reachable from other hosts and the API is not authenticated; restrict access with a firewall or listen on 127.0.0.1",
+                "{} is reachable from other hosts and the API is not authenticated (api.allow_unauthenticated = true); set api.token, or listen on 127.0.0.1",
                 config.api.listen
             ),
         );

@@ -260,6 +260,7 @@ async fn drive(
         match crate::api::serve_with(
             config.api.listen,
             config.api.access(),
+            config.api.tls().as_ref(),
             progress.clone(),
             control.clone(),
             crate::api::install_prometheus(),

@@ -2,6 +2,8 @@
 //! bearer token (401 without, 403 with a wrong one, JSON errors both), reads stay open
 //! unless `token_required_for_reads`, and the CLI's client sends the token.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use ferry::api::access::ApiAccess;
@@ -12,6 +14,13 @@ use serde_json::{json, Value};
 
 /// An API with `access` and a supervisor stand-in that records what reached it.
 async fn start(access: ApiAccess) -> (String, ferry::api::ApiServer, Arc<Mutex<Vec<String>>>) {
+    start_tls(access, None).await
+}
+
+async fn start_tls(
+    access: ApiAccess,
+    tls: Option<&ferry_sandbox::TlsFiles>,
+) -> (String, ferry::api::ApiServer, Arc<Mutex<Vec<String>>>) {
     let progress = Progress::new();
     progress.set_phase(Phase::Syncing);
     let (control, mut rx) = ControlHandle::channel(8);
@@ -27,10 +36,12 @@ async fn start(access: ApiAccess) -> (String, ferry::api::ApiServer, Arc<Mutex<V
         }
     });
     let listen = "127.0.0.1:0".parse().unwrap();
-    let server = ferry::api::serve_with(listen, access, progress, control, None)
+    let server = ferry::api::serve_with(listen, access, tls, progress, control, None)
         .await
         .expect("api binds port 0");
-    (format!("http://{}", server.local_addr()), server, reached)
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://localhost:{}", server.local_addr().port());
+    (url, server, reached)
 }
 
 fn client(url: &str, token: Option<&str>) -> ApiClient {
@@ -90,4 +101,35 @@ async fn reads_need_the_token_when_asked() {
     let (status, _) = call(&client(&url, Some("t0ken")), "GET", "/api/v1/progress").await;
     assert_eq!(status, 200);
     server.stop().await;
+}
+
+/// The API over HTTPS: a client trusting the listener's CA reaches it with the token; a
+/// client without that CA is refused by TLS before any request is made.
+#[tokio::test]
+async fn the_api_serves_https_with_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("ferry-api-tls-{}", std::process::id()));
+    let (ca_file, files) = common::certs::write_certs(&dir);
+    let (url, server, reached) = start_tls(
+        ApiAccess {
+            token: Some("t0ken".into()),
+            token_required_for_reads: false,
+        },
+        Some(&files),
+    )
+    .await;
+    assert!(url.starts_with("https://"));
+    let trusted = ApiClient::with(&url, Some("t0ken".into()), Some(&ca_file)).unwrap();
+    let (status, body) = call(&trusted, "POST", "/api/v1/pause").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reached.lock().unwrap().len(), 1);
+    let untrusting = ApiClient::with(&url, Some("t0ken".into()), None).unwrap();
+    assert!(
+        matches!(
+            untrusting.get("/api/v1/progress").await,
+            Err(ClientError::Unreachable { .. })
+        ),
+        "an unknown CA is refused"
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

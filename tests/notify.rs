@@ -98,37 +98,10 @@ async fn a_run_announces_ready_for_cutover_and_completed() {
         .contains("verification passed"));
 }
 
-fn write_certs(dir: &std::path::Path) -> (std::path::PathBuf, ferry_sandbox::TlsFiles) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "ferry webhook test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let ca_file = dir.join("ca.pem");
-    let cert_file = dir.join("server.pem");
-    let key_file = dir.join("server.key");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    (
-        ca_file,
-        ferry_sandbox::TlsFiles {
-            cert_file,
-            key_file,
-        },
-    )
-}
-
 #[tokio::test]
 async fn https_webhooks_trust_the_given_ca_and_refuse_unknown_ones() {
     let dir = std::env::temp_dir().join(format!("ferry-webhook-tls-{}", std::process::id()));
-    let (ca_file, files) = write_certs(&dir);
+    let (ca_file, files) = certs::write_certs(&dir);
     let acceptor = ferry_sandbox::tls::acceptor(&files).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -6,6 +6,14 @@ use crate::server::TlsFiles;
 
 /// Builds an acceptor from PEM files; the error says which file and what was wrong.
 pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server_config(
+        files,
+    )?)))
+}
+
+/// A rustls server configuration (ring provider) from a PEM certificate chain and key;
+/// also serves Ferry's own HTTPS API listener.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
     let cert_pem = std::fs::read(&files.cert_file)
         .map_err(|e| format!("cannot read {}: {e}", files.cert_file.display()))?;
     let key_pem = std::fs::read(&files.key_file)
@@ -34,5 +42,5 @@ pub fn acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }

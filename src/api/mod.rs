@@ -114,6 +114,7 @@ pub async fn serve(
     serve_with(
         listen,
         access::ApiAccess::open(),
+        None,
         progress,
         control,
         prometheus,
@@ -121,10 +122,12 @@ pub async fn serve(
     .await
 }
 
-/// [`serve`] with an access rule (`api.token`).
+/// [`serve`] with an access rule (`api.token`); with `tls`, over HTTPS with that
+/// certificate and key.
 pub async fn serve_with(
     listen: SocketAddr,
     access: access::ApiAccess,
+    tls: Option<&ferry_sandbox::TlsFiles>,
     progress: SharedProgress,
     control: ControlHandle,
     prometheus: Option<PrometheusHandle>,
@@ -144,8 +147,15 @@ pub async fn serve_with(
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECONDS)
-    .bind(listen)?;
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECONDS);
+    let server = match tls {
+        Some(files) => {
+            let config = ferry_sandbox::tls::server_config(files)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            server.bind_rustls_0_23(listen, config)?
+        }
+        None => server.bind(listen)?,
+    };
     let local_addr = server.addrs().first().copied().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::AddrNotAvailable,
@@ -155,7 +165,7 @@ pub async fn serve_with(
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
-    tracing::info!(addr = %local_addr, "api listening");
+    tracing::info!(addr = %local_addr, https = tls.is_some(), "api listening");
     let upkeep = upkeep_handle.map(|handle| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);

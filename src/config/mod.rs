@@ -422,6 +422,9 @@ pub struct ApiConfig {
     pub token_required_for_reads: bool,
     /// Allow a non-loopback `listen` without a token. Default false: refused.
     pub allow_unauthenticated: bool,
+    /// PEM certificate chain and key: serve the API over HTTPS. Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -431,6 +434,8 @@ impl Default for ApiConfig {
             token: None,
             token_required_for_reads: false,
             allow_unauthenticated: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -442,11 +447,24 @@ impl fmt::Debug for ApiConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_required_for_reads", &self.token_required_for_reads)
             .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
 
 impl ApiConfig {
+    /// The listener's certificate and key, when the API serves HTTPS.
+    pub fn tls(&self) -> Option<ferry_sandbox::TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(ferry_sandbox::TlsFiles {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The access rule the API server enforces.
     pub fn access(&self) -> crate::api::access::ApiAccess {
         crate::api::access::ApiAccess {

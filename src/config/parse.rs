@@ -100,6 +100,8 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.destination.tls_certificate_key_file);
     fix(&mut config.runtime.spool_dir);
     fix(&mut config.notify.webhook_ca_file);
+    fix(&mut config.api.tls_cert_file);
+    fix(&mut config.api.tls_key_file);
 }
 
 // ---------------------------------------------------------------------------

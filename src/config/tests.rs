@@ -165,7 +165,7 @@ fn example_file_commented_keys_are_valid_keys() {
             "unexpected issue: {issue}"
         );
     }
-    assert_eq!(got.len(), 5, "{}", display_issues(&got));
+    assert_eq!(got.len(), 7, "{}", display_issues(&got));
 }
 
 #[test]

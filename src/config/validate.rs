@@ -283,6 +283,18 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
             "is empty (is the environment variable it names set?); set a secret, or remove the key",
         );
     }
+    v.existing_file("api.tls_cert_file", api.tls_cert_file.as_deref());
+    v.existing_file("api.tls_key_file", api.tls_key_file.as_deref());
+    if api.tls_cert_file.is_some() != api.tls_key_file.is_some() {
+        v.push(
+            if api.tls_cert_file.is_some() {
+                "api.tls_key_file"
+            } else {
+                "api.tls_cert_file"
+            },
+            "is missing: HTTPS needs both api.tls_cert_file and api.tls_key_file",
+        );
+    }
     if api.access().token.is_none() {
         if !api.listen.ip().is_loopback() && !api.allow_unauthenticated {
             v.push(

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exit;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -20,6 +20,15 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Exit when the migration ends instead of serving its status and report until
+        /// SIGTERM (same as `runtime.exit_when_finished = true`).
+        #[arg(long)]
+        exit_when_finished: bool,
+    },
+    /// Print the stored report of a completed migration (read from the destination).
+    Report {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// A whole migration between two in-memory sandboxes, with a live workload.
     Demo,
@@ -55,7 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sandbox(args) => ferry::sandbox::run(args),
-        Command::Run { config } => ferry::run::run_command(&config),
+        Command::Run {
+            config,
+            exit_when_finished,
+        } => ferry::run::run_command(&config, exit_when_finished),
+        Command::Report { config } => ferry::run::report_command(&config),
         Command::Demo => ferry::demo::demo_command(),
         Command::Validate { config } => ferry::preflight::validate_command(&config),
         Command::Verify { config, strict } => {

@@ -186,7 +186,7 @@ async fn drive(
         let existing = checkpoints.load_state().await?;
         if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
             // Nothing to do, and nothing to touch (balancers, lease, data).
-            return Ok(None);
+            return Ok(Err(existing.and_then(|s| s.report)));
         }
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
@@ -235,17 +235,18 @@ async fn drive(
             }
         };
         crate::actors::coordinator::stop_balancers(&engine).await?;
-        Ok::<_, RunError>(Some((engine, state)))
+        Ok::<_, RunError>(Ok((engine, state)))
     };
     let (engine, state) = match setup.await {
-        Ok(Some(v)) => v,
-        Ok(None) => {
+        Ok(Ok(v)) => v,
+        Ok(Err(report)) => {
             let _ = ready.send(Ok(None));
+            *progress.report.write() = report.clone();
             progress.set_phase(Phase::Completed);
             tracing::info!("this migration already completed; nothing to do (drop the destination's __ferry database to migrate again)");
             return Ok(RunOutcome {
                 phase: Phase::Completed,
-                report: None,
+                report,
                 error: None,
             });
         }
@@ -372,29 +373,48 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
 }
 
 /// `ferry run --config F`: runs until the migration ends or SIGINT/SIGTERM.
-pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
-    use std::process::ExitCode;
+/// `ferry run`: the daemon. Exit codes are [`crate::exit`]'s. After the run ends it
+/// keeps serving the API (progress, report, metrics) until SIGTERM, unless
+/// `runtime.exit_when_finished` or `exit_when_finished` (`--exit-when-finished`) says
+/// otherwise; started again after completion, it prints the stored report and exits 0.
+pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::process::ExitCode {
+    use crate::exit;
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::from(2);
+            return exit::code(exit::BAD_CONFIG);
         }
     };
     crate::logging::init(
         &config.log.level,
         matches!(config.log.format, crate::config::LogFormat::Json),
     );
-    let mut migration = match Migration::start(config, RunOptions::default()) {
+    let exit_when_finished = exit_when_finished || config.runtime.exit_when_finished;
+    let mut migration = match Migration::start(config.clone(), RunOptions::default()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            return ExitCode::FAILURE;
+            return exit::code(exit::of_error(&e));
         }
     };
-    if let Some(addr) = migration.api_addr() {
-        tracing::info!(api = %addr, "control API listening");
-    }
+    let Some(api_addr) = migration.api_addr() else {
+        // Completed by an earlier run: show what it did.
+        return match migration.wait() {
+            Ok(outcome) => {
+                match &outcome.report {
+                    Some(report) => println!("{report}"),
+                    None => println!("this migration already completed (no stored report)"),
+                }
+                exit::code(exit::of_phase(outcome.phase))
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                exit::code(exit::of_error(&e))
+            }
+        };
+    };
+    tracing::info!(api = %api_addr, "control API listening");
     let signals = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -402,7 +422,7 @@ pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot handle signals: {e}");
-            return ExitCode::FAILURE;
+            return exit::code(exit::FAILED);
         }
     };
     let finished = signals.block_on(async {
@@ -420,25 +440,114 @@ pub fn run_command(path: &std::path::Path) -> std::process::ExitCode {
     if !finished {
         migration.shutdown();
     }
-    match migration.wait() {
-        Ok(outcome) => match outcome.phase {
-            Phase::Completed => ExitCode::SUCCESS,
-            phase => {
-                eprintln!(
-                    "migration {}: {}",
-                    phase.as_str(),
-                    outcome.error.unwrap_or_default()
-                );
-                if finished {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-        },
+    let progress = migration.progress.clone();
+    let outcome = match migration.wait() {
+        Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            ExitCode::FAILURE
+            return exit::code(exit::of_error(&e));
+        }
+    };
+    if outcome.phase != Phase::Completed {
+        eprintln!(
+            "migration {}: {}",
+            outcome.phase.as_str(),
+            outcome.error.clone().unwrap_or_default()
+        );
+    }
+    if finished && !exit_when_finished {
+        signals.block_on(serve_until_signal(&config, api_addr, progress, outcome.phase));
+    }
+    exit::code(exit::of_phase(outcome.phase))
+}
+
+/// After the run ended: the API keeps answering (progress, report, metrics; control
+/// requests are refused with 409) until SIGTERM or SIGINT.
+async fn serve_until_signal(
+    config: &Config,
+    addr: SocketAddr,
+    progress: SharedProgress,
+    phase: Phase,
+) {
+    let (control, mut requests) = ControlHandle::channel(4);
+    tokio::spawn(async move {
+        while let Some((_, reply)) = requests.recv().await {
+            let _ = reply.send(Err(crate::control::ControlError::conflict(format!(
+                "the migration has ended ({}); there is nothing left to control",
+                phase.as_str()
+            ))));
+        }
+    });
+    let server = crate::api::serve_with(
+        addr,
+        config.api.access(),
+        config.api.tls().as_ref(),
+        progress,
+        control,
+        crate::api::install_prometheus(),
+    )
+    .await;
+    match server {
+        Ok(server) => {
+            tracing::info!(api = %addr, phase = phase.as_str(), "the migration has ended; the API keeps serving its status and report until SIGTERM");
+            crate::sandbox::wait_for_shutdown_signal().await;
+            server.stop().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, api = %addr, "cannot serve the API after the ending; exiting");
+        }
+    }
+}
+
+/// `ferry report --config F`: the stored report of a completed migration, read from the
+/// destination's `__ferry` database (no daemon needed). Exit 0 with the report, 1 when
+/// there is none yet (saying where the migration stands), 2 for a bad config.
+pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
+    use crate::exit;
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::code(exit::BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::code(exit::FAILED);
+        }
+    };
+    let state = runtime.block_on(async {
+        let destination =
+            Cluster::connect(Side::Destination, &config.destination.connection()).await?;
+        let checkpoints = Checkpoints::new(destination, config.runtime.lease_terms());
+        Ok::<_, RunError>(checkpoints.load_state().await?)
+    });
+    match state {
+        Ok(Some(state)) => match (state.report, state.phase) {
+            (Some(report), _) => {
+                println!("{report}");
+                exit::code(exit::COMPLETED)
+            }
+            (None, phase) => {
+                eprintln!(
+                    "no report yet: the migration on this destination is {}; the report is stored when it completes",
+                    phase.map_or("running", |p| p.as_str())
+                );
+                exit::code(exit::FAILED)
+            }
+        },
+        Ok(None) => {
+            eprintln!("no migration has run on this destination (its __ferry database holds no state)");
+            exit::code(exit::FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            exit::code(exit::FAILED)
         }
     }
 }

@@ -315,8 +315,12 @@ impl Supervisor {
                 if let Err(e) = super::coordinator::restore_balancers(&engine).await {
                     tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
                 }
-                if let Err(e) = engine.checkpoints.set_state(doc! {"phase": phase.as_str()}).await {
-                    tracing::warn!(error = %error_chain(&e), "could not record the final phase");
+                let mut ending = doc! {"phase": phase.as_str()};
+                if let Some(stored) = report.as_ref().and_then(|r| bson::to_bson(r).ok()) {
+                    ending.insert("report", stored);
+                }
+                if let Err(e) = engine.checkpoints.set_state(ending).await {
+                    tracing::warn!(error = %error_chain(&e), "could not record the final phase and report");
                 }
                 if matches!(phase, Phase::Cancelled | Phase::Expired) {
                     // The run is over for good: its spooled changes will never be applied.

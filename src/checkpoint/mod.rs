@@ -59,6 +59,10 @@ pub struct RunState {
     /// and has not given them back: a restarted run must, if it does not complete.
     #[serde(default)]
     pub source_write_blocked: bool,
+    /// The final report, stored when the run completes, so `ferry run` started again,
+    /// `ferry report` and the API can show it after the daemon is gone.
+    #[serde(default)]
+    pub report: Option<crate::report::Report>,
 }
 
 /// A planned namespace.

@@ -571,6 +571,9 @@ pub struct RuntimeConfig {
     pub spool_max_bytes: u64,
     /// Lifetime of the destination lease after each renewal (see `checkpoint::lease`).
     pub lease_seconds: u64,
+    /// Exit as soon as the run ends, instead of serving the API (status, report,
+    /// metrics) until SIGTERM. Default false.
+    pub exit_when_finished: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -582,6 +585,7 @@ impl Default for RuntimeConfig {
             spool_dir: None,
             spool_max_bytes: DEFAULT_RUNTIME_SPOOL_MAX_BYTES,
             lease_seconds: DEFAULT_RUNTIME_LEASE_SECONDS,
+            exit_when_finished: false,
         }
     }
 }

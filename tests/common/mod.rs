@@ -747,10 +747,10 @@ pub fn config_file(source: &str, destination: &str, port: u16, extra: &str) -> s
     path
 }
 
-/// Starts `ferry run --config <path>` with its output captured.
+/// Starts `ferry run --exit-when-finished --config <path>` with its output captured.
 pub fn spawn_ferry_run(path: &std::path::Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
+        .args(["run", "--exit-when-finished", "--config"])
         .arg(path)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())

@@ -291,6 +291,7 @@ fn spawn(config: &Path) -> Child {
     let err = log.try_clone().expect("clone the log handle");
     Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("run")
+        .arg("--exit-when-finished")
         .arg("--config")
         .arg(config)
         .stdout(Stdio::from(log))

@@ -1,0 +1,126 @@
+//! The daemon's life around an ending, as an operator and Prometheus see it: after the
+//! migration completes, `ferry run` keeps serving its status, report and metrics until
+//! SIGTERM (then exits 0); started again, it prints the stored report and exits 0;
+//! `ferry report` reads that report without a daemon; endings have distinct exit codes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn ferry(args: &[&str], config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ferry runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn spawn_daemon(config: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry run starts")
+}
+
+async fn cut_over(api: &ferry::api::client::ApiClient) {
+    wait_child_phase(api, "ready_for_cutover").await;
+    let reply = api
+        .post_json(
+            "/api/v1/cutover",
+            &serde_json::json!({"writes_stopped": true}),
+        )
+        .await
+        .expect("the daemon answers");
+    assert!(reply.is_success(), "cutover: {}", reply.text());
+}
+
+/// Pins: the daemon exited at completion and took its API with it (`ferry status` and
+/// the report answered "connection refused"), and a second `ferry run` said only
+/// "already completed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
+    let pair = Pair::start().await;
+    let seeded = seed(&pair.src, "app", 300).await;
+    let port = free_port();
+    let config = config_file(&pair.source.uri(), &pair.destination.uri(), port, "");
+    let child = spawn_daemon(&config);
+    let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
+        .expect("API client");
+    cut_over(&api).await;
+    wait_child_phase(&api, "completed").await;
+    let report: serde_json::Value = api
+        .get_json("/api/v1/report")
+        .await
+        .expect("the report is served after completion");
+    assert_eq!(report["documents_copied"].as_u64(), Some(seeded));
+    let refused = api.post_json("/api/v1/pause", &serde_json::json!({})).await;
+    assert!(
+        matches!(&refused, Ok(r) if r.status == 409),
+        "control after the ending is refused: {refused:?}"
+    );
+    let metrics = api.get("/metrics").await.expect("metrics are served");
+    assert!(metrics.is_success());
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let (status, output) = wait_child(child).await;
+    assert_eq!(status.code(), Some(0), "{output}");
+
+    let (code, output) = ferry(&["run"], &config);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("migration report") && output.contains(&format!("{seeded} documents")),
+        "a restarted run prints the stored report: {output}"
+    );
+    let (code, output) = ferry(&["report"], &config);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("migration report"), "{output}");
+    let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
+}
+
+/// The endings an operator scripts against have distinct exit codes: a cancelled run
+/// exits 3, a run refused by validation 5, a bad config 2; `ferry report` before any
+/// completion exits 1 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endings_have_distinct_exit_codes() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let port = free_port();
+    let config = config_file(&pair.source.uri(), &pair.destination.uri(), port, "");
+    let child = spawn_ferry_run(&config);
+    let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
+        .expect("API client");
+    wait_child_phase(&api, "ready_for_cutover").await;
+    let (code, output) = ferry(&["report"], &config);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("no report yet"), "{output}");
+    let reply = api
+        .post_json("/api/v1/cancel", &serde_json::json!({}))
+        .await
+        .expect("cancel answered");
+    assert!(reply.is_success(), "{}", reply.text());
+    let (status, output) = wait_child(child).await;
+    assert_eq!(status.code(), Some(3), "cancelled: {output}");
+
+    // The destination now holds data of the cancelled run: validation refuses.
+    let (code, output) = ferry(&["run", "--exit-when-finished"], &config);
+    assert_eq!(code, 5, "refused by validation: {output}");
+
+    let bad = config.with_file_name("bad.toml");
+    std::fs::write(&bad, "[source]\nuri = 1\n").expect("write");
+    let (code, output) = ferry(&["run"], &bad);
+    assert_eq!(code, 2, "bad config: {output}");
+    let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
+}

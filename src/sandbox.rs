@@ -32,6 +32,10 @@ pub struct SandboxArgs {
     /// Keep at most this many oplog entries; older history is lost (ChangeStreamHistoryLost).
     #[arg(long)]
     pub oplog_max_events: Option<usize>,
+    /// An idle primary writes a no-op oplog entry this often (0: never), as the real
+    /// server's periodic no-op writer does every 10 s.
+    #[arg(long, default_value_t = 10_000)]
+    pub periodic_noop_ms: u64,
 }
 
 /// Parses `NAME:PASSWORD:ROLE[,ROLE...]`.
@@ -83,6 +87,7 @@ pub fn options_from(args: &SandboxArgs) -> Result<SandboxOptions, String> {
         users,
         tls,
         oplog_max_events: args.oplog_max_events,
+        periodic_noop_interval: std::time::Duration::from_millis(args.periodic_noop_ms),
     })
 }
 

@@ -14,6 +14,7 @@
 //! - [`auth`]: SCRAM-SHA-1/256 conversations, users and built-in roles.
 //! - [`transaction`]: multi-document transactions (workspaces, locks, commit as
 //!   `applyOps`); [`versions`]: prior document versions for snapshot and majority reads.
+//! - [`sharding`]: the sharded cluster's router parts (change-stream merge).
 //! - [`error`]: command errors with codes and labels as the real server reports them.
 //!
 //! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
@@ -34,6 +35,7 @@ pub mod encode;
 pub mod error;
 pub mod failpoint;
 pub mod server;
+pub mod sharding;
 pub mod storage;
 pub mod tls;
 pub mod transaction;

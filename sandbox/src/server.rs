@@ -20,8 +20,9 @@ use crate::dispatch::{self, Connection};
 use crate::storage::Storage;
 use crate::wire::{self, Request};
 
-/// Interval of the idle primary's no-op oplog writes.
-const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
+/// Default interval of the idle primary's no-op oplog writes: the real server's
+/// `periodicNoopIntervalSecs` default (10 s).
+pub const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to start a sandbox replica set member.
 #[derive(Clone, Debug)]
@@ -36,6 +37,10 @@ pub struct SandboxOptions {
     pub users: Vec<(String, String, Vec<String>)>,
     pub tls: Option<TlsFiles>,
     pub oplog_max_events: Option<usize>,
+    /// A primary with no write for this long writes a no-op oplog entry, so majority
+    /// time and change-stream high-water marks keep moving (and a router's change stream
+    /// is not held back by this node for longer). Zero disables the writer.
+    pub periodic_noop_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +59,7 @@ impl Default for SandboxOptions {
             users: Vec::new(),
             tls: None,
             oplog_max_events: None,
+            periodic_noop_interval: PERIODIC_NOOP_INTERVAL,
         }
     }
 }
@@ -408,21 +414,10 @@ async fn accept_loop(
             cursor_server.cursors.reap_idle();
         }
     });
-    // A primary writes a no-op every 10 s when idle, so majority time and change-stream
-    // high-water marks keep moving (the server's periodic no-op writer).
-    let noop_server = server.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
-            if noop_server.is_primary() {
-                noop_server
-                    .storage
-                    .lock()
-                    .append_noop(bson::doc! {"msg": "periodic noop"});
-                noop_server.oplog_appended.notify_waiters();
-            }
-        }
-    });
+    let interval = server.options.periodic_noop_interval;
+    if !interval.is_zero() {
+        tokio::spawn(periodic_noop_writer(server.clone(), interval));
+    }
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -441,6 +436,33 @@ async fn accept_loop(
                     }
                 });
             }
+        }
+    }
+}
+
+/// The periodic no-op writer: a primary whose newest oplog entry is `interval` old
+/// appends a no-op, so an idle node's cluster time keeps moving (majority time, change
+/// stream high-water marks, a router stream waiting for every shard to report).
+async fn periodic_noop_writer(server: Arc<Server>, interval: Duration) {
+    let mut wait = interval;
+    loop {
+        tokio::time::sleep(wait).await;
+        if !server.is_primary() {
+            wait = interval;
+            continue;
+        }
+        let mut storage = server.storage.lock();
+        let idle_for = storage.oplog.entries.back().map_or(interval, |e| {
+            let ms = bson::DateTime::now().timestamp_millis() - e.wall.timestamp_millis();
+            Duration::from_millis(ms.max(0) as u64)
+        });
+        if idle_for >= interval {
+            storage.append_noop(bson::doc! {"msg": "periodic noop"});
+            drop(storage);
+            server.oplog_appended.notify_waiters();
+            wait = interval;
+        } else {
+            wait = interval - idle_for;
         }
     }
 }

@@ -1,120 +1,330 @@
-//! Change streams of a sharded cluster: the router's merge of its shards' streams in
-//! cluster-time order, held back by an idle shard until it reports past an event.
+//! Change streams through the router: events of every shard merged in cluster-time
+//! order, held back by an idle shard until it reports past them (its periodic no-op, or
+//! `appendOplogNote` sent to the router), resume tokens that resume on the router,
+//! `documentKey` with the shard key, a shard-key update as delete + insert (both
+//! orders), migrations not reported, and `shardCollection` as an expanded event.
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use ferry_sandbox::changestream::Scope;
-use ferry_sandbox::server::Server;
-use ferry_sandbox::sharding::stream::RouterStream;
-use ferry_sandbox::{Sandbox, SandboxOptions};
-use mongodb::bson::{doc, Document};
+use common::{client_for, run};
+use ferry_sandbox::{ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
 
-/// A shard replica set member whose periodic no-op writer runs every `noop`.
-fn shard(name: &str, noop: Duration) -> Sandbox {
-    start_with(SandboxOptions {
-        set_name: name.into(),
+fn start(noop: Duration, order: ShardKeyMoveOrder) -> ShardedCluster {
+    ShardedCluster::start(ShardedOptions {
+        shards: 2,
         periodic_noop_interval: noop,
+        balancer_interval: Duration::from_secs(3600),
+        orphan_cleanup_delay: Duration::from_secs(3600),
+        shard_key_move_order: order,
         ..Default::default()
     })
+    .expect("cluster starts")
 }
 
-fn servers(shards: &[&Sandbox]) -> Vec<Arc<Server>> {
-    shards.iter().map(|s| s.server().clone()).collect()
+/// `app.items` sharded on `{k: 1}`: negative keys on shard0, the rest on shard1.
+async fn split_over_two_shards(router: &Client) {
+    run(router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
+        .await
+        .unwrap();
+    run(router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
+        .await
+        .unwrap();
+    run(router, "admin", doc! {"split": "app.items", "middle": {"k": 0}})
+        .await
+        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"moveChunk": "app.items", "find": {"k": 0}, "to": "shard1", "_waitForDelete": true},
+    )
+    .await
+    .unwrap();
+}
+
+/// A raw change stream on `app.items` through the router.
+struct Stream<'a> {
+    client: &'a Client,
+    id: i64,
+}
+
+impl<'a> Stream<'a> {
+    async fn open(client: &'a Client, spec: Document) -> (Stream<'a>, Vec<Document>) {
+        let reply = run(
+            client,
+            "app",
+            doc! {"aggregate": "items", "pipeline": [{"$changeStream": spec}], "cursor": {}},
+        )
+        .await
+        .expect("change stream opens");
+        let cursor = reply.get_document("cursor").unwrap();
+        assert!(cursor.get_document("postBatchResumeToken").is_ok());
+        let first = batch(cursor, "firstBatch");
+        (
+            Stream {
+                client,
+                id: cursor.get_i64("id").unwrap(),
+            },
+            first,
+        )
+    }
+
+    /// One getMore waiting up to `wait`: its events and postBatchResumeToken.
+    async fn get_more(&self, wait: Duration) -> (Vec<Document>, Document) {
+        let reply = run(
+            self.client,
+            "app",
+            doc! {"getMore": self.id, "collection": "items", "maxTimeMS": wait.as_millis() as i64},
+        )
+        .await
+        .expect("getMore succeeds");
+        let cursor = reply.get_document("cursor").unwrap();
+        let token = cursor
+            .get_document("postBatchResumeToken")
+            .expect("every batch has a postBatchResumeToken")
+            .clone();
+        (batch(cursor, "nextBatch"), token)
+    }
+
+    /// Events until there are `n`, failing after ten seconds.
+    async fn events(&self, n: usize) -> Vec<Document> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = Vec::new();
+        while out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} events arrived: {out:?}",
+                out.len()
+            );
+            out.extend(self.get_more(Duration::from_millis(500)).await.0);
+        }
+        out
+    }
+}
+
+fn batch(cursor: &Document, field: &str) -> Vec<Document> {
+    cursor
+        .get_array(field)
+        .unwrap()
+        .iter()
+        .map(|e| e.as_document().unwrap().clone())
+        .collect()
 }
 
 fn ids(events: &[Document]) -> Vec<i32> {
     events
         .iter()
-        .map(|e| {
-            e.get_document("documentKey")
-                .and_then(|k| k.get_i32("_id"))
-                .expect("event has documentKey._id")
-        })
+        .map(|e| e.get_document("documentKey").unwrap().get_i32("_id").unwrap())
         .collect()
 }
 
-/// Pins the router's hold-back: an event of a busy shard must not be returned while an
-/// idle shard has not reported past it (it could still log an older one), and must be
-/// returned once the idle shard's periodic no-op moves its time past the event.
-#[tokio::test]
-async fn idle_shard_holds_events_back_until_its_periodic_noop() {
-    let busy = shard("shard0", Duration::ZERO);
-    let idle = shard("shard1", Duration::from_millis(400));
-    let mut stream = RouterStream::open(
-        &servers(&[&busy, &idle]),
-        Scope::Cluster,
-        &doc! {"allChangesForCluster": true},
-        &[],
-    )
-    .expect("stream opens");
-    let client = client(&busy).await;
-    // Let the idle shard's first no-op pass, so the next one is a full interval away.
-    let coll = client.database("t").collection::<Document>("c");
-    coll.insert_one(doc! {"_id": 1}).await.unwrap();
-    let (first, _) = stream.next_batch(100).unwrap();
-    assert!(
-        first.is_empty(),
-        "an event was returned before the idle shard reported past it: {first:?}"
-    );
-    let events = poll(Duration::from_secs(10), || {
-        let batch = stream.next_batch(100).unwrap().0;
-        async move { (!batch.is_empty()).then_some(batch) }
-    })
-    .await;
-    assert_eq!(ids(&events), vec![1]);
+async fn insert(router: &Client, id: i32, k: i32) {
+    router
+        .database("app")
+        .collection::<Document>("items")
+        .insert_one(doc! {"_id": id, "k": k})
+        .await
+        .unwrap();
 }
 
-/// Pins the merge order: events of several shards come out in cluster-time order, not
-/// shard by shard, and `postBatchResumeToken` resumes on the router after the last one.
-#[tokio::test]
-async fn events_of_all_shards_come_in_cluster_time_order_and_resume() {
-    let a = shard("shard0", Duration::ZERO);
-    let b = shard("shard1", Duration::ZERO);
-    let shards = servers(&[&a, &b]);
-    let spec = doc! {"allChangesForCluster": true};
-    let mut stream = RouterStream::open(&shards, Scope::Cluster, &spec, &[]).unwrap();
-    let ca = client(&a).await;
-    let cb = client(&b).await;
-    for i in 0..6 {
-        let target = if i % 2 == 0 { &ca } else { &cb };
-        target
-            .database("t")
-            .collection::<Document>("c")
-            .insert_one(doc! {"_id": i})
-            .await
-            .unwrap();
-    }
-    // Both shards report past the last insert.
-    for c in [&ca, &cb] {
-        run(c, "admin", doc! {"appendOplogNote": 1, "data": {"tick": 1}})
-            .await
-            .unwrap();
-    }
-    let (events, _) = stream
-        .await_batch(3, Instant::now() + Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(ids(&events), vec![0, 1, 2]);
-    let resume = events[2].get_document("_id").unwrap().clone();
-    let (rest, _) = stream
-        .await_batch(100, Instant::now() + Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(ids(&rest), vec![3, 4, 5]);
-    let mut resumed = RouterStream::open(
-        &shards,
-        Scope::Cluster,
-        &doc! {"allChangesForCluster": true, "resumeAfter": resume},
-        &[],
+/// Makes every shard write a no-op, through the router.
+async fn tick(router: &Client) {
+    run(
+        router,
+        "admin",
+        doc! {"appendOplogNote": 1, "data": {"msg": "tick"}},
     )
+    .await
     .unwrap();
-    let (again, _) = resumed
-        .await_batch(100, Instant::now() + Duration::from_secs(5))
+}
+
+/// Pins the merge: inserts alternating between the shards come out in the order they
+/// were written (cluster time), with the shard key in `documentKey`, and a resume token
+/// of the router resumes right after its event.
+#[tokio::test]
+async fn events_of_all_shards_come_in_cluster_time_order() {
+    let cluster = start(Duration::ZERO, ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    for i in 1..=6 {
+        let k = if i % 2 == 0 { i } else { -i };
+        insert(&router, i, k).await;
+    }
+    tick(&router).await;
+    let events = stream.events(6).await;
+    assert_eq!(ids(&events), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        events[0].get_document("documentKey").unwrap(),
+        &doc! {"k": -1, "_id": 1}
+    );
+    let times: Vec<_> = events
+        .iter()
+        .map(|e| e.get_timestamp("clusterTime").unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| (w[0].time, w[0].increment) < (w[1].time, w[1].increment)));
+    let token = events[2].get_document("_id").unwrap().clone();
+    let (resumed, first) = Stream::open(&router, doc! {"resumeAfter": token}).await;
+    let mut rest = first;
+    if rest.len() < 3 {
+        rest.extend(resumed.events(3 - rest.len()).await);
+    }
+    assert_eq!(ids(&rest), vec![4, 5, 6]);
+}
+
+/// Pins the hold-back and `appendOplogNote` through the router: an event of shard0 is
+/// not returned while shard1 (no periodic no-op) has logged nothing after it; the
+/// no-op the router has every shard write releases it.
+#[tokio::test]
+async fn an_idle_shard_holds_events_back_until_append_oplog_note() {
+    let cluster = start(Duration::ZERO, ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    insert(&router, 1, -1).await;
+    let (held, _) = stream.get_more(Duration::from_millis(300)).await;
+    assert!(held.is_empty(), "returned before shard1 reported: {held:?}");
+    tick(&router).await;
+    assert_eq!(ids(&stream.events(1).await), vec![1]);
+}
+
+/// Pins the periodic no-op writer: an idle shard's no-op releases the held event
+/// without any other write.
+#[tokio::test]
+async fn an_idle_shards_periodic_noop_releases_events() {
+    let cluster = start(Duration::from_millis(200), ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    insert(&router, 1, -1).await;
+    assert_eq!(ids(&stream.events(1).await), vec![1]);
+}
+
+async fn shard_key_update(order: ShardKeyMoveOrder) -> Vec<Document> {
+    let cluster = start(Duration::ZERO, order);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    insert(&router, 1, -5).await;
+    // A retryable write (the driver's default) may change the shard key value.
+    router
+        .database("app")
+        .collection::<Document>("items")
+        .update_one(doc! {"_id": 1, "k": -5}, doc! {"$set": {"k": 5}})
         .await
         .unwrap();
-    assert_eq!(ids(&again), vec![3, 4, 5]);
+    tick(&router).await;
+    stream.events(3).await
+}
+
+fn kinds(events: &[Document]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e.get_str("operationType").unwrap())
+        .collect()
+}
+
+/// Pins a shard-key update through the router's stream: a delete (old key) and an
+/// insert (new key) at one cluster time, delete first by default.
+#[tokio::test]
+async fn a_shard_key_update_is_a_delete_then_an_insert() {
+    let events = shard_key_update(ShardKeyMoveOrder::DeleteFirst).await;
+    assert_eq!(kinds(&events), vec!["insert", "delete", "insert"]);
+    assert_eq!(
+        events[1].get_document("documentKey").unwrap(),
+        &doc! {"k": -5, "_id": 1}
+    );
+    assert_eq!(
+        events[2].get_document("documentKey").unwrap(),
+        &doc! {"k": 5, "_id": 1}
+    );
+    assert_eq!(
+        events[1].get_timestamp("clusterTime").unwrap(),
+        events[2].get_timestamp("clusterTime").unwrap()
+    );
+}
+
+/// Pins the reverse order the sandbox can be told to use: insert, then delete.
+#[tokio::test]
+async fn a_shard_key_update_can_come_as_an_insert_then_a_delete() {
+    let events = shard_key_update(ShardKeyMoveOrder::InsertFirst).await;
+    assert_eq!(kinds(&events), vec!["insert", "insert", "delete"]);
+    assert_eq!(
+        events[1].get_document("documentKey").unwrap(),
+        &doc! {"k": 5, "_id": 1}
+    );
+}
+
+/// Pins that chunk migrations are not reported: the copies on the recipient and the
+/// donor's range deletion are `fromMigrate`, so only the marker insert arrives.
+#[tokio::test]
+async fn chunk_migrations_are_not_reported() {
+    let cluster = start(Duration::ZERO, ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    for i in 1..=5 {
+        insert(&router, i, i).await;
+    }
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    run(
+        &router,
+        "admin",
+        doc! {"moveChunk": "app.items", "find": {"k": 1}, "to": "shard0", "_waitForDelete": true},
+    )
+    .await
+    .unwrap();
+    insert(&router, 100, 100).await;
+    tick(&router).await;
+    let events = stream.events(1).await;
+    assert_eq!(ids(&events), vec![100]);
+    let (after, _) = stream.get_more(Duration::from_millis(100)).await;
+    assert!(after.is_empty(), "migration writes were reported: {after:?}");
+}
+
+/// Pins `showExpandedEvents` through the router: sharding a collection is reported as a
+/// `shardCollection` event with its key.
+#[tokio::test]
+async fn shard_collection_is_an_expanded_event() {
+    let cluster = start(Duration::from_millis(200), ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
+        .await
+        .unwrap();
+    let reply = run(
+        &router,
+        "app",
+        doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"showExpandedEvents": true}}], "cursor": {}},
+    )
+    .await
+    .unwrap();
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    run(&router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        assert!(Instant::now() < deadline, "no shardCollection event");
+        let reply = run(
+            &router,
+            "app",
+            doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 500},
+        )
+        .await
+        .unwrap();
+        let found = batch(reply.get_document("cursor").unwrap(), "nextBatch")
+            .into_iter()
+            .find(|e| e.get_str("operationType") == Ok("shardCollection"));
+        if let Some(e) = found {
+            break e;
+        }
+    };
+    assert_eq!(
+        event.get_document("ns").unwrap(),
+        &doc! {"db": "app", "coll": "items"}
+    );
+    let description = event.get_document("operationDescription").unwrap();
+    assert_eq!(description.get("shardKey"), Some(&Bson::Document(doc! {"k": 1})));
 }

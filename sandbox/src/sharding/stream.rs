@@ -6,9 +6,10 @@
 //! writes something, which its periodic no-op writer or `appendOplogNote` does.
 //!
 //! Resume tokens are the shard tokens' position (cluster time, txnOpIndex, fragment,
-//! kind) followed by the ordinal of the shard the event came from, which orders events
-//! that share a cluster time (a document moving shard is a delete and an insert at one
-//! cluster time); byte order is still stream order, and a token resumes on the router.
+//! kind) followed by a tie rank and the ordinal of the shard the event came from, which
+//! order events of several shards at one cluster time (a document moving shard is a
+//! delete and an insert at one cluster time, in the order the router wrote them); byte
+//! order is still stream order, and a token resumes on the router.
 //! Events are merged as documents; the stages after `$changeStream` run on the router,
 //! after the merge, as the real router runs them.
 
@@ -34,7 +35,10 @@ const TOKEN_INVALIDATE: u8 = 1;
 /// The shard ordinal of a high-water-mark token: after every shard's events at its
 /// position.
 const ALL_SHARDS: u16 = u16::MAX;
-/// Length of a shard token's `_data`; a router token adds four hex digits.
+/// The tie rank of a high-water-mark token.
+const LAST_TIE: u8 = u8::MAX;
+/// Length of a shard token's `_data`; a router token adds six hex digits (tie rank and
+/// shard ordinal).
 const SHARD_TOKEN_LEN: usize = 32;
 
 /// A decoded router resume token.
@@ -43,6 +47,9 @@ pub struct RouterToken {
     pub position: OplogPosition,
     pub fragment: u16,
     pub kind: u8,
+    /// Among events of several shards at one position: 0 for the operation type the
+    /// router writes first (see [`RouterStream::open`]), 1 for others.
+    pub tie: u8,
     /// Ordinal of the shard the event came from ([`ALL_SHARDS`] on high-water marks).
     pub shard: u16,
 }
@@ -53,6 +60,7 @@ impl RouterToken {
             position,
             fragment: 0,
             kind: 0,
+            tie: LAST_TIE,
             shard: ALL_SHARDS,
         }
     }
@@ -61,7 +69,7 @@ impl RouterToken {
     pub fn encode(&self) -> Document {
         let shard_token = encode_fragment_token(self.position, self.fragment, self.kind);
         let data = shard_token.get_str("_data").unwrap_or_default();
-        doc! {"_data": format!("{data}{:04X}", self.shard)}
+        doc! {"_data": format!("{data}{:02X}{:04X}", self.tie, self.shard)}
     }
 
     /// Decodes a router token; a shard token (no ordinal) stands for every shard's events
@@ -72,11 +80,13 @@ impl RouterToken {
         if !data.is_ascii() {
             return Err(bad());
         }
-        let (shard_part, shard) = match data.len() {
-            SHARD_TOKEN_LEN => (data, ALL_SHARDS),
-            n if n == SHARD_TOKEN_LEN + 4 => (
+        let (shard_part, tie, shard) = match data.len() {
+            SHARD_TOKEN_LEN => (data, LAST_TIE, ALL_SHARDS),
+            n if n == SHARD_TOKEN_LEN + 6 => (
                 &data[..SHARD_TOKEN_LEN],
-                u16::from_str_radix(&data[SHARD_TOKEN_LEN..], 16).map_err(|_| bad())?,
+                u8::from_str_radix(&data[SHARD_TOKEN_LEN..SHARD_TOKEN_LEN + 2], 16)
+                    .map_err(|_| bad())?,
+                u16::from_str_radix(&data[SHARD_TOKEN_LEN + 2..], 16).map_err(|_| bad())?,
             ),
             _ => return Err(bad()),
         };
@@ -89,6 +99,7 @@ impl RouterToken {
             position,
             fragment,
             kind,
+            tie,
             shard,
         })
     }
@@ -102,6 +113,10 @@ struct ShardFeed {
     pending: VecDeque<(RouterToken, Document)>,
     /// Everything this shard logged up to here has been read.
     reported: OplogPosition,
+    /// Events at or before this token were returned before the stream resumed.
+    floor: Option<RouterToken>,
+    /// The operation type ranked first among events at one position.
+    first_at_tie: &'static str,
 }
 
 /// An open change stream on a router.
@@ -118,12 +133,15 @@ pub struct RouterStream {
 
 impl RouterStream {
     /// Opens a stream over `shards` (in their fixed order: the ordinal in tokens) from a
-    /// `$changeStream` spec and the stages after it.
+    /// `$changeStream` spec and the stages after it. Events of several shards at one
+    /// cluster time come with `first_at_tie` (an operation type, e.g. "delete") first:
+    /// the order in which the router writes a document that changes shard.
     pub fn open(
         shards: &[Arc<Server>],
         scope: Scope,
         spec: &Document,
         rest: &[Document],
+        first_at_tie: &'static str,
     ) -> CmdResult<RouterStream> {
         let resume_key = ["resumeAfter", "startAfter"]
             .into_iter()
@@ -192,6 +210,8 @@ impl RouterStream {
                     time: 0,
                     increment: 0,
                 }),
+                floor: resume.map(|(_, token)| token),
+                first_at_tie,
             });
         }
         let mut filter = None;
@@ -209,6 +229,7 @@ impl RouterStream {
                     position: OplogPosition::at(*ts),
                     fragment: 0,
                     kind: 0,
+                    tie: 0,
                     shard: 0,
                 },
                 _ => RouterToken::high_water(OplogPosition::end_of(now)),
@@ -330,14 +351,15 @@ enum ShardStart {
     At(Timestamp),
 }
 
-/// Events at one position are ordered by shard ordinal: shards up to the token's have
-/// delivered theirs, later shards still owe theirs.
+/// Where shard `ordinal`'s stream starts when the router resumes after `token`: the
+/// token's own shard after its event; the others at its position, inclusive (their
+/// events there may order after it; the feed drops those that do not).
 fn shard_resume(token: RouterToken, ordinal: u16) -> ShardStart {
     let position = token.position;
     if ordinal == token.shard {
         return ShardStart::After(encode_fragment_token(position, token.fragment, token.kind));
     }
-    if ordinal < token.shard || token.shard == ALL_SHARDS {
+    if token.shard == ALL_SHARDS {
         return ShardStart::After(encode_token(position, token.kind));
     }
     if position.op > 0 {
@@ -374,12 +396,17 @@ impl ShardFeed {
                 .get_document("_id")
                 .map_err(|_| CommandError::new(codes::INTERNAL_ERROR, "change event without _id"))
                 .and_then(decode_token)?;
+            let tie = u8::from(event.get_str("operationType") != Ok(self.first_at_tie));
             let token = RouterToken {
                 position: shard_token.position,
                 fragment: shard_token.fragment,
                 kind: shard_token.kind,
+                tie,
                 shard: ordinal,
             };
+            if self.floor.is_some_and(|floor| token <= floor) {
+                continue;
+            }
             event.insert("_id", token.encode());
             self.pending.push_back((token, event));
         }
@@ -456,7 +483,11 @@ pub fn aggregate(
         .and_then(crate::commands::ddl::as_usize);
     let shards: Vec<Arc<Server>> = router.shard_list().into_iter().map(|s| s.server).collect();
     let ns = scope.cursor_ns();
-    let mut stream = RouterStream::open(&shards, scope, spec, &pipeline[1..])?;
+    let first_at_tie = match router.settings.read().shard_key_move_order {
+        super::ShardKeyMoveOrder::DeleteFirst => "delete",
+        super::ShardKeyMoveOrder::InsertFirst => "insert",
+    };
+    let mut stream = RouterStream::open(&shards, scope, spec, &pipeline[1..], first_at_tie)?;
     let (events, token) = stream.next_batch(batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
     let id = if stream.finished {
         0

@@ -1,0 +1,189 @@
+//! The balancer: it moves chunks on its own while enabled, from the shard with most
+//! chunks to the one with fewest, and stops when told (`balancerStop`, `noBalance`);
+//! `balancerStatus` reports its mode.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client_for, code, poll, run};
+use ferry_sandbox::{ShardedCluster, ShardedOptions};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+
+/// How often the balancer runs in these tests.
+const INTERVAL: Duration = Duration::from_millis(100);
+
+fn start() -> ShardedCluster {
+    ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        balancer_interval: INTERVAL,
+        orphan_cleanup_delay: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .expect("cluster starts")
+}
+
+/// `app.items` sharded on `{k: 1}`, on shard0, in four chunks (split at 25, 50, 75),
+/// with documents k = 0..100.
+async fn four_chunks_on_shard0(router: &Client) {
+    run(router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
+        .await
+        .unwrap();
+    run(router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
+        .await
+        .unwrap();
+    let docs: Vec<Document> = (0..100).map(|k| doc! {"_id": k, "k": k}).collect();
+    router
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    for at in [25, 50, 75] {
+        run(router, "admin", doc! {"split": "app.items", "middle": {"k": at}})
+            .await
+            .unwrap();
+    }
+}
+
+/// Chunks per shard of `app.items`: (on shard0, on shard1).
+async fn spread(router: &Client) -> (usize, usize) {
+    let config = router.database("config");
+    let coll = config
+        .collection::<Document>("collections")
+        .find_one(doc! {"_id": "app.items"})
+        .await
+        .unwrap()
+        .expect("app.items is sharded");
+    let chunks: Vec<Document> = config
+        .collection::<Document>("chunks")
+        .find(doc! {"uuid": coll.get("uuid").unwrap().clone()})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let on = |shard: &str| chunks.iter().filter(|c| c.get_str("shard") == Ok(shard)).count();
+    (on("shard0"), on("shard1"))
+}
+
+async fn balanced(router: &Client) {
+    poll(Duration::from_secs(20), || async {
+        (spread(router).await == (2, 2)).then_some(())
+    })
+    .await;
+}
+
+async fn status(router: &Client) -> Document {
+    run(router, "admin", doc! {"balancerStatus": 1}).await.unwrap()
+}
+
+/// Pins the running balancer: with no command from anyone, chunks move from the shard
+/// holding all of them until both hold two, and the data stays whole through the
+/// router.
+#[tokio::test]
+async fn the_balancer_moves_chunks_on_its_own() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    four_chunks_on_shard0(&router).await;
+    balanced(&router).await;
+    let all: Vec<Document> = router
+        .database("app")
+        .collection::<Document>("items")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 100);
+    let status = status(&router).await;
+    assert_eq!(status.get_str("mode").unwrap(), "full");
+    assert!(status.get_bool("inBalancerRound").is_ok());
+}
+
+/// Pins `balancerStop`: a stopped balancer reports mode "off" and moves nothing for
+/// many intervals; `balancerStart` resumes it. (Waiting out intervals is the only way
+/// to observe that nothing happens.)
+#[tokio::test]
+async fn a_stopped_balancer_moves_nothing_until_started() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
+    assert_eq!(status(&router).await.get_str("mode").unwrap(), "off");
+    let settings = router
+        .database("config")
+        .collection::<Document>("settings")
+        .find_one(doc! {"_id": "balancer"})
+        .await
+        .unwrap()
+        .expect("config.settings has the balancer document");
+    assert_eq!(settings.get_bool("stopped"), Ok(true));
+    four_chunks_on_shard0(&router).await;
+    tokio::time::sleep(INTERVAL * 10).await;
+    assert_eq!(spread(&router).await, (4, 0));
+    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    assert_eq!(status(&router).await.get_str("mode").unwrap(), "full");
+    balanced(&router).await;
+}
+
+/// Pins per-collection `noBalance`: the balancer leaves such a collection alone until
+/// the flag is cleared.
+#[tokio::test]
+async fn no_balance_keeps_a_collection_in_place() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
+    four_chunks_on_shard0(&router).await;
+    let collections = router.database("config").collection::<Document>("collections");
+    collections
+        .update_one(doc! {"_id": "app.items"}, doc! {"$set": {"noBalance": true}})
+        .await
+        .unwrap();
+    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    tokio::time::sleep(INTERVAL * 10).await;
+    assert_eq!(spread(&router).await, (4, 0));
+    collections
+        .update_one(doc! {"_id": "app.items"}, doc! {"$set": {"noBalance": false}})
+        .await
+        .unwrap();
+    balanced(&router).await;
+}
+
+/// Pins `setAllowMigrations: false`: neither the balancer nor `moveChunk` (117
+/// ConflictingOperationInProgress) moves the collection's chunks.
+#[tokio::test]
+async fn disallowed_migrations_stop_the_balancer_and_move_chunk() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
+    four_chunks_on_shard0(&router).await;
+    run(
+        &router,
+        "admin",
+        doc! {"setAllowMigrations": "app.items", "allowMigrations": false},
+    )
+    .await
+    .unwrap();
+    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    let err = run(
+        &router,
+        "admin",
+        doc! {"moveChunk": "app.items", "find": {"k": 1}, "to": "shard1"},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 117);
+    tokio::time::sleep(INTERVAL * 10).await;
+    assert_eq!(spread(&router).await, (4, 0));
+    run(
+        &router,
+        "admin",
+        doc! {"setAllowMigrations": "app.items", "allowMigrations": true},
+    )
+    .await
+    .unwrap();
+    balanced(&router).await;
+}

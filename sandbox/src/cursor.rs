@@ -127,11 +127,14 @@ impl EncodedBatch {
         let mut rest = &self.bytes[..];
         while let Some((_, after_type)) = rest.split_first() {
             // Skip the element's index key (a C string).
-            let key_end = after_type.iter().position(|b| *b == 0).map_or(after_type.len(), |i| i + 1);
+            let key_end = after_type
+                .iter()
+                .position(|b| *b == 0)
+                .map_or(after_type.len(), |i| i + 1);
             let body = &after_type[key_end..];
-            let len = body
-                .get(..4)
-                .map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize);
+            let len = body.get(..4).map_or(0, |b| {
+                i32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize
+            });
             let (doc, next) = body.split_at(len.min(body.len()));
             out.push(Document::from_reader(doc)?);
             rest = next;

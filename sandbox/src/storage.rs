@@ -1244,10 +1244,10 @@ impl Storage {
         }
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
-        let key = c.document_key(&old);
-        let mut change = Change::new(EventKind::Delete, db, coll, key.clone());
+        let document_key = c.document_key(&old);
+        let mut change = Change::new(EventKind::Delete, db, coll, document_key.clone());
         change.uuid = Some(uuid);
-        change.document_key = Some(key);
+        change.document_key = Some(document_key);
         change.from_migrate = from_migrate;
         let recording = self.versions.recording();
         let before = recording.then(|| old.clone());

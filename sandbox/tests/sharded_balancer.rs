@@ -28,12 +28,20 @@ fn start() -> ShardedCluster {
 /// `app.items` sharded on `{k: 1}`, on shard0, in four chunks (split at 25, 50, 75),
 /// with documents k = 0..100.
 async fn four_chunks_on_shard0(router: &Client) {
-    run(router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
-        .await
-        .unwrap();
-    run(router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
-        .await
-        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
     let docs: Vec<Document> = (0..100).map(|k| doc! {"_id": k, "k": k}).collect();
     router
         .database("app")
@@ -42,9 +50,13 @@ async fn four_chunks_on_shard0(router: &Client) {
         .await
         .unwrap();
     for at in [25, 50, 75] {
-        run(router, "admin", doc! {"split": "app.items", "middle": {"k": at}})
-            .await
-            .unwrap();
+        run(
+            router,
+            "admin",
+            doc! {"split": "app.items", "middle": {"k": at}},
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -65,7 +77,12 @@ async fn spread(router: &Client) -> (usize, usize) {
         .try_collect()
         .await
         .unwrap();
-    let on = |shard: &str| chunks.iter().filter(|c| c.get_str("shard") == Ok(shard)).count();
+    let on = |shard: &str| {
+        chunks
+            .iter()
+            .filter(|c| c.get_str("shard") == Ok(shard))
+            .count()
+    };
     (on("shard0"), on("shard1"))
 }
 
@@ -77,7 +94,9 @@ async fn balanced(router: &Client) {
 }
 
 async fn status(router: &Client) -> Document {
-    run(router, "admin", doc! {"balancerStatus": 1}).await.unwrap()
+    run(router, "admin", doc! {"balancerStatus": 1})
+        .await
+        .unwrap()
 }
 
 /// Pins the running balancer: with no command from anyone, chunks move from the shard
@@ -111,7 +130,9 @@ async fn the_balancer_moves_chunks_on_its_own() {
 async fn a_stopped_balancer_moves_nothing_until_started() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
+    run(&router, "admin", doc! {"balancerStop": 1})
+        .await
+        .unwrap();
     assert_eq!(status(&router).await.get_str("mode").unwrap(), "off");
     let settings = router
         .database("config")
@@ -124,7 +145,9 @@ async fn a_stopped_balancer_moves_nothing_until_started() {
     four_chunks_on_shard0(&router).await;
     tokio::time::sleep(INTERVAL * 10).await;
     assert_eq!(spread(&router).await, (4, 0));
-    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    run(&router, "admin", doc! {"balancerStart": 1})
+        .await
+        .unwrap();
     assert_eq!(status(&router).await.get_str("mode").unwrap(), "full");
     balanced(&router).await;
 }
@@ -135,18 +158,30 @@ async fn a_stopped_balancer_moves_nothing_until_started() {
 async fn no_balance_keeps_a_collection_in_place() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
-    four_chunks_on_shard0(&router).await;
-    let collections = router.database("config").collection::<Document>("collections");
-    collections
-        .update_one(doc! {"_id": "app.items"}, doc! {"$set": {"noBalance": true}})
+    run(&router, "admin", doc! {"balancerStop": 1})
         .await
         .unwrap();
-    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    four_chunks_on_shard0(&router).await;
+    let collections = router
+        .database("config")
+        .collection::<Document>("collections");
+    collections
+        .update_one(
+            doc! {"_id": "app.items"},
+            doc! {"$set": {"noBalance": true}},
+        )
+        .await
+        .unwrap();
+    run(&router, "admin", doc! {"balancerStart": 1})
+        .await
+        .unwrap();
     tokio::time::sleep(INTERVAL * 10).await;
     assert_eq!(spread(&router).await, (4, 0));
     collections
-        .update_one(doc! {"_id": "app.items"}, doc! {"$set": {"noBalance": false}})
+        .update_one(
+            doc! {"_id": "app.items"},
+            doc! {"$set": {"noBalance": false}},
+        )
         .await
         .unwrap();
     balanced(&router).await;
@@ -158,7 +193,9 @@ async fn no_balance_keeps_a_collection_in_place() {
 async fn disallowed_migrations_stop_the_balancer_and_move_chunk() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"balancerStop": 1}).await.unwrap();
+    run(&router, "admin", doc! {"balancerStop": 1})
+        .await
+        .unwrap();
     four_chunks_on_shard0(&router).await;
     run(
         &router,
@@ -167,7 +204,9 @@ async fn disallowed_migrations_stop_the_balancer_and_move_chunk() {
     )
     .await
     .unwrap();
-    run(&router, "admin", doc! {"balancerStart": 1}).await.unwrap();
+    run(&router, "admin", doc! {"balancerStart": 1})
+        .await
+        .unwrap();
     let err = run(
         &router,
         "admin",

@@ -27,15 +27,27 @@ fn start(noop: Duration, order: ShardKeyMoveOrder) -> ShardedCluster {
 
 /// `app.items` sharded on `{k: 1}`: negative keys on shard0, the rest on shard1.
 async fn split_over_two_shards(router: &Client) {
-    run(router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
-        .await
-        .unwrap();
-    run(router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
-        .await
-        .unwrap();
-    run(router, "admin", doc! {"split": "app.items", "middle": {"k": 0}})
-        .await
-        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"split": "app.items", "middle": {"k": 0}},
+    )
+    .await
+    .unwrap();
     run(
         router,
         "admin",
@@ -117,7 +129,12 @@ fn batch(cursor: &Document, field: &str) -> Vec<Document> {
 fn ids(events: &[Document]) -> Vec<i32> {
     events
         .iter()
-        .map(|e| e.get_document("documentKey").unwrap().get_i32("_id").unwrap())
+        .map(|e| {
+            e.get_document("documentKey")
+                .unwrap()
+                .get_i32("_id")
+                .unwrap()
+        })
         .collect()
 }
 
@@ -165,7 +182,9 @@ async fn events_of_all_shards_come_in_cluster_time_order() {
         .iter()
         .map(|e| e.get_timestamp("clusterTime").unwrap())
         .collect();
-    assert!(times.windows(2).all(|w| (w[0].time, w[0].increment) < (w[1].time, w[1].increment)));
+    assert!(times
+        .windows(2)
+        .all(|w| (w[0].time, w[0].increment) < (w[1].time, w[1].increment)));
     let token = events[2].get_document("_id").unwrap().clone();
     let (resumed, first) = Stream::open(&router, doc! {"resumeAfter": token}).await;
     let mut rest = first;
@@ -281,7 +300,10 @@ async fn chunk_migrations_are_not_reported() {
     let events = stream.events(1).await;
     assert_eq!(ids(&events), vec![100]);
     let (after, _) = stream.get_more(Duration::from_millis(100)).await;
-    assert!(after.is_empty(), "migration writes were reported: {after:?}");
+    assert!(
+        after.is_empty(),
+        "migration writes were reported: {after:?}"
+    );
 }
 
 /// Pins `showExpandedEvents` through the router: sharding a collection is reported as a
@@ -290,9 +312,13 @@ async fn chunk_migrations_are_not_reported() {
 async fn shard_collection_is_an_expanded_event() {
     let cluster = start(Duration::from_millis(200), ShardKeyMoveOrder::DeleteFirst);
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
-        .await
-        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
     let reply = run(
         &router,
         "app",
@@ -301,9 +327,13 @@ async fn shard_collection_is_an_expanded_event() {
     .await
     .unwrap();
     let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
-    run(&router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
-        .await
-        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let event = loop {
         assert!(Instant::now() < deadline, "no shardCollection event");
@@ -326,5 +356,8 @@ async fn shard_collection_is_an_expanded_event() {
         &doc! {"db": "app", "coll": "items"}
     );
     let description = event.get_document("operationDescription").unwrap();
-    assert_eq!(description.get("shardKey"), Some(&Bson::Document(doc! {"k": 1})));
+    assert_eq!(
+        description.get("shardKey"),
+        Some(&Bson::Document(doc! {"k": 1}))
+    );
 }

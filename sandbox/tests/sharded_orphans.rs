@@ -27,12 +27,20 @@ fn start(cleanup_delay: Duration) -> ShardedCluster {
 
 /// `app.items` sharded on `{k: 1}` on shard0 with documents k = 0..100, split at 50.
 async fn items(router: &Client) {
-    run(router, "admin", doc! {"enableSharding": "app", "primaryShard": "shard0"})
-        .await
-        .unwrap();
-    run(router, "admin", doc! {"shardCollection": "app.items", "key": {"k": 1}})
-        .await
-        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
     let docs: Vec<Document> = (0..100).map(|k| doc! {"_id": k, "k": k}).collect();
     router
         .database("app")
@@ -40,9 +48,13 @@ async fn items(router: &Client) {
         .insert_many(docs)
         .await
         .unwrap();
-    run(router, "admin", doc! {"split": "app.items", "middle": {"k": 50}})
-        .await
-        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"split": "app.items", "middle": {"k": 50}},
+    )
+    .await
+    .unwrap();
 }
 
 async fn move_upper_half(router: &Client, wait_for_delete: bool) {
@@ -106,7 +118,11 @@ async fn orphans_are_visible_on_the_donor_but_never_through_the_router() {
     items(&router).await;
     move_upper_half(&router, false).await;
     assert_eq!(chunk_shards(&router).await, vec!["shard0", "shard1"]);
-    assert_eq!(count(&direct(&cluster, "shard0").await).await, 100, "donor keeps orphans");
+    assert_eq!(
+        count(&direct(&cluster, "shard0").await).await,
+        100,
+        "donor keeps orphans"
+    );
     assert_eq!(count(&direct(&cluster, "shard1").await).await, 50);
     assert_eq!(count(&router).await, 100, "the router returns no orphan");
     let upper: Vec<Document> = router
@@ -310,6 +326,9 @@ async fn move_range_splits_and_merge_chunks_joins() {
     )
     .await
     .unwrap();
-    assert_eq!(chunk_shards(&router).await, vec!["shard0", "shard1", "shard0"]);
+    assert_eq!(
+        chunk_shards(&router).await,
+        vec!["shard0", "shard1", "shard0"]
+    );
     assert_eq!(count(&router).await, 100);
 }

@@ -32,8 +32,6 @@ const RANGE_DELETIONS: &str = "rangeDeletions";
 
 /// 118 NamespaceNotSharded.
 const NAMESPACE_NOT_SHARDED: i32 = 118;
-/// 70 ShardNotFound.
-const SHARD_NOT_FOUND: i32 = 70;
 
 /// The sharded collection `ns` as the catalog has it, or 118 NamespaceNotSharded.
 pub fn sharded_collection(router: &Router, ns: &str) -> CmdResult<CollectionEntry> {
@@ -50,7 +48,7 @@ pub fn sharded_collection(router: &Router, ns: &str) -> CmdResult<CollectionEntr
 pub fn shard_named(router: &Router, name: &str) -> CmdResult<Shard> {
     router.shard(name).ok_or_else(|| {
         CommandError::new(
-            SHARD_NOT_FOUND,
+            codes::SHARD_NOT_FOUND,
             format!("Shard {name} not found; listShards names the cluster's shards"),
         )
     })

@@ -190,10 +190,7 @@ impl RouterStream {
                     }
                 }
                 None if !start_at => {
-                    shard_spec.insert(
-                        "resumeAfter",
-                        encode_token(OplogPosition::end_of(now), 0),
-                    );
+                    shard_spec.insert("resumeAfter", encode_token(OplogPosition::end_of(now), 0));
                 }
                 None => {}
             }
@@ -442,11 +439,20 @@ pub fn is_change_stream(cmd: &Document) -> bool {
         .is_some_and(|s| s.contains_key("$changeStream"))
 }
 
+/// What a router's change stream runs over: the shards in their fixed order, the users
+/// privileges are checked against (the config server's), and the operation type that
+/// comes first among events of several shards at one cluster time.
+pub struct RouterSide<'a> {
+    pub shards: Vec<Arc<Server>>,
+    pub users: &'a crate::auth::users::UserStore,
+    pub first_at_tie: &'static str,
+}
+
 /// `aggregate` with `$changeStream` on a router: opens a [`RouterStream`] over every
-/// shard as a cursor of the router, with its first batch.
+/// shard as a cursor of the router (`server`), with its first batch.
 pub fn aggregate(
     server: &Arc<Server>,
-    router: &super::Router,
+    side: RouterSide<'_>,
     conn: &crate::dispatch::Connection,
     db: &str,
     cmd: &Document,
@@ -475,19 +481,15 @@ pub fn aggregate(
         }
     };
     let scope = Scope::of_request(db, coll, spec)?;
-    authorize(router, conn, &scope)?;
+    authorize(side.users, conn, &scope)?;
     let batch_size = cmd
         .get_document("cursor")
         .ok()
         .and_then(|c| c.get("batchSize"))
         .and_then(crate::commands::ddl::as_usize);
-    let shards: Vec<Arc<Server>> = router.shard_list().into_iter().map(|s| s.server).collect();
     let ns = scope.cursor_ns();
-    let first_at_tie = match router.settings.read().shard_key_move_order {
-        super::ShardKeyMoveOrder::DeleteFirst => "delete",
-        super::ShardKeyMoveOrder::InsertFirst => "insert",
-    };
-    let mut stream = RouterStream::open(&shards, scope, spec, &pipeline[1..], first_at_tie)?;
+    let mut stream =
+        RouterStream::open(&side.shards, scope, spec, &pipeline[1..], side.first_at_tie)?;
     let (events, token) = stream.next_batch(batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
     let id = if stream.finished {
         0
@@ -499,7 +501,7 @@ pub fn aggregate(
             owner: owner(conn),
         })
     };
-    Ok(reply(true, &events, token, id, ns)?)
+    reply(true, &events, token, id, ns)
 }
 
 /// A router cursor belongs to the users its connection authenticated as.
@@ -513,12 +515,12 @@ fn owner(conn: &crate::dispatch::Connection) -> Vec<String> {
 /// The privileges a change stream needs (`changeStream` and `find` on its scope), checked
 /// against the users the client authenticated as on the router.
 fn authorize(
-    router: &super::Router,
+    users: &crate::auth::users::UserStore,
     conn: &crate::dispatch::Connection,
     scope: &Scope,
 ) -> CmdResult<()> {
     use crate::auth::roles::{is_authorized, Action};
-    if router.config.users.is_empty() {
+    if users.is_empty() {
         return Ok(());
     }
     let roles: Vec<_> = conn
@@ -577,13 +579,18 @@ pub async fn get_more(
         _ => return None,
     };
     let mut cursor = server.cursors.take(id)?;
-    if !matches!(cursor.state, crate::cursor::CursorState::RouterChangeStream(_)) {
+    if !matches!(
+        cursor.state,
+        crate::cursor::CursorState::RouterChangeStream(_)
+    ) {
         server.cursors.put_back(id, cursor);
         return None;
     }
     let coll = cmd.get_str("collection").unwrap_or_default();
     let expected = format!("{db}.{coll}");
-    if cursor.ns != expected && !(cursor.ns.starts_with(&format!("{db}.$cmd")) && coll.starts_with("$cmd")) {
+    if cursor.ns != expected
+        && !(cursor.ns.starts_with(&format!("{db}.$cmd")) && coll.starts_with("$cmd"))
+    {
         server.cursors.put_back(id, cursor);
         return Some(Err(CommandError::unauthorized(format!(
             "Requested getMore on namespace '{expected}', but cursor belongs to a different namespace"
@@ -603,7 +610,9 @@ pub async fn get_more(
     let wait = cmd
         .get("maxTimeMS")
         .and_then(crate::commands::ddl::as_usize)
-        .map_or(DEFAULT_AWAIT, |ms| std::time::Duration::from_millis(ms as u64));
+        .map_or(DEFAULT_AWAIT, |ms| {
+            std::time::Duration::from_millis(ms as u64)
+        });
     let crate::cursor::CursorState::RouterChangeStream(stream) = &mut cursor.state else {
         return None;
     };

@@ -8,8 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client_for, run};
-use ferry_sandbox::{ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
+use common::{client_for, poll, run};
+use ferry_sandbox::{SandboxOptions, ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
@@ -360,4 +361,27 @@ async fn shard_collection_is_an_expanded_event() {
         description.get("shardKey"),
         Some(&Bson::Document(doc! {"k": 1}))
     );
+}
+
+/// Pins the per-node periodic no-op interval (`--periodic-noop-ms`): an idle primary
+/// logs a no-op on its own within a few intervals.
+#[tokio::test]
+async fn an_idle_primary_logs_periodic_noops() {
+    let sandbox = common::start_with(SandboxOptions {
+        periodic_noop_interval: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let client = common::client(&sandbox).await;
+    let oplog = client.database("local").collection::<Document>("oplog.rs");
+    poll(Duration::from_secs(10), || async {
+        let noops: Vec<Document> = oplog
+            .find(doc! {"op": "n", "o.msg": "periodic noop"})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        (!noops.is_empty()).then_some(())
+    })
+    .await;
 }

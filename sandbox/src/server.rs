@@ -20,8 +20,9 @@ use crate::dispatch::{self, Connection};
 use crate::storage::Storage;
 use crate::wire::{self, Request};
 
-/// Interval of the idle primary's no-op oplog writes.
-const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
+/// Interval of the idle primary's no-op oplog writes: the real server's
+/// `periodicNoopIntervalSecs` default.
+pub const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to start a sandbox replica set member.
 #[derive(Clone, Debug)]
@@ -36,6 +37,14 @@ pub struct SandboxOptions {
     pub users: Vec<(String, String, Vec<String>)>,
     pub tls: Option<TlsFiles>,
     pub oplog_max_events: Option<usize>,
+    /// How often an idle primary writes its periodic no-op.
+    pub periodic_noop_interval: Duration,
+    /// What this node is: a replica set member (the default), or one node of a sandbox
+    /// sharded cluster (see [`crate::sharding`]).
+    pub role: crate::sharding::NodeRole,
+    /// Shared by every node of a sharded cluster, so cluster time is one sequence; a
+    /// replica set gets its own.
+    pub clock: crate::storage::ClusterClock,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +63,9 @@ impl Default for SandboxOptions {
             users: Vec::new(),
             tls: None,
             oplog_max_events: None,
+            periodic_noop_interval: PERIODIC_NOOP_INTERVAL,
+            role: crate::sharding::NodeRole::ReplicaSetMember,
+            clock: crate::storage::ClusterClock::default(),
         }
     }
 }
@@ -256,7 +268,10 @@ impl Sandbox {
         let (disconnect, _) = watch::channel(0u64);
         let server = Arc::new(Server {
             address: format!("{}:{}", options.host, local.0.port()),
-            storage: Mutex::new(Storage::new(options.oplog_max_events)),
+            storage: Mutex::new(Storage::with_clock(
+                options.oplog_max_events,
+                options.clock.clone(),
+            )),
             options,
             oplog_appended: Notify::new(),
             cursors: CursorRegistry::default(),
@@ -411,10 +426,12 @@ async fn accept_loop(
     // A primary writes a no-op every 10 s when idle, so majority time and change-stream
     // high-water marks keep moving (the server's periodic no-op writer).
     let noop_server = server.clone();
+    let noop_interval = server.options.periodic_noop_interval;
+    let stores_data = !server.options.role.is_router();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
-            if noop_server.is_primary() {
+            tokio::time::sleep(noop_interval).await;
+            if stores_data && noop_server.is_primary() {
                 noop_server
                     .storage
                     .lock()
@@ -472,7 +489,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 command,
             } => {
                 let reply = tokio::select! {
-                    r = dispatch::run_command(&server, &mut conn, command) => r,
+                    r = run_command(&server, &mut conn, command) => r,
                     _ = disconnect.changed() => return,
                 };
                 if more_to_come {
@@ -485,8 +502,21 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 collection,
                 query,
             } => {
-                let reply =
-                    dispatch::run_legacy_query(&server, &mut conn, &collection, query).await;
+                let reply = match server.options.role.router() {
+                    Some(router) => {
+                        crate::sharding::router::run_legacy_query(
+                            &server,
+                            router,
+                            &mut conn,
+                            &collection,
+                            query,
+                        )
+                        .await
+                    }
+                    None => {
+                        dispatch::run_legacy_query(&server, &mut conn, &collection, query).await
+                    }
+                };
                 wire::encode_op_reply(request_id, &reply)
             }
         };
@@ -501,5 +531,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
             let _ = writer.shutdown().await;
             return;
         }
+    }
+}
+
+/// One command of a client connection: a router routes it over its cluster; any other
+/// node runs it itself.
+async fn run_command(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    command: bson::Document,
+) -> crate::wire::Reply {
+    match server.options.role.router() {
+        Some(router) => crate::sharding::router::run_command(server, router, conn, command).await,
+        None => dispatch::run_command(server, conn, command).await,
     }
 }

@@ -88,6 +88,7 @@ pub fn options_from(args: &SandboxArgs) -> Result<SandboxOptions, String> {
         tls,
         oplog_max_events: args.oplog_max_events,
         periodic_noop_interval: std::time::Duration::from_millis(args.periodic_noop_ms),
+        ..Default::default()
     })
 }
 

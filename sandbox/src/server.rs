@@ -41,6 +41,12 @@ pub struct SandboxOptions {
     /// time and change-stream high-water marks keep moving (and a router's change stream
     /// is not held back by this node for longer). Zero disables the writer.
     pub periodic_noop_interval: Duration,
+    /// What this node is: a replica set member (the default), or one node of a sandbox
+    /// sharded cluster (see [`crate::sharding`]).
+    pub role: crate::sharding::NodeRole,
+    /// Shared by every node of a sharded cluster, so cluster time is one sequence; a
+    /// replica set gets its own.
+    pub clock: crate::storage::ClusterClock,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +66,8 @@ impl Default for SandboxOptions {
             tls: None,
             oplog_max_events: None,
             periodic_noop_interval: PERIODIC_NOOP_INTERVAL,
+            role: crate::sharding::NodeRole::ReplicaSetMember,
+            clock: crate::storage::ClusterClock::default(),
         }
     }
 }
@@ -262,7 +270,10 @@ impl Sandbox {
         let (disconnect, _) = watch::channel(0u64);
         let server = Arc::new(Server {
             address: format!("{}:{}", options.host, local.0.port()),
-            storage: Mutex::new(Storage::new(options.oplog_max_events)),
+            storage: Mutex::new(Storage::with_clock(
+                options.oplog_max_events,
+                options.clock.clone(),
+            )),
             options,
             oplog_appended: Notify::new(),
             cursors: CursorRegistry::default(),
@@ -414,9 +425,13 @@ async fn accept_loop(
             cursor_server.cursors.reap_idle();
         }
     });
+    // The router stores no data: only data-bearing nodes write periodic no-ops.
     let interval = server.options.periodic_noop_interval;
-    if !interval.is_zero() {
+    if !interval.is_zero() && !server.options.role.is_router() {
         tokio::spawn(periodic_noop_writer(server.clone(), interval));
+    }
+    if let Some(router) = server.options.role.router() {
+        crate::sharding::balancer::spawn(router);
     }
     loop {
         tokio::select! {
@@ -494,7 +509,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 command,
             } => {
                 let reply = tokio::select! {
-                    r = dispatch::run_command(&server, &mut conn, command) => r,
+                    r = run_command(&server, &mut conn, command) => r,
                     _ = disconnect.changed() => return,
                 };
                 if more_to_come {
@@ -507,8 +522,21 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 collection,
                 query,
             } => {
-                let reply =
-                    dispatch::run_legacy_query(&server, &mut conn, &collection, query).await;
+                let reply = match server.options.role.router() {
+                    Some(router) => {
+                        crate::sharding::router::run_legacy_query(
+                            &server,
+                            router,
+                            &mut conn,
+                            &collection,
+                            query,
+                        )
+                        .await
+                    }
+                    None => {
+                        dispatch::run_legacy_query(&server, &mut conn, &collection, query).await
+                    }
+                };
                 wire::encode_op_reply(request_id, &reply)
             }
         };
@@ -523,5 +551,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
             let _ = writer.shutdown().await;
             return;
         }
+    }
+}
+
+/// One command of a client connection: a router routes it over its cluster; any other
+/// node runs it itself.
+async fn run_command(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    command: bson::Document,
+) -> crate::wire::Reply {
+    match server.options.role.router() {
+        Some(router) => crate::sharding::router::run_command(server, router, conn, command).await,
+        None => dispatch::run_command(server, conn, command).await,
     }
 }

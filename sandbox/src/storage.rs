@@ -706,30 +706,58 @@ pub struct Database {
     pub collections: BTreeMap<String, Collection>,
 }
 
-/// Hands out strictly increasing cluster timestamps (seconds, increment).
-#[derive(Debug, Default)]
-struct Clock {
-    last: Option<Timestamp>,
+/// Hands out strictly increasing cluster timestamps (seconds, increment). Cloning shares
+/// it: every node of a sandbox sharded cluster holds one clone, so cluster time is one
+/// monotonic sequence across the config server, the shards and the router.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterClock {
+    /// The last timestamp handed out, as `time << 32 | increment` (0: none yet).
+    last: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Clock {
-    fn tick(&mut self) -> Timestamp {
+impl ClusterClock {
+    fn pack(ts: Timestamp) -> u64 {
+        ((ts.time as u64) << 32) | ts.increment as u64
+    }
+    fn unpack(v: u64) -> Timestamp {
+        Timestamp {
+            time: (v >> 32) as u32,
+            increment: v as u32,
+        }
+    }
+    /// The next timestamp: after every one handed out before, on any node sharing it.
+    pub fn tick(&self) -> Timestamp {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0);
-        let next = match self.last {
-            Some(last) if last.time >= now => Timestamp {
-                time: last.time,
-                increment: last.increment + 1,
-            },
-            _ => Timestamp {
-                time: now,
-                increment: 1,
-            },
+        let step = |last: u64| {
+            let last = Self::unpack(last);
+            let next = if last.time >= now {
+                Timestamp {
+                    time: last.time,
+                    increment: last.increment + 1,
+                }
+            } else {
+                Timestamp {
+                    time: now,
+                    increment: 1,
+                }
+            };
+            Self::pack(next)
         };
-        self.last = Some(next);
-        next
+        let order = std::sync::atomic::Ordering::SeqCst;
+        let previous = match self.last.fetch_update(order, order, |v| Some(step(v))) {
+            Ok(v) | Err(v) => v,
+        };
+        Self::unpack(step(previous))
+    }
+    /// The newest timestamp handed out, if any.
+    pub fn last(&self) -> Option<Timestamp> {
+        match self.last.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            v => Some(Self::unpack(v)),
+        }
     }
 }
 
@@ -738,7 +766,7 @@ impl Clock {
 pub struct Storage {
     pub dbs: BTreeMap<String, Database>,
     pub oplog: Oplog,
-    clock: Clock,
+    clock: ClusterClock,
     /// Prior versions of documents, kept while a snapshot may read them.
     pub versions: crate::versions::Versions,
     /// Documents held by open transactions.
@@ -747,6 +775,10 @@ pub struct Storage {
     /// last write, and the cluster time when the fault was set (everything written before
     /// it counts as majority-committed).
     pub majority_lag: Option<(std::time::Duration, Timestamp)>,
+    /// While set, writes are logged at this cluster time instead of a fresh one: a
+    /// document that changes shard is deleted on one shard and inserted on the other at
+    /// one cluster time, as the real cluster's cross-shard commit does.
+    pub pinned_time: Option<Timestamp>,
 }
 
 /// A pending change for [`Storage::append`].
@@ -813,7 +845,14 @@ impl Storage {
     /// A new member's data: empty, with the oplog's first entry written at replica-set
     /// initiation, as on a real member.
     pub fn new(max_oplog_entries: Option<usize>) -> Storage {
+        Storage::with_clock(max_oplog_entries, ClusterClock::default())
+    }
+
+    /// A new member's data whose timestamps come from `clock` (shared by the nodes of a
+    /// sharded cluster).
+    pub fn with_clock(max_oplog_entries: Option<usize>, clock: ClusterClock) -> Storage {
         let mut storage = Storage {
+            clock,
             oplog: Oplog {
                 max_entries: max_oplog_entries,
                 ..Default::default()
@@ -826,14 +865,17 @@ impl Storage {
 
     /// The newest timestamp handed out (the cluster time).
     pub fn cluster_time(&mut self) -> Timestamp {
-        match self.clock.last {
+        match self.clock.last() {
             Some(t) => t,
             None => self.clock.tick(),
         }
     }
 
     fn append(&mut self, c: Change) -> Timestamp {
-        let ts = self.clock.tick();
+        let ts = match self.pinned_time {
+            Some(ts) => ts,
+            None => self.clock.tick(),
+        };
         self.oplog.push(OplogEntry {
             ts,
             wall: DateTime::now(),
@@ -865,6 +907,11 @@ impl Storage {
     /// each with a fresh timestamp per `applyOps` group. Returns the last timestamp.
     pub fn next_timestamp(&mut self) -> Timestamp {
         self.clock.tick()
+    }
+
+    /// The clock this storage takes its timestamps from.
+    pub fn clock(&self) -> &ClusterClock {
+        &self.clock
     }
 
     /// Appends an entry whose timestamp was taken with [`Self::next_timestamp`].

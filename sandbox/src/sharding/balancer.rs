@@ -36,7 +36,10 @@ pub struct Balancer {
 /// Runs balancer rounds every `balancer_interval` until the router is gone.
 pub async fn run(router: Weak<Router>) {
     loop {
-        let Some(interval) = router.upgrade().map(|r| r.settings.read().balancer_interval) else {
+        let Some(interval) = router
+            .upgrade()
+            .map(|r| r.settings.read().balancer_interval)
+        else {
             return;
         };
         tokio::time::sleep(interval).await;

@@ -150,7 +150,10 @@ pub fn move_range(router: &Router, cmd: &Document) -> CmdResult<Document> {
 
 fn check_full_key(entry: &CollectionEntry, key: &Document) -> CmdResult<()> {
     let same_fields = key.len() == entry.key.pattern.len()
-        && key.keys().zip(entry.key.pattern.keys()).all(|(a, b)| a == b);
+        && key
+            .keys()
+            .zip(entry.key.pattern.keys())
+            .all(|(a, b)| a == b);
     if same_fields {
         Ok(())
     } else {
@@ -162,14 +165,24 @@ fn check_full_key(entry: &CollectionEntry, key: &Document) -> CmdResult<()> {
 }
 
 /// Splits `chunk` at `at` (a key strictly inside it).
-fn split_at(router: &Router, entry: &CollectionEntry, chunk: &Chunk, at: &Document) -> CmdResult<()> {
+fn split_at(
+    router: &Router,
+    entry: &CollectionEntry,
+    chunk: &Chunk,
+    at: &Document,
+) -> CmdResult<()> {
     if !in_range(at, &chunk.min, &chunk.max) || compare_keys(at, &chunk.min).is_eq() {
         return Err(CommandError::bad_value(format!(
             "split point {at} is not inside the chunk [{}, {}) of {}",
             chunk.min, chunk.max, entry.ns
         )));
     }
-    catalog::split_chunk(&mut router.config.storage.lock(), chunk, at)?;
+    catalog::split_chunk(
+        &mut router.config.storage.lock(),
+        &chunk.id,
+        at.clone(),
+        &chunk.shard,
+    )?;
     router.config.oplog_appended.notify_waiters();
     Ok(())
 }
@@ -205,7 +218,11 @@ pub fn split(router: &Router, cmd: &Document) -> CmdResult<Document> {
 }
 
 /// The median shard key of the chunk's documents on its shard, if it splits the chunk.
-fn median_key(router: &Router, entry: &CollectionEntry, chunk: &Chunk) -> CmdResult<Option<Document>> {
+fn median_key(
+    router: &Router,
+    entry: &CollectionEntry,
+    chunk: &Chunk,
+) -> CmdResult<Option<Document>> {
     let shard = migration::shard_named(router, &chunk.shard)?;
     let (db, coll) = crate::storage::split_ns(&entry.ns);
     let mut keys: Vec<Document> = shard
@@ -245,8 +262,12 @@ pub fn merge_chunks(router: &Router, cmd: &Document) -> CmdResult<Document> {
         .into_iter()
         .filter(|c| !compare_keys(&c.min, &min).is_lt() && !compare_keys(&c.max, &max).is_gt())
         .collect();
-    let covers = chunks.first().is_some_and(|c| compare_keys(&c.min, &min).is_eq())
-        && chunks.last().is_some_and(|c| compare_keys(&c.max, &max).is_eq())
+    let covers = chunks
+        .first()
+        .is_some_and(|c| compare_keys(&c.min, &min).is_eq())
+        && chunks
+            .last()
+            .is_some_and(|c| compare_keys(&c.max, &max).is_eq())
         && chunks
             .windows(2)
             .all(|w| compare_keys(&w[0].max, &w[1].min).is_eq());

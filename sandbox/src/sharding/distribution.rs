@@ -20,7 +20,12 @@ pub fn is_distribution(cmd: &Document) -> bool {
 /// per sharded collection, `{ns, shards: [{shardName, numOrphanedDocs,
 /// numOwnedDocuments, ownedSizeBytes, orphanedSizeBytes}]}`; later stages run on them.
 pub fn aggregate(router: &Router, db: &str, cmd: &Document) -> CmdResult<crate::wire::Reply> {
-    if db != "admin" || !matches!(cmd.get("aggregate"), Some(Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_))) {
+    if db != "admin"
+        || !matches!(
+            cmd.get("aggregate"),
+            Some(Bson::Int32(1) | Bson::Int64(1) | Bson::Double(_))
+        )
+    {
         return Err(CommandError::new(
             codes::INVALID_NAMESPACE,
             "$shardedDataDistribution must be run against the 'admin' database with {aggregate: 1}",

@@ -15,9 +15,9 @@ use super::Router;
 /// `movePrimary: db, to: shard`: copies the database's unsharded collections to `to`,
 /// makes it the primary shard, and drops them on the old one.
 pub fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
-    let db = cmd.get_str("movePrimary").map_err(|_| {
-        CommandError::type_mismatch("movePrimary takes a database name")
-    })?;
+    let db = cmd
+        .get_str("movePrimary")
+        .map_err(|_| CommandError::type_mismatch("movePrimary takes a database name"))?;
     let to = cmd.get_str("to").map_err(|_| {
         CommandError::new(
             codes::MISSING_REQUIRED_FIELD,
@@ -31,9 +31,8 @@ pub fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
         ));
     }
     let to = shard_named(router, to)?;
-    let entry = catalog::database(&router.config.storage.lock(), db).ok_or_else(|| {
-        CommandError::ns_not_found(format!("Database {db} not found"))
-    })?;
+    let entry = catalog::database(&router.config.storage.lock(), db)
+        .ok_or_else(|| CommandError::ns_not_found(format!("Database {db} not found")))?;
     if entry.primary == to.name {
         return Ok(doc! {"primary": format!("{}:{}", to.name, to.server.address)});
     }
@@ -60,7 +59,10 @@ pub fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
             if target.collection(db, &coll).is_some() {
                 return Err(CommandError::new(
                     codes::NAMESPACE_EXISTS,
-                    format!("movePrimary: {db}.{coll} already exists on {}; drop it there first", to.name),
+                    format!(
+                        "movePrimary: {db}.{coll} already exists on {}; drop it there first",
+                        to.name
+                    ),
                 ));
             }
             let docs: Vec<Document> = c.docs.values().map(|d| Document::clone(d)).collect();

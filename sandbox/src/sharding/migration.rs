@@ -30,15 +30,12 @@ use super::{Router, Shard};
 /// Where a shard records the ranges it still has to clean up, as the real shard does.
 const RANGE_DELETIONS: &str = "rangeDeletions";
 
-/// 118 NamespaceNotSharded.
-const NAMESPACE_NOT_SHARDED: i32 = 118;
-
 /// The sharded collection `ns` as the catalog has it, or 118 NamespaceNotSharded.
 pub fn sharded_collection(router: &Router, ns: &str) -> CmdResult<CollectionEntry> {
     let config = router.config.storage.lock();
     catalog::collection(&config, ns).ok_or_else(|| {
         CommandError::new(
-            NAMESPACE_NOT_SHARDED,
+            codes::NAMESPACE_NOT_SHARDED,
             format!("Collection {ns} is not sharded; shard it first with shardCollection"),
         )
     })
@@ -123,7 +120,14 @@ pub fn move_chunk(
         drop(recipient_storage);
         catalog::set_chunk_shard(&mut router.config.storage.lock(), &chunk.id, &to.name)?;
         if wait_for_delete {
-            delete_range(&mut donor_storage, db, coll, &entry.key, &chunk.min, &chunk.max);
+            delete_range(
+                &mut donor_storage,
+                db,
+                coll,
+                &entry.key,
+                &chunk.min,
+                &chunk.max,
+            );
         } else {
             let task = record_range_deletion(&mut donor_storage, entry, chunk, &donor.name)?;
             let delay = router.settings.read().orphan_cleanup_delay;
@@ -353,7 +357,9 @@ pub async fn cleanup_orphaned(server: &Arc<Server>, cmd: &Document) -> CmdResult
                 {
                     return Err(CommandError::new(
                         codes::MAX_TIME_MS_EXPIRED,
-                        format!("operation exceeded time limit waiting for the range deletions of {ns}"),
+                        format!(
+                            "operation exceeded time limit waiting for the range deletions of {ns}"
+                        ),
                     ));
                 }
             }

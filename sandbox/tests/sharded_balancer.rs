@@ -226,3 +226,114 @@ async fn disallowed_migrations_stop_the_balancer_and_move_chunk() {
     .unwrap();
     balanced(&router).await;
 }
+
+async fn shard_names(router: &Client) -> Vec<String> {
+    let reply = run(router, "admin", doc! {"listShards": 1}).await.unwrap();
+    reply
+        .get_array("shards")
+        .unwrap()
+        .iter()
+        .map(|s| s.as_document().unwrap().get_str("_id").unwrap().to_string())
+        .collect()
+}
+
+/// Pins `addShard` of a shard started in-process: it joins `listShards` and the running
+/// balancer gives it chunks; an address the sandbox did not start fails.
+#[tokio::test]
+async fn an_added_shard_receives_chunks_from_the_balancer() {
+    let mut cluster = ShardedCluster::start(ShardedOptions {
+        shards: 1,
+        balancer_interval: INTERVAL,
+        orphan_cleanup_delay: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    let router = client_for(&cluster.router_uri()).await;
+    four_chunks_on_shard0(&router).await;
+    let err = run(&router, "admin", doc! {"addShard": "elsewhere/127.0.0.1:1"})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 96);
+    let (name, host) = cluster.start_shard().expect("a new shard starts");
+    assert_eq!(name, "shard1");
+    let reply = run(&router, "admin", doc! {"addShard": host})
+        .await
+        .unwrap();
+    assert_eq!(reply.get_str("shardAdded").unwrap(), "shard1");
+    assert_eq!(shard_names(&router).await, vec!["shard0", "shard1"]);
+    balanced(&router).await;
+    let direct = client_for(&cluster.shard("shard1").unwrap().uri()).await;
+    let on_new: Vec<Document> = direct
+        .database("app")
+        .collection::<Document>("items")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(on_new.len(), 50);
+}
+
+/// Pins `removeShard`: draining moves the shard's chunks away (the balancer does it), its
+/// databases need `movePrimary`, and the shard leaves once empty; the data stays whole.
+#[tokio::test]
+async fn remove_shard_drains_it_and_move_primary_moves_its_databases() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    four_chunks_on_shard0(&router).await;
+    router
+        .database("app")
+        .collection::<Document>("plain")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    balanced(&router).await;
+    let started = run(&router, "admin", doc! {"removeShard": "shard0"})
+        .await
+        .unwrap();
+    assert_eq!(started.get_str("state").unwrap(), "started");
+    assert_eq!(
+        started.get_array("dbsToMove").unwrap(),
+        &vec![mongodb::bson::Bson::String("app".into())]
+    );
+    poll(Duration::from_secs(20), || async {
+        (spread(&router).await == (0, 4)).then_some(())
+    })
+    .await;
+    let ongoing = run(&router, "admin", doc! {"removeShard": "shard0"})
+        .await
+        .unwrap();
+    assert_eq!(ongoing.get_str("state").unwrap(), "ongoing");
+    run(
+        &router,
+        "admin",
+        doc! {"movePrimary": "app", "to": "shard1"},
+    )
+    .await
+    .unwrap();
+    let done = run(&router, "admin", doc! {"removeShard": "shard0"})
+        .await
+        .unwrap();
+    assert_eq!(done.get_str("state").unwrap(), "completed");
+    assert_eq!(shard_names(&router).await, vec!["shard1"]);
+    let db = router.database("app");
+    let plain: Vec<Document> = db
+        .collection::<Document>("plain")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(plain, vec![doc! {"_id": 1}]);
+    let items: Vec<Document> = db
+        .collection::<Document>("items")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 100);
+}

@@ -59,6 +59,8 @@ pub struct ShardedCluster {
     /// (shard name, its primary).
     shards: Vec<(String, Sandbox)>,
     tls: bool,
+    /// How a new shard's primary starts ([`ShardedCluster::start_shard`]).
+    shard_template: SandboxOptions,
 }
 
 impl ShardedCluster {
@@ -122,6 +124,7 @@ impl ShardedCluster {
             config,
             shards,
             tls: options.tls.is_some(),
+            shard_template: node("", NodeRole::ShardServer),
         })
     }
 
@@ -174,6 +177,26 @@ impl ShardedCluster {
     }
     pub fn shards(&self) -> impl Iterator<Item = (&str, &Sandbox)> {
         self.shards.iter().map(|(n, sb)| (n.as_str(), sb))
+    }
+    /// Starts a new shard replica set in this process, not yet part of the cluster, and
+    /// returns its name (the next `shardN`) and `setName/host:port`: `addShard` with that
+    /// string through the router adds it, as an operator adds a new replica set to a real
+    /// cluster.
+    pub fn start_shard(&mut self) -> Result<(String, String), StartError> {
+        let name = format!("shard{}", self.shards.len());
+        let sandbox = Sandbox::start(SandboxOptions {
+            set_name: name.clone(),
+            ..self.shard_template.clone()
+        })?;
+        let host = format!("{name}/{}", sandbox.address());
+        if let Some(router) = self.topology() {
+            router.spares.write().push(Shard {
+                name: name.clone(),
+                server: sandbox.server().clone(),
+            });
+        }
+        self.shards.push((name.clone(), sandbox));
+        Ok((name, host))
     }
     /// The router's view of the cluster (catalog access, settings).
     pub fn topology(&self) -> Option<&Arc<Router>> {

@@ -24,6 +24,8 @@ pub static COMMANDS: &[(&str, Action)] = &[
     ("balancerStop", Action::BalancerControl),
     ("balancerStatus", Action::BalancerStatus),
     ("setAllowMigrations", Action::BalancerControl),
+    ("addShard", Action::BalancerControl),
+    ("addshard", Action::BalancerControl),
     ("removeShard", Action::BalancerControl),
     ("removeshard", Action::BalancerControl),
     ("movePrimary", Action::BalancerControl),
@@ -56,6 +58,7 @@ pub fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<R
         "balancerStop" => balancer::set_running(router, false)?,
         "balancerStatus" => balancer::status(router),
         "setAllowMigrations" => balancer::set_allow_migrations(router, &cmd)?,
+        "addShard" | "addshard" => membership::add_shard(router, &cmd)?,
         "removeShard" | "removeshard" => membership::remove_shard(router, &cmd)?,
         "movePrimary" | "moveprimary" => membership::move_primary(router, &cmd)?,
         other => {
@@ -72,6 +75,7 @@ pub fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<R
 fn normalized(cmd: &Document, name: &str) -> Document {
     let canonical = match name {
         "movechunk" => "moveChunk",
+        "addshard" => "addShard",
         "removeshard" => "removeShard",
         "moveprimary" => "movePrimary",
         _ => return cmd.clone(),

@@ -1,5 +1,6 @@
-//! Which shards hold what, beyond chunks: `removeShard` (draining: the balancer moves
-//! the shard's chunks away, `movePrimary` its databases, then it leaves the cluster) and
+//! Which shards make up the cluster and hold what, beyond chunks: `addShard` (of a shard
+//! replica set started in this process), `removeShard` (draining: the balancer moves the
+//! shard's chunks away, `movePrimary` its databases, then it leaves the cluster) and
 //! `movePrimary` (a database's unsharded collections move to another shard).
 
 use bson::{doc, Bson, Document};
@@ -11,6 +12,54 @@ use super::balancer::draining_shards;
 use super::catalog;
 use super::migration::shard_named;
 use super::Router;
+
+/// `addShard: "setName/host:port"` (or `"host:port"`), `name?`: adds a shard replica set
+/// started in this process ([`super::ShardedCluster::start_shard`]); the sandbox cannot
+/// reach any other host.
+pub fn add_shard(router: &Router, cmd: &Document) -> CmdResult<Document> {
+    let spec = cmd.get_str("addShard").map_err(|_| {
+        CommandError::type_mismatch("addShard takes a connection string, e.g. \"shard2/host:port\"")
+    })?;
+    let (set_name, host) = match spec.split_once('/') {
+        Some((set, host)) => (Some(set), host),
+        None => (None, spec),
+    };
+    let position = router.spares.read().iter().position(|s| {
+        s.server.address == host && set_name.is_none_or(|n| n == s.server.options.set_name)
+    });
+    let Some(position) = position else {
+        if let Some(member) = router
+            .shard_list()
+            .into_iter()
+            .find(|s| s.server.address == host)
+        {
+            return Ok(doc! {"shardAdded": member.name});
+        }
+        return Err(CommandError::new(
+            codes::OPERATION_FAILED,
+            format!("couldn't connect to new shard {spec}: the sandbox router adds only shard replica sets started in its process (ShardedCluster::start_shard)"),
+        ));
+    };
+    let spare = router.spares.write().remove(position);
+    let name = cmd
+        .get_str("name")
+        .map(str::to_string)
+        .unwrap_or_else(|_| spare.name.clone());
+    if router.shard(&name).is_some() {
+        router.spares.write().insert(position, spare);
+        return Err(CommandError::bad_value(format!(
+            "A shard named {name} already exists; give addShard another 'name'"
+        )));
+    }
+    let host = format!("{}/{}", spare.server.options.set_name, spare.server.address);
+    catalog::add_shard(&mut router.config.storage.lock(), &name, &host)?;
+    router.shards.write().push(super::Shard {
+        name: name.clone(),
+        server: spare.server,
+    });
+    router.config.oplog_appended.notify_waiters();
+    Ok(doc! {"shardAdded": name})
+}
 
 /// `movePrimary: db, to: shard`: copies the database's unsharded collections to `to`,
 /// makes it the primary shard, and drops them on the old one.

@@ -30,7 +30,8 @@
 //! - [`chunk_admin`]: the router's `moveChunk`, `moveRange`, `split`, `mergeChunks`.
 //! - [`balancer`]: the router's balancer task and `balancerStart`/`Stop`/`Status`,
 //!   `setAllowMigrations`.
-//! - [`membership`]: `removeShard` (draining) and `movePrimary`.
+//! - [`membership`]: `addShard` (of a shard started in-process), `removeShard`
+//!   (draining) and `movePrimary`.
 //! - [`distribution`]: `$shardedDataDistribution` (owned and orphaned documents).
 //! - [`stream`]: the router's change stream, merging the shards' streams in cluster-time
 //!   order, held back by a shard that has not reported past an event.
@@ -155,6 +156,8 @@ pub struct Router {
     pub transactions: forward::Participants,
     /// The balancer's state (rounds, the one-migration-at-a-time lock).
     pub balancer: balancer::Balancer,
+    /// Shards started in this process but not yet added (`addShard` adds them).
+    pub spares: RwLock<Vec<Shard>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -176,6 +179,7 @@ impl Router {
             proxied_cursors: Default::default(),
             transactions: Default::default(),
             balancer: Default::default(),
+            spares: Default::default(),
         }
     }
     /// The shard named `name`.

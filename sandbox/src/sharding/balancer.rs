@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 
 use bson::{doc, Bson, Document};
-use parking_lot::Mutex;
 
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::order::OrdBson;
@@ -27,8 +26,12 @@ const BALANCER_SETTINGS_ID: &str = "balancer";
 /// The balancer's state on the router.
 #[derive(Debug, Default)]
 pub struct Balancer {
-    /// Held for the length of one migration: the cluster runs one at a time.
-    pub migration: Mutex<()>,
+    /// The migration gate: routed reads and writes hold it shared from choosing their
+    /// shards to their reply; a migration (or `movePrimary`) holds it exclusively while it
+    /// copies and commits. So no routed write lands on a donor after its documents were
+    /// copied (the real cluster's critical section, with the router's retry on a stale
+    /// routing table), and migrations run one at a time.
+    pub gate: tokio::sync::RwLock<()>,
     in_round: AtomicBool,
     rounds: AtomicI64,
 }
@@ -46,8 +49,9 @@ pub async fn run(router: Weak<Router>) {
         let Some(router) = router.upgrade() else {
             return;
         };
-        if enabled(&router.config.storage.lock()) {
-            round(&router);
+        let run = enabled(&router.config.storage.lock());
+        if run {
+            round(&router).await;
         }
     }
 }
@@ -106,11 +110,11 @@ pub fn in_active_window(window: &Document, now: u32) -> bool {
 }
 
 /// One balancer round: at most one migration per collection.
-fn round(router: &Router) {
+async fn round(router: &Router) {
     router.balancer.in_round.store(true, Ordering::SeqCst);
     let collections = catalog::collections(&router.config.storage.lock());
     for entry in collections {
-        if let Err(e) = balance_collection(router, &entry) {
+        if let Err(e) = balance_collection(router, &entry).await {
             tracing::debug!(ns = %entry.ns, error = %e.errmsg, "balancer skipped a collection");
         }
     }
@@ -120,7 +124,7 @@ fn round(router: &Router) {
 
 /// Moves one chunk of the collection, from a draining shard if any has chunks, else from
 /// the shard with most chunks to the one with fewest when they differ by two or more.
-fn balance_collection(router: &Router, entry: &CollectionEntry) -> CmdResult<()> {
+async fn balance_collection(router: &Router, entry: &CollectionEntry) -> CmdResult<()> {
     let (chunks, collection_doc, draining) = {
         let config = router.config.storage.lock();
         let doc = config
@@ -166,7 +170,7 @@ fn balance_collection(router: &Router, entry: &CollectionEntry) -> CmdResult<()>
     let Some(chunk) = chunks.iter().find(|c| c.shard == donor) else {
         return Ok(());
     };
-    migration::move_chunk(router, entry, chunk, recipient, false)?;
+    migration::move_chunk(router, entry, chunk, recipient, false).await?;
     Ok(())
 }
 

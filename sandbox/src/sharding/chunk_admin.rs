@@ -99,7 +99,7 @@ fn chunk_of(
 }
 
 /// `moveChunk: ns, find | bounds, to, _waitForDelete?` -> `{millis}`.
-pub fn move_chunk(router: &Router, cmd: &Document) -> CmdResult<Document> {
+pub async fn move_chunk(router: &Router, cmd: &Document) -> CmdResult<Document> {
     let started = Instant::now();
     let ns = namespace(cmd, "moveChunk")?;
     let to = required_str(cmd, "moveChunk", "to")?;
@@ -107,14 +107,14 @@ pub fn move_chunk(router: &Router, cmd: &Document) -> CmdResult<Document> {
     let to = migration::shard_named(router, to)?;
     let chunk = chunk_of(router, &entry, cmd, "moveChunk")?;
     let wait_for_delete = cmd.get_bool("_waitForDelete").unwrap_or(false);
-    migration::move_chunk(router, &entry, &chunk, &to, wait_for_delete)?;
+    migration::move_chunk(router, &entry, &chunk, &to, wait_for_delete).await?;
     Ok(doc! {"millis": started.elapsed().as_millis() as i64})
 }
 
 /// `moveRange: ns, min, max?, toShard, _waitForDelete?`: moves `[min, max)` (up to the
 /// end of the chunk holding `min` when `max` is missing), splitting the chunk first when
 /// the range is only part of it.
-pub fn move_range(router: &Router, cmd: &Document) -> CmdResult<Document> {
+pub async fn move_range(router: &Router, cmd: &Document) -> CmdResult<Document> {
     let ns = namespace(cmd, "moveRange")?;
     let to = required_str(cmd, "moveRange", "toShard")?;
     let min = cmd.get_document("min").map_err(|_| {
@@ -144,7 +144,7 @@ pub fn move_range(router: &Router, cmd: &Document) -> CmdResult<Document> {
         }
     }
     let wait_for_delete = cmd.get_bool("_waitForDelete").unwrap_or(false);
-    migration::move_chunk(router, &entry, &chunk, &to, wait_for_delete)?;
+    migration::move_chunk(router, &entry, &chunk, &to, wait_for_delete).await?;
     Ok(doc! {})
 }
 

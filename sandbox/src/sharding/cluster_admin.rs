@@ -41,7 +41,7 @@ pub fn action(name: &str) -> Option<Action> {
 }
 
 /// Runs one of this module's commands.
-pub fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<Reply> {
+pub async fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<Reply> {
     if db != "admin" {
         return Err(CommandError::unauthorized(format!(
             "{name} may only be run against the admin database."
@@ -50,8 +50,8 @@ pub fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<R
     // Commands spelled in lower case take their value under that spelling.
     let cmd = normalized(cmd, name);
     let reply = match name {
-        "moveChunk" | "movechunk" => chunk_admin::move_chunk(router, &cmd)?,
-        "moveRange" => chunk_admin::move_range(router, &cmd)?,
+        "moveChunk" | "movechunk" => chunk_admin::move_chunk(router, &cmd).await?,
+        "moveRange" => chunk_admin::move_range(router, &cmd).await?,
         "split" => chunk_admin::split(router, &cmd)?,
         "mergeChunks" => chunk_admin::merge_chunks(router, &cmd)?,
         "balancerStart" => balancer::set_running(router, true)?,
@@ -60,7 +60,7 @@ pub fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdResult<R
         "setAllowMigrations" => balancer::set_allow_migrations(router, &cmd)?,
         "addShard" | "addshard" => membership::add_shard(router, &cmd)?,
         "removeShard" | "removeshard" => membership::remove_shard(router, &cmd)?,
-        "movePrimary" | "moveprimary" => membership::move_primary(router, &cmd)?,
+        "movePrimary" | "moveprimary" => membership::move_primary(router, &cmd).await?,
         other => {
             return Err(CommandError::new(
                 codes::COMMAND_NOT_FOUND,

@@ -63,7 +63,7 @@ pub fn add_shard(router: &Router, cmd: &Document) -> CmdResult<Document> {
 
 /// `movePrimary: db, to: shard`: copies the database's unsharded collections to `to`,
 /// makes it the primary shard, and drops them on the old one.
-pub fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
+pub async fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
     let db = cmd
         .get_str("movePrimary")
         .map_err(|_| CommandError::type_mismatch("movePrimary takes a database name"))?;
@@ -86,6 +86,8 @@ pub fn move_primary(router: &Router, cmd: &Document) -> CmdResult<Document> {
         return Ok(doc! {"primary": format!("{}:{}", to.name, to.server.address)});
     }
     let from = shard_named(router, &entry.primary)?;
+    // No routed write to the database's collections in flight while they move.
+    let _gate = router.balancer.gate.write().await;
     let sharded: Vec<String> = catalog::collections(&router.config.storage.lock())
         .into_iter()
         .map(|c| c.ns)

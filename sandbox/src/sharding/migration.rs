@@ -10,8 +10,9 @@
 //! deletions. A shard receiving a range first deletes its own orphans in it, as the real
 //! recipient waits for an overlapping range deletion to finish.
 //!
-//! The whole copy and the catalog change happen under the donor's lock, so no write to
-//! the donor interleaves with them (the real server's critical section).
+//! The whole copy and the catalog change happen under the router's migration gate and the
+//! donor's lock, so no routed write interleaves with them (the real server's critical
+//! section).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +85,7 @@ pub struct Moved {
 /// Moves `chunk` of `entry` to `to`. The donor keeps the documents as orphans until its
 /// range deletion runs: at once when `wait_for_delete`, else after the router's orphan
 /// cleanup delay. Moving a chunk to the shard that owns it does nothing.
-pub fn move_chunk(
+pub async fn move_chunk(
     router: &Router,
     entry: &CollectionEntry,
     chunk: &Chunk,
@@ -104,8 +105,8 @@ pub fn move_chunk(
         ));
     }
     let donor = shard_named(router, &chunk.shard)?;
-    // One migration at a time in the cluster, as the real config server serializes them.
-    let _migration = router.balancer.migration.lock();
+    // One migration at a time, and no routed read or write in flight while it commits.
+    let _gate = router.balancer.gate.write().await;
     let (db, coll) = split_ns(&entry.ns);
     let moved = {
         let mut donor_storage = donor.server.storage.lock();

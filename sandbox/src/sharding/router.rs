@@ -151,7 +151,7 @@ async fn route(
     let result = match name.as_str() {
         n if ON_ROUTER.contains(&n) => local(server, conn, &db, &cmd, &name, spec.handler),
         "serverStatus" => local(server, conn, &db, &cmd, &name, server_status),
-        n if cluster_admin::action(n).is_some() => cluster_admin::run(router, &db, &cmd, n),
+        n if cluster_admin::action(n).is_some() => cluster_admin::run(router, &db, &cmd, n).await,
         "aggregate" if stream::is_change_stream(&cmd) => {
             let side = stream::RouterSide {
                 shards: router.shard_list().into_iter().map(|s| s.server).collect(),
@@ -172,9 +172,13 @@ async fn route(
         "setUserWriteBlockMode" | "appendOplogNote" => broadcast(router, conn, &cmd, false).await,
         "setFeatureCompatibilityVersion" => broadcast(router, conn, &cmd, true).await,
         "insert" | "update" | "delete" | "findAndModify" | "findandmodify" => {
+            // Held until the reply: a migration never commits between the choice of
+            // shards and the write (see `balancer::Balancer::gate`).
+            let _gate = router.balancer.gate.read().await;
             routing::write(server, router, conn, &db, cmd, &name).await
         }
         "find" | "aggregate" | "count" | "distinct" => {
+            let _gate = router.balancer.gate.read().await;
             merge::read(server, router, conn, &db, cmd, &name).await
         }
         "getMore" => match stream::get_more(server, conn, &db, &cmd).await {

@@ -337,3 +337,83 @@ async fn remove_shard_drains_it_and_move_primary_moves_its_databases() {
         .unwrap();
     assert_eq!(items.len(), 100);
 }
+
+/// Pins the migration gate: documents written through the router while the balancer
+/// keeps moving chunks all survive (none lands on a donor after its chunk was copied and
+/// is then deleted as an orphan).
+#[tokio::test]
+async fn writes_during_migrations_are_not_lost() {
+    let cluster = ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        balancer_interval: Duration::from_millis(10),
+        orphan_cleanup_delay: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"balancerStop": 1})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
+    for at in (1..16).map(|i| i * 25) {
+        run(
+            &router,
+            "admin",
+            doc! {"split": "app.items", "middle": {"k": at}},
+        )
+        .await
+        .unwrap();
+    }
+    run(&router, "admin", doc! {"balancerStart": 1})
+        .await
+        .unwrap();
+    let coll = router.database("app").collection::<Document>("items");
+    const DOCS: i32 = 400;
+    for k in 0..DOCS {
+        coll.insert_one(doc! {"_id": k, "k": k}).await.unwrap();
+    }
+    poll(Duration::from_secs(30), || async {
+        let (a, b) = spread(&router).await;
+        (a == 8 && b == 8).then_some(())
+    })
+    .await;
+    let mut on_shards = 0;
+    for shard in ["shard0", "shard1"] {
+        let direct = client_for(&cluster.shard(shard).unwrap().uri()).await;
+        run(&direct, "admin", doc! {"cleanupOrphaned": "app.items"})
+            .await
+            .unwrap();
+        let docs: Vec<Document> = direct
+            .database("app")
+            .collection::<Document>("items")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        on_shards += docs.len();
+    }
+    let through_router: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(through_router.len(), DOCS as usize);
+    assert_eq!(on_shards, DOCS as usize);
+}

@@ -381,9 +381,20 @@ async fn writes_during_migrations_are_not_lost() {
         .await
         .unwrap();
     let coll = router.database("app").collection::<Document>("items");
+    const WRITERS: i32 = 8;
     const DOCS: i32 = 400;
-    for k in 0..DOCS {
-        coll.insert_one(doc! {"_id": k, "k": k}).await.unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let coll = coll.clone();
+            tokio::spawn(async move {
+                for k in (0..DOCS).filter(|k| k % WRITERS == w) {
+                    coll.insert_one(doc! {"_id": k, "k": k}).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
     }
     poll(Duration::from_secs(30), || async {
         let (a, b) = spread(&router).await;

@@ -385,3 +385,36 @@ async fn an_idle_primary_logs_periodic_noops() {
     })
     .await;
 }
+
+/// The driver's own change stream through the router: events of both shards in order,
+/// and a stream the driver resumes from its cached router token continues after it.
+#[tokio::test]
+async fn the_drivers_change_stream_works_through_the_router() {
+    use futures_util::StreamExt;
+    let cluster = start(Duration::from_millis(100), ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    let mut stream = coll.watch().await.unwrap();
+    insert(&router, 1, -1).await;
+    insert(&router, 2, 2).await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within ten seconds")
+            .expect("the stream is open")
+            .unwrap();
+        keys.push(event.document_key.unwrap());
+    }
+    assert_eq!(keys, [doc! {"k": -1, "_id": 1}, doc! {"k": 2, "_id": 2}]);
+    let token = stream.resume_token().expect("a resume token");
+    insert(&router, 3, -3).await;
+    let mut resumed = coll.watch().resume_after(token).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .expect("an event within ten seconds")
+        .expect("the stream is open")
+        .unwrap();
+    assert_eq!(next.document_key, Some(doc! {"k": -3, "_id": 3}));
+}

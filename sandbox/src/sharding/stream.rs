@@ -630,3 +630,60 @@ pub async fn get_more(
         Err(e) => Err(e.with_label("ChangeStreamCursor")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(time: u32, op: u32, kind: u8, tie: u8, shard: u16) -> RouterToken {
+        RouterToken {
+            position: OplogPosition {
+                ts: Timestamp { time, increment: 1 },
+                op,
+            },
+            fragment: 0,
+            kind,
+            tie,
+            shard,
+        }
+    }
+
+    fn data(t: &RouterToken) -> String {
+        t.encode().get_str("_data").unwrap().to_string()
+    }
+
+    #[test]
+    fn token_bytes_sort_in_stream_order_and_decode_back() {
+        let ordered = [
+            token(5, 0, 0, 0, 1),
+            token(5, 0, 0, 1, 0),
+            token(5, 0, TOKEN_INVALIDATE, 1, 0),
+            RouterToken::high_water(OplogPosition::end_of(Timestamp {
+                time: 5,
+                increment: 1,
+            })),
+            token(6, 0, 0, 0, 0),
+        ];
+        for pair in ordered.windows(2) {
+            assert!(pair[0] < pair[1]);
+            assert!(data(&pair[0]) < data(&pair[1]), "{pair:?}");
+        }
+        for t in ordered {
+            assert_eq!(RouterToken::decode(&t.encode()).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn a_shard_token_resumes_after_every_shards_events_at_its_position() {
+        let shard_token = encode_token(
+            OplogPosition::at(Timestamp {
+                time: 5,
+                increment: 1,
+            }),
+            0,
+        );
+        let decoded = RouterToken::decode(&shard_token).unwrap();
+        assert_eq!(decoded.shard, ALL_SHARDS);
+        assert!(decoded > token(5, 0, 0, 1, 7));
+    }
+}

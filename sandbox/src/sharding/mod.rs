@@ -33,6 +33,7 @@
 //! - [`membership`]: `addShard` (of a shard started in-process), `removeShard`
 //!   (draining) and `movePrimary`.
 //! - [`distribution`]: `$shardedDataDistribution` (owned and orphaned documents).
+//! - [`stream_command`]: `aggregate` with `$changeStream` and `getMore` on the router.
 //! - [`stream`]: the router's change stream, merging the shards' streams in cluster-time
 //!   order, held back by a shard that has not reported past an event.
 //!
@@ -70,6 +71,7 @@ pub mod routing;
 pub mod shard_key;
 pub mod sharding_admin;
 pub mod stream;
+pub mod stream_command;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, distribution, merge, routing, sharding_admin, stream, Router, Shard,
+    catalog, cluster_admin, distribution, merge, routing, sharding_admin, stream_command, Router,
+    Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -152,8 +153,8 @@ async fn route(
         n if ON_ROUTER.contains(&n) => local(server, conn, &db, &cmd, &name, spec.handler),
         "serverStatus" => local(server, conn, &db, &cmd, &name, server_status),
         n if cluster_admin::action(n).is_some() => cluster_admin::run(router, &db, &cmd, n).await,
-        "aggregate" if stream::is_change_stream(&cmd) => {
-            let side = stream::RouterSide {
+        "aggregate" if stream_command::is_change_stream(&cmd) => {
+            let side = stream_command::RouterSide {
                 shards: router.shard_list().into_iter().map(|s| s.server).collect(),
                 users: &router.config.users,
                 first_at_tie: match router.settings.read().shard_key_move_order {
@@ -161,7 +162,7 @@ async fn route(
                     super::ShardKeyMoveOrder::InsertFirst => "insert",
                 },
             };
-            stream::aggregate(server, side, conn, &db, &cmd)
+            stream_command::aggregate(server, side, conn, &db, &cmd)
         }
         "aggregate" if distribution::is_distribution(&cmd) => {
             distribution::aggregate(router, &db, &cmd)
@@ -181,7 +182,7 @@ async fn route(
             let _gate = router.balancer.gate.read().await;
             merge::read(server, router, conn, &db, cmd, &name).await
         }
-        "getMore" => match stream::get_more(server, conn, &db, &cmd).await {
+        "getMore" => match stream_command::get_more(server, conn, &db, &cmd).await {
             Some(result) => result,
             None => get_more(server, router, conn, &db, cmd).await,
         },

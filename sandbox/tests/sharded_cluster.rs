@@ -101,6 +101,17 @@ async fn replica_set_commands_are_refused_by_the_router() {
     let err = run(&client, "admin", doc! {"replSetGetStatus": 1})
         .await
         .unwrap_err();
+    // A real mongos answers without an error code, which the Rust driver reports as an
+    // invalid reply carrying the server's response.
+    let reply = server_response(&format!("{err:?}"));
+    assert_eq!(reply.get_str("info"), Ok("mongos"), "{reply}");
+    assert_eq!(
+        reply.get_str("errmsg"),
+        Ok("replSetGetStatus is not supported through mongos")
+    );
+    let err = run(&client, "admin", doc! {"replSetStepDown": 10})
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), 59);
     let status = run(&client, "admin", doc! {"serverStatus": 1})
         .await
@@ -108,6 +119,14 @@ async fn replica_set_commands_are_refused_by_the_router() {
     assert_eq!(status.get_str("process"), Ok("mongos"));
     let build = run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
     assert_eq!(build.get_str("version"), Ok("7.0.13"));
+}
+
+/// The raw reply a driver error's debug output carries (`server_response`, hex BSON).
+fn server_response(debug: &str) -> Document {
+    let start = debug.find("data: \"").expect("raw reply in the error") + 7;
+    let end = start + debug[start..].find('"').expect("end of the raw reply");
+    let bytes = hex::decode(&debug[start..end]).expect("hex");
+    Document::from_reader(bytes.as_slice()).expect("bson")
 }
 
 #[tokio::test]

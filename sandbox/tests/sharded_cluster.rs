@@ -224,5 +224,30 @@ async fn writes_through_the_router_survive_a_shard_stepdown() {
     for i in 20..60 {
         coll.insert_one(doc! {"_id": i}).await.unwrap();
     }
-    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 60);
+    // The same through the fault command on the shard's own port.
+    let direct = client_for(&shard.uri()).await;
+    run(
+        &direct,
+        "admin",
+        doc! {"sandboxFault": 1, "stepDownSecs": 1},
+    )
+    .await
+    .unwrap();
+    for i in 60..80 {
+        coll.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 80);
+}
+
+/// Dropping the router's connections: the driver reconnects and retries its writes, as
+/// against a real mongos.
+#[tokio::test]
+async fn dropped_router_connections_are_retried_by_the_driver() {
+    let cluster = start(2);
+    let client = client_for(&cluster.router_uri()).await;
+    let coll = client.database("app").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 0}).await.unwrap();
+    cluster.router().drop_connections();
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
 }

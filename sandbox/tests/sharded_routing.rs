@@ -408,3 +408,20 @@ async fn transactions_through_the_router_commit_on_every_participant() {
     assert_eq!(ids(&router, doc! {}).await, [1, 2]);
     assert_eq!(plain.count_documents(doc! {}).await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    let stats = run(&router, "app", doc! {"collStats": "items"})
+        .await
+        .unwrap();
+    assert_eq!(stats.get_bool("sharded"), Ok(true));
+    assert_eq!(as_i64(stats.get("count")), 2);
+    assert_eq!(as_i64(stats.get("nchunks")), 2);
+}

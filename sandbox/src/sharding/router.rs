@@ -167,6 +167,7 @@ async fn route(
         "getMore" => get_more(server, router, conn, &db, cmd).await,
         "killCursors" => kill_cursors(server, router, conn, &db, cmd).await,
         "listDatabases" => merge::list_databases(router, conn, cmd).await,
+        "collStats" => merge::coll_stats(router, conn, &db, cmd).await,
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
             routing::ddl(router, conn, &db, cmd, &name).await
         }

@@ -101,6 +101,17 @@ async fn replica_set_commands_are_refused_by_the_router() {
     let err = run(&client, "admin", doc! {"replSetGetStatus": 1})
         .await
         .unwrap_err();
+    // A real mongos answers without an error code, which the Rust driver reports as an
+    // invalid reply carrying the server's response.
+    let reply = server_response(&format!("{err:?}"));
+    assert_eq!(reply.get_str("info"), Ok("mongos"), "{reply}");
+    assert_eq!(
+        reply.get_str("errmsg"),
+        Ok("replSetGetStatus is not supported through mongos")
+    );
+    let err = run(&client, "admin", doc! {"replSetStepDown": 10})
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), 59);
     let status = run(&client, "admin", doc! {"serverStatus": 1})
         .await
@@ -108,6 +119,14 @@ async fn replica_set_commands_are_refused_by_the_router() {
     assert_eq!(status.get_str("process"), Ok("mongos"));
     let build = run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
     assert_eq!(build.get_str("version"), Ok("7.0.13"));
+}
+
+/// The raw reply a driver error's debug output carries (`server_response`, hex BSON).
+fn server_response(debug: &str) -> Document {
+    let start = debug.find("data: \"").expect("raw reply in the error") + 7;
+    let end = start + debug[start..].find('"').expect("end of the raw reply");
+    let bytes = hex::decode(&debug[start..end]).expect("hex");
+    Document::from_reader(bytes.as_slice()).expect("bson")
 }
 
 #[tokio::test]
@@ -205,5 +224,30 @@ async fn writes_through_the_router_survive_a_shard_stepdown() {
     for i in 20..60 {
         coll.insert_one(doc! {"_id": i}).await.unwrap();
     }
-    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 60);
+    // The same through the fault command on the shard's own port.
+    let direct = client_for(&shard.uri()).await;
+    run(
+        &direct,
+        "admin",
+        doc! {"sandboxFault": 1, "stepDownSecs": 1},
+    )
+    .await
+    .unwrap();
+    for i in 60..80 {
+        coll.insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 80);
+}
+
+/// Dropping the router's connections: the driver reconnects and retries its writes, as
+/// against a real mongos.
+#[tokio::test]
+async fn dropped_router_connections_are_retried_by_the_driver() {
+    let cluster = start(2);
+    let client = client_for(&cluster.router_uri()).await;
+    let coll = client.database("app").collection::<Document>("c");
+    coll.insert_one(doc! {"_id": 0}).await.unwrap();
+    cluster.router().drop_connections();
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
 }

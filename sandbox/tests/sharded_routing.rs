@@ -352,3 +352,76 @@ async fn unsharded_collections_live_on_the_primary_shard_with_cursors() {
     let found = docs.first().and_then(|d| d.get("_id")).cloned();
     assert_eq!(found, Some(Bson::Int32(0)));
 }
+
+#[tokio::test]
+async fn find_and_modify_moves_a_document_by_its_new_shard_key() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_one(doc! {"_id": 1, "k": 5, "v": "a"})
+        .await
+        .unwrap();
+    let before = coll
+        .find_one_and_update(doc! {"k": 5}, doc! {"$set": {"k": 120}})
+        .await
+        .unwrap();
+    assert_eq!(before, Some(doc! {"_id": 1, "k": 5, "v": "a"}));
+    assert_eq!(
+        ids(&direct(&cluster, "shard1").await, doc! {"k": 120}).await,
+        [1]
+    );
+    assert!(ids(&direct(&cluster, "shard0").await, doc! {})
+        .await
+        .is_empty());
+}
+
+/// A transaction through the router writes on each shard it touches and commits there.
+#[tokio::test]
+async fn transactions_through_the_router_commit_on_every_participant() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    let plain = router.database("app").collection::<Document>("plain");
+    plain.insert_one(doc! {"_id": 0}).await.unwrap();
+    let mut session = router.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"_id": 1, "k": 5})
+        .session(&mut session)
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 2, "k": 150})
+        .session(&mut session)
+        .await
+        .unwrap();
+    plain
+        .insert_one(doc! {"_id": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    // Not visible outside the transaction before it commits.
+    assert!(ids(&direct(&cluster, "shard1").await, doc! {})
+        .await
+        .is_empty());
+    session.commit_transaction().await.unwrap();
+    assert_eq!(ids(&router, doc! {}).await, [1, 2]);
+    assert_eq!(plain.count_documents(doc! {}).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    let stats = run(&router, "app", doc! {"collStats": "items"})
+        .await
+        .unwrap();
+    assert_eq!(stats.get_bool("sharded"), Ok(true));
+    assert_eq!(as_i64(stats.get("count")), 2);
+    assert_eq!(as_i64(stats.get("nchunks")), 2);
+}

@@ -116,6 +116,58 @@ async fn unsharded(
     }
 }
 
+/// `collStats` of a sharded collection through the router: each shard's statistics
+/// (orphans included, as on a real cluster), summed, with `sharded: true`.
+pub async fn coll_stats(
+    router: &Router,
+    conn: &Connection,
+    db: &str,
+    cmd: Document,
+) -> CmdResult<Reply> {
+    let coll = cmd.get_str("collStats").unwrap_or_default().to_string();
+    let ns = format!("{db}.{coll}");
+    let Some(entry) = catalog::collection(&router.config.storage.lock(), &ns) else {
+        return unsharded(router, conn, db, cmd).await;
+    };
+    let chunks = catalog::chunks(&router.config.storage.lock(), &entry.uuid);
+    let mut totals =
+        doc! {"count": 0i64, "size": 0i64, "storageSize": 0i64, "totalIndexSize": 0i64};
+    let mut per_shard = Document::new();
+    let mut nindexes = 0;
+    for shard in router.shard_list() {
+        if shard.server.storage.lock().collection(db, &coll).is_none() {
+            continue;
+        }
+        let reply = forward::to_shard(router, &shard, conn, cmd.clone()).await;
+        if forward::error_code(&reply).is_some() {
+            return Ok(reply);
+        }
+        for key in ["count", "size", "storageSize", "totalIndexSize"] {
+            let add = match reply.fields.get(key) {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => *n as i64,
+                Some(Bson::Double(f)) => *f as i64,
+                _ => 0,
+            };
+            let sum = totals.get_i64(key).unwrap_or(0) + add;
+            totals.insert(key, sum);
+        }
+        nindexes = reply.fields.get_i32("nindexes").unwrap_or(nindexes);
+        let mut fields = reply.fields.clone();
+        fields.remove("ok");
+        per_shard.insert(shard.name.clone(), fields);
+    }
+    let count = totals.get_i64("count").unwrap_or(0);
+    let size = totals.get_i64("size").unwrap_or(0);
+    let mut fields = doc! {"sharded": true, "ns": ns};
+    fields.extend(totals);
+    fields.insert("avgObjSize", if count > 0 { size / count } else { 0 });
+    fields.insert("nindexes", nindexes);
+    fields.insert("nchunks", chunks.len() as i32);
+    fields.insert("shards", per_shard);
+    Ok(Reply::from(fields))
+}
+
 fn is_change_stream(cmd: &Document) -> bool {
     cmd.get_array("pipeline")
         .ok()

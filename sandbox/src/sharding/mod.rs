@@ -48,13 +48,24 @@
 //!   chunk's `shard` in `config.chunks` ([`catalog::set_chunk_shard`]); from then on
 //!   reads through the router ignore the donor's copies (they are orphans), and direct
 //!   reads of the donor still return them until its cleanup deletes them.
+//! - A shard receiving its first chunk of a collection needs the collection under the
+//!   same uuid, options and indexes: [`sharding_admin::clone_collection_shape`].
+//!   [`routing::move_document`] shows how to write on two shards at one cluster time
+//!   (`Storage::pinned_time`, both storages locked in shard-name order).
 //! - Router commands not built here answer 59 CommandNotFound in
 //!   [`router::run_command`]'s match: add `moveChunk`, `moveRange`, `balancerStart` ...
 //!   there (a `balancer.rs`/`migration.rs`/`stream.rs` next to this file).
 //! - [`RouterSettings`] carries the cluster-wide knobs (`balancer_interval`,
 //!   `orphan_cleanup_delay`, shard-key move order).
 //! - Change streams through the router: `aggregate` with `$changeStream` reaches
-//!   [`router::run_command`] as an `aggregate`; route it before the merge path.
+//!   [`merge::read`]; on a sharded collection it is refused there for now (115), on an
+//!   unsharded one it goes to the primary shard, and a whole-cluster or whole-database
+//!   stream (`aggregate: 1`) goes to the primary shard or, for `admin`, the config
+//!   server: route these in [`router::run_command`] before `merge::read`.
+//!   `appendOplogNote` is already sent to every shard.
+//! - Transactions through the router: [`forward::Participants`] starts the transaction on
+//!   each shard a statement reaches and ends it on each; commits are per shard (no
+//!   two-phase commit).
 
 pub mod balancer;
 pub mod catalog;

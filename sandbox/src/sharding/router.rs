@@ -33,9 +33,8 @@ static ROUTER_COMMANDS: &[(&str, Action)] = &[
 ];
 
 /// Replica-set commands a router does not have: it answers them as unknown commands, as
-/// a real mongos does.
+/// a real mongos does (`replSetGetStatus` has its own reply, see [`route`]).
 const REPLICA_SET_ONLY: &[&str] = &[
-    "replSetGetStatus",
     "replSetStepDown",
     "replSetGetConfig",
     "replSetReconfig",
@@ -134,6 +133,15 @@ async fn route(
             format!("no such command: '{name}'"),
         ));
     };
+    if name == "replSetGetStatus" {
+        // A real mongos answers this one itself, with `info: "mongos"` and no error code
+        // (as observed from 4.0 through 6.0 routers).
+        return Ok(Reply::from(doc! {
+            "info": "mongos",
+            "ok": 0.0,
+            "errmsg": "replSetGetStatus is not supported through mongos",
+        }));
+    }
     if matches!(name.as_str(), "hello" | "isMaster" | "ismaster") {
         return local(server, conn, &db, &cmd, &name, |ctx| hello(ctx, router));
     }
@@ -188,6 +196,7 @@ async fn route(
         },
         "killCursors" => kill_cursors(server, router, conn, &db, cmd).await,
         "listDatabases" => merge::list_databases(router, conn, cmd).await,
+        "collStats" => merge::coll_stats(router, conn, &db, cmd).await,
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
             routing::ddl(router, conn, &db, cmd, &name).await
         }

@@ -109,8 +109,14 @@ pub async fn move_chunk(
     let _gate = router.balancer.gate.write().await;
     let (db, coll) = split_ns(&entry.ns);
     let moved = {
-        let mut donor_storage = donor.server.storage.lock();
-        let mut recipient_storage = to.server.storage.lock();
+        // Both shards locked in shard-name order, as every two-shard write locks them.
+        let (mut donor_storage, mut recipient_storage) = if donor.name < to.name {
+            let d = donor.server.storage.lock();
+            (d, to.server.storage.lock())
+        } else {
+            let r = to.server.storage.lock();
+            (donor.server.storage.lock(), r)
+        };
         let moved = copy_range(
             &donor_storage,
             &mut recipient_storage,

@@ -52,17 +52,14 @@
 //!   same uuid, options and indexes: [`sharding_admin::clone_collection_shape`].
 //!   [`routing::move_document`] shows how to write on two shards at one cluster time
 //!   (`Storage::pinned_time`, both storages locked in shard-name order).
-//! - Router commands not built here answer 59 CommandNotFound in
-//!   [`router::run_command`]'s match: add `moveChunk`, `moveRange`, `balancerStart` ...
-//!   there (a `balancer.rs`/`migration.rs`/`stream.rs` next to this file).
+//! - Router commands for chunks, the balancer and membership are listed (with their
+//!   privileges) and dispatched in [`cluster_admin`]; routed reads and writes hold the
+//!   migration gate ([`balancer::Balancer::gate`]) shared, migrations exclusively.
 //! - [`RouterSettings`] carries the cluster-wide knobs (`balancer_interval`,
 //!   `orphan_cleanup_delay`, shard-key move order).
-//! - Change streams through the router: `aggregate` with `$changeStream` reaches
-//!   [`merge::read`]; on a sharded collection it is refused there for now (115), on an
-//!   unsharded one it goes to the primary shard, and a whole-cluster or whole-database
-//!   stream (`aggregate: 1`) goes to the primary shard or, for `admin`, the config
-//!   server: route these in [`router::run_command`] before `merge::read`.
-//!   `appendOplogNote` is already sent to every shard.
+//! - Change streams through the router: [`router::run_command`] sends `aggregate` with
+//!   `$changeStream` and getMores on its cursors to [`stream_command`] (a
+//!   [`stream::RouterStream`] over every shard); `appendOplogNote` is sent to every shard.
 //! - Transactions through the router: [`forward::Participants`] starts the transaction on
 //!   each shard a statement reaches and ends it on each; commits are per shard (no
 //!   two-phase commit).

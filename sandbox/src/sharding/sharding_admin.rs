@@ -264,10 +264,9 @@ pub fn clone_collection_shape(from: &Server, to: &Server, db: &str, coll: &str) 
     let Some(shape) = shape else {
         return;
     };
-    let mut storage = to.storage.lock();
-    if storage.collection(db, coll).is_none() {
-        storage.adopt_collection(db, coll, shape);
-    }
+    // Logged `fromMigrate`: change streams report the collection's creation once, from
+    // the shard that created it, as on a real cluster.
+    to.storage.lock().create_for_migration(db, coll, &shape);
 }
 
 /// The initial chunks of an empty collection on a hashed key: the hashed value range

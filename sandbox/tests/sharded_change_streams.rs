@@ -418,3 +418,35 @@ async fn the_drivers_change_stream_works_through_the_router() {
         .unwrap();
     assert_eq!(next.document_key, Some(doc! {"k": -3, "_id": 3}));
 }
+
+/// Pins privileges on the router's change streams: a user without `changeStream` on
+/// the namespace is refused (13 Unauthorized), and another user's cursor cannot be
+/// read on.
+#[tokio::test]
+async fn change_streams_through_the_router_check_privileges() {
+    let cluster = ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        users: vec![
+            ("admin".into(), "pw".into(), vec!["root".into()]),
+            ("limited".into(), "pw".into(), vec!["readWrite".into()]),
+        ],
+        periodic_noop_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    let admin = client_for(&cluster.router_uri_with_user("admin", "pw")).await;
+    let limited = client_for(&cluster.router_uri_with_user("limited", "pw")).await;
+    let open = doc! {"aggregate": "items", "pipeline": [{"$changeStream": {}}], "cursor": {}};
+    let err = run(&limited, "app", open.clone()).await.unwrap_err();
+    assert_eq!(common::code(&err), 13);
+    let reply = run(&admin, "app", open).await.unwrap();
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let err = run(
+        &limited,
+        "app",
+        doc! {"getMore": id, "collection": "items", "maxTimeMS": 100},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(common::code(&err), 13);
+}

@@ -190,10 +190,12 @@ async fn route(
             let _gate = router.balancer.gate.read().await;
             merge::read(server, router, conn, &db, cmd, &name).await
         }
-        "getMore" => match stream_command::get_more(server, conn, &db, &cmd).await {
-            Some(result) => result,
-            None => get_more(server, router, conn, &db, cmd).await,
-        },
+        "getMore" => {
+            match stream_command::get_more(server, &router.config.users, conn, &db, &cmd).await {
+                Some(result) => result,
+                None => get_more(server, router, conn, &db, cmd).await,
+            }
+        }
         "killCursors" => kill_cursors(server, router, conn, &db, cmd).await,
         "listDatabases" => merge::list_databases(router, conn, cmd).await,
         "collStats" => merge::coll_stats(router, conn, &db, cmd).await,

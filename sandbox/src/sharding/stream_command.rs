@@ -154,9 +154,12 @@ fn reply(
 }
 
 /// getMore on a router's change stream cursor: None when `id` is not one (the caller
-/// routes it on), else the next batch, waiting up to `maxTimeMS` for events.
+/// routes it on), else the next batch, waiting up to `maxTimeMS` for events. `users` are
+/// the ones the router authenticates against: with any, only the cursor's owner may go
+/// on.
 pub async fn get_more(
     server: &Arc<Server>,
+    users: &crate::auth::users::UserStore,
     conn: &crate::dispatch::Connection,
     db: &str,
     cmd: &Document,
@@ -184,7 +187,7 @@ pub async fn get_more(
             "Requested getMore on namespace '{expected}', but cursor belongs to a different namespace"
         ))));
     }
-    if !server.users.is_empty() && cursor.owner != owner(conn) {
+    if !users.is_empty() && cursor.owner != owner(conn) {
         server.cursors.put_back(id, cursor);
         return Some(Err(CommandError::unauthorized(format!(
             "cursor id {id} was not created by the authenticated user"

@@ -18,8 +18,9 @@
 //! - [`forward`]: sending a command to one shard in-process (the shard's own dispatcher,
 //!   so its faults, auth-free internal connection, retry through a stepdown) and the
 //!   router's cursors proxied onto shard cursors.
-//! - [`routing`]: targeting writes by shard key (insert, update, delete, findAndModify),
-//!   shard-key value updates as delete + insert.
+//! - [`routing`]: targeting writes by shard key (insert, update, delete, findAndModify);
+//!   [`shard_key_update`]: a document whose new key belongs to another shard moves as a
+//!   delete + insert at one cluster time; [`ddl`]: collection and index commands.
 //! - [`merge`]: reads of sharded collections: each shard's owned documents (the ownership
 //!   filter that keeps orphans out) gathered on the router, where the ordinary `find`,
 //!   `aggregate`, `count` and `distinct` handlers run over them.
@@ -37,7 +38,7 @@
 //!   reads of the donor still return them until its cleanup deletes them.
 //! - A shard receiving its first chunk of a collection needs the collection under the
 //!   same uuid, options and indexes: [`sharding_admin::clone_collection_shape`].
-//!   [`routing::move_document`] shows how to write on two shards at one cluster time
+//!   [`shard_key_update::move_document`] shows how to write on two shards at one cluster time
 //!   (`Storage::pinned_time`, both storages locked in shard-name order).
 //! - Router commands not built here answer 59 CommandNotFound in
 //!   [`router::run_command`]'s match: add `moveChunk`, `moveRange`, `balancerStart` ...
@@ -56,11 +57,13 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod ddl;
 pub mod forward;
 pub mod merge;
 pub mod router;
 pub mod routing;
 pub mod shard_key;
+pub mod shard_key_update;
 pub mod sharding_admin;
 
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use crate::server::Server;
 use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
-use super::{catalog, merge, routing, sharding_admin, Router, Shard};
+use super::{catalog, ddl, merge, routing, sharding_admin, Router, Shard};
 
 /// Commands only a router has, with the privilege each requires.
 static ROUTER_COMMANDS: &[(&str, Action)] = &[
@@ -169,7 +169,7 @@ async fn route(
         "listDatabases" => merge::list_databases(router, conn, cmd).await,
         "collStats" => merge::coll_stats(router, conn, &db, cmd).await,
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
-            routing::ddl(router, conn, &db, cmd, &name).await
+            ddl::run(router, conn, &db, cmd, &name).await
         }
         "renameCollection" => {
             let source = cmd.get_str("renameCollection").unwrap_or_default();

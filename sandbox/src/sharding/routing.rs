@@ -363,6 +363,9 @@ impl Target<'_> {
             async move { forward::to_shard(self.router, &shard, self.conn, part).await }
         };
         if multi {
+            if name == "update" {
+                self.refuse_multi_key_change(&filter, stmt)?;
+            }
             for shard in self.owning_shards() {
                 totals.add(&send(shard).await, index)?;
             }
@@ -425,6 +428,45 @@ impl Target<'_> {
             .collect()
     }
 
+    /// A multi update may not change the shard key of any document it matches (the real
+    /// shards refuse it with 72 InvalidOptions); checked on every shard's owned documents
+    /// before any is written.
+    fn refuse_multi_key_change(&self, filter: &Document, stmt: &Document) -> CmdResult<()> {
+        let Some(update) = stmt.get("u") else {
+            return Ok(());
+        };
+        let spec = UpdateSpec::parse(update)?;
+        let matcher = Matcher::new(filter)?;
+        for shard in self.owning_shards() {
+            let owned: Vec<&Chunk> = self
+                .chunks
+                .iter()
+                .filter(|c| c.shard == shard.name)
+                .collect();
+            let storage = shard.server.storage.lock();
+            let Some(c) = storage.collection(self.db, self.coll) else {
+                continue;
+            };
+            for d in c.docs.values().filter(|d| matcher.matches(d)) {
+                let key = self.entry.key.key_of(d);
+                if !owned
+                    .iter()
+                    .any(|ch| super::shard_key::in_range(&key, &ch.min, &ch.max))
+                {
+                    continue;
+                }
+                let new = spec.apply(d, filter, false)?;
+                if self.entry.key.key_of(&new) != key {
+                    return Err(CommandError::new(
+                        codes::INVALID_OPTIONS,
+                        "Multi-update operations are not allowed when updating the shard key field.",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A single-document update whose result belongs to another shard: checks the rules
     /// (retryable write or transaction, full shard key equality) and moves the document
     /// as a delete plus an insert at one cluster time. Returns None when the document
@@ -455,15 +497,23 @@ impl Target<'_> {
         if new_key == self.entry.key.key_of(&old) {
             return Ok(None);
         }
-        let destination = self.shard_of_key(&new_key)?;
-        if destination.name == shard.name {
-            return Ok(None);
-        }
-        if !self.retryable {
+        // Any change of the key (to a value other than null) needs a retryable write or a
+        // transaction, whether or not the document changes shard.
+        let to_null = self.entry.key.fields.iter().all(|f| {
+            matches!(
+                crate::query::path::get_path(&new, &f.path),
+                None | Some(Bson::Null)
+            )
+        });
+        if !self.retryable && !to_null {
             return Err(CommandError::new(
                 codes::ILLEGAL_OPERATION,
                 "Must run update to shard key field in a multi-statement transaction or with retryWrites: true.",
             ));
+        }
+        let destination = self.shard_of_key(&new_key)?;
+        if destination.name == shard.name {
+            return Ok(None);
         }
         move_document(
             self.router,

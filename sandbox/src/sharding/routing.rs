@@ -23,7 +23,6 @@ use super::catalog::{self, Chunk, CollectionEntry};
 use super::forward::{self, error_code};
 use super::router::home_shard;
 use super::shard_key::equality_value;
-use super::shard_key_update::move_document;
 use super::{Router, Shard};
 
 /// Code 61 ShardKeyNotFound.
@@ -115,16 +114,16 @@ fn retry_key(cmd: &Document) -> Option<(Vec<u8>, i64)> {
 }
 
 /// One write command on a sharded collection being split over its shards.
-struct Target<'a> {
-    router: &'a Router,
-    conn: &'a Connection,
-    entry: &'a CollectionEntry,
-    chunks: Vec<Chunk>,
-    db: &'a str,
-    coll: &'a str,
-    cmd: &'a Document,
+pub(super) struct Target<'a> {
+    pub(super) router: &'a Router,
+    pub(super) conn: &'a Connection,
+    pub(super) entry: &'a CollectionEntry,
+    pub(super) chunks: Vec<Chunk>,
+    pub(super) db: &'a str,
+    pub(super) coll: &'a str,
+    pub(super) cmd: &'a Document,
     /// Sent as a retryable write or in a transaction (shard key values may change).
-    retryable: bool,
+    pub(super) retryable: bool,
 }
 
 /// Sums of the per-shard replies of one client command.
@@ -220,7 +219,7 @@ impl Target<'_> {
         part
     }
 
-    fn shard_of_key(&self, key: &Document) -> CmdResult<Shard> {
+    pub(super) fn shard_of_key(&self, key: &Document) -> CmdResult<Shard> {
         let name = catalog::owning_shard(&self.chunks, key).ok_or_else(|| {
             CommandError::new(
                 codes::INTERNAL_ERROR,
@@ -236,7 +235,7 @@ impl Target<'_> {
     }
 
     /// Shards owning at least one chunk of the collection.
-    fn owning_shards(&self) -> Vec<Shard> {
+    pub(super) fn owning_shards(&self) -> Vec<Shard> {
         self.router
             .shard_list()
             .into_iter()
@@ -426,105 +425,6 @@ impl Target<'_> {
             .into_iter()
             .filter(|s| self.chunks.iter().any(|c| c.shard == s.name && reaches(c)))
             .collect()
-    }
-
-    /// A multi update may not change the shard key of any document it matches (the real
-    /// shards refuse it with 72 InvalidOptions); checked on every shard's owned documents
-    /// before any is written.
-    fn refuse_multi_key_change(&self, filter: &Document, stmt: &Document) -> CmdResult<()> {
-        let Some(update) = stmt.get("u") else {
-            return Ok(());
-        };
-        let spec = UpdateSpec::parse(update)?;
-        let matcher = Matcher::new(filter)?;
-        for shard in self.owning_shards() {
-            let owned: Vec<&Chunk> = self
-                .chunks
-                .iter()
-                .filter(|c| c.shard == shard.name)
-                .collect();
-            let storage = shard.server.storage.lock();
-            let Some(c) = storage.collection(self.db, self.coll) else {
-                continue;
-            };
-            for d in c.docs.values().filter(|d| matcher.matches(d)) {
-                let key = self.entry.key.key_of(d);
-                if !owned
-                    .iter()
-                    .any(|ch| super::shard_key::in_range(&key, &ch.min, &ch.max))
-                {
-                    continue;
-                }
-                let new = spec.apply(d, filter, false)?;
-                if self.entry.key.key_of(&new) != key {
-                    return Err(CommandError::new(
-                        codes::INVALID_OPTIONS,
-                        "Multi-update operations are not allowed when updating the shard key field.",
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A single-document update whose result belongs to another shard: checks the rules
-    /// (retryable write or transaction, full shard key equality) and moves the document
-    /// as a delete plus an insert at one cluster time. Returns None when the document
-    /// stays (or no document matches).
-    async fn shard_key_move(
-        &self,
-        shard: &Shard,
-        filter: &Document,
-        stmt: &Document,
-    ) -> CmdResult<Option<i64>> {
-        let Some(update) = stmt.get("u") else {
-            return Ok(None);
-        };
-        let spec = UpdateSpec::parse(update)?;
-        let matcher = Matcher::new(filter)?;
-        let (old, new) = {
-            let storage = shard.server.storage.lock();
-            let Some(c) = storage.collection(self.db, self.coll) else {
-                return Ok(None);
-            };
-            let Some(old) = c.docs.values().find(|d| matcher.matches(d)).cloned() else {
-                return Ok(None);
-            };
-            let new = spec.apply(&old, filter, false)?;
-            (old, new)
-        };
-        let new_key = self.entry.key.key_of(&new);
-        if new_key == self.entry.key.key_of(&old) {
-            return Ok(None);
-        }
-        // Any change of the key (to a value other than null) needs a retryable write or a
-        // transaction, whether or not the document changes shard.
-        let to_null = self.entry.key.fields.iter().all(|f| {
-            matches!(
-                crate::query::path::get_path(&new, &f.path),
-                None | Some(Bson::Null)
-            )
-        });
-        if !self.retryable && !to_null {
-            return Err(CommandError::new(
-                codes::ILLEGAL_OPERATION,
-                "Must run update to shard key field in a multi-statement transaction or with retryWrites: true.",
-            ));
-        }
-        let destination = self.shard_of_key(&new_key)?;
-        if destination.name == shard.name {
-            return Ok(None);
-        }
-        move_document(
-            self.router,
-            self.db,
-            self.coll,
-            shard,
-            &destination,
-            &old,
-            new,
-        )?;
-        Ok(Some(1))
     }
 
     async fn find_and_modify(&self) -> CmdResult<Reply> {

@@ -269,3 +269,40 @@ async fn find_with_hashed_min_max_returns_each_chunk_range() {
     seen.sort();
     assert_eq!(seen, (0..50).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn dropping_a_sharded_collection_or_database_clears_the_catalog() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.h", "key": {"k": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("h");
+    coll.insert_many((0..20).map(|i| doc! {"k": i}))
+        .await
+        .unwrap();
+    coll.drop().await.unwrap();
+    assert!(all(&router, "config", "collections", doc! {})
+        .await
+        .is_empty());
+    assert!(all(&router, "config", "chunks", doc! {}).await.is_empty());
+    for (_, uri) in cluster.shard_uris() {
+        let shard = client_for(&uri).await;
+        let names = shard.database("app").list_collection_names().await.unwrap();
+        assert!(!names.contains(&"h".to_string()), "{uri}: {names:?}");
+    }
+    router
+        .database("app")
+        .collection::<Document>("plain")
+        .insert_one(doc! {"x": 1})
+        .await
+        .unwrap();
+    router.database("app").drop().await.unwrap();
+    assert!(all(&router, "config", "databases", doc! {"_id": "app"})
+        .await
+        .is_empty());
+}

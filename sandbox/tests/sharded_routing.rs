@@ -322,10 +322,29 @@ async fn shard_key_update_needs_a_retryable_write() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), 20, "{err:?}");
-    // A change that keeps the document on its shard is an ordinary update.
-    coll.update_one(doc! {"k": 5}, doc! {"$set": {"k": 6}})
+    // So does a change that would keep the document on its shard.
+    let err = coll
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 6}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 20, "{err:?}");
+    // As a retryable write it is an ordinary update on that shard.
+    let retrying = client_for(&cluster.router_uri()).await;
+    let items = retrying.database("app").collection::<Document>("items");
+    items
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 6}})
         .await
         .unwrap();
+    assert_eq!(
+        ids(&direct(&cluster, "shard0").await, doc! {"k": 6}).await,
+        [1]
+    );
+    // A multi update may not change shard keys at all.
+    let err = items
+        .update_many(doc! {}, doc! {"$inc": {"k": 1}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 72, "{err:?}");
     assert_eq!(
         ids(&direct(&cluster, "shard0").await, doc! {"k": 6}).await,
         [1]

@@ -18,8 +18,9 @@
 //! - [`forward`]: sending a command to one shard in-process (the shard's own dispatcher,
 //!   so its faults, auth-free internal connection, retry through a stepdown) and the
 //!   router's cursors proxied onto shard cursors.
-//! - [`routing`]: targeting writes by shard key (insert, update, delete, findAndModify),
-//!   shard-key value updates as delete + insert.
+//! - [`routing`]: targeting writes by shard key (insert, update, delete, findAndModify);
+//!   [`shard_key_update`]: a document whose new key belongs to another shard moves as a
+//!   delete + insert at one cluster time; [`ddl`]: collection and index commands.
 //! - [`merge`]: reads of sharded collections: each shard's owned documents (the ownership
 //!   filter that keeps orphans out) gathered on the router, where the ordinary `find`,
 //!   `aggregate`, `count` and `distinct` handlers run over them.
@@ -50,7 +51,7 @@
 //!   reads of the donor still return them until its cleanup deletes them.
 //! - A shard receiving its first chunk of a collection needs the collection under the
 //!   same uuid, options and indexes: [`sharding_admin::clone_collection_shape`].
-//!   [`routing::move_document`] shows how to write on two shards at one cluster time
+//!   [`shard_key_update::move_document`] shows how to write on two shards at one cluster time
 //!   (`Storage::pinned_time`, both storages locked in shard-name order).
 //! - Router commands for chunks, the balancer and membership are listed (with their
 //!   privileges) and dispatched in [`cluster_admin`]; routed reads and writes hold the
@@ -69,6 +70,7 @@ pub mod catalog;
 pub mod chunk_admin;
 pub mod cluster;
 pub mod cluster_admin;
+pub mod ddl;
 pub mod distribution;
 pub mod forward;
 pub mod membership;
@@ -77,6 +79,7 @@ pub mod migration;
 pub mod router;
 pub mod routing;
 pub mod shard_key;
+pub mod shard_key_update;
 pub mod sharding_admin;
 pub mod stream;
 pub mod stream_command;

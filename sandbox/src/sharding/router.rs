@@ -17,8 +17,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, distribution, merge, routing, sharding_admin, stream_command, Router,
-    Shard,
+    catalog, cluster_admin, ddl, distribution, merge, routing, sharding_admin, stream_command,
+    Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -200,7 +200,7 @@ async fn route(
         "listDatabases" => merge::list_databases(router, conn, cmd).await,
         "collStats" => merge::coll_stats(router, conn, &db, cmd).await,
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
-            routing::ddl(router, conn, &db, cmd, &name).await
+            ddl::run(router, conn, &db, cmd, &name).await
         }
         "renameCollection" => {
             let source = cmd.get_str("renameCollection").unwrap_or_default();

@@ -23,7 +23,7 @@ use super::catalog::{self, Chunk, CollectionEntry};
 use super::forward::{self, error_code};
 use super::router::home_shard;
 use super::shard_key::equality_value;
-use super::{Router, Shard, ShardKeyMoveOrder};
+use super::{Router, Shard};
 
 /// Code 61 ShardKeyNotFound.
 pub const SHARD_KEY_NOT_FOUND: i32 = 61;
@@ -114,16 +114,16 @@ fn retry_key(cmd: &Document) -> Option<(Vec<u8>, i64)> {
 }
 
 /// One write command on a sharded collection being split over its shards.
-struct Target<'a> {
-    router: &'a Router,
-    conn: &'a Connection,
-    entry: &'a CollectionEntry,
-    chunks: Vec<Chunk>,
-    db: &'a str,
-    coll: &'a str,
-    cmd: &'a Document,
+pub(super) struct Target<'a> {
+    pub(super) router: &'a Router,
+    pub(super) conn: &'a Connection,
+    pub(super) entry: &'a CollectionEntry,
+    pub(super) chunks: Vec<Chunk>,
+    pub(super) db: &'a str,
+    pub(super) coll: &'a str,
+    pub(super) cmd: &'a Document,
     /// Sent as a retryable write or in a transaction (shard key values may change).
-    retryable: bool,
+    pub(super) retryable: bool,
 }
 
 /// Sums of the per-shard replies of one client command.
@@ -219,7 +219,7 @@ impl Target<'_> {
         part
     }
 
-    fn shard_of_key(&self, key: &Document) -> CmdResult<Shard> {
+    pub(super) fn shard_of_key(&self, key: &Document) -> CmdResult<Shard> {
         let name = catalog::owning_shard(&self.chunks, key).ok_or_else(|| {
             CommandError::new(
                 codes::INTERNAL_ERROR,
@@ -235,7 +235,7 @@ impl Target<'_> {
     }
 
     /// Shards owning at least one chunk of the collection.
-    fn owning_shards(&self) -> Vec<Shard> {
+    pub(super) fn owning_shards(&self) -> Vec<Shard> {
         self.router
             .shard_list()
             .into_iter()
@@ -362,6 +362,9 @@ impl Target<'_> {
             async move { forward::to_shard(self.router, &shard, self.conn, part).await }
         };
         if multi {
+            if name == "update" {
+                self.refuse_multi_key_change(&filter, stmt)?;
+            }
             for shard in self.owning_shards() {
                 totals.add(&send(shard).await, index)?;
             }
@@ -422,58 +425,6 @@ impl Target<'_> {
             .into_iter()
             .filter(|s| self.chunks.iter().any(|c| c.shard == s.name && reaches(c)))
             .collect()
-    }
-
-    /// A single-document update whose result belongs to another shard: checks the rules
-    /// (retryable write or transaction, full shard key equality) and moves the document
-    /// as a delete plus an insert at one cluster time. Returns None when the document
-    /// stays (or no document matches).
-    async fn shard_key_move(
-        &self,
-        shard: &Shard,
-        filter: &Document,
-        stmt: &Document,
-    ) -> CmdResult<Option<i64>> {
-        let Some(update) = stmt.get("u") else {
-            return Ok(None);
-        };
-        let spec = UpdateSpec::parse(update)?;
-        let matcher = Matcher::new(filter)?;
-        let (old, new) = {
-            let storage = shard.server.storage.lock();
-            let Some(c) = storage.collection(self.db, self.coll) else {
-                return Ok(None);
-            };
-            let Some(old) = c.docs.values().find(|d| matcher.matches(d)).cloned() else {
-                return Ok(None);
-            };
-            let new = spec.apply(&old, filter, false)?;
-            (old, new)
-        };
-        let new_key = self.entry.key.key_of(&new);
-        if new_key == self.entry.key.key_of(&old) {
-            return Ok(None);
-        }
-        let destination = self.shard_of_key(&new_key)?;
-        if destination.name == shard.name {
-            return Ok(None);
-        }
-        if !self.retryable {
-            return Err(CommandError::new(
-                codes::ILLEGAL_OPERATION,
-                "Must run update to shard key field in a multi-statement transaction or with retryWrites: true.",
-            ));
-        }
-        move_document(
-            self.router,
-            self.db,
-            self.coll,
-            shard,
-            &destination,
-            &old,
-            new,
-        )?;
-        Ok(Some(1))
     }
 
     async fn find_and_modify(&self) -> CmdResult<Reply> {
@@ -577,115 +528,4 @@ fn single_write_error(
         )
     };
     CommandError::new(SHARD_KEY_NOT_FOUND, msg)
-}
-
-/// Moves a document to another shard: deleted on `from`, inserted (as `new`) on `to`,
-/// both logged at one cluster time; the order follows the router's
-/// [`ShardKeyMoveOrder`].
-pub fn move_document(
-    router: &Router,
-    db: &str,
-    coll: &str,
-    from: &Shard,
-    to: &Shard,
-    old: &Document,
-    new: Document,
-) -> CmdResult<()> {
-    super::sharding_admin::clone_collection_shape(&from.server, &to.server, db, coll);
-    let order = router.settings.read().shard_key_move_order;
-    let id = old.get("_id").cloned().unwrap_or(Bson::Null);
-    // Both shards locked in name order (no deadlock with another move), so nothing is
-    // logged on either between the two writes.
-    let (first, second) = if from.name < to.name {
-        (&from.server, &to.server)
-    } else {
-        (&to.server, &from.server)
-    };
-    let mut a = first.storage.lock();
-    let mut b = second.storage.lock();
-    let (source, destination) = if from.name < to.name {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
-    if destination.collection(db, coll).is_some_and(|c| {
-        c.docs
-            .contains_key(&crate::query::order::OrdBson(id.clone()))
-    }) {
-        return Err(CommandError::new(
-            codes::DUPLICATE_KEY,
-            format!("E11000 duplicate key error collection: {db}.{coll} index: _id_ dup key: {{ _id: {id} }}"),
-        ));
-    }
-    let ts = source.next_timestamp();
-    source.pinned_time = Some(ts);
-    destination.pinned_time = Some(ts);
-    let result = match order {
-        ShardKeyMoveOrder::DeleteFirst => {
-            source.delete(db, coll, &id);
-            destination.insert(db, coll, new).map(|_| ())
-        }
-        ShardKeyMoveOrder::InsertFirst => {
-            let inserted = destination.insert(db, coll, new).map(|_| ());
-            if inserted.is_ok() {
-                source.delete(db, coll, &id);
-            }
-            inserted
-        }
-    };
-    source.pinned_time = None;
-    destination.pinned_time = None;
-    drop(a);
-    drop(b);
-    from.server.oplog_appended.notify_waiters();
-    to.server.oplog_appended.notify_waiters();
-    result
-}
-
-/// DDL through the router: on an unsharded collection its primary shard runs it; on a
-/// sharded one every shard holding the collection does (and `drop` removes the catalog
-/// entry); `dropDatabase` drops the database on every shard and in the catalog.
-pub async fn ddl(
-    router: &Router,
-    conn: &Connection,
-    db: &str,
-    cmd: Document,
-    name: &str,
-) -> CmdResult<Reply> {
-    if name == "dropDatabase" {
-        let mut last = Reply::from(doc! {});
-        for shard in router.shard_list() {
-            last = forward::to_shard(router, &shard, conn, cmd.clone()).await;
-            if error_code(&last).is_some() {
-                return Ok(last);
-            }
-        }
-        catalog::drop_database(&mut router.config.storage.lock(), db);
-        return Ok(last);
-    }
-    let coll = cmd.get_str(name).unwrap_or_default().to_string();
-    let ns = format!("{db}.{coll}");
-    let sharded = catalog::collection(&router.config.storage.lock(), &ns).is_some();
-    if !sharded {
-        let Some(shard) = home_shard(router, db, name != "drop")? else {
-            return super::router::to_config(router, conn, cmd).await;
-        };
-        return Ok(forward::to_shard(router, &shard, conn, cmd).await);
-    }
-    let mut first_reply = None;
-    for shard in router.shard_list() {
-        let has = shard.server.storage.lock().collection(db, &coll).is_some();
-        if !has {
-            continue;
-        }
-        let reply = forward::to_shard(router, &shard, conn, cmd.clone()).await;
-        if error_code(&reply).is_some() {
-            return Ok(reply);
-        }
-        first_reply.get_or_insert(reply);
-    }
-    if name == "drop" {
-        catalog::drop_collection(&mut router.config.storage.lock(), &ns);
-    }
-    Ok(first_reply.unwrap_or_else(|| Reply::from(doc! {})))
 }

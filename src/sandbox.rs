@@ -1,10 +1,12 @@
-//! `ferry sandbox`: runs a `ferry-sandbox` replica set member until SIGINT/SIGTERM and
+//! `ferry sandbox`: runs a `ferry-sandbox` replica set member (or, with `--shards N`, a
+//! sharded cluster: config server, N shards and a router) until SIGINT/SIGTERM and
 //! prints `ready <uri>` once it accepts connections.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use ferry_sandbox::{Sandbox, SandboxOptions, TlsFiles};
+use ferry_sandbox::{Sandbox, SandboxOptions, ShardedCluster, ShardedOptions, TlsFiles};
 
 #[derive(clap::Args, Debug)]
 pub struct SandboxArgs {
@@ -32,6 +34,20 @@ pub struct SandboxArgs {
     /// Keep at most this many oplog entries; older history is lost (ChangeStreamHistoryLost).
     #[arg(long)]
     pub oplog_max_events: Option<usize>,
+    /// Start a sharded cluster with this many shards (set names shard0..N-1), a config
+    /// server replica set and a router listening on --port; without it, a replica set.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: Option<u32>,
+    /// How often an idle primary writes a no-op to its oplog, in milliseconds (every node).
+    #[arg(long, default_value_t = 10_000)]
+    pub periodic_noop_ms: u64,
+    /// Sharded cluster: milliseconds between balancer rounds.
+    #[arg(long, default_value_t = 10_000)]
+    pub balancer_interval_ms: u64,
+    /// Sharded cluster: milliseconds a donor shard keeps orphaned documents after a chunk
+    /// migration before deleting them.
+    #[arg(long, default_value_t = 900_000)]
+    pub orphan_cleanup_delay_ms: u64,
 }
 
 /// Parses `NAME:PASSWORD:ROLE[,ROLE...]`.
@@ -83,10 +99,80 @@ pub fn options_from(args: &SandboxArgs) -> Result<SandboxOptions, String> {
         users,
         tls,
         oplog_max_events: args.oplog_max_events,
+        periodic_noop_interval: Duration::from_millis(args.periodic_noop_ms),
+        ..Default::default()
     })
 }
 
+/// The sharded cluster options of `--shards N` and the options every node shares.
+pub fn sharded_options_from(args: &SandboxArgs, shards: u32) -> Result<ShardedOptions, String> {
+    let node = options_from(args)?;
+    Ok(ShardedOptions {
+        shards: shards as usize,
+        host: node.host,
+        router_port: node.port,
+        version: node.version,
+        users: node.users,
+        tls: node.tls,
+        oplog_max_events: node.oplog_max_events,
+        periodic_noop_interval: node.periodic_noop_interval,
+        balancer_interval: Duration::from_millis(args.balancer_interval_ms),
+        orphan_cleanup_delay: Duration::from_millis(args.orphan_cleanup_delay_ms),
+        ..Default::default()
+    })
+}
+
+fn report_start_error(e: &ferry_sandbox::StartError) {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    eprintln!("error: {msg}");
+}
+
+/// `--shards N`: starts the cluster, prints `ready <router uri>`, one `shard <name> <uri>`
+/// line per shard and `config <uri>`, then runs until a signal.
+fn run_sharded(args: &SandboxArgs, shards: u32) -> ExitCode {
+    let options = match sharded_options_from(args, shards) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cluster = match ShardedCluster::start(options) {
+        Ok(c) => c,
+        Err(e) => {
+            report_start_error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("ready {}", cluster.router_uri());
+    for (name, uri) in cluster.shard_uris() {
+        println!("shard {name} {uri}");
+    }
+    println!("config {}", cluster.config_uri());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start signal handling: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(wait_for_shutdown_signal());
+    drop(cluster);
+    ExitCode::SUCCESS
+}
+
 pub fn run(args: SandboxArgs) -> ExitCode {
+    if let Some(shards) = args.shards {
+        return run_sharded(&args, shards);
+    }
     let options = match options_from(&args) {
         Ok(o) => o,
         Err(e) => {
@@ -97,13 +183,7 @@ pub fn run(args: SandboxArgs) -> ExitCode {
     let sandbox = match Sandbox::start(options) {
         Ok(s) => s,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("error: {msg}");
+            report_start_error(&e);
             return ExitCode::FAILURE;
         }
     };

@@ -98,3 +98,64 @@ async fn cli_oplog_max_events_loses_old_history() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `ferry sandbox --shards 2` prints the router's URI (a mongos: no `replicaSet`), one
+/// line per shard and the config server's; the router answers as a mongos and every
+/// node applies `--version`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_shards_prints_router_shards_and_config() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "sandbox",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--version",
+            "6.0.17",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry sandbox --shards 2");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = || lines.next().expect("a line").expect("utf8");
+    let ready = next();
+    let router = ready
+        .strip_prefix("ready ")
+        .expect("ready line")
+        .to_string();
+    assert!(!router.contains("replicaSet"), "{router}");
+    let shard0 = next();
+    let shard1 = next();
+    assert!(shard0.starts_with("shard shard0 mongodb://"), "{shard0}");
+    assert!(shard1.contains("replicaSet=shard1"), "{shard1}");
+    let config = next();
+    assert!(config.starts_with("config mongodb://"), "{config}");
+    let client = mongodb::Client::with_uri_str(&router)
+        .await
+        .expect("client");
+    let hello = client
+        .database("admin")
+        .run_command(bson::doc! {"hello": 1})
+        .await
+        .expect("hello");
+    assert_eq!(hello.get_str("msg"), Ok("isdbgrid"));
+    let build = client
+        .database("admin")
+        .run_command(bson::doc! {"buildInfo": 1})
+        .await
+        .expect("buildInfo");
+    assert_eq!(build.get_str("version"), Ok("6.0.17"));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -32,6 +32,37 @@ pub enum Scope {
     Collection(String, String),
 }
 
+impl Scope {
+    /// The scope of a `$changeStream` opened by `aggregate` on `db`: on a collection, on
+    /// the database (`aggregate: 1`), or on the whole cluster (`admin` with
+    /// `allChangesForCluster: true`).
+    pub fn of_request(db: &str, coll: Option<&str>, spec: &Document) -> CmdResult<Scope> {
+        let all = spec.get_bool("allChangesForCluster").unwrap_or(false);
+        match (coll, all) {
+            (Some(c), _) => Ok(Scope::Collection(db.to_string(), c.to_string())),
+            (None, true) if db != "admin" => Err(CommandError::new(
+                codes::INVALID_NAMESPACE,
+                "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' database",
+            )),
+            (None, true) => Ok(Scope::Cluster),
+            (None, false) if db == "admin" => Err(CommandError::new(
+                codes::INVALID_NAMESPACE,
+                "$changeStream on the admin database requires allChangesForCluster: true",
+            )),
+            (None, false) => Ok(Scope::Database(db.to_string())),
+        }
+    }
+
+    /// The namespace a stream's cursor reports.
+    pub fn cursor_ns(&self) -> String {
+        match self {
+            Scope::Cluster => "admin.$cmd.aggregate".to_string(),
+            Scope::Database(db) => format!("{db}.$cmd.aggregate"),
+            Scope::Collection(db, c) => format!("{db}.{c}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum FullDocument {
     Default,
@@ -498,7 +529,8 @@ impl ChangeStream {
     }
 
     fn in_scope(&self, entry: &OplogEntry) -> bool {
-        if entry.kind == EventKind::Noop {
+        // Chunk migrations' copies and range deletions are not changes to the data.
+        if entry.kind == EventKind::Noop || entry.from_migrate {
             return false;
         }
         if entry.coll.starts_with("system.") {

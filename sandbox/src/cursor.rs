@@ -21,6 +21,8 @@ pub enum CursorState {
     /// Remaining documents of a query (shared with the collection until sent).
     Documents(VecDeque<Arc<Document>>),
     ChangeStream(Box<ChangeStream>),
+    /// A router's change stream over its shards.
+    RouterChangeStream(Box<crate::sharding::stream::RouterStream>),
 }
 
 pub struct Cursor {
@@ -117,6 +119,27 @@ impl EncodedBatch {
     /// Total size of the documents, as the batch byte budget counts it.
     pub fn doc_bytes(&self) -> usize {
         self.doc_bytes
+    }
+
+    /// The documents, decoded again (a router merging its shards' batches reads them).
+    pub fn documents(&self) -> Result<Vec<Document>, bson::de::Error> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut rest = &self.bytes[..];
+        while let Some((_, after_type)) = rest.split_first() {
+            // Skip the element's index key (a C string).
+            let key_end = after_type
+                .iter()
+                .position(|b| *b == 0)
+                .map_or(after_type.len(), |i| i + 1);
+            let body = &after_type[key_end..];
+            let len = body.get(..4).map_or(0, |b| {
+                i32::from_le_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize
+            });
+            let (doc, next) = body.split_at(len.min(body.len()));
+            out.push(Document::from_reader(doc)?);
+            rest = next;
+        }
+        Ok(out)
     }
 
     /// Size of the batch as an array value.

@@ -36,6 +36,8 @@ pub mod codes {
     pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const USER_WRITES_BLOCKED: i32 = 371;
+    pub const SHARD_NOT_FOUND: i32 = 70;
+    pub const NAMESPACE_NOT_SHARDED: i32 = 118;
     pub const TRANSACTION_TOO_OLD: i32 = 225;
     pub const LOCATION40324: i32 = 40324;
     /// A required command field is missing (IDL parser).
@@ -91,6 +93,11 @@ pub mod codes {
             47 => "NoMatchingDocument",
             17 => "ProtocolError",
             352 => "UnsupportedOpQueryCommand",
+            23 => "AlreadyInitialized",
+            61 => "ShardKeyNotFound",
+            70 => "ShardNotFound",
+            118 => "NamespaceNotSharded",
+            115 => "CommandNotSupported",
             72 => "InvalidOptions",
             73 => "InvalidNamespace",
             85 => "IndexOptionsConflict",

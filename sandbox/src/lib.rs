@@ -14,6 +14,9 @@
 //! - [`auth`]: SCRAM-SHA-1/256 conversations, users and built-in roles.
 //! - [`transaction`]: multi-document transactions (workspaces, locks, commit as
 //!   `applyOps`); [`versions`]: prior document versions for snapshot and majority reads.
+//! - [`sharding`]: the sharded cluster: config server, shards and the router (mongos)
+//!   that routes commands to shards in-process, with the catalog in `config.*`; chunk
+//!   migrations, orphans, the balancer and the router's change streams.
 //! - [`error`]: command errors with codes and labels as the real server reports them.
 //!
 //! Data flow: bytes -> `wire` -> `dispatch` (auth, faults) -> handler -> `storage`
@@ -34,6 +37,7 @@ pub mod encode;
 pub mod error;
 pub mod failpoint;
 pub mod server;
+pub mod sharding;
 pub mod storage;
 pub mod tls;
 pub mod transaction;
@@ -41,4 +45,5 @@ pub mod versions;
 pub mod wire;
 
 pub use server::{Sandbox, SandboxOptions, StartError, TlsFiles};
+pub use sharding::{ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
 pub mod query;

@@ -20,8 +20,9 @@ use crate::dispatch::{self, Connection};
 use crate::storage::Storage;
 use crate::wire::{self, Request};
 
-/// Interval of the idle primary's no-op oplog writes.
-const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
+/// Default interval of the idle primary's no-op oplog writes: the real server's
+/// `periodicNoopIntervalSecs` default (10 s).
+pub const PERIODIC_NOOP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How to start a sandbox replica set member.
 #[derive(Clone, Debug)]
@@ -36,6 +37,16 @@ pub struct SandboxOptions {
     pub users: Vec<(String, String, Vec<String>)>,
     pub tls: Option<TlsFiles>,
     pub oplog_max_events: Option<usize>,
+    /// A primary with no write for this long writes a no-op oplog entry, so majority
+    /// time and change-stream high-water marks keep moving (and a router's change stream
+    /// is not held back by this node for longer). Zero disables the writer.
+    pub periodic_noop_interval: Duration,
+    /// What this node is: a replica set member (the default), or one node of a sandbox
+    /// sharded cluster (see [`crate::sharding`]).
+    pub role: crate::sharding::NodeRole,
+    /// Shared by every node of a sharded cluster, so cluster time is one sequence; a
+    /// replica set gets its own.
+    pub clock: crate::storage::ClusterClock,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +65,9 @@ impl Default for SandboxOptions {
             users: Vec::new(),
             tls: None,
             oplog_max_events: None,
+            periodic_noop_interval: PERIODIC_NOOP_INTERVAL,
+            role: crate::sharding::NodeRole::ReplicaSetMember,
+            clock: crate::storage::ClusterClock::default(),
         }
     }
 }
@@ -256,7 +270,10 @@ impl Sandbox {
         let (disconnect, _) = watch::channel(0u64);
         let server = Arc::new(Server {
             address: format!("{}:{}", options.host, local.0.port()),
-            storage: Mutex::new(Storage::new(options.oplog_max_events)),
+            storage: Mutex::new(Storage::with_clock(
+                options.oplog_max_events,
+                options.clock.clone(),
+            )),
             options,
             oplog_appended: Notify::new(),
             cursors: CursorRegistry::default(),
@@ -408,21 +425,14 @@ async fn accept_loop(
             cursor_server.cursors.reap_idle();
         }
     });
-    // A primary writes a no-op every 10 s when idle, so majority time and change-stream
-    // high-water marks keep moving (the server's periodic no-op writer).
-    let noop_server = server.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(PERIODIC_NOOP_INTERVAL).await;
-            if noop_server.is_primary() {
-                noop_server
-                    .storage
-                    .lock()
-                    .append_noop(bson::doc! {"msg": "periodic noop"});
-                noop_server.oplog_appended.notify_waiters();
-            }
-        }
-    });
+    // The router stores no data: only data-bearing nodes write periodic no-ops.
+    let interval = server.options.periodic_noop_interval;
+    if !interval.is_zero() && !server.options.role.is_router() {
+        tokio::spawn(periodic_noop_writer(server.clone(), interval));
+    }
+    if let Some(router) = server.options.role.router() {
+        crate::sharding::balancer::spawn(router);
+    }
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -441,6 +451,33 @@ async fn accept_loop(
                     }
                 });
             }
+        }
+    }
+}
+
+/// The periodic no-op writer: a primary whose newest oplog entry is `interval` old
+/// appends a no-op, so an idle node's cluster time keeps moving (majority time, change
+/// stream high-water marks, a router stream waiting for every shard to report).
+async fn periodic_noop_writer(server: Arc<Server>, interval: Duration) {
+    let mut wait = interval;
+    loop {
+        tokio::time::sleep(wait).await;
+        if !server.is_primary() {
+            wait = interval;
+            continue;
+        }
+        let mut storage = server.storage.lock();
+        let idle_for = storage.oplog.entries.back().map_or(interval, |e| {
+            let ms = bson::DateTime::now().timestamp_millis() - e.wall.timestamp_millis();
+            Duration::from_millis(ms.max(0) as u64)
+        });
+        if idle_for >= interval {
+            storage.append_noop(bson::doc! {"msg": "periodic noop"});
+            drop(storage);
+            server.oplog_appended.notify_waiters();
+            wait = interval;
+        } else {
+            wait = interval - idle_for;
         }
     }
 }
@@ -472,7 +509,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 command,
             } => {
                 let reply = tokio::select! {
-                    r = dispatch::run_command(&server, &mut conn, command) => r,
+                    r = run_command(&server, &mut conn, command) => r,
                     _ = disconnect.changed() => return,
                 };
                 if more_to_come {
@@ -485,8 +522,21 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                 collection,
                 query,
             } => {
-                let reply =
-                    dispatch::run_legacy_query(&server, &mut conn, &collection, query).await;
+                let reply = match server.options.role.router() {
+                    Some(router) => {
+                        crate::sharding::router::run_legacy_query(
+                            &server,
+                            router,
+                            &mut conn,
+                            &collection,
+                            query,
+                        )
+                        .await
+                    }
+                    None => {
+                        dispatch::run_legacy_query(&server, &mut conn, &collection, query).await
+                    }
+                };
                 wire::encode_op_reply(request_id, &reply)
             }
         };
@@ -501,5 +551,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
             let _ = writer.shutdown().await;
             return;
         }
+    }
+}
+
+/// One command of a client connection: a router routes it over its cluster; any other
+/// node runs it itself.
+async fn run_command(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    command: bson::Document,
+) -> crate::wire::Reply {
+    match server.options.role.router() {
+        Some(router) => crate::sharding::router::run_command(server, router, conn, command).await,
+        None => dispatch::run_command(server, conn, command).await,
     }
 }

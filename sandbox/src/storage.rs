@@ -33,6 +33,9 @@ pub enum EventKind {
     DropDatabase,
     /// A no-op (appendOplogNote): moves cluster time, emits no event.
     Noop,
+    /// A collection became sharded: a no-op entry on its primary shard, reported as an
+    /// expanded event.
+    ShardCollection,
 }
 
 impl EventKind {
@@ -50,6 +53,7 @@ impl EventKind {
             EventKind::Drop => "drop",
             EventKind::DropDatabase => "dropDatabase",
             EventKind::Noop => "noop",
+            EventKind::ShardCollection => "shardCollection",
         }
     }
     /// Events only shown with `showExpandedEvents`.
@@ -60,6 +64,7 @@ impl EventKind {
                 | EventKind::CreateIndexes
                 | EventKind::DropIndexes
                 | EventKind::Modify
+                | EventKind::ShardCollection
         )
     }
 }
@@ -90,6 +95,9 @@ pub struct OplogEntry {
     /// Set on the operations of a committed transaction: which transaction, and where the
     /// operation sits in it (entries of one `applyOps` share `ts`).
     pub txn: Option<TxnStamp>,
+    /// Written by a chunk migration (the recipient's copies, the donor's range deletion),
+    /// as the real server's `fromMigrate`: change streams do not report it.
+    pub from_migrate: bool,
 }
 
 /// Where an operation of a committed transaction sits: its session and number, its index
@@ -160,7 +168,7 @@ impl OplogEntry {
             EventKind::Insert => "i",
             EventKind::Update | EventKind::Replace => "u",
             EventKind::Delete => "d",
-            EventKind::Noop => "n",
+            EventKind::Noop | EventKind::ShardCollection => "n",
             _ => "c",
         };
         let ns = match self.kind {
@@ -168,6 +176,7 @@ impl OplogEntry {
                 format!("{}.{}", self.db, self.coll)
             }
             EventKind::Noop => String::new(),
+            EventKind::ShardCollection => format!("{}.{}", self.db, self.coll),
             _ => format!("{}.$cmd", self.db),
         };
         let mut d = doc! { "op": op, "ns": ns };
@@ -184,6 +193,9 @@ impl OplogEntry {
         d.insert("o", o);
         if let Some(o2) = &self.o2 {
             d.insert("o2", o2.clone());
+        }
+        if self.from_migrate {
+            d.insert("fromMigrate", true);
         }
         d
     }
@@ -529,6 +541,9 @@ pub struct Collection {
     pub options: Document,
     pub docs: BTreeMap<OrdBson, Arc<Document>>,
     pub indexes: Vec<Index>,
+    /// The shard key pattern when this collection is sharded (set on each shard's copy),
+    /// so its oplog's document keys carry the shard key fields, as a shard's do.
+    pub shard_key: Option<Document>,
 }
 
 impl Collection {
@@ -543,6 +558,7 @@ impl Collection {
             options,
             docs: BTreeMap::new(),
             indexes,
+            shard_key: None,
         }
     }
     /// This collection (options, indexes) holding `docs` instead: a snapshot of it.
@@ -559,7 +575,28 @@ impl Collection {
             options: self.options.clone(),
             docs,
             indexes,
+            shard_key: self.shard_key.clone(),
         }
+    }
+
+    /// The document key the oplog and change streams report for `doc`: the shard key
+    /// fields (those present), then `_id` unless the shard key holds it; `{_id}` when
+    /// the collection is not sharded.
+    pub fn document_key(&self, doc: &Document) -> Document {
+        let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+        let Some(pattern) = &self.shard_key else {
+            return doc! {"_id": id};
+        };
+        let mut key = Document::new();
+        for field in pattern.keys() {
+            if let Some(v) = get_path(doc, field) {
+                key.insert(field.clone(), v.clone());
+            }
+        }
+        if !key.contains_key("_id") {
+            key.insert("_id", id);
+        }
+        key
     }
 
     /// Sets (or removes) one document, keeping indexes; refuses a unique-key duplicate.
@@ -669,30 +706,58 @@ pub struct Database {
     pub collections: BTreeMap<String, Collection>,
 }
 
-/// Hands out strictly increasing cluster timestamps (seconds, increment).
-#[derive(Debug, Default)]
-struct Clock {
-    last: Option<Timestamp>,
+/// Hands out strictly increasing cluster timestamps (seconds, increment). Cloning shares
+/// it: every node of a sandbox sharded cluster holds one clone, so cluster time is one
+/// monotonic sequence across the config server, the shards and the router.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterClock {
+    /// The last timestamp handed out, as `time << 32 | increment` (0: none yet).
+    last: Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl Clock {
-    fn tick(&mut self) -> Timestamp {
+impl ClusterClock {
+    fn pack(ts: Timestamp) -> u64 {
+        ((ts.time as u64) << 32) | ts.increment as u64
+    }
+    fn unpack(v: u64) -> Timestamp {
+        Timestamp {
+            time: (v >> 32) as u32,
+            increment: v as u32,
+        }
+    }
+    /// The next timestamp: after every one handed out before, on any node sharing it.
+    pub fn tick(&self) -> Timestamp {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(0);
-        let next = match self.last {
-            Some(last) if last.time >= now => Timestamp {
-                time: last.time,
-                increment: last.increment + 1,
-            },
-            _ => Timestamp {
-                time: now,
-                increment: 1,
-            },
+        let step = |last: u64| {
+            let last = Self::unpack(last);
+            let next = if last.time >= now {
+                Timestamp {
+                    time: last.time,
+                    increment: last.increment + 1,
+                }
+            } else {
+                Timestamp {
+                    time: now,
+                    increment: 1,
+                }
+            };
+            Self::pack(next)
         };
-        self.last = Some(next);
-        next
+        let order = std::sync::atomic::Ordering::SeqCst;
+        let previous = match self.last.fetch_update(order, order, |v| Some(step(v))) {
+            Ok(v) | Err(v) => v,
+        };
+        Self::unpack(step(previous))
+    }
+    /// The newest timestamp handed out, if any.
+    pub fn last(&self) -> Option<Timestamp> {
+        match self.last.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            v => Some(Self::unpack(v)),
+        }
     }
 }
 
@@ -701,7 +766,7 @@ impl Clock {
 pub struct Storage {
     pub dbs: BTreeMap<String, Database>,
     pub oplog: Oplog,
-    clock: Clock,
+    clock: ClusterClock,
     /// Prior versions of documents, kept while a snapshot may read them.
     pub versions: crate::versions::Versions,
     /// Documents held by open transactions.
@@ -710,6 +775,10 @@ pub struct Storage {
     /// last write, and the cluster time when the fault was set (everything written before
     /// it counts as majority-committed).
     pub majority_lag: Option<(std::time::Duration, Timestamp)>,
+    /// While set, writes are logged at this cluster time instead of a fresh one: a
+    /// document that changes shard is deleted on one shard and inserted on the other at
+    /// one cluster time, as the real cluster's cross-shard commit does.
+    pub pinned_time: Option<Timestamp>,
 }
 
 /// A pending change for [`Storage::append`].
@@ -726,6 +795,7 @@ struct Change {
     operation_description: Option<Document>,
     o: Document,
     o2: Option<Document>,
+    from_migrate: bool,
 }
 
 impl Change {
@@ -743,6 +813,7 @@ impl Change {
             operation_description: None,
             o,
             o2: None,
+            from_migrate: false,
         }
     }
 }
@@ -774,7 +845,14 @@ impl Storage {
     /// A new member's data: empty, with the oplog's first entry written at replica-set
     /// initiation, as on a real member.
     pub fn new(max_oplog_entries: Option<usize>) -> Storage {
+        Storage::with_clock(max_oplog_entries, ClusterClock::default())
+    }
+
+    /// A new member's data whose timestamps come from `clock` (shared by the nodes of a
+    /// sharded cluster).
+    pub fn with_clock(max_oplog_entries: Option<usize>, clock: ClusterClock) -> Storage {
         let mut storage = Storage {
+            clock,
             oplog: Oplog {
                 max_entries: max_oplog_entries,
                 ..Default::default()
@@ -787,14 +865,17 @@ impl Storage {
 
     /// The newest timestamp handed out (the cluster time).
     pub fn cluster_time(&mut self) -> Timestamp {
-        match self.clock.last {
+        match self.clock.last() {
             Some(t) => t,
             None => self.clock.tick(),
         }
     }
 
     fn append(&mut self, c: Change) -> Timestamp {
-        let ts = self.clock.tick();
+        let ts = match self.pinned_time {
+            Some(ts) => ts,
+            None => self.clock.tick(),
+        };
         self.oplog.push(OplogEntry {
             ts,
             wall: DateTime::now(),
@@ -811,6 +892,7 @@ impl Storage {
             o: c.o,
             o2: c.o2,
             txn: None,
+            from_migrate: c.from_migrate,
         });
         ts
     }
@@ -825,6 +907,11 @@ impl Storage {
     /// each with a fresh timestamp per `applyOps` group. Returns the last timestamp.
     pub fn next_timestamp(&mut self) -> Timestamp {
         self.clock.tick()
+    }
+
+    /// The clock this storage takes its timestamps from.
+    pub fn clock(&self) -> &ClusterClock {
+        &self.clock
     }
 
     /// Appends an entry whose timestamp was taken with [`Self::next_timestamp`].
@@ -894,6 +981,42 @@ impl Storage {
         self.append(Change::new(EventKind::Noop, "", "", data))
     }
 
+    /// Marks `db.coll` sharded on `key` on this shard (creating the collection when
+    /// missing), so its document keys carry the shard key; when `announce`, as on the
+    /// collection's primary shard, logs the `shardCollection` no-op that change streams
+    /// report with `showExpandedEvents`.
+    pub fn shard_collection(
+        &mut self,
+        db: &str,
+        coll: &str,
+        key: &Document,
+        unique: bool,
+        announce: bool,
+    ) -> CmdResult<()> {
+        self.ensure_collection(db, coll)?;
+        let c = self
+            .collection_mut(db, coll)
+            .ok_or_else(|| CommandError::ns_not_found(format!("ns not found {db}.{coll}")))?;
+        c.shard_key = Some(key.clone());
+        let uuid = c.uuid.clone();
+        if announce {
+            let ns = format!("{db}.{coll}");
+            let mut change = Change::new(
+                EventKind::ShardCollection,
+                db,
+                coll,
+                doc! {"msg": {"shardCollection": &ns}},
+            );
+            change.uuid = Some(uuid);
+            change.o2 = Some(doc! {"shardCollection": &ns, "key": key.clone(), "unique": unique});
+            change.operation_description = Some(
+                doc! {"shardKey": key.clone(), "unique": unique, "presplitHashedZones": false},
+            );
+            self.append(change);
+        }
+        Ok(())
+    }
+
     pub fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {
         self.dbs.get(db).and_then(|d| d.collections.get(coll))
     }
@@ -920,6 +1043,21 @@ impl Storage {
     /// Adds a collection built elsewhere (a transaction's implicitly created one keeps its
     /// uuid) and writes its create entry.
     pub fn adopt_collection(&mut self, db: &str, coll: &str, c: Collection) {
+        self.adopt_collection_marked(db, coll, c, false);
+    }
+
+    /// Creates, on a shard receiving its first chunk of a sharded collection, the
+    /// collection as the donor has it (uuid, options, indexes, shard key), without data;
+    /// logged `fromMigrate`. Does nothing when the collection exists.
+    pub fn create_for_migration(&mut self, db: &str, coll: &str, donor: &Collection) {
+        if self.collection(db, coll).is_some() {
+            return;
+        }
+        let c = donor.with_docs(BTreeMap::new());
+        self.adopt_collection_marked(db, coll, c, true);
+    }
+
+    fn adopt_collection_marked(&mut self, db: &str, coll: &str, c: Collection, from_migrate: bool) {
         let options = c.options.clone();
         let uuid = c.uuid.clone();
         let is_view = c.is_view();
@@ -953,6 +1091,7 @@ impl Storage {
             }
         }
         change.operation_description = Some(desc);
+        change.from_migrate = from_migrate;
         self.append(change);
     }
 
@@ -971,7 +1110,23 @@ impl Storage {
     }
 
     /// Inserts one document; adds `_id` first when missing. Returns the stored document.
-    pub fn insert(&mut self, db: &str, coll: &str, mut doc: Document) -> CmdResult<Bson> {
+    pub fn insert(&mut self, db: &str, coll: &str, doc: Document) -> CmdResult<Bson> {
+        self.insert_marked(db, coll, doc, false)
+    }
+
+    /// Inserts a document a chunk migration copies to this shard: logged `fromMigrate`,
+    /// so change streams do not report it.
+    pub fn insert_from_migrate(&mut self, db: &str, coll: &str, doc: Document) -> CmdResult<Bson> {
+        self.insert_marked(db, coll, doc, true)
+    }
+
+    fn insert_marked(
+        &mut self,
+        db: &str,
+        coll: &str,
+        mut doc: Document,
+        from_migrate: bool,
+    ) -> CmdResult<Bson> {
         if !doc.contains_key("_id") {
             let mut with_id = doc! {"_id": ObjectId::new()};
             with_id.extend(doc);
@@ -1008,14 +1163,16 @@ impl Storage {
             index.add(&doc, &id);
         }
         // The collection and the oplog share the one copy.
+        let key = c.document_key(&doc);
         let doc = Arc::new(doc);
         c.docs.insert(id, doc.clone());
         let uuid = c.uuid.clone();
         let mut change = Change::new(EventKind::Insert, db, coll, Document::new());
         change.uuid = Some(uuid);
-        change.document_key = Some(doc! {"_id": id_value.clone()});
-        change.o2 = Some(doc! {"_id": id_value.clone()});
+        change.o2 = Some(key.clone());
+        change.document_key = Some(key);
         change.full_document = Some(doc);
+        change.from_migrate = from_migrate;
         let ts = self.append(change);
         if self.versions.recording() {
             self.versions
@@ -1076,6 +1233,7 @@ impl Storage {
         c.docs.insert(key, new_doc.clone());
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
+        let key = c.document_key(&new_doc);
         let replacement = matches!(log, UpdateLog::Replacement);
         let (kind, o, description) = match log {
             // The replacement is kept once, as the event's full document.
@@ -1088,8 +1246,8 @@ impl Storage {
         };
         let mut change = Change::new(kind, db, coll, o);
         change.uuid = Some(uuid);
-        change.document_key = Some(doc! {"_id": id.clone()});
-        change.o2 = Some(doc! {"_id": id.clone()});
+        change.o2 = Some(key.clone());
+        change.document_key = Some(key);
         change.update_description = description;
         // An update's post-image is kept only where change streams may show it
         // (changeStreamPreAndPostImages); updateLookup reads the current document.
@@ -1111,6 +1269,16 @@ impl Storage {
 
     /// Deletes the document with this `_id`; returns whether one existed.
     pub fn delete(&mut self, db: &str, coll: &str, id: &Bson) -> bool {
+        self.delete_marked(db, coll, id, false)
+    }
+
+    /// Deletes a document a chunk migration moved away (the donor's range deletion of
+    /// orphans): logged `fromMigrate`, so change streams do not report it.
+    pub fn delete_from_migrate(&mut self, db: &str, coll: &str, id: &Bson) -> bool {
+        self.delete_marked(db, coll, id, true)
+    }
+
+    fn delete_marked(&mut self, db: &str, coll: &str, id: &Bson, from_migrate: bool) -> bool {
         let key = OrdBson(id.clone());
         let Some(c) = self.collection_mut(db, coll) else {
             return false;
@@ -1123,9 +1291,11 @@ impl Storage {
         }
         let images = c.pre_and_post_images();
         let uuid = c.uuid.clone();
-        let mut change = Change::new(EventKind::Delete, db, coll, doc! {"_id": id.clone()});
+        let document_key = c.document_key(&old);
+        let mut change = Change::new(EventKind::Delete, db, coll, document_key.clone());
         change.uuid = Some(uuid);
-        change.document_key = Some(doc! {"_id": id.clone()});
+        change.document_key = Some(document_key);
+        change.from_migrate = from_migrate;
         let recording = self.versions.recording();
         let before = recording.then(|| old.clone());
         if images {

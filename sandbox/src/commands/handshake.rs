@@ -25,6 +25,9 @@ pub fn hello(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     reply.insert("secondary", !primary);
     reply.insert("setName", server.options.set_name.clone());
     reply.insert("setVersion", 1);
+    if matches!(server.options.role, crate::sharding::NodeRole::ConfigServer) {
+        reply.insert("configsvr", 2);
+    }
     reply.insert("hosts", vec![server.address.clone()]);
     if primary {
         reply.insert("primary", server.address.clone());

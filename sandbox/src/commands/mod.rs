@@ -261,9 +261,25 @@ static COMMANDS: &[CommandSpec] = &[
         Read,
     ),
     cmd("aggregate", read::aggregate, None, Read),
+    // A shard's wait for its range deletions; run asynchronously by the dispatcher.
+    cmd(
+        "cleanupOrphaned",
+        dispatched_asynchronously,
+        Some(Action::BalancerControl),
+        Admin,
+    )
+    .primary_only(),
     cmd("commitTransaction", outside_transaction, None, Write),
     cmd("abortTransaction", outside_transaction, None, Write),
 ];
+
+/// Placeholder for commands the dispatcher runs asynchronously itself.
+fn dispatched_asynchronously(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    Err(crate::error::CommandError::new(
+        crate::error::codes::INTERNAL_ERROR,
+        format!("{} must be dispatched asynchronously", ctx.name),
+    ))
+}
 
 /// commitTransaction / abortTransaction without `autocommit: false`: the dispatcher runs
 /// them for transactions; on their own they are refused.

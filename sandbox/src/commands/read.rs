@@ -530,28 +530,7 @@ fn open_change_stream(
     rest: &[Document],
     batch_size: Option<usize>,
 ) -> CmdResult<Document> {
-    let all = spec.get_bool("allChangesForCluster").unwrap_or(false);
-    let scope = match (&coll, all) {
-        (Some(c), _) => Scope::Collection(ctx.db.clone(), c.clone()),
-        (None, true) => {
-            if ctx.db != "admin" {
-                return Err(CommandError::new(
-                    codes::INVALID_NAMESPACE,
-                    "A $changeStream with 'allChangesForCluster:true' may only be opened on the 'admin' database",
-                ));
-            }
-            Scope::Cluster
-        }
-        (None, false) => {
-            if ctx.db == "admin" {
-                return Err(CommandError::new(
-                    codes::INVALID_NAMESPACE,
-                    "$changeStream on the admin database requires allChangesForCluster: true",
-                ));
-            }
-            Scope::Database(ctx.db.clone())
-        }
-    };
+    let scope = Scope::of_request(&ctx.db, coll.as_deref(), &spec)?;
     let allowed = match &scope {
         Scope::Cluster => {
             ctx.allowed(Action::ChangeStream, "", "") && ctx.allowed(Action::Find, "", "")
@@ -566,11 +545,7 @@ fn open_change_stream(
     if !allowed {
         return Err(unauthorized("aggregate", &ctx.db));
     }
-    let ns = match &scope {
-        Scope::Cluster => "admin.$cmd.aggregate".to_string(),
-        Scope::Database(db) => format!("{db}.$cmd.aggregate"),
-        Scope::Collection(db, c) => format!("{db}.{c}"),
-    };
+    let ns = scope.cursor_ns();
     let mut storage = ctx.server.storage.lock();
     let mut stream = ChangeStream::open(&mut storage, scope, &spec, rest)?;
     stream.disambiguate = ctx.server.version_parts() >= (6, 1, 0);
@@ -664,6 +639,14 @@ pub async fn get_more(
                 }),
                 fields: Document::new(),
             })
+        }
+        CursorState::RouterChangeStream(_) => {
+            // Only a router opens these, and its own getMore reads them.
+            server.cursors.put_back(id, cursor);
+            Err(CommandError::new(
+                codes::CURSOR_NOT_FOUND,
+                format!("cursor id {id} not found"),
+            ))
         }
         CursorState::ChangeStream(_) => {
             let wait = match cmd.get("maxTimeMS") {

@@ -1,0 +1,308 @@
+//! The sharding catalog through the router and on the config server: enableSharding,
+//! shardCollection (ranged, hashed, compound, unique, the supporting index), primary
+//! shards, listShards, getShardMap, and `config.*` as the real cluster keeps it.
+
+mod common;
+
+use common::{as_i64, client_for, code, run};
+use ferry_sandbox::{ShardedCluster, ShardedOptions};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+
+fn start(shards: usize) -> ShardedCluster {
+    ShardedCluster::start(ShardedOptions {
+        shards,
+        ..Default::default()
+    })
+    .expect("cluster starts")
+}
+
+async fn all(client: &Client, db: &str, coll: &str, filter: Document) -> Vec<Document> {
+    client
+        .database(db)
+        .collection::<Document>(coll)
+        .find(filter)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn shard_collection_records_the_collection_and_its_chunk_by_uuid() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    let reply = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.users", "key": {"tenant": 1, "user": 1}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_str("collectionsharded"), Ok("app.users"));
+    let config = client_for(&cluster.config_uri()).await;
+    for client in [&router, &config] {
+        let colls = all(client, "config", "collections", doc! {"_id": "app.users"}).await;
+        assert_eq!(colls.len(), 1);
+        assert_eq!(
+            colls[0].get_document("key").unwrap(),
+            &doc! {"tenant": 1, "user": 1}
+        );
+        let uuid = colls[0].get("uuid").cloned().unwrap();
+        let chunks = all(client, "config", "chunks", doc! {"uuid": uuid}).await;
+        assert_eq!(chunks.len(), 1);
+        assert!(!chunks[0].contains_key("ns"), "{}", chunks[0]);
+        assert_eq!(
+            chunks[0].get_document("min").unwrap(),
+            &doc! {"tenant": Bson::MinKey, "user": Bson::MinKey}
+        );
+        let dbs = all(client, "config", "databases", doc! {"_id": "app"}).await;
+        assert_eq!(chunks[0].get_str("shard"), dbs[0].get_str("primary"));
+    }
+    // The supporting index was created on the empty collection.
+    let indexes: Vec<String> = router
+        .database("app")
+        .collection::<Document>("users")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert!(
+        indexes.contains(&"tenant_1_user_1".to_string()),
+        "{indexes:?}"
+    );
+    for name in ["shards", "settings", "version"] {
+        assert!(
+            !all(&router, "config", name, doc! {}).await.is_empty(),
+            "config.{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_collection_on_a_hashed_key_is_split_over_every_shard() {
+    let cluster = start(3);
+    let router = client_for(&cluster.router_uri()).await;
+    let reply = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.events", "key": {"deviceId": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let uuid = reply.get("collectionUUID").cloned().unwrap();
+    let chunks = all(&router, "config", "chunks", doc! {"uuid": uuid}).await;
+    assert_eq!(chunks.len(), 6);
+    let mut owners: Vec<&str> = chunks.iter().map(|c| c.get_str("shard").unwrap()).collect();
+    owners.sort();
+    owners.dedup();
+    assert_eq!(owners, ["shard0", "shard1", "shard2"]);
+}
+
+#[tokio::test]
+async fn a_non_empty_collection_needs_a_supporting_index() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    let coll = router.database("shop").collection::<Document>("orders");
+    coll.insert_one(doc! {"customer": 1}).await.unwrap();
+    let err = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "shop.orders", "key": {"customer": 1}},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 72, "{err:?}");
+    coll.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! {"customer": 1, "at": 1})
+            .build(),
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "shop.orders", "key": {"customer": 1}},
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn unique_and_hashed_and_resharding_rules() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    let err = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.a", "key": {"k": "hashed"}, "unique": true},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 72);
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.b", "key": {"email": 1}, "unique": true},
+    )
+    .await
+    .unwrap();
+    let colls = all(&router, "config", "collections", doc! {"_id": "app.b"}).await;
+    assert_eq!(colls[0].get_bool("unique"), Ok(true));
+    // The same key again is accepted; another key is refused.
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.b", "key": {"email": 1}, "unique": true},
+    )
+    .await
+    .unwrap();
+    let err = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.b", "key": {"name": 1}},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 23);
+}
+
+#[tokio::test]
+async fn databases_get_primary_shards_round_robin() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    for db in ["one", "two", "three"] {
+        router
+            .database(db)
+            .collection::<Document>("c")
+            .insert_one(doc! {"x": 1})
+            .await
+            .unwrap();
+    }
+    let dbs = all(&router, "config", "databases", doc! {}).await;
+    let primary = |name: &str| {
+        dbs.iter()
+            .find(|d| d.get_str("_id") == Ok(name))
+            .and_then(|d| d.get_str("primary").ok())
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(primary("one"), primary("two"));
+    assert_eq!(primary("one"), primary("three"));
+    // The unsharded collection lives on its database's primary shard only.
+    let home = cluster.shard(&primary("two")).unwrap();
+    let direct = client_for(&home.uri()).await;
+    assert_eq!(all(&direct, "two", "c", doc! {}).await.len(), 1);
+}
+
+#[tokio::test]
+async fn list_shards_and_shard_map_name_every_shard() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    let reply = run(&router, "admin", doc! {"listShards": 1}).await.unwrap();
+    let shards = reply.get_array("shards").unwrap();
+    assert_eq!(shards.len(), 2);
+    let first = shards[0].as_document().unwrap();
+    assert_eq!(first.get_str("_id"), Ok("shard0"));
+    assert!(first
+        .get_str("host")
+        .unwrap()
+        .starts_with("shard0/127.0.0.1:"));
+    assert_eq!(as_i64(first.get("state")), 1);
+    let map = run(&router, "admin", doc! {"getShardMap": 1})
+        .await
+        .unwrap();
+    let map = map.get_document("map").unwrap();
+    assert!(
+        map.contains_key("shard1") && map.contains_key("config"),
+        "{map}"
+    );
+}
+
+/// `find` with `min`/`max` on the hashed shard key index answers by hashed value range:
+/// the ranges of all chunks together return every document exactly once.
+#[tokio::test]
+async fn find_with_hashed_min_max_returns_each_chunk_range() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    let reply = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.h", "key": {"k": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let uuid = reply.get("collectionUUID").cloned().unwrap();
+    let coll = router.database("app").collection::<Document>("h");
+    coll.insert_many((0..50).map(|i| doc! {"k": i}))
+        .await
+        .unwrap();
+    let chunks = all(&router, "config", "chunks", doc! {"uuid": uuid}).await;
+    let mut seen = Vec::new();
+    for chunk in &chunks {
+        let reply = run(
+            &router,
+            "app",
+            doc! {"find": "h", "min": chunk.get_document("min").unwrap().clone(),
+            "max": chunk.get_document("max").unwrap().clone(), "hint": {"k": "hashed"}},
+        )
+        .await
+        .unwrap();
+        let batch = reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap();
+        assert!(
+            batch.len() < 50,
+            "one chunk's range returns only its documents"
+        );
+        for d in batch {
+            seen.push(d.as_document().unwrap().get_i32("k").unwrap());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..50).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn dropping_a_sharded_collection_or_database_clears_the_catalog() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.h", "key": {"k": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("h");
+    coll.insert_many((0..20).map(|i| doc! {"k": i}))
+        .await
+        .unwrap();
+    coll.drop().await.unwrap();
+    assert!(all(&router, "config", "collections", doc! {})
+        .await
+        .is_empty());
+    assert!(all(&router, "config", "chunks", doc! {}).await.is_empty());
+    for (_, uri) in cluster.shard_uris() {
+        let shard = client_for(&uri).await;
+        let names = shard.database("app").list_collection_names().await.unwrap();
+        assert!(!names.contains(&"h".to_string()), "{uri}: {names:?}");
+    }
+    router
+        .database("app")
+        .collection::<Document>("plain")
+        .insert_one(doc! {"x": 1})
+        .await
+        .unwrap();
+    router.database("app").drop().await.unwrap();
+    assert!(all(&router, "config", "databases", doc! {"_id": "app"})
+        .await
+        .is_empty());
+}

@@ -1,0 +1,446 @@
+//! Routing through the sandbox router: inserts by shard key, targeted and broadcast
+//! updates and deletes, the 6.0/7.0 refusal of untargeted single-document writes,
+//! shard-key updates as delete + insert, merged reads, and the ownership filter that
+//! keeps orphans out of reads through the router.
+
+mod common;
+
+use common::{as_i64, client_for, code, run};
+use ferry_sandbox::{ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::options::FindOptions;
+use mongodb::Client;
+
+fn start_with(order: ShardKeyMoveOrder) -> ShardedCluster {
+    ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        shard_key_move_order: order,
+        ..Default::default()
+    })
+    .expect("cluster starts")
+}
+
+fn start() -> ShardedCluster {
+    start_with(ShardKeyMoveOrder::DeleteFirst)
+}
+
+/// `app.items` sharded on `{k: 1}` with chunks [MinKey, 100) on shard0 and
+/// [100, MaxKey) on shard1, set up in the catalog directly (chunk moves belong to the
+/// balancer's own tests).
+async fn split_at_100(cluster: &ShardedCluster, router: &Client) {
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
+    let topology = cluster.topology().unwrap();
+    let mut config = topology.config.storage.lock();
+    let entry = ferry_sandbox::sharding::catalog::collection(&config, "app.items").unwrap();
+    let chunk = ferry_sandbox::sharding::catalog::chunks(&config, &entry.uuid)
+        .pop()
+        .unwrap();
+    ferry_sandbox::sharding::catalog::split_chunk(
+        &mut config,
+        &chunk.id,
+        doc! {"k": 100},
+        "shard1",
+    )
+    .unwrap();
+}
+
+async fn direct(cluster: &ShardedCluster, shard: &str) -> Client {
+    client_for(&cluster.shard(shard).unwrap().uri()).await
+}
+
+async fn ids(client: &Client, filter: Document) -> Vec<i32> {
+    let docs: Vec<Document> = client
+        .database("app")
+        .collection::<Document>("items")
+        .find(filter)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn inserts_go_to_the_shard_owning_their_key() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![
+        doc! {"_id": 1, "k": 5},
+        doc! {"_id": 2, "k": 150},
+        doc! {"_id": 3},
+        doc! {"_id": 4, "k": 99},
+        doc! {"_id": 5, "k": 100},
+    ])
+    .await
+    .unwrap();
+    // A missing key counts as null, which sorts before numbers: shard0.
+    assert_eq!(
+        ids(&direct(&cluster, "shard0").await, doc! {}).await,
+        [1, 3, 4]
+    );
+    assert_eq!(
+        ids(&direct(&cluster, "shard1").await, doc! {}).await,
+        [2, 5]
+    );
+    assert_eq!(ids(&router, doc! {}).await, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn find_merges_sort_skip_limit_and_batches_across_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..200).map(|i| doc! {"_id": i, "k": (i * 7) % 200}))
+        .await
+        .unwrap();
+    let docs: Vec<Document> = coll
+        .find(doc! {"k": {"$gte": 50}})
+        .with_options(
+            FindOptions::builder()
+                .sort(doc! {"k": -1})
+                .skip(10)
+                .limit(100)
+                .batch_size(7)
+                .build(),
+        )
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let keys: Vec<i32> = docs.iter().map(|d| d.get_i32("k").unwrap()).collect();
+    let expected: Vec<i32> = (50..190).rev().take(100).collect();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test]
+async fn aggregation_and_count_merge_over_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..200).map(|i| doc! {"_id": i, "k": i, "g": i % 2}))
+        .await
+        .unwrap();
+    let groups: Vec<Document> = coll
+        .aggregate(vec![
+            doc! {"$group": {"_id": "$g", "n": {"$sum": 1}}},
+            doc! {"$sort": {"_id": 1}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        groups,
+        vec![doc! {"_id": 0, "n": 100}, doc! {"_id": 1, "n": 100}]
+    );
+    assert_eq!(
+        coll.count_documents(doc! {"k": {"$gte": 150}})
+            .await
+            .unwrap(),
+        50
+    );
+}
+
+/// Pins the ownership filter: a document on a shard outside that shard's chunks (an
+/// orphan) is visible on the shard directly, never in finds or aggregation counts
+/// through the router; the `count` command without a filter sums each shard's fast
+/// count, so it includes the orphan, as a real router's does.
+#[tokio::test]
+async fn orphans_are_hidden_from_router_reads_but_counted_by_fast_count() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    // k = 160 belongs to shard1's chunk: on shard0 it is an orphan.
+    let shard0 = direct(&cluster, "shard0").await;
+    shard0
+        .database("app")
+        .collection::<Document>("items")
+        .insert_one(doc! {"_id": 3, "k": 160})
+        .await
+        .unwrap();
+    assert_eq!(ids(&shard0, doc! {}).await, [1, 3]);
+    assert_eq!(ids(&router, doc! {}).await, [1, 2]);
+    assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 2);
+    let count = run(&router, "app", doc! {"count": "items"}).await.unwrap();
+    assert_eq!(as_i64(count.get("n")), 3);
+}
+
+#[tokio::test]
+async fn single_document_writes_need_the_shard_key_or_id() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..200).map(|i| doc! {"_id": i, "k": i, "tag": i % 3}))
+        .await
+        .unwrap();
+    let err = coll
+        .update_one(doc! {"tag": 1}, doc! {"$set": {"x": 1}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 61, "{err:?}");
+    let err = coll.delete_one(doc! {"tag": 1}).await.unwrap_err();
+    assert_eq!(code(&err), 61, "{err:?}");
+    let err = coll
+        .find_one_and_update(doc! {"tag": 1}, doc! {"$set": {"x": 1}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 61, "{err:?}");
+    // By `_id`, by shard key, or within one shard's range: accepted.
+    let r = coll
+        .update_one(doc! {"_id": 150}, doc! {"$set": {"x": 1}})
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    let r = coll
+        .update_one(doc! {"k": 7}, doc! {"$set": {"x": 1}})
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    let r = coll.delete_one(doc! {"k": 8}).await.unwrap();
+    assert_eq!(r.deleted_count, 1);
+    // A range inside one shard's chunks targets that shard alone.
+    let r = coll
+        .update_one(doc! {"k": {"$lt": 50}, "tag": 1}, doc! {"$set": {"x": 2}})
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    // Multi writes go to every shard.
+    let r = coll
+        .update_many(doc! {"tag": 0}, doc! {"$set": {"y": 1}})
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 67);
+    // 66 documents had tag 2; `{k: 8}` was one of them and is gone already.
+    let r = coll.delete_many(doc! {"tag": 2}).await.unwrap();
+    assert_eq!(r.deleted_count, 65);
+}
+
+/// The oplog entries of `app.items` on a shard, as (op, ts).
+async fn oplog(cluster: &ShardedCluster, shard: &str) -> Vec<(String, Timestamp)> {
+    let client = direct(cluster, shard).await;
+    let entries: Vec<Document> = client
+        .database("local")
+        .collection::<Document>("oplog.rs")
+        .find(doc! {"ns": "app.items"})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e.get_str("op").unwrap().to_string(),
+                e.get_timestamp("ts").unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn shard_key_move(order: ShardKeyMoveOrder) -> (Timestamp, Timestamp) {
+    let cluster = start_with(order);
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_one(doc! {"_id": 1, "k": 5}).await.unwrap();
+    // Retryable writes are the driver's default: the key update is allowed.
+    let r = coll
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 150}})
+        .await
+        .unwrap();
+    assert_eq!(r.modified_count, 1);
+    assert_eq!(
+        ids(&direct(&cluster, "shard0").await, doc! {}).await,
+        Vec::<i32>::new()
+    );
+    let moved: Vec<Document> = coll
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(moved, vec![doc! {"_id": 1, "k": 150}]);
+    let delete = oplog(&cluster, "shard0").await;
+    let insert = oplog(&cluster, "shard1").await;
+    let (op, deleted_at) = delete.last().cloned().unwrap();
+    assert_eq!(op, "d");
+    let (op, inserted_at) = insert.last().cloned().unwrap();
+    assert_eq!(op, "i");
+    (deleted_at, inserted_at)
+}
+
+/// Pins: a shard key update that moves the document shows as a delete on the old shard
+/// and an insert on the new one, at one cluster time.
+#[tokio::test]
+async fn shard_key_update_is_a_delete_and_an_insert_at_one_time() {
+    let (deleted, inserted) = shard_key_move(ShardKeyMoveOrder::DeleteFirst).await;
+    assert_eq!(deleted, inserted);
+    let (deleted, inserted) = shard_key_move(ShardKeyMoveOrder::InsertFirst).await;
+    assert_eq!(deleted, inserted);
+}
+
+#[tokio::test]
+async fn shard_key_update_needs_a_retryable_write() {
+    let cluster = start();
+    let uri = format!("{}/?retryWrites=false", cluster.router_uri());
+    let router = client_for(&uri).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_one(doc! {"_id": 1, "k": 5}).await.unwrap();
+    let err = coll
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 150}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 20, "{err:?}");
+    // So does a change that would keep the document on its shard.
+    let err = coll
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 6}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 20, "{err:?}");
+    // As a retryable write it is an ordinary update on that shard.
+    let retrying = client_for(&cluster.router_uri()).await;
+    let items = retrying.database("app").collection::<Document>("items");
+    items
+        .update_one(doc! {"k": 5}, doc! {"$set": {"k": 6}})
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&direct(&cluster, "shard0").await, doc! {"k": 6}).await,
+        [1]
+    );
+    // A multi update may not change shard keys at all.
+    let err = items
+        .update_many(doc! {}, doc! {"$inc": {"k": 1}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 72, "{err:?}");
+    assert_eq!(
+        ids(&direct(&cluster, "shard0").await, doc! {"k": 6}).await,
+        [1]
+    );
+}
+
+#[tokio::test]
+async fn unsharded_collections_live_on_the_primary_shard_with_cursors() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    let coll = router.database("plain").collection::<Document>("c");
+    coll.insert_many((0..250).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let docs: Vec<Document> = coll
+        .find(doc! {})
+        .with_options(FindOptions::builder().batch_size(10).build())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 250);
+    let found = docs.first().and_then(|d| d.get("_id")).cloned();
+    assert_eq!(found, Some(Bson::Int32(0)));
+}
+
+#[tokio::test]
+async fn find_and_modify_moves_a_document_by_its_new_shard_key() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_one(doc! {"_id": 1, "k": 5, "v": "a"})
+        .await
+        .unwrap();
+    let before = coll
+        .find_one_and_update(doc! {"k": 5}, doc! {"$set": {"k": 120}})
+        .await
+        .unwrap();
+    assert_eq!(before, Some(doc! {"_id": 1, "k": 5, "v": "a"}));
+    assert_eq!(
+        ids(&direct(&cluster, "shard1").await, doc! {"k": 120}).await,
+        [1]
+    );
+    assert!(ids(&direct(&cluster, "shard0").await, doc! {})
+        .await
+        .is_empty());
+}
+
+/// A transaction through the router writes on each shard it touches and commits there.
+#[tokio::test]
+async fn transactions_through_the_router_commit_on_every_participant() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    let plain = router.database("app").collection::<Document>("plain");
+    plain.insert_one(doc! {"_id": 0}).await.unwrap();
+    let mut session = router.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    coll.insert_one(doc! {"_id": 1, "k": 5})
+        .session(&mut session)
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 2, "k": 150})
+        .session(&mut session)
+        .await
+        .unwrap();
+    plain
+        .insert_one(doc! {"_id": 1})
+        .session(&mut session)
+        .await
+        .unwrap();
+    // Not visible outside the transaction before it commits.
+    assert!(ids(&direct(&cluster, "shard1").await, doc! {})
+        .await
+        .is_empty());
+    session.commit_transaction().await.unwrap();
+    assert_eq!(ids(&router, doc! {}).await, [1, 2]);
+    assert_eq!(plain.count_documents(doc! {}).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    let stats = run(&router, "app", doc! {"collStats": "items"})
+        .await
+        .unwrap();
+    assert_eq!(stats.get_bool("sharded"), Ok(true));
+    assert_eq!(as_i64(stats.get("count")), 2);
+    assert_eq!(as_i64(stats.get("nchunks")), 2);
+}

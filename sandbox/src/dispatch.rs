@@ -221,6 +221,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
         if matches!(name.as_str(), "insert" | "update" | "delete") {
             inject_write_concern_failure(server, &mut reply.fields);
         }
+        if spec.effect == Effect::Write && !reply.fields.contains_key("writeConcernError") {
+            if let Some(wce) = commands::write_concern::unsatisfiable(&cmd) {
+                reply.fields.insert("writeConcernError", wce);
+            }
+        }
     }
     if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
         server.retry_cache.lock().insert(lsid, (txn, reply.clone()));

@@ -12,6 +12,7 @@ pub mod ddl;
 pub mod handshake;
 pub mod read;
 pub mod server_config;
+pub mod write_concern;
 
 pub type Handler = fn(&mut Ctx<'_>) -> CmdResult<Document>;
 

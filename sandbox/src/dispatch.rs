@@ -27,6 +27,8 @@ pub struct Connection {
     pub conversation: Option<ScramConversation>,
     /// Set by a handler to close the connection once its reply is written.
     pub close_after_reply: bool,
+    /// Set by the `closeConnection` fail point: close the connection and send no reply.
+    pub close_without_reply: bool,
 }
 
 impl Connection {
@@ -36,6 +38,7 @@ impl Connection {
             users: Vec::new(),
             conversation: None,
             close_after_reply: false,
+            close_without_reply: false,
         }
     }
 }
@@ -174,7 +177,21 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 Some(Bson::String(coll)) => format!("{db}.{coll}"),
                 _ => db.clone(),
             };
-            let injected = server.faults.fail_points.check(&name, &target);
+            let mut injected = server.faults.fail_points.check(&name, &target, &cmd);
+            if let Some(Injected::Block(period, then)) = injected {
+                tokio::time::sleep(period).await;
+                injected = then.map(|i| *i);
+            }
+            if matches!(injected, Some(Injected::CloseConnection)) {
+                conn.close_without_reply = true;
+                return finish(
+                    server,
+                    Err(CommandError::new(
+                        codes::HOST_UNREACHABLE,
+                        "connection closed by the closeConnection fail point",
+                    )),
+                );
+            }
             let txn = match TxnArgs::parse(&cmd) {
                 Ok(txn) => txn,
                 Err(e) => return finish(server, Err(e)),

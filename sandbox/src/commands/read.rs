@@ -644,6 +644,13 @@ pub async fn get_more(
             "cursor id {id} was not created by the authenticated user"
         )));
     }
+    if let Some(e) = server.faults.fail_points.check_get_more() {
+        // The failed getMore has taken its cursor: like any getMore error, this kills it.
+        return Err(match cursor.state {
+            CursorState::ChangeStream(_) => e.with_label("ChangeStreamCursor"),
+            CursorState::Documents(_) => e,
+        });
+    }
     let batch_size = cmd.get("batchSize").and_then(as_usize).filter(|n| *n > 0);
     let ns = cursor.ns.clone();
     match &mut cursor.state {

@@ -530,6 +530,14 @@ fn open_change_stream(
     rest: &[Document],
     batch_size: Option<usize>,
 ) -> CmdResult<Document> {
+    refuse_read_concern_below_majority(ctx.cmd)?;
+    for stage in rest {
+        if !stage.contains_key("$changeStreamSplitLargeEvent") {
+            // Parses the stage: an unknown stage name fails here (40324), at open, as on
+            // the server, not at the first event.
+            crate::query::aggregate::run_pipeline(Vec::new(), std::slice::from_ref(stage))?;
+        }
+    }
     let all = spec.get_bool("allChangesForCluster").unwrap_or(false);
     let scope = match (&coll, all) {
         (Some(c), _) => Scope::Collection(ctx.db.clone(), c.clone()),
@@ -595,6 +603,26 @@ fn open_change_stream(
         ns,
     });
     Ok(Document::new())
+}
+
+/// A change stream reads majority-committed history only: an explicit read concern level
+/// other than majority is refused (72 InvalidOptions), as on the server.
+fn refuse_read_concern_below_majority(cmd: &Document) -> CmdResult<()> {
+    let Ok(level) = cmd
+        .get_document("readConcern")
+        .and_then(|rc| rc.get_str("level"))
+    else {
+        return Ok(());
+    };
+    if level == "majority" {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        codes::INVALID_OPTIONS,
+        format!(
+            "Command aggregate does not support {{ readConcern: {{ level: \"{level}\" }} }} :: caused by :: Aggregation stage $changeStream cannot run with a readConcern other than 'majority'. Current readConcern: {level}"
+        ),
+    ))
 }
 
 /// Placeholder entry for the table: getMore is async and run by the dispatcher directly.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod crud;
 pub mod ddl;
 pub mod handshake;
+pub mod index_scan;
 pub mod read;
 pub mod server_config;
 pub mod write_concern;

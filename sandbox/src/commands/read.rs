@@ -10,6 +10,7 @@ use bson::{doc, Bson, DateTime, Document};
 use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
+use crate::commands::index_scan::{index_paths, IdBounds, IndexBounds};
 use crate::cursor::{Cursor, CursorReply, CursorState, EncodedBatch};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
@@ -149,51 +150,6 @@ fn oplog_natural(
         out.len() < wanted
     });
     (out, read)
-}
-
-/// Index bounds of a find with `min`/`max` (only on the `_id` index): [min, max).
-#[derive(Default)]
-struct IdBounds {
-    min: Option<Bson>,
-    max: Option<Bson>,
-}
-
-impl IdBounds {
-    fn parse(cmd: &Document) -> CmdResult<IdBounds> {
-        let min = cmd.get_document("min").ok();
-        let max = cmd.get_document("max").ok();
-        if min.is_none() && max.is_none() {
-            return Ok(IdBounds::default());
-        }
-        let hinted_id = match cmd.get("hint") {
-            Some(Bson::Document(h)) => h.keys().eq(["_id"].iter()),
-            Some(Bson::String(name)) => name == "_id_",
-            _ => false,
-        };
-        if !hinted_id {
-            return Err(CommandError::new(
-                51173,
-                "When using min()/max() a hint of which index to use must be provided",
-            ));
-        }
-        let id_of = |d: Option<&Document>| -> CmdResult<Option<Bson>> {
-            match d {
-                None => Ok(None),
-                Some(d) if d.keys().eq(["_id"].iter()) => Ok(d.get("_id").cloned()),
-                Some(_) => Err(CommandError::new(
-                    51174,
-                    "The index chosen is not consistent with the min/max bounds",
-                )),
-            }
-        };
-        Ok(IdBounds {
-            min: id_of(min)?,
-            max: id_of(max)?,
-        })
-    }
-    fn is_set(&self) -> bool {
-        self.min.is_some() || self.max.is_some()
-    }
 }
 
 /// Documents of a namespace as a query sees them (views resolved, the oplog virtualized).
@@ -359,7 +315,32 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             }
         }
     }
-    let bounds = IdBounds::parse(ctx.cmd)?;
+    // The key pattern of the hinted index (a hint by pattern or by name).
+    let hinted: Option<Document> = match ctx.cmd.get("hint") {
+        Some(Bson::Document(h)) if !h.is_empty() && !h.contains_key("$natural") => Some(h.clone()),
+        Some(Bson::String(name)) => ctx
+            .storage()
+            .collection(&ctx.db, &coll)
+            .and_then(|c| c.index(name))
+            .map(|i| i.key.clone()),
+        _ => None,
+    };
+    let id_bounds = IdBounds::parse(ctx.cmd, hinted.as_ref())?;
+    let index_bounds = match (&id_bounds, &hinted) {
+        (None, Some(key)) => Some(IndexBounds::parse(ctx.cmd, key)?),
+        _ => None,
+    };
+    let bounds = id_bounds.unwrap_or_default();
+    // A hinted secondary index is scanned in its key order, which a query without a sort
+    // returns (an `_id` hint is the collection's own order).
+    let index_order = match &index_bounds {
+        Some(b) => Some(b.order.clone()),
+        None => hinted
+            .as_ref()
+            .filter(|key| !key.keys().eq(["_id"].iter()) && index_paths(key).is_some())
+            .map(SortSpec::new)
+            .transpose()?,
+    };
     let mut docs = {
         let storage = ctx.storage();
         if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
@@ -375,7 +356,10 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
         }
     };
-    if let Some(s) = &sort {
+    if let Some(b) = &index_bounds {
+        docs.retain(|d| b.contains(d));
+    }
+    if let Some(s) = sort.as_ref().or(index_order.as_ref()) {
         docs.sort_by(|a, b| s.compare(a, b));
     } else if natural_reverse && !(ctx.db == "local" && coll == "oplog.rs") {
         docs.reverse();

@@ -13,6 +13,7 @@ pub mod handshake;
 pub mod index_scan;
 pub mod read;
 pub mod server_config;
+pub mod text_index;
 pub mod write_concern;
 
 pub type Handler = fn(&mut Ctx<'_>) -> CmdResult<Document>;

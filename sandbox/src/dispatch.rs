@@ -570,7 +570,10 @@ fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec) ->
     {
         e = e.with_label("ResumableChangeStreamError");
     }
-    if e.code == codes::CHANGE_STREAM_HISTORY_LOST {
+    if matches!(
+        e.code,
+        codes::CHANGE_STREAM_HISTORY_LOST | codes::CHANGE_STREAM_FATAL_ERROR
+    ) {
         e = e.with_label("NonResumableChangeStreamError");
     }
     e

@@ -67,7 +67,7 @@ async fn unknown_stage_fails_at_open() {
 
 /// Pins: a pipeline that projected out `_id` (the resume token) delivered events that no
 /// driver can resume from; the server fails the stream with 280 ChangeStreamFatalError,
-/// which is not resumable.
+/// labelled NonResumableChangeStreamError.
 #[tokio::test]
 async fn projecting_out_the_resume_token_is_fatal() {
     let sb = start();
@@ -92,6 +92,10 @@ async fn projecting_out_the_resume_token_is_fatal() {
     .await;
     assert_eq!(code(&err), 280);
     assert!(!err.contains_label("ResumableChangeStreamError"), "{err:?}");
+    assert!(
+        err.contains_label("NonResumableChangeStreamError"),
+        "{err:?}"
+    );
 }
 
 /// Pins: an event that a stage after the first (`$addFields` then `$match`) filtered

@@ -101,7 +101,25 @@ fn cursor_reply_shared(
 ) -> Document {
     let first = take_documents(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
     let id = open_documents_cursor(ctx, &ns, docs);
-    doc! {"cursor": {"firstBatch": first, "id": id, "ns": ns}}
+    let mut cursor = doc! {"firstBatch": first, "id": id, "ns": ns};
+    if let Some(ts) = snapshot_time(ctx) {
+        cursor.insert("atClusterTime", ts);
+    }
+    doc! {"cursor": cursor}
+}
+
+/// The time a `readConcern: {level: "snapshot"}` read outside a transaction reads at,
+/// which its first reply reports as `cursor.atClusterTime` (the one asked for, else the
+/// majority commit point), so a client can read again at the same point.
+fn snapshot_time(ctx: &Ctx<'_>) -> Option<bson::Timestamp> {
+    let rc = ctx.cmd.get_document("readConcern").ok()?;
+    if rc.get_str("level") != Ok("snapshot") || ctx.cmd.contains_key("txnNumber") {
+        return None;
+    }
+    Some(match rc.get_timestamp("atClusterTime") {
+        Ok(ts) => ts,
+        Err(_) => ctx.server.storage.lock().majority_point(),
+    })
 }
 
 /// Replies with a first batch encoded straight from documents shared with storage,
@@ -119,12 +137,14 @@ fn encoded_cursor_reply(
     } else {
         open_documents_cursor(ctx, &ns, docs)
     };
+    let at_cluster_time = snapshot_time(ctx);
     ctx.cursor = Some(CursorReply {
         first: true,
         batch: first,
         post_batch_resume_token: None,
         id,
         ns,
+        at_cluster_time,
     });
     Ok(Document::new())
 }
@@ -585,6 +605,7 @@ fn open_change_stream(
         post_batch_resume_token: Some(token),
         id,
         ns,
+        at_cluster_time: None,
     });
     Ok(Document::new())
 }
@@ -680,6 +701,7 @@ pub async fn get_more(
                     post_batch_resume_token: None,
                     id: reply_id,
                     ns,
+                    at_cluster_time: None,
                 }),
                 fields: Document::new(),
             })
@@ -725,6 +747,7 @@ pub async fn get_more(
                             post_batch_resume_token: Some(token),
                             id: reply_id,
                             ns,
+                            at_cluster_time: None,
                         }),
                         fields: Document::new(),
                     })

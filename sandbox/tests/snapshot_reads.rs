@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use mongodb::bson::{doc, Document};
 
-/// Pins: snapshot finds and aggregates answered without `cursor.atClusterTime`, so a
+/// Pins: snapshot finds, aggregates and distincts answered without `atClusterTime`, so a
 /// client could not read again at the same point (pymongo's snapshot-session raw-batch
 /// tests failed with KeyError 'atClusterTime').
 #[tokio::test]
@@ -36,6 +36,16 @@ async fn snapshot_reads_report_their_cluster_time() {
         );
         assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 1);
     }
+    // distinct, the first read of pymongo's snapshot sessions, reports it at the top.
+    let reply = run(
+        &client,
+        "t",
+        doc! {"distinct": "c", "key": "_id", "readConcern": {"level": "snapshot"}},
+    )
+    .await
+    .unwrap();
+    let at = reply.get_timestamp("atClusterTime").unwrap();
+    assert!((at.time, at.increment) >= (written.time, written.increment));
     // Asked for a time, the reply names that time.
     let reply = run(
         &client,

@@ -109,9 +109,9 @@ fn cursor_reply_shared(
 }
 
 /// The time a `readConcern: {level: "snapshot"}` read outside a transaction reads at,
-/// which its first reply reports as `cursor.atClusterTime` (the one asked for, else the
+/// which its first reply reports as `cursor.atClusterTime` (`atClusterTime` for distinct) (the one asked for, else the
 /// majority commit point), so a client can read again at the same point.
-fn snapshot_time(ctx: &Ctx<'_>) -> Option<bson::Timestamp> {
+pub fn snapshot_time(ctx: &Ctx<'_>) -> Option<bson::Timestamp> {
     let rc = ctx.cmd.get_document("readConcern").ok()?;
     if rc.get_str("level") != Ok("snapshot") || ctx.cmd.contains_key("txnNumber") {
         return None;

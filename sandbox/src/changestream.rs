@@ -463,7 +463,10 @@ impl ChangeStream {
                 let mut event = EventDocument(Document::new());
                 self.render(storage, entry, &mut event)?;
                 if self.filter.as_ref().is_none_or(|m| m.matches(&event.0)) {
-                    let event = self.apply_stages(event.0)?;
+                    // Stages after the first `$match` may filter the event out too.
+                    let Some(event) = self.apply_stages(event.0)? else {
+                        continue;
+                    };
                     let size = crate::storage::encoded_size(&event);
                     if size <= MAX_EVENT_BYTES {
                         batch.push(&event)?;
@@ -520,12 +523,20 @@ impl ChangeStream {
         Ok((batch, token))
     }
 
-    fn apply_stages(&self, event: Document) -> CmdResult<Document> {
+    fn apply_stages(&self, event: Document) -> CmdResult<Option<Document>> {
         if self.stages.is_empty() {
-            return Ok(event);
+            return Ok(Some(event));
         }
+        let token = event.get("_id").cloned();
         let out = crate::query::aggregate::run_pipeline(vec![event], &self.stages)?;
-        Ok(out.into_iter().next().unwrap_or_default())
+        match out.into_iter().next() {
+            // The resume token must survive the pipeline, or the stream could not resume.
+            Some(d) if d.get("_id") != token.as_ref() => Err(CommandError::new(
+                codes::CHANGE_STREAM_FATAL_ERROR,
+                "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point.",
+            )),
+            other => Ok(other),
+        }
     }
 
     fn in_scope(&self, entry: &OplogEntry) -> bool {

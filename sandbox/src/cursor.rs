@@ -166,6 +166,8 @@ pub struct CursorReply {
     /// 0 once the cursor is exhausted.
     pub id: i64,
     pub ns: String,
+    /// The snapshot a `readConcern: snapshot` read ran at (first batch only).
+    pub at_cluster_time: Option<bson::Timestamp>,
 }
 
 impl CursorReply {
@@ -188,6 +190,11 @@ impl CursorReply {
         buf.extend_from_slice(&self.id.to_le_bytes());
         encode::element_header(buf, ElementType::String, "ns")?;
         encode::string(buf, &self.ns);
+        if let Some(ts) = self.at_cluster_time {
+            encode::element_header(buf, ElementType::Timestamp, "atClusterTime")?;
+            buf.extend_from_slice(&ts.increment.to_le_bytes());
+            buf.extend_from_slice(&ts.time.to_le_bytes());
+        }
         encode::end(buf, start);
         Ok(())
     }

@@ -31,6 +31,8 @@ pub struct Connection {
     /// carries: the router has checked authentication and privileges already (as a real
     /// mongos does before it forwards with the user's identity).
     pub routed: bool,
+    /// Set by the `closeConnection` fail point: close the connection and send no reply.
+    pub close_without_reply: bool,
 }
 
 impl Connection {
@@ -41,6 +43,7 @@ impl Connection {
             conversation: None,
             close_after_reply: false,
             routed: false,
+            close_without_reply: false,
         }
     }
 }
@@ -179,7 +182,21 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 Some(Bson::String(coll)) => format!("{db}.{coll}"),
                 _ => db.clone(),
             };
-            let injected = server.faults.fail_points.check(&name, &target);
+            let mut injected = server.faults.fail_points.check(&name, &target, &cmd);
+            if let Some(Injected::Block(period, then)) = injected {
+                tokio::time::sleep(period).await;
+                injected = then.map(|i| *i);
+            }
+            if matches!(injected, Some(Injected::CloseConnection)) {
+                conn.close_without_reply = true;
+                return finish(
+                    server,
+                    Err(CommandError::new(
+                        codes::HOST_UNREACHABLE,
+                        "connection closed by the closeConnection fail point",
+                    )),
+                );
+            }
             let txn = match TxnArgs::parse(&cmd) {
                 Ok(txn) => txn,
                 Err(e) => return finish(server, Err(e)),
@@ -230,6 +247,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     if let Ok(reply) = &mut result {
         if matches!(name.as_str(), "insert" | "update" | "delete") {
             inject_write_concern_failure(server, &mut reply.fields);
+        }
+        if spec.effect == Effect::Write && !reply.fields.contains_key("writeConcernError") {
+            if let Some(wce) = commands::write_concern::unsatisfiable(&cmd) {
+                reply.fields.insert("writeConcernError", wce);
+            }
         }
     }
     if let (Some((lsid, txn)), Ok(reply)) = (retry_key, &result) {
@@ -560,7 +582,10 @@ pub fn label(mut e: CommandError, cmd: &Document, name: &str, spec: &CommandSpec
     {
         e = e.with_label("ResumableChangeStreamError");
     }
-    if e.code == codes::CHANGE_STREAM_HISTORY_LOST {
+    if matches!(
+        e.code,
+        codes::CHANGE_STREAM_HISTORY_LOST | codes::CHANGE_STREAM_FATAL_ERROR
+    ) {
         e = e.with_label("NonResumableChangeStreamError");
     }
     e

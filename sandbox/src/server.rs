@@ -512,6 +512,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>
                     r = run_command(&server, &mut conn, command) => r,
                     _ = disconnect.changed() => return,
                 };
+                if conn.close_without_reply {
+                    return;
+                }
                 if more_to_come {
                     continue;
                 }

@@ -365,6 +365,7 @@ struct PartialFilter(Document);
 
 impl Index {
     pub fn from_spec(spec: Document) -> CmdResult<Index> {
+        let spec = crate::commands::text_index::normalize(spec);
         let key = spec
             .get_document("key")
             .map_err(|_| {

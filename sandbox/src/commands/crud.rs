@@ -621,5 +621,10 @@ pub fn distinct(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             }
         }
     }
-    Ok(doc! {"values": values.into_iter().map(|v| v.0).collect::<Vec<_>>()})
+    drop(storage);
+    let mut reply = doc! {"values": values.into_iter().map(|v| v.0).collect::<Vec<_>>()};
+    if let Some(ts) = crate::commands::read::snapshot_time(ctx) {
+        reply.insert("atClusterTime", ts);
+    }
+    Ok(reply)
 }

@@ -10,8 +10,11 @@ pub mod admin;
 pub mod crud;
 pub mod ddl;
 pub mod handshake;
+pub mod index_scan;
 pub mod read;
 pub mod server_config;
+pub mod text_index;
+pub mod write_concern;
 
 pub type Handler = fn(&mut Ctx<'_>) -> CmdResult<Document>;
 

@@ -10,6 +10,7 @@ use bson::{doc, Bson, DateTime, Document};
 use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
+use crate::commands::index_scan::{index_paths, IdBounds, IndexBounds};
 use crate::cursor::{Cursor, CursorReply, CursorState, EncodedBatch};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
@@ -100,7 +101,25 @@ fn cursor_reply_shared(
 ) -> Document {
     let first = take_documents(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
     let id = open_documents_cursor(ctx, &ns, docs);
-    doc! {"cursor": {"firstBatch": first, "id": id, "ns": ns}}
+    let mut cursor = doc! {"firstBatch": first, "id": id, "ns": ns};
+    if let Some(ts) = snapshot_time(ctx) {
+        cursor.insert("atClusterTime", ts);
+    }
+    doc! {"cursor": cursor}
+}
+
+/// The time a `readConcern: {level: "snapshot"}` read outside a transaction reads at,
+/// which its first reply reports as `cursor.atClusterTime` (`atClusterTime` for distinct) (the one asked for, else the
+/// majority commit point), so a client can read again at the same point.
+pub fn snapshot_time(ctx: &Ctx<'_>) -> Option<bson::Timestamp> {
+    let rc = ctx.cmd.get_document("readConcern").ok()?;
+    if rc.get_str("level") != Ok("snapshot") || ctx.cmd.contains_key("txnNumber") {
+        return None;
+    }
+    Some(match rc.get_timestamp("atClusterTime") {
+        Ok(ts) => ts,
+        Err(_) => ctx.server.storage.lock().majority_point(),
+    })
 }
 
 /// Replies with a first batch encoded straight from documents shared with storage,
@@ -118,12 +137,14 @@ fn encoded_cursor_reply(
     } else {
         open_documents_cursor(ctx, &ns, docs)
     };
+    let at_cluster_time = snapshot_time(ctx);
     ctx.cursor = Some(CursorReply {
         first: true,
         batch: first,
         post_batch_resume_token: None,
         id,
         ns,
+        at_cluster_time,
     });
     Ok(Document::new())
 }
@@ -149,51 +170,6 @@ fn oplog_natural(
         out.len() < wanted
     });
     (out, read)
-}
-
-/// Index bounds of a find with `min`/`max` (only on the `_id` index): [min, max).
-#[derive(Default)]
-struct IdBounds {
-    min: Option<Bson>,
-    max: Option<Bson>,
-}
-
-impl IdBounds {
-    fn parse(cmd: &Document) -> CmdResult<IdBounds> {
-        let min = cmd.get_document("min").ok();
-        let max = cmd.get_document("max").ok();
-        if min.is_none() && max.is_none() {
-            return Ok(IdBounds::default());
-        }
-        let hinted_id = match cmd.get("hint") {
-            Some(Bson::Document(h)) => h.keys().eq(["_id"].iter()),
-            Some(Bson::String(name)) => name == "_id_",
-            _ => false,
-        };
-        if !hinted_id {
-            return Err(CommandError::new(
-                51173,
-                "When using min()/max() a hint of which index to use must be provided",
-            ));
-        }
-        let id_of = |d: Option<&Document>| -> CmdResult<Option<Bson>> {
-            match d {
-                None => Ok(None),
-                Some(d) if d.keys().eq(["_id"].iter()) => Ok(d.get("_id").cloned()),
-                Some(_) => Err(CommandError::new(
-                    51174,
-                    "The index chosen is not consistent with the min/max bounds",
-                )),
-            }
-        };
-        Ok(IdBounds {
-            min: id_of(min)?,
-            max: id_of(max)?,
-        })
-    }
-    fn is_set(&self) -> bool {
-        self.min.is_some() || self.max.is_some()
-    }
 }
 
 /// Documents of a namespace as a query sees them (views resolved, the oplog virtualized).
@@ -359,7 +335,32 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             }
         }
     }
-    let bounds = IdBounds::parse(ctx.cmd)?;
+    // The key pattern of the hinted index (a hint by pattern or by name).
+    let hinted: Option<Document> = match ctx.cmd.get("hint") {
+        Some(Bson::Document(h)) if !h.is_empty() && !h.contains_key("$natural") => Some(h.clone()),
+        Some(Bson::String(name)) => ctx
+            .storage()
+            .collection(&ctx.db, &coll)
+            .and_then(|c| c.index(name))
+            .map(|i| i.key.clone()),
+        _ => None,
+    };
+    let id_bounds = IdBounds::parse(ctx.cmd, hinted.as_ref())?;
+    let index_bounds = match (&id_bounds, &hinted) {
+        (None, Some(key)) => Some(IndexBounds::parse(ctx.cmd, key)?),
+        _ => None,
+    };
+    let bounds = id_bounds.unwrap_or_default();
+    // A hinted secondary index is scanned in its key order, which a query without a sort
+    // returns (an `_id` hint is the collection's own order).
+    let index_order = match &index_bounds {
+        Some(b) => Some(b.order.clone()),
+        None => hinted
+            .as_ref()
+            .filter(|key| !key.keys().eq(["_id"].iter()) && index_paths(key).is_some())
+            .map(SortSpec::new)
+            .transpose()?,
+    };
     let mut docs = {
         let storage = ctx.storage();
         if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
@@ -375,7 +376,10 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
         }
     };
-    if let Some(s) = &sort {
+    if let Some(b) = &index_bounds {
+        docs.retain(|d| b.contains(d));
+    }
+    if let Some(s) = sort.as_ref().or(index_order.as_ref()) {
         docs.sort_by(|a, b| s.compare(a, b));
     } else if natural_reverse && !(ctx.db == "local" && coll == "oplog.rs") {
         docs.reverse();
@@ -530,6 +534,14 @@ fn open_change_stream(
     rest: &[Document],
     batch_size: Option<usize>,
 ) -> CmdResult<Document> {
+    refuse_read_concern_below_majority(ctx.cmd)?;
+    for stage in rest {
+        if !stage.contains_key("$changeStreamSplitLargeEvent") {
+            // Parses the stage: an unknown stage name fails here (40324), at open, as on
+            // the server, not at the first event.
+            crate::query::aggregate::run_pipeline(Vec::new(), std::slice::from_ref(stage))?;
+        }
+    }
     let scope = Scope::of_request(&ctx.db, coll.as_deref(), &spec)?;
     let allowed = match &scope {
         Scope::Cluster => {
@@ -568,8 +580,29 @@ fn open_change_stream(
         post_batch_resume_token: Some(token),
         id,
         ns,
+        at_cluster_time: None,
     });
     Ok(Document::new())
+}
+
+/// A change stream reads majority-committed history only: an explicit read concern level
+/// other than majority is refused (72 InvalidOptions), as on the server.
+fn refuse_read_concern_below_majority(cmd: &Document) -> CmdResult<()> {
+    let Ok(level) = cmd
+        .get_document("readConcern")
+        .and_then(|rc| rc.get_str("level"))
+    else {
+        return Ok(());
+    };
+    if level == "majority" {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        codes::INVALID_OPTIONS,
+        format!(
+            "Command aggregate does not support {{ readConcern: {{ level: \"{level}\" }} }} :: caused by :: Aggregation stage $changeStream cannot run with a readConcern other than 'majority'. Current readConcern: {level}"
+        ),
+    ))
 }
 
 /// Placeholder entry for the table: getMore is async and run by the dispatcher directly.
@@ -619,6 +652,13 @@ pub async fn get_more(
             "cursor id {id} was not created by the authenticated user"
         )));
     }
+    if let Some(e) = server.faults.fail_points.check_get_more() {
+        // The failed getMore has taken its cursor: like any getMore error, this kills it.
+        return Err(match cursor.state {
+            CursorState::ChangeStream(_) => e.with_label("ChangeStreamCursor"),
+            CursorState::Documents(_) => e,
+        });
+    }
     let batch_size = cmd.get("batchSize").and_then(as_usize).filter(|n| *n > 0);
     let ns = cursor.ns.clone();
     match &mut cursor.state {
@@ -636,6 +676,7 @@ pub async fn get_more(
                     post_batch_resume_token: None,
                     id: reply_id,
                     ns,
+                    at_cluster_time: None,
                 }),
                 fields: Document::new(),
             })
@@ -689,6 +730,7 @@ pub async fn get_more(
                             post_batch_resume_token: Some(token),
                             id: reply_id,
                             ns,
+                            at_cluster_time: None,
                         }),
                         fields: Document::new(),
                     })

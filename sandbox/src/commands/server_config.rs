@@ -23,6 +23,9 @@ fn parameters(server: &Server) -> Vec<(&'static str, Bson)> {
             Bson::Array(vec!["SCRAM-SHA-1".into(), "SCRAM-SHA-256".into()]),
         ),
         ("cursorTimeoutMillis", Bson::Int64(600_000)),
+        // The sandbox runs the test-only commands (configureFailPoint), as a mongod started
+        // with `--setParameter enableTestCommands=1` does.
+        ("enableTestCommands", Bson::Boolean(true)),
         (
             "featureCompatibilityVersion",
             Bson::Document(doc! {"version": fcv}),
@@ -43,7 +46,10 @@ fn parameters(server: &Server) -> Vec<(&'static str, Bson)> {
 
 /// Parameters whose value cannot change while the server runs.
 fn settable_at_runtime(name: &str) -> bool {
-    !matches!(name, "tlsMode" | "authenticationMechanisms")
+    !matches!(
+        name,
+        "tlsMode" | "authenticationMechanisms" | "enableTestCommands"
+    )
 }
 
 /// `{getParameter: 1 | "*" | {showDetails, allParameters}, <name>: 1, ...}`.
@@ -109,6 +115,8 @@ pub fn get_cmd_line_opts(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         port.to_string().into(),
         "--replSet".into(),
         options.set_name.clone().into(),
+        "--setParameter".into(),
+        "enableTestCommands=1".into(),
     ];
     let mut net = doc! {"bindIp": options.host.clone(), "port": port};
     if let Some(tls) = &options.tls {
@@ -127,6 +135,7 @@ pub fn get_cmd_line_opts(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let mut parsed = doc! {
         "net": net,
         "replication": {"replSetName": options.set_name.clone()},
+        "setParameter": {"enableTestCommands": "1"},
     };
     if !ctx.server.users.is_empty() {
         argv.push("--auth".into());

@@ -148,7 +148,7 @@ pub(crate) fn apply_document_stage(doc: &Document, stage: &Document) -> CmdResul
             }
             Ok(out)
         }
-        "$project" => Ok(Projection::new(doc_arg(name, arg)?)?.apply(doc)),
+        "$project" => Projection::new(doc_arg(name, arg)?)?.try_apply(doc),
         "$replaceRoot" | "$replaceWith" => {
             let expr = if name == "$replaceRoot" {
                 doc_arg(name, arg)?.get("newRoot").ok_or_else(|| {

@@ -85,6 +85,13 @@ impl Projection {
         })
     }
 
+    /// Projects one document, failing as the server does when a computed field's
+    /// expression fails on it (`{$multiply: [2, "$x"]}` with a string `x`).
+    pub fn try_apply(&self, doc: &Document) -> CmdResult<Document> {
+        check_computed(&self.fields, doc)?;
+        Ok(self.apply(doc))
+    }
+
     /// Projects one document.
     pub fn apply(&self, doc: &Document) -> Document {
         if self.identity {
@@ -307,6 +314,20 @@ fn include_fields(fields: &[(String, Node)], doc: &Document, root: &Document) ->
         }
     }
     out
+}
+
+/// Evaluates every computed field against `root`, returning the first error.
+fn check_computed(fields: &[(String, Node)], root: &Document) -> CmdResult<()> {
+    for (_, node) in fields {
+        match node {
+            Node::Computed(expr) => {
+                evaluate(expr, root)?;
+            }
+            Node::Children(children) => check_computed(children, root)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn has_computed(fields: &[(String, Node)]) -> bool {

@@ -574,11 +574,13 @@ async fn spool_during_copy(
                 .progress
                 .spooled_bytes
                 .store(writer.len(), Ordering::Relaxed);
+            engine.progress.spool_full.store(false, Ordering::Relaxed);
             return Ok(());
         }
         if full || pause {
             if full && !warned_full {
                 tracing::warn!(bytes = writer.len(), "the spool is full (runtime.spool_max_bytes): reading changes pauses until the copy ends");
+                engine.progress.spool_full.store(true, Ordering::Relaxed);
                 warned_full = true;
             }
             tokio::select! {

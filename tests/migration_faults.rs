@@ -556,14 +556,15 @@ async fn write_concern_timeouts_on_the_destination_are_retried() {
 
 /// Pins: transient destination errors are retried, not fatal and not skipped, and the
 /// test proves its faults fired. The copy's inserts into `app.counters` fail twice with
-/// 91 ShutdownInProgress, and later the sync's updates to it fail twice with 11602
+/// 50 MaxTimeMSExpired (an overloaded destination; the driver does not retry it, so
+/// Ferry must), and later the sync's updates to it fail twice with 11602
 /// InterruptedDueToReplStateChange: the fail point counts all four, Ferry's retry
 /// counter rises after each phase's faults, and the destination converges exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_destination_errors_fire_and_are_retried() {
     let pair = Pair::start().await;
     seed(&pair.src, "app", 1000).await;
-    fail_destination(&pair.dst, "insert", "app.counters", 91, 2).await;
+    fail_destination(&pair.dst, "insert", "app.counters", 50, 2).await;
     let m = start(pair.config("")).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     assert_eq!(

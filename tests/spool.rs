@@ -257,7 +257,6 @@ async fn a_full_spool_waits_for_the_copy_and_loses_nothing() {
         !m.progress.spool_full.load(Ordering::Relaxed),
         "the spool is no longer full once the copy ended"
     );
-    writes_during_copy(&pair.src, 3).await;
     cutover_and_complete(m).await;
     assert_same(&pair.src, &pair.dst).await;
 }

@@ -256,6 +256,26 @@ pub fn render_status(view: &StatusView) -> String {
             human_bytes(view.spooled_bytes)
         );
     }
+    if view.spool_full {
+        let _ = writeln!(
+            out,
+            "spool:      full (runtime.spool_max_bytes): reading changes waits for the copy to end; the source's oplog must keep them until then"
+        );
+    }
+    if view.retries > 0 {
+        let _ = writeln!(
+            out,
+            "retries:    {} transient failures retried",
+            view.retries
+        );
+    }
+    if view.late_writes > 0 {
+        let _ = writeln!(
+            out,
+            "late:       {} writes reached the source after writes were declared stopped",
+            view.late_writes
+        );
+    }
     match view.update_events.as_deref() {
         Some("delta") => {
             let _ = writeln!(out, "updates:    applied as their changed fields");
@@ -297,6 +317,9 @@ pub fn render_status(view: &StatusView) -> String {
         _ => {
             let _ = writeln!(out, "window:     not started");
         }
+    }
+    if let Some(warning) = &view.window_warning {
+        let _ = writeln!(out, "warning:    {warning}");
     }
     if view.can_cutover {
         let _ = writeln!(

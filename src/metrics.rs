@@ -14,6 +14,7 @@ pub const APPLY_EVENTS_TOTAL: &str = "ferry_apply_events_total";
 pub const LAG_SECONDS: &str = "ferry_sync_lag_seconds";
 pub const BATCH_LATENCY_SECONDS: &str = "ferry_batch_latency_seconds";
 pub const ERRORS_TOTAL: &str = "ferry_errors_total";
+pub const RETRIES_TOTAL: &str = "ferry_retries_total";
 pub const STATE: &str = "ferry_state";
 pub const BASELINE_DOCUMENTS_TOTAL: &str = "ferry_baseline_documents_compared_total";
 pub const BASELINE_CHANGED_TOTAL: &str = "ferry_baseline_documents_changed_total";
@@ -60,6 +61,11 @@ pub fn describe() {
         "errors seen, retried or not, by component"
     );
     describe_counter!(
+        RETRIES_TOTAL,
+        Unit::Count,
+        "transient failures retried, by component (a restart from the checkpoint, a command sent again)"
+    );
+    describe_counter!(
         BASELINE_DOCUMENTS_TOTAL,
         Unit::Count,
         "source documents compared with the destination by the baseline verification"
@@ -101,6 +107,10 @@ pub fn record_batch(stage: &'static str, seconds: f64) {
 
 pub fn record_error(component: &'static str) {
     counter!(ERRORS_TOTAL, LABEL_COMPONENT => component).increment(1);
+}
+
+pub fn record_retry(component: &'static str) {
+    counter!(RETRIES_TOTAL, LABEL_COMPONENT => component).increment(1);
 }
 
 pub fn record_baseline_compared(documents: u64) {

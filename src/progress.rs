@@ -119,6 +119,14 @@ pub struct Progress {
     pub spooled_bytes: AtomicU64,
     /// Data events on the source after the cutover optime (writes that should not happen).
     pub late_writes: AtomicU64,
+    /// Transient failures Ferry retried: a worker restarted from its checkpoint, a
+    /// cutover handshake sent again. Shows that faults happened and were recovered from.
+    pub retries: AtomicU64,
+    /// Whether the spool (`runtime.spool_max_bytes`) is full: reading changes waits for
+    /// the copy to end, and the source's oplog must still hold them then.
+    pub spool_full: std::sync::atomic::AtomicBool,
+    /// The cutover window's expiry warning, once given (cleared by `extend`).
+    pub window_warning: RwLock<Option<String>>,
     pub baseline: RwLock<BaselineView>,
     /// How update events are applied: "delta" (their changed fields) or "lookup" (the
     /// source's whole document); unset until the tailer starts.

@@ -42,6 +42,34 @@ async fn ranges(dst: &Client) -> BTreeMap<String, (bool, u64)> {
         .collect()
 }
 
+/// Transient failures the run retried so far.
+fn retries(progress: &ferry::progress::SharedProgress) -> u64 {
+    progress.retries.load(Ordering::Relaxed)
+}
+
+/// Configures the destination's `failCommand` fail point to fail the next `times`
+/// `command`s on `ns` with `code`.
+async fn fail_destination(dst: &Client, command: &str, ns: &str, code: i32, times: i32) {
+    dst.database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": times},
+            "data": {"failCommands": [command], "namespace": ns, "errorCode": code},
+        })
+        .await
+        .expect("fail point");
+}
+
+/// Turns the destination's fail point off; returns how many commands it failed in all.
+async fn fail_point_count(dst: &Client) -> i64 {
+    dst.database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("fail point off")
+        .get_i64("count")
+        .expect("the reply counts the failed commands")
+}
+
 /// Waits until between 10% and 90% of the estimated documents are copied.
 async fn mid_copy(m: &ferry::run::Migration) -> (u64, u64) {
     let p = m.progress.clone();
@@ -510,9 +538,14 @@ async fn write_concern_timeouts_on_the_destination_are_retried() {
     let load = Workload::start(pair.src.clone(), "app", 1000);
     let m = start(pair.config("")).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let retries_before = retries(&m.progress);
     pair.destination.fail_write_concern(5);
     poll("the injected write concern failures to fire", || {
         pair.destination.write_concern_failures_left() == 0
+    })
+    .await;
+    poll("Ferry to retry the batches the failures hit", || {
+        retries(&m.progress) > retries_before
     })
     .await;
     load.advance(50).await;
@@ -604,5 +637,43 @@ async fn a_ddl_whose_write_concern_times_out_is_applied_again() {
     let fired = write_concern_fail_point(&pair.dst, "renameCollection", None).await;
     assert!(fired >= 1, "the injected write concern error fired");
     cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// Pins: transient destination errors are retried, not fatal and not skipped, and the
+/// test proves its faults fired. The copy's inserts into `app.counters` fail twice with
+/// 50 MaxTimeMSExpired (an overloaded destination; the driver does not retry it, so
+/// Ferry must), and later the sync's updates to it fail twice with 11602
+/// InterruptedDueToReplStateChange: the fail point counts all four, Ferry's retry
+/// counter rises after each phase's faults, and the destination converges exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_destination_errors_fire_and_are_retried() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 1000).await;
+    fail_destination(&pair.dst, "insert", "app.counters", 50, 2).await;
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_eq!(
+        fail_point_count(&pair.dst).await,
+        2,
+        "the copy's faults fired"
+    );
+    let after_copy = retries(&m.progress);
+    assert!(after_copy > 0, "the copy's failed inserts were not retried");
+
+    let load = Workload::start(pair.src.clone(), "app", 1000);
+    fail_destination(&pair.dst, "update", "app.counters", 11602, 2).await;
+    poll("the sync's faults to be retried", || {
+        retries(&m.progress) > after_copy
+    })
+    .await;
+    load.advance(30).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+    assert_eq!(
+        fail_point_count(&pair.dst).await,
+        4,
+        "the sync's faults fired"
+    );
     assert_same(&pair.src, &pair.dst).await;
 }

@@ -225,3 +225,38 @@ async fn a_lost_spool_file_is_read_again_from_the_source() {
     assert_same(&pair.src, &pair.dst).await;
     assert!(spool_files(&dir).is_empty());
 }
+
+/// Pins: a full spool (`runtime.spool_max_bytes`) loses nothing. The operator sees it in
+/// the status (`spool_full`, and `ferry status` says reading waits for the copy); the
+/// changes past it are read from the source's oplog once the copy ends, and the
+/// destination converges exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_waits_for_the_copy_and_loses_nothing() {
+    let pair = Pair::start().await;
+    let dir = spool_dir("full");
+    seed(&pair.src, "app", 1000).await;
+    let mut cfg = slow_copy_config(&pair, Some(&dir));
+    cfg.runtime.spool_max_bytes = 2048;
+    let m = start(cfg).await;
+    wait_phase(&m.progress, Phase::Copying).await;
+    writes_during_copy(&pair.src, 1).await;
+    poll("the spool to fill", || {
+        m.progress.spool_full.load(Ordering::Relaxed)
+    })
+    .await;
+    assert_copying(&m);
+    let view = ferry::api::StatusView::capture(&m.progress, ferry::checkpoint::unix_now());
+    assert!(view.spool_full, "{view:?}");
+    assert!(view.spooled_bytes >= 2048, "{view:?}");
+    // More changes while the spool is full: they stay on the source until the copy ends.
+    writes_during_copy(&pair.src, 2).await;
+    assert_copying(&m);
+    pair.destination.set_latency(Duration::ZERO);
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert!(
+        !m.progress.spool_full.load(Ordering::Relaxed),
+        "the spool is no longer full once the copy ended"
+    );
+    cutover_and_complete(m).await;
+    assert_same(&pair.src, &pair.dst).await;
+}

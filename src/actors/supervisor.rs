@@ -36,6 +36,11 @@ const BASELINE_RETRY: Duration = Duration::from_secs(30);
 /// Tries of the cutover handshake (write block, cutover optime) on transient errors.
 const CUTOVER_ATTEMPTS: u32 = 10;
 
+/// The cutover window's length in whole seconds (at least one).
+fn window_seconds(hours: f64) -> i64 {
+    ((hours * 3600.0).round() as i64).max(1)
+}
+
 /// How the run ended.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
@@ -100,7 +105,7 @@ pub struct Supervisor {
     cutover_attempt: u64,
     /// The optime the current attempt drains to, until its `Drained` arrives.
     drain_target: Option<Timestamp>,
-    warned_hours: Vec<u64>,
+    warned_hours: Vec<f64>,
     /// The baseline verification, once the destination is first in sync.
     baseline: Option<SpawnHandle>,
     done: Option<oneshot::Sender<RunOutcome>>,
@@ -282,6 +287,8 @@ impl Supervisor {
             return;
         }
         let delay = self.backoff();
+        crate::metrics::record_retry(failure.component);
+        self.engine.progress.retries.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(component = failure.component, error = %failure.message, retry_in_s = delay.as_secs(), "restarting from the last checkpoint");
         ctx.run_later(delay, move |act, ctx| {
             if !act.phase().is_terminal() {
@@ -392,9 +399,13 @@ impl Supervisor {
             return;
         }
         for &hours in &self.engine.config.cutover.warn_before_expiry_hours.clone() {
-            if left <= (hours * 3600) as i64 && !self.warned_hours.contains(&hours) {
+            if left as f64 <= hours * 3600.0 && !self.warned_hours.contains(&hours) {
                 self.warned_hours.push(hours);
                 tracing::warn!(hours_left = left as f64 / 3600.0, "the cutover window expires soon: cut over or extend it (ferry extend --hours N)");
+                *self.engine.progress.window_warning.write() = Some(format!(
+                    "the cutover window expires in {:.2} hours: cut over or extend it (ferry extend --hours N)",
+                    left as f64 / 3600.0
+                ));
                 crate::notify::send(
                     &self.engine,
                     "window_expiring",
@@ -453,6 +464,8 @@ impl Supervisor {
                                 Ok(Some(ts)) => return Ok(ts),
                                 Ok(None) => return Err("the cutover attempt was superseded".to_string()),
                                 Err(e) if e.is_transient() && attempt < CUTOVER_ATTEMPTS => {
+                                    crate::metrics::record_retry("cutover");
+                                    engine.progress.retries.fetch_add(1, Ordering::Relaxed);
                                     tracing::warn!(error = %error_chain(&e), attempt, "cutover handshake failed; retrying");
                                     tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
                                 }
@@ -477,7 +490,7 @@ impl Supervisor {
                     return Err(ControlError::bad_request("hours must be a positive number"));
                 }
                 let base = self.state.window_expires_at.unwrap_or_else(|| {
-                    unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64
+                    unix_now() + window_seconds(self.engine.config.cutover.window_hours)
                 });
                 let expires = base + (hours * 3600.0) as i64;
                 self.state.window_expires_at = Some(expires);
@@ -486,6 +499,7 @@ impl Supervisor {
                     .window_expires_at
                     .store(expires, Ordering::Relaxed);
                 self.warned_hours.clear();
+                *self.engine.progress.window_warning.write() = None;
                 let engine = self.engine.clone();
                 ctx.spawn(
                     async move {
@@ -670,7 +684,7 @@ impl Handler<SyncStatus> for Supervisor {
             Phase::Syncing if msg.lag_seconds <= threshold => {
                 if self.state.window_expires_at.is_none() {
                     let expires =
-                        unix_now() + (self.engine.config.cutover.window_hours * 3600) as i64;
+                        unix_now() + window_seconds(self.engine.config.cutover.window_hours);
                     self.state.window_expires_at = Some(expires);
                     self.engine
                         .progress

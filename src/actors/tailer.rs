@@ -574,11 +574,13 @@ async fn spool_during_copy(
                 .progress
                 .spooled_bytes
                 .store(writer.len(), Ordering::Relaxed);
+            engine.progress.spool_full.store(false, Ordering::Relaxed);
             return Ok(());
         }
         if full || pause {
             if full && !warned_full {
                 tracing::warn!(bytes = writer.len(), "the spool is full (runtime.spool_max_bytes): reading changes pauses until the copy ends");
+                engine.progress.spool_full.store(true, Ordering::Relaxed);
                 warned_full = true;
             }
             tokio::select! {
@@ -897,8 +899,11 @@ async fn tail(
             }
             last_event = Instant::now();
         }
+        // Drained once everything up to the target is applied, caught up or not: an
+        // application that goes on writing after the declared stop must not keep the
+        // cutover waiting forever (its writes are counted as late writes).
         if let Some(target) = *drain_to.borrow() {
-            if drained_sent != Some(target) && caught_up && !ts_after(target, applied_ts) {
+            if drained_sent != Some(target) && !ts_after(target, applied_ts) {
                 engine
                     .checkpoints
                     .set_state(

@@ -57,6 +57,20 @@ pub struct StatusView {
     /// Bytes of change events kept on disk while the copy runs (`runtime.spool_dir`).
     #[serde(default)]
     pub spooled_bytes: u64,
+    /// The spool reached `runtime.spool_max_bytes`: reading changes waits for the copy
+    /// to end (nothing is lost while the source's oplog still holds them).
+    #[serde(default)]
+    pub spool_full: bool,
+    /// Transient failures retried so far (restarts from a checkpoint, handshakes sent
+    /// again): non-zero means faults happened and were recovered from.
+    #[serde(default)]
+    pub retries: u64,
+    /// Writes that reached the source after the operator confirmed writes had stopped.
+    #[serde(default)]
+    pub late_writes: u64,
+    /// The cutover window's expiry warning, once given: cut over or extend.
+    #[serde(default)]
+    pub window_warning: Option<String>,
     /// How update events are applied: "delta" (their changed fields) or "lookup" (the
     /// source's whole document: sources before 6.1, or `apply.update_events`).
     #[serde(default)]
@@ -97,6 +111,10 @@ impl StatusView {
             bytes_estimated: progress.bytes_estimated.load(Ordering::Relaxed),
             events_applied: progress.events_applied.load(Ordering::Relaxed),
             spooled_bytes: progress.spooled_bytes.load(Ordering::Relaxed),
+            spool_full: progress.spool_full.load(Ordering::Relaxed),
+            retries: progress.retries.load(Ordering::Relaxed),
+            late_writes: progress.late_writes.load(Ordering::Relaxed),
+            window_warning: progress.window_warning.read().clone(),
             update_events: progress.update_events.read().map(str::to_string),
             baseline: BaselineView {
                 documents_changed: progress.baseline_changed.load(Ordering::Relaxed),

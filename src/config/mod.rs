@@ -214,12 +214,12 @@ pub const DEFAULT_CUTOVER_LAG_THRESHOLD_SECONDS: u64 = 5;
 /// and schedule a maintenance window, short enough that an abandoned
 /// migration does not keep loading both clusters indefinitely (and stays
 /// within a typical oplog/change-stream retention if ferry is restarted).
-pub const DEFAULT_CUTOVER_WINDOW_HOURS: u64 = 120;
+pub const DEFAULT_CUTOVER_WINDOW_HOURS: f64 = 120.0;
 
 /// Default `cutover.warn_before_expiry_hours`: a day ahead to plan, 6 h to
 /// act, 1 h as the last call.
-pub fn default_warn_before_expiry_hours() -> Vec<u64> {
-    vec![24, 6, 1]
+pub fn default_warn_before_expiry_hours() -> Vec<f64> {
+    vec![24.0, 6.0, 1.0]
 }
 
 /// Default `cutover.recheck_max_documents`: documents changed after the
@@ -243,7 +243,7 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// The whole configuration. Every section except `[source]` and
 /// `[destination]` (which need `uri`) may be omitted.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub source: SourceConfig,
@@ -605,16 +605,17 @@ impl RuntimeConfig {
 }
 
 /// `[cutover]`: when and how the switch to the destination happens.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CutoverConfig {
     /// Cutover is allowed once replication lag is at most this.
     pub lag_threshold_seconds: u64,
     /// How long after the initial copy completes the migration may stay in
-    /// continuous sync before it expires.
-    pub window_hours: u64,
-    /// Notify this many hours before the window expires (each `< window_hours`).
-    pub warn_before_expiry_hours: Vec<u64>,
+    /// continuous sync before it expires. Fractions are allowed (0.5 = 30 min).
+    pub window_hours: f64,
+    /// Notify this many hours before the window expires (each `< window_hours`;
+    /// fractions allowed).
+    pub warn_before_expiry_hours: Vec<f64>,
     /// At cutover, block writes on the source with `setUserWriteBlockMode`
     /// (MongoDB 6.0+, needs the `setUserWriteBlockMode` privilege). Default
     /// false: the operator stops application writes.

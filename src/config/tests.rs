@@ -101,8 +101,8 @@ fn minimal_config_gets_all_defaults() {
     assert_eq!(cfg.runtime.checkpoint_interval_seconds, 5);
     assert_eq!(cfg.runtime.spool_dir, None);
     assert_eq!(cfg.cutover.lag_threshold_seconds, 5);
-    assert_eq!(cfg.cutover.window_hours, 120);
-    assert_eq!(cfg.cutover.warn_before_expiry_hours, vec![24, 6, 1]);
+    assert_eq!(cfg.cutover.window_hours, 120.0);
+    assert_eq!(cfg.cutover.warn_before_expiry_hours, vec![24.0, 6.0, 1.0]);
     assert!(!cfg.cutover.enforce_write_block);
     assert!(cfg.cutover.baseline_verification);
     assert_eq!(cfg.cutover.recheck_max_documents, 1_000_000);

@@ -29,6 +29,16 @@ impl Issues {
         }
     }
 
+    /// A duration in hours: finite and above zero (fractions allowed).
+    fn positive_hours(&mut self, key: &str, value: f64) {
+        if !(value.is_finite() && value > 0.0) {
+            self.push(
+                key,
+                "must be > 0; set a positive number of hours or remove the key to use the default",
+            );
+        }
+    }
+
     fn parallelism(&mut self, key: &str, value: usize) {
         if value == 0 {
             self.push(
@@ -216,23 +226,23 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
     // [cutover]
     let cut = &config.cutover;
     v.positive_u64("cutover.lag_threshold_seconds", cut.lag_threshold_seconds);
-    v.positive_u64("cutover.window_hours", cut.window_hours);
+    v.positive_hours("cutover.window_hours", cut.window_hours);
     v.positive_u64("cutover.recheck_max_documents", cut.recheck_max_documents);
-    if cut.window_hours > 0 && cut.lag_threshold_seconds >= cut.window_hours.saturating_mul(3600) {
+    if cut.window_hours > 0.0 && cut.lag_threshold_seconds as f64 >= cut.window_hours * 3600.0 {
         v.push(
             "cutover.lag_threshold_seconds",
             "must be shorter than cutover.window_hours; lower it",
         );
     }
-    let mut seen = BTreeSet::new();
+    let mut seen: Vec<f64> = Vec::new();
     for (i, &h) in cut.warn_before_expiry_hours.iter().enumerate() {
         let key = format!("cutover.warn_before_expiry_hours[{i}]");
-        if h == 0 {
+        if !(h.is_finite() && h > 0.0) {
             v.push(
                 &key,
                 "must be > 0; remove it or use a positive number of hours",
             );
-        } else if cut.window_hours > 0 && h >= cut.window_hours {
+        } else if cut.window_hours > 0.0 && h >= cut.window_hours {
             v.push(
                 &key,
                 format!(
@@ -241,9 +251,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
                 ),
             );
         }
-        if !seen.insert(h) {
+        if seen.contains(&h) {
             v.push(&key, format!("duplicate value {h}; remove it"));
         }
+        seen.push(h);
     }
 
     // [notify]

@@ -594,7 +594,12 @@ async fn fields_moved_by_pipeline_updates_converge() {
     .await;
     update(
         doc! {"_id": {"$gte": 15}},
-        vec![doc! {"$set": {"arr": {"$concatArrays": [{"$slice": ["$arr", 3]}, ["new"]]}}}],
+        vec![doc! {"$set": {"arr": [
+            {"$arrayElemAt": ["$arr", 0]},
+            {"$arrayElemAt": ["$arr", 1]},
+            {"$arrayElemAt": ["$arr", 2]},
+            "new",
+        ]}}],
     )
     .await;
     cutover_and_complete(m).await;

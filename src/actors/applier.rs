@@ -36,6 +36,9 @@ const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 const MAX_STATEMENTS: usize = 10_000;
 /// Most documents read again from the source in one query.
 const REFETCH_CHUNK: usize = 1000;
+/// How often a document read again from the source follows its collection to a new
+/// name when renames keep coming between finding the name and reading under it.
+const RENAME_CHASE_LIMIT: usize = 8;
 /// The server's error for a write that would change a document's `_id`.
 const IMMUTABLE_FIELD: i32 = 66;
 /// The server's duplicate key error.
@@ -629,21 +632,31 @@ impl Target<'_> {
         // Documents not found may have been deleted (their delete event follows) or their
         // collection renamed since these events (no event will bring them back): look for
         // them under the collection's current name. They are written under this
-        // namespace, where the replayed rename will find them.
-        let missing: Vec<&RawDocumentBuf> = keys
-            .iter()
-            .copied()
-            .filter(|k| id_bytes(k).is_some_and(|id| !found.contains_key(&id)))
-            .collect();
-        if let (Some(uuid), false) = (&self.uuid, missing.is_empty()) {
+        // namespace, where the replayed rename will find them. A rename may come between
+        // finding the name and reading under it, so the name is looked up again until
+        // the read was made under the name the collection still has.
+        let mut read_under = self.coll.to_string();
+        for _ in 0..RENAME_CHASE_LIMIT {
+            let missing: Vec<&RawDocumentBuf> = keys
+                .iter()
+                .copied()
+                .filter(|k| id_bytes(k).is_some_and(|id| !found.contains_key(&id)))
+                .collect();
+            let (Some(uuid), false) = (&self.uuid, missing.is_empty()) else {
+                break;
+            };
             let now = self
                 .engine
                 .source
                 .collection_name_by_uuid(self.db, uuid)
                 .await?;
-            if let Some(now) = now.filter(|n| n != self.coll) {
-                found.extend(self.read_source(&now, &missing).await?);
-            }
+            // Gone from this database (dropped, or renamed into another one, which the
+            // server does by inserting every document again): later events carry it.
+            let Some(now) = now.filter(|n| *n != read_under) else {
+                break;
+            };
+            found.extend(self.read_source(&now, &missing).await?);
+            read_under = now;
         }
         let statements = keys.iter().filter_map(|k| {
             let doc = found.get(&id_bytes(k)?)?;

@@ -42,10 +42,11 @@
 //!   Decimal128 included, deleted and re-inserted as another type (66 ImmutableField).
 //! - `dollar_fields` (seed 1, fixed, on): top-level `$`-prefixed field names, then
 //!   updated (52 DollarPrefixedFieldName from the replacement fallback).
-//! - `rename_during_copy` (seed 4, off): renameCollection while the copy runs. Renames
-//!   within a database are fixed (the copy follows the collection's UUID); renames into
-//!   another database while the copy runs still lose documents (seeds 1 and 3 with this
-//!   switch), so it stays off until that is fixed.
+//! - `rename_during_copy` (seed 4, fixed, on): renameCollection while the copy runs.
+//!   Renames within a database: the copy follows the collection's UUID. Renames into
+//!   another database (seeds 1 and 3 lost documents): the sandbox now carries them out
+//!   as a real server does (a temporary collection with a new UUID filled by inserts,
+//!   renamed onto the target, the source dropped), and Ferry replays those events.
 //! - `retried_cutover` (seed 1, fixed, on): a cutover refused by verification (a planted
 //!   difference), then retried once the difference is removed: the second cutover
 //!   stayed in `cutting_over` for good.
@@ -60,11 +61,11 @@
 //!
 //! Sandbox features, probed at run time (a seed skips one, saying so, when the sandbox
 //! does not support it): `txn` (multi-document transactions, on) and `array_filters`
-//! (`arrayFilters` and `$[]`, on); `pipeline` (pipeline updates, off: its generator uses
-//! `$mergeDocuments`, which is not a server operator; and a field order changed by a
-//! pipeline update is not reproduced by Ferry yet) and `reorder` (`$set` of a
-//! subdocument with its fields reordered, off until it has been run against the sandbox
-//! that now stores the new order).
+//! (`arrayFilters` and `$[]`, on); `pipeline` (pipeline updates with a computed `$set`,
+//! a field moved by `$set` + `$unset`, and a `$replaceWith` putting a field ahead of the
+//! others, on: an update that may move fields is applied by reading the source's
+//! document; before that, seeds 2 and 4 of `FERRY_RANDOMIZED_FEATURES=none,pipeline`
+//! ended with fields in another order on the destination) and `reorder` (`$set` of a subdocument with its fields reordered, on).
 
 mod common;
 #[path = "randomized/compare.rs"]
@@ -130,15 +131,18 @@ const FEATURES: [(&str, Feature); 11] = [
 /// Ingredients on unless the environment says otherwise: each once failed on a known
 /// engine bug that is fixed now, so they stay in every run as regressions guards.
 /// `FERRY_RANDOMIZED_FEATURES=none` turns them off (to isolate a failure).
-const DEFAULT_ON: [Feature; 8] = [
+const DEFAULT_ON: [Feature; 11] = [
     Feature::PushStorm,
     Feature::EqualIds,
     Feature::DollarFields,
+    Feature::RenameDuringCopy,
     Feature::RetriedCutover,
     Feature::RenameRace,
     Feature::SlowPlanSave,
     Feature::Txn,
+    Feature::Pipeline,
     Feature::ArrayFilters,
+    Feature::Reorder,
 ];
 
 /// What to run, from the environment.

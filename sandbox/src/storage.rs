@@ -694,6 +694,17 @@ fn decimal_digits(mut i: usize) -> usize {
     n
 }
 
+/// The five random letters and digits of a temporary collection's name, as a real
+/// server names the collection a rename between databases fills.
+fn temp_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::thread_rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 pub fn new_uuid() -> Binary {
     let bytes: [u8; 16] = rand::random();
     Binary {
@@ -1353,20 +1364,31 @@ impl Storage {
         drop_target: bool,
     ) -> CmdResult<()> {
         validate_collection_name(to.0, to.1)?;
-        if self.collection(from.0, from.1).is_none() {
+        let Some(source) = self.collection(from.0, from.1) else {
             return Err(CommandError::ns_not_found(
                 "source namespace does not exist",
             ));
+        };
+        let is_view = source.is_view();
+        if self.collection(to.0, to.1).is_some() && !drop_target {
+            return Err(CommandError::new(
+                codes::NAMESPACE_EXISTS,
+                "target namespace exists",
+            ));
         }
-        if self.collection(to.0, to.1).is_some() {
-            if !drop_target {
-                return Err(CommandError::new(
-                    codes::NAMESPACE_EXISTS,
-                    "target namespace exists",
-                ));
-            }
-            self.drop_collection(to.0, to.1);
+        if from.0 != to.0 && !is_view {
+            return self.rename_between_databases(from, to);
         }
+        // An existing target (dropTarget) goes with the rename's own oplog entry, which
+        // names its UUID: change streams show one `rename` event, no `drop`.
+        let dropped_target = self
+            .dbs
+            .get_mut(to.0)
+            .and_then(|d| d.collections.remove(to.1));
+        if dropped_target.is_some() {
+            self.versions.forget(to.0, to.1);
+        }
+        let dropped_target = dropped_target.filter(|c| !c.is_view()).map(|c| c.uuid);
         let Some(c) = self
             .dbs
             .get_mut(from.0)
@@ -1390,16 +1412,59 @@ impl Storage {
             .or_default()
             .collections
             .insert(to.1.to_string(), c);
-        let mut change = Change::new(
-            EventKind::Rename,
-            from.0,
-            from.1,
-            doc! {"renameCollection": format!("{}.{}", from.0, from.1), "to": format!("{}.{}", to.0, to.1), "stayTemp": false},
-        );
+        let mut o = doc! {"renameCollection": format!("{}.{}", from.0, from.1), "to": format!("{}.{}", to.0, to.1), "stayTemp": false};
+        let mut description = doc! {"to": {"db": to.0, "coll": to.1}};
+        if let Some(target) = dropped_target {
+            o.insert("dropTarget", target.clone());
+            description.insert("dropTarget", target);
+        }
+        let mut change = Change::new(EventKind::Rename, from.0, from.1, o);
         change.uuid = Some(uuid);
         change.to = Some((to.0.to_string(), to.1.to_string()));
-        change.operation_description = Some(doc! {"to": {"db": to.0, "coll": to.1}});
+        change.operation_description = Some(description);
         self.append(change);
+        Ok(())
+    }
+
+    /// A rename into another database, carried out as a real server does: the documents
+    /// are copied into a new temporary collection of the target database
+    /// (`tmpXXXXX.renameCollection`, a new UUID), which is then renamed onto the target
+    /// within its database (dropping an existing target), and the source is dropped. The
+    /// oplog and change streams show each step: `create` and `createIndexes` of the
+    /// temporary collection, one `insert` per document, `rename` from the temporary
+    /// name to the target, `drop` of the source. The target therefore has another UUID
+    /// than the source had.
+    fn rename_between_databases(&mut self, from: (&str, &str), to: (&str, &str)) -> CmdResult<()> {
+        let (options, secondary, docs) = {
+            let Some(source) = self.collection(from.0, from.1) else {
+                return Err(CommandError::ns_not_found(
+                    "source namespace does not exist",
+                ));
+            };
+            let secondary: Vec<Document> = source
+                .indexes
+                .iter()
+                .filter(|i| i.name != "_id_")
+                .map(|i| i.spec.clone())
+                .collect();
+            let docs: Vec<Document> = source.docs.values().map(|d| Document::clone(d)).collect();
+            (source.options.clone(), secondary, docs)
+        };
+        let temp = loop {
+            let name = format!("tmp{}.renameCollection", temp_suffix());
+            if self.collection(to.0, &name).is_none() {
+                break name;
+            }
+        };
+        self.create_collection(to.0, &temp, options)?;
+        for spec in secondary {
+            self.create_indexes(to.0, &temp, vec![spec])?;
+        }
+        for doc in docs {
+            self.insert(to.0, &temp, doc)?;
+        }
+        self.rename_collection((to.0, &temp), to, true)?;
+        self.drop_collection(from.0, from.1);
         Ok(())
     }
 

@@ -834,3 +834,147 @@ async fn disambiguated_paths_for_numeric_components() {
         );
     }
 }
+
+/// A rename into another database is carried out as a real server does it, and a
+/// whole-cluster stream shows every step: `create` and `createIndexes` of a temporary
+/// collection `tmpXXXXX.renameCollection` in the target database (a new UUID), one
+/// `insert` per document, a `rename` of the temporary collection onto the target (an
+/// existing target goes with it: the event names its UUID in `dropTarget`, no `drop`),
+/// and the `drop` of the source. Pins: the sandbox showed one `rename` across databases,
+/// keeping the UUID, which no real server does; a migration tool tested against it read
+/// documents by a UUID a real server has replaced.
+#[tokio::test]
+async fn a_rename_between_databases_shows_its_copy_in_the_stream() {
+    let sb = start();
+    let client = client(&sb).await;
+    let src = client.database("s").collection::<Document>("c");
+    src.insert_many(vec![doc! {"_id": 1, "a": 1}, doc! {"_id": 2, "a": 2}])
+        .await
+        .unwrap();
+    run(
+        &client,
+        "s",
+        doc! {"createIndexes": "c", "indexes": [{"key": {"a": 1}, "name": "a_1"}]},
+    )
+    .await
+    .unwrap();
+    client
+        .database("d")
+        .collection::<Document>("t")
+        .insert_one(doc! {"_id": "old target"})
+        .await
+        .unwrap();
+    let uuid_of = |list: Vec<Document>| {
+        list[0]
+            .get_document("info")
+            .unwrap()
+            .get("uuid")
+            .cloned()
+            .unwrap()
+    };
+    let source_uuid = uuid_of(
+        run(
+            &client,
+            "s",
+            doc! {"listCollections": 1, "filter": {"name": "c"}},
+        )
+        .await
+        .unwrap()
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| d.as_document().unwrap().clone())
+        .collect(),
+    );
+    let (id, _, _) = raw_stream(
+        &client,
+        "admin",
+        Bson::Int32(1),
+        doc! {"allChangesForCluster": true, "showExpandedEvents": true},
+    )
+    .await;
+    run(
+        &client,
+        "admin",
+        doc! {"renameCollection": "s.c", "to": "d.t", "dropTarget": true},
+    )
+    .await
+    .unwrap();
+    let events = raw_events(&client, "admin", "$cmd.aggregate", id, 6).await;
+    let kinds: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            let ns = e.get_document("ns").unwrap();
+            (
+                e.get_str("operationType").unwrap(),
+                ns.get_str("db").unwrap(),
+                ns.get_str("coll").unwrap_or(""),
+            )
+        })
+        .collect();
+    let temp = kinds[0].2;
+    assert!(
+        temp.len() == "tmpXXXXX.renameCollection".len()
+            && temp.starts_with("tmp")
+            && temp.ends_with(".renameCollection"),
+        "temporary collection name {temp:?}"
+    );
+    assert_eq!(
+        kinds,
+        vec![
+            ("create", "d", temp),
+            ("createIndexes", "d", temp),
+            ("insert", "d", temp),
+            ("insert", "d", temp),
+            ("rename", "d", temp),
+            ("drop", "s", "c"),
+        ]
+    );
+    assert_eq!(
+        events[2].get_document("fullDocument").unwrap(),
+        &doc! {"_id": 1, "a": 1}
+    );
+    assert_eq!(
+        events[4].get_document("to").unwrap(),
+        &doc! {"db": "d", "coll": "t"}
+    );
+    let description = events[4].get_document("operationDescription").unwrap();
+    assert!(
+        matches!(description.get("dropTarget"), Some(Bson::Binary(_))),
+        "the replaced target's UUID: {description}"
+    );
+    let target = run(
+        &client,
+        "d",
+        doc! {"listCollections": 1, "filter": {"name": "t"}},
+    )
+    .await
+    .unwrap();
+    let target_list: Vec<Document> = target
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|d| d.as_document().unwrap().clone())
+        .collect();
+    assert_ne!(
+        uuid_of(target_list),
+        source_uuid,
+        "a new collection, a new UUID"
+    );
+    let docs: Vec<Document> = client
+        .database("d")
+        .collection::<Document>("t")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs, vec![doc! {"_id": 1, "a": 1}, doc! {"_id": 2, "a": 2}]);
+    let names: Vec<String> = client.database("d").list_collection_names().await.unwrap();
+    assert_eq!(names, vec!["t".to_string()], "no temporary collection left");
+}

@@ -287,10 +287,26 @@ impl<'a> EventView<'a> {
         if self.op == "dropDatabase" {
             engine.filter.may_allow_database(self.db)
                 && !crate::config::NamespaceFilter::is_never_migrated_db(self.db)
+        } else if is_rename_staging(self.coll) {
+            // A rename into another database fills a temporary collection whose name no
+            // filter lists, then renames it onto the target: its events are taken
+            // wherever the database may hold migrated collections, and the rename's
+            // replay drops it again when the target is out of scope.
+            engine.filter.may_allow_database(self.db)
         } else {
             engine.filter.allows(self.db, self.coll) && !self.coll.starts_with("system.")
         }
     }
+}
+
+/// Whether a collection name is the temporary collection a server fills during a
+/// rename between databases (`tmp` + five letters or digits + `.renameCollection`).
+pub fn is_rename_staging(coll: &str) -> bool {
+    coll.strip_prefix("tmp")
+        .and_then(|rest| rest.strip_suffix(".renameCollection"))
+        .is_some_and(|middle| {
+            middle.len() == 5 && middle.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 /// Applier of an event: (database, collection, partition).

@@ -130,12 +130,14 @@ pub fn index_spec(rng: &mut StdRng) -> Document {
     }
 }
 
-/// A pipeline update (feature `pipeline`): a computed `$set`, an `$unset` stage, and a
-/// `$replaceWith` that moves a subdocument to a new field ahead of the others.
+/// A pipeline update (feature `pipeline`): a computed `$set`, a field moved with
+/// `$set` + `$unset`, and a `$replaceWith` that puts a copy of a subdocument ahead of
+/// the other fields (a new field order, which a server logs as fields inserted again).
 pub fn pipeline(word: &str) -> Vec<Document> {
     vec![
         doc! {"$set": {"piped": word, "cnt": {"$add": [{"$ifNull": ["$cnt", 0]}, 1]}}},
+        doc! {"$set": {"s_moved": "$s"}},
         doc! {"$unset": ["s"]},
-        doc! {"$replaceWith": {"$mergeDocuments": [{"moved": "$sub"}, "$$ROOT"]}},
+        doc! {"$replaceWith": {"$mergeObjects": [{"_id": "$_id", "moved": "$sub"}, "$$ROOT"]}},
     ]
 }

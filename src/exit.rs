@@ -39,9 +39,7 @@ pub fn of_phase(phase: Phase) -> u8 {
 pub fn of_error(error: &RunError) -> u8 {
     match error {
         RunError::Preflight(_) => REFUSED_BY_VALIDATION,
-        RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked { .. }) => {
-            DESTINATION_HELD
-        }
+        RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked { .. }) => DESTINATION_HELD,
         _ => FAILED,
     }
 }
@@ -74,6 +72,10 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), codes.len(), "{codes:?}");
-        assert_eq!(of_phase(Phase::Syncing), COMPLETED, "stopped to resume later");
+        assert_eq!(
+            of_phase(Phase::Syncing),
+            COMPLETED,
+            "stopped to resume later"
+        );
     }
 }

@@ -456,7 +456,12 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
         );
     }
     if finished && !exit_when_finished {
-        signals.block_on(serve_until_signal(&config, api_addr, progress, outcome.phase));
+        signals.block_on(serve_until_signal(
+            &config,
+            api_addr,
+            progress,
+            outcome.phase,
+        ));
     }
     exit::code(exit::of_phase(outcome.phase))
 }
@@ -542,7 +547,9 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
             }
         },
         Ok(None) => {
-            eprintln!("no migration has run on this destination (its __ferry database holds no state)");
+            eprintln!(
+                "no migration has run on this destination (its __ferry database holds no state)"
+            );
             exit::code(exit::FAILED)
         }
         Err(e) => {

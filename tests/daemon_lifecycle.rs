@@ -9,17 +9,20 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn ferry(args: &[&str], config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+/// Runs `ferry <args> --config <config>` to its end (with a deadline); its exit code and
+/// everything it printed.
+async fn ferry(args: &[&str], config: &std::path::Path) -> (i32, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(args)
         .arg("--config")
         .arg(config)
         .env("NO_COLOR", "1")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("ferry runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let (status, output) = wait_child(child).await;
+    (status.code().unwrap_or(-1), output)
 }
 
 fn spawn_daemon(config: &std::path::Path) -> std::process::Child {
@@ -78,13 +81,13 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     let (status, output) = wait_child(child).await;
     assert_eq!(status.code(), Some(0), "{output}");
 
-    let (code, output) = ferry(&["run"], &config);
+    let (code, output) = ferry(&["run"], &config).await;
     assert_eq!(code, 0, "{output}");
     assert!(
         output.contains("migration report") && output.contains(&format!("{seeded} documents")),
         "a restarted run prints the stored report: {output}"
     );
-    let (code, output) = ferry(&["report"], &config);
+    let (code, output) = ferry(&["report"], &config).await;
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("migration report"), "{output}");
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
@@ -103,7 +106,7 @@ async fn endings_have_distinct_exit_codes() {
     let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;
-    let (code, output) = ferry(&["report"], &config);
+    let (code, output) = ferry(&["report"], &config).await;
     assert_eq!(code, 1, "{output}");
     assert!(output.contains("no report yet"), "{output}");
     let reply = api
@@ -114,13 +117,24 @@ async fn endings_have_distinct_exit_codes() {
     let (status, output) = wait_child(child).await;
     assert_eq!(status.code(), Some(3), "cancelled: {output}");
 
-    // The destination now holds data of the cancelled run: validation refuses.
-    let (code, output) = ferry(&["run", "--exit-when-finished"], &config);
+    // A destination that already holds the namespaces (and no run of ours): the
+    // pre-migration checks refuse.
+    let other = Pair::start().await;
+    seed(&other.src, "app", 10).await;
+    seed(&other.dst, "app", 10).await;
+    let refused = config_file(
+        &other.source.uri(),
+        &other.destination.uri(),
+        free_port(),
+        "",
+    );
+    let (code, output) = ferry(&["run", "--exit-when-finished"], &refused).await;
     assert_eq!(code, 5, "refused by validation: {output}");
+    let _ = std::fs::remove_dir_all(refused.parent().expect("config directory"));
 
     let bad = config.with_file_name("bad.toml");
     std::fs::write(&bad, "[source]\nuri = 1\n").expect("write");
-    let (code, output) = ferry(&["run"], &bad);
+    let (code, output) = ferry(&["run"], &bad).await;
     assert_eq!(code, 2, "bad config: {output}");
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
 }

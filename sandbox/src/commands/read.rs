@@ -655,7 +655,9 @@ pub async fn get_more(
     if let Some(e) = server.faults.fail_points.check_get_more() {
         // The failed getMore has taken its cursor: like any getMore error, this kills it.
         return Err(match cursor.state {
-            CursorState::ChangeStream(_) => e.with_label("ChangeStreamCursor"),
+            CursorState::ChangeStream(_) | CursorState::RouterChangeStream(_) => {
+                e.with_label("ChangeStreamCursor")
+            }
             CursorState::Documents(_) => e,
         });
     }

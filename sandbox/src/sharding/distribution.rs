@@ -84,6 +84,7 @@ pub fn aggregate(router: &Router, db: &str, cmd: &Document) -> CmdResult<crate::
             post_batch_resume_token: None,
             id: 0,
             ns: "admin.$cmd.aggregate".into(),
+            at_cluster_time: None,
         }),
         fields: Document::new(),
     })

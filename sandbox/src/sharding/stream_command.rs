@@ -148,6 +148,7 @@ fn reply(
             post_batch_resume_token: Some(token),
             id,
             ns,
+            at_cluster_time: None,
         }),
         fields: Document::new(),
     })

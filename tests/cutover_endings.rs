@@ -152,26 +152,7 @@ async fn crashed_then_restarted_then_cancelled_gives_the_source_its_writes_back(
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;
     pair.destination.set_latency(Duration::from_millis(200));
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let reply = api
-            .post_json(
-                "/api/v1/cutover",
-                &serde_json::json!({"writes_stopped": true}),
-            )
-            .await
-            .expect("the child's API answers");
-        if reply.is_success() {
-            break;
-        }
-        // 409 while the phase flips back to syncing for a moment.
-        assert!(
-            reply.status == 409 && std::time::Instant::now() < deadline,
-            "cutover refused: {}",
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    child_cutover(&api).await;
     wait_source_blocked(&pair.src).await;
     child.kill().expect("kill -9 the ferry run");
     child.wait().expect("reap the killed ferry run");

@@ -36,18 +36,6 @@ fn spawn_daemon(config: &std::path::Path) -> std::process::Child {
         .expect("ferry run starts")
 }
 
-async fn cut_over(api: &ferry::api::client::ApiClient) {
-    wait_child_phase(api, "ready_for_cutover").await;
-    let reply = api
-        .post_json(
-            "/api/v1/cutover",
-            &serde_json::json!({"writes_stopped": true}),
-        )
-        .await
-        .expect("the daemon answers");
-    assert!(reply.is_success(), "cutover: {}", reply.text());
-}
-
 /// Pins: the daemon exited at completion and took its API with it (`ferry status` and
 /// the report answered "connection refused"), and a second `ferry run` said only
 /// "already completed".
@@ -60,7 +48,8 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     let child = spawn_daemon(&config);
     let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
         .expect("API client");
-    cut_over(&api).await;
+    wait_child_phase(&api, "ready_for_cutover").await;
+    child_cutover(&api).await;
     wait_child_phase(&api, "completed").await;
     let report: serde_json::Value = api
         .get_json("/api/v1/report")

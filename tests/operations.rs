@@ -248,30 +248,6 @@ fn sigterm(child: &std::process::Child) {
     assert!(status.success());
 }
 
-/// Requests the cutover through a child's API until it is accepted.
-async fn child_cutover(api: &ApiClient) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let reply = api
-            .post_json(
-                "/api/v1/cutover",
-                &serde_json::json!({"writes_stopped": true}),
-            )
-            .await
-            .expect("the child's API answers");
-        if reply.is_success() {
-            return;
-        }
-        // 409 while the phase flips back to syncing for a moment.
-        assert!(
-            reply.status == 409 && std::time::Instant::now() < deadline,
-            "cutover refused: {}",
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 const FAST_RUNTIME: &str = "[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\nlease_seconds = 3\n";
 
 /// Pins: SIGTERM of `ferry run` mid-copy stops it cleanly (exit 0, saying a new run

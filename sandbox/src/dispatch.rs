@@ -623,24 +623,33 @@ pub async fn run_legacy_query(
     server: &Arc<Server>,
     conn: &mut Connection,
     collection: &str,
-    mut query: Document,
+    query: Document,
 ) -> Reply {
+    match legacy_query_command(collection, query) {
+        Ok(command) => run_command(server, conn, command).await,
+        Err(refused) => refused,
+    }
+}
+
+/// The command an OP_QUERY carries, with its `$db`; only the handshake is accepted
+/// that way (as on 6.0+), anything else is refused with the server's reply.
+pub fn legacy_query_command(collection: &str, mut query: Document) -> Result<Document, Reply> {
     if let Ok(inner) = query.get_document("$query") {
         query = inner.clone();
     }
     let name = query.keys().next().cloned().unwrap_or_default();
     if !collection.ends_with(".$cmd") || !matches!(name.as_str(), "ismaster" | "isMaster" | "hello")
     {
-        return CommandError::new(
+        return Err(CommandError::new(
             codes::UNSUPPORTED_OP_QUERY_COMMAND,
             format!(
                 "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
             ),
         )
         .to_reply()
-        .into();
+        .into());
     }
     let db = collection.trim_end_matches(".$cmd").to_string();
     query.insert("$db", db);
-    run_command(server, conn, query).await
+    Ok(query)
 }

@@ -28,36 +28,7 @@ fn start() -> ShardedCluster {
 /// `app.items` sharded on `{k: 1}`, on shard0, in four chunks (split at 25, 50, 75),
 /// with documents k = 0..100.
 async fn four_chunks_on_shard0(router: &Client) {
-    run(
-        router,
-        "admin",
-        doc! {"enableSharding": "app", "primaryShard": "shard0"},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"k": 1}},
-    )
-    .await
-    .unwrap();
-    let docs: Vec<Document> = (0..100).map(|k| doc! {"_id": k, "k": k}).collect();
-    router
-        .database("app")
-        .collection::<Document>("items")
-        .insert_many(docs)
-        .await
-        .unwrap();
-    for at in [25, 50, 75] {
-        run(
-            router,
-            "admin",
-            doc! {"split": "app.items", "middle": {"k": at}},
-        )
-        .await
-        .unwrap();
-    }
+    common::shard_items(router, 0..100, &[25, 50, 75]).await;
 }
 
 /// Chunks per shard of `app.items`: (on shard0, on shard1).

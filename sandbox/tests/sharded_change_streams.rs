@@ -28,27 +28,7 @@ fn start(noop: Duration, order: ShardKeyMoveOrder) -> ShardedCluster {
 
 /// `app.items` sharded on `{k: 1}`: negative keys on shard0, the rest on shard1.
 async fn split_over_two_shards(router: &Client) {
-    run(
-        router,
-        "admin",
-        doc! {"enableSharding": "app", "primaryShard": "shard0"},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"k": 1}},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"split": "app.items", "middle": {"k": 0}},
-    )
-    .await
-    .unwrap();
+    common::shard_items(router, 0..0, &[0]).await;
     run(
         router,
         "admin",

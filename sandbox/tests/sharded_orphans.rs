@@ -27,34 +27,7 @@ fn start(cleanup_delay: Duration) -> ShardedCluster {
 
 /// `app.items` sharded on `{k: 1}` on shard0 with documents k = 0..100, split at 50.
 async fn items(router: &Client) {
-    run(
-        router,
-        "admin",
-        doc! {"enableSharding": "app", "primaryShard": "shard0"},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"k": 1}},
-    )
-    .await
-    .unwrap();
-    let docs: Vec<Document> = (0..100).map(|k| doc! {"_id": k, "k": k}).collect();
-    router
-        .database("app")
-        .collection::<Document>("items")
-        .insert_many(docs)
-        .await
-        .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"split": "app.items", "middle": {"k": 50}},
-    )
-    .await
-    .unwrap();
+    common::shard_items(router, 0..100, &[50]).await;
 }
 
 async fn move_upper_half(router: &Client, wait_for_delete: bool) {

@@ -809,3 +809,27 @@ pub async fn wait_child_phase(api: &ferry::api::client::ApiClient, phase: &str) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Requests the cutover through a child's API until it is accepted.
+pub async fn child_cutover(api: &ferry::api::client::ApiClient) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let reply = api
+            .post_json(
+                "/api/v1/cutover",
+                &serde_json::json!({"writes_stopped": true}),
+            )
+            .await
+            .expect("the child's API answers");
+        if reply.is_success() {
+            return;
+        }
+        // 409 while the phase flips back to syncing for a moment.
+        assert!(
+            reply.status == 409 && std::time::Instant::now() < deadline,
+            "cutover refused: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

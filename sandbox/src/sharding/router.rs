@@ -548,24 +548,10 @@ pub async fn run_legacy_query(
     router: &Arc<Router>,
     conn: &mut Connection,
     collection: &str,
-    mut query: Document,
+    query: Document,
 ) -> Reply {
-    if let Ok(inner) = query.get_document("$query") {
-        query = inner.clone();
+    match crate::dispatch::legacy_query_command(collection, query) {
+        Ok(command) => run_command(server, router, conn, command).await,
+        Err(refused) => refused,
     }
-    let name = query.keys().next().cloned().unwrap_or_default();
-    if !collection.ends_with(".$cmd") || !matches!(name.as_str(), "ismaster" | "isMaster" | "hello")
-    {
-        return CommandError::new(
-            codes::UNSUPPORTED_OP_QUERY_COMMAND,
-            format!(
-                "Unsupported OP_QUERY command: {name}. The client driver may require an upgrade."
-            ),
-        )
-        .to_reply()
-        .into();
-    }
-    let db = collection.trim_end_matches(".$cmd").to_string();
-    query.insert("$db", db);
-    run_command(server, router, conn, query).await
 }

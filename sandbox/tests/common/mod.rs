@@ -91,3 +91,44 @@ pub fn as_i64(b: Option<&Bson>) -> i64 {
         other => panic!("not a number: {other:?}"),
     }
 }
+
+/// Shards `app.items` on `{k: 1}` through `router`, with shard0 as the database's
+/// primary shard, inserts documents `{_id: k, k}` for every `k` in `keys`, then splits
+/// its chunk at each of `splits`.
+pub async fn shard_items(router: &Client, keys: std::ops::Range<i32>, splits: &[i32]) {
+    use mongodb::bson::doc;
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .expect("enableSharding");
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .expect("shardCollection");
+    let docs: Vec<Document> = keys
+        .map(|k| mongodb::bson::doc! {"_id": k, "k": k})
+        .collect();
+    if !docs.is_empty() {
+        router
+            .database("app")
+            .collection::<Document>("items")
+            .insert_many(docs)
+            .await
+            .expect("insert the items");
+    }
+    for at in splits {
+        run(
+            router,
+            "admin",
+            doc! {"split": "app.items", "middle": {"k": at}},
+        )
+        .await
+        .expect("split");
+    }
+}

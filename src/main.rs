@@ -36,6 +36,10 @@ enum Command {
     Validate {
         #[arg(long)]
         config: PathBuf,
+        /// One JSON document instead of lines: {"passed", "checks": [{name, side, status,
+        /// message, fix}]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Compare source and destination now: counts, content hashes, indexes, options.
     Verify {
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         } => ferry::run::run_command(&config, exit_when_finished),
         Command::Report { config } => ferry::run::report_command(&config),
         Command::Demo => ferry::demo::demo_command(),
-        Command::Validate { config } => ferry::preflight::validate_command(&config),
+        Command::Validate { config, json } => ferry::preflight::validate_command(&config, json),
         Command::Verify { config, strict } => {
             ferry::actors::verifier::verify_command(&config, strict)
         }

@@ -448,8 +448,13 @@ fn unreachable_destination_fails_with_a_clear_message() {
 }
 
 fn ferry_validate(file: &ConfigFile) -> (i32, String, String) {
+    ferry_validate_with(file, &[])
+}
+
+fn ferry_validate_with(file: &ConfigFile, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("validate")
+        .args(extra)
         .arg("--config")
         .arg(&file.0)
         .output()
@@ -487,7 +492,7 @@ fn ferry_validate_binary_exit_codes_and_lines() {
         "",
     );
     let (code, stdout, _) = ferry_validate(&bad);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5, "refused by validation");
     let lines: Vec<&str> = stdout.lines().collect();
     let at = lines
         .iter()
@@ -502,9 +507,33 @@ fn ferry_validate_binary_exit_codes_and_lines() {
 
     let invalid = ConfigFile::new("", "http://nowhere", "colour = \"blue\"");
     let (code, _, stderr) = ferry_validate(&invalid);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "bad config");
     assert!(stderr.contains("source.uri"), "{stderr}");
     assert!(stderr.contains("destination.colour"), "{stderr}");
+
+    // For automation: one JSON document, one object per check.
+    let (code, stdout, _) = ferry_validate_with(&bad, &["--json"]);
+    assert_eq!(code, 5);
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON output");
+    assert_eq!(doc["passed"], false);
+    let checks = doc["checks"].as_array().expect("checks");
+    let auth = checks
+        .iter()
+        .find(|c| c["name"] == "authentication" && c["side"] == "source")
+        .unwrap_or_else(|| panic!("no authentication check for the source in {doc}"));
+    assert_eq!(auth["status"], "fail");
+    assert!(auth["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(auth["fix"].as_str().is_some_and(|f| !f.is_empty()));
+    assert!(
+        checks.iter().any(|c| c["side"].is_null()),
+        "side-less checks"
+    );
+    let (code, stdout, _) = ferry_validate_with(&invalid, &["--json"]);
+    assert_eq!(code, 2);
+    let doc: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON output");
+    assert!(doc["config_errors"].as_array().is_some_and(|e| e
+        .iter()
+        .any(|l| l.as_str().unwrap_or("").contains("source.uri"))));
 }
 
 /// The same checks against real clusters, when the environment names them.

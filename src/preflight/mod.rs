@@ -1042,11 +1042,53 @@ async fn oplog_window(config: &Config, source: &Probe) -> Check {
     }
 }
 
-/// `ferry validate --config <path>`: prints every config error, or every check's line;
-/// success when nothing fails (warnings allowed).
-pub fn validate_command(path: &Path) -> ExitCode {
+impl Check {
+    /// The check as one JSON object for automation: `name` without the side, `side`
+    /// (`source`, `destination` or null), `status` (`pass`, `warn`, `fail`), `message`,
+    /// `fix` (or null).
+    pub fn to_json(&self) -> serde_json::Value {
+        let (name, side) = match self.name.rsplit_once(" (") {
+            Some((name, side)) if side.ends_with(')') => (
+                name.to_string(),
+                Some(side.trim_end_matches(')').to_string()),
+            ),
+            _ => (self.name.clone(), None),
+        };
+        serde_json::json!({
+            "name": name,
+            "side": side,
+            "status": self.status.to_string().to_ascii_lowercase(),
+            "message": self.message,
+            "fix": self.fix,
+        })
+    }
+}
+
+impl PreflightReport {
+    /// `{"passed": bool, "checks": [...]}` with [`Check::to_json`] per check.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "passed": self.passed(),
+            "checks": self.checks.iter().map(Check::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `ferry validate --config <path> [--json]`: prints every config error, or every
+/// check's line (with `--json`, one JSON document: `{"passed", "checks": [{name, side,
+/// status, message, fix}]}`, or `{"passed": false, "config_errors": [...]}`). Exit 0 when
+/// nothing fails (warnings allowed), 5 when a check fails, 2 for a bad config.
+pub fn validate_command(path: &Path, json: bool) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
+        Err(e) if json => {
+            let errors: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+            println!(
+                "{}",
+                serde_json::json!({"passed": false, "config_errors": errors})
+            );
+            return crate::exit::code(crate::exit::BAD_CONFIG);
+        }
         Err(e) => {
             eprintln!(
                 "{}: the configuration is invalid; fix these and validate again:",
@@ -1055,7 +1097,7 @@ pub fn validate_command(path: &Path) -> ExitCode {
             for line in e.to_string().lines() {
                 eprintln!("  {line}");
             }
-            return ExitCode::FAILURE;
+            return crate::exit::code(crate::exit::BAD_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -1066,16 +1108,20 @@ pub fn validate_command(path: &Path) -> ExitCode {
         }
     };
     let report = runtime.block_on(run_checks(&config));
-    print!("{report}");
-    println!(
-        "{} passed, {} warnings, {} failed",
-        report.count(Status::Pass),
-        report.count(Status::Warn),
-        report.count(Status::Fail)
-    );
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+        println!(
+            "{} passed, {} warnings, {} failed",
+            report.count(Status::Pass),
+            report.count(Status::Warn),
+            report.count(Status::Fail)
+        );
+    }
     if report.passed() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        crate::exit::code(crate::exit::REFUSED_BY_VALIDATION)
     }
 }

@@ -18,6 +18,8 @@ pub const RETRIES_TOTAL: &str = "ferry_retries_total";
 pub const STATE: &str = "ferry_state";
 pub const BASELINE_DOCUMENTS_TOTAL: &str = "ferry_baseline_documents_compared_total";
 pub const BASELINE_CHANGED_TOTAL: &str = "ferry_baseline_documents_changed_total";
+pub const WINDOW_REMAINING_SECONDS: &str = "ferry_window_remaining_seconds";
+pub const DOCUMENTS_ESTIMATED: &str = "ferry_copy_documents_estimated";
 
 /// Label: the namespace ("db.coll").
 pub const LABEL_NAMESPACE: &str = "namespace";
@@ -80,6 +82,26 @@ pub fn describe() {
         Unit::Count,
         "1 for the current phase of the migration, 0 for the others"
     );
+    describe_gauge!(
+        WINDOW_REMAINING_SECONDS,
+        Unit::Seconds,
+        "seconds left in the cutover window (negative once passed; absent before it opens)"
+    );
+    describe_gauge!(
+        DOCUMENTS_ESTIMATED,
+        Unit::Count,
+        "documents the initial copy expects to copy, from collection statistics"
+    );
+}
+
+/// Gauges derived from the progress registry, refreshed when /metrics is scraped.
+pub fn record_scrape_time(progress: &crate::progress::Progress, now_unix: i64) {
+    use std::sync::atomic::Ordering;
+    let expires = progress.window_expires_at.load(Ordering::Relaxed);
+    if expires > 0 {
+        gauge!(WINDOW_REMAINING_SECONDS).set((expires - now_unix) as f64);
+    }
+    gauge!(DOCUMENTS_ESTIMATED).set(progress.documents_estimated.load(Ordering::Relaxed) as f64);
 }
 
 pub fn record_phase(phase: Phase) {

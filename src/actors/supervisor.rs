@@ -320,6 +320,7 @@ impl Supervisor {
                     }
                 }
                 if let Err(e) = super::coordinator::restore_balancers(&engine).await {
+                    crate::metrics::record_error("balancer");
                     tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
                 }
                 let mut ending = doc! {"phase": phase.as_str()};

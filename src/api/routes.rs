@@ -156,6 +156,7 @@ async fn report(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    crate::metrics::record_scrape_time(&state.progress, now_unix());
     let body = state
         .prometheus
         .as_ref()

@@ -190,3 +190,40 @@ async fn a_webhook_is_retried_after_a_server_error_but_not_after_a_client_error(
     assert!(refused.is_err(), "a 400 is final");
     assert_eq!(*seen.lock().unwrap(), 3, "no retry after a 400");
 }
+
+/// Pins: a run that failed told nobody; the webhook now carries `failed` with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_is_announced_with_its_reason() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let (url, received) = http_receiver().await;
+    let m = start(pair.config(&format!("[notify]\nwebhook_url = \"{url}\"\n"))).await;
+    wait_phase(&m.progress, ferry::progress::Phase::ReadyForCutover).await;
+    // A replayed drop whose write concern can never be met fails the run.
+    pair.dst
+        .database("admin")
+        .run_command(bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["drop"], "writeConcernError": {"code": 100, "errmsg": "injected"}},
+        })
+        .await
+        .expect("fail point");
+    pair.src
+        .database("app")
+        .collection::<bson::Document>("events")
+        .drop()
+        .await
+        .expect("drop on the source");
+    poll("the failed notification", || {
+        events(&received).contains(&"failed".to_string())
+    })
+    .await;
+    let all = received.lock().unwrap().clone();
+    let failed = all.iter().find(|j| j["event"] == "failed").unwrap();
+    assert!(
+        failed["message"].as_str().unwrap().contains("drop"),
+        "the reason is named: {failed}"
+    );
+    wait(m).await;
+}

@@ -311,6 +311,16 @@ impl Supervisor {
         self.write_blocked = false;
         let done = self.done.take();
         let report = self.engine.progress.report.read().clone();
+        if phase == Phase::Failed {
+            crate::notify::send(
+                &self.engine,
+                "failed",
+                &format!(
+                    "the migration failed: {}",
+                    error.as_deref().unwrap_or("see the log")
+                ),
+            );
+        }
         ctx.spawn(
             async move {
                 if let Some(write_block) = unblock {
@@ -321,6 +331,11 @@ impl Supervisor {
                 }
                 if let Err(e) = super::coordinator::restore_balancers(&engine).await {
                     crate::metrics::record_error("balancer");
+                    crate::notify::send(
+                        &engine,
+                        "balancer_restore_failed",
+                        &format!("could not restart the balancers ({}): run balancerStart on the sharded deployments", error_chain(&e)),
+                    );
                     tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
                 }
                 let mut ending = doc! {"phase": phase.as_str()};

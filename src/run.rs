@@ -183,7 +183,26 @@ async fn drive(
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
         let checkpoints = Checkpoints::new(destination.clone(), config.runtime.lease_terms());
-        let existing = checkpoints.load_state().await?;
+        let mut existing = checkpoints.load_state().await?;
+        let ended = existing
+            .as_ref()
+            .and_then(|s| s.phase)
+            .filter(|p| matches!(p, Phase::Cancelled | Phase::Expired));
+        if let Some(ended) = ended {
+            // A cancelled or expired run is over: it is not resumed behind the
+            // operator's back. Starting again means starting over, on purpose.
+            if !config.destination.clear_destination {
+                return Err(RunError::Preflight(format!(
+                    "the migration on this destination was {}; it does not resume. To migrate again from the start, set destination.clear_destination = true with destination.confirm_destination_name (the migrated namespaces and Ferry's checkpoints are dropped first), or drop them and the destination's __ferry database yourself",
+                    ended.as_str()
+                )));
+            }
+            tracing::warn!(
+                phase = ended.as_str(),
+                "the earlier migration on this destination ended; starting over (clear_destination)"
+            );
+            existing = None;
+        }
         if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
             // Nothing to do, and nothing to touch (balancers, lease, data).
             return Ok(Err(existing.and_then(|s| s.report)));

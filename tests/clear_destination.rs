@@ -97,3 +97,59 @@ async fn data_outside_the_migrated_namespaces_does_not_block_the_run() {
     assert_eq!(documents(&pair.dst, "billing", "invoices").await, billing);
     assert_app_same(&pair).await;
 }
+
+/// Pins: a cancelled run resumed silently when `ferry run` was started again. Now a
+/// cancelled run stays ended; with `clear_destination` the next run starts over: the
+/// destination is cleared and copied again from scratch, and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_cancel_clear_destination_starts_over() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 300).await;
+    let m = start(app_only_config(&pair, "")).await;
+    wait_phase(&m.progress, ferry::progress::Phase::ReadyForCutover).await;
+    let reply = m
+        .control
+        .request(ferry::control::ControlRequest::Cancel)
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+    wait(m).await;
+    // Written to the destination after the cancel: gone once the run starts over.
+    pair.dst
+        .database("app")
+        .collection::<Document>("stray")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .expect("stray write");
+
+    let refused = tokio::task::spawn_blocking({
+        let config = app_only_config(&pair, "");
+        move || {
+            ferry::run::Migration::start(
+                config,
+                ferry::run::RunOptions {
+                    serve_api: false,
+                    preflight: true,
+                },
+            )
+            .and_then(|m| m.wait())
+        }
+    })
+    .await
+    .expect("join");
+    let error = match refused {
+        Err(e) => format!("{e}"),
+        Ok(outcome) => panic!("a cancelled run was resumed: {outcome:?}"),
+    };
+    assert!(
+        error.contains("was cancelled; it does not resume"),
+        "{error}"
+    );
+
+    let m = start(app_only_config(
+        &pair,
+        "clear_destination = true\nconfirm_destination_name = \"dst\"\n",
+    ))
+    .await;
+    cutover_and_complete(m).await;
+    assert_app_same(&pair).await;
+}

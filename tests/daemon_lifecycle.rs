@@ -106,6 +106,15 @@ async fn endings_have_distinct_exit_codes() {
     let (status, output) = wait_child(child).await;
     assert_eq!(status.code(), Some(3), "cancelled: {output}");
 
+    // A cancelled run does not resume behind the operator's back.
+    let (code, output) = ferry(&["run", "--exit-when-finished"], &config).await;
+    assert_eq!(code, 5, "{output}");
+    assert!(
+        output.contains("was cancelled; it does not resume")
+            && output.contains("clear_destination"),
+        "{output}"
+    );
+
     // A destination that already holds the namespaces (and no run of ours): the
     // pre-migration checks refuse.
     let other = Pair::start().await;

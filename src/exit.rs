@@ -39,7 +39,10 @@ pub fn of_phase(phase: Phase) -> u8 {
 pub fn of_error(error: &RunError) -> u8 {
     match error {
         RunError::Preflight(_) => REFUSED_BY_VALIDATION,
-        RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked { .. }) => DESTINATION_HELD,
+        RunError::Held(_)
+        | RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked { .. }) => {
+            DESTINATION_HELD
+        }
         _ => FAILED,
     }
 }

@@ -21,6 +21,8 @@ use crate::progress::{Phase, Progress, SharedProgress};
 pub enum RunError {
     #[error("pre-migration checks failed:\n{0}")]
     Preflight(String),
+    #[error("another migration holds the destination:\n{0}")]
+    Held(String),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -213,6 +215,9 @@ async fn drive(
                 tracing::info!("{line}");
             }
             if !report.passed() {
+                if report.only_held_elsewhere() {
+                    return Err(RunError::Held(report.to_string()));
+                }
                 return Err(RunError::Preflight(report.to_string()));
             }
         }

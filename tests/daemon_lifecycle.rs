@@ -25,17 +25,6 @@ async fn ferry(args: &[&str], config: &std::path::Path) -> (i32, String) {
     (status.code().unwrap_or(-1), output)
 }
 
-fn spawn_daemon(config: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ferry run starts")
-}
-
 /// Pins: the daemon exited at completion and took its API with it (`ferry status` and
 /// the report answered "connection refused"), and a second `ferry run` said only
 /// "already completed".
@@ -45,7 +34,7 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     let seeded = seed(&pair.src, "app", 300).await;
     let port = free_port();
     let config = config_file(&pair.source.uri(), &pair.destination.uri(), port, "");
-    let child = spawn_daemon(&config);
+    let child = spawn_ferry_run_with(&config, false);
     let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;

@@ -37,6 +37,11 @@ async fn a_second_daemon_on_the_same_destination_refuses_to_start() {
     );
     let (status, output) = wait_child(spawn_ferry_run(&path)).await;
     assert!(!status.success(), "the second daemon started: {output}");
+    assert_eq!(
+        status.code(),
+        Some(ferry::exit::DESTINATION_HELD.into()),
+        "exit code of a destination held by another migration: {output}"
+    );
     for expected in [
         format!("pid {}", std::process::id()),
         format!("host {}", host_name()),

@@ -161,6 +161,17 @@ pub struct PreflightReport {
 }
 
 impl PreflightReport {
+    /// True when the only failed check is the destination being held by another
+    /// migration (a distinct ending for operators and scripts).
+    pub fn only_held_elsewhere(&self) -> bool {
+        let mut failed = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .peekable();
+        failed.peek().is_some() && failed.all(|c| c.name == LOCK_CHECK)
+    }
+
     /// True when no check failed (warnings allowed).
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.status != Status::Fail)
@@ -297,6 +308,8 @@ async fn time_series(config: &Config, source: &Probe) -> Check {
 }
 
 const WRITE_BLOCK_PRIVILEGE: &str = "write block privilege (source)";
+/// The check that fails when another migration holds the destination.
+pub const LOCK_CHECK: &str = "migration lock";
 
 /// With `cutover.enforce_write_block`, the source user must be allowed to run
 /// `setUserWriteBlockMode`; checked by the privilege itself, so a custom role without it
@@ -864,7 +877,7 @@ async fn split_by_scope(
 }
 
 async fn migration_lock(destination: &Probe, owner: &str) -> Check {
-    const NAME: &str = "migration lock";
+    const NAME: &str = LOCK_CHECK;
     let cluster = match destination.usable() {
         Ok(c) => c,
         Err(reason) => return Check::not_run(NAME, &reason),

@@ -749,8 +749,22 @@ pub fn config_file(source: &str, destination: &str, port: u16, extra: &str) -> s
 
 /// Starts `ferry run --exit-when-finished --config <path>` with its output captured.
 pub fn spawn_ferry_run(path: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["run", "--exit-when-finished", "--config"])
+    spawn_ferry_run_with(path, true)
+}
+
+/// Starts `ferry run --config <path>` with its output captured; with
+/// `exit_when_finished` false it keeps serving after the ending until SIGTERM.
+pub fn spawn_ferry_run_with(
+    path: &std::path::Path,
+    exit_when_finished: bool,
+) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command.arg("run");
+    if exit_when_finished {
+        command.arg("--exit-when-finished");
+    }
+    command
+        .arg("--config")
         .arg(path)
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())

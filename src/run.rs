@@ -10,7 +10,7 @@ use bson::doc;
 use tokio::sync::oneshot;
 
 use crate::actors::supervisor::{Control, RunOutcome, Shutdown, Supervisor};
-use crate::actors::{error_chain, Engine};
+use crate::actors::{error_chain, Engine, EngineError};
 use crate::checkpoint::{unix_now, CheckpointError, Checkpoints};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::Config;
@@ -222,23 +222,19 @@ async fn drive(
             }
         }
         acquire_lease(&checkpoints).await?;
-        let filter = match config.namespace_filter() {
-            Ok(f) => f,
-            Err(e) => return Err(RunError::Preflight(e.to_string())),
-        };
-        let engine = Arc::new(Engine {
-            config: config.clone(),
+        let engine = match Engine::assemble(
+            config.clone(),
             source,
             destination,
-            filter,
             checkpoints,
-            baseline: crate::actors::baseline::Tracker::new(
-                config.cutover.recheck_max_documents,
-                progress.clone(),
-            ),
-            progress: progress.clone(),
-            generation: Default::default(),
-        });
+            progress.clone(),
+        )
+        .await
+        {
+            Ok(engine) => Arc::new(engine),
+            Err(EngineError::Filter(e)) => return Err(RunError::Preflight(e.to_string())),
+            Err(EngineError::Cluster(e)) => return Err(e.into()),
+        };
         let state = match existing {
             Some(state) => {
                 tracing::info!(phase = ?state.phase, copy_complete = state.copy_complete, "resuming the earlier run");
@@ -375,21 +371,14 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
         .fence()
         .check()
         .map_err(CheckpointError::from)?;
-    for db in dest.database_names(&engine.filter).await? {
-        for spec in dest.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else {
-                continue;
-            };
-            if !engine.filter.allows(&db, name) {
-                continue;
-            }
-            tracing::warn!(ns = %format!("{db}.{name}"), "clear_destination: dropping a migrated namespace on the destination");
-            match dest.run(&db, doc! {"drop": name}).await {
-                Ok(_) => {}
-                // Dropped meanwhile: what was asked for.
-                Err(e) if e.code() == Some(26) => {}
-                Err(e) => return Err(e.into()),
-            }
+    for namespace in crate::cluster::namespaces::in_scope(dest, &engine.filter).await? {
+        let (db, name) = (namespace.db.clone(), namespace.coll.as_str());
+        tracing::warn!(ns = %format!("{db}.{name}"), "clear_destination: dropping a migrated namespace on the destination");
+        match dest.run(&db, doc! {"drop": name}).await {
+            Ok(_) => {}
+            // Dropped meanwhile: what was asked for.
+            Err(e) if e.code() == Some(26) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     engine.checkpoints.reset().await?;

@@ -20,10 +20,8 @@
 //! both sides (from the baseline, only what changed), and the coordinator finalizes.
 
 pub mod applier;
-pub mod baseline;
 pub mod coordinator;
 pub mod copier;
-pub mod split_events;
 pub mod supervisor;
 pub mod tailer;
 pub mod verifier;
@@ -32,21 +30,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoints;
+use crate::cluster::topology::{self, TopologyKind};
 use crate::cluster::Cluster;
 use crate::config::{Config, NamespaceFilter};
 use crate::progress::SharedProgress;
 
-/// What every actor of one migration shares: config, both deployments, the checkpoint
-/// store and the progress registry.
+/// What every actor of one migration shares: config, both deployments (each with the
+/// topology discovered once when the engine is assembled), the checkpoint store and the
+/// progress registry.
 pub struct Engine {
     pub config: Config,
     pub source: Cluster,
     pub destination: Cluster,
+    /// The source's shape: one replica set, or a router with its shards.
+    pub source_topology: TopologyKind,
+    /// The destination's shape.
+    pub destination_topology: TopologyKind,
     pub filter: NamespaceFilter,
     pub checkpoints: Checkpoints,
     pub progress: SharedProgress,
-    /// Documents changed since the baseline verification began (see [`baseline`]).
-    pub baseline: baseline::Tracker,
+    /// Documents changed since the baseline verification began (see [`verifier::baseline`]).
+    pub baseline: verifier::baseline::Tracker,
     /// The generation of the running workers: a restart after a failure starts a new one.
     pub generation: WorkerGeneration,
 }
@@ -67,6 +71,46 @@ impl WorkerGeneration {
     pub fn advance(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+impl Engine {
+    /// Assembles the engine of one migration, discovering each side's topology once;
+    /// every module asks the engine instead of detecting it again.
+    pub async fn assemble(
+        config: Config,
+        source: Cluster,
+        destination: Cluster,
+        checkpoints: Checkpoints,
+        progress: SharedProgress,
+    ) -> Result<Engine, EngineError> {
+        let filter = config.namespace_filter().map_err(EngineError::Filter)?;
+        let source_topology = topology::topology(&source).await?;
+        let destination_topology = topology::topology(&destination).await?;
+        Ok(Engine {
+            baseline: verifier::baseline::Tracker::new(
+                config.cutover.recheck_max_documents,
+                progress.clone(),
+            ),
+            config,
+            source,
+            destination,
+            source_topology,
+            destination_topology,
+            filter,
+            checkpoints,
+            progress,
+            generation: Default::default(),
+        })
+    }
+}
+
+/// Why an engine could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Filter(crate::config::ConfigError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub type SharedEngine = Arc<Engine>;

@@ -275,12 +275,9 @@ async fn time_series(config: &Config, source: &Probe) -> Check {
     let filter = config.namespace_filter().unwrap_or_default();
     let found = async {
         let mut found = Vec::new();
-        for db in cluster.database_names(&filter).await? {
-            for spec in cluster.collection_specs(&db).await? {
-                let name = spec.get_str("name").unwrap_or_default();
-                if spec.get_str("type") == Ok("timeseries") && filter.allows(&db, name) {
-                    found.push(format!("{db}.{name}"));
-                }
+        for namespace in crate::cluster::namespaces::in_scope(cluster, &filter).await? {
+            if namespace.kind == crate::cluster::namespaces::NamespaceKind::TimeSeries {
+                found.push(namespace.full_name());
             }
         }
         Ok::<_, ClusterError>(found)

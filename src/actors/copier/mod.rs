@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::applier::relaxed_index;
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
+use crate::cluster::namespaces::{self, NamespaceKind};
 use crate::cluster::{error_code, ClusterError};
 
 /// Sample size per wanted range when choosing split points.
@@ -197,10 +198,6 @@ pub async fn run_copy(
     Ok(summary)
 }
 
-fn is_system_collection(name: &str) -> bool {
-    name.starts_with("system.")
-}
-
 /// Lists what to migrate and splits each collection into `_id` ranges.
 async fn make_plan(
     engine: &SharedEngine,
@@ -208,72 +205,56 @@ async fn make_plan(
     let source = &engine.source;
     let mut plan = Vec::new();
     let mut ranges = Vec::new();
-    for db in source.database_names(&engine.filter).await? {
-        for spec in source.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else {
-                continue;
-            };
-            if is_system_collection(name) {
-                tracing::info!(ns = %format!("{db}.{name}"), "skipping system collection");
-                continue;
-            }
-            if !engine.filter.allows(&db, name) {
-                continue;
-            }
-            let kind = spec.get_str("type").unwrap_or("collection");
-            if kind == "timeseries" {
-                // The preflight refuses time-series collections in scope; one created
-                // since is refused here rather than left out.
-                return Err(CopyError::Unsupported(format!(
-                    "{db}.{name} is a time-series collection, which Ferry cannot keep in sync: exclude it with [filter] exclude_namespaces and move it separately"
-                )));
-            }
-            let is_view = kind == "view";
-            let options = spec.get_document("options").cloned().unwrap_or_default();
-            let ns = format!("{db}.{name}");
-            let (indexes, (count, size)) = if is_view {
-                (Vec::new(), (0, 0))
-            } else {
-                (
-                    source.index_specs(&db, name).await?,
-                    source.collection_size(&db, name).await?,
-                )
-            };
-            if !is_view {
-                for (index, (min, max)) in split_points(engine, &db, name, count)
-                    .await?
-                    .into_iter()
-                    .enumerate()
-                {
-                    ranges.push(CopyRange {
-                        id: format!("{ns}#{index}"),
-                        ns: ns.clone(),
-                        index: index as u32,
-                        min,
-                        max,
-                        done: false,
-                        last_id: None,
-                        documents: 0,
-                        bytes: 0,
-                    });
-                }
-            }
-            let uuid = match spec.get_document("info").map(|i| i.get("uuid")) {
-                Ok(Some(Bson::Binary(b))) => Some(b.clone()),
-                _ => None,
-            };
-            plan.push(PlannedNamespace {
-                uuid,
-                ns,
-                db: db.clone(),
-                coll: name.to_string(),
-                is_view,
-                options,
-                indexes,
-                documents_estimated: count,
-                bytes_estimated: size,
-            });
+    for namespace in namespaces::in_scope(source, &engine.filter).await? {
+        let (db, name) = (&namespace.db, namespace.coll.as_str());
+        if namespace.kind == NamespaceKind::TimeSeries {
+            // The preflight refuses time-series collections in scope; one created
+            // since is refused here rather than left out.
+            return Err(CopyError::Unsupported(format!(
+                "{db}.{name} is a time-series collection, which Ferry cannot keep in sync: exclude it with [filter] exclude_namespaces and move it separately"
+            )));
         }
+        let is_view = namespace.kind == NamespaceKind::View;
+        let options = namespace.options.clone();
+        let ns = namespace.full_name();
+        let (indexes, (count, size)) = if is_view {
+            (Vec::new(), (0, 0))
+        } else {
+            (
+                source.index_specs(db, name).await?,
+                source.collection_size(db, name).await?,
+            )
+        };
+        if !is_view {
+            for (index, (min, max)) in split_points(engine, db, name, count)
+                .await?
+                .into_iter()
+                .enumerate()
+            {
+                ranges.push(CopyRange {
+                    id: format!("{ns}#{index}"),
+                    ns: ns.clone(),
+                    index: index as u32,
+                    min,
+                    max,
+                    done: false,
+                    last_id: None,
+                    documents: 0,
+                    bytes: 0,
+                });
+            }
+        }
+        plan.push(PlannedNamespace {
+            uuid: namespace.uuid.clone(),
+            ns,
+            db: db.clone(),
+            coll: name.to_string(),
+            is_view,
+            options,
+            indexes,
+            documents_estimated: count,
+            bytes_estimated: size,
+        });
     }
     Ok((plan, ranges))
 }

@@ -25,9 +25,9 @@ use mongodb::options::Hint;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::tailer::{token_document, token_timestamp};
-use super::verifier::Digest;
-use super::SharedEngine;
+use super::digest::Digest;
+use crate::actors::tailer::{token_document, token_timestamp};
+use crate::actors::SharedEngine;
 use crate::cluster::{Cluster, ClusterError};
 use crate::progress::{BaselineState, SharedProgress};
 
@@ -353,15 +353,9 @@ async fn compare_all(
     paused: watch::Receiver<bool>,
 ) -> Result<u64, ClusterError> {
     let mut namespaces = Vec::new();
-    for db in engine.source.database_names(&engine.filter).await? {
-        for spec in engine.source.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else {
-                continue;
-            };
-            let kind = spec.get_str("type").unwrap_or("collection");
-            if kind == "collection" && engine.filter.allows(&db, name) {
-                namespaces.push((db.clone(), name.to_string()));
-            }
+    for namespace in crate::cluster::namespaces::in_scope(&engine.source, &engine.filter).await? {
+        if namespace.is_collection() {
+            namespaces.push((namespace.db, namespace.coll));
         }
     }
     let parallel = engine.config.copy.parallel_collections.max(1);

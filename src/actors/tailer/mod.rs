@@ -3,6 +3,8 @@
 //! DDL at a barrier, checkpoints only what every applier has acknowledged, measures lag,
 //! writes a no-op on an idle source so lag reaches zero, and drains to the cutover optime.
 
+pub mod split_events;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,8 +15,8 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
 
+use self::split_events::{Joining, NextError};
 use super::applier::{apply_ddl, is_ddl, Applier, ApplyError, ApplyEvents};
-use super::split_events::{Joining, NextError};
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::CheckpointError;
 use crate::cluster::ClusterError;
@@ -623,7 +625,7 @@ async fn next_whole_event(
     stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
     joining: &mut Joining,
 ) -> Result<Option<RawDocumentBuf>, TailError> {
-    super::split_events::next_whole(stream, joining)
+    split_events::next_whole(stream, joining)
         .await
         .map_err(|e| match e {
             NextError::Stream(e) => stream_error(e),
@@ -632,11 +634,11 @@ async fn next_whole_event(
 }
 
 /// Whether the source can send events over 16 MB in fragments (see
-/// [`super::split_events`]); without it such an event stops the stream for good.
+/// [`split_events`]); without it such an event stops the stream for good.
 async fn split_large_events(engine: &SharedEngine) -> bool {
     use crate::cluster::topology::server_version;
     match server_version(&engine.source).await {
-        Ok(v) => super::split_events::supported((v.major, v.minor, v.patch)),
+        Ok(v) => split_events::supported((v.major, v.minor, v.patch)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the source version; change events over 16 MB would stop the stream");
             false
@@ -689,7 +691,7 @@ async fn tail(
         watch = watch.full_document(FullDocumentType::UpdateLookup);
     }
     if split {
-        watch = watch.pipeline([super::split_events::split_stage()]);
+        watch = watch.pipeline([split_events::split_stage()]);
     }
     match spool.stream_from(&state) {
         Some(token) => {

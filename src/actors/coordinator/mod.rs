@@ -182,56 +182,49 @@ pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError
     }
     let mut changed = 0;
     let source = &engine.source;
-    for db in source.database_names(&engine.filter).await? {
-        for spec in source.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else {
+    for namespace in crate::cluster::namespaces::in_scope(source, &engine.filter).await? {
+        if !namespace.is_collection() {
+            continue;
+        }
+        let (db, name) = (namespace.db.clone(), namespace.coll.as_str());
+        let dest_indexes: Vec<Document> = engine.destination.index_specs(&db, name).await?;
+        for index in source.index_specs(&db, name).await? {
+            let Ok(index_name) = index.get_str("name") else {
                 continue;
             };
-            if name.starts_with("system.")
-                || !engine.filter.allows(&db, name)
-                || spec.get_str("type") != Ok("collection")
-            {
+            let Some(dest) = dest_indexes
+                .iter()
+                .find(|d| d.get_str("name") == Ok(index_name))
+            else {
                 continue;
+            };
+            if index.get_bool("unique").unwrap_or(false)
+                && !dest.get_bool("unique").unwrap_or(false)
+            {
+                engine
+                    .destination
+                    .run(&db, doc! {"collMod": name, "index": {"name": index_name, "prepareUnique": true}})
+                    .await?;
+                engine
+                    .destination
+                    .run(
+                        &db,
+                        doc! {"collMod": name, "index": {"name": index_name, "unique": true}},
+                    )
+                    .await?;
+                changed += 1;
             }
-            let dest_indexes: Vec<Document> = engine.destination.index_specs(&db, name).await?;
-            for index in source.index_specs(&db, name).await? {
-                let Ok(index_name) = index.get_str("name") else {
-                    continue;
-                };
-                let Some(dest) = dest_indexes
-                    .iter()
-                    .find(|d| d.get_str("name") == Ok(index_name))
-                else {
-                    continue;
-                };
-                if index.get_bool("unique").unwrap_or(false)
-                    && !dest.get_bool("unique").unwrap_or(false)
-                {
+            if let Some(ttl) = index.get("expireAfterSeconds") {
+                if dest.get("expireAfterSeconds") != Some(ttl) {
+                    let ttl = match ttl {
+                        Bson::Int32(i) => Bson::Int64(*i as i64),
+                        other => other.clone(),
+                    };
                     engine
                         .destination
-                        .run(&db, doc! {"collMod": name, "index": {"name": index_name, "prepareUnique": true}})
-                        .await?;
-                    engine
-                        .destination
-                        .run(
-                            &db,
-                            doc! {"collMod": name, "index": {"name": index_name, "unique": true}},
-                        )
+                        .run(&db, doc! {"collMod": name, "index": {"name": index_name, "expireAfterSeconds": ttl}})
                         .await?;
                     changed += 1;
-                }
-                if let Some(ttl) = index.get("expireAfterSeconds") {
-                    if dest.get("expireAfterSeconds") != Some(ttl) {
-                        let ttl = match ttl {
-                            Bson::Int32(i) => Bson::Int64(*i as i64),
-                            other => other.clone(),
-                        };
-                        engine
-                            .destination
-                            .run(&db, doc! {"collMod": name, "index": {"name": index_name, "expireAfterSeconds": ttl}})
-                            .await?;
-                        changed += 1;
-                    }
                 }
             }
         }

@@ -6,171 +6,23 @@
 //! off the actor threads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::thread;
 
-use bson::{doc, Bson, Document, RawDocumentBuf};
-use crossbeam_channel::{bounded, Sender};
-use futures_util::TryStreamExt;
+use bson::{doc, Bson, Document};
 
-use super::baseline::{self, CutoverPlan, Recheck};
+pub mod baseline;
+pub mod digest;
+
+use self::digest::Scan;
+pub use self::digest::{Digest, HashPool};
+
+use self::baseline::{CutoverPlan, Recheck};
 use super::SharedEngine;
+use crate::cluster::namespaces::NamespaceKind;
 use crate::cluster::{Cluster, ClusterError};
 use crate::report::{Mismatch, Verification};
 
-/// Documents handed to a hashing worker at a time.
-const HASH_BATCH: usize = 1000;
 /// Largest collection for which a mismatch is located down to an example `_id`.
 const LOCATE_LIMIT: u64 = 2_000_000;
-
-/// Order-independent digest of a set of documents.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Digest {
-    pub count: u64,
-    pub sum: u128,
-    pub bytes: u64,
-}
-
-impl Digest {
-    pub fn add_document(&mut self, raw: &[u8]) {
-        self.count += 1;
-        self.sum = self.sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(raw));
-        self.bytes += raw.len() as u64;
-    }
-    pub fn combine(&mut self, other: Digest) {
-        self.count += other.count;
-        self.sum = self.sum.wrapping_add(other.sum);
-        self.bytes += other.bytes;
-    }
-}
-
-type Job = (Vec<RawDocumentBuf>, Sender<Digest>);
-
-/// Worker threads hashing batches of raw documents.
-pub struct HashPool {
-    jobs: Option<Sender<Job>>,
-    workers: Vec<thread::JoinHandle<()>>,
-}
-
-impl HashPool {
-    pub fn new(threads: usize) -> HashPool {
-        let (tx, rx) = bounded::<Job>(threads * 4);
-        let workers = (0..threads.max(1))
-            .map(|_| {
-                let rx = rx.clone();
-                thread::spawn(move || {
-                    for (docs, reply) in rx.iter() {
-                        let mut d = Digest::default();
-                        for doc in &docs {
-                            d.add_document(doc.as_bytes());
-                        }
-                        let _ = reply.send(d);
-                    }
-                })
-            })
-            .collect();
-        HashPool {
-            jobs: Some(tx),
-            workers,
-        }
-    }
-
-    /// Digest of every document of a collection on one side.
-    pub async fn digest(
-        &self,
-        cluster: &Cluster,
-        db: &str,
-        coll: &str,
-    ) -> Result<Digest, ClusterError> {
-        let Some(jobs) = self.jobs.clone() else {
-            return Ok(Digest::default());
-        };
-        let (result_tx, result_rx) = crossbeam_channel::unbounded::<Digest>();
-        let mut scan = Scan::open(cluster, db, coll).await?;
-        let mut batch = Vec::with_capacity(HASH_BATCH);
-        let mut sent = 0usize;
-        while let Some(d) = scan.next().await? {
-            batch.push(d);
-            if batch.len() == HASH_BATCH {
-                let job = (std::mem::take(&mut batch), result_tx.clone());
-                let jobs = jobs.clone();
-                // The channel is bounded: hand the job over without blocking the runtime.
-                tokio::task::spawn_blocking(move || jobs.send(job))
-                    .await
-                    .ok();
-                sent += 1;
-            }
-        }
-        if !batch.is_empty() {
-            let jobs = jobs.clone();
-            let job = (batch, result_tx.clone());
-            tokio::task::spawn_blocking(move || jobs.send(job))
-                .await
-                .ok();
-            sent += 1;
-        }
-        drop(result_tx);
-        let total = tokio::task::spawn_blocking(move || {
-            let mut total = Digest::default();
-            for d in result_rx.iter().take(sent) {
-                total.combine(d);
-            }
-            total
-        })
-        .await
-        .unwrap_or_default();
-        Ok(total)
-    }
-}
-
-impl Drop for HashPool {
-    fn drop(&mut self) {
-        self.jobs.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-/// Every document of a collection on one side, as raw BSON.
-struct Scan<'a> {
-    cluster: &'a Cluster,
-    action: String,
-    cursor: mongodb::Cursor<RawDocumentBuf>,
-}
-
-impl<'a> Scan<'a> {
-    async fn open(cluster: &'a Cluster, db: &str, coll: &str) -> Result<Scan<'a>, ClusterError> {
-        let action = format!("scan {db}.{coll}");
-        let cursor = cluster
-            .client
-            .database(db)
-            .collection::<RawDocumentBuf>(coll)
-            .find(doc! {})
-            .batch_size(HASH_BATCH as u32)
-            .await
-            .map_err(|source| ClusterError::Command {
-                side: cluster.side,
-                action: action.clone(),
-                source,
-            })?;
-        Ok(Scan {
-            cluster,
-            action,
-            cursor,
-        })
-    }
-
-    async fn next(&mut self) -> Result<Option<RawDocumentBuf>, ClusterError> {
-        self.cursor
-            .try_next()
-            .await
-            .map_err(|source| ClusterError::Command {
-                side: self.cluster.side,
-                action: self.action.clone(),
-                source,
-            })
-    }
-}
 
 /// What a namespace is on one side: kind, options, indexes.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,44 +75,36 @@ async fn shapes(
     strict: bool,
 ) -> Result<BTreeMap<String, Shape>, ClusterError> {
     let mut out = BTreeMap::new();
-    for db in cluster.database_names(&engine.filter).await? {
-        for spec in cluster.collection_specs(&db).await? {
-            let Ok(name) = spec.get_str("name") else {
-                continue;
-            };
-            if name.starts_with("system.") || !engine.filter.allows(&db, name) {
-                continue;
-            }
-            let kind = spec.get_str("type").unwrap_or("collection");
-            if kind == "timeseries" {
-                continue;
-            }
-            let is_view = kind == "view";
-            let indexes = if is_view {
-                BTreeMap::new()
-            } else {
-                cluster
-                    .index_specs(&db, name)
-                    .await?
-                    .into_iter()
-                    .map(|i| {
-                        (
-                            i.get_str("name").unwrap_or_default().to_string(),
-                            comparable_index(&i, strict),
-                        )
-                    })
-                    .collect()
-            };
-            let options = spec.get_document("options").cloned().unwrap_or_default();
-            out.insert(
-                format!("{db}.{name}"),
-                Shape {
-                    is_view,
-                    options,
-                    indexes,
-                },
-            );
+    for namespace in crate::cluster::namespaces::in_scope(cluster, &engine.filter).await? {
+        let (db, name) = (namespace.db.clone(), namespace.coll.as_str());
+        if namespace.kind == NamespaceKind::TimeSeries {
+            continue;
         }
+        let is_view = namespace.kind == NamespaceKind::View;
+        let indexes = if is_view {
+            BTreeMap::new()
+        } else {
+            cluster
+                .index_specs(&db, name)
+                .await?
+                .into_iter()
+                .map(|i| {
+                    (
+                        i.get_str("name").unwrap_or_default().to_string(),
+                        comparable_index(&i, strict),
+                    )
+                })
+                .collect()
+        };
+        let options = namespace.options.clone();
+        out.insert(
+            format!("{db}.{name}"),
+            Shape {
+                is_view,
+                options,
+                indexes,
+            },
+        );
     }
     Ok(out)
 }
@@ -519,25 +363,25 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
         let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let filter = config
-            .namespace_filter()
-            .map_err(|e| ClusterError::Command {
+        let checkpoints =
+            crate::checkpoint::Checkpoints::new(destination.clone(), config.runtime.lease_terms());
+        let engine = super::Engine::assemble(
+            config.clone(),
+            source,
+            destination,
+            checkpoints,
+            crate::progress::Progress::new(),
+        )
+        .await
+        .map_err(|e| match e {
+            super::EngineError::Cluster(e) => e,
+            super::EngineError::Filter(e) => ClusterError::Command {
                 side: Side::Source,
                 action: format!("namespace filter: {e}"),
                 source: mongodb::error::Error::custom(e.to_string()),
-            })?;
-        let checkpoints =
-            crate::checkpoint::Checkpoints::new(destination.clone(), config.runtime.lease_terms());
-        let engine = std::sync::Arc::new(super::Engine {
-            config: config.clone(),
-            source,
-            destination,
-            filter,
-            checkpoints,
-            baseline: super::baseline::Tracker::new(1, crate::progress::Progress::new()),
-            progress: crate::progress::Progress::new(),
-            generation: Default::default(),
-        });
+            },
+        })?;
+        let engine = std::sync::Arc::new(engine);
         verify(&engine, strict).await
     });
     match result {

@@ -1,6 +1,7 @@
 //! `ferry demo`: a whole migration with no MongoDB at hand. Starts a sandbox source and
-//! destination, seeds a realistic data set, keeps writing to the source while Ferry
-//! copies and syncs, stops the writes, cuts over, verifies and prints the report.
+//! destination (replica sets, or sharded clusters with `--source-shards` /
+//! `--destination-shards`), seeds a realistic data set, keeps writing to the source while
+//! Ferry copies and syncs, stops the writes, cuts over, verifies and prints the report.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{doc, oid::ObjectId, Binary, Bson, DateTime, Decimal128, Document};
-use ferry_sandbox::{Sandbox, SandboxOptions};
+use ferry_sandbox::{Sandbox, SandboxOptions, ShardedCluster, ShardedOptions};
 use mongodb::Client;
 
 use crate::control::ControlRequest;
@@ -34,6 +35,85 @@ impl Default for DemoSizes {
             sessions: 5_000,
         }
     }
+}
+
+/// `ferry demo`'s options: the shape of each side.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct DemoArgs {
+    /// Shards of the source cluster (0: a replica set).
+    #[arg(long, default_value_t = 0)]
+    pub source_shards: usize,
+    /// Shards of the destination cluster (0: a replica set).
+    #[arg(long, default_value_t = 0)]
+    pub destination_shards: usize,
+}
+
+/// One side of the demo: an in-memory replica set or sharded cluster.
+enum DemoSide {
+    ReplicaSet(Sandbox),
+    Sharded(Box<ShardedCluster>),
+}
+
+impl DemoSide {
+    /// A sharded source keeps its balancer running (Ferry stops it for the migration and
+    /// restores it at the end); chunks move between shards until then.
+    fn start(name: &str, shards: usize, balancer: Duration) -> Result<DemoSide, DemoError> {
+        if shards == 0 {
+            return Ok(DemoSide::ReplicaSet(Sandbox::start(SandboxOptions {
+                set_name: name.into(),
+                ..Default::default()
+            })?));
+        }
+        Ok(DemoSide::Sharded(Box::new(ShardedCluster::start(
+            ShardedOptions {
+                shards,
+                balancer_interval: balancer,
+                ..Default::default()
+            },
+        )?)))
+    }
+
+    fn uri(&self) -> String {
+        match self {
+            DemoSide::ReplicaSet(s) => s.uri(),
+            DemoSide::Sharded(c) => c.router_uri(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            DemoSide::ReplicaSet(s) => format!("replica set {}", s.uri()),
+            DemoSide::Sharded(c) => format!(
+                "sharded cluster, {} shards, router {}",
+                c.shards().count(),
+                c.router_uri()
+            ),
+        }
+    }
+}
+
+/// Shards the demo's big collections on a sharded source before they are seeded: ranged
+/// on `_id` for customers (the balancer spreads its chunks), hashed for orders and events.
+async fn shard_source(client: &Client) -> Result<(), DemoError> {
+    let admin = client.database("admin");
+    for db in ["shop", "analytics"] {
+        admin.run_command(doc! {"enableSharding": db}).await?;
+    }
+    admin
+        .run_command(doc! {"shardCollection": "shop.customers", "key": {"_id": 1}})
+        .await?;
+    for at in [5_000i64, 10_000, 15_000] {
+        admin
+            .run_command(doc! {"split": "shop.customers", "middle": {"_id": at}})
+            .await?;
+    }
+    admin
+        .run_command(doc! {"shardCollection": "shop.orders", "key": {"customer": "hashed"}})
+        .await?;
+    admin
+        .run_command(doc! {"shardCollection": "analytics.events", "key": {"_id": "hashed"}})
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,19 +259,23 @@ fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config,
 }
 
 /// Runs the demo; prints progress and the report.
-pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoError> {
+pub async fn run_demo(
+    sizes: DemoSizes,
+    shape: DemoArgs,
+) -> Result<crate::report::Report, DemoError> {
     let started = Instant::now();
-    let source = Sandbox::start(SandboxOptions {
-        set_name: "source".into(),
-        ..Default::default()
-    })?;
-    let destination = Sandbox::start(SandboxOptions {
-        set_name: "destination".into(),
-        ..Default::default()
-    })?;
-    println!("source sandbox:      {}", source.uri());
-    println!("destination sandbox: {}", destination.uri());
+    let source = DemoSide::start("source", shape.source_shards, Duration::from_millis(300))?;
+    let destination = DemoSide::start(
+        "destination",
+        shape.destination_shards,
+        Duration::from_secs(10),
+    )?;
+    println!("source:      {}", source.describe());
+    println!("destination: {}", destination.describe());
     let client = Client::with_uri_str(source.uri()).await?;
+    if matches!(source, DemoSide::Sharded(_)) {
+        shard_source(&client).await?;
+    }
     let seeded = seed_source(&client, &sizes).await?;
     println!(
         "seeded {seeded} documents in 3 databases ({:.1} s)",
@@ -206,6 +290,12 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
         sizes.customers,
     ));
     let config = demo_config(&source.uri(), &destination.uri())?;
+    if matches!(source, DemoSide::Sharded(_)) {
+        println!(
+            "source balancer running; chunks per shard: {} (Ferry stops the balancer for the migration and restores it at the end)",
+            chunk_spread(&client).await
+        );
+    }
     let spool_dir = config.runtime.spool_dir.clone();
     let migration =
         tokio::task::spawn_blocking(move || Migration::start(config, RunOptions::default()))
@@ -322,8 +412,28 @@ pub async fn run_demo(sizes: DemoSizes) -> Result<crate::report::Report, DemoErr
     }
 }
 
+/// Chunks per shard on a sharded side ("shard0 5, shard1 4"), for the demo's
+/// narration; empty when unreadable.
+async fn chunk_spread(client: &Client) -> String {
+    let chunks = client.database("config").collection::<Document>("chunks");
+    let mut per_shard = std::collections::BTreeMap::<String, u64>::new();
+    if let Ok(mut cursor) = chunks.find(doc! {}).await {
+        use futures_util::TryStreamExt;
+        while let Ok(Some(chunk)) = cursor.try_next().await {
+            if let Ok(shard) = chunk.get_str("shard") {
+                *per_shard.entry(shard.to_string()).or_default() += 1;
+            }
+        }
+    }
+    per_shard
+        .iter()
+        .map(|(shard, n)| format!("{shard} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `ferry demo` entry point.
-pub fn demo_command() -> ExitCode {
+pub fn demo_command(shape: DemoArgs) -> ExitCode {
     crate::logging::init("warn", false);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -336,7 +446,7 @@ pub fn demo_command() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_demo(DemoSizes::default())) {
+    match runtime.block_on(run_demo(DemoSizes::default(), shape)) {
         Ok(report) if report.verification.passed => ExitCode::SUCCESS,
         Ok(_) => {
             eprintln!("verification failed");

@@ -31,7 +31,7 @@ enum Command {
         config: PathBuf,
     },
     /// A whole migration between two in-memory sandboxes, with a live workload.
-    Demo,
+    Demo(ferry::demo::DemoArgs),
     /// Run every pre-migration check and print one line per check.
     Validate {
         #[arg(long)]
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             exit_when_finished,
         } => ferry::run::run_command(&config, exit_when_finished),
         Command::Report { config } => ferry::run::report_command(&config),
-        Command::Demo => ferry::demo::demo_command(),
+        Command::Demo(shape) => ferry::demo::demo_command(shape),
         Command::Validate { config, json } => ferry::preflight::validate_command(&config, json),
         Command::Verify { config, strict } => {
             ferry::actors::verifier::verify_command(&config, strict)

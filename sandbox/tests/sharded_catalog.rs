@@ -306,3 +306,36 @@ async fn dropping_a_sharded_collection_or_database_clears_the_catalog() {
         .await
         .is_empty());
 }
+
+/// Sharding a collection that does not exist yet on `{_id: 1}` creates it; its `_id`
+/// index supports the key (failed before with 85 IndexOptionsConflict: the router tried
+/// to create a second index `_id_1` on the same key).
+#[tokio::test]
+async fn sharding_a_missing_collection_on_id_uses_its_id_index() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "shop"})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "shop.customers", "key": {"_id": 1}},
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = router
+        .database("shop")
+        .collection::<Document>("customers")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["_id_".to_string()]);
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "shop.users", "key": {"_id": 1}, "unique": true},
+    )
+    .await
+    .unwrap();
+}

@@ -190,13 +190,18 @@ fn prepare_on_primary(
             format!("Namespace {db}.{coll} is a view, not a collection"),
         ));
     }
+    if storage.collection(db, coll).is_none() {
+        // Sharding a collection that does not exist creates it, with its `_id` index
+        // (which supports an `{_id: 1}` key: no second index on the same key).
+        storage.create_collection(db, coll, Document::new())?;
+    }
     let empty = storage
         .collection(db, coll)
         .is_none_or(|c| c.docs.is_empty());
     let supporting = storage.collection(db, coll).and_then(|c| {
         c.indexes
             .iter()
-            .find(|i| is_prefix(&key.pattern, &i.key) && (!unique || i.unique))
+            .find(|i| is_prefix(&key.pattern, &i.key) && (!unique || i.unique || i.name == "_id_"))
             .map(|i| i.name.clone())
     });
     if let Some(c) = storage.collection(db, coll) {

@@ -1,10 +1,12 @@
-//! Ferry's throughput against sandbox replica sets, each figure beside a baseline measured
-//! in the same run (the machines are shared and noisy):
+//! Ferry's throughput against sandbox deployments, each figure beside a baseline measured
+//! in the same run (the machines are shared and noisy), for two shapes: replica set ->
+//! replica set, and a two-shard sharded cluster -> a two-shard sharded cluster:
 //! - initial copy documents/s vs the raw insertMany ceiling of the same destination;
 //! - change apply events/s vs the same ceiling;
 //! - peak resident memory of the Ferry process (the sandboxes run as child processes).
 //!
 //! Run: `cargo bench --bench migration` (optionally `FERRY_BENCH_DOCS=N`,
+//! `FERRY_BENCH_SHAPES=rs,sharded` (the default; either alone),
 //! `FERRY_BENCH_EXTRA_TOML="[copy]\\nbatch_max_documents = 1000"`, `FERRY_BENCH_LOG=info`).
 
 use std::io::{BufRead, BufReader};
@@ -30,9 +32,17 @@ impl Drop for ChildSandbox {
     }
 }
 
-fn sandbox(name: &str) -> ChildSandbox {
+/// A sandbox in a child process: a replica set named `name` (`shards == 0`) or a sharded
+/// cluster whose router the URI names.
+fn sandbox(name: &str, shards: usize) -> ChildSandbox {
+    let mut args = vec!["sandbox".to_string(), "--port".into(), "0".into()];
+    if shards == 0 {
+        args.extend(["--set-name".to_string(), name.to_string()]);
+    } else {
+        args.extend(["--shards".to_string(), shards.to_string()]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["sandbox", "--port", "0", "--set-name", name])
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -55,7 +65,20 @@ fn document(i: usize) -> Document {
     doc! {"_id": i as i64, "name": format!("document {i}"), "n": i as i64, "tags": ["a", "b", "c"], "payload": "x".repeat(900)}
 }
 
-async fn insert_all(client: &Client, db: &str, n: usize) -> Duration {
+/// On a sharded side, shards `db.items` on a hashed `_id` first (pre-split over every
+/// shard), the way the migrated collection is spread.
+async fn insert_all(client: &Client, db: &str, n: usize, sharded: bool) -> Duration {
+    if sharded {
+        let admin = client.database("admin");
+        admin
+            .run_command(doc! {"enableSharding": db})
+            .await
+            .expect("enableSharding");
+        admin
+            .run_command(doc! {"shardCollection": format!("{db}.items"), "key": {"_id": "hashed"}})
+            .await
+            .expect("shardCollection");
+    }
     let coll = client.database(db).collection::<Document>("items");
     let started = Instant::now();
     let mut i = 0;
@@ -108,9 +131,27 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let source = sandbox("source");
-    let destination = sandbox("destination");
-    let ceiling_target = sandbox("ceiling");
+    let shapes = std::env::var("FERRY_BENCH_SHAPES").unwrap_or_else(|_| "rs,sharded".into());
+    println!(
+        "documents: {n} x ~1 KiB ({:.0} MiB), sandboxes in child processes",
+        n as f64 / 1024.0
+    );
+    for shape in shapes.split(',').map(str::trim) {
+        match shape {
+            "rs" => measure("replica set -> replica set", 0, n).await,
+            "sharded" => measure("2 shards -> 2 shards", 2, n).await,
+            other => panic!("FERRY_BENCH_SHAPES: unknown shape {other:?} (rs, sharded)"),
+        }
+    }
+}
+
+/// One row: a migration of `n` documents between two deployments of `shards` shards
+/// (0: replica sets), with its ceilings measured on the same kind of destination.
+async fn measure(label: &str, shards: usize, n: usize) {
+    let sharded = shards > 0;
+    let source = sandbox("source", shards);
+    let destination = sandbox("destination", shards);
+    let ceiling_target = sandbox("ceiling", shards);
     let src = Client::with_uri_str(&source.uri).await.expect("client");
     let ceiling_client = Client::with_uri_str(&ceiling_target.uri)
         .await
@@ -119,8 +160,11 @@ async fn main() {
     // Baseline: raw insertMany into an identical, empty destination; measured again on
     // the migration's own destination after the run, and the best rate is the ceiling
     // (the strictest baseline on a noisy machine).
-    let fresh_rate = n as f64 / insert_all(&ceiling_client, "bench", n).await.as_secs_f64();
-    insert_all(&src, "bench", n).await;
+    let fresh_rate = n as f64
+        / insert_all(&ceiling_client, "bench", n, sharded)
+            .await
+            .as_secs_f64();
+    insert_all(&src, "bench", n, sharded).await;
 
     let config = ferry::config::from_toml_str(
         &format!(
@@ -216,7 +260,6 @@ async fn main() {
     let apply = apply_started.elapsed();
     let apply_rate = events as f64 / apply.as_secs_f64();
     let rss = peak_rss_mib();
-    let data_mib = (n as f64 * 1.0) / 1024.0;
 
     migration
         .control
@@ -235,7 +278,7 @@ async fn main() {
         .expect("client");
     let mut same_rates = Vec::new();
     for round in 0..2 {
-        let took = insert_all(&dst, &format!("ceiling{round}"), n).await;
+        let took = insert_all(&dst, &format!("ceiling{round}"), n, sharded).await;
         same_rates.push(n as f64 / took.as_secs_f64());
     }
     // Copy fills an empty destination: its ceiling is the empty sandbox's. Changes are
@@ -244,7 +287,7 @@ async fn main() {
     let apply_ceiling = same_rates.iter().copied().fold(0.0, f64::max);
     let best = apply_ceiling.max(fresh_rate);
 
-    println!("documents: {n} x ~1 KiB ({data_mib:.0} MiB), sandboxes in child processes");
+    println!("== {label}");
     println!(
         "insertMany ceiling: {fresh_rate:.0} docs/s into an empty sandbox; {:.0} and {:.0} docs/s into the migration's destination afterwards",
         same_rates[0], same_rates[1]

@@ -405,3 +405,15 @@ mod tests {
         assert_eq!(duration_words(-90), "1m 30s ago");
     }
 }
+
+/// Lets a short-lived printing command (`ferry status | head`, `ferry report | less`) end
+/// quietly when its reader goes away, as command-line tools do, instead of panicking on
+/// a broken pipe. Not for the daemon or the sandbox: they must outlive a closed log pipe.
+pub fn end_quietly_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: called at the start of main, before any thread is spawned; setting the
+    // default disposition of SIGPIPE has no other effect on the process's state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

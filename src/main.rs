@@ -66,6 +66,12 @@ enum Command {
 fn main() -> ExitCode {
     ferry::memory::tune_allocator();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Sandbox(_) | Command::Demo(_)
+    ) {
+        ferry::cli::end_quietly_on_closed_output();
+    }
     match cli.command {
         Command::Sandbox(args) => ferry::sandbox::run(args),
         Command::Run {

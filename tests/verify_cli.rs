@@ -84,3 +84,48 @@ async fn verify_passes_on_equal_sides_and_names_a_difference() {
     assert!(out.contains("shop.orders [content]"), "{out}");
     assert!(out.contains("_id 7 differs"), "{out}");
 }
+
+/// `ferry validate | head -1`: the reader goes away before the output is written, and the
+/// command ends quietly instead of panicking ("failed printing to stdout: Broken pipe"
+/// with a backtrace on stderr, as `ferry report | head` did).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printing_command_ends_quietly_when_its_reader_goes_away() {
+    use std::os::unix::process::ExitStatusExt;
+    let source = sandbox("src");
+    let destination = sandbox("dst");
+    let path = std::env::temp_dir().join(format!("ferry-pipe-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nuri = \"{}\"\n[destination]\nuri = \"{}\"\n",
+            source.uri(),
+            destination.uri()
+        ),
+    )
+    .expect("write config");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["validate", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ferry validate");
+        // The reader closes its end at once, like `head` after its first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let _ = std::fs::remove_file(&path);
+        out
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "status {:?}, stderr: {stderr}",
+        out.status
+    );
+}

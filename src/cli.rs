@@ -353,6 +353,18 @@ pub fn render_status(view: &StatusView) -> String {
     out
 }
 
+/// Lets a short-lived printing command (`ferry status | head`, `ferry report | less`) end
+/// quietly when its reader goes away, as command-line tools do, instead of panicking on
+/// a broken pipe. Not for the daemon or the sandbox: they must outlive a closed log pipe.
+pub fn end_quietly_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: called at the start of main, before any thread is spawned; setting the
+    // default disposition of SIGPIPE has no other effect on the process's state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,17 +415,5 @@ mod tests {
     fn window_reads_as_time_left_or_passed() {
         assert_eq!(duration_words(3 * 3600 + 12 * 60), "in 3h 12m");
         assert_eq!(duration_words(-90), "1m 30s ago");
-    }
-}
-
-/// Lets a short-lived printing command (`ferry status | head`, `ferry report | less`) end
-/// quietly when its reader goes away, as command-line tools do, instead of panicking on
-/// a broken pipe. Not for the daemon or the sandbox: they must outlive a closed log pipe.
-pub fn end_quietly_on_closed_output() {
-    #[cfg(unix)]
-    // SAFETY: called at the start of main, before any thread is spawned; setting the
-    // default disposition of SIGPIPE has no other effect on the process's state.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -118,3 +118,45 @@ async fn whole_document_updates_converge_on_6_0_and_when_configured() {
         assert_same(&src, &dst).await;
     }
 }
+
+/// The capped-list idiom applications write as a pipeline update — append with
+/// `$concatArrays`, keep the last N with `$slice` — during sync, many times on the same
+/// documents, converges (the sandbox refused both expressions with 168 before, so no
+/// workload could produce these events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_lists_kept_by_pipeline_updates_converge() {
+    let pair = Pair::start().await;
+    let coll = pair.src.database("app").collection::<Document>("feeds");
+    coll.insert_many(
+        (0..10)
+            .map(|i| doc! {"_id": i, "recent": [], "owner": format!("user{i}")})
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("seed");
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    for round in 0..40 {
+        coll.update_many(
+            doc! {"_id": {"$lt": 5 + (round % 5)}},
+            vec![doc! {"$set": {
+                "recent": {"$slice": [{"$concatArrays": ["$recent", [{"n": round, "at": format!("t{round}")}]]}, -5]},
+                "seen": {"$size": {"$ifNull": ["$recent", []]}},
+            }}],
+        )
+        .await
+        .expect("pipeline update");
+    }
+    let sample = coll
+        .find_one(doc! {"_id": 0})
+        .await
+        .expect("read")
+        .expect("document 0");
+    assert_eq!(
+        sample.get_array("recent").map(|a| a.len()).ok(),
+        Some(5),
+        "{sample}"
+    );
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 10);
+}

@@ -120,6 +120,75 @@ fn is_nullish(v: &Bson) -> bool {
     matches!(v, Bson::Null | Bson::Undefined)
 }
 
+/// `$slice: [array, n]` (the first n, or the last -n) or `[array, position, n]` (n > 0
+/// from position; a negative position counts from the end). A null or missing array
+/// gives null.
+fn slice(arg: &Bson, root: &Document) -> CmdResult<Bson> {
+    let vals = eval_args("$slice", arg, root, None)?;
+    if !(2..=3).contains(&vals.len()) {
+        return Err(CommandError::new(
+            28667,
+            format!(
+                "Expression $slice takes at least 2 arguments, and at most 3, but {} were passed in.",
+                vals.len()
+            ),
+        ));
+    }
+    let items = match &vals[0] {
+        Bson::Array(items) => items,
+        v if is_nullish(v) => return Ok(Bson::Null),
+        v => {
+            return Err(CommandError::new(
+                28724,
+                format!(
+                    "First argument to $slice must be an array, but is of type: {}",
+                    type_name(v)
+                ),
+            ))
+        }
+    };
+    let integer = |v: &Bson, which: &str, code: i32| -> CmdResult<i64> {
+        match as_f64(v) {
+            Some(f) if f.fract() == 0.0 => Ok(f as i64),
+            _ => Err(CommandError::new(
+                code,
+                format!(
+                    "{which} argument to $slice must be numeric, but is of type: {}",
+                    type_name(v)
+                ),
+            )),
+        }
+    };
+    let len = items.len() as i64;
+    let (start, count) = if vals.len() == 2 {
+        let n = integer(&vals[1], "Second", 28725)?;
+        if n >= 0 {
+            (0, n)
+        } else {
+            ((len + n).max(0), -n)
+        }
+    } else {
+        let position = integer(&vals[1], "Second", 28725)?;
+        let n = integer(&vals[2], "Third", 28727)?;
+        if n <= 0 {
+            return Err(CommandError::new(
+                28729,
+                format!("Third argument to $slice must be positive: {n}"),
+            ));
+        }
+        let start = if position < 0 {
+            (len + position).max(0)
+        } else {
+            position.min(len)
+        };
+        (start, n)
+    };
+    let end = start.saturating_add(count).min(len);
+    Ok(Bson::Array(
+        items[start as usize..end.max(start) as usize].to_vec(),
+    ))
+}
+
 fn operator(op: &str, arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
     let value = match op {
         "$literal" => arg.clone(),
@@ -290,6 +359,44 @@ fn operator(op: &str, arg: &Bson, root: &Document) -> CmdResult<Option<Bson>> {
                 _ => Bson::Null,
             }
         }
+        "$concatArrays" => {
+            let vals = eval_args(op, arg, root, None)?;
+            let mut out = Vec::new();
+            for v in vals {
+                match v {
+                    Bson::Array(items) => out.extend(items),
+                    v if is_nullish(&v) => return Ok(Some(Bson::Null)),
+                    v => {
+                        return Err(CommandError::new(
+                            28664,
+                            format!("$concatArrays only supports arrays, not {}", type_name(&v)),
+                        ))
+                    }
+                }
+            }
+            Bson::Array(out)
+        }
+        "$slice" => slice(arg, root)?,
+        "$isArray" => Bson::Boolean(matches!(
+            eval_args(op, arg, root, Some(1))?[0],
+            Bson::Array(_)
+        )),
+        "$reverseArray" => match eval_args(op, arg, root, Some(1))?.remove(0) {
+            Bson::Array(mut items) => {
+                items.reverse();
+                Bson::Array(items)
+            }
+            v if is_nullish(&v) => Bson::Null,
+            v => {
+                return Err(CommandError::new(
+                    34435,
+                    format!(
+                        "The argument to $reverseArray must be an array, but was of type: {}",
+                        type_name(&v)
+                    ),
+                ))
+            }
+        },
         "$max" | "$min" => {
             let vals = eval_args(op, arg, root, None)?;
             let flat: Vec<Bson> = match vals.as_slice() {
@@ -561,6 +668,49 @@ mod tests {
             eval(Bson::Document(doc! {"$size": [[1, 2, 3]]}), &root),
             Some(Bson::Int32(3))
         );
+    }
+
+    #[test]
+    fn array_expressions() {
+        let root = doc! {"a": [1, 2, 3, 4], "n": Bson::Null};
+        let e = |x: Document| eval(Bson::Document(x), &root);
+        assert_eq!(
+            e(doc! {"$concatArrays": ["$a", [5]]}),
+            Some(Bson::Array(vec![
+                1.into(),
+                2.into(),
+                3.into(),
+                4.into(),
+                5.into()
+            ]))
+        );
+        assert_eq!(
+            e(doc! {"$concatArrays": ["$a", "$missing"]}),
+            Some(Bson::Null)
+        );
+        assert_eq!(
+            e(doc! {"$slice": ["$a", -2]}),
+            Some(Bson::Array(vec![3.into(), 4.into()]))
+        );
+        assert_eq!(
+            e(doc! {"$slice": ["$a", 1, 2]}),
+            Some(Bson::Array(vec![2.into(), 3.into()]))
+        );
+        assert_eq!(
+            e(doc! {"$slice": ["$a", -10, 2]}),
+            Some(Bson::Array(vec![1.into(), 2.into()]))
+        );
+        assert_eq!(e(doc! {"$slice": ["$a", 9, 2]}), Some(Bson::Array(vec![])));
+        assert_eq!(e(doc! {"$slice": ["$n", 1]}), Some(Bson::Null));
+        assert_eq!(e(doc! {"$isArray": ["$a"]}), Some(Bson::Boolean(true)));
+        assert_eq!(
+            e(doc! {"$reverseArray": "$a"}),
+            Some(Bson::Array(vec![4.into(), 3.into(), 2.into(), 1.into()]))
+        );
+        let code = |x: Document| evaluate(&Bson::Document(x), &root).unwrap_err().code;
+        assert_eq!(code(doc! {"$concatArrays": ["$a", 1]}), 28664);
+        assert_eq!(code(doc! {"$slice": [1, 1]}), 28724);
+        assert_eq!(code(doc! {"$slice": ["$a", 0, 0]}), 28729);
     }
 
     #[test]

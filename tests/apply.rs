@@ -160,3 +160,129 @@ async fn capped_lists_kept_by_pipeline_updates_converge() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, 10);
 }
+
+/// Materialized views refreshed the way applications do it — `$out` (a temporary
+/// `tmp.agg_out.<uuid>` collection renamed over the target) and `$merge` — before the
+/// start, during the copy window and during sync, converge with the target's indexes;
+/// the same with a filter that names only the target collection (the temporary
+/// collection is then out of scope, and its rename brings the target into it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_views_refreshed_by_out_and_merge_converge() {
+    for filter in [
+        "",
+        "[filter]\ninclude_namespaces = [\"app.orders\", \"app.summary\", \"app.totals\"]\n",
+    ] {
+        let pair = Pair::start().await;
+        let app = pair.src.database("app");
+        let orders = app.collection::<Document>("orders");
+        orders
+            .insert_many((0..300).map(|i| doc! {"_id": i, "cust": i % 7, "amt": i}))
+            .await
+            .expect("seed");
+        let refresh = |round: i32| {
+            let orders = orders.clone();
+            async move {
+                orders
+                    .aggregate(vec![
+                        doc! {"$group": {"_id": "$cust", "total": {"$sum": "$amt"}, "round": {"$max": round}}},
+                        doc! {"$out": "summary"},
+                    ])
+                    .await
+                    .expect("$out");
+                orders
+                    .aggregate(vec![
+                        doc! {"$match": {"cust": {"$lt": 3 + round % 4}}},
+                        doc! {"$project": {"amt": 1, "seen": {"$literal": round}}},
+                        doc! {"$merge": {"into": "totals", "whenMatched": "merge", "whenNotMatched": "insert"}},
+                    ])
+                    .await
+                    .expect("$merge");
+            }
+        };
+        refresh(0).await;
+        app.collection::<Document>("summary")
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {"total": -1})
+                    .build(),
+            )
+            .await
+            .expect("index on the view");
+        let m = start(pair.config(filter)).await;
+        refresh(1).await;
+        wait_phase(&m.progress, Phase::ReadyForCutover).await;
+        for round in 2..8 {
+            orders
+                .insert_one(doc! {"_id": 1000 + round, "cust": round % 7, "amt": 5})
+                .await
+                .expect("insert");
+            refresh(round).await;
+        }
+        cutover_and_complete(m).await;
+        assert_same(&pair.src, &pair.dst).await;
+        let summary = pair.dst.database("app").collection::<Document>("summary");
+        assert_eq!(
+            summary
+                .find_one(doc! {})
+                .await
+                .expect("read")
+                .and_then(|d| d.get_i32("round").ok()),
+            Some(7),
+            "filter {filter:?}"
+        );
+        assert!(summary
+            .list_index_names()
+            .await
+            .expect("indexes")
+            .contains(&"total_-1".to_string()));
+    }
+}
+
+/// A collection the filter leaves out, renamed onto a migrated name during sync (a
+/// staging collection swapped in with `dropTarget`), replaces the migrated collection on
+/// the destination too. Before, the rename was dropped with the excluded collection's
+/// events: the destination kept the old contents (here the cutover then refused; with
+/// `$out` in `materialized_views_refreshed_by_out_and_merge_converge` it passed with the
+/// old contents, the baseline verification not knowing the namespace had changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_collection_renamed_onto_a_migrated_one_replaces_it() {
+    let pair = Pair::start().await;
+    let app = pair.src.database("app");
+    app.collection::<Document>("live")
+        .insert_many((0..50).map(|i| doc! {"_id": i, "v": "old"}))
+        .await
+        .expect("seed");
+    let m = start(pair.config("[filter]\ninclude_namespaces = [\"app.live\"]\n")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    poll("the baseline verification", || {
+        m.progress.baseline.read().state == ferry::progress::BaselineState::Done
+    })
+    .await;
+    let staging = app.collection::<Document>("staging");
+    staging
+        .insert_many((25..80).map(|i| doc! {"_id": i, "v": "new"}))
+        .await
+        .expect("fill staging");
+    staging
+        .create_index(mongodb::IndexModel::builder().keys(doc! {"v": 1}).build())
+        .await
+        .expect("index");
+    pair.src
+        .database("admin")
+        .run_command(doc! {"renameCollection": "app.staging", "to": "app.live", "dropTarget": true})
+        .await
+        .expect("swap in");
+    app.collection::<Document>("live")
+        .update_one(doc! {"_id": 30}, doc! {"$set": {"touched": true}})
+        .await
+        .expect("update after the swap");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 55);
+    let names = pair
+        .dst
+        .database("app")
+        .list_collection_names()
+        .await
+        .expect("list");
+    assert_eq!(names, vec!["live".to_string()]);
+}

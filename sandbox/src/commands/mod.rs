@@ -7,6 +7,7 @@ use crate::dispatch::Ctx;
 use crate::error::CmdResult;
 
 pub mod admin;
+pub mod aggregate_write;
 pub mod crud;
 pub mod ddl;
 pub mod handshake;

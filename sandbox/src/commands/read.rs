@@ -482,6 +482,14 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             ),
         }
     };
+    crate::commands::aggregate_write::check_placement(stages)?;
+    if let Some(stage) = crate::commands::aggregate_write::writing_stage(stages) {
+        let stage = stage.clone();
+        let out = crate::query::aggregate::run_pipeline(input, &stages[..stages.len() - 1])?;
+        crate::commands::aggregate_write::write(ctx, &stage, out)?;
+        let ns = ctx.ns(&coll);
+        return Ok(cursor_reply(ctx, ns, Vec::new(), batch_size));
+    }
     let out = crate::query::aggregate::run_pipeline(input, stages)?;
     let ns = ctx.ns(&coll);
     Ok(cursor_reply(ctx, ns, out, batch_size))

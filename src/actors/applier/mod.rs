@@ -890,6 +890,95 @@ pub fn relaxed_index(spec: &Document) -> Document {
     d
 }
 
+/// Largest `insertMany` batch when a collection is copied again whole.
+const RECOPY_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Replaces the destination's `db.coll` with what the source holds now under that name
+/// (options, indexes as during sync, every document): after a collection the migration
+/// does not cover was renamed onto a migrated name. Events after the rename are applied
+/// on top, as after the initial copy (applying is idempotent).
+async fn replace_from_source(
+    engine: &SharedEngine,
+    db: &str,
+    coll: &str,
+) -> Result<(), ApplyError> {
+    use futures_util::TryStreamExt;
+    let (source, dest) = (&engine.source, &engine.destination);
+    tracing::info!(db, coll, "a collection outside the migration was renamed onto a migrated name: copying it again from the source");
+    match dest.run(db, doc! {"drop": coll}).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(26) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let spec = source
+        .collection_specs(db)
+        .await?
+        .into_iter()
+        .find(|s| s.get_str("name") == Ok(coll));
+    let Some(spec) = spec else {
+        // Gone again since: its drop or rename event follows.
+        return Ok(());
+    };
+    let mut create = doc! {"create": coll};
+    if let Ok(options) = spec.get_document("options") {
+        create.extend(options.clone());
+    }
+    match dest.run(db, create).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(48) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let indexes: Vec<Bson> = source
+        .index_specs(db, coll)
+        .await?
+        .iter()
+        .filter(|i| i.get_str("name") != Ok("_id_"))
+        .map(|i| Bson::Document(relaxed_index(i)))
+        .collect();
+    if !indexes.is_empty() {
+        dest.run(db, doc! {"createIndexes": coll, "indexes": indexes})
+            .await?;
+    }
+    let read_error = |e: mongodb::error::Error| ClusterError::Command {
+        side: source.side,
+        action: format!("read {db}.{coll} again"),
+        source: e,
+    };
+    let mut cursor = source
+        .client
+        .database(db)
+        .collection::<RawDocumentBuf>(coll)
+        .find(doc! {})
+        .await
+        .map_err(read_error)?;
+    let target = dest.client.database(db).collection::<RawDocumentBuf>(coll);
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let next = cursor.try_next().await.map_err(read_error)?;
+        let full = next.is_none() || bytes >= RECOPY_BATCH_BYTES || batch.len() >= 1000;
+        if full && !batch.is_empty() {
+            engine.checkpoints.fence().check()?;
+            target
+                .insert_many(std::mem::take(&mut batch))
+                .await
+                .map_err(|e| ClusterError::Command {
+                    side: dest.side,
+                    action: format!("copy {db}.{coll} again"),
+                    source: e,
+                })?;
+            bytes = 0;
+        }
+        match next {
+            Some(d) => {
+                bytes += d.as_bytes().len();
+                batch.push(d);
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Applies one DDL event to the destination; replays after a restart are harmless.
 pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {
     engine.checkpoints.fence().check()?;
@@ -938,6 +1027,18 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             );
             if !target_allowed {
                 return ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await);
+            }
+            let source_migrated =
+                engine.filter.allows(&db, &coll) || crate::actors::tailer::is_rename_staging(&coll);
+            if !source_migrated {
+                // The renamed collection was never migrated: the destination has nothing
+                // to rename. Its target now holds what the source holds under that name.
+                return replace_from_source(
+                    engine,
+                    to.get_str("db").unwrap_or_default(),
+                    to.get_str("coll").unwrap_or_default(),
+                )
+                .await;
             }
             ignore(&[26])(
                 dest.run("admin", doc! {"renameCollection": format!("{db}.{coll}"), "to": target, "dropTarget": true}).await,

@@ -256,6 +256,8 @@ struct EventView<'a> {
     /// `documentKey._id`.
     id: Option<bson::RawBsonRef<'a>>,
     ts: Option<Timestamp>,
+    /// A rename's target (`to.db`, `to.coll`).
+    to: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> EventView<'a> {
@@ -266,6 +268,7 @@ impl<'a> EventView<'a> {
             coll: "",
             id: None,
             ts: None,
+            to: None,
         };
         for (key, value) in event.iter().flatten() {
             match (key, value) {
@@ -278,6 +281,12 @@ impl<'a> EventView<'a> {
                 ("documentKey", bson::RawBsonRef::Document(k)) => {
                     view.id = k.get("_id").ok().flatten();
                 }
+                ("to", bson::RawBsonRef::Document(to)) => {
+                    view.to = Some((
+                        to.get_str("db").unwrap_or_default(),
+                        to.get_str("coll").unwrap_or_default(),
+                    ));
+                }
                 _ => {}
             }
         }
@@ -286,9 +295,17 @@ impl<'a> EventView<'a> {
 
     /// Whether the migration wants this event (namespace filter, system collections).
     fn is_wanted(&self, engine: &SharedEngine) -> bool {
+        let into_scope = self.to.is_some_and(|(db, coll)| {
+            engine.filter.allows(db, coll)
+                && !crate::cluster::namespaces::is_system_collection(coll)
+        });
         if self.op == "dropDatabase" {
             engine.filter.may_allow_database(self.db)
                 && !crate::config::NamespaceFilter::is_never_migrated_db(self.db)
+        } else if self.op == "rename" && into_scope {
+            // A collection renamed onto a migrated name replaces it, whether or not its
+            // old name was migrated: the replay brings the new contents over.
+            true
         } else if is_rename_staging(self.coll) {
             // A rename into another database fills a temporary collection whose name no
             // filter lists, then renames it onto the target: its events are taken
@@ -301,14 +318,17 @@ impl<'a> EventView<'a> {
     }
 }
 
-/// Whether a collection name is the temporary collection a server fills during a
-/// rename between databases (`tmp` + five letters or digits + `.renameCollection`).
+/// Whether a collection name is a temporary collection the server fills and then renames
+/// onto its target: during a rename between databases (`tmp` + five letters or digits +
+/// `.renameCollection`), or for an aggregation's `$out` (`tmp.agg_out.<uuid>`).
 pub fn is_rename_staging(coll: &str) -> bool {
-    coll.strip_prefix("tmp")
-        .and_then(|rest| rest.strip_suffix(".renameCollection"))
-        .is_some_and(|middle| {
-            middle.len() == 5 && middle.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
+    coll.starts_with("tmp.agg_out.")
+        || coll
+            .strip_prefix("tmp")
+            .and_then(|rest| rest.strip_suffix(".renameCollection"))
+            .is_some_and(|middle| {
+                middle.len() == 5 && middle.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
 }
 
 /// Applier of an event: (database, collection, partition).

@@ -430,3 +430,38 @@ async fn change_streams_through_the_router_check_privileges() {
     .unwrap_err();
     assert_eq!(common::code(&err), 13);
 }
+
+/// A shard added while a router stream is open joins the stream: writes routed to it
+/// after a chunk moves there come out of the stream (before, the stream kept the shards
+/// it opened with and never showed them).
+#[tokio::test]
+async fn a_shard_added_while_the_stream_is_open_joins_it() {
+    let mut cluster = start(Duration::from_millis(200), ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    insert(&router, 1, -5).await;
+    assert_eq!(ids(&stream.events(1).await), vec![1]);
+    let (name, host) = cluster.start_shard().expect("a new shard starts");
+    run(&router, "admin", doc! {"addShard": host})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"split": "app.items", "middle": {"k": 100}},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"moveChunk": "app.items", "find": {"k": 100}, "to": &name, "_waitForDelete": true},
+    )
+    .await
+    .unwrap();
+    insert(&router, 2, 150).await;
+    insert(&router, 3, -7).await;
+    tick(&router).await;
+    assert_eq!(ids(&stream.events(2).await), vec![2, 3]);
+}

@@ -164,6 +164,12 @@ async fn route(
         "aggregate" if stream_command::is_change_stream(&cmd) => {
             let side = stream_command::RouterSide {
                 shards: router.shard_list().into_iter().map(|s| s.server).collect(),
+                membership: {
+                    let router = router.clone();
+                    std::sync::Arc::new(move || {
+                        router.shard_list().into_iter().map(|s| s.server).collect()
+                    })
+                },
                 users: &router.config.users,
                 first_at_tie: match router.settings.read().shard_key_move_order {
                     super::ShardKeyMoveOrder::DeleteFirst => "delete",

@@ -119,9 +119,18 @@ struct ShardFeed {
     first_at_tie: &'static str,
 }
 
+/// The shards of the cluster as they are now (the router's list).
+pub type Membership = Arc<dyn Fn() -> Vec<Arc<Server>> + Send + Sync>;
+
 /// An open change stream on a router.
 pub struct RouterStream {
     feeds: Vec<ShardFeed>,
+    /// Where shards added since the stream opened are found, and how their feed opens:
+    /// like the real router, which opens a cursor on a new shard from the time it joined.
+    membership: Option<Membership>,
+    scope: Scope,
+    spec: Document,
+    shard_stages: Vec<Document>,
     /// `$match` (first stage after `$changeStream`) and the stages after it, run on the
     /// merged events.
     filter: Option<Matcher>,
@@ -234,11 +243,61 @@ impl RouterStream {
         };
         Ok(RouterStream {
             feeds,
+            membership: None,
+            scope,
+            spec: spec.clone(),
+            shard_stages: shard_stages.to_vec(),
             filter,
             stages,
             last,
             finished: false,
         })
+    }
+
+    /// Follows the cluster's membership: a shard added later joins the stream.
+    pub fn follow_membership(&mut self, membership: Membership) {
+        self.membership = Some(membership);
+    }
+
+    /// Opens a feed on every shard that joined the cluster since the stream opened, from
+    /// the stream's position (nothing before it is due to this stream).
+    fn adopt_new_shards(&mut self) -> CmdResult<()> {
+        let Some(membership) = &self.membership else {
+            return Ok(());
+        };
+        let joined: Vec<Arc<Server>> = membership()
+            .into_iter()
+            .filter(|s| !self.feeds.iter().any(|f| Arc::ptr_eq(&f.server, s)))
+            .collect();
+        for server in joined {
+            let mut shard_spec = self.spec.clone();
+            for key in ["resumeAfter", "startAfter", "startAtOperationTime"] {
+                shard_spec.remove(key);
+            }
+            shard_spec.insert("startAtOperationTime", self.last.position.ts);
+            let mut storage = server.storage.lock();
+            let mut stream = ChangeStream::open(
+                &mut storage,
+                self.scope.clone(),
+                &shard_spec,
+                &self.shard_stages,
+            )?;
+            stream.disambiguate = server.version_parts() >= (6, 1, 0);
+            drop(storage);
+            let first_at_tie = self.feeds.first().map_or("delete", |f| f.first_at_tie);
+            self.feeds.push(ShardFeed {
+                server,
+                stream,
+                pending: VecDeque::new(),
+                reported: OplogPosition::at(Timestamp {
+                    time: 0,
+                    increment: 0,
+                }),
+                floor: Some(self.last),
+                first_at_tie,
+            });
+        }
+        Ok(())
     }
 
     /// Reads what every shard has logged since the last call, then returns (up to `max`)
@@ -248,6 +307,7 @@ impl RouterStream {
         if self.finished {
             return Ok((Vec::new(), self.last.encode()));
         }
+        self.adopt_new_shards()?;
         for (ordinal, feed) in self.feeds.iter_mut().enumerate() {
             feed.read(ordinal as u16)?;
         }

@@ -32,6 +32,8 @@ pub fn is_change_stream(cmd: &Document) -> bool {
 /// comes first among events of several shards at one cluster time.
 pub struct RouterSide<'a> {
     pub shards: Vec<Arc<Server>>,
+    /// The shards now: a shard added while the stream is open joins it.
+    pub membership: super::stream::Membership,
     pub users: &'a crate::auth::users::UserStore,
     pub first_at_tie: &'static str,
 }
@@ -78,6 +80,7 @@ pub fn aggregate(
     let ns = scope.cursor_ns();
     let mut stream =
         RouterStream::open(&side.shards, scope, spec, &pipeline[1..], side.first_at_tie)?;
+    stream.follow_membership(side.membership);
     let (events, token) = stream.next_batch(batch_size.unwrap_or(DEFAULT_FIRST_BATCH))?;
     let id = if stream.finished {
         0

@@ -11,6 +11,7 @@ use mongodb::Client;
 
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
+pub mod nodes;
 pub mod topology;
 
 /// Which deployment an operation ran against.

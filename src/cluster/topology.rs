@@ -349,6 +349,39 @@ pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterEr
     Ok(actions)
 }
 
+/// Whether the connection's users may `update` the namespace `db.coll` (by an exact,
+/// database-wide or any-resource privilege from `connectionStatus` with
+/// `showPrivileges`): `balancerStart` and `balancerStop` are authorized as updates of
+/// `config.settings`.
+pub async fn may_update(cluster: &Cluster, db: &str, coll: &str) -> Result<bool, ClusterError> {
+    let reply = cluster
+        .run(
+            "admin",
+            doc! {"connectionStatus": 1, "showPrivileges": true},
+        )
+        .await?;
+    let privileges = reply
+        .get_document("authInfo")
+        .and_then(|i| i.get_array("authenticatedUserPrivileges"))
+        .map_err(|_| {
+            unexpected(
+                cluster,
+                "connectionStatus",
+                "the reply lists no authenticatedUserPrivileges",
+            )
+        })?;
+    Ok(privileges.iter().filter_map(Bson::as_document).any(|p| {
+        let covers = p.get_document("resource").is_ok_and(|r| {
+            r.get_bool("anyResource").unwrap_or(false)
+                || (r.get_str("db") == Ok(db)
+                    && matches!(r.get_str("collection"), Ok(c) if c.is_empty() || c == coll))
+        });
+        covers
+            && p.get_array("actions")
+                .is_ok_and(|a| a.iter().any(|a| a.as_str() == Some("update")))
+    }))
+}
+
 /// Whether the balancer of a sharded cluster is enabled (`balancerStatus` mode other than
 /// `"off"`); `None` for a replica set or standalone, which have no balancer.
 pub async fn balancer_state(cluster: &Cluster) -> Result<Option<bool>, ClusterError> {

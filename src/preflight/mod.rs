@@ -26,6 +26,8 @@
 //! - `write block privilege (source)`: with `cutover.enforce_write_block`, the source
 //!   user holds the `setUserWriteBlockMode` privilege (checked by privilege, not role).
 //! - `time-series collections (source)`: none in scope (they cannot be kept in sync).
+//! - On a sharded side, the checks of [`sharded`]: config servers, roles and versions on
+//!   every node, the balancer, orphans, indexes per shard, zones, collations, shard keys.
 
 use std::fmt;
 use std::path::Path;
@@ -38,6 +40,8 @@ use crate::checkpoint::lease::{process_owner, LeaseRecord};
 use crate::cluster::topology::{self, AuthInfo, ServerVersion, TopologyKind};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::{self, Config, ConnectionConfig};
+
+mod sharded;
 
 /// Database of Ferry's bookkeeping on the destination, where the migration lease lives.
 pub const LOCK_DB: &str = "__ferry";
@@ -258,6 +262,7 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(oplog_window(config, &source).await);
     checks.push(write_block_privilege(config, &source).await);
     checks.push(time_series(config, &source).await);
+    checks.extend(sharded::checks(config, &source, &destination).await);
     PreflightReport { checks }
 }
 

@@ -17,8 +17,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, ddl, distribution, merge, routing, sharding_admin, stream_command,
-    Router, Shard,
+    catalog, cluster_admin, ddl, distribution, index_stats, merge, routing, sharding_admin,
+    stream_command, Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -174,6 +174,9 @@ async fn route(
         }
         "aggregate" if distribution::is_distribution(&cmd) => {
             distribution::aggregate(router, &db, &cmd)
+        }
+        "aggregate" if index_stats::is_index_stats(&cmd) => {
+            index_stats::aggregate(router, &db, &cmd)
         }
         n if ROUTER_COMMANDS.iter().any(|(c, _)| *c == n) => {
             sharding_admin::run(router, conn, &db, &cmd, &name).await

@@ -387,3 +387,38 @@ async fn sharded_to_replica_set_warns_on_non_id_shard_key() {
     );
     assert!(report.passed(), "{report}");
 }
+
+/// A URI that reaches a shard, or the config servers, directly instead of the router is
+/// refused by the topology check, which says to use the mongos (a shard holds only part
+/// of the data, so migrating it alone would silently lose the rest).
+#[tokio::test]
+async fn a_shard_or_config_server_uri_is_refused() {
+    let source = cluster(&SOURCE_ROLES);
+    let destination = cluster(&DESTINATION_ROLES);
+    let shard_uri = source
+        .shard("shard1")
+        .expect("shard1")
+        .uri_with_user(MIGRATOR.0, MIGRATOR.1);
+    let report = checks(&shard_uri, &migrator_uri(&destination)).await;
+    let topology = check(&report, "topology (source)");
+    assert_eq!(topology.status, Status::Fail, "{topology:?}");
+    assert!(
+        topology
+            .message
+            .contains("replica set shard1, a shard of a sharded cluster"),
+        "{topology:?}"
+    );
+    assert!(
+        topology.fix.as_deref().unwrap_or("").contains("mongos"),
+        "{topology:?}"
+    );
+
+    let config_uri = source.config().uri_with_user(MIGRATOR.0, MIGRATOR.1);
+    let report = checks(&migrator_uri(&source), &config_uri).await;
+    let topology = check(&report, "topology (destination)");
+    assert_eq!(topology.status, Status::Fail, "{topology:?}");
+    assert!(
+        topology.message.contains("the config server replica set"),
+        "{topology:?}"
+    );
+}

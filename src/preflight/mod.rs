@@ -10,7 +10,9 @@
 //! Checks, in report order:
 //! - `connectivity (side)`, `authentication (side)`: the server answers and accepts the
 //!   credentials in the URI (SCRAM).
-//! - `topology (side)`: a replica set or a sharded cluster; a standalone has no oplog.
+//! - `topology (side)`: a replica set or a sharded cluster (through its mongos); a
+//!   standalone has no oplog, and a shard or the config servers reached directly hold
+//!   only part of a cluster's data.
 //! - `version (side)`, `versions match`: both 6.0.17+ at FCV 6.0, or both 7.0.13+ at FCV
 //!   7.0, the same release on both sides.
 //! - `roles (side)`: the source user can read everything and its oplog (`backup` and
@@ -511,6 +513,14 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
                 format!("convert it to a replica set (set replication.replSetName, restart, run rs.initiate()) and point {side}.uri at it"),
             ));
             p.topology = Some(TopologyKind::Standalone);
+        }
+        Ok(kind @ TopologyKind::ShardingMember { .. }) => {
+            p.checks.push(Check::fail(
+                &names[2],
+                format!("{side}.uri reaches {kind}: it holds only part of the cluster's data, and Ferry reads and writes a sharded cluster through its router"),
+                format!("point {side}.uri at the cluster's mongos (router) instead"),
+            ));
+            p.topology = Some(kind);
         }
         Ok(kind) => {
             p.checks.push(Check::pass(&names[2], kind.to_string()));

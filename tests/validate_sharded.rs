@@ -422,3 +422,24 @@ async fn a_shard_or_config_server_uri_is_refused() {
         "{topology:?}"
     );
 }
+
+/// Ferry writes to a sharded destination only through its router, so a destination user
+/// missing on one destination shard does not stop the migration: the versions there
+/// are left to the operator, with a warning naming the shard.
+#[tokio::test]
+async fn destination_user_missing_on_a_shard_is_a_warning() {
+    let source = cluster(&SOURCE_ROLES);
+    let destination = cluster(&DESTINATION_ROLES);
+    let shard0 = shard_admin(&destination, "shard0").await;
+    run(&shard0, "admin", doc! {"dropUser": MIGRATOR.0}).await;
+    let report = checks(&migrator_uri(&source), &migrator_uri(&destination)).await;
+    let versions = check(&report, "node versions (destination)");
+    assert_eq!(versions.status, Status::Warn, "{versions:?}");
+    assert!(
+        versions.message.contains("not checked on shard shard0")
+            && versions.message.contains("cannot log in"),
+        "{versions:?}"
+    );
+    assert!(versions.message.contains("shard shard1"), "{versions:?}");
+    assert!(report.passed(), "{report}");
+}

@@ -307,14 +307,22 @@ fn node_versions(probe: &Probe, reached: &[Reached]) -> Check {
     let name = named("node versions", side);
     let mut problems: Vec<String> = Vec::new();
     let mut fixes: Vec<String> = Vec::new();
+    // Nodes the destination user could not ask: Ferry writes to the destination only
+    // through its router, so it need not exist on them, and their versions are left to
+    // the operator (a warning).
+    let mut unchecked: Vec<(String, String)> = Vec::new();
     let router_release = probe.version.map(|v| v.release());
     for r in reached {
         let facts = match &r.facts {
             Ok(f) => f,
             Err(e) => {
                 let (problem, fix) = unreachable(side, &r.node, e);
-                problems.push(format!("not checked: {problem}"));
-                fixes.push(fix);
+                if side == Side::Destination {
+                    unchecked.push((problem, fix));
+                } else {
+                    problems.push(format!("not checked: {problem}"));
+                    fixes.push(fix);
+                }
                 continue;
             }
         };
@@ -372,20 +380,45 @@ fn node_versions(probe: &Probe, reached: &[Reached]) -> Check {
             }
         }
     }
-    if problems.is_empty() {
-        let names: Vec<String> = reached.iter().map(|r| r.node.to_string()).collect();
-        let release = router_release.unwrap_or_else(|| "the same release".into());
-        Check::pass(
+    let release = router_release.unwrap_or_else(|| "the same release".into());
+    if !problems.is_empty() {
+        problems.extend(unchecked.iter().map(|(p, _)| format!("not checked: {p}")));
+        fixes.extend(unchecked.into_iter().map(|(_, f)| f));
+        fixes.dedup();
+        return Check::fail(name, problems.join("; "), fixes.join("; "));
+    }
+    if !unchecked.is_empty() {
+        let (unasked, asked): (Vec<&Reached>, Vec<&Reached>) =
+            reached.iter().partition(|r| r.facts.is_err());
+        let asked: Vec<String> = asked.iter().map(|r| r.node.to_string()).collect();
+        let unasked: Vec<String> = unasked.iter().map(|r| r.node.to_string()).collect();
+        let (problems, fixes): (Vec<String>, Vec<String>) = unchecked.into_iter().unzip();
+        return Check::warn(
             name,
             format!(
-                "{} run {release} at featureCompatibilityVersion {release}",
-                names.join(", ")
+                "not checked on {}: {}; {}",
+                unasked.join(", "),
+                problems.join("; "),
+                if asked.is_empty() {
+                    "no node answered".to_string()
+                } else {
+                    format!("{} run {release} at featureCompatibilityVersion {release}", asked.join(", "))
+                }
             ),
-        )
-    } else {
-        fixes.dedup();
-        Check::fail(name, problems.join("; "), fixes.join("; "))
+            Some(format!(
+                "check that those nodes run {release} at featureCompatibilityVersion {release}, or {}",
+                fixes.join("; ")
+            )),
+        );
     }
+    let names: Vec<String> = reached.iter().map(|r| r.node.to_string()).collect();
+    Check::pass(
+        name,
+        format!(
+            "{} run {release} at featureCompatibilityVersion {release}",
+            names.join(", ")
+        ),
+    )
 }
 
 async fn balancer_control(side: Side, router: &Cluster) -> Check {

@@ -20,7 +20,7 @@ fn unreachable(side: Side, node: &Node, e: &NodeConnectError) -> (String, String
     };
     if auth_failed {
         (
-            format!("the {side} user cannot log in on {node} ({})", describe(e)),
+            format!("the {side} user cannot log in on {node} (authentication failed)"),
             format!(
                 "create the user on {node} with the same password and roles (connect to that replica set's primary: a shard's users are its own, apart from the cluster's users on the config servers)"
             ),

@@ -443,3 +443,55 @@ async fn destination_user_missing_on_a_shard_is_a_warning() {
     assert!(versions.message.contains("shard shard1"), "{versions:?}");
     assert!(report.passed(), "{report}");
 }
+
+/// Sharded to sharded: a sharded collection with a non-simple default collation is
+/// warned about (it is sharded on the destination with the simple collation); an
+/// unsharded one keeps its collation and only shows in the message.
+#[tokio::test]
+async fn non_simple_collation_on_a_sharded_collection_is_warned() {
+    let source = cluster(&SOURCE_ROLES);
+    let destination = cluster(&DESTINATION_ROLES);
+    let router = router_admin(&source).await;
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await;
+    for coll in ["people", "notes"] {
+        run(
+            &router,
+            "app",
+            doc! {"create": coll, "collation": {"locale": "fr", "strength": 2}},
+        )
+        .await;
+    }
+    run(
+        &router,
+        "app",
+        doc! {"createIndexes": "people", "indexes": [{"key": {"k": 1}, "name": "k_1", "collation": {"locale": "simple"}}]},
+    )
+    .await;
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"k": 1}, "collation": {"locale": "simple"}},
+    )
+    .await;
+    let report = checks(&migrator_uri(&source), &migrator_uri(&destination)).await;
+    let collations = check(&report, "default collations (source)");
+    assert_eq!(collations.status, Status::Warn, "{collations:?}");
+    assert!(
+        collations
+            .message
+            .starts_with("non-simple default collation on app.people (fr)"),
+        "{collations:?}"
+    );
+    assert!(
+        collations
+            .message
+            .contains("unsharded, they keep it: app.notes (fr)"),
+        "{collations:?}"
+    );
+    assert!(report.passed(), "{report}");
+}

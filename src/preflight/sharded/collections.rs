@@ -331,7 +331,7 @@ pub(super) async fn collations(
                     .and_then(|c| c.get_str("locale"));
                 if let Ok(locale) = locale {
                     if locale != "simple" {
-                        found.push(format!("{db}.{coll} ({locale})"));
+                        found.push((format!("{db}.{coll}"), locale.to_string()));
                     }
                 }
             }
@@ -353,29 +353,71 @@ pub(super) async fn collations(
             "no migrated collection has a non-simple default collation",
         );
     }
-    if destination_sharded {
-        let how = if source_sharded {
-            "they are sharded there with the simple collation, as on the source, and keep their default collation"
-        } else {
-            "a collection sharded there must be sharded with the simple collation and needs a shard key index with the simple collation"
-        };
-        Check::warn(
+    let listed = found
+        .iter()
+        .map(|(ns, locale)| format!("{ns} ({locale})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !destination_sharded {
+        return Check::pass(
             name,
             format!(
-                "non-simple default collation on {} with a sharded destination: {how}",
-                found.join(", ")
+                "non-simple default collation on {listed}; they keep it on the replica set destination"
             ),
-            Some("queries that target one shard by key must use the simple collation; check the applications' queries on these collections".into()),
-        )
-    } else {
-        Check::pass(
-            name,
-            format!(
-                "non-simple default collation on {}; they keep it on the replica set destination",
-                found.join(", ")
-            ),
-        )
+        );
     }
+    // From a sharded source, only its sharded collections are sharded on the destination.
+    let (affected, unsharded) = if source_sharded {
+        let sharded: BTreeSet<String> = match sharded_collections(cluster).await {
+            Ok(c) => c
+                .iter()
+                .filter_map(|c| c.get_str("_id").ok().map(String::from))
+                .collect(),
+            Err(e) => {
+                return Check::fail(
+                    name,
+                    format!(
+                        "cannot read the source's sharded collections: {}",
+                        describe(&e)
+                    ),
+                    "grant the source user clusterMonitor (read on the config database)",
+                )
+            }
+        };
+        found.into_iter().partition(|(ns, _)| sharded.contains(ns))
+    } else {
+        (found, Vec::new())
+    };
+    let list = |v: &[(String, String)]| {
+        v.iter()
+            .map(|(ns, locale)| format!("{ns} ({locale})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unsharded_note = if unsharded.is_empty() {
+        String::new()
+    } else {
+        format!("; unsharded, they keep it: {}", list(&unsharded))
+    };
+    if affected.is_empty() {
+        return Check::pass(
+            name,
+            format!("no sharded collection has a non-simple default collation{unsharded_note}"),
+        );
+    }
+    let how = if source_sharded {
+        "they are sharded on the destination with the simple collation, as on the source, and keep their default collation"
+    } else {
+        "a collection sharded on the destination must be sharded with the simple collation and needs a shard key index with the simple collation"
+    };
+    Check::warn(
+        name,
+        format!(
+            "non-simple default collation on {}: {how}{unsharded_note}",
+            list(&affected)
+        ),
+        Some("queries that target one shard by its key must use the simple collation; check the applications' queries on these collections".into()),
+    )
 }
 
 #[cfg(test)]

@@ -112,3 +112,43 @@ async fn cmd_line_opts_carry_the_cluster_role() {
         .unwrap();
     assert_eq!(role(reply), None);
 }
+
+/// Pins the privilege of `$indexStats`: `indexStats` (clusterMonitor has it), not
+/// `find` — a user holding only `readAnyDatabase` is refused with 13 Unauthorized.
+#[tokio::test]
+async fn index_stats_needs_the_index_stats_privilege() {
+    let cluster = ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        balancer_interval: Duration::from_secs(3600),
+        users: vec![
+            ("admin".into(), "pw".into(), vec!["root".into()]),
+            ("reader".into(), "pw".into(), vec!["readAnyDatabase".into()]),
+            ("monitor".into(), "pw".into(), vec!["clusterMonitor".into()]),
+        ],
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    let admin = client_for(&cluster.router_uri_with_user("admin", "pw")).await;
+    common::shard_items(&admin, 0..4, &[]).await;
+    let index_stats = |user: &'static str| {
+        let uri = cluster.router_uri_with_user(user, "pw");
+        async move {
+            let client = client_for(&uri).await;
+            run(
+                &client,
+                "app",
+                doc! {"aggregate": "items", "pipeline": [{"$indexStats": {}}], "cursor": {}},
+            )
+            .await
+        }
+    };
+    let err = index_stats("reader").await.unwrap_err();
+    assert_eq!(common::code(&err), 13, "{err:?}");
+    let reply = index_stats("monitor").await.unwrap();
+    let batch = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 2, "_id_ and k_1 on shard0: {reply}");
+}

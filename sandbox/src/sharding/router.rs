@@ -150,6 +150,12 @@ async fn route(
         let reply = dispatch::run_command(&router.config, conn, cmd).await;
         return Ok(reply);
     }
+    // `$indexStats` needs its own privilege (clusterMonitor, dbAdmin), not `find`.
+    let action = if name == "aggregate" && index_stats::is_index_stats(&cmd) {
+        Some(Action::IndexStats)
+    } else {
+        action
+    };
     check_privileges(router, conn, &db, &cmd, &name, spec, action)?;
     // What error labelling needs to know of the command, kept before it moves.
     let label_fields: Document = cmd

@@ -26,6 +26,14 @@ pub enum TopologyKind {
     Sharded { shards: Vec<ShardInfo> },
     /// A single mongod without replication: it has no oplog, so it cannot be migrated live.
     Standalone,
+    /// A replica set that is one part of a sharded cluster, reached directly instead of
+    /// through a router: a shard (`clusterRole` `shardsvr`) or the config servers
+    /// (`configsvr`). Its data is only a slice of the cluster's, so it is not migrated
+    /// on its own.
+    ShardingMember {
+        set_name: String,
+        cluster_role: String,
+    },
 }
 
 impl TopologyKind {
@@ -36,7 +44,7 @@ impl TopologyKind {
         match self {
             TopologyKind::ReplicaSet { set_name, .. } => Some(set_name),
             TopologyKind::Sharded { shards } => shards.iter().map(|s| s.id.as_str()).min(),
-            TopologyKind::Standalone => None,
+            TopologyKind::Standalone | TopologyKind::ShardingMember { .. } => None,
         }
     }
 
@@ -61,6 +69,17 @@ impl fmt::Display for TopologyKind {
                 )
             }
             TopologyKind::Standalone => f.write_str("standalone server"),
+            TopologyKind::ShardingMember {
+                set_name,
+                cluster_role,
+            } => {
+                let what = if cluster_role == CONFIG_SERVER_ROLE {
+                    "the config server replica set"
+                } else {
+                    "a shard"
+                };
+                write!(f, "replica set {set_name}, {what} of a sharded cluster")
+            }
         }
     }
 }
@@ -117,10 +136,38 @@ fn strings(doc: &Document, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `clusterRole` of a config server replica set member.
+pub const CONFIG_SERVER_ROLE: &str = "configsvr";
+
+/// The sharding role of a replica set member, when it has one: `configsvr` when `hello`
+/// says so (`configsvr` field), else `parsed.sharding.clusterRole` of `getCmdLineOpts`
+/// (`shardsvr` on a shard). A user without `getCmdLineOpts` (clusterMonitor has it)
+/// cannot tell a shard from a replica set; that is taken as a replica set.
+async fn sharding_role(cluster: &Cluster, hello: &Document) -> Option<String> {
+    if hello.contains_key("configsvr") {
+        return Some(CONFIG_SERVER_ROLE.to_string());
+    }
+    let opts = cluster
+        .run("admin", doc! {"getCmdLineOpts": 1})
+        .await
+        .ok()?;
+    opts.get_document("parsed")
+        .and_then(|p| p.get_document("sharding"))
+        .and_then(|s| s.get_str("clusterRole"))
+        .ok()
+        .map(String::from)
+}
+
 /// Detects the topology from `hello` (and `listShards` on a mongos).
 pub async fn topology(cluster: &Cluster) -> Result<TopologyKind, ClusterError> {
     let hello = cluster.run("admin", doc! {"hello": 1}).await?;
     if let Ok(set_name) = hello.get_str("setName") {
+        if let Some(cluster_role) = sharding_role(cluster, &hello).await {
+            return Ok(TopologyKind::ShardingMember {
+                set_name: set_name.to_string(),
+                cluster_role,
+            });
+        }
         return Ok(TopologyKind::ReplicaSet {
             set_name: set_name.to_string(),
             hosts: strings(&hello, "hosts"),
@@ -347,6 +394,39 @@ pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterEr
         }
     }
     Ok(actions)
+}
+
+/// Whether the connection's users may `update` the namespace `db.coll` (by an exact,
+/// database-wide or any-resource privilege from `connectionStatus` with
+/// `showPrivileges`): `balancerStart` and `balancerStop` are authorized as updates of
+/// `config.settings`.
+pub async fn may_update(cluster: &Cluster, db: &str, coll: &str) -> Result<bool, ClusterError> {
+    let reply = cluster
+        .run(
+            "admin",
+            doc! {"connectionStatus": 1, "showPrivileges": true},
+        )
+        .await?;
+    let privileges = reply
+        .get_document("authInfo")
+        .and_then(|i| i.get_array("authenticatedUserPrivileges"))
+        .map_err(|_| {
+            unexpected(
+                cluster,
+                "connectionStatus",
+                "the reply lists no authenticatedUserPrivileges",
+            )
+        })?;
+    Ok(privileges.iter().filter_map(Bson::as_document).any(|p| {
+        let covers = p.get_document("resource").is_ok_and(|r| {
+            r.get_bool("anyResource").unwrap_or(false)
+                || (r.get_str("db") == Ok(db)
+                    && matches!(r.get_str("collection"), Ok(c) if c.is_empty() || c == coll))
+        });
+        covers
+            && p.get_array("actions")
+                .is_ok_and(|a| a.iter().any(|a| a.as_str() == Some("update")))
+    }))
 }
 
 /// Whether the balancer of a sharded cluster is enabled (`balancerStatus` mode other than

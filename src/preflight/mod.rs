@@ -10,7 +10,9 @@
 //! Checks, in report order:
 //! - `connectivity (side)`, `authentication (side)`: the server answers and accepts the
 //!   credentials in the URI (SCRAM).
-//! - `topology (side)`: a replica set or a sharded cluster; a standalone has no oplog.
+//! - `topology (side)`: a replica set or a sharded cluster (through its mongos); a
+//!   standalone has no oplog, and a shard or the config servers reached directly hold
+//!   only part of a cluster's data.
 //! - `version (side)`, `versions match`: both 6.0.17+ at FCV 6.0, or both 7.0.13+ at FCV
 //!   7.0, the same release on both sides.
 //! - `roles (side)`: the source user can read everything and its oplog (`backup` and
@@ -26,6 +28,8 @@
 //! - `write block privilege (source)`: with `cutover.enforce_write_block`, the source
 //!   user holds the `setUserWriteBlockMode` privilege (checked by privilege, not role).
 //! - `time-series collections (source)`: none in scope (they cannot be kept in sync).
+//! - On a sharded side, the checks of [`sharded`]: config servers, roles and versions on
+//!   every node, the balancer, orphans, indexes per shard, zones, collations, shard keys.
 
 use std::fmt;
 use std::path::Path;
@@ -38,6 +42,8 @@ use crate::checkpoint::lease::{process_owner, LeaseRecord};
 use crate::cluster::topology::{self, AuthInfo, ServerVersion, TopologyKind};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::{self, Config, ConnectionConfig};
+
+mod sharded;
 
 /// Database of Ferry's bookkeeping on the destination, where the migration lease lives.
 pub const LOCK_DB: &str = "__ferry";
@@ -258,6 +264,7 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(oplog_window(config, &source).await);
     checks.push(write_block_privilege(config, &source).await);
     checks.push(time_series(config, &source).await);
+    checks.extend(sharded::checks(config, &source, &destination).await);
     PreflightReport { checks }
 }
 
@@ -503,6 +510,14 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
                 format!("convert it to a replica set (set replication.replSetName, restart, run rs.initiate()) and point {side}.uri at it"),
             ));
             p.topology = Some(TopologyKind::Standalone);
+        }
+        Ok(kind @ TopologyKind::ShardingMember { .. }) => {
+            p.checks.push(Check::fail(
+                &names[2],
+                format!("{side}.uri reaches {kind}: it holds only part of the cluster's data, and Ferry reads and writes a sharded cluster through its router"),
+                format!("point {side}.uri at the cluster's mongos (router) instead"),
+            ));
+            p.topology = Some(kind);
         }
         Ok(kind) => {
             p.checks.push(Check::pass(&names[2], kind.to_string()));

@@ -36,6 +36,8 @@ pub enum Action {
     DropDatabase,
     ListCollections,
     ListIndexes,
+    /// `$indexStats`.
+    IndexStats,
     ListDatabases,
     CollStats,
     DbStats,
@@ -84,6 +86,7 @@ impl Action {
         DropDatabase,
         ListCollections,
         ListIndexes,
+        IndexStats,
         ListDatabases,
         CollStats,
         DbStats,
@@ -129,6 +132,7 @@ impl Action {
             DropDatabase => "dropDatabase",
             ListCollections => "listCollections",
             ListIndexes => "listIndexes",
+            IndexStats => "indexStats",
             ListDatabases => "listDatabases",
             CollStats => "collStats",
             DbStats => "dbStats",
@@ -302,6 +306,7 @@ const WRITE: &[Action] = &[
 
 const DB_ADMIN: &[Action] = &[
     CollStats,
+    IndexStats,
     DbStats,
     DbHash,
     ListCollections,
@@ -476,7 +481,7 @@ fn role_privileges(role: &str, on: &str, out: &mut Vec<Privilege>) {
             out.push((db("config"), CONFIG_READ));
             out.push((ns("config", "system.sessions"), CONFIG_READ));
             out.push((ns("local", "system.replset"), &[Find]));
-            out.push((Resource::AnyNormal, &[CollStats, DbStats]));
+            out.push((Resource::AnyNormal, &[CollStats, DbStats, IndexStats]));
         }
         "clusterManager" => {
             out.push((Resource::Cluster, CLUSTER_MANAGER));

@@ -137,6 +137,15 @@ pub fn get_cmd_line_opts(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         "replication": {"replSetName": options.set_name.clone()},
         "setParameter": {"enableTestCommands": "1"},
     };
+    let cluster_role = match options.role {
+        crate::sharding::NodeRole::ShardServer => Some("shardsvr"),
+        crate::sharding::NodeRole::ConfigServer => Some("configsvr"),
+        _ => None,
+    };
+    if let Some(role) = cluster_role {
+        argv.push(format!("--{role}").into());
+        parsed.insert("sharding", doc! {"clusterRole": role});
+    }
     if !ctx.server.users.is_empty() {
         argv.push("--auth".into());
         parsed.insert("security", doc! {"authorization": "enabled"});

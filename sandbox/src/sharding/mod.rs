@@ -34,6 +34,7 @@
 //! - [`membership`]: `addShard` (of a shard started in-process), `removeShard`
 //!   (draining) and `movePrimary`.
 //! - [`distribution`]: `$shardedDataDistribution` (owned and orphaned documents).
+//! - [`index_stats`]: `$indexStats` per shard holding the collection.
 //! - [`stream_command`]: `aggregate` with `$changeStream` and `getMore` on the router.
 //! - [`stream`]: the router's change stream, merging the shards' streams in cluster-time
 //!   order, held back by a shard that has not reported past an event.
@@ -73,6 +74,7 @@ pub mod cluster_admin;
 pub mod ddl;
 pub mod distribution;
 pub mod forward;
+pub mod index_stats;
 pub mod membership;
 pub mod merge;
 pub mod migration;

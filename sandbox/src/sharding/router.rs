@@ -17,8 +17,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, ddl, distribution, merge, routing, sharding_admin, stream_command,
-    Router, Shard,
+    catalog, cluster_admin, ddl, distribution, index_stats, merge, routing, sharding_admin,
+    stream_command, Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -150,6 +150,12 @@ async fn route(
         let reply = dispatch::run_command(&router.config, conn, cmd).await;
         return Ok(reply);
     }
+    // `$indexStats` needs its own privilege (clusterMonitor, dbAdmin), not `find`.
+    let action = if name == "aggregate" && index_stats::is_index_stats(&cmd) {
+        Some(Action::IndexStats)
+    } else {
+        action
+    };
     check_privileges(router, conn, &db, &cmd, &name, spec, action)?;
     // What error labelling needs to know of the command, kept before it moves.
     let label_fields: Document = cmd
@@ -180,6 +186,9 @@ async fn route(
         }
         "aggregate" if distribution::is_distribution(&cmd) => {
             distribution::aggregate(router, &db, &cmd)
+        }
+        "aggregate" if index_stats::is_index_stats(&cmd) => {
+            index_stats::aggregate(router, &db, &cmd)
         }
         n if ROUTER_COMMANDS.iter().any(|(c, _)| *c == n) => {
             sharding_admin::run(router, conn, &db, &cmd, &name).await

@@ -27,6 +27,8 @@
 //!   user holds the `setUserWriteBlockMode` privilege (checked by privilege, not role).
 //! - `time-series collections (source)`: none in scope (they cannot be kept in sync).
 
+mod sharding_entries;
+
 use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -258,6 +260,7 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(oplog_window(config, &source).await);
     checks.push(write_block_privilege(config, &source).await);
     checks.push(time_series(config, &source).await);
+    checks.push(sharding_entries::check(config, &source, &destination).await);
     PreflightReport { checks }
 }
 

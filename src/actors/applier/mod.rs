@@ -27,6 +27,8 @@ use actix::prelude::*;
 use bson::raw::{RawArray, RawArrayBuf, RawBsonRef, RawDocument};
 use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 
+mod shard_collection;
+
 use super::SharedEngine;
 use crate::cluster::ClusterError;
 
@@ -66,6 +68,10 @@ pub enum ApplyError {
         /// A stepdown or a timeout: applying again (idempotent) may pass.
         transient: bool,
     },
+    /// The destination cannot follow a change (e.g. a collection sharded differently);
+    /// retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -1002,6 +1008,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             }
             ignore(&[26])(dest.run(&db, cmd).await)
         }
+        "shardCollection" => shard_collection::apply(engine, &db, &coll, &desc).await,
         _ => Ok(()),
     }
 }

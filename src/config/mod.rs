@@ -22,6 +22,8 @@ mod sharding;
 mod validate;
 
 #[cfg(test)]
+mod sharding_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

@@ -397,12 +397,14 @@ pub(super) fn resolve(
                 entries
             }
             Err(e) => {
+                let what = if e.kind() == std::io::ErrorKind::NotFound {
+                    format!("file not found: {}", path.display())
+                } else {
+                    format!("cannot read {}: {e}", path.display())
+                };
                 issues.push(ConfigIssue::new(
                     "sharding.entries_file",
-                    format!(
-                        "cannot read {}: {e}; check the path (relative paths are resolved against the config file's directory)",
-                        path.display()
-                    ),
+                    format!("{what}; check the path (relative paths are resolved against the config file's directory)"),
                 ));
                 return issues;
             }

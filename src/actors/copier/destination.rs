@@ -212,6 +212,7 @@ async fn prepare(
             .await?;
             sharding::enable_sharding(dest, &target.db).await?;
             sharding::shard_collection(dest, &ns, &target.key, target.unique).await?;
+            engine.destination_keys.set(&ns, &target.key);
             tracing::info!(ns = %ns, key = %target.key, unique = target.unique, "sharded on the destination");
         }
     }
@@ -395,6 +396,7 @@ pub async fn shard_from_event(
     }
     sharding::enable_sharding(dest, db).await?;
     sharding::shard_collection(dest, &ns, key, unique).await?;
+    engine.destination_keys.set(&ns, key);
     tracing::info!(ns = %ns, key = %key, unique, "sharded on the destination, as on the source");
     Ok(())
 }

@@ -116,6 +116,25 @@ async fn replica_set_to_sharded_with_ranged_compound_and_hashed_keys_under_write
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     load.advance(40).await;
     load.stop().await;
+    // Shard key changes on the source (which knows nothing of shard keys): an update
+    // and a replacement move documents to other destination chunks.
+    let mixed = t.src.database("app").collection::<Document>("mixed");
+    for (i, email) in [
+        (12usize, "aaa-first@example.com"),
+        (13, "zzz-last@example.com"),
+    ] {
+        mixed
+            .update_one(doc! {"_id": mixed_id(i)}, doc! {"$set": {"email": email}})
+            .await
+            .expect("update of the shard key field");
+    }
+    mixed
+        .replace_one(
+            doc! {"_id": mixed_id(14)},
+            doc! {"email": "mmm-middle@example.com", "replaced": true},
+        )
+        .await
+        .expect("replacement with another shard key");
     cutover_and_complete(m).await;
 
     assert_sharded_and_spread(&t.dst, "app.mixed", doc! {"email": 1}, true).await;
@@ -204,7 +223,7 @@ async fn two_shards_to_three_keep_keys_and_boundaries() {
     t.src
         .database("app")
         .collection::<Document>("tokens")
-        .insert_many((0..400).map(|i| doc! {"_id": i as i32, "owner": format!("u{i}")}))
+        .insert_many((0..400).map(|i| doc! {"_id": i, "owner": format!("u{i}")}))
         .await
         .expect("seed tokens");
     let load = Workload::start(t.src.clone(), "app", 1000);
@@ -286,9 +305,10 @@ async fn shard_collection_during_sync_shards_the_destination() {
     assert_same(&t.src, &t.dst).await;
 }
 
-/// Pins: a restart after a crash in the middle of the copy must not fail on "already
-/// sharded" (the collections were sharded with the same keys before the crash) and
-/// converges; the destination keeps the keys it was given.
+/// A restart after a crash in the middle of the copy finds its collections already
+/// sharded with the same keys (by the first run, before it copied them): preparing the
+/// destination again accepts them instead of failing, and the copy converges with the
+/// keys the first run gave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_copy_finds_its_collections_already_sharded() {
     let t = Topologies::start(0, 2).await;
@@ -320,6 +340,33 @@ async fn a_restart_mid_copy_finds_its_collections_already_sharded() {
     assert_sharded_and_spread(&t.dst, "app.counters", doc! {"_id": "hashed"}, false).await;
     add_to_source(&t.src, "app", "events", doc! {"kind": 1, "at": 1}).await;
     add_to_source(&t.src, "app", "counters", doc! {"_id": "hashed"}).await;
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// On a replica-set destination a `shardCollection` on the source has nothing to follow:
+/// it is logged and the migration converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_collection_during_sync_is_ignored_by_a_replica_set_destination() {
+    let t = Topologies::start(2, 0).await;
+    let late = t.src.database("app").collection::<Document>("late");
+    late.create_index(IndexModel::builder().keys(doc! {"g": 1}).build())
+        .await
+        .expect("index");
+    late.insert_many((0..200).map(|i| doc! {"_id": i, "g": i % 10}))
+        .await
+        .expect("seed late");
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    shard_collection(&t.src, "app.late", doc! {"g": 1}).await;
+    late.insert_many((200..260).map(|i| doc! {"_id": i, "g": i % 10}))
+        .await
+        .expect("writes after sharding");
+    let target = applied(&m.progress) + 60;
+    poll("the writes after sharding to be applied", || {
+        applied(&m.progress) >= target
+    })
+    .await;
+    cutover_and_complete(m).await;
     assert_same(&t.src, &t.dst).await;
 }
 

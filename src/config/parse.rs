@@ -65,12 +65,9 @@ pub(super) fn parse_config(
         resolve_paths(&mut config, base);
     }
     let filter = config.namespace_filter().ok();
-    let allows = filter
-        .as_ref()
-        .map(|f| move |db: &str, coll: &str| f.allows(db, coll));
     issues.extend(super::sharding::resolve(
         &mut config.sharding,
-        allows.as_ref().map(|f| f as &dyn Fn(&str, &str) -> bool),
+        filter.as_ref(),
     ));
 
     let is_poisoned = |key: &str| {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use bson::{Bson, Document};
 use serde::Deserialize;
 
-use super::ConfigIssue;
+use super::{ConfigIssue, NamespaceFilter};
 
 /// Default `sharding.create_supporting_indexes`: the destination collection is empty
 /// when it is sharded, so creating the shard key's index there costs nothing, while
@@ -357,11 +357,11 @@ fn file_entries(text: &str, issues: &mut Vec<(String, String)>) -> Vec<ShardingE
 }
 
 /// Reads and checks the entries (from the file or inline), stores them in `resolved`,
-/// and returns every problem under its dotted key. `allows` says whether `[filter]`
-/// migrates a namespace (None when the filter itself is invalid).
+/// and returns every problem under its dotted key. `filter` is `[filter]` compiled
+/// (None when it is itself invalid): an entry it leaves out is an error.
 pub(super) fn resolve(
     sharding: &mut ShardingConfig,
-    allows: Option<&dyn Fn(&str, &str) -> bool>,
+    filter: Option<&NamespaceFilter>,
 ) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let mut found: Vec<(String, String)> = Vec::new();
@@ -435,8 +435,8 @@ pub(super) fn resolve(
                     e.namespace()
                 ),
             ));
-        } else if let Some(allows) = allows {
-            if !allows(&e.database, &e.collection) {
+        } else if let Some(filter) = filter {
+            if !filter.allows(&e.database, &e.collection) {
                 issues.push(ConfigIssue::new(
                     key,
                     format!(

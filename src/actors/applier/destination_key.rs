@@ -190,6 +190,10 @@ fn key_replacements(statements: Vec<RawDocumentBuf>, fields: &[String]) -> Keyed
 impl Target<'_> {
     /// The namespace's shard key fields on the destination, when events do not carry them.
     async fn destination_key(&self) -> Result<Option<Vec<String>>, ApplyError> {
+        // A replica set has no shard keys (and its user may not read `config`).
+        if !self.engine.destination_topology.is_sharded() {
+            return Ok(None);
+        }
         Ok(self
             .engine
             .destination_keys

@@ -314,13 +314,13 @@ async fn a_restart_mid_copy_finds_its_collections_already_sharded() {
     let t = Topologies::start(0, 2).await;
     seed(&t.src, "app", 2000).await;
     let cfg = t.config(&format!(
-        "{RS_TO_SHARDED_ENTRIES}[copy]\nbatch_max_documents = 200\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n"
+        "{RS_TO_SHARDED_ENTRIES}[copy]\nbatch_max_documents = 100\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n"
     ));
     let router = match &t.destination {
         Deployment::Sharded(c) => c.router(),
         Deployment::ReplicaSet(_) => unreachable!("the destination is sharded"),
     };
-    router.set_latency(Duration::from_millis(10));
+    router.set_latency(Duration::from_millis(25));
     let m = start(cfg.clone()).await;
     poll("the copy to start", || copied(&m.progress) > 0).await;
     assert_eq!(

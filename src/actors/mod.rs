@@ -53,6 +53,8 @@ pub struct Engine {
     pub baseline: verifier::baseline::Tracker,
     /// The generation of the running workers: a restart after a failure starts a new one.
     pub generation: WorkerGeneration,
+    /// Shard keys of the destination's collections, for writes whose events lack them.
+    pub destination_keys: applier::DestinationKeys,
 }
 
 /// Which restart of the workers is the current one. A worker remembers the generation it
@@ -100,6 +102,7 @@ impl Engine {
             checkpoints,
             progress,
             generation: Default::default(),
+            destination_keys: Default::default(),
         })
     }
 }

@@ -13,6 +13,7 @@ use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
 pub mod namespaces;
 pub mod nodes;
+pub mod sharding;
 pub mod topology;
 
 /// Which deployment an operation ran against.

@@ -18,8 +18,11 @@
 mod filter;
 mod parse;
 mod redact;
+mod sharding;
 mod validate;
 
+#[cfg(test)]
+mod sharding_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +34,10 @@ use serde::Deserialize;
 
 pub use filter::{NamespaceFilter, NEVER_MIGRATED_DATABASES};
 pub use redact::{redacted_uri, redacted_url};
+pub use sharding::{
+    KeyKind, ShardKeySpec, ShardingConfig, ShardingEntry, ShardingEntryConfig,
+    DEFAULT_SHARDING_CREATE_SUPPORTING_INDEXES,
+};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -256,6 +263,7 @@ pub struct Config {
     pub cutover: CutoverConfig,
     pub notify: NotifyConfig,
     pub log: LogConfig,
+    pub sharding: ShardingConfig,
 }
 
 /// How to connect to a cluster; the common part of `[source]` and

@@ -64,6 +64,11 @@ pub(super) fn parse_config(
     if let Some(base) = base_dir {
         resolve_paths(&mut config, base);
     }
+    let filter = config.namespace_filter().ok();
+    issues.extend(super::sharding::resolve(
+        &mut config.sharding,
+        filter.as_ref(),
+    ));
 
     let is_poisoned = |key: &str| {
         poisoned.iter().any(|p| {
@@ -102,6 +107,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     fix(&mut config.notify.webhook_ca_file);
     fix(&mut config.api.tls_cert_file);
     fix(&mut config.api.tls_key_file);
+    fix(&mut config.sharding.entries_file);
 }
 
 // ---------------------------------------------------------------------------

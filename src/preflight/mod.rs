@@ -30,6 +30,10 @@
 //! - `time-series collections (source)`: none in scope (they cannot be kept in sync).
 //! - On a sharded side, the checks of [`sharded`]: config servers, roles and versions on
 //!   every node, the balancer, orphans, indexes per shard, zones, collations, shard keys.
+//! - `sharding entries`: each `[sharding]` entry names a source collection that can be
+//!   sharded on its key on the destination (see [`sharding_entries`]).
+
+mod sharding_entries;
 
 use std::fmt;
 use std::path::Path;
@@ -265,6 +269,7 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(write_block_privilege(config, &source).await);
     checks.push(time_series(config, &source).await);
     checks.extend(sharded::checks(config, &source, &destination).await);
+    checks.push(sharding_entries::check(config, &source, &destination).await);
     PreflightReport { checks }
 }
 

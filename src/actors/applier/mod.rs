@@ -27,6 +27,11 @@ use actix::prelude::*;
 use bson::raw::{RawArray, RawArrayBuf, RawBsonRef, RawDocument};
 use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
 
+mod destination_key;
+mod shard_collection;
+
+pub use destination_key::DestinationKeys;
+
 use super::SharedEngine;
 use crate::cluster::ClusterError;
 
@@ -66,6 +71,10 @@ pub enum ApplyError {
         /// A stepdown or a timeout: applying again (idempotent) may pass.
         transient: bool,
     },
+    /// The destination cannot follow a change (e.g. a collection sharded differently);
+    /// retrying cannot help.
+    #[error("{0}")]
+    Refused(String),
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -574,6 +583,9 @@ impl Target<'_> {
         bodies: Vec<RawDocumentBuf>,
         mut keys: Vec<RawDocumentBuf>,
     ) -> Result<(), ApplyError> {
+        if self.updates_move_key(&bodies).await? {
+            return self.refetch(&keys).await;
+        }
         // Kept (one buffer) so the statements after a failed one can be sent again.
         let mut statements = array_of(bodies);
         while !keys.is_empty() {
@@ -725,6 +737,7 @@ impl Target<'_> {
     /// that document is deleted by key and the event's document inserted, then the rest
     /// go on in order.
     async fn replace_batch(&self, statements: Vec<RawDocumentBuf>) -> Result<(), ApplyError> {
+        let statements = self.keyed_replacements(statements).await?;
         // One buffer, sent as is; rebuilt only after the rare fallback.
         let mut left = statements.len();
         let mut statements: RawArrayBuf = statements.into_iter().collect();
@@ -1103,6 +1116,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             }
             ignore(&[26])(dest.run(&db, cmd).await)
         }
+        "shardCollection" => shard_collection::apply(engine, &db, &coll, &desc).await,
         _ => Ok(()),
     }
 }

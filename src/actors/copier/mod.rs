@@ -11,6 +11,8 @@ use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
+pub mod destination;
+
 use super::applier::relaxed_index;
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
@@ -336,6 +338,7 @@ async fn prepare_destination(
         }
         summary.collections += 1;
     }
+    destination::shard_collections(engine, plan).await?;
     for ns in plan.iter().filter(|n| n.is_view) {
         let mut cmd = doc! {"create": &ns.coll};
         cmd.extend(ns.options.clone());

@@ -203,15 +203,29 @@ async fn compare(
                 detail: format!("source options {} vs destination {}", s.options, d.options),
             });
         }
-        if s.indexes != d.indexes {
+        // A shard key's supporting index that Ferry created (the source had none) is
+        // expected on the destination only.
+        let dest_indexes: BTreeMap<String, Document> = d
+            .indexes
+            .iter()
+            .filter(|(name, spec)| {
+                s.indexes.contains_key(*name)
+                    || !crate::actors::copier::destination::is_added_supporting_index(
+                        &engine.config,
+                        ns,
+                        spec,
+                    )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if s.indexes != dest_indexes {
             let only_source: Vec<&String> = s
                 .indexes
                 .iter()
-                .filter(|(k, v)| d.indexes.get(*k) != Some(v))
+                .filter(|(k, v)| dest_indexes.get(*k) != Some(v))
                 .map(|(k, _)| k)
                 .collect();
-            let only_dest: Vec<&String> = d
-                .indexes
+            let only_dest: Vec<&String> = dest_indexes
                 .iter()
                 .filter(|(k, v)| s.indexes.get(*k) != Some(v))
                 .map(|(k, _)| k)

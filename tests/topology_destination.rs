@@ -1,0 +1,390 @@
+//! Sharded destinations: a replica set migrated into a sharded cluster with the
+//! `[sharding]` entries (ranged, hashed and compound keys, with and without supporting
+//! indexes on the source), a two-shard source into three shards keeping its keys and
+//! chunk boundaries, a `shardCollection` on the source during sync, and a restart in the
+//! middle of the copy. Each run ends with every document and index compared, the
+//! destination's catalog checked (key, unique) and documents found on more than one
+//! destination shard (the collections were pre-split and spread before the copy).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+use common::sharded::{shard_collection, shard_key, split_and_move, Deployment, Topologies};
+use common::*;
+use ferry::preflight::Status;
+use ferry::progress::Phase;
+use futures_util::TryStreamExt;
+use mongodb::options::IndexOptions;
+use mongodb::{Client, IndexModel};
+
+/// The destination's `config.collections` entry of `ns`.
+async fn catalog_entry(client: &Client, ns: &str) -> Option<Document> {
+    client
+        .database("config")
+        .collection::<Document>("collections")
+        .find_one(doc! {"_id": ns})
+        .await
+        .expect("read config.collections")
+}
+
+/// Documents each shard owns of `ns`, from `$shardedDataDistribution`.
+async fn owned_by_shard(client: &Client, ns: &str) -> BTreeMap<String, i64> {
+    let rows: Vec<Document> = client
+        .database("admin")
+        .aggregate(vec![
+            doc! {"$shardedDataDistribution": {}},
+            doc! {"$match": {"ns": ns}},
+        ])
+        .await
+        .expect("$shardedDataDistribution")
+        .try_collect()
+        .await
+        .expect("distribution rows");
+    let mut out = BTreeMap::new();
+    for row in rows {
+        for shard in row.get_array("shards").cloned().unwrap_or_default() {
+            let Some(shard) = shard.as_document() else {
+                continue;
+            };
+            let owned = match shard.get("numOwnedDocuments") {
+                Some(Bson::Int32(n)) => *n as i64,
+                Some(Bson::Int64(n)) => *n,
+                _ => 0,
+            };
+            out.insert(
+                shard.get_str("shardName").unwrap_or_default().to_string(),
+                owned,
+            );
+        }
+    }
+    out
+}
+
+/// Asserts `ns` is sharded on the destination on `key` (with `unique`) and that more than
+/// one destination shard owns its documents.
+async fn assert_sharded_and_spread(dst: &Client, ns: &str, key: Document, unique: bool) {
+    let entry = catalog_entry(dst, ns)
+        .await
+        .unwrap_or_else(|| panic!("{ns} is not sharded on the destination"));
+    let got = entry.get_document("key").cloned().unwrap_or_default();
+    assert_eq!(
+        got.iter().collect::<Vec<_>>(),
+        key.iter().collect::<Vec<_>>(),
+        "{ns}: destination shard key"
+    );
+    assert_eq!(
+        entry.get_bool("unique").unwrap_or(false),
+        unique,
+        "{ns}: destination unique"
+    );
+    let owned = owned_by_shard(dst, ns).await;
+    let loaded = owned.values().filter(|n| **n > 0).count();
+    assert!(
+        loaded > 1,
+        "{ns}: only {loaded} destination shard(s) hold documents: {owned:?}"
+    );
+}
+
+/// Creates on the source an index Ferry created on the destination only (the shard key's
+/// supporting index), so that comparing every index then shows nothing else differs.
+async fn add_to_source(src: &Client, db: &str, coll: &str, key: Document) {
+    src.database(db)
+        .collection::<Document>(coll)
+        .create_index(IndexModel::builder().keys(key).build())
+        .await
+        .expect("create the supporting index on the source for the comparison");
+}
+
+const RS_TO_SHARDED_ENTRIES: &str = "[sharding]\ncreate_supporting_indexes = true\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"mixed\"\nkey = [{email = 1}]\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"events\"\nkey = [{kind = 1}, {at = 1}]\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"counters\"\nkey = [{_id = \"hashed\"}]\n";
+
+/// Replica set -> two shards, with a live workload during the copy and the sync: a
+/// ranged key backed by a unique source index (sharded unique), a compound ranged key
+/// and a hashed key, both without an index on the source (created on the destination).
+/// Every document and index arrives, each collection is sharded as configured and
+/// spread over both shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_set_to_sharded_with_ranged_compound_and_hashed_keys_under_writes() {
+    let t = Topologies::start(0, 2).await;
+    seed(&t.src, "app", 1500).await;
+    let load = Workload::start(t.src.clone(), "app", 1500);
+    let m = start(t.config(RS_TO_SHARDED_ENTRIES)).await;
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    load.advance(20).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.advance(40).await;
+    load.stop().await;
+    // Shard key changes on the source (which knows nothing of shard keys): an update
+    // and a replacement move documents to other destination chunks.
+    let mixed = t.src.database("app").collection::<Document>("mixed");
+    for (i, email) in [
+        (12usize, "aaa-first@example.com"),
+        (13, "zzz-last@example.com"),
+    ] {
+        mixed
+            .update_one(doc! {"_id": mixed_id(i)}, doc! {"$set": {"email": email}})
+            .await
+            .expect("update of the shard key field");
+    }
+    mixed
+        .replace_one(
+            doc! {"_id": mixed_id(14)},
+            doc! {"email": "mmm-middle@example.com", "replaced": true},
+        )
+        .await
+        .expect("replacement with another shard key");
+    cutover_and_complete(m).await;
+
+    assert_sharded_and_spread(&t.dst, "app.mixed", doc! {"email": 1}, true).await;
+    assert_sharded_and_spread(&t.dst, "app.events", doc! {"kind": 1, "at": 1}, false).await;
+    assert_sharded_and_spread(&t.dst, "app.counters", doc! {"_id": "hashed"}, false).await;
+    add_to_source(&t.src, "app", "events", doc! {"kind": 1, "at": 1}).await;
+    add_to_source(&t.src, "app", "counters", doc! {"_id": "hashed"}).await;
+    let compared = assert_same(&t.src, &t.dst).await;
+    assert!(compared >= 4500, "compared only {compared} documents");
+}
+
+/// With `create_supporting_indexes = false`, a shard key without an index on the source
+/// is refused before anything is copied, naming the collection, the key and the fix.
+/// Once the index exists on the source, the same config migrates, and the destination's
+/// indexes are exactly the source's (nothing was added).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_supporting_indexes_the_source_index_is_required() {
+    let t = Topologies::start(0, 2).await;
+    let orders = t.src.database("shop").collection::<Document>("orders");
+    orders
+        .insert_many((0..600).map(|i| {
+            doc! {"_id": i as i32, "region": (["eu", "us", "ap"][i % 3]), "customer": format!("c{:04}", i % 97), "total": i as f64}
+        }))
+        .await
+        .expect("seed orders");
+    let cfg = t.config("[sharding]\ncreate_supporting_indexes = false\n[[sharding.entries]]\ndatabase = \"shop\"\ncollection = \"orders\"\nkey = [{region = 1}, {customer = 1}]\n");
+
+    let report = ferry::preflight::run_checks(&cfg).await;
+    let check = report
+        .check("sharding entries")
+        .expect("the report has a sharding entries line");
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(
+        check.message.contains("shop.orders")
+            && check.message.contains("region")
+            && check.message.contains("create_supporting_indexes = false"),
+        "the failure names the collection, the key and the setting: {}",
+        check.message
+    );
+
+    orders
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"region": 1, "customer": 1, "total": -1})
+                .options(
+                    IndexOptions::builder()
+                        .name("by_region".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("index on the source");
+    let report = ferry::preflight::run_checks(&cfg).await;
+    assert_eq!(
+        report.check("sharding entries").map(|c| c.status),
+        Some(Status::Pass),
+        "{report}"
+    );
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    assert_sharded_and_spread(
+        &t.dst,
+        "shop.orders",
+        doc! {"region": 1, "customer": 1},
+        false,
+    )
+    .await;
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// Two source shards -> three destination shards: each sharded collection keeps its key,
+/// `unique` and hashed setting; the ranged one gets the source's chunk boundaries and is
+/// spread over the destination's shards; an unsharded collection stays unsharded. A live
+/// workload writes to the source throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_to_three_keep_keys_and_boundaries() {
+    let t = Topologies::start(2, 3).await;
+    seed(&t.src, "app", 1000).await;
+    // counters: ranged on _id, split at 300 and 700, chunks on both source shards.
+    shard_collection(&t.src, "app.counters", doc! {"_id": 1}).await;
+    split_and_move(&t.src, "app.counters", doc! {"_id": 300i64}, "shard1").await;
+    split_and_move(&t.src, "app.counters", doc! {"_id": 700i64}, "shard0").await;
+    // tokens: hashed, sharded empty (pre-split over the source's shards), then filled.
+    shard_collection(&t.src, "app.tokens", doc! {"owner": "hashed"}).await;
+    t.src
+        .database("app")
+        .collection::<Document>("tokens")
+        .insert_many((0..400).map(|i| doc! {"_id": i, "owner": format!("u{i}")}))
+        .await
+        .expect("seed tokens");
+    let load = Workload::start(t.src.clone(), "app", 1000);
+    let m = start(t.config("")).await;
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    load.advance(30).await;
+    load.stop().await;
+    cutover_and_complete(m).await;
+
+    assert_sharded_and_spread(&t.dst, "app.counters", doc! {"_id": 1}, false).await;
+    assert_sharded_and_spread(&t.dst, "app.tokens", doc! {"owner": "hashed"}, false).await;
+    assert_eq!(
+        shard_key(&t.dst, "app.mixed").await,
+        None,
+        "a collection unsharded on the source stays unsharded"
+    );
+    // The destination's chunks start where the source's do.
+    let uuid = catalog_entry(&t.dst, "app.counters")
+        .await
+        .and_then(|e| e.get("uuid").cloned())
+        .expect("destination uuid");
+    let mins: Vec<Document> = t
+        .dst
+        .database("config")
+        .collection::<Document>("chunks")
+        .find(doc! {"uuid": uuid})
+        .await
+        .expect("chunks")
+        .try_collect::<Vec<Document>>()
+        .await
+        .expect("chunk batch")
+        .into_iter()
+        .filter_map(|c| c.get_document("min").ok().cloned())
+        .collect();
+    for bound in [doc! {"_id": 300i64}, doc! {"_id": 700i64}] {
+        assert!(
+            mins.contains(&bound),
+            "no chunk starts at {bound}: {mins:?}"
+        );
+    }
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// A collection sharded on the source during sync is sharded the same way on a sharded
+/// destination (it holds documents by then, so the source's supporting index comes
+/// along), and writes after it converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_collection_during_sync_shards_the_destination() {
+    let t = Topologies::start(2, 2).await;
+    let late = t.src.database("app").collection::<Document>("late");
+    late.create_index(IndexModel::builder().keys(doc! {"g": 1}).build())
+        .await
+        .expect("index");
+    late.insert_many((0..300).map(|i| doc! {"_id": i, "g": i % 10, "v": 0}))
+        .await
+        .expect("seed late");
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_eq!(shard_key(&t.dst, "app.late").await, None);
+    shard_collection(&t.src, "app.late", doc! {"g": 1}).await;
+    late.insert_many((300..400).map(|i| doc! {"_id": i, "g": i % 10, "v": 1}))
+        .await
+        .expect("writes after sharding");
+    late.update_many(doc! {"g": 3}, doc! {"$set": {"v": 2}})
+        .await
+        .expect("update after sharding");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while shard_key(&t.dst, "app.late").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never sharded app.late"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cutover_and_complete(m).await;
+    let entry = catalog_entry(&t.dst, "app.late").await.expect("sharded");
+    assert_eq!(entry.get_document("key").ok(), Some(&doc! {"g": 1}));
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// A restart after a crash in the middle of the copy finds its collections already
+/// sharded with the same keys (by the first run, before it copied them): preparing the
+/// destination again accepts them instead of failing, and the copy converges with the
+/// keys the first run gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_copy_finds_its_collections_already_sharded() {
+    let t = Topologies::start(0, 2).await;
+    seed(&t.src, "app", 2000).await;
+    let cfg = t.config(&format!(
+        "{RS_TO_SHARDED_ENTRIES}[copy]\nbatch_max_documents = 100\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n"
+    ));
+    let router = match &t.destination {
+        Deployment::Sharded(c) => c.router(),
+        Deployment::ReplicaSet(_) => unreachable!("the destination is sharded"),
+    };
+    router.set_latency(Duration::from_millis(25));
+    let m = start(cfg.clone()).await;
+    poll("the copy to start", || copied(&m.progress) > 0).await;
+    assert_eq!(
+        m.progress.phase(),
+        Phase::Copying,
+        "the copy ended too soon"
+    );
+    abort(m).await;
+    assert!(
+        catalog_entry(&t.dst, "app.mixed").await.is_some(),
+        "the first run sharded app.mixed before copying it"
+    );
+    router.set_latency(Duration::ZERO);
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    assert_sharded_and_spread(&t.dst, "app.mixed", doc! {"email": 1}, true).await;
+    assert_sharded_and_spread(&t.dst, "app.counters", doc! {"_id": "hashed"}, false).await;
+    add_to_source(&t.src, "app", "events", doc! {"kind": 1, "at": 1}).await;
+    add_to_source(&t.src, "app", "counters", doc! {"_id": "hashed"}).await;
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// On a replica-set destination a `shardCollection` on the source has nothing to follow:
+/// it is logged and the migration converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_collection_during_sync_is_ignored_by_a_replica_set_destination() {
+    let t = Topologies::start(2, 0).await;
+    let late = t.src.database("app").collection::<Document>("late");
+    late.create_index(IndexModel::builder().keys(doc! {"g": 1}).build())
+        .await
+        .expect("index");
+    late.insert_many((0..200).map(|i| doc! {"_id": i, "g": i % 10}))
+        .await
+        .expect("seed late");
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    shard_collection(&t.src, "app.late", doc! {"g": 1}).await;
+    late.insert_many((200..260).map(|i| doc! {"_id": i, "g": i % 10}))
+        .await
+        .expect("writes after sharding");
+    let target = applied(&m.progress) + 60;
+    poll("the writes after sharding to be applied", || {
+        applied(&m.progress) >= target
+    })
+    .await;
+    cutover_and_complete(m).await;
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// A destination collection already sharded on another key is refused before the run
+/// starts, naming it and both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_sharded_on_another_key_is_refused() {
+    let t = Topologies::start(0, 2).await;
+    seed(&t.src, "app", 100).await;
+    shard_collection(&t.dst, "app.counters", doc! {"value": 1}).await;
+    let report = ferry::preflight::run_checks(&t.config(RS_TO_SHARDED_ENTRIES)).await;
+    let check = report
+        .check("sharding entries")
+        .expect("sharding entries line");
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(
+        check.message.contains("app.counters") && check.message.contains("already sharded"),
+        "{}",
+        check.message
+    );
+}

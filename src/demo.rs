@@ -247,10 +247,25 @@ pub async fn workload(
     }
 }
 
-fn demo_config(source: &str, destination: &str) -> Result<crate::config::Config, DemoError> {
-    let text = format!(
+/// How a replica-set source's collections are sharded on a sharded destination: the
+/// `[sharding]` entries an operator writes (a sharded source's keys carry over by
+/// themselves).
+const DEMO_SHARDING_ENTRIES: &str = "[sharding]\n\
+[[sharding.entries]]\ndatabase = \"shop\"\ncollection = \"orders\"\nkey = [{customer = \"hashed\"}]\n\
+[[sharding.entries]]\ndatabase = \"shop\"\ncollection = \"customers\"\nkey = [{email = 1}]\n\
+[[sharding.entries]]\ndatabase = \"analytics\"\ncollection = \"events\"\nkey = [{kind = 1}, {at = 1}]\n";
+
+fn demo_config(
+    source: &str,
+    destination: &str,
+    entries: bool,
+) -> Result<crate::config::Config, DemoError> {
+    let mut text = format!(
         "[source]\nuri = \"{source}\"\n[destination]\nuri = \"{destination}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\n"
     );
+    if entries {
+        text.push_str(DEMO_SHARDING_ENTRIES);
+    }
     let mut config = crate::config::from_toml_str(&text, &|_| None)?;
     // Changes made during the copy are spooled on local disk, as on a production run.
     config.runtime.spool_dir =
@@ -289,7 +304,12 @@ pub async fn run_demo(
         ops.clone(),
         sizes.customers,
     ));
-    let config = demo_config(&source.uri(), &destination.uri())?;
+    let entries =
+        matches!(source, DemoSide::ReplicaSet(_)) && matches!(destination, DemoSide::Sharded(_));
+    let config = demo_config(&source.uri(), &destination.uri(), entries)?;
+    if entries {
+        println!("sharding on the destination: shop.orders on a hashed customer, shop.customers on email, analytics.events on (kind, at)");
+    }
     if matches!(source, DemoSide::Sharded(_)) {
         println!(
             "source balancer running; chunks per shard: {} (Ferry stops the balancer for the migration and restores it at the end)",

@@ -41,3 +41,13 @@ async fn replica_set_to_replica_set() {
 async fn two_shards_to_three_shards() {
     demo(2, 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_set_to_two_shards_with_sharding_entries() {
+    demo(0, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_to_replica_set() {
+    demo(2, 0).await;
+}

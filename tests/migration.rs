@@ -419,3 +419,62 @@ async fn real_clusters_converge() {
     }
     let _ = src.database("ferry_e2e").drop().await;
 }
+
+/// An index already on the destination (as a restart can find it) that conflicts with one of the source's (same
+/// key, another name) leaves only that index out: the others of the collection are
+/// created. Before, the one `createIndexes` failed as a whole with 85 and was ignored, so
+/// none of the collection's indexes existed on the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_index_on_the_destination_leaves_the_others_created() {
+    let pair = Pair::start().await;
+    let items = pair.src.database("app").collection::<Document>("items");
+    items
+        .insert_many((0..20).map(|i| doc! {"_id": i, "a": i, "b": i}))
+        .await
+        .expect("seed");
+    for key in [doc! {"a": 1}, doc! {"b": 1}] {
+        items
+            .create_index(mongodb::IndexModel::builder().keys(key).build())
+            .await
+            .expect("source index");
+    }
+    pair.dst
+        .database("app")
+        .collection::<Document>("items")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"a": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("a_first".to_string())
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("destination index");
+    // What a restart can find (preflight would refuse a fresh run on this destination).
+    let config = pair.config("");
+    let m = tokio::task::spawn_blocking(move || {
+        ferry::run::Migration::start(
+            config,
+            ferry::run::RunOptions {
+                serve_api: false,
+                preflight: false,
+            },
+        )
+    })
+    .await
+    .expect("start task")
+    .expect("migration starts");
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let names = pair
+        .dst
+        .database("app")
+        .collection::<Document>("items")
+        .list_index_names()
+        .await
+        .expect("indexes");
+    assert!(names.contains(&"b_1".to_string()), "{names:?}");
+    abort(m).await;
+}

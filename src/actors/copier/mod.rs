@@ -330,11 +330,36 @@ async fn prepare_destination(
             .collect();
         summary.indexes += ns.indexes.len() as u64;
         if !indexes.is_empty() {
-            allow(
-                dest.run(&ns.db, doc! {"createIndexes": &ns.coll, "indexes": indexes})
-                    .await,
-                &[85, 86],
-            )?;
+            let all = dest
+                .run(
+                    &ns.db,
+                    doc! {"createIndexes": &ns.coll, "indexes": indexes.clone()},
+                )
+                .await;
+            if all
+                .as_ref()
+                .is_err_and(|e| matches!(e.code(), Some(85 | 86)))
+            {
+                // One index conflicts with one already there (a restart after a partial
+                // run): the command creates none, so each is created on its own and only
+                // the conflicting one is left (the verifier compares definitions).
+                for index in indexes {
+                    if let Err(e) = dest
+                        .run(
+                            &ns.db,
+                            doc! {"createIndexes": &ns.coll, "indexes": [index.clone()]},
+                        )
+                        .await
+                    {
+                        if !matches!(e.code(), Some(85 | 86)) {
+                            return Err(e.into());
+                        }
+                        tracing::warn!(ns = %ns.ns, index = %index, error = %e, "an index conflicts with one already on the destination; left as it is");
+                    }
+                }
+            } else {
+                all?;
+            }
         }
         summary.collections += 1;
     }

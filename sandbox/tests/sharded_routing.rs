@@ -345,6 +345,17 @@ async fn shard_key_update_needs_a_retryable_write() {
         .await
         .unwrap_err();
     assert_eq!(code(&err), 72, "{err:?}");
+    // Nor may a single update that names the document by `_id` without its full shard
+    // key (before, the sandbox changed the key in place, on the old shard).
+    let err = items
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"k": 150}})
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), 31025, "{err:?}");
+    items
+        .update_one(doc! {"_id": 1}, doc! {"$set": {"other": true}})
+        .await
+        .unwrap();
     assert_eq!(
         ids(&direct(&cluster, "shard0").await, doc! {"k": 6}).await,
         [1]

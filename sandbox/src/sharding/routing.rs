@@ -381,6 +381,9 @@ impl Target<'_> {
             return totals.add(&send(shard).await, index);
         }
         if equality_value(&filter, "_id").is_some() && !stmt.get_bool("upsert").unwrap_or(false) {
+            if name == "update" {
+                self.refuse_key_change_without_full_key(&filter, stmt)?;
+            }
             // `_id` is unique in practice: try each shard until one matched.
             for shard in self.owning_shards() {
                 let reply = send(shard).await;

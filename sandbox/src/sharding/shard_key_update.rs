@@ -20,6 +20,40 @@ impl Target<'_> {
         filter: &Document,
         stmt: &Document,
     ) -> CmdResult<()> {
+        self.refuse_key_change(
+            filter,
+            stmt,
+            CommandError::new(
+                codes::INVALID_OPTIONS,
+                "Multi-update operations are not allowed when updating the shard key field.",
+            ),
+        )
+    }
+
+    /// A single update that names the document by `_id` but not by its full shard key may
+    /// not change the shard key (the real router refuses it with 31025).
+    pub(super) fn refuse_key_change_without_full_key(
+        &self,
+        filter: &Document,
+        stmt: &Document,
+    ) -> CmdResult<()> {
+        self.refuse_key_change(
+            filter,
+            stmt,
+            CommandError::new(
+                31025,
+                "Shard key update is not allowed without specifying the full shard key in the query",
+            ),
+        )
+    }
+
+    /// `refusal` when the update changes the shard key of a document it matches.
+    fn refuse_key_change(
+        &self,
+        filter: &Document,
+        stmt: &Document,
+        refusal: CommandError,
+    ) -> CmdResult<()> {
         let Some(update) = stmt.get("u") else {
             return Ok(());
         };
@@ -45,10 +79,7 @@ impl Target<'_> {
                 }
                 let new = spec.apply(d, filter, false)?;
                 if self.entry.key.key_of(&new) != key {
-                    return Err(CommandError::new(
-                        codes::INVALID_OPTIONS,
-                        "Multi-update operations are not allowed when updating the shard key field.",
-                    ));
+                    return Err(refusal);
                 }
             }
         }

@@ -379,14 +379,19 @@ impl Supervisor {
         let Some(coordinator) = self.coordinator.clone() else {
             return;
         };
-        ctx.spawn(coordinator.send(StartRun).into_actor(self).map(|result, act, ctx| {
-            let failure = match result {
-                Ok(Ok(())) => return act.begin(ctx),
-                Ok(Err(failure)) => failure,
-                Err(e) => ActorFailure::new("coordinator", &e, false),
-            };
-            act.on_failure(ctx, failure, |act, ctx| act.start_run(ctx));
-        }));
+        ctx.spawn(
+            coordinator
+                .send(StartRun)
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    let failure = match result {
+                        Ok(Ok(())) => return act.begin(ctx),
+                        Ok(Err(failure)) => failure,
+                        Err(e) => ActorFailure::new("coordinator", &e, false),
+                    };
+                    act.on_failure(ctx, failure, |act, ctx| act.start_run(ctx));
+                }),
+        );
     }
 
     /// Starts copying, or applying changes when the copy is done.

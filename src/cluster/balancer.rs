@@ -199,7 +199,10 @@ mod tests {
         let text = prior.restore_commands();
         assert!(text.starts_with("sh.startBalancer()"), "{text}");
         assert!(text.contains("\"start\":\"23:00\""), "{text}");
-        assert!(text.contains("sh.disableBalancing(\"shop.orders\")"), "{text}");
+        assert!(
+            text.contains("sh.disableBalancing(\"shop.orders\")"),
+            "{text}"
+        );
         let off = BalancerSettings {
             mode: "off".into(),
             ..Default::default()

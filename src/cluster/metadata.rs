@@ -56,7 +56,10 @@ pub async fn read(cluster: &Cluster) -> Result<ShardingMetadata, ClusterError> {
         let (Ok(name), Ok(primary)) = (d.get_str("_id"), d.get_str("primary")) else {
             continue;
         };
-        let uuid = d.get_document("version").ok().and_then(|v| binary(v, "uuid"));
+        let uuid = d
+            .get_document("version")
+            .ok()
+            .and_then(|v| binary(v, "uuid"));
         metadata.databases.insert(
             name.to_string(),
             DatabaseEntry {
@@ -117,7 +120,11 @@ pub fn unfollowable_changes(
             }
         }
     }
-    for name in after.shards.keys().filter(|s| !before.shards.contains_key(*s)) {
+    for name in after
+        .shards
+        .keys()
+        .filter(|s| !before.shards.contains_key(*s))
+    {
         changes.push(format!(
             "shard {name} was added to the source during the migration: chunks moving to it are not followed; {START_OVER}"
         ));
@@ -198,14 +205,25 @@ mod tests {
         let moved = metadata("s1", doc! {"a": 1}, &shards);
         let changes = unfollowable_changes(&before, &moved, &all);
         assert_eq!(changes.len(), 1);
-        assert!(changes[0].contains("database shop moved from s0 to s1"), "{changes:?}");
+        assert!(
+            changes[0].contains("database shop moved from s0 to s1"),
+            "{changes:?}"
+        );
         let refined = metadata("s0", doc! {"a": 1, "b": 1}, &shards);
         let changes = unfollowable_changes(&before, &refined, &all);
-        assert!(changes[0].contains("shard key of shop.orders"), "{changes:?}");
-        let grown = metadata("s0", doc! {"a": 1}, &[("s0", false), ("s1", false), ("s2", false)]);
+        assert!(
+            changes[0].contains("shard key of shop.orders"),
+            "{changes:?}"
+        );
+        let grown = metadata(
+            "s0",
+            doc! {"a": 1},
+            &[("s0", false), ("s1", false), ("s2", false)],
+        );
         assert!(unfollowable_changes(&before, &grown, &all)[0].contains("shard s2 was added"));
         let draining = metadata("s0", doc! {"a": 1}, &[("s0", false), ("s1", true)]);
-        assert!(unfollowable_changes(&before, &draining, &all)[0].contains("s1 of the source started draining"));
+        assert!(unfollowable_changes(&before, &draining, &all)[0]
+            .contains("s1 of the source started draining"));
     }
 
     #[test]

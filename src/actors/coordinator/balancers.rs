@@ -156,7 +156,11 @@ async fn restore_side(cluster: &Cluster, before: &BalancerSettings) -> Result<()
 fn announce_failure(engine: &SharedEngine, warning: &str) {
     crate::metrics::record_error("balancer");
     tracing::error!("{warning}");
-    engine.progress.balancer_warnings.write().push(warning.to_string());
+    engine
+        .progress
+        .balancer_warnings
+        .write()
+        .push(warning.to_string());
     crate::notify::send(engine, "balancer_restore_failed", warning);
 }
 

@@ -127,10 +127,9 @@ impl Handler<OpenWindow> for Coordinator {
 impl Handler<ExtendWindow> for Coordinator {
     type Result = i64;
     fn handle(&mut self, msg: ExtendWindow, ctx: &mut Self::Context) -> i64 {
-        let base = self
-            .window
-            .expires_at
-            .unwrap_or_else(|| unix_now() + window_seconds(self.engine.config.cutover.window_hours));
+        let base = self.window.expires_at.unwrap_or_else(|| {
+            unix_now() + window_seconds(self.engine.config.cutover.window_hours)
+        });
         let expires = base + (msg.hours * 3600.0) as i64;
         self.window.warned_hours.clear();
         *self.engine.progress.window_warning.write() = None;

@@ -7,6 +7,7 @@
 //! in the log, in the progress (`balancer_warnings`), in the webhook
 //! (`balancer_restore_failed`) and in the report, with the commands to run.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,6 +31,19 @@ pub struct BalancerWatch {
     held: Vec<Side>,
     /// A check is under way.
     checking: bool,
+    /// Serializes the stop at the start, the checks and the restore at the end, so none
+    /// acts on a balancer after the restore; true once the run concluded (nothing stops
+    /// a balancer any more).
+    gate: BalancerGate,
+}
+
+/// See [`BalancerWatch::gate`].
+pub type BalancerGate = Arc<tokio::sync::Mutex<bool>>;
+
+impl BalancerWatch {
+    pub fn gate(&self) -> BalancerGate {
+        self.gate.clone()
+    }
 }
 
 /// The sharded sides of the engine, with their clusters.
@@ -68,8 +82,12 @@ impl StopError {
 
 /// Records each sharded side's balancer (unless an earlier process recorded it) and stops
 /// it. Returns the sides now held stopped.
-pub async fn stop_all(engine: &SharedEngine) -> Result<Vec<Side>, StopError> {
+pub async fn stop_all(engine: &SharedEngine, gate: &BalancerGate) -> Result<Vec<Side>, StopError> {
+    let concluded = gate.lock().await;
     let mut held = Vec::new();
+    if *concluded {
+        return Ok(held);
+    }
     for (side, cluster) in sharded_sides(engine) {
         let record = |source| StopError::Record { side, source };
         let recorded = engine
@@ -100,7 +118,9 @@ pub async fn stop_all(engine: &SharedEngine) -> Result<Vec<Side>, StopError> {
 
 /// Restores every recorded balancer; returns a warning per side that could not be
 /// restored (already logged, announced and counted).
-pub async fn restore_all(engine: &SharedEngine) -> Vec<String> {
+pub async fn restore_all(engine: &SharedEngine, gate: &BalancerGate) -> Vec<String> {
+    let mut concluded = gate.lock().await;
+    *concluded = true;
     let recorded = match engine.checkpoints.load_state().await {
         Ok(state) => state.unwrap_or_default().balancers_before,
         Err(e) => {
@@ -185,8 +205,13 @@ impl Coordinator {
         self.balancers.checking = true;
         let engine = self.engine.clone();
         let held = self.balancers.held.clone();
+        let gate = self.balancers.gate();
         ctx.spawn(
             async move {
+                let concluded = gate.lock().await;
+                if *concluded {
+                    return;
+                }
                 for (side, cluster) in sharded_sides(&engine) {
                     if !held.contains(&side) {
                         continue;

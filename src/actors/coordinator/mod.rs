@@ -104,9 +104,10 @@ impl Handler<StartRun> for Coordinator {
     type Result = ResponseActFuture<Self, Result<(), ActorFailure>>;
     fn handle(&mut self, _: StartRun, _: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
+        let gate = self.balancers.gate();
         Box::pin(
             async move {
-                let held = balancers::stop_all(&engine).await.map_err(|e| {
+                let held = balancers::stop_all(&engine, &gate).await.map_err(|e| {
                     let transient = e.is_transient();
                     ActorFailure::new("coordinator", &e, transient)
                 })?;
@@ -140,6 +141,7 @@ impl Handler<Conclude> for Coordinator {
         self.release_balancers();
         let lift = ctx.address().send(cutover::LiftWriteBlock);
         let engine = self.engine.clone();
+        let gate = self.balancers.gate();
         Box::pin(
             async move {
                 match lift.await {
@@ -148,7 +150,7 @@ impl Handler<Conclude> for Coordinator {
                     Ok(Err(e)) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
                     Err(e) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
                 }
-                balancers::restore_all(&engine).await
+                balancers::restore_all(&engine, &gate).await
             }
             .into_actor(self),
         )

@@ -427,3 +427,30 @@ async fn a_move_primary_during_sync_stops_the_run_naming_the_database() {
     );
     assert_restored(&t, &source, &destination).await;
 }
+
+/// Pins: a shard added to the source during sync went unnoticed (shard membership has no
+/// change event). Now the run stops, naming the shard, and restores the balancers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_added_to_the_source_during_sync_stops_the_run_naming_it() {
+    let (mut t, source, destination) = balanced(1, 0).await;
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let common::sharded::Deployment::Sharded(cluster) = &mut t.source else {
+        panic!("a sharded source");
+    };
+    let (name, host) = cluster.start_shard().expect("a new shard starts");
+    t.src
+        .database("admin")
+        .run_command(doc! {"addShard": host})
+        .await
+        .expect("addShard");
+    poll("the run to stop after the addShard", || m.is_finished()).await;
+    let outcome = wait(m).await;
+    assert_eq!(outcome.phase, Phase::Failed);
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!("shard {name} was added")),
+        "{error}"
+    );
+    assert_restored(&t, &source, &destination).await;
+}

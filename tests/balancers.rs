@@ -454,3 +454,55 @@ async fn a_shard_added_to_the_source_during_sync_stops_the_run_naming_it() {
     );
     assert_restored(&t, &source, &destination).await;
 }
+
+/// Pins: the metadata watch compared with what each process found when it started, so a
+/// `movePrimary` made while Ferry was down (after a kill -9) went unnoticed by the
+/// restarted run. Now the first run's snapshot is recorded in `__ferry` and the restarted
+/// run stops, naming the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_primary_while_ferry_is_down_stops_the_restarted_run() {
+    let (t, source, destination) = balanced(2, 0).await;
+    let port = free_port();
+    let path = config_file(
+        &t.source.uri(),
+        &t.destination.uri(),
+        port,
+        "[runtime]\nidle_noop_interval_seconds = 1\ncheckpoint_interval_seconds = 1\nlease_seconds = 3\n",
+    );
+    let mut child = spawn_ferry_run(&path);
+    let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
+        .expect("API client");
+    wait_child_phase(&api, "ready_for_cutover").await;
+    child.kill().expect("kill -9 the ferry run");
+    child.wait().expect("reap the killed ferry run");
+    let database = t
+        .src
+        .database("config")
+        .collection::<Document>("databases")
+        .find_one(doc! {"_id": "shop"})
+        .await
+        .expect("read config.databases")
+        .expect("shop has an entry");
+    let primary = database.get_str("primary").expect("a primary shard");
+    let other = t
+        .source
+        .sharded()
+        .expect("a sharded source")
+        .shards()
+        .map(|(name, _)| name.to_string())
+        .find(|name| name != primary)
+        .expect("a second shard");
+    t.src
+        .database("admin")
+        .run_command(doc! {"movePrimary": "shop", "to": other.as_str()})
+        .await
+        .expect("movePrimary while Ferry is down");
+    let (status, output) = wait_child(spawn_ferry_run(&path)).await;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("database shop") && output.contains("movePrimary"),
+        "{output}"
+    );
+    assert_restored(&t, &source, &destination).await;
+    let _ = std::fs::remove_dir_all(path.parent().expect("config directory"));
+}

@@ -52,6 +52,10 @@ pub struct RunState {
     /// that. See [`Checkpoints::record_balancer`].
     #[serde(default)]
     pub balancers_before: std::collections::BTreeMap<String, BalancerSettings>,
+    /// A sharded source's sharding metadata when the run first started: a later process
+    /// compares with it, so a change made while no Ferry process ran is noticed too.
+    #[serde(default)]
+    pub source_metadata: Option<crate::cluster::metadata::ShardingMetadata>,
     /// File name (in `runtime.spool_dir`) of the events read during the copy.
     pub spool_file: Option<String>,
     /// Stream position through which events are in the spool file.
@@ -363,6 +367,27 @@ impl Checkpoints {
                 message: "the run's state document is missing".into(),
             });
         }
+        Ok(())
+    }
+
+    /// Records a sharded source's metadata when the run first starts; a record already
+    /// there (an earlier process's) is kept.
+    pub async fn record_source_metadata(
+        &self,
+        metadata: &crate::cluster::metadata::ShardingMetadata,
+    ) -> Result<(), CheckpointError> {
+        self.fence.check()?;
+        let value = bson::to_bson(metadata).map_err(|e| CheckpointError::Corrupt {
+            collection: STATE,
+            message: e.to_string(),
+        })?;
+        self.coll(STATE)
+            .update_one(
+                doc! {"_id": "state", "source_metadata": {"$exists": false}},
+                doc! {"$set": {"source_metadata": value, "saved_at": DateTime::now()}},
+            )
+            .await
+            .map_err(self.err("record the source's sharding metadata"))?;
         Ok(())
     }
 

@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 
 use bson::{doc, Binary, Bson, Document};
+use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError};
 use crate::config::NamespaceFilter;
 
 /// One database's entry in `config.databases`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseEntry {
     pub primary: String,
     /// `version.uuid`: a database dropped and created again has a new one.
@@ -21,8 +22,11 @@ pub struct DatabaseEntry {
 }
 
 /// One sharded collection's entry in `config.collections`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectionEntry {
+    /// The shard key's fields in order (a list, so dotted paths are never stored as
+    /// field names).
+    #[serde(with = "key_fields")]
     pub key: Document,
     /// A collection dropped and created again (or resharded) has a new one.
     pub uuid: Option<Binary>,
@@ -30,13 +34,52 @@ pub struct CollectionEntry {
     pub resharding: bool,
 }
 
-/// The metadata of one moment.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The metadata of one moment. Stored (in `__ferry`) as lists of pairs: database and
+/// collection names contain dots, which are not stored as field names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardingMetadata {
+    #[serde(with = "pairs")]
     pub databases: BTreeMap<String, DatabaseEntry>,
     /// Shard name -> draining.
+    #[serde(with = "pairs")]
     pub shards: BTreeMap<String, bool>,
+    #[serde(with = "pairs")]
     pub collections: BTreeMap<String, CollectionEntry>,
+}
+
+/// A map stored as a list of `[key, value]` pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<V: Serialize, S: Serializer>(
+        map: &BTreeMap<String, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, V: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, V>, D::Error> {
+        Ok(Vec::<(String, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// A shard key stored as a list of `[field, direction]` pairs.
+mod key_fields {
+    use bson::{Bson, Document};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &Document, s: S) -> Result<S::Ok, S::Error> {
+        let fields: Vec<(&String, &Bson)> = key.iter().collect();
+        fields.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
+        Ok(Vec::<(String, Bson)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 fn binary(d: &Document, key: &str) -> Option<Binary> {
@@ -224,6 +267,23 @@ mod tests {
         let draining = metadata("s0", doc! {"a": 1}, &[("s0", false), ("s1", true)]);
         assert!(unfollowable_changes(&before, &draining, &all)[0]
             .contains("s1 of the source started draining"));
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_from_its_stored_form() {
+        let mut before = metadata("s0", doc! {"user.id": 1, "at": -1}, &[("s0", true)]);
+        before.collections.insert(
+            "shop.a.b".into(),
+            CollectionEntry {
+                key: doc! {"_id": "hashed"},
+                uuid: None,
+                resharding: true,
+            },
+        );
+        let stored = bson::to_document(&before).expect("stored form");
+        assert!(!stored.keys().any(|k| k.contains('.')));
+        let back: ShardingMetadata = bson::from_document(stored).expect("read back");
+        assert_eq!(back, before);
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! follow (see [`crate::cluster::metadata::unfollowable_changes`]) ends the run with a
 //! message naming the namespace and what to do — never a silent divergence.
 //!
-//! The snapshot is taken by each process: a change made while no Ferry process ran is
-//! not seen here.
+//! The snapshot is recorded in `__ferry` when the run first starts, and a later process
+//! compares with that record, so a change made while no Ferry process ran is seen too.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::{Alert, Coordinator};
-use crate::actors::error_chain;
+use crate::actors::{error_chain, SharedEngine};
 use crate::cluster::metadata::{self, ShardingMetadata};
 use crate::progress::Phase;
 
@@ -27,6 +27,30 @@ pub struct MetadataWatch {
     checking: bool,
     /// A change was reported: the run is ending.
     reported: bool,
+}
+
+/// The snapshot the watch compares with: the one recorded when the run first started,
+/// or, on a first start, the source's metadata now (recorded for later processes).
+/// None when it cannot be read: the first check takes it then.
+pub async fn first_snapshot(engine: &SharedEngine) -> Option<ShardingMetadata> {
+    match engine.checkpoints.load_state().await {
+        Ok(Some(state)) if state.source_metadata.is_some() => return state.source_metadata,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not read the recorded sharding metadata of the source; comparing with the metadata now");
+        }
+    }
+    let now = match metadata::read(&engine.source).await {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "could not read the source's sharding metadata; the watch takes its snapshot later");
+            return None;
+        }
+    };
+    if let Err(e) = engine.checkpoints.record_source_metadata(&now).await {
+        tracing::warn!(error = %error_chain(&e), "could not record the source's sharding metadata; a restarted run compares with the metadata it finds");
+    }
+    Some(now)
 }
 
 impl MetadataWatch {

@@ -112,13 +112,7 @@ impl Handler<StartRun> for Coordinator {
                     ActorFailure::new("coordinator", &e, transient)
                 })?;
                 let snapshot = if engine.source_topology.is_sharded() {
-                    match crate::cluster::metadata::read(&engine.source).await {
-                        Ok(snapshot) => Some(snapshot),
-                        Err(e) => {
-                            tracing::warn!(error = %super::error_chain(&e), "could not read the source's sharding metadata; the watch takes its snapshot later");
-                            None
-                        }
-                    }
+                    metadata::first_snapshot(&engine).await
                 } else {
                     None
                 };

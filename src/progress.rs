@@ -127,6 +127,9 @@ pub struct Progress {
     pub spool_full: std::sync::atomic::AtomicBool,
     /// The cutover window's expiry warning, once given (cleared by `extend`).
     pub window_warning: RwLock<Option<String>>,
+    /// Balancers found started again mid-run, or that could not be restored, each with
+    /// the command to run.
+    pub balancer_warnings: RwLock<Vec<String>>,
     pub baseline: RwLock<BaselineView>,
     /// How update events are applied: "delta" (their changed fields) or "lookup" (the
     /// source's whole document); unset until the tailer starts.

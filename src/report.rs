@@ -44,6 +44,10 @@ pub struct Report {
     pub late_writes_detected: u64,
     /// What Ferry does not migrate, said plainly.
     pub skipped: Vec<String>,
+    /// Balancers Ferry could not restore as they were before the migration (or found
+    /// started by someone else mid-run), each with the commands to run.
+    #[serde(default)]
+    pub balancer_warnings: Vec<String>,
 }
 
 /// Bytes in binary units with one decimal (`1.5 GiB`), for reports and `ferry status`.
@@ -109,6 +113,9 @@ impl std::fmt::Display for Report {
         }
         for s in &self.skipped {
             writeln!(f, "  not migrated:        {s}")?;
+        }
+        for w in &self.balancer_warnings {
+            writeln!(f, "  balancer:            {w}")?;
         }
         Ok(())
     }

@@ -254,7 +254,6 @@ async fn drive(
                 engine.checkpoints.load_state().await?.unwrap_or_default()
             }
         };
-        crate::actors::coordinator::stop_balancers(&engine).await?;
         Ok::<_, RunError>(Ok((engine, state)))
     };
     let (engine, state) = match setup.await {

@@ -5,9 +5,10 @@
 //!        +-------------+--------------+----------------+
 //!        v             v              v                v
 //!   Coordinator      Copier         Tailer          Verifier
-//!   lock lease,      _id ranges     change stream    counts + hashes
+//!   lease,           _id ranges     change stream    counts + hashes
 //!   balancers,       -> bulk         -> Applier       on both sides
-//!   window timer     inserts           per namespace
+//!   window, cutover, inserts           per namespace
+//!   metadata watch
 //! ```
 //!
 //! Data flow: the copier copies every planned collection range by range (each finished

@@ -1,6 +1,7 @@
 //! Supervisor: owns the run's phase, starts the other actors, restarts a failed one from
 //! its checkpoint with backoff, answers operator requests (cutover, extend, pause, resume,
-//! cancel), runs the cutover window and the cutover handshake, and reports the outcome.
+//! cancel) — forwarding to the coordinator what it owns (the window, the cutover
+//! handshake, the balancers) — and reports the outcome.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,10 +10,12 @@ use actix::prelude::*;
 use bson::{doc, Timestamp};
 use tokio::sync::{oneshot, watch};
 
-use super::coordinator::{finalize_indexes, Coordinator, LockLost, SourceWriteBlock};
+use super::coordinator::cutover::{BeginCutover, LiftWriteBlock, VerifyCutover};
+use super::coordinator::window::{ExtendWindow, OpenWindow};
+use super::coordinator::{Alert, Conclude, Coordinator, StartRun};
 use super::copier::{Copier, CopyOutcome, CopySummary};
 use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
-use super::{error_chain, verifier, ActorFailure, SharedEngine};
+use super::{error_chain, ActorFailure, SharedEngine};
 use crate::checkpoint::{unix_now, RunState};
 use crate::control::{ControlError, ControlReply, ControlRequest};
 use crate::progress::Phase;
@@ -29,17 +32,10 @@ const FAILURE_MEMORY: Duration = Duration::from_secs(300);
 /// Failed baseline verifications after which none is started again (the cutover then
 /// compares every document, as with `cutover.baseline_verification = false`).
 const MAX_BASELINE_ATTEMPTS: u32 = 10;
-/// How often the cutover window is checked.
-const WINDOW_CHECK: Duration = Duration::from_secs(1);
+/// How often the lag shown while copying is updated.
+const COPY_LAG_EVERY: Duration = Duration::from_secs(1);
 /// Wait before a failed baseline verification starts again.
 const BASELINE_RETRY: Duration = Duration::from_secs(30);
-/// Tries of the cutover handshake (write block, cutover optime) on transient errors.
-const CUTOVER_ATTEMPTS: u32 = 10;
-
-/// The cutover window's length in whole seconds (at least one).
-fn window_seconds(hours: f64) -> i64 {
-    ((hours * 3600.0).round() as i64).max(1)
-}
 
 /// How the run ended.
 #[derive(Clone, Debug)]
@@ -96,16 +92,12 @@ pub struct Supervisor {
     copy_summary: CopySummary,
     run_started: Instant,
     cutover_confirmed: Option<Instant>,
-    /// The source's writes may be blocked by Ferry (a cutover asked for it, or a crashed
-    /// run left it so): every ending gives them back.
-    write_blocked: bool,
-    /// Orders the block and unblock commands of cutover attempts and endings.
-    write_block: SourceWriteBlock,
+    /// The cutover window was opened (the destination was in sync once).
+    window_open: bool,
     /// The current cutover attempt: messages of an earlier one are ignored.
     cutover_attempt: u64,
     /// The optime the current attempt drains to, until its `Drained` arrives.
     drain_target: Option<Timestamp>,
-    warned_hours: Vec<f64>,
     /// The baseline verification, once the destination is first in sync.
     baseline: Option<SpawnHandle>,
     done: Option<oneshot::Sender<RunOutcome>>,
@@ -120,7 +112,7 @@ impl Supervisor {
         let (paused_tx, _) = watch::channel(false);
         let (drain_tx, _) = watch::channel(None);
         let (copy_done_tx, _) = watch::channel(state.copy_complete);
-        let write_blocked = state.source_write_blocked;
+        let window_open = state.window_expires_at.is_some();
         Supervisor {
             engine,
             state,
@@ -138,11 +130,9 @@ impl Supervisor {
             copy_summary: CopySummary::default(),
             run_started: Instant::now(),
             cutover_confirmed: None,
-            write_blocked,
-            write_block: SourceWriteBlock::default(),
+            window_open,
             cutover_attempt: 0,
             drain_target: None,
-            warned_hours: Vec::new(),
             baseline: None,
             done: Some(done),
         }
@@ -303,14 +293,12 @@ impl Supervisor {
             return;
         }
         self.set_phase(ctx, phase);
+        // The coordinator outlives the workers: it concludes the run below.
+        let coordinator = self.coordinator.clone();
         self.stop_workers(ctx);
         let engine = self.engine.clone();
-        // Every ending, completion included, gives the source its writes back.
-        self.write_block.end_attempts();
-        let unblock = self.write_blocked.then(|| self.write_block.clone());
-        self.write_blocked = false;
         let done = self.done.take();
-        let report = self.engine.progress.report.read().clone();
+        let mut report = self.engine.progress.report.read().clone();
         if phase == Phase::Failed {
             crate::notify::send(
                 &self.engine,
@@ -323,20 +311,23 @@ impl Supervisor {
         }
         ctx.spawn(
             async move {
-                if let Some(write_block) = unblock {
-                    match write_block.lift(&engine).await {
-                        Ok(()) => tracing::info!("the source takes writes again"),
-                        Err(e) => tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
+                // Every ending, completion included, gives the source its writes back
+                // and the balancers their settings.
+                let warnings = match coordinator {
+                    Some(coordinator) => coordinator.send(Conclude).await.unwrap_or_else(|e| {
+                        let warning = format!("the coordinator stopped before it restored the balancers ({e}): run `ferry run` again to restore them, or restore them as recorded in the destination's __ferry.state document (balancers_before)");
+                        tracing::error!("{warning}");
+                        vec![warning]
+                    }),
+                    None => Vec::new(),
+                };
+                let all_warnings = engine.progress.balancer_warnings.read().clone();
+                if let Some(report) = report.as_mut().filter(|_| !all_warnings.is_empty()) {
+                    report.balancer_warnings = all_warnings;
+                    for warning in &warnings {
+                        println!("  balancer:            {warning}");
                     }
-                }
-                if let Err(e) = super::coordinator::restore_balancers(&engine).await {
-                    crate::metrics::record_error("balancer");
-                    crate::notify::send(
-                        &engine,
-                        "balancer_restore_failed",
-                        &format!("could not restart the balancers ({}): run balancerStart on the sharded deployments", error_chain(&e)),
-                    );
-                    tracing::error!(error = %error_chain(&e), "could not restart the balancers: run balancerStart on the sharded deployments");
+                    *engine.progress.report.write() = Some(report.clone());
                 }
                 let mut ending = doc! {"phase": phase.as_str()};
                 if let Some(stored) = report.as_ref().and_then(|r| bson::to_bson(r).ok()) {
@@ -382,6 +373,43 @@ impl Supervisor {
 
     /// While copying, no change is applied yet: the destination is as far behind as the
     /// start time, so that is the lag shown.
+    /// Has the coordinator record and stop the balancers, then starts moving data; a
+    /// failure to stop them is retried (or fails the run) like a worker's.
+    fn start_run(&mut self, ctx: &mut Context<Self>) {
+        let Some(coordinator) = self.coordinator.clone() else {
+            return;
+        };
+        ctx.spawn(
+            coordinator
+                .send(StartRun)
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    let failure = match result {
+                        Ok(Ok(())) => return act.begin(ctx),
+                        Ok(Err(failure)) => failure,
+                        Err(e) => ActorFailure::new("coordinator", &e, false),
+                    };
+                    act.on_failure(ctx, failure, |act, ctx| act.start_run(ctx));
+                }),
+        );
+    }
+
+    /// Starts copying, or applying changes when the copy is done.
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        if self.phase().is_terminal() {
+            return;
+        }
+        if self.state.copy_complete {
+            self.start_tailer(ctx);
+        } else {
+            self.start_copier(ctx);
+            if self.engine.config.runtime.spool_dir.is_some() {
+                // Read changes into the spool while the copy runs.
+                self.start_tailer(ctx);
+            }
+        }
+    }
+
     fn report_copy_lag(&self) {
         if self.phase() != Phase::Copying {
             return;
@@ -393,44 +421,6 @@ impl Supervisor {
                 .lag_ms
                 .store(lag * 1000, Ordering::Relaxed);
             crate::metrics::record_lag(lag as f64);
-        }
-    }
-
-    fn check_window(&mut self, ctx: &mut Context<Self>) {
-        let Some(expires) = self.state.window_expires_at else {
-            return;
-        };
-        if self.phase().is_terminal() || self.phase() == Phase::CuttingOver {
-            return;
-        }
-        let left = expires - unix_now();
-        if left <= 0 {
-            tracing::error!("the cutover window expired: syncing stopped, the source is untouched; start a new migration to try again");
-            self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
-            crate::notify::send(
-                &self.engine,
-                "expired",
-                "the cutover window expired; syncing stopped",
-            );
-            return;
-        }
-        for &hours in &self.engine.config.cutover.warn_before_expiry_hours.clone() {
-            if left as f64 <= hours * 3600.0 && !self.warned_hours.contains(&hours) {
-                self.warned_hours.push(hours);
-                tracing::warn!(hours_left = left as f64 / 3600.0, "the cutover window expires soon: cut over or extend it (ferry extend --hours N)");
-                *self.engine.progress.window_warning.write() = Some(format!(
-                    "the cutover window expires in {:.2} hours: cut over or extend it (ferry extend --hours N)",
-                    left as f64 / 3600.0
-                ));
-                crate::notify::send(
-                    &self.engine,
-                    "window_expiring",
-                    &format!(
-                        "the cutover window expires in {:.1} hours",
-                        left as f64 / 3600.0
-                    ),
-                );
-            }
         }
     }
 
@@ -456,77 +446,34 @@ impl Supervisor {
                 }
                 self.cutover_confirmed = Some(Instant::now());
                 self.set_phase(ctx, Phase::CuttingOver);
-                let engine = self.engine.clone();
-                let block = engine.config.cutover.enforce_write_block;
-                let cutover = self.write_block.begin_attempt();
-                self.cutover_attempt = cutover;
+                let block = self.engine.config.cutover.enforce_write_block;
+                self.cutover_attempt += 1;
+                let cutover = self.cutover_attempt;
                 self.drain_target = None;
-                self.write_blocked |= block;
-                let write_block = self.write_block.clone();
-                ctx.spawn(
-                    async move {
-                        // A stepdown or dropped connection right now must not bounce
-                        // the cutover the operator asked for: retry transient errors.
-                        let mut attempt = 0;
-                        loop {
-                            attempt += 1;
-                            let step = async {
-                                if block && !write_block.block(&engine, cutover).await? {
-                                    return Ok(None);
-                                }
-                                engine.source.append_noop("ferry cutover").await.map(Some)
-                            };
-                            match step.await {
-                                Ok(Some(ts)) => return Ok(ts),
-                                Ok(None) => return Err("the cutover attempt was superseded".to_string()),
-                                Err(e) if e.is_transient() && attempt < CUTOVER_ATTEMPTS => {
-                                    crate::metrics::record_retry("cutover");
-                                    engine.progress.retries.fetch_add(1, Ordering::Relaxed);
-                                    tracing::warn!(error = %error_chain(&e), attempt, "cutover handshake failed; retrying");
-                                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
-                                }
-                                Err(e) => return Err(error_chain(&e)),
-                            }
+                if let Some(coordinator) = self.coordinator.clone() {
+                    ctx.spawn(
+                        async move {
+                            coordinator
+                                .send(BeginCutover)
+                                .await
+                                .unwrap_or_else(|e| Err(format!("the coordinator stopped: {e}")))
                         }
-                    }
-                    .into_actor(self)
-                    .map(move |result, _, ctx| {
-                        ctx.notify(CutoverStarted {
-                            attempt: cutover,
-                            result,
-                        })
-                    }),
-                );
+                        .into_actor(self)
+                        .map(move |result, _, ctx| {
+                            ctx.notify(CutoverStarted {
+                                attempt: cutover,
+                                result,
+                            })
+                        }),
+                    );
+                }
                 Ok(
                     serde_json::json!({"accepted": true, "phase": "cutting_over", "write_block": block}),
                 )
             }
-            ControlRequest::Extend { hours } => {
-                if !(hours.is_finite() && hours > 0.0) {
-                    return Err(ControlError::bad_request("hours must be a positive number"));
-                }
-                let base = self.state.window_expires_at.unwrap_or_else(|| {
-                    unix_now() + window_seconds(self.engine.config.cutover.window_hours)
-                });
-                let expires = base + (hours * 3600.0) as i64;
-                self.state.window_expires_at = Some(expires);
-                self.engine
-                    .progress
-                    .window_expires_at
-                    .store(expires, Ordering::Relaxed);
-                self.warned_hours.clear();
-                *self.engine.progress.window_warning.write() = None;
-                let engine = self.engine.clone();
-                ctx.spawn(
-                    async move {
-                        if let Err(e) = engine.checkpoints.set_state(doc! {"window_expires_at": expires}).await {
-                            tracing::warn!(error = %error_chain(&e), "could not record the extended window");
-                        }
-                    }
-                    .into_actor(self),
-                );
-                Ok(serde_json::json!({"window_expires_at": expires}))
-            }
+            ControlRequest::Extend { .. } => Err(ControlError::conflict(
+                "extend is answered by the coordinator; this request did not reach it",
+            )),
             ControlRequest::Pause => {
                 if phase == Phase::Paused {
                     return Err(ControlError::conflict("already paused"));
@@ -563,6 +510,44 @@ impl Supervisor {
         }
     }
 
+    /// Forwards an extension of the cutover window to the coordinator, which owns it.
+    fn extend_window(
+        &mut self,
+        ctx: &mut Context<Self>,
+        hours: f64,
+        reply_to: oneshot::Sender<ControlReply>,
+    ) {
+        let phase = self.phase();
+        let refusal = if phase.is_terminal() {
+            Some(ControlError::conflict(format!(
+                "the migration is {}; nothing more to do",
+                phase.as_str()
+            )))
+        } else if !(hours.is_finite() && hours > 0.0) {
+            Some(ControlError::bad_request("hours must be a positive number"))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let _ = reply_to.send(Err(refusal));
+            return;
+        }
+        let Some(coordinator) = self.coordinator.clone() else {
+            let _ = reply_to.send(Err(ControlError::conflict("the migration is ending")));
+            return;
+        };
+        ctx.spawn(
+            async move {
+                let reply = match coordinator.send(ExtendWindow { hours }).await {
+                    Ok(expires) => Ok(serde_json::json!({"window_expires_at": expires})),
+                    Err(_) => Err(ControlError::conflict("the migration is ending")),
+                };
+                let _ = reply_to.send(reply);
+            }
+            .into_actor(self),
+        );
+    }
+
     fn build_report(&self, verification: Verification) -> Report {
         let p = &self.engine.progress;
         let downtime = self
@@ -589,6 +574,7 @@ impl Supervisor {
                 "search indexes".into(),
                 "system collections and the admin, local and config databases".into(),
             ],
+            balancer_warnings: p.balancer_warnings.read().clone(),
         }
     }
 }
@@ -597,23 +583,15 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.coordinator =
-            Some(Coordinator::new(self.engine.clone(), ctx.address().recipient()).start());
-        if let Some(expires) = self.state.window_expires_at {
-            self.engine
-                .progress
-                .window_expires_at
-                .store(expires, Ordering::Relaxed);
-        }
+        self.coordinator = Some(
+            Coordinator::new(self.engine.clone(), &self.state, ctx.address().recipient()).start(),
+        );
         self.engine
             .progress
             .events_applied
             .store(self.state.events_applied, Ordering::Relaxed);
-        ctx.run_interval(WINDOW_CHECK, |act, ctx| {
-            act.report_copy_lag();
-            act.check_window(ctx);
-        });
-        if self.write_blocked {
+        ctx.run_interval(COPY_LAG_EVERY, |act, _| act.report_copy_lag());
+        if self.state.source_write_blocked {
             tracing::warn!("an interrupted cutover left the source's writes blocked (cutover.enforce_write_block): request the cutover again, or cancel to give the source its writes back");
         }
         if self.state.copy_complete {
@@ -647,14 +625,8 @@ impl Actor for Supervisor {
                         }
                     }),
             );
-            self.start_tailer(ctx);
-        } else {
-            self.start_copier(ctx);
-            if self.engine.config.runtime.spool_dir.is_some() {
-                // Read changes into the spool while the copy runs.
-                self.start_tailer(ctx);
-            }
         }
+        self.start_run(ctx);
     }
 }
 
@@ -698,23 +670,11 @@ impl Handler<SyncStatus> for Supervisor {
         let threshold = self.engine.config.cutover.lag_threshold_seconds as f64;
         match self.phase() {
             Phase::Syncing if msg.lag_seconds <= threshold => {
-                if self.state.window_expires_at.is_none() {
-                    let expires =
-                        unix_now() + window_seconds(self.engine.config.cutover.window_hours);
-                    self.state.window_expires_at = Some(expires);
-                    self.engine
-                        .progress
-                        .window_expires_at
-                        .store(expires, Ordering::Relaxed);
-                    let engine = self.engine.clone();
-                    ctx.spawn(
-                        async move {
-                            if let Err(e) = engine.checkpoints.set_state(doc! {"window_expires_at": expires}).await {
-                                tracing::warn!(error = %error_chain(&e), "could not record the cutover window");
-                            }
-                        }
-                        .into_actor(self),
-                    );
+                if !self.window_open {
+                    self.window_open = true;
+                    if let Some(coordinator) = &self.coordinator {
+                        coordinator.do_send(OpenWindow);
+                    }
                     self.set_phase(ctx, Phase::ReadyForCutover);
                     crate::notify::send(
                         &self.engine,
@@ -740,10 +700,28 @@ impl Handler<TailerStopped> for Supervisor {
     }
 }
 
-impl Handler<LockLost> for Supervisor {
+impl Handler<Alert> for Supervisor {
     type Result = ();
-    fn handle(&mut self, msg: LockLost, ctx: &mut Self::Context) {
-        self.finish(ctx, Phase::Failed, Some(msg.0.message));
+    fn handle(&mut self, msg: Alert, ctx: &mut Self::Context) {
+        match msg {
+            Alert::LockLost(failure) => self.finish(ctx, Phase::Failed, Some(failure.message)),
+            Alert::WindowExpired => {
+                if self.phase().is_terminal() || self.phase() == Phase::CuttingOver {
+                    return;
+                }
+                self.finish(ctx, Phase::Expired, Some("cutover window expired".into()));
+                crate::notify::send(
+                    &self.engine,
+                    "expired",
+                    "the cutover window expired; syncing stopped",
+                );
+            }
+            Alert::MetadataChanged(message) => {
+                crate::metrics::record_error("coordinator");
+                self.engine.progress.set_error(message.clone());
+                self.finish(ctx, Phase::Failed, Some(message));
+            }
+        }
     }
 }
 
@@ -781,27 +759,15 @@ impl Handler<Drained> for Supervisor {
         self.drain_target = None;
         tracing::info!("drained; verifying");
         let attempt = self.cutover_attempt;
-        let engine = self.engine.clone();
+        let Some(coordinator) = self.coordinator.clone() else {
+            return;
+        };
         ctx.spawn(
             async move {
-                let data = verifier::verify_at_cutover(&engine)
+                coordinator
+                    .send(VerifyCutover)
                     .await
-                    .map_err(|e| error_chain(&e))?;
-                if !data.passed {
-                    return Ok((data, Verification::default()));
-                }
-                finalize_indexes(&engine)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                // Finalize changed index options, not data: compare definitions again
-                // without a second scan of every document (it would double downtime).
-                let mut strict = verifier::verify_definitions(&engine, true)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                strict.documents_checked = data.documents_checked;
-                strict.baseline_documents = data.baseline_documents;
-                strict.namespaces_rechecked = data.namespaces_rechecked;
-                Ok((data, strict))
+                    .unwrap_or_else(|e| Err(format!("the coordinator stopped: {e}")))
             }
             .into_actor(self)
             .map(move |result, _, ctx| ctx.notify(Verified { attempt, result })),
@@ -858,25 +824,20 @@ impl Supervisor {
     /// Back to ready_for_cutover after a refused cutover: stop draining and give the
     /// source its writes back if Ferry blocked them.
     fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
-        self.write_block.end_attempts();
         self.drain_tx.send_replace(None);
         self.drain_target = None;
         self.cutover_confirmed = None;
-        if self.write_blocked {
-            let engine = self.engine.clone();
-            let write_block = self.write_block.clone();
-            self.write_blocked = false;
+        if let Some(coordinator) = self.coordinator.clone() {
             ctx.spawn(
-                async move { write_block.lift(&engine).await }
-                    .into_actor(self)
-                    .map(|result, act, _| match result {
-                        Ok(()) => tracing::info!("cutover refused; the source takes writes again"),
-                        Err(e) => {
-                            // Still blocked: the run's ending tries again.
-                            act.write_blocked = true;
-                            tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it, or cancel the migration");
-                        }
-                    }),
+                async move {
+                    match coordinator.send(LiftWriteBlock).await {
+                        Ok(Ok(true)) => tracing::info!("cutover refused; the source takes writes again"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it, or cancel the migration"),
+                        Err(e) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it, or cancel the migration"),
+                    }
+                }
+                .into_actor(self),
             );
         }
         self.set_phase(ctx, Phase::ReadyForCutover);
@@ -886,8 +847,12 @@ impl Supervisor {
 impl Handler<Control> for Supervisor {
     type Result = ();
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
-        let reply = self.handle_control(msg.0, ctx);
-        let _ = msg.1.send(reply);
+        let Control(request, reply_to) = msg;
+        if let ControlRequest::Extend { hours } = request {
+            return self.extend_window(ctx, hours, reply_to);
+        }
+        let reply = self.handle_control(request, ctx);
+        let _ = reply_to.send(reply);
     }
 }
 
@@ -895,19 +860,19 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ();
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
         tracing::info!("shutting down; the next `ferry run` resumes from the checkpoints");
+        let coordinator = self.coordinator.clone();
         self.stop_workers(ctx);
         let engine = self.engine.clone();
         let done = self.done.take();
         let phase = self.phase();
-        // A stopped Ferry must not leave the source without writes.
-        self.write_block.end_attempts();
-        let unblock = self.write_blocked.then(|| self.write_block.clone());
-        self.write_blocked = false;
         ctx.spawn(
             async move {
-                if let Some(write_block) = unblock {
-                    if let Err(e) = write_block.lift(&engine).await {
-                        tracing::error!(error = %error_chain(&e), "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
+                // A stopped Ferry must not leave the source without writes; its balancers
+                // stay stopped until the run that resumes this one ends.
+                if let Some(coordinator) = coordinator {
+                    let lifted = coordinator.send(LiftWriteBlock).await;
+                    if !matches!(lifted, Ok(Ok(_))) {
+                        tracing::error!(outcome = ?lifted, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
                     }
                 }
                 let _ = engine.checkpoints.release_lease().await;

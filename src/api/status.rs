@@ -71,6 +71,10 @@ pub struct StatusView {
     /// The cutover window's expiry warning, once given: cut over or extend.
     #[serde(default)]
     pub window_warning: Option<String>,
+    /// A balancer someone started again mid-run (stopped again), or one Ferry could not
+    /// restore when the run ended, each with the command to run.
+    #[serde(default)]
+    pub balancer_warnings: Vec<String>,
     /// How update events are applied: "delta" (their changed fields) or "lookup" (the
     /// source's whole document: sources before 6.1, or `apply.update_events`).
     #[serde(default)]
@@ -115,6 +119,7 @@ impl StatusView {
             retries: progress.retries.load(Ordering::Relaxed),
             late_writes: progress.late_writes.load(Ordering::Relaxed),
             window_warning: progress.window_warning.read().clone(),
+            balancer_warnings: progress.balancer_warnings.read().clone(),
             update_events: progress.update_events.read().map(str::to_string),
             baseline: BaselineView {
                 documents_changed: progress.baseline_changed.load(Ordering::Relaxed),

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use lease::{Fence, FenceError, LeaseRecord, LeaseTerms};
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::balancer::BalancerSettings;
+use crate::cluster::{Cluster, ClusterError, Side};
 use crate::progress::Phase;
 
 /// The database Ferry owns on the destination.
@@ -45,9 +46,16 @@ pub struct RunState {
     pub window_expires_at: Option<i64>,
     /// Unix seconds when the run began (first start).
     pub started_at: Option<i64>,
-    /// Sides whose balancer Ferry stopped and must restart ("source", "destination").
+    /// Per sharded side ("source", "destination"): its balancer as it was before Ferry
+    /// stopped it, recorded before stopping and kept until it is restored, so every
+    /// ending — also one reached by a later process after a crash — puts back exactly
+    /// that. See [`Checkpoints::record_balancer`].
     #[serde(default)]
-    pub balancers_stopped: Vec<String>,
+    pub balancers_before: std::collections::BTreeMap<String, BalancerSettings>,
+    /// A sharded source's sharding metadata when the run first started: a later process
+    /// compares with it, so a change made while no Ferry process ran is noticed too.
+    #[serde(default)]
+    pub source_metadata: Option<crate::cluster::metadata::ShardingMetadata>,
     /// File name (in `runtime.spool_dir`) of the events read during the copy.
     pub spool_file: Option<String>,
     /// Stream position through which events are in the spool file.
@@ -328,6 +336,71 @@ impl Checkpoints {
             .upsert(true)
             .await
             .map_err(self.err("save state"))?;
+        Ok(())
+    }
+
+    /// Records a side's balancer as it is before Ferry stops it. A record already there
+    /// is kept: it holds the state from before the first stop, while the balancer may
+    /// now be off because Ferry stopped it (a restart after a crash).
+    pub async fn record_balancer(
+        &self,
+        side: Side,
+        before: &BalancerSettings,
+    ) -> Result<(), CheckpointError> {
+        self.fence.check()?;
+        let field = format!("balancers_before.{side}");
+        let value = bson::to_bson(before).map_err(|e| CheckpointError::Corrupt {
+            collection: STATE,
+            message: e.to_string(),
+        })?;
+        let result = self
+            .coll(STATE)
+            .update_one(
+                doc! {"_id": "state", field.as_str(): {"$exists": false}},
+                doc! {"$set": {field.as_str(): value, "saved_at": DateTime::now()}},
+            )
+            .await
+            .map_err(self.err("record the balancer's state"))?;
+        if result.matched_count == 0 && self.load_state().await?.is_none() {
+            return Err(CheckpointError::Corrupt {
+                collection: STATE,
+                message: "the run's state document is missing".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a sharded source's metadata when the run first starts; a record already
+    /// there (an earlier process's) is kept.
+    pub async fn record_source_metadata(
+        &self,
+        metadata: &crate::cluster::metadata::ShardingMetadata,
+    ) -> Result<(), CheckpointError> {
+        self.fence.check()?;
+        let value = bson::to_bson(metadata).map_err(|e| CheckpointError::Corrupt {
+            collection: STATE,
+            message: e.to_string(),
+        })?;
+        self.coll(STATE)
+            .update_one(
+                doc! {"_id": "state", "source_metadata": {"$exists": false}},
+                doc! {"$set": {"source_metadata": value, "saved_at": DateTime::now()}},
+            )
+            .await
+            .map_err(self.err("record the source's sharding metadata"))?;
+        Ok(())
+    }
+
+    /// The side's balancer is back as it was: forget its record.
+    pub async fn forget_balancer(&self, side: Side) -> Result<(), CheckpointError> {
+        self.fence.check()?;
+        self.coll(STATE)
+            .update_one(
+                doc! {"_id": "state"},
+                doc! {"$unset": {format!("balancers_before.{side}"): 1}},
+            )
+            .await
+            .map_err(self.err("forget the balancer's recorded state"))?;
         Ok(())
     }
 

@@ -11,6 +11,8 @@ use mongodb::Client;
 
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
+pub mod balancer;
+pub mod metadata;
 pub mod namespaces;
 pub mod nodes;
 pub mod sharding;

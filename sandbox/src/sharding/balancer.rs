@@ -5,7 +5,8 @@
 //! balancer document allows it (`stopped`/`mode`, `activeWindow`) and skips collections
 //! with `noBalance` or migrations disabled (`setAllowMigrations`).
 //!
-//! Its commands: `balancerStart`, `balancerStop`, `balancerStatus`, `setAllowMigrations`.
+//! Its commands: `balancerStart`, `balancerStop` (which waits for a round in progress to
+//! end), `balancerStatus`, `setAllowMigrations`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -208,6 +209,34 @@ pub fn set_running(router: &Router, running: bool) -> CmdResult<Document> {
     }
     drop(config);
     router.config.oplog_appended.notify_waiters();
+    Ok(doc! {})
+}
+
+/// How long `balancerStop` waits for a round in progress by default (the server's
+/// default `maxTimeMS` for it: one minute).
+const STOP_WAIT_DEFAULT_MS: i64 = 60_000;
+
+/// `balancerStop`: turns the balancer off, then waits for a round in progress to end (up
+/// to `maxTimeMS`, one minute by default), as a real router does: when it returns, no
+/// migration the balancer started is still running.
+pub async fn stop(router: &Router, cmd: &Document) -> CmdResult<Document> {
+    set_running(router, false)?;
+    let wait_ms = match cmd.get("maxTimeMS") {
+        Some(Bson::Int32(ms)) if *ms > 0 => i64::from(*ms),
+        Some(Bson::Int64(ms)) if *ms > 0 => *ms,
+        Some(Bson::Double(ms)) if *ms > 0.0 => *ms as i64,
+        _ => STOP_WAIT_DEFAULT_MS,
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms as u64);
+    while router.balancer.in_round.load(Ordering::SeqCst) {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CommandError::new(
+                codes::MAX_TIME_MS_EXPIRED,
+                "operation exceeded time limit: the balancer round in progress did not end; the balancer is off and stops after this round",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     Ok(doc! {})
 }
 

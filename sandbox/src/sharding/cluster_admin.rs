@@ -55,7 +55,7 @@ pub async fn run(router: &Router, db: &str, cmd: &Document, name: &str) -> CmdRe
         "split" => chunk_admin::split(router, &cmd)?,
         "mergeChunks" => chunk_admin::merge_chunks(router, &cmd)?,
         "balancerStart" => balancer::set_running(router, true)?,
-        "balancerStop" => balancer::set_running(router, false)?,
+        "balancerStop" => balancer::stop(router, &cmd).await?,
         "balancerStatus" => balancer::status(router),
         "setAllowMigrations" => balancer::set_allow_migrations(router, &cmd)?,
         "addShard" | "addshard" => membership::add_shard(router, &cmd)?,

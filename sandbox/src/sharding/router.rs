@@ -12,6 +12,7 @@ use crate::auth::roles::{is_authorized, Action};
 use crate::commands::{self, CommandSpec, Effect, OnSecondary};
 use crate::dispatch::{self, unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
+use crate::failpoint::Injected;
 use crate::server::Server;
 use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
@@ -63,6 +64,7 @@ const ON_ROUTER: &[&str] = &[
     "getParameter",
     "getCmdLineOpts",
     "sandboxFault",
+    "configureFailPoint",
 ];
 
 /// The spec standing for every router-only command: it needs authentication; the
@@ -157,6 +159,9 @@ async fn route(
         action
     };
     check_privileges(router, conn, &db, &cmd, &name, spec, action)?;
+    if name != "configureFailPoint" {
+        injected_fault(server, conn, &db, &cmd, &name).await?;
+    }
     // What error labelling needs to know of the command, kept before it moves.
     let label_fields: Document = cmd
         .iter()
@@ -245,6 +250,39 @@ async fn route(
         }
     };
     result.map_err(|e| dispatch::label(e, &label_fields, &name, spec))
+}
+
+/// The router's own `failCommand` fail point (a real mongos started with test commands
+/// enabled has one, configured on the router with `configureFailPoint`): it fails, delays
+/// or cuts the connection of the named commands the router receives, before it routes
+/// them. Write concern errors are the shards' to inject.
+async fn injected_fault(
+    server: &Arc<Server>,
+    conn: &mut Connection,
+    db: &str,
+    cmd: &Document,
+    name: &str,
+) -> CmdResult<()> {
+    let target = match cmd.get(name) {
+        Some(Bson::String(coll)) => format!("{db}.{coll}"),
+        _ => db.to_string(),
+    };
+    let mut injected = server.faults.fail_points.check(name, &target, cmd);
+    if let Some(Injected::Block(period, then)) = injected {
+        tokio::time::sleep(period).await;
+        injected = then.map(|i| *i);
+    }
+    match injected {
+        Some(Injected::Error(e)) => Err(e),
+        Some(Injected::CloseConnection) => {
+            conn.close_without_reply = true;
+            Err(CommandError::new(
+                codes::HOST_UNREACHABLE,
+                "connection closed by the closeConnection fail point",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Commits or aborts a transaction on every shard it wrote to or read from. The sandbox

@@ -1,74 +1,77 @@
-//! Coordinator: holds the destination lease (renewing it, and telling the supervisor when
-//! it is lost: the lease's fence has by then stopped every destination write, see
-//! [`crate::checkpoint::lease`]), stops the balancers of sharded deployments and restores
-//! them, blocks source writes at cutover when asked and gives them back in every ending,
-//! and finalizes the destination (unique and TTL index options made effective).
+//! Coordinator: the actor that owns what spans the whole migration rather than one stream
+//! of data, each as messages it handles:
+//! - [`lease`]: renews the destination lease and tells the supervisor when it is lost (the
+//!   lease's fence has by then stopped every destination write, see
+//!   [`crate::checkpoint::lease`]);
+//! - [`balancers`]: records and stops the balancers of sharded sides at the start, stops
+//!   one again when someone else re-enables it, and restores exactly what was recorded in
+//!   every ending;
+//! - [`window`]: the cutover window, its warnings and its expiry;
+//! - [`cutover`]: the cutover handshake (source write block, drain target, verification,
+//!   finalization) and giving the source its writes back after a refusal or an ending;
+//! - [`metadata`]: watches a sharded source's `config` metadata during the run, and stops
+//!   the run when it changes in a way the change stream cannot carry (movePrimary, shards
+//!   added or removed, a shard key refined or resharded).
+//!
+//! The supervisor keeps the phase machine: it sends the coordinator requests and receives
+//! its [`Alert`]s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+pub mod balancers;
+pub mod cutover;
+pub mod lease;
+pub mod metadata;
+pub mod window;
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document};
 
 use super::{ActorFailure, SharedEngine};
-use crate::checkpoint::{CheckpointError, FenceError};
-use crate::cluster::topology::{balancer_start, balancer_state, balancer_stop};
-use crate::cluster::ClusterError;
+use crate::checkpoint::RunState;
 
-/// The lease was lost: it was changed or deleted by someone else, and this process has
-/// stopped writing.
-#[derive(Message)]
+pub use cutover::{finalize_indexes, SourceWriteBlock};
+
+/// What the coordinator tells the supervisor on its own initiative: each ends the run.
+#[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct LockLost(pub ActorFailure);
+pub enum Alert {
+    /// The lease was lost: it was changed or deleted by someone else, and this process
+    /// has stopped writing.
+    LockLost(ActorFailure),
+    /// The cutover window passed without a cutover.
+    WindowExpired,
+    /// The source's sharding metadata changed in a way Ferry cannot follow.
+    MetadataChanged(String),
+}
 
 pub struct Coordinator {
     engine: SharedEngine,
-    lost: Recipient<LockLost>,
+    alerts: Recipient<Alert>,
     /// A renewal is under way (a slow destination must not pile them up).
     renewing: bool,
+    balancers: balancers::BalancerWatch,
+    window: window::Window,
+    cutover: cutover::Handshake,
+    metadata: metadata::MetadataWatch,
 }
 
 impl Coordinator {
-    pub fn new(engine: SharedEngine, lost: Recipient<LockLost>) -> Coordinator {
+    /// `state` is the run's recorded state (window expiry, a write block left by an
+    /// interrupted cutover).
+    pub fn new(engine: SharedEngine, state: &RunState, alerts: Recipient<Alert>) -> Coordinator {
+        if let Some(expires) = state.window_expires_at {
+            engine
+                .progress
+                .window_expires_at
+                .store(expires, std::sync::atomic::Ordering::Relaxed);
+        }
         Coordinator {
             engine,
-            lost,
+            alerts,
             renewing: false,
+            balancers: Default::default(),
+            window: window::Window::new(state.window_expires_at),
+            cutover: cutover::Handshake::new(state.source_write_blocked),
+            metadata: Default::default(),
         }
-    }
-
-    fn renew(&mut self, ctx: &mut Context<Self>) {
-        if self.renewing {
-            return;
-        }
-        self.renewing = true;
-        let engine = self.engine.clone();
-        ctx.spawn(
-            async move { engine.checkpoints.renew_lease().await }
-                .into_actor(self)
-                .map(|result, act, _| {
-                    act.renewing = false;
-                    let Err(e) = result else {
-                        return;
-                    };
-                    let fence = act.engine.checkpoints.fence().check();
-                    match (&e, fence) {
-                        (CheckpointError::LeaseLost { .. }, _)
-                        | (CheckpointError::Fenced(FenceError::Lost), _) => {
-                            tracing::error!(error = %super::error_chain(&e), "the destination lease was lost; every destination write stopped");
-                            act.lost
-                                .do_send(LockLost(ActorFailure::new("coordinator", &e, false)));
-                        }
-                        (_, Err(closed)) => {
-                            tracing::error!(error = %super::error_chain(&e), fence = %closed, "the destination lease could not be renewed; destination writes are stopped until it is");
-                        }
-                        (_, Ok(())) => {
-                            tracing::warn!(error = %super::error_chain(&e), "could not renew the destination lease; will retry");
-                        }
-                    }
-                }),
-        );
     }
 }
 
@@ -77,203 +80,73 @@ impl Actor for Coordinator {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.engine.checkpoints.lease_terms().renew_every();
         ctx.run_interval(every, |act, ctx| act.renew(ctx));
+        ctx.run_interval(window::CHECK_EVERY, |act, _| act.check_window());
+        ctx.run_interval(balancers::CHECK_EVERY, |act, ctx| act.check_balancers(ctx));
+        ctx.run_interval(metadata::CHECK_EVERY, |act, ctx| act.check_metadata(ctx));
     }
 }
 
-/// Transient failures of a write-block command tried before giving up with a message.
-const WRITE_BLOCK_ATTEMPTS: u32 = 10;
+/// The run starts moving data: record and stop the balancers, and take the snapshot of
+/// the source's sharding metadata that later reads are compared with. Answers an error
+/// (with whether a retry may help) when a balancer could not be stopped.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorFailure>")]
+pub struct StartRun;
 
-/// Orders the source write-block commands of cutover attempts and endings, so that an
-/// ending's "unblock" can never be overtaken by the "block" of an attempt it ended: each
-/// command runs under one lock, and a block of an attempt that is no longer current is
-/// skipped.
-#[derive(Clone, Default)]
-pub struct SourceWriteBlock {
-    ops: Arc<tokio::sync::Mutex<()>>,
-    /// The current cutover attempt (0: none may block).
-    current: Arc<AtomicU64>,
-}
+/// The run ends (completed, cancelled, failed, expired): give the source its writes back
+/// if Ferry blocked them, and restore the balancers as recorded. Answers the balancer
+/// warnings (already logged, in the progress and announced).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct Conclude;
 
-impl SourceWriteBlock {
-    /// A new cutover attempt: its number, which [`SourceWriteBlock::block`] checks.
-    pub fn begin_attempt(&self) -> u64 {
-        self.current.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// No attempt may block any more (the cutover ended, the run ends).
-    pub fn end_attempts(&self) {
-        self.current.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Blocks the source's user writes for `attempt`, unless it is no longer current.
-    /// Returns whether it blocked.
-    pub async fn block(&self, engine: &SharedEngine, attempt: u64) -> Result<bool, ClusterError> {
-        let _turn = self.ops.lock().await;
-        if self.current.load(Ordering::SeqCst) != attempt {
-            return Ok(false);
-        }
-        set_source_write_block(engine, true).await?;
-        Ok(true)
-    }
-
-    /// Gives the source its writes back, retrying transient errors, after any block
-    /// under way.
-    pub async fn lift(&self, engine: &SharedEngine) -> Result<(), ClusterError> {
-        let _turn = self.ops.lock().await;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match set_source_write_block(engine, false).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && attempt < WRITE_BLOCK_ATTEMPTS => {
-                    tracing::warn!(error = %super::error_chain(&e), attempt, "could not lift the source's write block; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
-                }
-                Err(e) => return Err(e),
+impl Handler<StartRun> for Coordinator {
+    type Result = ResponseActFuture<Self, Result<(), ActorFailure>>;
+    fn handle(&mut self, _: StartRun, _: &mut Self::Context) -> Self::Result {
+        let engine = self.engine.clone();
+        let gate = self.balancers.gate();
+        Box::pin(
+            async move {
+                let held = balancers::stop_all(&engine, &gate).await.map_err(|e| {
+                    let transient = e.is_transient();
+                    ActorFailure::new("coordinator", &e, transient)
+                })?;
+                let snapshot = if engine.source_topology.is_sharded() {
+                    metadata::first_snapshot(&engine).await
+                } else {
+                    None
+                };
+                Ok((held, snapshot))
             }
-        }
-    }
-}
-
-/// Blocks (or unblocks) user writes on the source with setUserWriteBlockMode.
-async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<(), ClusterError> {
-    // Recorded before blocking and after unblocking: a run that crashes in between
-    // knows, when restarted, that the source may still be blocked. Not blocking is
-    // better than blocking without a record of it.
-    let record = |blocked: bool| async move {
-        engine
-            .checkpoints
-            .set_state(doc! {"source_write_blocked": blocked})
-            .await
-    };
-    if blocked {
-        if let Err(e) = record(true).await {
-            return Err(ClusterError::Command {
-                side: engine.destination.side,
-                action: "record the source's write block before setting it".into(),
-                source: mongodb::error::Error::custom(super::error_chain(&e)),
-            });
-        }
-    }
-    engine
-        .source
-        .run(
-            "admin",
-            doc! {"setUserWriteBlockMode": 1, "global": blocked},
+            .into_actor(self)
+            .map(|result, act, _| {
+                let (held, snapshot) = result?;
+                act.hold_balancers(held);
+                act.metadata.start_from(snapshot);
+                Ok(())
+            }),
         )
-        .await?;
-    if !blocked {
-        if let Err(e) = record(false).await {
-            tracing::warn!(error = %super::error_chain(&e), "could not record that the source's writes are back");
-        }
     }
-    Ok(())
 }
 
-/// Makes unique and TTL index options effective on the destination, as on the source.
-/// Returns how many indexes were changed.
-pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError> {
-    if let Err(e) = engine.checkpoints.fence().check() {
-        return Err(ClusterError::Command {
-            side: engine.destination.side,
-            action: "finalize the destination's indexes".into(),
-            source: mongodb::error::Error::custom(e.to_string()),
-        });
-    }
-    let mut changed = 0;
-    let source = &engine.source;
-    for namespace in crate::cluster::namespaces::in_scope(source, &engine.filter).await? {
-        if !namespace.is_collection() {
-            continue;
-        }
-        let (db, name) = (namespace.db.clone(), namespace.coll.as_str());
-        let dest_indexes: Vec<Document> = engine.destination.index_specs(&db, name).await?;
-        for index in source.index_specs(&db, name).await? {
-            let Ok(index_name) = index.get_str("name") else {
-                continue;
-            };
-            let Some(dest) = dest_indexes
-                .iter()
-                .find(|d| d.get_str("name") == Ok(index_name))
-            else {
-                continue;
-            };
-            if index.get_bool("unique").unwrap_or(false)
-                && !dest.get_bool("unique").unwrap_or(false)
-            {
-                engine
-                    .destination
-                    .run(&db, doc! {"collMod": name, "index": {"name": index_name, "prepareUnique": true}})
-                    .await?;
-                engine
-                    .destination
-                    .run(
-                        &db,
-                        doc! {"collMod": name, "index": {"name": index_name, "unique": true}},
-                    )
-                    .await?;
-                changed += 1;
-            }
-            if let Some(ttl) = index.get("expireAfterSeconds") {
-                if dest.get("expireAfterSeconds") != Some(ttl) {
-                    let ttl = match ttl {
-                        Bson::Int32(i) => Bson::Int64(*i as i64),
-                        other => other.clone(),
-                    };
-                    engine
-                        .destination
-                        .run(&db, doc! {"collMod": name, "index": {"name": index_name, "expireAfterSeconds": ttl}})
-                        .await?;
-                    changed += 1;
+impl Handler<Conclude> for Coordinator {
+    type Result = ResponseActFuture<Self, Vec<String>>;
+    fn handle(&mut self, _: Conclude, ctx: &mut Self::Context) -> Self::Result {
+        self.release_balancers();
+        let lift = ctx.address().send(cutover::LiftWriteBlock);
+        let engine = self.engine.clone();
+        let gate = self.balancers.gate();
+        Box::pin(
+            async move {
+                match lift.await {
+                    Ok(Ok(true)) => tracing::info!("the source takes writes again"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
+                    Err(e) => tracing::error!(error = %e, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it"),
                 }
+                balancers::restore_all(&engine, &gate).await
             }
-        }
+            .into_actor(self),
+        )
     }
-    Ok(changed)
-}
-
-/// Stops the balancer of each sharded side that has it enabled, and records that Ferry
-/// did, so it is restarted even after a crash and restart.
-pub async fn stop_balancers(engine: &SharedEngine) -> Result<(), CheckpointError> {
-    let mut stopped = engine
-        .checkpoints
-        .load_state()
-        .await?
-        .unwrap_or_default()
-        .balancers_stopped;
-    for cluster in [&engine.source, &engine.destination] {
-        let side = cluster.side.to_string();
-        if balancer_state(cluster).await? == Some(true) {
-            balancer_stop(cluster).await?;
-            tracing::info!(side = %side, "balancer stopped for the migration");
-            if !stopped.contains(&side) {
-                stopped.push(side);
-            }
-        }
-    }
-    engine
-        .checkpoints
-        .set_state(doc! {"balancers_stopped": stopped})
-        .await
-}
-
-/// Restarts the balancers Ferry stopped (completion, cancel, failure, expiry).
-pub async fn restore_balancers(engine: &SharedEngine) -> Result<(), CheckpointError> {
-    let stopped = engine
-        .checkpoints
-        .load_state()
-        .await?
-        .unwrap_or_default()
-        .balancers_stopped;
-    for cluster in [&engine.source, &engine.destination] {
-        let side = cluster.side.to_string();
-        if stopped.contains(&side) {
-            balancer_start(cluster).await?;
-            tracing::info!(side = %side, "balancer restarted");
-        }
-    }
-    engine
-        .checkpoints
-        .set_state(doc! {"balancers_stopped": Vec::<String>::new()})
-        .await
 }

@@ -1,6 +1,6 @@
 //! What kind of deployment a [`Cluster`] is and what it allows: topology (replica set,
 //! sharded cluster, standalone), server version and feature compatibility version, the
-//! connected user's roles, balancer control, the oplog window, and whether the deployment
+//! connected user's roles and privileges, the oplog window, and whether the deployment
 //! already holds user data. Preflight decides what is acceptable; this module only reports.
 
 use std::fmt;
@@ -427,36 +427,6 @@ pub async fn may_update(cluster: &Cluster, db: &str, coll: &str) -> Result<bool,
             && p.get_array("actions")
                 .is_ok_and(|a| a.iter().any(|a| a.as_str() == Some("update")))
     }))
-}
-
-/// Whether the balancer of a sharded cluster is enabled (`balancerStatus` mode other than
-/// `"off"`); `None` for a replica set or standalone, which have no balancer.
-pub async fn balancer_state(cluster: &Cluster) -> Result<Option<bool>, ClusterError> {
-    if !topology(cluster).await?.is_sharded() {
-        return Ok(None);
-    }
-    let reply = cluster.run("admin", doc! {"balancerStatus": 1}).await?;
-    let mode = reply
-        .get_str("mode")
-        .map_err(|_| unexpected(cluster, "balancerStatus", "the reply carries no mode"))?;
-    Ok(Some(mode != "off"))
-}
-
-/// Stops the balancer of a sharded cluster (waits for a running round to finish, as the
-/// server does); does nothing on a replica set.
-pub async fn balancer_stop(cluster: &Cluster) -> Result<(), ClusterError> {
-    if topology(cluster).await?.is_sharded() {
-        cluster.run("admin", doc! {"balancerStop": 1}).await?;
-    }
-    Ok(())
-}
-
-/// Starts the balancer of a sharded cluster; does nothing on a replica set.
-pub async fn balancer_start(cluster: &Cluster) -> Result<(), ClusterError> {
-    if topology(cluster).await?.is_sharded() {
-        cluster.run("admin", doc! {"balancerStart": 1}).await?;
-    }
-    Ok(())
 }
 
 /// The history a replica set's oplog holds: its first and last entries.

@@ -227,3 +227,36 @@ async fn a_failed_run_is_announced_with_its_reason() {
     );
     wait(m).await;
 }
+
+/// A cutover that stays in progress past `cutover.long_cutover_warning_hours` is
+/// announced (webhook `cutover_long`) while it runs, and the run still completes. Here
+/// the destination holds every `collMod` (the index finalize) for a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_running_long_is_announced() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let (url, received) = http_receiver().await;
+    let m = start(pair.config(&format!(
+        "[notify]\nwebhook_url = \"{url}\"\n[cutover]\nlong_cutover_warning_hours = 0.0003\n"
+    )))
+    .await;
+    wait_phase(&m.progress, ferry::progress::Phase::ReadyForCutover).await;
+    pair.dst
+        .database("admin")
+        .run_command(bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["collMod"], "blockConnection": true, "blockTimeMS": 2500},
+        })
+        .await
+        .expect("fail point");
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, ferry::progress::Phase::Completed);
+    poll("the cutover_long notification", || {
+        events(&received).contains(&"cutover_long".to_string())
+    })
+    .await;
+    let all = received.lock().unwrap().clone();
+    let long = all.iter().find(|j| j["event"] == "cutover_long").unwrap();
+    assert_eq!(long["phase"], "cutting_over", "{long}");
+}

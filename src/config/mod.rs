@@ -223,6 +223,10 @@ pub const DEFAULT_CUTOVER_LAG_THRESHOLD_SECONDS: u64 = 5;
 /// within a typical oplog/change-stream retention if ferry is restarted).
 pub const DEFAULT_CUTOVER_WINDOW_HOURS: f64 = 120.0;
 
+/// Default `cutover.long_cutover_warning_hours`: a cutover normally takes seconds to
+/// minutes; half a day means something is stuck.
+pub const DEFAULT_LONG_CUTOVER_WARNING_HOURS: f64 = 12.0;
+
 /// Default `cutover.warn_before_expiry_hours`: a day ahead to plan, 6 h to
 /// act, 1 h as the last call.
 pub fn default_warn_before_expiry_hours() -> Vec<f64> {
@@ -634,6 +638,10 @@ pub struct CutoverConfig {
     /// Changed documents remembered per namespace before it falls back to a
     /// full comparison at cutover.
     pub recheck_max_documents: u64,
+    /// Warn (log, progress, webhook `cutover_long`) when a cutover has been in
+    /// progress this long: the destination is not serving yet and the operator
+    /// must look. Fractions are allowed.
+    pub long_cutover_warning_hours: f64,
 }
 
 impl Default for CutoverConfig {
@@ -645,6 +653,7 @@ impl Default for CutoverConfig {
             enforce_write_block: false,
             baseline_verification: true,
             recheck_max_documents: DEFAULT_CUTOVER_RECHECK_MAX_DOCUMENTS,
+            long_cutover_warning_hours: DEFAULT_LONG_CUTOVER_WARNING_HOURS,
         }
     }
 }

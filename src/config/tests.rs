@@ -203,6 +203,7 @@ fn every_default_in_example_is_documented() {
         "enforce_write_block",
         "baseline_verification",
         "recheck_max_documents",
+        "long_cutover_warning_hours",
         "webhook_url",
         "webhook_timeout_seconds",
         "webhook_ca_file",

@@ -227,6 +227,10 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigIssue> {
     let cut = &config.cutover;
     v.positive_u64("cutover.lag_threshold_seconds", cut.lag_threshold_seconds);
     v.positive_hours("cutover.window_hours", cut.window_hours);
+    v.positive_hours(
+        "cutover.long_cutover_warning_hours",
+        cut.long_cutover_warning_hours,
+    );
     v.positive_u64("cutover.recheck_max_documents", cut.recheck_max_documents);
     if cut.window_hours > 0.0 && cut.lag_threshold_seconds as f64 >= cut.window_hours * 3600.0 {
         v.push(

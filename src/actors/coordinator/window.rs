@@ -31,6 +31,10 @@ pub struct Window {
     warned_hours: Vec<f64>,
     /// The expiry was reported to the supervisor.
     expired: bool,
+    /// Unix seconds when the current cutover began (None: no cutover running).
+    cutover_since: Option<i64>,
+    /// The current cutover was reported as running long.
+    cutover_warned: bool,
 }
 
 impl Window {
@@ -77,7 +81,33 @@ impl Coordinator {
         );
     }
 
+    /// A cutover running longer than `cutover.long_cutover_warning_hours` is reported
+    /// once (log, progress, webhook `cutover_long`): the source's writes are stopped and
+    /// the destination is not serving yet.
+    fn check_cutover_duration(&mut self) {
+        if self.engine.progress.phase() != Phase::CuttingOver {
+            self.window.cutover_since = None;
+            self.window.cutover_warned = false;
+            return;
+        }
+        let now = unix_now();
+        let since = *self.window.cutover_since.get_or_insert(now);
+        let limit = self.engine.config.cutover.long_cutover_warning_hours * 3600.0;
+        if self.window.cutover_warned || ((now - since) as f64) < limit {
+            return;
+        }
+        self.window.cutover_warned = true;
+        let hours = (now - since) as f64 / 3600.0;
+        let message = format!(
+            "the cutover has been in progress for {hours:.2} hours: application writes are stopped and the destination is not serving yet; see the log and ferry status for what it waits for, then retry or cancel"
+        );
+        tracing::warn!(hours, "{message}");
+        *self.engine.progress.window_warning.write() = Some(message.clone());
+        crate::notify::send(&self.engine, "cutover_long", &message);
+    }
+
     pub(super) fn check_window(&mut self) {
+        self.check_cutover_duration();
         let Some(expires) = self.window.expires_at else {
             return;
         };

@@ -12,6 +12,7 @@ use mongodb::Client;
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
 pub mod namespaces;
+pub mod ownership;
 pub mod topology;
 
 /// Which deployment an operation ran against.

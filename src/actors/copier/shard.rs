@@ -77,9 +77,9 @@ impl Copier {
 
 impl Actor for Copier {
     type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Every range of a shard may wait here at once; the mailbox is not the limit.
-        ctx.set_mailbox_capacity(usize::MAX);
+    fn started(&mut self, _: &mut Self::Context) {
+        // Each message is handed to its own future at once (waiting there for one of the
+        // shard's range slots), so the mailbox's bound only paces the planner's sending.
         tracing::debug!(shard = %self.shard, "copier started");
     }
 }

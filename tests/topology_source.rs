@@ -94,7 +94,7 @@ async fn count(client: &Client, db: &str, coll: &str) -> usize {
 async fn migrate_under_workload(t: &Topologies) {
     let m = start(t.config("")).await;
     let workload = Workload::start(t.src.clone(), "app", 1000);
-    wait_phase(&m.progress, Phase::Syncing).await;
+    wait_copied(&m).await;
     workload.advance(30).await;
     // DDL during sync: a new index and a new collection.
     t.src
@@ -184,7 +184,7 @@ async fn an_idle_shard_lets_the_lag_reach_zero() {
         .await
         .expect("seed");
     let m = start(t.config("")).await;
-    wait_phase(&m.progress, Phase::Syncing).await;
+    wait_copied(&m).await;
     // Writes only below 1000: the primary shard takes them, the other stays idle.
     for i in 50..80 {
         items
@@ -220,7 +220,7 @@ async fn shard_key_updates_converge(order: ShardKeyMoveOrder, destination_shards
         .await
         .expect("seed");
     let m = start(t.config("")).await;
-    wait_phase(&m.progress, Phase::Syncing).await;
+    wait_copied(&m).await;
     for i in 0..40 {
         // Over to the other shard, and (for some) back again.
         items
@@ -343,6 +343,20 @@ async fn a_crash_mid_copy_of_two_shards_resumes_and_converges() {
     let (status, output) = wait_child(child).await;
     assert!(status.success(), "second run ends completed: {output}");
     assert_same(&t.src, &t.dst).await;
+}
+
+/// Waits until the copy is over (syncing, or already ready for the cutover).
+async fn wait_copied(m: &ferry::run::Migration) {
+    let progress = m.progress.clone();
+    poll("the copy to finish", || {
+        assert!(
+            !progress.phase().is_terminal(),
+            "the run ended: {:?}",
+            progress.last_error.read().clone()
+        );
+        matches!(progress.phase(), Phase::Syncing | Phase::ReadyForCutover)
+    })
+    .await;
 }
 
 /// Polls an async condition every 50 ms until it holds; panics with `what` after the

@@ -286,6 +286,16 @@ async fn a_duplicate_id_across_shards_is_refused_for_a_replica_set() {
         .expect("the same _id on the other shard");
     assert_eq!(count(&t.src, "app", "items").await, 21);
     let m = start(t.config("")).await;
+    let progress = m.progress.clone();
+    poll("the run to fail", || {
+        assert_ne!(
+            progress.phase(),
+            Phase::ReadyForCutover,
+            "the copy went on with one of the two documents"
+        );
+        m.is_finished()
+    })
+    .await;
     let outcome = wait(m).await;
     assert_eq!(outcome.phase, Phase::Failed);
     let error = outcome.error.unwrap_or_default();

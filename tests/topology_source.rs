@@ -161,7 +161,11 @@ async fn orphans_on_a_donor_shard_never_reach_the_destination() {
     let outcome = cutover_and_complete(m).await;
     assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
     assert_eq!(count(&t.dst, "app", "events").await, 1000);
-    assert_eq!(orphans(&t.src, "app.events").await, left, "orphans still there");
+    assert_eq!(
+        orphans(&t.src, "app.events").await,
+        left,
+        "orphans still there"
+    );
     assert_same(&t.src, &t.dst).await;
 }
 
@@ -384,4 +388,81 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The source's shards (a two-shard sandbox cluster).
+fn shards(t: &Topologies) -> &ferry_sandbox::ShardedCluster {
+    t.source.sharded().expect("a sharded source")
+}
+
+/// Each shard's primary stepping down while its ranges are copied: the copy goes on
+/// (ranges started again from their checkpoints) and the destination converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_primaries_stepping_down_during_the_copy_are_survived() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 0),
+    )
+    .await;
+    seed_sharded(&t.src, 3000).await;
+    let config = t.config(
+        "[copy]\nbatch_max_documents = 100\ninsert_workers = 1\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    );
+    let workload = Workload::start(t.src.clone(), "app", 3000);
+    let m = start(config).await;
+    let p = m.progress.clone();
+    poll("the copy to start", || copied(&p) > 0).await;
+    for shard in ["shard0", "shard1"] {
+        if p.phase() != Phase::Copying {
+            break;
+        }
+        let before = copied(&p);
+        shards(&t)
+            .shard(shard)
+            .expect("the shard exists")
+            .step_down(Duration::from_secs(1));
+        poll(
+            &format!("the copy to go on after {shard} stepped down"),
+            || copied(&p) > before || p.phase() != Phase::Copying,
+        )
+        .await;
+    }
+    wait_copied(&m).await;
+    workload.stop().await;
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// Each shard's primary stepping down while changes are applied: the router's change
+/// stream resumes and the destination converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_primaries_stepping_down_during_sync_are_survived() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 0),
+    )
+    .await;
+    seed_sharded(&t.src, 1000).await;
+    let workload = Workload::start(t.src.clone(), "app", 1000);
+    let m = start(t.config("")).await;
+    wait_copied(&m).await;
+    let p = m.progress.clone();
+    for shard in ["shard0", "shard1"] {
+        let before = applied(&p);
+        shards(&t)
+            .shard(shard)
+            .expect("the shard exists")
+            .step_down(Duration::from_secs(1));
+        poll(
+            &format!("applying to go on after {shard} stepped down"),
+            || applied(&p) > before + 20,
+        )
+        .await;
+        assert!(!p.phase().is_terminal(), "{:?}", p.last_error.read());
+    }
+    workload.stop().await;
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    assert_same(&t.src, &t.dst).await;
 }

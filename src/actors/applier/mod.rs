@@ -774,11 +774,12 @@ impl Target<'_> {
                 else {
                     return self.check("update", &reply);
                 };
-                let id = Bson::try_from(raw_id.to_raw_bson()).map_err(|_| ApplyError::Malformed {
-                    ns: self.ns.to_string(),
-                    field: "documentKey._id",
-                    event: short(key),
-                })?;
+                let id =
+                    Bson::try_from(raw_id.to_raw_bson()).map_err(|_| ApplyError::Malformed {
+                        ns: self.ns.to_string(),
+                        field: "documentKey._id",
+                        event: short(key),
+                    })?;
                 self.refuse_repeated_id(&id).await?;
                 rawdoc! {"q": {"_id": raw_id.to_raw_bson()}, "limit": 1}
             } else {

@@ -466,3 +466,59 @@ async fn shard_primaries_stepping_down_during_sync_are_survived() {
     assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
     assert_same(&t.src, &t.dst).await;
 }
+
+/// The baseline verification on a sharded source: it compares what the router shows
+/// (orphans on the donor left out), and the cutover reads again only the documents
+/// changed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_baseline_on_a_sharded_source_rechecks_only_what_changed() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 0),
+    )
+    .await;
+    seed_sharded(&t.src, 1000).await;
+    assert!(orphans(&t.src, "app.events").await > 0);
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let progress = m.progress.clone();
+    poll("the baseline verification to finish", || {
+        let view = progress.baseline.read();
+        assert_ne!(
+            view.state,
+            ferry::progress::BaselineState::Failed,
+            "baseline failed: {:?}",
+            view.detail
+        );
+        view.state == ferry::progress::BaselineState::Done
+    })
+    .await;
+    {
+        let view = progress.baseline.read();
+        assert_eq!(view.documents_compared, 3000, "orphans are not compared");
+        assert_eq!(view.chunks_differing, 0, "{view:?}");
+    }
+    let counters = t.src.database("app").collection::<Document>("counters");
+    for i in 0..20i64 {
+        counters
+            .update_one(doc! {"_id": i * 10}, doc! {"$inc": {"value": 1i64}})
+            .await
+            .expect("update");
+    }
+    for i in 0..5i64 {
+        counters
+            .insert_one(doc! {"_id": 10_000 + i, "value": i})
+            .await
+            .expect("insert");
+        counters
+            .delete_one(doc! {"_id": i * 10 + 1})
+            .await
+            .expect("delete");
+    }
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    let v = outcome.report.expect("report").verification;
+    assert_eq!(v.baseline_documents, 3000, "{v:?}");
+    assert_eq!(v.documents_checked, 25, "{v:?}");
+    assert_same(&t.src, &t.dst).await;
+}

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use super::coordinator::cutover::{BeginCutover, LiftWriteBlock, VerifyCutover};
 use super::coordinator::window::{ExtendWindow, OpenWindow};
 use super::coordinator::{Alert, Conclude, Coordinator, StartRun};
-use super::copier::{Copier, CopyOutcome, CopySummary};
+use super::copier::{Copier, CopyOutcome, CopyPlanner, CopySummary};
 use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
 use super::{error_chain, ActorFailure, SharedEngine};
 use crate::checkpoint::{unix_now, RunState};
@@ -73,7 +73,7 @@ struct CutoverStarted {
 pub struct Supervisor {
     engine: SharedEngine,
     state: RunState,
-    copier: Option<Addr<Copier>>,
+    copier: Option<Addr<CopyPlanner>>,
     tailer: Option<Addr<Tailer>>,
     coordinator: Option<Addr<Coordinator>>,
     paused_tx: watch::Sender<bool>,
@@ -193,12 +193,16 @@ impl Supervisor {
 
     fn start_copier(&mut self, ctx: &mut Context<Self>) {
         self.set_phase(ctx, Phase::Copying);
-        let copier = Copier::new(
+        // One copier per source shard; the planner hands each its ranges.
+        let paused = self.paused_tx.subscribe();
+        let copiers = Copier::per_shard(&self.engine, &paused);
+        let planner = CopyPlanner::new(
             self.engine.clone(),
             ctx.address().recipient(),
-            self.paused_tx.subscribe(),
+            paused,
+            copiers,
         );
-        self.copier = Some(copier.start());
+        self.copier = Some(planner.start());
     }
 
     /// Starts the tailer unless one runs (a restart scheduled after a failure may find

@@ -91,7 +91,10 @@ pub struct PlannedNamespace {
     pub uuid: Option<bson::Binary>,
 }
 
-/// One `_id` range of a collection: [min, max) in index order; None = unbounded.
+/// One range of a collection: [min, max) in index order; None = unbounded. An `_id`
+/// range (a replica set source, or an unsharded collection of a sharded one) holds `_id`
+/// values; a shard-key range (a chunk of a sharded source collection, `key` set) holds
+/// shard-key documents as `config.chunks` gives them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CopyRange {
     #[serde(rename = "_id")]
@@ -101,10 +104,21 @@ pub struct CopyRange {
     pub min: Option<Bson>,
     pub max: Option<Bson>,
     pub done: bool,
-    /// Last `_id` inserted, so a restart continues after it.
+    /// Last `_id` inserted, so a restart continues after it (`_id` ranges only: a
+    /// shard-key range starts again from `min`, its documents already there skipped).
     pub last_id: Option<Bson>,
     pub documents: u64,
     pub bytes: u64,
+    /// The source shard whose copier reads this range: the shard that owned it when the
+    /// copy was planned (its database's primary shard for an unsharded collection). Empty
+    /// for a replica set source (and for checkpoints written before shards existed). The
+    /// router finds the range's documents wherever they live now, so a chunk that moved
+    /// since the plan is still copied whole, once.
+    #[serde(default)]
+    pub shard: String,
+    /// The shard key pattern when `min`/`max` are shard-key bounds.
+    #[serde(default)]
+    pub key: Option<bson::Document>,
 }
 
 #[derive(Debug, thiserror::Error)]

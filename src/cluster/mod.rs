@@ -15,6 +15,7 @@ pub mod balancer;
 pub mod metadata;
 pub mod namespaces;
 pub mod nodes;
+pub mod ownership;
 pub mod sharding;
 pub mod topology;
 

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use crate::commands;
 use crate::dispatch::{Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
+use crate::query::order::OrdBson;
 use crate::server::Server;
 use crate::storage::Storage;
 use crate::wire::Reply;
@@ -253,7 +254,17 @@ pub async fn owned_documents(
         for (id, d) in &c.docs {
             let key = entry.key.key_of(d);
             if owned.iter().any(|ch| in_range(&key, &ch.min, &ch.max)) {
-                merged.insert(id.clone(), d.clone());
+                // Another shard's document with this `_id` (a collection sharded on
+                // another key keeps `_id` unique per shard only): a real router returns
+                // both, so the second is kept under a key of its own.
+                let id = if merged.contains_key(id) {
+                    OrdBson(Bson::Document(
+                        doc! {"_id": id.0.clone(), "$shard": shard.name.clone()},
+                    ))
+                } else {
+                    id.clone()
+                };
+                merged.insert(id, d.clone());
             }
         }
     }

@@ -75,6 +75,12 @@ pub enum ApplyError {
     /// retrying cannot help.
     #[error("{0}")]
     Refused(String),
+    /// Two source documents with one `_id` on different shards, for one destination.
+    #[error("source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on another key, so _id is unique only per shard), and the destination can hold only one: give each a distinct _id on the source, or exclude {ns} with [filter] exclude_namespaces, then start the migration again")]
+    DuplicateId { ns: String, id: String, n: u64 },
+    /// A source collection's shard key changed under the migration.
+    #[error("source: {operation} on {ns} during the migration changes its shard key, which Ferry cannot replay on the destination: cancel this migration (ferry cancel), drop what it wrote to the destination, and start again once the {operation} has finished on the source (or run it on the destination after the cutover)")]
+    ShardKeyChanged { ns: String, operation: String },
     #[error("change event without {field} on {ns}: {event}")]
     Malformed {
         ns: String,
@@ -743,12 +749,14 @@ impl Target<'_> {
         let mut statements: RawArrayBuf = statements.into_iter().collect();
         while left > 0 {
             let reply = self.write("update", &statements).await?;
-            let failed = reply
+            let first = reply
                 .get_array("writeErrors")
                 .ok()
                 .and_then(|errors| errors.first())
-                .and_then(|e| e.as_document())
-                .filter(|e| e.get_i32("code") == Ok(IMMUTABLE_FIELD))
+                .and_then(|e| e.as_document());
+            let code = first.and_then(|e| e.get_i32("code").ok());
+            let failed = first
+                .filter(|_| matches!(code, Some(IMMUTABLE_FIELD | DUPLICATE_KEY)))
                 .and_then(write_error_index)
                 .filter(|i| *i < left);
             let Some(i) = failed else {
@@ -764,7 +772,32 @@ impl Target<'_> {
             else {
                 return self.check("update", &reply);
             };
-            let delete = rawdoc! {"q": key.to_raw_document_buf(), "limit": 1};
+            let delete = if code == Some(DUPLICATE_KEY) {
+                // A document key with a shard key (a sharded source): the destination
+                // holds this `_id` under another shard key value. That is this
+                // document before a shard-key update whose insert came first on the
+                // stream (its delete follows at the same cluster time, and then
+                // matches nothing), unless the source holds two documents with this
+                // `_id` on different shards.
+                let Some(raw_id) = key
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .filter(|_| key.iter().count() > 1)
+                else {
+                    return self.check("update", &reply);
+                };
+                let id =
+                    Bson::try_from(raw_id.to_raw_bson()).map_err(|_| ApplyError::Malformed {
+                        ns: self.ns.to_string(),
+                        field: "documentKey._id",
+                        event: short(key),
+                    })?;
+                self.refuse_repeated_id(&id).await?;
+                rawdoc! {"q": {"_id": raw_id.to_raw_bson()}, "limit": 1}
+            } else {
+                rawdoc! {"q": key.to_raw_document_buf(), "limit": 1}
+            };
             let reply = self
                 .write("delete", &std::iter::once(delete).collect::<RawArrayBuf>())
                 .await?;
@@ -784,6 +817,26 @@ impl Target<'_> {
             left -= i + 1;
         }
         Ok(())
+    }
+
+    /// Fails when the source holds more than one document with `id` (on different
+    /// shards of a collection sharded on another key): the destination cannot hold both.
+    async fn refuse_repeated_id(&self, id: &Bson) -> Result<(), ApplyError> {
+        let repeated = crate::cluster::ownership::repeated_ids(
+            &self.engine.source,
+            self.db,
+            self.coll,
+            vec![id.clone()],
+        )
+        .await?;
+        match repeated.into_iter().next() {
+            None => Ok(()),
+            Some((id, n)) => Err(ApplyError::DuplicateId {
+                ns: self.ns.to_string(),
+                id: id.to_string(),
+                n,
+            }),
+        }
     }
 
     /// Unordered insert; documents that are already there are replaced instead.
@@ -884,6 +937,8 @@ pub fn is_ddl(operation_type: &str) -> bool {
             | "dropIndexes"
             | "modify"
             | "shardCollection"
+            | "reshardCollection"
+            | "refineCollectionShardKey"
     )
 }
 
@@ -1117,6 +1172,12 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             ignore(&[26])(dest.run(&db, cmd).await)
         }
         "shardCollection" => shard_collection::apply(engine, &db, &coll, &desc).await,
+        // The destination's collection keeps the old key (or none); replaying the
+        // documents' moves would not give it the new one. Stop, naming it.
+        "reshardCollection" | "refineCollectionShardKey" => Err(ApplyError::ShardKeyChanged {
+            ns: format!("{db}.{coll}"),
+            operation: op.to_string(),
+        }),
         _ => Ok(()),
     }
 }

@@ -1,13 +1,20 @@
-//! Copier: plans the copy (namespaces, options, indexes, `_id` ranges), prepares the
-//! destination, then copies every range in batches of unordered bulk inserts. Each
-//! acknowledged batch moves the range's checkpoint, so a restart neither re-copies a
-//! finished range nor skips an unfinished one.
+//! The copy: a [`CopyPlanner`] plans it (namespaces, options, indexes, ranges; see
+//! [`plan`]), prepares the destination, then hands each range to the [`Copier`] of the
+//! source shard it belongs to (one per shard, see [`shard`]) and reports to the
+//! supervisor once every copier has copied its ranges. Each acknowledged batch moves
+//! its range's checkpoint, so a restart neither re-copies a finished range nor skips an
+//! unfinished one.
 
+mod plan;
+mod shard;
+
+pub use shard::{Copier, CopyRanges};
+
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document, RawDocumentBuf};
+use bson::{doc, Bson, Document};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
@@ -16,11 +23,7 @@ pub mod destination;
 use super::applier::relaxed_index;
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
-use crate::cluster::namespaces::{self, NamespaceKind};
-use crate::cluster::{error_code, ClusterError};
-
-/// Sample size per wanted range when choosing split points.
-const SAMPLES_PER_RANGE: u64 = 20;
+use crate::cluster::ClusterError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -40,6 +43,13 @@ pub enum CopyError {
     Stopped,
     #[error("{0}")]
     Unsupported(String),
+    /// Two source documents with one `_id` (on different shards) for one destination.
+    #[error("{0}")]
+    DuplicateId(String),
+    #[error(
+        "the copier of source shard {shard} is gone; the copy starts again from its checkpoints"
+    )]
+    CopierGone { shard: String },
 }
 
 impl CopyError {
@@ -54,7 +64,8 @@ impl CopyError {
                 crate::cluster::is_transient(source)
                     || matches!(crate::cluster::error_code(source), Some(175 | 26))
             }
-            CopyError::Stopped | CopyError::Unsupported(_) => false,
+            CopyError::CopierGone { .. } => true,
+            CopyError::Stopped | CopyError::Unsupported(_) | CopyError::DuplicateId(_) => false,
         }
     }
 }
@@ -71,34 +82,40 @@ pub struct CopySummary {
     pub indexes: u64,
 }
 
-/// One copier per source shard (a replica set is one shard).
-pub struct Copier {
+/// Plans the copy and hands its ranges to the copiers of the source shards; tells the
+/// supervisor how the copy ended.
+pub struct CopyPlanner {
     engine: SharedEngine,
     supervisor: Recipient<CopyOutcome>,
     paused: watch::Receiver<bool>,
+    /// The copier of each source shard (`""` for a replica set), started by the supervisor.
+    copiers: Vec<(String, Addr<Copier>)>,
 }
 
-impl Copier {
+impl CopyPlanner {
     pub fn new(
         engine: SharedEngine,
         supervisor: Recipient<CopyOutcome>,
         paused: watch::Receiver<bool>,
-    ) -> Copier {
-        Copier {
+        copiers: Vec<(String, Addr<Copier>)>,
+    ) -> CopyPlanner {
+        CopyPlanner {
             engine,
             supervisor,
             paused,
+            copiers,
         }
     }
 }
 
-impl Actor for Copier {
+impl Actor for CopyPlanner {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
         let engine = self.engine.clone();
         let paused = self.paused.clone();
+        let copiers = self.copiers.clone();
         ctx.spawn(
-            async move { run_copy(engine, paused).await }
+            async move { run_copy(engine, paused, copiers).await }
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     let outcome = result.map_err(|e| {
@@ -123,18 +140,25 @@ pub async fn wait_unpaused(paused: &mut watch::Receiver<bool>) -> Result<(), Cop
 }
 
 /// Plans (first run) or loads the plan, prepares the destination, copies what is left.
-pub async fn run_copy(
+async fn run_copy(
     engine: SharedEngine,
     mut paused: watch::Receiver<bool>,
+    copiers: Vec<(String, Addr<Copier>)>,
 ) -> Result<CopySummary, CopyError> {
     let (plan, ranges) = engine.checkpoints.load_plan().await?;
-    let (plan, ranges) = if plan.is_empty() && ranges.is_empty() {
-        let (plan, ranges) = make_plan(&engine).await?;
+    let (plan, mut ranges) = if plan.is_empty() && ranges.is_empty() {
+        let (plan, ranges) = plan::make_plan(&engine).await?;
         engine.checkpoints.save_plan(&plan, &ranges).await?;
         (plan, ranges)
     } else {
         (plan, ranges)
     };
+    // An unfinished shard-key range is copied again from its start: what it copied
+    // before counts once, when copied again.
+    for r in ranges.iter_mut().filter(|r| !r.done && r.key.is_some()) {
+        r.documents = 0;
+        r.bytes = 0;
+    }
     let summary = prepare_destination(&engine, &plan).await?;
     let progress = &engine.progress;
     let mut docs_est = 0;
@@ -169,27 +193,44 @@ pub async fn run_copy(
         .store(copied_docs, Ordering::Relaxed);
     progress.bytes_copied.store(copied_bytes, Ordering::Relaxed);
     let todo: Vec<CopyRange> = ranges.into_iter().filter(|r| !r.done).collect();
-    tracing::info!(namespaces = plan.len(), ranges_left = todo.len(), "copying");
-    let concurrency = (engine.config.copy.parallel_collections
-        * engine.config.copy.parallel_ranges_per_collection)
-        .max(1);
+    tracing::info!(
+        namespaces = plan.len(),
+        ranges_left = todo.len(),
+        shards = copiers.len(),
+        "copying"
+    );
     wait_unpaused(&mut paused).await?;
-    // Inserts in flight across all ranges (each range also reads its next batch meanwhile).
-    let inserts = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        engine.config.copy.insert_workers.max(1),
-    ));
-    let uuids: std::collections::HashMap<String, bson::Binary> = plan
+    let uuids: HashMap<String, bson::Binary> = plan
         .iter()
         .filter_map(|n| Some((n.ns.clone(), n.uuid.clone()?)))
         .collect();
+    let by_shard: HashMap<&str, &Addr<Copier>> =
+        copiers.iter().map(|(s, a)| (s.as_str(), a)).collect();
+    // A range whose shard has no copier (a shard added since the plan) is read by any
+    // copier: the router finds its documents wherever they are.
+    let Some((_, fallback)) = copiers.first() else {
+        return Err(CopyError::CopierGone {
+            shard: "(none started)".into(),
+        });
+    };
+    // Every range is assigned at once: each copier bounds how many it copies at a time,
+    // so all shards are read in parallel.
     futures_util::stream::iter(todo.into_iter().map(|r| {
-        let engine = engine.clone();
-        let paused = paused.clone();
-        let inserts = inserts.clone();
+        let shard = r.shard.clone();
+        let copier = by_shard
+            .get(shard.as_str())
+            .copied()
+            .unwrap_or(fallback)
+            .clone();
         let uuid = uuids.get(&r.ns).cloned();
-        async move { copy_range(engine, r, uuid, paused, inserts).await }
+        async move {
+            copier
+                .send(CopyRanges { range: r, uuid })
+                .await
+                .map_err(|_| CopyError::CopierGone { shard })?
+        }
     }))
-    .buffer_unordered(concurrency)
+    .buffer_unordered(usize::MAX)
     .try_collect::<Vec<()>>()
     .await?;
     for ns in &plan {
@@ -198,112 +239,6 @@ pub async fn run_copy(
         }
     }
     Ok(summary)
-}
-
-/// Lists what to migrate and splits each collection into `_id` ranges.
-async fn make_plan(
-    engine: &SharedEngine,
-) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CopyError> {
-    let source = &engine.source;
-    let mut plan = Vec::new();
-    let mut ranges = Vec::new();
-    for namespace in namespaces::in_scope(source, &engine.filter).await? {
-        let (db, name) = (&namespace.db, namespace.coll.as_str());
-        if namespace.kind == NamespaceKind::TimeSeries {
-            // The preflight refuses time-series collections in scope; one created
-            // since is refused here rather than left out.
-            return Err(CopyError::Unsupported(format!(
-                "{db}.{name} is a time-series collection, which Ferry cannot keep in sync: exclude it with [filter] exclude_namespaces and move it separately"
-            )));
-        }
-        let is_view = namespace.kind == NamespaceKind::View;
-        let options = namespace.options.clone();
-        let ns = namespace.full_name();
-        let (indexes, (count, size)) = if is_view {
-            (Vec::new(), (0, 0))
-        } else {
-            (
-                source.index_specs(db, name).await?,
-                source.collection_size(db, name).await?,
-            )
-        };
-        if !is_view {
-            for (index, (min, max)) in split_points(engine, db, name, count)
-                .await?
-                .into_iter()
-                .enumerate()
-            {
-                ranges.push(CopyRange {
-                    id: format!("{ns}#{index}"),
-                    ns: ns.clone(),
-                    index: index as u32,
-                    min,
-                    max,
-                    done: false,
-                    last_id: None,
-                    documents: 0,
-                    bytes: 0,
-                });
-            }
-        }
-        plan.push(PlannedNamespace {
-            uuid: namespace.uuid.clone(),
-            ns,
-            db: db.clone(),
-            coll: name.to_string(),
-            is_view,
-            options,
-            indexes,
-            documents_estimated: count,
-            bytes_estimated: size,
-        });
-    }
-    Ok((plan, ranges))
-}
-
-/// Range bounds in `_id` index order, from a sorted sample of `_id`s.
-async fn split_points(
-    engine: &SharedEngine,
-    db: &str,
-    coll: &str,
-    count: u64,
-) -> Result<Vec<(Option<Bson>, Option<Bson>)>, CopyError> {
-    let wanted = engine.config.copy.parallel_ranges_per_collection.max(1) as u64;
-    let batch = engine.config.copy.batch_max_documents.max(1) as u64;
-    if wanted == 1 || count < 2 * batch {
-        return Ok(vec![(None, None)]);
-    }
-    let wanted = wanted.min(count / batch).max(1);
-    let sample_size = (wanted * SAMPLES_PER_RANGE).min(count) as i64;
-    let sample = engine
-        .source
-        .cursor(
-            db,
-            doc! {"aggregate": coll, "pipeline": [{"$sample": {"size": sample_size}}, {"$project": {"_id": 1}}, {"$sort": {"_id": 1}}], "cursor": {}},
-        )
-        .await?;
-    let ids: Vec<Bson> = sample
-        .into_iter()
-        .filter_map(|d| d.get("_id").cloned())
-        .collect();
-    if ids.is_empty() {
-        return Ok(vec![(None, None)]);
-    }
-    let mut bounds: Vec<Bson> = Vec::new();
-    for i in 1..wanted {
-        let b = ids[(i as usize * ids.len()) / wanted as usize].clone();
-        if bounds.last() != Some(&b) {
-            bounds.push(b);
-        }
-    }
-    let mut out = Vec::new();
-    let mut lo = None;
-    for b in bounds {
-        out.push((lo, Some(b.clone())));
-        lo = Some(b);
-    }
-    out.push((lo, None));
-    Ok(out)
 }
 
 /// Creates collections (with their options), relaxed indexes, then views. Idempotent.
@@ -371,221 +306,4 @@ async fn prepare_destination(
         summary.views += 1;
     }
     Ok(summary)
-}
-
-fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
-    let v = doc.get("_id").ok()??;
-    Bson::try_from(v.to_raw_bson()).ok()
-}
-
-/// Copies one range from its checkpoint on, one batch at a time, with one insert in
-/// flight while the next batch is read (and at most `copy.insert_workers` inserts in
-/// flight over all ranges).
-///
-/// The source is read under the collection's current name (found by its planned UUID)
-/// and written under the planned name: a collection renamed since the plan is copied
-/// where the stream's replayed rename will find it. A collection gone from its database
-/// (dropped, or renamed into another database, which the server carries out as a new
-/// collection filled by inserts) has nothing left to copy here; its events rebuild it.
-async fn copy_range(
-    engine: SharedEngine,
-    mut range: CopyRange,
-    uuid: Option<bson::Binary>,
-    mut paused: watch::Receiver<bool>,
-    inserts: std::sync::Arc<tokio::sync::Semaphore>,
-) -> Result<(), CopyError> {
-    let (db, coll) = range
-        .ns
-        .split_once('.')
-        .map(|(d, c)| (d.to_string(), c.to_string()))
-        .unwrap_or_default();
-    let source_coll = match &uuid {
-        None => coll.clone(),
-        Some(uuid) => match engine.source.collection_name_by_uuid(&db, uuid).await? {
-            Some(name) => name,
-            None => {
-                tracing::info!(ns = %range.ns, "collection gone from the source since the plan; its change events carry what happened to it");
-                range.done = true;
-                engine.checkpoints.save_range(&range).await?;
-                return Ok(());
-            }
-        },
-    };
-    if source_coll != coll {
-        tracing::info!(ns = %range.ns, now = %source_coll, "collection renamed on the source since the plan; copying it from its new name");
-    }
-    let source = engine
-        .source
-        .client
-        .database(&db)
-        .collection::<RawDocumentBuf>(&source_coll);
-    let start = range.last_id.clone().or_else(|| range.min.clone());
-    let resuming = range.last_id.clone();
-    let mut find = source
-        .find(doc! {})
-        .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
-    if let Some(min) = &start {
-        find = find.min(doc! {"_id": min.clone()});
-    }
-    if let Some(max) = &range.max {
-        find = find.max(doc! {"_id": max.clone()});
-    }
-    let batch_docs = engine.config.copy.batch_max_documents.max(1);
-    let batch_bytes = engine.config.copy.batch_max_bytes.max(1) as usize;
-    let mut cursor = find
-        .batch_size(batch_docs.min(10_000) as u32)
-        .await
-        .map_err(|source| CopyError::Driver {
-            side: crate::cluster::Side::Source,
-            action: "find",
-            ns: range.ns.clone(),
-            source,
-        })?;
-    engine.progress.namespace_mut(&range.ns).status = "copying".into();
-    let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(batch_docs);
-    let mut bytes = 0usize;
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<InsertedBatch, CopyError>>> = None;
-    loop {
-        let next = cursor
-            .try_next()
-            .await
-            .map_err(|source| CopyError::Driver {
-                side: crate::cluster::Side::Source,
-                action: "read",
-                ns: range.ns.clone(),
-                source,
-            })?;
-        let finished = next.is_none();
-        if let Some(doc) = next {
-            if resuming.is_some()
-                && batch.is_empty()
-                && in_flight.is_none()
-                && raw_id(&doc) == resuming
-            {
-                continue;
-            }
-            bytes += doc.as_bytes().len();
-            batch.push(doc);
-        }
-        if !batch.is_empty() && (finished || batch.len() >= batch_docs || bytes >= batch_bytes) {
-            if let Some(previous) = in_flight.take() {
-                let done = previous.await.map_err(|_| CopyError::Stopped)??;
-                record_batch(&engine, &mut range, done).await?;
-            }
-            wait_unpaused(&mut paused).await?;
-            let docs = std::mem::take(&mut batch);
-            let n_bytes = std::mem::take(&mut bytes);
-            let permit = inserts
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| CopyError::Stopped)?;
-            let insert = insert_batch(engine.clone(), db.clone(), coll.clone(), docs, n_bytes);
-            in_flight = Some(tokio::spawn(async move {
-                let done = insert.await;
-                drop(permit);
-                done
-            }));
-        }
-        if finished {
-            break;
-        }
-    }
-    if let Some(previous) = in_flight.take() {
-        let done = previous.await.map_err(|_| CopyError::Stopped)??;
-        record_batch(&engine, &mut range, done).await?;
-    }
-    range.done = true;
-    engine.checkpoints.save_range(&range).await?;
-    Ok(())
-}
-
-struct InsertedBatch {
-    last_id: Option<Bson>,
-    documents: u64,
-    bytes: u64,
-}
-
-async fn insert_batch(
-    engine: SharedEngine,
-    db: String,
-    coll: String,
-    docs: Vec<RawDocumentBuf>,
-    bytes: usize,
-) -> Result<InsertedBatch, CopyError> {
-    // No destination write once this process may not hold the lease.
-    engine
-        .checkpoints
-        .fence()
-        .check()
-        .map_err(CheckpointError::from)?;
-    let started = Instant::now();
-    let last_id = docs.last().and_then(raw_id);
-    let documents = docs.len() as u64;
-    let target = engine
-        .destination
-        .client
-        .database(&db)
-        .collection::<RawDocumentBuf>(&coll);
-    match target
-        .insert_many(docs)
-        .ordered(false)
-        .bypass_document_validation(true)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if only_duplicates(&e) => {}
-        Err(source) => {
-            return Err(CopyError::Driver {
-                side: crate::cluster::Side::Destination,
-                action: "insert",
-                ns: format!("{db}.{coll}"),
-                source,
-            });
-        }
-    }
-    crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());
-    Ok(InsertedBatch {
-        last_id,
-        documents,
-        bytes: bytes as u64,
-    })
-}
-
-/// A batch whose only failures are duplicate keys: those documents are already there
-/// (an earlier attempt inserted them), so the batch counts as copied.
-fn only_duplicates(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(im) => {
-            im.write_concern_error.is_none()
-                && im
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|w| w.iter().all(|w| w.code == 11000))
-        }
-        _ => error_code(e) == Some(11000),
-    }
-}
-
-async fn record_batch(
-    engine: &SharedEngine,
-    range: &mut CopyRange,
-    done: InsertedBatch,
-) -> Result<(), CopyError> {
-    range.last_id = done.last_id.or(range.last_id.take());
-    range.documents += done.documents;
-    range.bytes += done.bytes;
-    engine.checkpoints.save_range(range).await?;
-    let p = &engine.progress;
-    p.documents_copied
-        .fetch_add(done.documents, Ordering::Relaxed);
-    p.bytes_copied.fetch_add(done.bytes, Ordering::Relaxed);
-    {
-        let mut ns = p.namespace_mut(&range.ns);
-        ns.documents_copied += done.documents;
-        ns.bytes_copied += done.bytes;
-    }
-    crate::metrics::record_copy(&range.ns, done.documents, done.bytes);
-    Ok(())
 }

@@ -164,6 +164,41 @@ async fn recheck(
     Ok(Some(read))
 }
 
+/// On two sharded sides, a collection sharded on the source and on the destination
+/// with different shard keys (`config.collections.key`; `unique` too). A collection
+/// sharded on one side only is left to the sharding plan (a destination may shard what
+/// the source does not, and one that does not shard it is reported in the log).
+async fn shard_keys_differ(
+    engine: &SharedEngine,
+    ns: &str,
+    is_view: bool,
+) -> Result<Option<Mismatch>, ClusterError> {
+    if is_view || !engine.source_topology.is_sharded() || !engine.destination_topology.is_sharded()
+    {
+        return Ok(None);
+    }
+    let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+    let (source, destination) = futures_util::try_join!(
+        crate::cluster::ownership::sharded_collection(&engine.source, db, coll),
+        crate::cluster::ownership::sharded_collection(&engine.destination, db, coll)
+    )?;
+    match (source, destination) {
+        (Some(s), Some(d)) if s.key != d.key || s.unique != d.unique => Ok(Some(Mismatch {
+            namespace: ns.to_string(),
+            kind: "shard key".into(),
+            detail: format!(
+                "source sharded on {} (unique: {}), destination on {} (unique: {})",
+                s.key, s.unique, d.key, d.unique
+            ),
+        })),
+        (Some(s), None) => {
+            tracing::warn!(namespace = %ns, key = %s.key, "sharded on the source but not on the destination");
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Compares namespaces, options and index definitions only (no document scan): after
 /// finalize, which changes index options but no data.
 pub async fn verify_definitions(
@@ -237,6 +272,9 @@ async fn compare(
                     "differing indexes: source {only_source:?}, destination {only_dest:?}"
                 ),
             });
+        }
+        if let Some(mismatch) = shard_keys_differ(engine, ns, s.is_view).await? {
+            v.mismatches.push(mismatch);
         }
         if s.is_view || !documents {
             continue;

@@ -184,7 +184,10 @@ async fn drive(
         let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints = Checkpoints::new(destination.clone(), config.runtime.lease_terms());
+        let checkpoints = Checkpoints::new(
+            destination.clone(),
+            crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
+        );
         let mut existing = checkpoints.load_state().await?;
         let ended = existing
             .as_ref()
@@ -541,7 +544,10 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
     let state = runtime.block_on(async {
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints = Checkpoints::new(destination, config.runtime.lease_terms());
+        let checkpoints = Checkpoints::new(
+            destination,
+            crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
+        );
         Ok::<_, RunError>(checkpoints.load_state().await?)
     });
     match state {

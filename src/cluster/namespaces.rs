@@ -44,6 +44,19 @@ pub fn is_system_collection(name: &str) -> bool {
     name.starts_with("system.")
 }
 
+/// Whether a collection name is a temporary collection the server fills and then renames
+/// onto its target: during a rename between databases (`tmp` + five letters or digits +
+/// `.renameCollection`), or for an aggregation's `$out` (`tmp.agg_out.<uuid>`).
+pub fn is_rename_staging(coll: &str) -> bool {
+    coll.starts_with("tmp.agg_out.")
+        || coll
+            .strip_prefix("tmp")
+            .and_then(|rest| rest.strip_suffix(".renameCollection"))
+            .is_some_and(|middle| {
+                middle.len() == 5 && middle.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+}
+
 /// Every namespace of `cluster` the filter lets in, sorted by database then name:
 /// collections, views and time-series collections (callers decide what each kind means
 /// to them); the server's own databases and `system.*` collections are never listed.

@@ -611,8 +611,9 @@ impl RuntimeConfig {
         std::time::Duration::from_secs(self.idle_noop_interval_seconds)
     }
 
-    pub fn lease_terms(&self) -> crate::checkpoint::LeaseTerms {
-        crate::checkpoint::LeaseTerms::new(std::time::Duration::from_secs(self.lease_seconds))
+    /// How long the destination lease lasts (`lease_seconds`).
+    pub fn lease_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_seconds)
     }
 }
 

@@ -1096,8 +1096,8 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             if !target_allowed {
                 return ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await);
             }
-            let source_migrated =
-                engine.filter.allows(&db, &coll) || crate::actors::tailer::is_rename_staging(&coll);
+            let source_migrated = engine.filter.allows(&db, &coll)
+                || crate::cluster::namespaces::is_rename_staging(&coll);
             if !source_migrated {
                 // The renamed collection was never migrated: the destination has nothing
                 // to rename. Its target now holds what the source holds under that name.

@@ -306,7 +306,7 @@ impl<'a> EventView<'a> {
             // A collection renamed onto a migrated name replaces it, whether or not its
             // old name was migrated: the replay brings the new contents over.
             true
-        } else if is_rename_staging(self.coll) {
+        } else if crate::cluster::namespaces::is_rename_staging(self.coll) {
             // A rename into another database fills a temporary collection whose name no
             // filter lists, then renames it onto the target: its events are taken
             // wherever the database may hold migrated collections, and the rename's
@@ -316,19 +316,6 @@ impl<'a> EventView<'a> {
             engine.filter.allows(self.db, self.coll) && !self.coll.starts_with("system.")
         }
     }
-}
-
-/// Whether a collection name is a temporary collection the server fills and then renames
-/// onto its target: during a rename between databases (`tmp` + five letters or digits +
-/// `.renameCollection`), or for an aggregation's `$out` (`tmp.agg_out.<uuid>`).
-pub fn is_rename_staging(coll: &str) -> bool {
-    coll.starts_with("tmp.agg_out.")
-        || coll
-            .strip_prefix("tmp")
-            .and_then(|rest| rest.strip_suffix(".renameCollection"))
-            .is_some_and(|middle| {
-                middle.len() == 5 && middle.bytes().all(|b| b.is_ascii_alphanumeric())
-            })
 }
 
 /// Applier of an event: (database, collection, partition).

@@ -415,8 +415,10 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
         let source = Cluster::connect(Side::Source, &config.source.connection()).await?;
         let destination =
             Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints =
-            crate::checkpoint::Checkpoints::new(destination.clone(), config.runtime.lease_terms());
+        let checkpoints = crate::checkpoint::Checkpoints::new(
+            destination.clone(),
+            crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
+        );
         let engine = super::Engine::assemble(
             config.clone(),
             source,

@@ -14,7 +14,6 @@
 use std::process::ExitCode;
 
 use crate::progress::Phase;
-use crate::run::RunError;
 
 pub const COMPLETED: u8 = 0;
 pub const FAILED: u8 = 1;
@@ -35,18 +34,6 @@ pub fn of_phase(phase: Phase) -> u8 {
     }
 }
 
-/// The code of a run that could not start or went wrong.
-pub fn of_error(error: &RunError) -> u8 {
-    match error {
-        RunError::Preflight(_) => REFUSED_BY_VALIDATION,
-        RunError::Held(_)
-        | RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked { .. }) => {
-            DESTINATION_HELD
-        }
-        _ => FAILED,
-    }
-}
-
 pub fn code(value: u8) -> ExitCode {
     ExitCode::from(value)
 }
@@ -62,13 +49,8 @@ mod tests {
             of_phase(Phase::Failed),
             of_phase(Phase::Cancelled),
             of_phase(Phase::Expired),
-            of_error(&RunError::Preflight(String::new())),
-            of_error(&RunError::Checkpoint(
-                crate::checkpoint::CheckpointError::Locked {
-                    holder: String::new(),
-                    until: String::new(),
-                },
-            )),
+            REFUSED_BY_VALIDATION,
+            DESTINATION_HELD,
             BAD_CONFIG,
         ];
         let mut unique = codes.to_vec();

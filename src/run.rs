@@ -15,6 +15,7 @@ use crate::checkpoint::{unix_now, CheckpointError, Checkpoints};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::Config;
 use crate::control::ControlHandle;
+use crate::exit;
 use crate::progress::{Phase, Progress, SharedProgress};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,19 @@ pub enum RunError {
     Crashed,
     #[error("the migration was aborted")]
     Aborted,
+}
+
+impl RunError {
+    /// The exit code of a run that could not start or went wrong (see [`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Preflight(_) => exit::REFUSED_BY_VALIDATION,
+            RunError::Held(_) | RunError::Checkpoint(CheckpointError::Locked { .. }) => {
+                exit::DESTINATION_HELD
+            }
+            _ => exit::FAILED,
+        }
+    }
 }
 
 /// Knobs of a run that are not in the config file.
@@ -393,7 +407,6 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
 /// `runtime.exit_when_finished` or `exit_when_finished` (`--exit-when-finished`) says
 /// otherwise; started again after completion, it prints the stored report and exits 0.
 pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::process::ExitCode {
-    use crate::exit;
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -410,7 +423,7 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            return exit::code(exit::of_error(&e));
+            return exit::code(e.exit_code());
         }
     };
     let Some(api_addr) = migration.api_addr() else {
@@ -425,7 +438,7 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
             }
             Err(e) => {
                 eprintln!("error: {}", error_chain(&e));
-                exit::code(exit::of_error(&e))
+                exit::code(e.exit_code())
             }
         };
     };
@@ -460,7 +473,7 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
         Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            return exit::code(exit::of_error(&e));
+            return exit::code(e.exit_code());
         }
     };
     if outcome.phase != Phase::Completed {
@@ -523,7 +536,6 @@ async fn serve_until_signal(
 /// destination's `__ferry` database (no daemon needed). Exit 0 with the report, 1 when
 /// there is none yet (saying where the migration stands), 2 for a bad config.
 pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
-    use crate::exit;
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -574,5 +586,27 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
             eprintln!("error: {}", error_chain(&e));
             exit::code(exit::FAILED)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_a_held_destination_have_their_own_exit_codes() {
+        assert_eq!(
+            RunError::Preflight(String::new()).exit_code(),
+            exit::REFUSED_BY_VALIDATION
+        );
+        let held = RunError::Checkpoint(CheckpointError::Locked {
+            holder: String::new(),
+            until: String::new(),
+        });
+        assert_eq!(held.exit_code(), exit::DESTINATION_HELD);
+        assert_eq!(
+            RunError::Held(String::new()).exit_code(),
+            exit::DESTINATION_HELD
+        );
     }
 }

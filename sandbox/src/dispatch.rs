@@ -210,6 +210,10 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 (None, _, None) if name == "getMore" => {
                     commands::read::get_more(server, conn, &db, &cmd).await
                 }
+                (None, _, None) if name == "splitChunk" => {
+                    crate::sharding::chunk_admin::split_chunk_on_shard(server, &cmd)
+                        .map(Reply::from)
+                }
                 (None, _, None) if name == "cleanupOrphaned" => {
                     crate::sharding::migration::cleanup_orphaned(server, &cmd)
                         .await

@@ -134,6 +134,9 @@ pub struct Server {
     /// Oplog entries read by queries on `local.oplog.rs` (entries materialized and
     /// tested), so tests can prove a `$natural` read with a limit does not scan it all.
     pub oplog_entries_read: AtomicU64,
+    /// A shard primary's cluster (set once the router exists): where shard-side
+    /// commands such as `splitChunk` reach the catalog.
+    pub cluster: std::sync::OnceLock<std::sync::Weak<crate::sharding::Router>>,
 }
 
 impl Server {
@@ -288,6 +291,7 @@ impl Sandbox {
             disconnect,
             started: Instant::now(),
             oplog_entries_read: AtomicU64::new(0),
+            cluster: std::sync::OnceLock::new(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

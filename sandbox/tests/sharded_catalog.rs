@@ -339,3 +339,47 @@ async fn sharding_a_missing_collection_on_id_uses_its_id_index() {
     .await
     .unwrap();
 }
+
+/// `splitChunk` on the shard primary that owns a chunk splits it at each split key, as
+/// the real shard does for the router's `split`; a shard that does not own the chunk
+/// refuses with StaleConfig, and a replica set has no such command to run.
+#[tokio::test]
+async fn split_chunk_on_the_owning_shard_primary() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    common::shard_items(&router, 0..100, &[]).await;
+    let shard0 = client_for(&cluster.shard("shard0").unwrap().uri()).await;
+    run(
+        &shard0,
+        "admin",
+        doc! {"splitChunk": "app.items", "from": "shard0", "keyPattern": {"k": 1},
+        "min": {"k": Bson::MinKey}, "max": {"k": Bson::MaxKey}, "splitKeys": [{"k": 50}, {"k": 20}]},
+    )
+    .await
+    .unwrap();
+    let mut bounds: Vec<String> = all(&router, "config", "chunks", doc! {})
+        .await
+        .iter()
+        .map(|c| c.get_document("min").unwrap().get("k").unwrap().to_string())
+        .collect();
+    bounds.sort();
+    assert_eq!(bounds.len(), 3, "{bounds:?}");
+    let shard1 = client_for(&cluster.shard("shard1").unwrap().uri()).await;
+    let err = run(
+        &shard1,
+        "admin",
+        doc! {"splitChunk": "app.items", "from": "shard1", "keyPattern": {"k": 1},
+        "min": {"k": 50}, "max": {"k": Bson::MaxKey}, "splitKeys": [{"k": 70}]},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 13388, "{err:?}");
+    let err = run(
+        &router,
+        "admin",
+        doc! {"splitChunk": "app.items", "min": {"k": 50}, "max": {"k": Bson::MaxKey}, "splitKeys": [{"k": 70}]},
+    )
+    .await
+    .unwrap_err();
+    assert!(code(&err) != 0, "{err:?}");
+}

@@ -273,6 +273,14 @@ static COMMANDS: &[CommandSpec] = &[
         Admin,
     )
     .primary_only(),
+    // A shard primary's split of a chunk it owns (the router's `split` on a real cluster).
+    cmd(
+        "splitChunk",
+        dispatched_asynchronously,
+        Some(Action::BalancerControl),
+        Admin,
+    )
+    .primary_only(),
     cmd("commitTransaction", outside_transaction, None, Write),
     cmd("abortTransaction", outside_transaction, None, Write),
 ];

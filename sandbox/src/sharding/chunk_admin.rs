@@ -187,6 +187,83 @@ fn split_at(
     Ok(())
 }
 
+/// `splitChunk` sent to a shard primary (what the router's `split` does on a real
+/// cluster): `{splitChunk: ns, from: <this shard>, keyPattern, min, max, splitKeys}`
+/// splits the chunk `[min, max)`, which this shard must own, at each split key.
+pub fn split_chunk_on_shard(
+    server: &std::sync::Arc<crate::server::Server>,
+    cmd: &Document,
+) -> CmdResult<Document> {
+    let router = server
+        .cluster
+        .get()
+        .and_then(std::sync::Weak::upgrade)
+        .ok_or_else(|| {
+            CommandError::new(
+                codes::ILLEGAL_OPERATION,
+                "splitChunk is only allowed on a shard of a sharded cluster",
+            )
+        })?;
+    let ns = namespace(cmd, "splitChunk")?;
+    let entry = migration::sharded_collection(&router, ns)?;
+    let (Ok(min), Ok(max)) = (cmd.get_document("min"), cmd.get_document("max")) else {
+        return Err(CommandError::new(
+            codes::FAILED_TO_PARSE,
+            "splitChunk needs the chunk's 'min' and 'max'",
+        ));
+    };
+    let keys: Vec<Document> = cmd
+        .get_array("splitKeys")
+        .map_err(|_| {
+            CommandError::new(
+                codes::FAILED_TO_PARSE,
+                "splitChunk needs 'splitKeys', an array of shard keys",
+            )
+        })?
+        .iter()
+        .map(|k| {
+            k.as_document().cloned().ok_or_else(|| {
+                CommandError::type_mismatch("each of splitKeys must be a shard key document")
+            })
+        })
+        .collect::<CmdResult<_>>()?;
+    let this_shard = router
+        .shard_list()
+        .into_iter()
+        .find(|s| std::sync::Arc::ptr_eq(&s.server, server))
+        .map(|s| s.name)
+        .unwrap_or_default();
+    if let Ok(from) = cmd.get_str("from") {
+        if from != this_shard {
+            return Err(CommandError::bad_value(format!(
+                "splitChunk was sent to {this_shard} but names {from} in 'from'"
+            )));
+        }
+    }
+    let chunk = migration::chunk_holding(&router, &entry, min)?;
+    if chunk.shard != this_shard
+        || !compare_keys(&chunk.min, min).is_eq()
+        || !compare_keys(&chunk.max, max).is_eq()
+    {
+        return Err(CommandError::new(
+            codes::STALE_CONFIG,
+            format!(
+                "splitChunk of {ns} [{min}, {max}) on {this_shard}: this shard owns no such chunk (it is [{}, {}) on {})",
+                chunk.min, chunk.max, chunk.shard
+            ),
+        ));
+    }
+    let mut keys = keys;
+    keys.sort_by(compare_keys);
+    let mut current = chunk;
+    for key in &keys {
+        check_full_key(&entry, key)?;
+        split_at(&router, &entry, &current, key)?;
+        current = migration::chunk_holding(&router, &entry, key)?;
+    }
+    Ok(doc! {})
+}
+
 /// `split: ns, middle | find | bounds`: splits a chunk at `middle`, or at the median key
 /// of its documents (`find` names the chunk by a document, `bounds` by its range).
 pub fn split(router: &Router, cmd: &Document) -> CmdResult<Document> {

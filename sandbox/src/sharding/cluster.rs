@@ -112,6 +112,9 @@ impl ShardedCluster {
                 shard_key_move_order: options.shard_key_move_order,
             },
         ));
+        for (_, shard) in &shards {
+            let _ = shard.server().cluster.set(Arc::downgrade(&router));
+        }
         let router = Sandbox::start(SandboxOptions {
             port: options.router_port,
             // The router has no users of its own: it authenticates against the config
@@ -190,6 +193,7 @@ impl ShardedCluster {
         })?;
         let host = format!("{name}/{}", sandbox.address());
         if let Some(router) = self.topology() {
+            let _ = sandbox.server().cluster.set(Arc::downgrade(router));
             router.spares.write().push(Shard {
                 name: name.clone(),
                 server: sandbox.server().clone(),

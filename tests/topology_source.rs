@@ -199,9 +199,10 @@ async fn an_idle_shard_lets_the_lag_reach_zero() {
     }
     // A router's stream returns the busy shard's events only once every shard's time
     // has passed them: the idle shard moves on only by Ferry's ticks.
-    poll_async("the busy shard's writes to reach the destination", || async {
-        count(&t.dst, "app", "items").await == 80
-    })
+    poll_async(
+        "the busy shard's writes to reach the destination",
+        || async { count(&t.dst, "app", "items").await == 80 },
+    )
     .await;
     let progress = m.progress.clone();
     poll("the lag to reach zero with one idle shard", || {

@@ -583,3 +583,37 @@ async fn a_chunk_moving_during_the_copy_is_copied_whole_once() {
     assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
     assert_eq!(assert_same(&t.src, &t.dst).await, 3000);
 }
+
+/// Pins: verification compared documents and indexes only, so a destination collection
+/// sharded on another key than the source's passed; now the cutover is refused naming
+/// both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_sharded_on_another_key_is_refused_at_cutover() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 2),
+    )
+    .await;
+    shard_collection(&t.src, "app.items", doc! {"k": 1}).await;
+    t.src
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many((0..100).map(|i| doc! {"_id": i, "k": i, "other": 100 - i}))
+        .await
+        .expect("seed");
+    let m = start(t.config("")).await;
+    wait_copied(&m).await;
+    // Someone shards the destination's copy on another key.
+    t.dst
+        .database("app")
+        .collection::<Document>("items")
+        .create_index(mongodb::IndexModel::builder().keys(doc! {"other": 1}).build())
+        .await
+        .expect("index for the other key");
+    shard_collection(&t.dst, "app.items", doc! {"other": 1}).await;
+    let error = cutover_refused_by_verification(&m).await;
+    assert!(
+        error.contains("shard key") && error.contains("other"),
+        "the refusal names the differing shard keys: {error}"
+    );
+}

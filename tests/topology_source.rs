@@ -607,7 +607,11 @@ async fn a_destination_sharded_on_another_key_is_refused_at_cutover() {
     t.dst
         .database("app")
         .collection::<Document>("items")
-        .create_index(mongodb::IndexModel::builder().keys(doc! {"other": 1}).build())
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"other": 1})
+                .build(),
+        )
         .await
         .expect("index for the other key");
     shard_collection(&t.dst, "app.items", doc! {"other": 1}).await;

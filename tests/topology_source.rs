@@ -530,3 +530,94 @@ async fn the_baseline_on_a_sharded_source_rechecks_only_what_changed() {
     assert_eq!(v.documents_checked, 25, "{v:?}");
     assert_same(&t.src, &t.dst).await;
 }
+
+/// A chunk that moves to the other shard after the plan and before (or while) its range
+/// is copied: the range is a key range read through the router, so its documents are
+/// found on their new shard, the donor's orphans are left out, and nothing is lost or
+/// copied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_moving_during_the_copy_is_copied_whole_once() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 0),
+    )
+    .await;
+    shard_collection(&t.src, "app.items", doc! {"k": 1}).await;
+    let items = t.src.database("app").collection::<Document>("items");
+    items
+        .insert_many((0..3000).map(|i| doc! {"_id": i, "k": i, "pad": "x".repeat(100)}))
+        .await
+        .expect("seed");
+    for at in [1000, 2000] {
+        t.src
+            .database("admin")
+            .run_command(doc! {"split": "app.items", "middle": {"k": at}})
+            .await
+            .expect("split");
+    }
+    let Deployment::ReplicaSet(destination) = &t.destination else {
+        panic!("a replica set destination");
+    };
+    // A slow destination keeps the copy going while the chunk moves.
+    destination.set_latency(Duration::from_millis(20));
+    let m = start(t.config(
+        "[copy]\nbatch_max_documents = 50\ninsert_workers = 1\nparallel_collections = 1\nparallel_ranges_per_collection = 1\n",
+    ))
+    .await;
+    let p = m.progress.clone();
+    poll("the copy to start", || copied(&p) > 0).await;
+    let to = other_shard(&t.src, "app").await;
+    t.src
+        .database("admin")
+        .run_command(
+            doc! {"moveChunk": "app.items", "find": {"k": 2500}, "to": &to, "_waitForDelete": false},
+        )
+        .await
+        .expect("moveChunk during the copy");
+    assert!(
+        orphans(&t.src, "app.items").await > 0,
+        "the donor kept orphans"
+    );
+    destination.set_latency(Duration::ZERO);
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    assert_eq!(assert_same(&t.src, &t.dst).await, 3000);
+}
+
+/// Pins: verification compared documents and indexes only, so a destination collection
+/// sharded on another key than the source's passed; now the cutover is refused naming
+/// both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_sharded_on_another_key_is_refused_at_cutover() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 2),
+    )
+    .await;
+    shard_collection(&t.src, "app.items", doc! {"k": 1}).await;
+    t.src
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many((0..100).map(|i| doc! {"_id": i, "k": i, "other": 100 - i}))
+        .await
+        .expect("seed");
+    let m = start(t.config("")).await;
+    wait_copied(&m).await;
+    // Someone shards the destination's copy on another key.
+    t.dst
+        .database("app")
+        .collection::<Document>("items")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"other": 1})
+                .build(),
+        )
+        .await
+        .expect("index for the other key");
+    shard_collection(&t.dst, "app.items", doc! {"other": 1}).await;
+    let error = cutover_refused_by_verification(&m).await;
+    assert!(
+        error.contains("shard key") && error.contains("other"),
+        "the refusal names the differing shard keys: {error}"
+    );
+}

@@ -538,3 +538,43 @@ impl Checkpoints {
 pub fn unix_now() -> i64 {
     now_secs()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range checkpointed before ranges carried their shard reads as a replica set
+    /// source's `_id` range.
+    #[test]
+    fn an_old_range_checkpoint_has_no_shard_and_no_key() {
+        let old = bson::doc! {
+            "_id": "app.items#0", "ns": "app.items", "index": 0, "min": null, "max": 10,
+            "done": false, "last_id": 4, "documents": 5i64, "bytes": 100i64,
+        };
+        let range: CopyRange = bson::from_document(old).expect("an old checkpoint reads");
+        assert_eq!(range.shard, "");
+        assert_eq!(range.key, None);
+        assert_eq!(range.last_id, Some(Bson::Int32(4)));
+    }
+
+    /// A shard-key range keeps its shard and key pattern through a save and a load.
+    #[test]
+    fn a_shard_key_range_round_trips_with_its_shard() {
+        let range = CopyRange {
+            id: "app.items#shard1#2".into(),
+            ns: "app.items".into(),
+            index: 2,
+            min: Some(Bson::Document(bson::doc! {"k": 100})),
+            max: Some(Bson::Document(bson::doc! {"k": Bson::MaxKey})),
+            done: false,
+            last_id: None,
+            documents: 0,
+            bytes: 0,
+            shard: "shard1".into(),
+            key: Some(bson::doc! {"k": 1}),
+        };
+        let stored = bson::to_document(&range).expect("serializes");
+        let loaded: CopyRange = bson::from_document(stored).expect("deserializes");
+        assert_eq!(loaded, range);
+    }
+}

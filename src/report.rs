@@ -30,6 +30,12 @@ pub struct Verification {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
+    /// How the migration ended: `completed`, `cancelled`, `failed` or `expired`.
+    #[serde(default = "completed")]
+    pub ending: String,
+    /// Why it ended, when it did not complete (the failure, the cancel, the expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub events_synced: u64,
     /// From the operator's confirmation that writes stopped to `completed`.
     pub downtime_seconds: f64,
@@ -50,6 +56,17 @@ pub struct Report {
     pub balancer_warnings: Vec<String>,
 }
 
+fn completed() -> String {
+    "completed".into()
+}
+
+impl Report {
+    /// Whether the migration this report describes completed (cut over and verified).
+    pub fn completed(&self) -> bool {
+        self.ending.is_empty() || self.ending == "completed"
+    }
+}
+
 /// Bytes in binary units with one decimal (`1.5 GiB`), for reports and `ferry status`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -64,7 +81,14 @@ pub fn human_bytes(n: u64) -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "migration report")?;
+        if self.completed() {
+            writeln!(f, "migration report")?;
+        } else {
+            writeln!(f, "migration report: the migration {}", self.ending)?;
+            if let Some(reason) = &self.reason {
+                writeln!(f, "  reason:              {reason}")?;
+            }
+        }
         writeln!(f, "  changes synced:      {}", self.events_synced)?;
         writeln!(f, "  downtime:            {:.2} s", self.downtime_seconds)?;
         writeln!(f, "  duration:            {:.1} s", self.duration_seconds)?;
@@ -80,7 +104,12 @@ impl std::fmt::Display for Report {
             self.collections_copied, self.views_copied, self.indexes_copied
         )?;
         let v = &self.verification;
-        if v.passed {
+        if !self.completed() {
+            writeln!(
+                f,
+                "  verification:        not run (the destination is not a finished copy)"
+            )?;
+        } else if v.passed {
             if v.namespaces_rechecked > 0 {
                 writeln!(
                     f,

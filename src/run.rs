@@ -570,7 +570,7 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
             }
             (None, phase) => {
                 eprintln!(
-                    "no report yet: the migration on this destination is {}; the report is stored when it completes",
+                    "no report yet: the migration on this destination is {}; the report is stored when the migration ends",
                     phase.map_or("running", |p| p.as_str())
                 );
                 exit::code(exit::FAILED)

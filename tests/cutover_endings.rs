@@ -219,3 +219,42 @@ async fn a_completed_run_started_again_does_nothing() {
         .expect("read destination");
     assert!(copied.is_none(), "a completed run did work again");
 }
+
+/// A cancelled run has a report too: what was copied and synced before the ending, the
+/// ending and its reason, no verification claimed; `ferry report` prints it from the
+/// destination without a daemon. Before, only a completed run had a report ("no report
+/// yet" for every other ending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_reports_what_it_did_and_why_it_ended() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 300).await;
+    let m = start(pair.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let reply = m.control.request(ControlRequest::Cancel).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    let outcome = wait(m).await;
+    assert_eq!(outcome.phase, Phase::Cancelled);
+    let report = outcome.report.expect("a cancelled run has a report");
+    assert_eq!(report.ending, "cancelled");
+    assert!(report.reason.is_some(), "{report:?}");
+    assert!(report.documents_copied >= 300, "{report:?}");
+    assert!(!report.completed());
+    let path = config_file(&pair.source.uri(), &pair.destination.uri(), free_port(), "");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["report", "--config"])
+            .arg(&path)
+            .output()
+            .expect("ferry report")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("the migration cancelled"), "{text}");
+    assert!(text.contains("verification:        not run"), "{text}");
+}

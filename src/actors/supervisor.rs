@@ -303,6 +303,19 @@ impl Supervisor {
         let engine = self.engine.clone();
         let done = self.done.take();
         let mut report = self.engine.progress.report.read().clone();
+        if report.is_none() && phase != Phase::Completed && phase.is_terminal() {
+            // What was done before the ending, for the API, `ferry report` and a later
+            // `ferry run`: a cancelled, failed or expired run has its report too.
+            let mut ended = self.build_report(Verification::default());
+            ended.ending = phase.as_str().to_string();
+            ended.reason = error.clone().or_else(|| match phase {
+                Phase::Cancelled => Some("cancelled by the operator".into()),
+                Phase::Expired => Some("the cutover window expired".into()),
+                _ => None,
+            });
+            *self.engine.progress.report.write() = Some(ended.clone());
+            report = Some(ended);
+        }
         if phase == Phase::Failed {
             crate::notify::send(
                 &self.engine,
@@ -563,6 +576,8 @@ impl Supervisor {
             None => self.run_started.elapsed().as_secs_f64(),
         };
         Report {
+            ending: Phase::Completed.as_str().to_string(),
+            reason: None,
             events_synced: p.events_applied.load(Ordering::Relaxed),
             downtime_seconds: downtime,
             duration_seconds: duration.max(self.run_started.elapsed().as_secs_f64()),

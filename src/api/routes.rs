@@ -148,7 +148,7 @@ async fn report(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
-                "no report yet: the migration is {}; the report is written once it completes",
+                "no report yet: the migration is {}; the report is written when the migration ends",
                 state.progress.phase().as_str()
             ),
         )),

@@ -165,9 +165,10 @@ async fn recheck(
 }
 
 /// On two sharded sides, a collection sharded on the source and on the destination
-/// with different shard keys (`config.collections.key`; `unique` too). A collection
-/// sharded on one side only is left to the sharding plan (a destination may shard what
-/// the source does not, and one that does not shard it is reported in the log).
+/// with different shard keys (`config.collections.key`; `unique` too), or sharded on the
+/// source and not on the destination (Ferry shards every such collection before copying
+/// it, and follows `shardCollection` events). A destination may shard what the source
+/// does not (`[sharding]` entries).
 async fn shard_keys_differ(
     engine: &SharedEngine,
     ns: &str,
@@ -191,10 +192,14 @@ async fn shard_keys_differ(
                 s.key, s.unique, d.key, d.unique
             ),
         })),
-        (Some(s), None) => {
-            tracing::warn!(namespace = %ns, key = %s.key, "sharded on the source but not on the destination");
-            Ok(None)
-        }
+        (Some(s), None) => Ok(Some(Mismatch {
+            namespace: ns.to_string(),
+            kind: "shard key".into(),
+            detail: format!(
+                "source sharded on {} (unique: {}), destination not sharded",
+                s.key, s.unique
+            ),
+        })),
         _ => Ok(None),
     }
 }

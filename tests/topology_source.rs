@@ -603,7 +603,14 @@ async fn a_destination_sharded_on_another_key_is_refused_at_cutover() {
         .expect("seed");
     let m = start(t.config("")).await;
     wait_copied(&m).await;
-    // Someone shards the destination's copy on another key.
+    // Someone drops the destination's copy (Ferry sharded it on the source's key) and
+    // shards it again on another key.
+    t.dst
+        .database("app")
+        .collection::<Document>("items")
+        .drop()
+        .await
+        .expect("drop the destination's copy");
     t.dst
         .database("app")
         .collection::<Document>("items")

@@ -11,6 +11,24 @@ use super::catalog::Chunk;
 use super::routing::Target;
 use super::{Router, Shard, ShardKeyMoveOrder};
 
+/// The documents of `c` that `filter` matches: by `_id` when the filter pins one (one
+/// lookup instead of a scan, as the server's `_id` index gives), else every document.
+fn matching<'c>(
+    c: &'c crate::storage::Collection,
+    filter: &Document,
+    matcher: &'c Matcher,
+) -> Box<dyn Iterator<Item = &'c std::sync::Arc<Document>> + 'c> {
+    match super::shard_key::equality_value(filter, "_id") {
+        Some(id) => Box::new(
+            c.docs
+                .get(&crate::query::order::OrdBson(id))
+                .into_iter()
+                .filter(move |d| matcher.matches(d)),
+        ),
+        None => Box::new(c.docs.values().filter(move |d| matcher.matches(d))),
+    }
+}
+
 impl Target<'_> {
     /// A multi update may not change the shard key of any document it matches (the real
     /// shards refuse it with 72 InvalidOptions); checked on every shard's owned documents
@@ -69,7 +87,7 @@ impl Target<'_> {
             let Some(c) = storage.collection(self.db, self.coll) else {
                 continue;
             };
-            for d in c.docs.values().filter(|d| matcher.matches(d)) {
+            for d in matching(c, filter, &matcher) {
                 let key = self.entry.key.key_of(d);
                 if !owned
                     .iter()
@@ -106,7 +124,7 @@ impl Target<'_> {
             let Some(c) = storage.collection(self.db, self.coll) else {
                 return Ok(None);
             };
-            let Some(old) = c.docs.values().find(|d| matcher.matches(d)).cloned() else {
+            let Some(old) = matching(c, filter, &matcher).next().cloned() else {
                 return Ok(None);
             };
             let new = spec.apply(&old, filter, false)?;

@@ -4,10 +4,10 @@
 //! finished range nor skips an unfinished one.
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document, RawDocumentBuf};
+use bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
@@ -35,6 +35,9 @@ pub enum CopyError {
     },
     #[error("stopped")]
     Stopped,
+    /// Waited too long on the source; planning again may pass.
+    #[error("{0}")]
+    Stalled(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -51,6 +54,7 @@ impl CopyError {
                 crate::cluster::is_transient(source)
                     || matches!(crate::cluster::error_code(source), Some(175 | 26))
             }
+            CopyError::Stalled(_) => true,
             CopyError::Stopped | CopyError::Unsupported(_) => false,
         }
     }
@@ -126,7 +130,16 @@ pub async fn run_copy(
 ) -> Result<CopySummary, CopyError> {
     let (plan, ranges) = engine.checkpoints.load_plan().await?;
     let (plan, ranges) = if plan.is_empty() && ranges.is_empty() {
-        let (plan, ranges) = make_plan(&engine).await?;
+        let (mut plan, mut ranges) = make_plan(&engine).await?;
+        let start = engine
+            .checkpoints
+            .load_state()
+            .await?
+            .and_then(|s| s.start_ts);
+        if let Some(start) = start {
+            let renames = renames_since(&engine, start).await?;
+            name_as_at_start(&mut plan, &mut ranges, &renames);
+        }
         engine.checkpoints.save_plan(&plan, &ranges).await?;
         (plan, ranges)
     } else {
@@ -276,6 +289,126 @@ async fn make_plan(
         }
     }
     Ok((plan, ranges))
+}
+
+/// How long the plan waits for the source's change stream to reach the time the plan
+/// was made (moments on a healthy deployment; longer means the stream is stuck, and the
+/// copy is retried from the start of planning).
+const RENAMES_WAIT: Duration = Duration::from_secs(120);
+
+/// The rename events of the source's change stream from `start` until after the plan
+/// listed the collections, oldest first.
+async fn renames_since(
+    engine: &SharedEngine,
+    start: Timestamp,
+) -> Result<Vec<Document>, CopyError> {
+    let source = &engine.source;
+    let failed = |source| CopyError::Driver {
+        side: crate::cluster::Side::Source,
+        action: "read the renames since the start time",
+        ns: "every namespace".into(),
+        source,
+    };
+    let until = source.cluster_time().await?;
+    let mut stream = source
+        .client
+        .watch()
+        .pipeline([doc! {"$match": {"operationType": "rename"}}])
+        .show_expanded_events(true)
+        .start_at_operation_time(start)
+        .max_await_time(Duration::from_millis(500))
+        .await
+        .map_err(failed)?
+        .with_type::<Document>();
+    let order = |ts: Timestamp| (ts.time, ts.increment);
+    let deadline = Instant::now() + RENAMES_WAIT;
+    let mut renames = Vec::new();
+    loop {
+        if let Some(event) = stream.next_if_any().await.map_err(failed)? {
+            if event
+                .get_timestamp("clusterTime")
+                .is_ok_and(|ts| order(ts) > order(until))
+            {
+                break;
+            }
+            renames.push(event);
+            continue;
+        }
+        let reached = stream
+            .resume_token()
+            .and_then(|t| match bson::to_bson(&t) {
+                Ok(Bson::Document(d)) => super::tailer::token_timestamp(&d),
+                _ => None,
+            })
+            .is_some_and(|ts| order(ts) >= order(until));
+        if reached {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(CopyError::Stalled(format!(
+                "the source's change stream did not reach the copy plan's time ({until:?}) within {}s; the copy is planned again",
+                RENAMES_WAIT.as_secs()
+            )));
+        }
+        // An idle deployment (or shard) moves its stream on with a no-op, as the tailer's
+        // idle tick does.
+        source.append_noop("ferry copy plan").await?;
+    }
+    Ok(renames)
+}
+
+/// Names each planned collection, and its ranges, as the collection was named at the
+/// start time, where the change stream's first events find it: the copy lands under that
+/// name and the replayed renames move it. Planned under a newer name, a collection renamed
+/// between the start time and the listing was overwritten by the replayed rename with
+/// the little the replayed writes under its old name had put there.
+///
+/// `renames` (oldest first) are walked back: each moves the collection with the event's
+/// UUID from the event's target back to its source name. A rename into another database
+/// (a new collection with its own UUID) matches none. A collection found under a name
+/// another one had at the start time was created since: the stream carries all of it, so
+/// it leaves the plan.
+fn name_as_at_start(
+    plan: &mut Vec<PlannedNamespace>,
+    ranges: &mut Vec<CopyRange>,
+    renames: &[Document],
+) {
+    for event in renames.iter().rev() {
+        let Ok(Bson::Binary(uuid)) = event.get("collectionUUID").ok_or(()) else {
+            continue;
+        };
+        let name = |field: &str| {
+            let ns = event.get_document(field).ok()?;
+            Some((ns.get_str("db").ok()?, ns.get_str("coll").ok()?))
+        };
+        let (Some((db, from)), Some((to_db, to))) = (name("ns"), name("to")) else {
+            continue;
+        };
+        if db != to_db {
+            continue;
+        }
+        let Some(moved) = plan
+            .iter()
+            .position(|p| p.uuid.as_ref() == Some(uuid) && p.db == db && p.coll == to)
+        else {
+            continue;
+        };
+        let (old_ns, new_ns) = (plan[moved].ns.clone(), format!("{db}.{from}"));
+        if let Some(created) = plan.iter().position(|p| p.ns == new_ns) {
+            tracing::info!(ns = %new_ns, "collection created since the start time; its change events carry all of it");
+            plan.remove(created);
+            ranges.retain(|r| r.ns != new_ns);
+        }
+        tracing::info!(ns = %old_ns, at_start = %new_ns, "collection renamed since the start time; copying it under its name then");
+        for p in plan.iter_mut().filter(|p| p.ns == old_ns) {
+            p.coll = from.to_string();
+            p.ns = new_ns.clone();
+        }
+        for r in ranges.iter_mut().filter(|r| r.ns == old_ns) {
+            r.ns = new_ns.clone();
+            r.id = format!("{new_ns}#{}", r.index);
+        }
+    }
 }
 
 /// Range bounds in `_id` index order, from a sorted sample of `_id`s.
@@ -579,4 +712,107 @@ async fn record_batch(
     }
     crate::metrics::record_copy(&range.ns, done.documents, done.bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uuid(n: u8) -> bson::Binary {
+        bson::Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: vec![n; 16],
+        }
+    }
+
+    fn planned(coll: &str, n: u8) -> PlannedNamespace {
+        PlannedNamespace {
+            ns: format!("app.{coll}"),
+            db: "app".into(),
+            coll: coll.into(),
+            is_view: false,
+            options: Document::new(),
+            indexes: Vec::new(),
+            documents_estimated: 0,
+            bytes_estimated: 0,
+            uuid: Some(uuid(n)),
+        }
+    }
+
+    fn range(coll: &str) -> CopyRange {
+        CopyRange {
+            id: format!("app.{coll}#0"),
+            ns: format!("app.{coll}"),
+            index: 0,
+            min: None,
+            max: None,
+            done: false,
+            last_id: None,
+            documents: 0,
+            bytes: 0,
+        }
+    }
+
+    fn rename(from: &str, to: &str, n: u8) -> Document {
+        let (from_db, from) = from.split_once('.').unwrap();
+        let (to_db, to) = to.split_once('.').unwrap();
+        doc! {"operationType": "rename", "collectionUUID": uuid(n),
+        "ns": {"db": from_db, "coll": from}, "to": {"db": to_db, "coll": to}}
+    }
+
+    fn names(plan: &[PlannedNamespace], ranges: &[CopyRange]) -> (Vec<String>, Vec<String>) {
+        (
+            plan.iter()
+                .map(|p| format!("{}={}", p.ns, p.coll))
+                .collect(),
+            ranges.iter().map(|r| r.id.clone()).collect(),
+        )
+    }
+
+    /// Renames after the start time are walked back, chains and swaps included; the
+    /// copy plan then names each collection as the start time did.
+    #[test]
+    fn the_plan_names_collections_as_at_the_start_time() {
+        // At the start: 1 at a, 2 at b, 3 at c. Since: b -> tmp, a -> b, tmp -> a (a
+        // swap), c -> d -> e, and a rename between databases (another UUID: no match).
+        let mut plan = vec![planned("b", 1), planned("a", 2), planned("e", 3)];
+        let mut ranges = vec![range("b"), range("a"), range("e")];
+        let renames = [
+            rename("app.b", "app.tmp", 2),
+            rename("app.a", "app.b", 1),
+            rename("app.tmp", "app.a", 2),
+            rename("app.c", "app.d", 3),
+            rename("app.d", "app.e", 3),
+            rename("app.e", "other.e", 3),
+        ];
+        name_as_at_start(&mut plan, &mut ranges, &renames);
+        assert_eq!(
+            names(&plan, &ranges),
+            (
+                vec!["app.a=a".into(), "app.b=b".into(), "app.c=c".into()],
+                vec!["app.a#0".into(), "app.b#0".into(), "app.c#0".into()],
+            )
+        );
+    }
+
+    /// A collection renamed back before the listing keeps its name; one created since
+    /// under the old name of a renamed one leaves the plan (its events carry all of it).
+    #[test]
+    fn a_collection_created_since_under_an_old_name_leaves_the_plan() {
+        let mut plan = vec![planned("a", 1), planned("b", 2), planned("c", 3)];
+        let mut ranges = vec![range("a"), range("b"), range("c")];
+        let renames = [
+            rename("app.a", "app.x", 1),
+            rename("app.x", "app.a", 1),
+            rename("app.c", "app.b", 2),
+        ];
+        name_as_at_start(&mut plan, &mut ranges, &renames);
+        assert_eq!(
+            names(&plan, &ranges),
+            (
+                vec!["app.a=a".into(), "app.c=c".into()],
+                vec!["app.a#0".into(), "app.c#0".into()],
+            )
+        );
+    }
 }

@@ -346,7 +346,7 @@ async fn renames_since(
         }
         if Instant::now() >= deadline {
             return Err(CopyError::Stalled(format!(
-                "the source's change stream did not reach the copy plan's time ({until:?}) within {}s; the copy is planned again",
+                "the source's change stream did not reach the copy plan's time ({until:?}) within {}s; the copy is planned again (if this repeats, check that the source's majority commit point advances: a lagging secondary holds it back)",
                 RENAMES_WAIT.as_secs()
             )));
         }
@@ -374,7 +374,7 @@ fn name_as_at_start(
     renames: &[Document],
 ) {
     for event in renames.iter().rev() {
-        let Ok(Bson::Binary(uuid)) = event.get("collectionUUID").ok_or(()) else {
+        let Some(Bson::Binary(uuid)) = event.get("collectionUUID") else {
             continue;
         };
         let name = |field: &str| {

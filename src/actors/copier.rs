@@ -35,6 +35,8 @@ pub enum CopyError {
     },
     #[error("stopped")]
     Stopped,
+    #[error("source: the change stream history since the start time is gone (the oplog rolled over); the migration must start over: drop the destination's __ferry database and run again")]
+    HistoryLost(#[source] mongodb::error::Error),
     /// Waited too long on the source; planning again may pass.
     #[error("{0}")]
     Stalled(String),
@@ -55,7 +57,7 @@ impl CopyError {
                     || matches!(crate::cluster::error_code(source), Some(175 | 26))
             }
             CopyError::Stalled(_) => true,
-            CopyError::Stopped | CopyError::Unsupported(_) => false,
+            CopyError::Stopped | CopyError::Unsupported(_) | CopyError::HistoryLost(_) => false,
         }
     }
 }
@@ -303,11 +305,16 @@ async fn renames_since(
     start: Timestamp,
 ) -> Result<Vec<Document>, CopyError> {
     let source = &engine.source;
-    let failed = |source| CopyError::Driver {
-        side: crate::cluster::Side::Source,
-        action: "read the renames since the start time",
-        ns: "every namespace".into(),
-        source,
+    let failed = |source| {
+        if super::tailer::is_history_lost(&source) {
+            return CopyError::HistoryLost(source);
+        }
+        CopyError::Driver {
+            side: crate::cluster::Side::Source,
+            action: "read the renames since the start time",
+            ns: "every namespace".into(),
+            source,
+        }
     };
     let until = source.cluster_time().await?;
     let mut stream = source

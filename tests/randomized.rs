@@ -14,8 +14,8 @@
 //!   end, instead of stopping at the first.
 //! - `FERRY_RANDOMIZED_TRACE=1`: print every command the workload sends, and each
 //!   fault and crash as it happens (to minimise a failing seed).
-//! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients that are off
-//!   by default, listed below.
+//! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients, listed
+//!   below (all of them are on by default now; `none,<name>` isolates one).
 //!
 //! Workload (weights drawn per seed): inserts, bulk inserts, updates mixing every
 //! operator kind (`$set`, `$unset`, `$inc`, `$mul`, `$min`, `$max`, `$rename`, `$push`
@@ -42,16 +42,16 @@
 //!   Decimal128 included, deleted and re-inserted as another type (66 ImmutableField).
 //! - `dollar_fields` (seed 1, fixed, on): top-level `$`-prefixed field names, then
 //!   updated (52 DollarPrefixedFieldName from the replacement fallback).
-//! - `rename_during_copy` (seed 4, off: seed 209 still fails): renameCollection while
-//!   the copy runs. Renames within a database: the copy follows the collection's UUID.
-//!   Renames into another database (seeds 1 and 3 lost documents): the sandbox now
-//!   carries them out as a real server does (a temporary collection with a new UUID
-//!   filled by inserts, renamed onto the target, the source dropped), and Ferry replays
-//!   those events. Seeds 94, 209, 282, 317 and 385 (this switch with the others that
-//!   are on) still end with a collection renamed during the copy short of documents
-//!   (and sometimes of indexes) on the destination, e.g. `app.renamed490`: 22 of 130
-//!   and no TTL index; each such collection holds a document near 16 MB. Without this
-//!   switch seed 209 converges.
+//! - `rename_during_copy` (seed 4, fixed, on): renameCollection while the copy runs.
+//!   Renames within a database: the copy follows the collection's UUID. Renames into
+//!   another database (seeds 1 and 3 lost documents): the sandbox now carries them out
+//!   as a real server does (a temporary collection with a new UUID filled by inserts,
+//!   renamed onto the target, the source dropped), and Ferry replays those events. A
+//!   rename between the start time and the copy plan's listing (seeds 94, 209, 282, 317
+//!   and 385, some runs of each: `app.renamed490` 22 of 130 documents and no TTL index)
+//!   had the plan name the collection by its new name; the replayed rename then replaced
+//!   the copy with what the replayed writes under the old name had put there. The plan
+//!   now names each collection as the start time did.
 //! - `retried_cutover` (seed 1, fixed, on): a cutover refused by verification (a planted
 //!   difference), then retried once the difference is removed: the second cutover
 //!   stayed in `cutting_over` for good.
@@ -103,7 +103,7 @@ pub fn trace() -> bool {
     std::env::var("FERRY_RANDOMIZED_TRACE").is_ok_and(|v| v == "1")
 }
 
-/// Ingredients that are off by default (see the header).
+/// Ingredients a run can switch on or off (see the header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Feature {
     PushStorm,
@@ -136,10 +136,11 @@ const FEATURES: [(&str, Feature); 11] = [
 /// Ingredients on unless the environment says otherwise: each once failed on a known
 /// engine bug that is fixed now, so they stay in every run as regressions guards.
 /// `FERRY_RANDOMIZED_FEATURES=none` turns them off (to isolate a failure).
-const DEFAULT_ON: [Feature; 10] = [
+const DEFAULT_ON: [Feature; 11] = [
     Feature::PushStorm,
     Feature::EqualIds,
     Feature::DollarFields,
+    Feature::RenameDuringCopy,
     Feature::RetriedCutover,
     Feature::RenameRace,
     Feature::SlowPlanSave,

@@ -605,3 +605,96 @@ async fn fields_moved_by_pipeline_updates_converge() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, 20);
 }
+
+/// Pins (the randomized suite's `rename_during_copy`, seeds 94, 209, 282, 317 and 385):
+/// a collection renamed after the start time but before the copy plan listed the
+/// collections ended on the destination short of documents and of its indexes. The plan
+/// named it by its new name, so the copy landed there; the change stream then replayed
+/// the writes made under the old name (re-reading each document from the source, so the
+/// old name came back on the destination holding just those) and the rename onto the
+/// new name, which replaced the whole copy with them. The plan now names every collection
+/// as it was named at the start time, where the stream's first events find it.
+///
+/// The start time's majority wait is held by a fail point (after its no-op is written),
+/// so the writes and the rename land between the start time and the plan every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_renamed_before_the_copy_plan_converges() {
+    let pair = Pair::start().await;
+    seed_collection(&pair, "orders", 300).await;
+    pair.src
+        .database("app")
+        .run_command(doc! {"createIndexes": "orders", "indexes": [
+            {"key": {"at": 1}, "name": "at_ttl", "expireAfterSeconds": 31_536_000},
+        ]})
+        .await
+        .expect("ttl index");
+    pair.src
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {
+                "failCommands": ["find"],
+                "namespace": "admin.ferry_majority_probe",
+                "blockConnection": true,
+                "blockTimeMS": 3000,
+            },
+        })
+        .await
+        .expect("fail point");
+    let (src, dst) = (pair.src.clone(), pair.dst.clone());
+    let writes = tokio::spawn(async move {
+        let oplog = src.database("local").collection::<Document>("oplog.rs");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while oplog
+            .find_one(doc! {"o.ferry": "ferry start"})
+            .await
+            .expect("read the oplog")
+            .is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no start time was recorded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let orders = src.database("app").collection::<Document>("orders");
+        // Writes Ferry replays as whole documents (they bring the old name back on the
+        // destination), and one it replays as a delta.
+        orders
+            .insert_one(doc! {"_id": 1000, "name": "orders", "k": 2})
+            .await
+            .expect("insert before the rename");
+        orders
+            .replace_one(doc! {"_id": 7}, doc! {"name": "replaced", "k": 7})
+            .await
+            .expect("replace before the rename");
+        orders
+            .update_many(doc! {"k": 2}, doc! {"$set": {"before": "rename"}})
+            .await
+            .expect("update before the rename");
+        src.database("admin")
+            .run_command(doc! {"renameCollection": "app.orders", "to": "app.orders_2026"})
+            .await
+            .expect("rename");
+        let state = dst
+            .database("__ferry")
+            .collection::<Document>("state")
+            .find_one(doc! {})
+            .await
+            .expect("read the run state");
+        assert!(
+            state.is_none_or(|s| !s.contains_key("start_ts")),
+            "the start time was saved before the rename; the plan may have seen the old name and the test proves nothing"
+        );
+        src.database("app")
+            .collection::<Document>("orders_2026")
+            .update_many(doc! {"k": 3}, doc! {"$set": {"after": "rename"}})
+            .await
+            .expect("update after the rename");
+    });
+    let m = start(pair.config("")).await;
+    writes.await.expect("writes around the plan");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 301);
+}

@@ -6,6 +6,7 @@
 //! unfinished one.
 
 mod plan;
+mod renames;
 mod shard;
 
 pub use shard::{Copier, CopyRanges};
@@ -41,6 +42,11 @@ pub enum CopyError {
     },
     #[error("stopped")]
     Stopped,
+    #[error("source: the change stream history since the start time is gone (the oplog rolled over); the migration must start over: drop the destination's __ferry database and run again")]
+    HistoryLost(#[source] mongodb::error::Error),
+    /// Waited too long on the source; planning again may pass.
+    #[error("{0}")]
+    Stalled(String),
     #[error("{0}")]
     Unsupported(String),
     /// Two source documents with one `_id` (on different shards) for one destination.
@@ -65,7 +71,11 @@ impl CopyError {
                     || matches!(crate::cluster::error_code(source), Some(175 | 26))
             }
             CopyError::CopierGone { .. } => true,
-            CopyError::Stopped | CopyError::Unsupported(_) | CopyError::DuplicateId(_) => false,
+            CopyError::Stalled(_) => true,
+            CopyError::Stopped
+            | CopyError::Unsupported(_)
+            | CopyError::DuplicateId(_)
+            | CopyError::HistoryLost(_) => false,
         }
     }
 }
@@ -147,7 +157,16 @@ async fn run_copy(
 ) -> Result<CopySummary, CopyError> {
     let (plan, ranges) = engine.checkpoints.load_plan().await?;
     let (plan, mut ranges) = if plan.is_empty() && ranges.is_empty() {
-        let (plan, ranges) = plan::make_plan(&engine).await?;
+        let (mut plan, mut ranges) = plan::make_plan(&engine).await?;
+        let start = engine
+            .checkpoints
+            .load_state()
+            .await?
+            .and_then(|s| s.start_ts);
+        if let Some(start) = start {
+            let renames = renames::renames_since(&engine, start).await?;
+            renames::name_as_at_start(&mut plan, &mut ranges, &renames);
+        }
         engine.checkpoints.save_plan(&plan, &ranges).await?;
         (plan, ranges)
     } else {

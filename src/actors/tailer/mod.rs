@@ -417,7 +417,7 @@ async fn flush(
     dispatch(engine, routing, pending).await
 }
 
-fn is_history_lost(e: &mongodb::error::Error) -> bool {
+pub(crate) fn is_history_lost(e: &mongodb::error::Error) -> bool {
     crate::cluster::error_code(e) == Some(286)
         || e.contains_label("NonResumableChangeStreamError")
             && crate::cluster::error_code(e) == Some(280)

@@ -106,6 +106,13 @@ impl Migration {
                     }
                 };
                 let system = actix::System::with_tokio_rt(move || runtime);
+                // Every log line of the run's actors (they all run on this thread)
+                // carries the run's span; each actor adds its own below it.
+                let span = tracing::info_span!(
+                    "run",
+                    migration = crate::checkpoint::lease::process_owner()
+                );
+                let _run = span.enter();
                 system.block_on(async move {
                     tokio::select! {
                         r = drive(config, options, thread_progress, thread_control, control_rx, shutdown_rx, ready_tx) => r,

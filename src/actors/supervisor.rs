@@ -180,7 +180,10 @@ impl Supervisor {
             return;
         }
         self.baseline_attempts += 1;
-        let run = super::verifier::baseline::run(self.engine.clone(), self.paused_tx.subscribe());
+        let run = tracing::Instrument::instrument(
+            super::verifier::baseline::run(self.engine.clone(), self.paused_tx.subscribe()),
+            tracing::info_span!("baseline"),
+        );
         self.baseline = Some(ctx.spawn(run.into_actor(self).map(|(), act, ctx| {
             act.baseline = None;
             ctx.run_later(BASELINE_RETRY, |act, ctx| {

@@ -26,6 +26,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use bson::raw::{RawArray, RawArrayBuf, RawBsonRef, RawDocument};
 use bson::{doc, rawdoc, Bson, Document, RawDocumentBuf};
+use tracing::Instrument;
 
 mod destination_key;
 mod shard_collection;
@@ -140,6 +141,7 @@ impl Handler<ApplyEvents> for Applier {
         let engine = self.engine.clone();
         let (db, coll) = (self.db.clone(), self.coll.clone());
         let generation = self.generation;
+        let span = tracing::info_span!("applier", ns = %format!("{}.{}", self.db, self.coll));
         AtomicResponse::new(Box::pin(
             async move {
                 if engine.generation.current() != generation {
@@ -149,6 +151,7 @@ impl Handler<ApplyEvents> for Applier {
                 }
                 apply_events(&engine, &db, &coll, msg.0).await
             }
+            .instrument(span)
             .into_actor(self),
         ))
     }

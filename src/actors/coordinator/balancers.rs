@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tracing::Instrument;
 
 use super::Coordinator;
 use crate::actors::{error_chain, SharedEngine};
@@ -235,6 +236,7 @@ impl Coordinator {
                     crate::notify::send(&engine, "balancer_restarted", &warning);
                 }
             }
+            .instrument(tracing::info_span!("coordinator", role = "balancers"))
             .into_actor(self)
             .map(|(), act, _| act.balancers.checking = false),
         );

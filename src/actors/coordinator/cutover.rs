@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bson::{doc, Bson, Document, Timestamp};
+use tracing::Instrument;
 
 use super::Coordinator;
 use crate::actors::{error_chain, verifier, SharedEngine};
@@ -72,7 +73,8 @@ impl Handler<BeginCutover> for Coordinator {
         let cutover = self.cutover.write_block.begin_attempt();
         self.cutover.blocked |= block;
         let write_block = self.cutover.write_block.clone();
-        Box::pin(async move {
+        Box::pin(
+            async move {
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -94,7 +96,9 @@ impl Handler<BeginCutover> for Coordinator {
                     Err(e) => return Err(error_chain(&e)),
                 }
             }
-        })
+            }
+            .instrument(tracing::info_span!("coordinator", role = "cutover")),
+        )
     }
 }
 
@@ -102,26 +106,29 @@ impl Handler<VerifyCutover> for Coordinator {
     type Result = ResponseFuture<Result<(Verification, Verification), String>>;
     fn handle(&mut self, _: VerifyCutover, _: &mut Self::Context) -> Self::Result {
         let engine = self.engine.clone();
-        Box::pin(async move {
-            let data = verifier::verify_at_cutover(&engine)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            if !data.passed {
-                return Ok((data, Verification::default()));
+        Box::pin(
+            async move {
+                let data = verifier::verify_at_cutover(&engine)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                if !data.passed {
+                    return Ok((data, Verification::default()));
+                }
+                finalize_indexes(&engine)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                // Finalize changed index options, not data: compare definitions again
+                // without a second scan of every document (it would double downtime).
+                let mut strict = verifier::verify_definitions(&engine, true)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                strict.documents_checked = data.documents_checked;
+                strict.baseline_documents = data.baseline_documents;
+                strict.namespaces_rechecked = data.namespaces_rechecked;
+                Ok((data, strict))
             }
-            finalize_indexes(&engine)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            // Finalize changed index options, not data: compare definitions again
-            // without a second scan of every document (it would double downtime).
-            let mut strict = verifier::verify_definitions(&engine, true)
-                .await
-                .map_err(|e| error_chain(&e))?;
-            strict.documents_checked = data.documents_checked;
-            strict.baseline_documents = data.baseline_documents;
-            strict.namespaces_rechecked = data.namespaces_rechecked;
-            Ok((data, strict))
-        })
+            .instrument(tracing::info_span!("coordinator", role = "cutover")),
+        )
     }
 }
 
@@ -137,6 +144,7 @@ impl Handler<LiftWriteBlock> for Coordinator {
         let write_block = self.cutover.write_block.clone();
         Box::pin(
             async move { write_block.lift(&engine).await }
+                .instrument(tracing::info_span!("coordinator", role = "cutover"))
                 .into_actor(self)
                 .map(|result, act, _| match result {
                     Ok(()) => Ok(true),

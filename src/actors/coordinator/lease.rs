@@ -7,6 +7,7 @@
 //! outlives the fence by half a lease, so it works unchanged on a sharded destination.
 
 use actix::prelude::*;
+use tracing::Instrument;
 
 use super::{Alert, Coordinator};
 use crate::actors::{error_chain, ActorFailure};
@@ -21,6 +22,7 @@ impl Coordinator {
         let engine = self.engine.clone();
         ctx.spawn(
             async move { engine.checkpoints.renew_lease().await }
+                .instrument(tracing::info_span!("coordinator", role = "lease"))
                 .into_actor(self)
                 .map(|result, act, _| {
                     act.renewing = false;

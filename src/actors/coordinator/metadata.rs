@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use tracing::Instrument;
 
 use super::{Alert, Coordinator};
 use crate::actors::{error_chain, SharedEngine};
@@ -80,6 +81,7 @@ impl Coordinator {
         let engine = self.engine.clone();
         ctx.spawn(
             async move { metadata::read(&engine.source).await }
+                .instrument(tracing::info_span!("coordinator", role = "metadata"))
                 .into_actor(self)
                 .map(|result, act, _| {
                     act.metadata.checking = false;

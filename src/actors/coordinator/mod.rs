@@ -80,7 +80,10 @@ impl Actor for Coordinator {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.engine.checkpoints.lease_terms().renew_every();
         ctx.run_interval(every, |act, ctx| act.renew(ctx));
-        ctx.run_interval(window::CHECK_EVERY, |act, _| act.check_window());
+        ctx.run_interval(window::CHECK_EVERY, |act, _| {
+            let _window = tracing::info_span!("coordinator", role = "window").entered();
+            act.check_window()
+        });
         ctx.run_interval(balancers::CHECK_EVERY, |act, ctx| act.check_balancers(ctx));
         ctx.run_interval(metadata::CHECK_EVERY, |act, ctx| act.check_metadata(ctx));
     }

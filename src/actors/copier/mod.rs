@@ -18,6 +18,7 @@ use actix::prelude::*;
 use bson::{doc, Bson, Document};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub mod destination;
 
@@ -126,6 +127,7 @@ impl Actor for CopyPlanner {
         let copiers = self.copiers.clone();
         ctx.spawn(
             async move { run_copy(engine, paused, copiers).await }
+                .instrument(tracing::info_span!("planner"))
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     let outcome = result.map_err(|e| {

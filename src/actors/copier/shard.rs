@@ -12,6 +12,7 @@ use actix::prelude::*;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures_util::TryStreamExt;
 use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
 
 use super::{wait_unpaused, CopyError};
 use crate::actors::SharedEngine;
@@ -92,16 +93,25 @@ impl Handler<CopyRanges> for Copier {
         let ranges = self.ranges.clone();
         let inserts = self.inserts.clone();
         let generation = self.generation;
-        Box::pin(async move {
-            let _turn = ranges
-                .acquire_owned()
-                .await
-                .map_err(|_| CopyError::Stopped)?;
-            if engine.generation.current() != generation {
-                return Err(CopyError::Stopped);
+        let span = tracing::info_span!(
+            "copier",
+            shard = %self.shard,
+            ns = %msg.range.ns,
+            range = %msg.range.id
+        );
+        Box::pin(
+            async move {
+                let _turn = ranges
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CopyError::Stopped)?;
+                if engine.generation.current() != generation {
+                    return Err(CopyError::Stopped);
+                }
+                copy_range(engine, msg.range, msg.uuid, paused, inserts, generation).await
             }
-            copy_range(engine, msg.range, msg.uuid, paused, inserts, generation).await
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -246,11 +256,15 @@ async fn copy_range(
                 docs,
                 n_bytes,
             );
-            in_flight = Some(tokio::spawn(async move {
-                let done = insert.await;
-                drop(permit);
-                done
-            }));
+            // The insert runs on another thread: it keeps the range's span.
+            in_flight = Some(tokio::spawn(
+                async move {
+                    let done = insert.await;
+                    drop(permit);
+                    done
+                }
+                .instrument(tracing::Span::current()),
+            ));
         }
         if finished {
             break;

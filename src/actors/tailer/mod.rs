@@ -14,6 +14,7 @@ use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use self::split_events::{Joining, NextError};
 use super::applier::{apply_ddl, is_ddl, Applier, ApplyError, ApplyEvents};
@@ -129,6 +130,7 @@ impl Actor for Tailer {
         let copy_done = self.copy_done.clone();
         ctx.spawn(
             async move { tail(engine, peers, paused, drain_to, copy_done).await }
+                .instrument(tracing::info_span!("tailer"))
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     if let Err(e) = result {

@@ -149,11 +149,12 @@ fn run_sharded(args: &SandboxArgs, shards: u32) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ready {}", cluster.router_uri());
+    let mut lines = format!("ready {}\n", cluster.router_uri());
     for (name, uri) in cluster.shard_uris() {
-        println!("shard {name} {uri}");
+        lines.push_str(&format!("shard {name} {uri}\n"));
     }
-    println!("config {}", cluster.config_uri());
+    lines.push_str(&format!("config {}\n", cluster.config_uri()));
+    announce(&lines);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -187,7 +188,7 @@ pub fn run(args: SandboxArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ready {}", sandbox.uri());
+    announce(&format!("ready {}\n", sandbox.uri()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -224,4 +225,12 @@ pub async fn wait_for_shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Prints the `ready` lines in one write. A reader that has gone away (a script that read
+/// the first line and closed the pipe) does not stop the server: the error is ignored.
+fn announce(lines: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
 }

@@ -159,3 +159,50 @@ async fn cli_shards_prints_router_shards_and_config() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A script that closes the sandbox's output before reading its `ready` lines does not
+/// stop the server (the benchmark read only the first line of `--shards 2` and its
+/// sandbox died printing the `shard` lines: "failed printing to stdout: Broken pipe").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_keeps_serving_when_its_output_is_closed() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["sandbox", "--port", &port.to_string(), "--shards", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ferry sandbox --shards 2");
+    drop(child.stdout.take());
+    let client = mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}"))
+        .await
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(hello) = client
+            .database("admin")
+            .run_command(bson::doc! {"hello": 1})
+            .await
+        {
+            assert_eq!(hello.get_str("msg"), Ok("isdbgrid"));
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the sandbox exited when its output was closed"
+        );
+        assert!(Instant::now() < deadline, "the router never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still serving a moment later, after it wrote its lines.
+    client
+        .database("admin")
+        .run_command(bson::doc! {"listShards": 1})
+        .await
+        .expect("listShards");
+    assert!(child.try_wait().expect("wait").is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -362,25 +362,31 @@ pub async fn auth_info(cluster: &Cluster) -> Result<AuthInfo, ClusterError> {
     Ok(AuthInfo { users, roles })
 }
 
-/// The actions the connection's users may take on the cluster resource
-/// (`connectionStatus` with `showPrivileges`), e.g. `setUserWriteBlockMode`.
-pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
+/// The connection's privileges (`connectionStatus` with `showPrivileges`).
+async fn privileges(cluster: &Cluster) -> Result<bson::Array, ClusterError> {
     let reply = cluster
         .run(
             "admin",
             doc! {"connectionStatus": 1, "showPrivileges": true},
         )
         .await?;
-    let privileges = reply
+    reply
         .get_document("authInfo")
         .and_then(|i| i.get_array("authenticatedUserPrivileges"))
+        .cloned()
         .map_err(|_| {
             unexpected(
                 cluster,
                 "connectionStatus",
                 "the reply lists no authenticatedUserPrivileges",
             )
-        })?;
+        })
+}
+
+/// The actions the connection's users may take on the cluster resource
+/// (`connectionStatus` with `showPrivileges`), e.g. `setUserWriteBlockMode`.
+pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterError> {
+    let privileges = privileges(cluster).await?;
     let mut actions = Vec::new();
     for p in privileges.iter().filter_map(Bson::as_document) {
         let resource = p.get_document("resource").ok();
@@ -401,22 +407,7 @@ pub async fn cluster_actions(cluster: &Cluster) -> Result<Vec<String>, ClusterEr
 /// `showPrivileges`): `balancerStart` and `balancerStop` are authorized as updates of
 /// `config.settings`.
 pub async fn may_update(cluster: &Cluster, db: &str, coll: &str) -> Result<bool, ClusterError> {
-    let reply = cluster
-        .run(
-            "admin",
-            doc! {"connectionStatus": 1, "showPrivileges": true},
-        )
-        .await?;
-    let privileges = reply
-        .get_document("authInfo")
-        .and_then(|i| i.get_array("authenticatedUserPrivileges"))
-        .map_err(|_| {
-            unexpected(
-                cluster,
-                "connectionStatus",
-                "the reply lists no authenticatedUserPrivileges",
-            )
-        })?;
+    let privileges = privileges(cluster).await?;
     Ok(privileges.iter().filter_map(Bson::as_document).any(|p| {
         let covers = p.get_document("resource").is_ok_and(|r| {
             r.get_bool("anyResource").unwrap_or(false)

@@ -5,42 +5,11 @@
 
 mod common;
 
-use common::run;
+use common::split_at_100;
 use ferry_sandbox::{ShardedCluster, ShardedOptions};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
-
-/// `app.items` sharded on `{k: 1}`: [MinKey, 100) on shard0, [100, MaxKey) on shard1.
-async fn split_at_100(cluster: &ShardedCluster, router: &Client) {
-    run(
-        router,
-        "admin",
-        doc! {"enableSharding": "app", "primaryShard": "shard0"},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"k": 1}},
-    )
-    .await
-    .unwrap();
-    let topology = cluster.topology().unwrap();
-    let mut config = topology.config.storage.lock();
-    let entry = ferry_sandbox::sharding::catalog::collection(&config, "app.items").unwrap();
-    let chunk = ferry_sandbox::sharding::catalog::chunks(&config, &entry.uuid)
-        .pop()
-        .unwrap();
-    ferry_sandbox::sharding::catalog::split_chunk(
-        &mut config,
-        &chunk.id,
-        doc! {"k": 100},
-        "shard1",
-    )
-    .unwrap();
-}
 
 async fn ks(router: &Client, options: Option<mongodb::options::FindOptions>) -> Vec<i32> {
     let coll = router.database("app").collection::<Document>("items");

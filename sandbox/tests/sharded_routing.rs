@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{as_i64, client_for, code, run};
+use common::{as_i64, client_for, code, run, split_at_100};
 use ferry_sandbox::{ShardKeyMoveOrder, ShardedCluster, ShardedOptions};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
@@ -23,39 +23,6 @@ fn start_with(order: ShardKeyMoveOrder) -> ShardedCluster {
 
 fn start() -> ShardedCluster {
     start_with(ShardKeyMoveOrder::DeleteFirst)
-}
-
-/// `app.items` sharded on `{k: 1}` with chunks [MinKey, 100) on shard0 and
-/// [100, MaxKey) on shard1, set up in the catalog directly (chunk moves belong to the
-/// balancer's own tests).
-async fn split_at_100(cluster: &ShardedCluster, router: &Client) {
-    run(
-        router,
-        "admin",
-        doc! {"enableSharding": "app", "primaryShard": "shard0"},
-    )
-    .await
-    .unwrap();
-    run(
-        router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"k": 1}},
-    )
-    .await
-    .unwrap();
-    let topology = cluster.topology().unwrap();
-    let mut config = topology.config.storage.lock();
-    let entry = ferry_sandbox::sharding::catalog::collection(&config, "app.items").unwrap();
-    let chunk = ferry_sandbox::sharding::catalog::chunks(&config, &entry.uuid)
-        .pop()
-        .unwrap();
-    ferry_sandbox::sharding::catalog::split_chunk(
-        &mut config,
-        &chunk.id,
-        doc! {"k": 100},
-        "shard1",
-    )
-    .unwrap();
 }
 
 async fn direct(cluster: &ShardedCluster, shard: &str) -> Client {

@@ -132,3 +132,37 @@ pub async fn shard_items(router: &Client, keys: std::ops::Range<i32>, splits: &[
         .expect("split");
     }
 }
+
+/// `app.items` sharded on `{k: 1}` with chunks [MinKey, 100) on shard0 and
+/// [100, MaxKey) on shard1, set up in the catalog directly (chunk moves belong to the
+/// balancer's own tests).
+pub async fn split_at_100(cluster: &ferry_sandbox::ShardedCluster, router: &Client) {
+    use mongodb::bson::doc;
+    run(
+        router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"k": 1}},
+    )
+    .await
+    .unwrap();
+    let topology = cluster.topology().unwrap();
+    let mut config = topology.config.storage.lock();
+    let entry = ferry_sandbox::sharding::catalog::collection(&config, "app.items").unwrap();
+    let chunk = ferry_sandbox::sharding::catalog::chunks(&config, &entry.uuid)
+        .pop()
+        .unwrap();
+    ferry_sandbox::sharding::catalog::split_chunk(
+        &mut config,
+        &chunk.id,
+        doc! {"k": 100},
+        "shard1",
+    )
+    .unwrap();
+}

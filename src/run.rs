@@ -40,6 +40,14 @@ pub enum RunError {
     Crashed,
     #[error("the migration was aborted")]
     Aborted,
+    /// The migration on this destination ended (cancelled or expired) and is not
+    /// resumed: starting over is a decision the operator makes on purpose.
+    #[error("the migration on this destination was {}; it does not resume. To migrate again from the start, set destination.clear_destination = true with destination.confirm_destination_name (the migrated namespaces and Ferry's checkpoints are dropped first), or drop them and the destination's __ferry database yourself", .phase.as_str())]
+    Ended {
+        phase: Phase,
+        /// The ended run's stored report, printed again for the operator.
+        report: Option<Box<crate::report::Report>>,
+    },
 }
 
 impl RunError {
@@ -50,6 +58,7 @@ impl RunError {
             RunError::Held(_) | RunError::Checkpoint(CheckpointError::Locked { .. }) => {
                 exit::DESTINATION_HELD
             }
+            RunError::Ended { phase, .. } => exit::of_phase(*phase),
             _ => exit::FAILED,
         }
     }
@@ -218,10 +227,10 @@ async fn drive(
             // A cancelled or expired run is over: it is not resumed behind the
             // operator's back. Starting again means starting over, on purpose.
             if !config.destination.clear_destination {
-                return Err(RunError::Preflight(format!(
-                    "the migration on this destination was {}; it does not resume. To migrate again from the start, set destination.clear_destination = true with destination.confirm_destination_name (the migrated namespaces and Ferry's checkpoints are dropped first), or drop them and the destination's __ferry database yourself",
-                    ended.as_str()
-                )));
+                return Err(RunError::Ended {
+                    phase: ended,
+                    report: existing.and_then(|s| s.report).map(Box::new),
+                });
             }
             tracing::warn!(
                 phase = ended.as_str(),
@@ -232,6 +241,20 @@ async fn drive(
         if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
             // Nothing to do, and nothing to touch (balancers, lease, data).
             return Ok(Err(existing.and_then(|s| s.report)));
+        }
+        if let Some(failed) = existing.as_ref().filter(|s| s.phase == Some(Phase::Failed)) {
+            // A failure is not an ending the operator chose: once its cause is fixed,
+            // the run resumes from its checkpoints (the stored report of the failure
+            // stays until this run ends, and `ferry report` shows it no more).
+            let reason = failed
+                .report
+                .as_ref()
+                .and_then(|r| r.reason.clone())
+                .unwrap_or_else(|| "see the earlier log".into());
+            tracing::warn!(
+                %reason,
+                "the earlier run on this destination failed; resuming it from its checkpoints (if its cause is not fixed, it fails again)"
+            );
         }
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
@@ -412,7 +435,10 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
 /// `ferry run`: the daemon. Exit codes are [`crate::exit`]'s. After the run ends it
 /// keeps serving the API (progress, report, metrics) until SIGTERM, unless
 /// `runtime.exit_when_finished` or `exit_when_finished` (`--exit-when-finished`) says
-/// otherwise; started again after completion, it prints the stored report and exits 0.
+/// otherwise. Started again after an ending it does not resume: after completion it
+/// prints the stored report and exits 0; after a cancel or an expiry it prints the
+/// stored report, says how to start over, and exits with that ending's code (3, 4).
+/// After a failure it resumes from the checkpoints (the cause is meant to be fixed).
 pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::process::ExitCode {
     let config = match crate::config::load(path) {
         Ok(c) => c,
@@ -428,6 +454,19 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
     let exit_when_finished = exit_when_finished || config.runtime.exit_when_finished;
     let mut migration = match Migration::start(config.clone(), RunOptions::default()) {
         Ok(m) => m,
+        Err(RunError::Ended { phase, report }) => {
+            // Ended by an earlier run: show what it did, and how to start over.
+            match &report {
+                Some(report) => println!("{report}"),
+                None => println!(
+                    "this migration already ended: {} (no stored report)",
+                    phase.as_str()
+                ),
+            }
+            let e = RunError::Ended { phase, report };
+            eprintln!("{e}");
+            return exit::code(e.exit_code());
+        }
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             return exit::code(e.exit_code());
@@ -539,9 +578,11 @@ async fn serve_until_signal(
     }
 }
 
-/// `ferry report --config F`: the stored report of a completed migration, read from the
+/// `ferry report --config F`: the stored report of an ended migration (completed,
+/// cancelled, failed or expired; its first line names the ending), read from the
 /// destination's `__ferry` database (no daemon needed). Exit 0 with the report, 1 when
-/// there is none yet (saying where the migration stands), 2 for a bad config.
+/// there is none (no migration, or one still running or resumed: it says where the
+/// migration stands), 2 for a bad config.
 pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
     let config = match crate::config::load(path) {
         Ok(c) => c,
@@ -571,11 +612,13 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
     });
     match state {
         Ok(Some(state)) => match (state.report, state.phase) {
-            (Some(report), _) => {
+            // Only an ended run's report: a run resumed after a failure still holds
+            // the failure's report until it ends again.
+            (Some(report), Some(phase)) if phase.is_terminal() => {
                 println!("{report}");
                 exit::code(exit::COMPLETED)
             }
-            (None, phase) => {
+            (_, phase) => {
                 eprintln!(
                     "no report yet: the migration on this destination is {}; the report is stored when the migration ends",
                     phase.map_or("running", |p| p.as_str())

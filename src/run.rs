@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::supervisor::{Control, RunOutcome, Shutdown, Supervisor};
 use crate::actors::{error_chain, Engine, EngineError};
-use crate::checkpoint::{unix_now, CheckpointError, Checkpoints};
+use crate::checkpoint::{unix_now, CheckpointError, Checkpoints, RunState};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::Config;
 use crate::control::ControlHandle;
@@ -218,44 +218,15 @@ async fn drive(
             destination.clone(),
             crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
         );
-        let mut existing = checkpoints.load_state().await?;
-        let ended = existing
-            .as_ref()
-            .and_then(|s| s.phase)
-            .filter(|p| matches!(p, Phase::Cancelled | Phase::Expired));
-        if let Some(ended) = ended {
-            // A cancelled or expired run is over: it is not resumed behind the
-            // operator's back. Starting again means starting over, on purpose.
-            if !config.destination.clear_destination {
-                return Err(RunError::Ended {
-                    phase: ended,
-                    report: existing.and_then(|s| s.report).map(Box::new),
-                });
-            }
-            tracing::warn!(
-                phase = ended.as_str(),
-                "the earlier migration on this destination ended; starting over (clear_destination)"
-            );
-            existing = None;
-        }
-        if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
+        let existing = match earlier_run(
+            checkpoints.load_state().await?,
+            config.destination.clear_destination,
+        )? {
             // Nothing to do, and nothing to touch (balancers, lease, data).
-            return Ok(Err(existing.and_then(|s| s.report)));
-        }
-        if let Some(failed) = existing.as_ref().filter(|s| s.phase == Some(Phase::Failed)) {
-            // A failure is not an ending the operator chose: once its cause is fixed,
-            // the run resumes from its checkpoints (the stored report of the failure
-            // stays until this run ends, and `ferry report` shows it no more).
-            let reason = failed
-                .report
-                .as_ref()
-                .and_then(|r| r.reason.clone())
-                .unwrap_or_else(|| "see the earlier log".into());
-            tracing::warn!(
-                %reason,
-                "the earlier run on this destination failed; resuming it from its checkpoints (if its cause is not fixed, it fails again)"
-            );
-        }
+            Earlier::Completed(report) => return Ok(Err(report)),
+            Earlier::Resume(state) => Some(state),
+            Earlier::StartFresh => None,
+        };
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
             for line in report.to_string().lines() {
@@ -369,6 +340,60 @@ async fn drive(
         api.stop().await;
     }
     Ok(outcome)
+}
+
+/// What `ferry run` does with the state an earlier run left on the destination.
+#[derive(Debug)]
+enum Earlier {
+    /// No earlier run, or an ended one the operator asked to start over
+    /// (`clear_destination`): the run begins from scratch.
+    StartFresh,
+    /// A run stopped by a signal or a crash, or one that failed (its cause fixed, it
+    /// goes on from its checkpoints).
+    Resume(RunState),
+    /// Completed: nothing to do and nothing to touch; its stored report.
+    Completed(Option<crate::report::Report>),
+}
+
+/// Decides from the earlier run's state. A cancelled or expired run is over: it is not
+/// resumed behind the operator's back, and starting over is a decision made on purpose
+/// (`clear_destination`), so without it the run refuses with [`RunError::Ended`]. A
+/// failure was not the operator's choice: the run resumes, unless `clear_destination`
+/// asks to start over (a failure whose message says to start over, such as lost change
+/// history or a resharded source collection).
+fn earlier_run(existing: Option<RunState>, clear_destination: bool) -> Result<Earlier, RunError> {
+    let Some(state) = existing else {
+        return Ok(Earlier::StartFresh);
+    };
+    match state.phase {
+        Some(Phase::Completed) => Ok(Earlier::Completed(state.report)),
+        Some(phase @ (Phase::Cancelled | Phase::Expired | Phase::Failed)) if clear_destination => {
+            tracing::warn!(
+                phase = phase.as_str(),
+                "the earlier migration on this destination ended; starting over (clear_destination)"
+            );
+            Ok(Earlier::StartFresh)
+        }
+        Some(phase @ (Phase::Cancelled | Phase::Expired)) => Err(RunError::Ended {
+            phase,
+            report: state.report.map(Box::new),
+        }),
+        Some(Phase::Failed) => {
+            // The failure's stored report stays until this run ends; `ferry report`
+            // shows it no more meanwhile.
+            let reason = state
+                .report
+                .as_ref()
+                .and_then(|r| r.reason.clone())
+                .unwrap_or_else(|| "see the earlier log".into());
+            tracing::warn!(
+                %reason,
+                "the earlier run on this destination failed; resuming it from its checkpoints (if its cause is not fixed, it fails again; to start over instead, set destination.clear_destination)"
+            );
+            Ok(Earlier::Resume(state))
+        }
+        _ => Ok(Earlier::Resume(state)),
+    }
 }
 
 /// Takes the destination lease. Another live holder makes the run refuse to start; a
@@ -642,6 +667,52 @@ pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ended(phase: Phase) -> Option<RunState> {
+        Some(RunState {
+            phase: Some(phase),
+            ..RunState::default()
+        })
+    }
+
+    /// Every ending, with and without `clear_destination`: completed is left alone,
+    /// cancelled and expired refuse (with their own exit codes) unless told to start
+    /// over, failed resumes unless told to start over, and a stopped run resumes.
+    #[test]
+    fn each_earlier_ending_is_resumed_refused_or_started_over() {
+        for clear in [false, true] {
+            assert!(matches!(
+                earlier_run(ended(Phase::Completed), clear),
+                Ok(Earlier::Completed(_))
+            ));
+            assert!(matches!(
+                earlier_run(ended(Phase::Syncing), clear),
+                Ok(Earlier::Resume(_))
+            ));
+            assert!(matches!(earlier_run(None, clear), Ok(Earlier::StartFresh)));
+        }
+        for (phase, code) in [
+            (Phase::Cancelled, exit::CANCELLED),
+            (Phase::Expired, exit::EXPIRED),
+        ] {
+            match earlier_run(ended(phase), false) {
+                Err(e) => assert_eq!(e.exit_code(), code, "{e}"),
+                other => panic!("{phase:?} was not refused: {other:?}"),
+            }
+            assert!(matches!(
+                earlier_run(ended(phase), true),
+                Ok(Earlier::StartFresh)
+            ));
+        }
+        assert!(matches!(
+            earlier_run(ended(Phase::Failed), false),
+            Ok(Earlier::Resume(_))
+        ));
+        assert!(matches!(
+            earlier_run(ended(Phase::Failed), true),
+            Ok(Earlier::StartFresh)
+        ));
+    }
 
     #[test]
     fn refusals_and_a_held_destination_have_their_own_exit_codes() {

@@ -189,26 +189,7 @@ async fn a_failed_run_resumes_and_its_old_report_is_not_shown_as_current() {
         .expect("API client");
     let child = spawn_ferry_run(&config);
     wait_child_phase(&api, "ready_for_cutover").await;
-    // The destination acknowledges the next drop with a write concern error that can
-    // never be met: the run fails (once; the fail point then turns itself off).
-    pair.dst
-        .database("admin")
-        .run_command(bson::doc! {
-            "configureFailPoint": "failCommand",
-            "mode": {"times": 1},
-            "data": {
-                "failCommands": ["drop"],
-                "writeConcernError": {"code": 100, "errmsg": "injected by the test"},
-            },
-        })
-        .await
-        .expect("fail point");
-    pair.src
-        .database("app")
-        .collection::<bson::Document>("events")
-        .drop()
-        .await
-        .expect("drop on the source");
+    fail_the_next_replayed_drop(&pair).await;
     let (status, output) = wait_child(child).await;
     assert_eq!(status.code(), Some(1), "failed: {output}");
     let (code, output) = ferry(&["report"], &config).await;
@@ -274,5 +255,77 @@ async fn a_cancel_after_a_refused_cutover_is_reported_as_cancelled() {
         output.contains("migration report: the migration cancelled"),
         "{output}"
     );
+    let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
+}
+
+/// Drops `app.events` on the source while the destination answers the replayed drop
+/// with a write concern error that can never be met: the running migration fails (once;
+/// the fail point then turns itself off).
+async fn fail_the_next_replayed_drop(pair: &Pair) {
+    pair.dst
+        .database("admin")
+        .run_command(bson::doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {
+                "failCommands": ["drop"],
+                "writeConcernError": {"code": 100, "errmsg": "injected by the test"},
+            },
+        })
+        .await
+        .expect("fail point");
+    pair.src
+        .database("app")
+        .collection::<bson::Document>("events")
+        .drop()
+        .await
+        .expect("drop on the source");
+}
+
+/// Pins: after a failure whose message says to start over (lost change history, a
+/// resharded source collection), `clear_destination` did not start over: the failed
+/// run was resumed, and failed again the same way. Now `clear_destination` clears the
+/// failed run's namespaces and checkpoints and copies from scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failure_clear_destination_starts_over() {
+    let pair = Pair::start().await;
+    seed(&pair.src, "app", 100).await;
+    let port = free_port();
+    let config = config_file(&pair.source.uri(), &pair.destination.uri(), port, "");
+    let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
+        .expect("API client");
+    let child = spawn_ferry_run(&config);
+    wait_child_phase(&api, "ready_for_cutover").await;
+    fail_the_next_replayed_drop(&pair).await;
+    let (status, output) = wait_child(child).await;
+    assert_eq!(status.code(), Some(1), "failed: {output}");
+    // Written to the destination after the failure: gone once the run starts over.
+    pair.dst
+        .database("app")
+        .collection::<bson::Document>("stray")
+        .insert_one(bson::doc! {"_id": 1})
+        .await
+        .expect("stray write");
+
+    let text = std::fs::read_to_string(&config).expect("read the config");
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[api]",
+            "clear_destination = true\nconfirm_destination_name = \"dst\"\n[api]",
+            1,
+        ),
+    )
+    .expect("write the config");
+    let child = spawn_ferry_run(&config);
+    wait_child_phase(&api, "ready_for_cutover").await;
+    child_cutover(&api).await;
+    let (status, output) = wait_child(child).await;
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("starting over (clear_destination)"),
+        "{output}"
+    );
+    assert_same(&pair.src, &pair.dst).await;
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
 }

@@ -223,8 +223,8 @@ async fn drive(
             config.destination.clear_destination,
         )? {
             // Nothing to do, and nothing to touch (balancers, lease, data).
-            Earlier::Completed(report) => return Ok(Err(report)),
-            Earlier::Resume(state) => Some(state),
+            Earlier::Completed(report) => return Ok(Err(report.map(|r| *r))),
+            Earlier::Resume(state) => Some(*state),
             Earlier::StartFresh => None,
         };
         if options.preflight {
@@ -350,9 +350,9 @@ enum Earlier {
     StartFresh,
     /// A run stopped by a signal or a crash, or one that failed (its cause fixed, it
     /// goes on from its checkpoints).
-    Resume(RunState),
+    Resume(Box<RunState>),
     /// Completed: nothing to do and nothing to touch; its stored report.
-    Completed(Option<crate::report::Report>),
+    Completed(Option<Box<crate::report::Report>>),
 }
 
 /// Decides from the earlier run's state. A cancelled or expired run is over: it is not
@@ -366,7 +366,7 @@ fn earlier_run(existing: Option<RunState>, clear_destination: bool) -> Result<Ea
         return Ok(Earlier::StartFresh);
     };
     match state.phase {
-        Some(Phase::Completed) => Ok(Earlier::Completed(state.report)),
+        Some(Phase::Completed) => Ok(Earlier::Completed(state.report.map(Box::new))),
         Some(phase @ (Phase::Cancelled | Phase::Expired | Phase::Failed)) if clear_destination => {
             tracing::warn!(
                 phase = phase.as_str(),
@@ -390,9 +390,9 @@ fn earlier_run(existing: Option<RunState>, clear_destination: bool) -> Result<Ea
                 %reason,
                 "the earlier run on this destination failed; resuming it from its checkpoints (if its cause is not fixed, it fails again; to start over instead, set destination.clear_destination)"
             );
-            Ok(Earlier::Resume(state))
+            Ok(Earlier::Resume(Box::new(state)))
         }
-        _ => Ok(Earlier::Resume(state)),
+        _ => Ok(Earlier::Resume(Box::new(state))),
     }
 }
 

@@ -73,6 +73,17 @@ async fn json_log_lines_carry_the_run_and_the_actor() {
         with("tailing the source change stream", "tailer"),
         "{output}"
     );
+    // Pins: the API's lines (actix-web's worker thread) carried no span: the cutover
+    // request could not be told apart from another run's.
+    let request = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "operator request")
+        .unwrap_or_else(|| panic!("no 'operator request' line: {output}"));
+    assert_eq!(
+        spans_of(request).first().map(String::as_str),
+        Some("run"),
+        "{request}"
+    );
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
 }
 

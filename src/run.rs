@@ -1,6 +1,8 @@
 //! `ferry run`: one migration from validation to completion, on its own thread and actix
 //! system, controlled through a [`ControlHandle`] (the HTTP API holds one) and observed
-//! through the shared [`Progress`](crate::progress::Progress).
+//! through the shared [`Progress`](crate::progress::Progress). `earlier` decides what
+//! to do with the state an earlier run left on the destination; `command` is the
+//! `ferry run` and `ferry report` commands around it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,12 +13,18 @@ use tokio::sync::oneshot;
 
 use crate::actors::supervisor::{Control, RunOutcome, Shutdown, Supervisor};
 use crate::actors::{error_chain, Engine, EngineError};
-use crate::checkpoint::{unix_now, CheckpointError, Checkpoints, RunState};
+use crate::checkpoint::{unix_now, CheckpointError, Checkpoints};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::config::Config;
 use crate::control::ControlHandle;
 use crate::exit;
 use crate::progress::{Phase, Progress, SharedProgress};
+
+mod command;
+mod earlier;
+
+pub use command::{report_command, run_command};
+use earlier::{earlier_run, Earlier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -342,60 +350,6 @@ async fn drive(
     Ok(outcome)
 }
 
-/// What `ferry run` does with the state an earlier run left on the destination.
-#[derive(Debug)]
-enum Earlier {
-    /// No earlier run, or an ended one the operator asked to start over
-    /// (`clear_destination`): the run begins from scratch.
-    StartFresh,
-    /// A run stopped by a signal or a crash, or one that failed (its cause fixed, it
-    /// goes on from its checkpoints).
-    Resume(Box<RunState>),
-    /// Completed: nothing to do and nothing to touch; its stored report.
-    Completed(Option<Box<crate::report::Report>>),
-}
-
-/// Decides from the earlier run's state. A cancelled or expired run is over: it is not
-/// resumed behind the operator's back, and starting over is a decision made on purpose
-/// (`clear_destination`), so without it the run refuses with [`RunError::Ended`]. A
-/// failure was not the operator's choice: the run resumes, unless `clear_destination`
-/// asks to start over (a failure whose message says to start over, such as lost change
-/// history or a resharded source collection).
-fn earlier_run(existing: Option<RunState>, clear_destination: bool) -> Result<Earlier, RunError> {
-    let Some(state) = existing else {
-        return Ok(Earlier::StartFresh);
-    };
-    match state.phase {
-        Some(Phase::Completed) => Ok(Earlier::Completed(state.report.map(Box::new))),
-        Some(phase @ (Phase::Cancelled | Phase::Expired | Phase::Failed)) if clear_destination => {
-            tracing::warn!(
-                phase = phase.as_str(),
-                "the earlier migration on this destination ended; starting over (clear_destination)"
-            );
-            Ok(Earlier::StartFresh)
-        }
-        Some(phase @ (Phase::Cancelled | Phase::Expired)) => Err(RunError::Ended {
-            phase,
-            report: state.report.map(Box::new),
-        }),
-        Some(Phase::Failed) => {
-            // The failure's stored report stays until this run ends; `ferry report`
-            // shows it no more meanwhile.
-            let reason = state
-                .report
-                .as_ref()
-                .and_then(|r| r.reason.clone())
-                .unwrap_or_else(|| "see the earlier log".into());
-            tracing::warn!(
-                %reason,
-                "the earlier run on this destination failed; resuming it from its checkpoints (if its cause is not fixed, it fails again; to start over instead, set destination.clear_destination)"
-            );
-            Ok(Earlier::Resume(Box::new(state)))
-        }
-        _ => Ok(Earlier::Resume(Box::new(state))),
-    }
-}
-
 /// Takes the destination lease. Another live holder makes the run refuse to start; a
 /// holder that was a process of this host and is gone (a crash) is waited for until its
 /// lease expires, saying how long.
@@ -456,263 +410,9 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
     Ok(())
 }
 
-/// `ferry run --config F`: runs until the migration ends or SIGINT/SIGTERM.
-/// `ferry run`: the daemon. Exit codes are [`crate::exit`]'s. After the run ends it
-/// keeps serving the API (progress, report, metrics) until SIGTERM, unless
-/// `runtime.exit_when_finished` or `exit_when_finished` (`--exit-when-finished`) says
-/// otherwise. Started again after an ending it does not resume: after completion it
-/// prints the stored report and exits 0; after a cancel or an expiry it prints the
-/// stored report, says how to start over, and exits with that ending's code (3, 4).
-/// After a failure it resumes from the checkpoints (the cause is meant to be fixed).
-pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::process::ExitCode {
-    let config = match crate::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::code(exit::BAD_CONFIG);
-        }
-    };
-    crate::logging::init(
-        &config.log.level,
-        matches!(config.log.format, crate::config::LogFormat::Json),
-    );
-    let exit_when_finished = exit_when_finished || config.runtime.exit_when_finished;
-    let mut migration = match Migration::start(config.clone(), RunOptions::default()) {
-        Ok(m) => m,
-        Err(RunError::Ended { phase, report }) => {
-            // Ended by an earlier run: show what it did, and how to start over.
-            match &report {
-                Some(report) => println!("{report}"),
-                None => println!(
-                    "this migration already ended: {} (no stored report)",
-                    phase.as_str()
-                ),
-            }
-            let e = RunError::Ended { phase, report };
-            eprintln!("{e}");
-            return exit::code(e.exit_code());
-        }
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return exit::code(e.exit_code());
-        }
-    };
-    let Some(api_addr) = migration.api_addr() else {
-        // Completed by an earlier run: show what it did.
-        return match migration.wait() {
-            Ok(outcome) => {
-                match &outcome.report {
-                    Some(report) => println!("{report}"),
-                    None => println!("this migration already completed (no stored report)"),
-                }
-                exit::code(exit::of_phase(outcome.phase))
-            }
-            Err(e) => {
-                eprintln!("error: {}", error_chain(&e));
-                exit::code(e.exit_code())
-            }
-        };
-    };
-    tracing::info!(api = %api_addr, "control API listening");
-    let signals = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot handle signals: {e}");
-            return exit::code(exit::FAILED);
-        }
-    };
-    let finished = signals.block_on(async {
-        loop {
-            tokio::select! {
-                _ = crate::sandbox::wait_for_shutdown_signal() => return false,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                    if migration.is_finished() {
-                        return true;
-                    }
-                }
-            }
-        }
-    });
-    if !finished {
-        migration.shutdown();
-    }
-    let progress = migration.progress.clone();
-    let outcome = match migration.wait() {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return exit::code(e.exit_code());
-        }
-    };
-    if outcome.phase != Phase::Completed {
-        eprintln!(
-            "migration {}: {}",
-            outcome.phase.as_str(),
-            outcome.error.clone().unwrap_or_default()
-        );
-    }
-    if finished && !exit_when_finished {
-        signals.block_on(serve_until_signal(
-            &config,
-            api_addr,
-            progress,
-            outcome.phase,
-        ));
-    }
-    exit::code(exit::of_phase(outcome.phase))
-}
-
-/// After the run ended: the API keeps answering (progress, report, metrics; control
-/// requests are refused with 409) until SIGTERM or SIGINT.
-async fn serve_until_signal(
-    config: &Config,
-    addr: SocketAddr,
-    progress: SharedProgress,
-    phase: Phase,
-) {
-    let (control, mut requests) = ControlHandle::channel(4);
-    tokio::spawn(async move {
-        while let Some((_, reply)) = requests.recv().await {
-            let _ = reply.send(Err(crate::control::ControlError::conflict(format!(
-                "the migration has ended ({}); there is nothing left to control",
-                phase.as_str()
-            ))));
-        }
-    });
-    let server = crate::api::serve_with(
-        addr,
-        config.api.access(),
-        config.api.tls().as_ref(),
-        progress,
-        control,
-        crate::api::install_prometheus(),
-    )
-    .await;
-    match server {
-        Ok(server) => {
-            tracing::info!(api = %addr, phase = phase.as_str(), "the migration has ended; the API keeps serving its status and report until SIGTERM");
-            crate::sandbox::wait_for_shutdown_signal().await;
-            server.stop().await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, api = %addr, "cannot serve the API after the ending; exiting");
-        }
-    }
-}
-
-/// `ferry report --config F`: the stored report of an ended migration (completed,
-/// cancelled, failed or expired; its first line names the ending), read from the
-/// destination's `__ferry` database (no daemon needed). Exit 0 with the report, 1 when
-/// there is none (no migration, or one still running or resumed: it says where the
-/// migration stands), 2 for a bad config.
-pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
-    let config = match crate::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::code(exit::BAD_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::code(exit::FAILED);
-        }
-    };
-    let state = runtime.block_on(async {
-        let destination =
-            Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints = Checkpoints::new(
-            destination,
-            crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
-        );
-        Ok::<_, RunError>(checkpoints.load_state().await?)
-    });
-    match state {
-        Ok(Some(state)) => match (state.report, state.phase) {
-            // Only an ended run's report: a run resumed after a failure still holds
-            // the failure's report until it ends again.
-            (Some(report), Some(phase)) if phase.is_terminal() => {
-                println!("{report}");
-                exit::code(exit::COMPLETED)
-            }
-            (_, phase) => {
-                eprintln!(
-                    "no report yet: the migration on this destination is {}; the report is stored when the migration ends",
-                    phase.map_or("running", |p| p.as_str())
-                );
-                exit::code(exit::FAILED)
-            }
-        },
-        Ok(None) => {
-            eprintln!(
-                "no migration has run on this destination (its __ferry database holds no state)"
-            );
-            exit::code(exit::FAILED)
-        }
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            exit::code(exit::FAILED)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ended(phase: Phase) -> Option<RunState> {
-        Some(RunState {
-            phase: Some(phase),
-            ..RunState::default()
-        })
-    }
-
-    /// Every ending, with and without `clear_destination`: completed is left alone,
-    /// cancelled and expired refuse (with their own exit codes) unless told to start
-    /// over, failed resumes unless told to start over, and a stopped run resumes.
-    #[test]
-    fn each_earlier_ending_is_resumed_refused_or_started_over() {
-        for clear in [false, true] {
-            assert!(matches!(
-                earlier_run(ended(Phase::Completed), clear),
-                Ok(Earlier::Completed(_))
-            ));
-            assert!(matches!(
-                earlier_run(ended(Phase::Syncing), clear),
-                Ok(Earlier::Resume(_))
-            ));
-            assert!(matches!(earlier_run(None, clear), Ok(Earlier::StartFresh)));
-        }
-        for (phase, code) in [
-            (Phase::Cancelled, exit::CANCELLED),
-            (Phase::Expired, exit::EXPIRED),
-        ] {
-            match earlier_run(ended(phase), false) {
-                Err(e) => assert_eq!(e.exit_code(), code, "{e}"),
-                other => panic!("{phase:?} was not refused: {other:?}"),
-            }
-            assert!(matches!(
-                earlier_run(ended(phase), true),
-                Ok(Earlier::StartFresh)
-            ));
-        }
-        assert!(matches!(
-            earlier_run(ended(Phase::Failed), false),
-            Ok(Earlier::Resume(_))
-        ));
-        assert!(matches!(
-            earlier_run(ended(Phase::Failed), true),
-            Ok(Earlier::StartFresh)
-        ));
-    }
 
     #[test]
     fn refusals_and_a_held_destination_have_their_own_exit_codes() {

@@ -3,11 +3,11 @@
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | success: the migration completed (or was already completed), or `ferry run` was stopped by SIGTERM/SIGINT to be resumed later; other commands: done |
-//! | 1 | the migration failed, or a command could not do its work (daemon unreachable, verification found a difference) |
+//! | 0 | success: the migration completed (or was already completed), or `ferry run` was stopped by SIGTERM/SIGINT to be resumed later; other commands: done (`ferry report`: a stored report was printed, whatever its ending) |
+//! | 1 | the migration failed, or a command could not do its work (daemon unreachable, verification found a difference, no stored report) |
 //! | 2 | the config file is missing or invalid |
-//! | 3 | the migration was cancelled |
-//! | 4 | the cutover window expired |
+//! | 3 | the migration was cancelled (also `ferry run` started again on a cancelled migration: it prints the stored report and does not resume) |
+//! | 4 | the cutover window expired (also `ferry run` started again on an expired migration) |
 //! | 5 | refused by validation: a pre-migration check failed |
 //! | 6 | the destination is held by another running migration (its lease) |
 

@@ -6,7 +6,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 
-use crate::progress::Phase;
+use crate::progress::{Phase, Progress};
 
 pub const COPY_DOCUMENTS_TOTAL: &str = "ferry_copy_documents_total";
 pub const COPY_BYTES_TOTAL: &str = "ferry_copy_bytes_total";
@@ -94,9 +94,12 @@ pub fn describe() {
     );
 }
 
-/// Gauges derived from the progress registry, refreshed when /metrics is scraped.
-pub fn record_scrape_time(progress: &crate::progress::Progress, now_unix: i64) {
+/// Gauges derived from the progress registry, refreshed when /metrics is scraped: the
+/// progress registry is the state, this module only exports it (progress knows nothing
+/// of metrics).
+pub fn record_scrape_time(progress: &Progress, now_unix: i64) {
     use std::sync::atomic::Ordering;
+    record_phase(progress.phase());
     let expires = progress.window_expires_at.load(Ordering::Relaxed);
     if expires > 0 {
         gauge!(WINDOW_REMAINING_SECONDS).set((expires - now_unix) as f64);
@@ -104,7 +107,7 @@ pub fn record_scrape_time(progress: &crate::progress::Progress, now_unix: i64) {
     gauge!(DOCUMENTS_ESTIMATED).set(progress.documents_estimated.load(Ordering::Relaxed) as f64);
 }
 
-pub fn record_phase(phase: Phase) {
+fn record_phase(phase: Phase) {
     for p in Phase::ALL {
         gauge!(STATE, LABEL_PHASE => p.as_str()).set(if p == phase { 1.0 } else { 0.0 });
     }

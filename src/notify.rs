@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::actors::SharedEngine;
 
 /// Attempts per notification: the first, then retries after 1 s, 2 s and 4 s.
@@ -56,11 +58,17 @@ pub fn send(engine: &SharedEngine, event: &str, message: &str) {
     })
     .to_string();
     let event = event.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = deliver(&url, &body, ca_file.as_deref(), timeout, FIRST_BACKOFF).await {
-            tracing::warn!(error = %e, event, url = %crate::config::redacted_url(&url), "webhook not delivered");
+    // The delivery runs on another task (maybe another thread): it keeps the span of
+    // the run and the actor that sent it, so its log lines say whose they are.
+    tokio::spawn(
+        async move {
+            if let Err(e) = deliver(&url, &body, ca_file.as_deref(), timeout, FIRST_BACKOFF).await
+            {
+                tracing::warn!(error = %e, event, url = %crate::config::redacted_url(&url), "webhook not delivered");
+            }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
 }
 
 /// Posts `body` until it is accepted (2xx), a permanent failure, or [`ATTEMPTS`]

@@ -158,7 +158,6 @@ impl Progress {
     }
     pub fn set_phase(&self, phase: Phase) {
         *self.phase.write() = Some(phase);
-        crate::metrics::record_phase(phase);
     }
     pub fn set_error(&self, message: impl Into<String>) {
         *self.last_error.write() = Some(message.into());

@@ -1,6 +1,8 @@
 //! `ferry run`: one migration from validation to completion, on its own thread and actix
 //! system, controlled through a [`ControlHandle`] (the HTTP API holds one) and observed
-//! through the shared [`Progress`](crate::progress::Progress).
+//! through the shared [`Progress`](crate::progress::Progress). `earlier` decides what
+//! to do with the state an earlier run left on the destination; `command` is the
+//! `ferry run` and `ferry report` commands around it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,12 @@ use crate::config::Config;
 use crate::control::ControlHandle;
 use crate::exit;
 use crate::progress::{Phase, Progress, SharedProgress};
+
+mod command;
+mod earlier;
+
+pub use command::{report_command, run_command};
+use earlier::{earlier_run, Earlier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -40,6 +48,14 @@ pub enum RunError {
     Crashed,
     #[error("the migration was aborted")]
     Aborted,
+    /// The migration on this destination ended (cancelled or expired) and is not
+    /// resumed: starting over is a decision the operator makes on purpose.
+    #[error("the migration on this destination was {}; it does not resume. To migrate again from the start, set destination.clear_destination = true with destination.confirm_destination_name (the migrated namespaces and Ferry's checkpoints are dropped first), or drop them and the destination's __ferry database yourself", .phase.as_str())]
+    Ended {
+        phase: Phase,
+        /// The ended run's stored report, printed again for the operator.
+        report: Option<Box<crate::report::Report>>,
+    },
 }
 
 impl RunError {
@@ -50,6 +66,7 @@ impl RunError {
             RunError::Held(_) | RunError::Checkpoint(CheckpointError::Locked { .. }) => {
                 exit::DESTINATION_HELD
             }
+            RunError::Ended { phase, .. } => exit::of_phase(*phase),
             _ => exit::FAILED,
         }
     }
@@ -209,30 +226,15 @@ async fn drive(
             destination.clone(),
             crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
         );
-        let mut existing = checkpoints.load_state().await?;
-        let ended = existing
-            .as_ref()
-            .and_then(|s| s.phase)
-            .filter(|p| matches!(p, Phase::Cancelled | Phase::Expired));
-        if let Some(ended) = ended {
-            // A cancelled or expired run is over: it is not resumed behind the
-            // operator's back. Starting again means starting over, on purpose.
-            if !config.destination.clear_destination {
-                return Err(RunError::Preflight(format!(
-                    "the migration on this destination was {}; it does not resume. To migrate again from the start, set destination.clear_destination = true with destination.confirm_destination_name (the migrated namespaces and Ferry's checkpoints are dropped first), or drop them and the destination's __ferry database yourself",
-                    ended.as_str()
-                )));
-            }
-            tracing::warn!(
-                phase = ended.as_str(),
-                "the earlier migration on this destination ended; starting over (clear_destination)"
-            );
-            existing = None;
-        }
-        if existing.as_ref().and_then(|s| s.phase) == Some(Phase::Completed) {
+        let existing = match earlier_run(
+            checkpoints.load_state().await?,
+            config.destination.clear_destination,
+        )? {
             // Nothing to do, and nothing to touch (balancers, lease, data).
-            return Ok(Err(existing.and_then(|s| s.report)));
-        }
+            Earlier::Completed(report) => return Ok(Err(report.map(|r| *r))),
+            Earlier::Resume(state) => Some(*state),
+            Earlier::StartFresh => None,
+        };
         if options.preflight {
             let report = crate::preflight::run_checks_for_run(&config, existing.is_some()).await;
             for line in report.to_string().lines() {
@@ -406,194 +408,6 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
     }
     engine.checkpoints.reset().await?;
     Ok(())
-}
-
-/// `ferry run --config F`: runs until the migration ends or SIGINT/SIGTERM.
-/// `ferry run`: the daemon. Exit codes are [`crate::exit`]'s. After the run ends it
-/// keeps serving the API (progress, report, metrics) until SIGTERM, unless
-/// `runtime.exit_when_finished` or `exit_when_finished` (`--exit-when-finished`) says
-/// otherwise; started again after completion, it prints the stored report and exits 0.
-pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::process::ExitCode {
-    let config = match crate::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::code(exit::BAD_CONFIG);
-        }
-    };
-    crate::logging::init(
-        &config.log.level,
-        matches!(config.log.format, crate::config::LogFormat::Json),
-    );
-    let exit_when_finished = exit_when_finished || config.runtime.exit_when_finished;
-    let mut migration = match Migration::start(config.clone(), RunOptions::default()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return exit::code(e.exit_code());
-        }
-    };
-    let Some(api_addr) = migration.api_addr() else {
-        // Completed by an earlier run: show what it did.
-        return match migration.wait() {
-            Ok(outcome) => {
-                match &outcome.report {
-                    Some(report) => println!("{report}"),
-                    None => println!("this migration already completed (no stored report)"),
-                }
-                exit::code(exit::of_phase(outcome.phase))
-            }
-            Err(e) => {
-                eprintln!("error: {}", error_chain(&e));
-                exit::code(e.exit_code())
-            }
-        };
-    };
-    tracing::info!(api = %api_addr, "control API listening");
-    let signals = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot handle signals: {e}");
-            return exit::code(exit::FAILED);
-        }
-    };
-    let finished = signals.block_on(async {
-        loop {
-            tokio::select! {
-                _ = crate::sandbox::wait_for_shutdown_signal() => return false,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                    if migration.is_finished() {
-                        return true;
-                    }
-                }
-            }
-        }
-    });
-    if !finished {
-        migration.shutdown();
-    }
-    let progress = migration.progress.clone();
-    let outcome = match migration.wait() {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            return exit::code(e.exit_code());
-        }
-    };
-    if outcome.phase != Phase::Completed {
-        eprintln!(
-            "migration {}: {}",
-            outcome.phase.as_str(),
-            outcome.error.clone().unwrap_or_default()
-        );
-    }
-    if finished && !exit_when_finished {
-        signals.block_on(serve_until_signal(
-            &config,
-            api_addr,
-            progress,
-            outcome.phase,
-        ));
-    }
-    exit::code(exit::of_phase(outcome.phase))
-}
-
-/// After the run ended: the API keeps answering (progress, report, metrics; control
-/// requests are refused with 409) until SIGTERM or SIGINT.
-async fn serve_until_signal(
-    config: &Config,
-    addr: SocketAddr,
-    progress: SharedProgress,
-    phase: Phase,
-) {
-    let (control, mut requests) = ControlHandle::channel(4);
-    tokio::spawn(async move {
-        while let Some((_, reply)) = requests.recv().await {
-            let _ = reply.send(Err(crate::control::ControlError::conflict(format!(
-                "the migration has ended ({}); there is nothing left to control",
-                phase.as_str()
-            ))));
-        }
-    });
-    let server = crate::api::serve_with(
-        addr,
-        config.api.access(),
-        config.api.tls().as_ref(),
-        progress,
-        control,
-        crate::api::install_prometheus(),
-    )
-    .await;
-    match server {
-        Ok(server) => {
-            tracing::info!(api = %addr, phase = phase.as_str(), "the migration has ended; the API keeps serving its status and report until SIGTERM");
-            crate::sandbox::wait_for_shutdown_signal().await;
-            server.stop().await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, api = %addr, "cannot serve the API after the ending; exiting");
-        }
-    }
-}
-
-/// `ferry report --config F`: the stored report of a completed migration, read from the
-/// destination's `__ferry` database (no daemon needed). Exit 0 with the report, 1 when
-/// there is none yet (saying where the migration stands), 2 for a bad config.
-pub fn report_command(path: &std::path::Path) -> std::process::ExitCode {
-    let config = match crate::config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::code(exit::BAD_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return exit::code(exit::FAILED);
-        }
-    };
-    let state = runtime.block_on(async {
-        let destination =
-            Cluster::connect(Side::Destination, &config.destination.connection()).await?;
-        let checkpoints = Checkpoints::new(
-            destination,
-            crate::checkpoint::LeaseTerms::new(config.runtime.lease_duration()),
-        );
-        Ok::<_, RunError>(checkpoints.load_state().await?)
-    });
-    match state {
-        Ok(Some(state)) => match (state.report, state.phase) {
-            (Some(report), _) => {
-                println!("{report}");
-                exit::code(exit::COMPLETED)
-            }
-            (None, phase) => {
-                eprintln!(
-                    "no report yet: the migration on this destination is {}; the report is stored when the migration ends",
-                    phase.map_or("running", |p| p.as_str())
-                );
-                exit::code(exit::FAILED)
-            }
-        },
-        Ok(None) => {
-            eprintln!(
-                "no migration has run on this destination (its __ferry database holds no state)"
-            );
-            exit::code(exit::FAILED)
-        }
-        Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            exit::code(exit::FAILED)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -306,9 +306,12 @@ impl Supervisor {
         let engine = self.engine.clone();
         let done = self.done.take();
         let mut report = self.engine.progress.report.read().clone();
-        if report.is_none() && phase != Phase::Completed && phase.is_terminal() {
+        let reports_this_ending = report.as_ref().is_some_and(|r| r.ending == phase.as_str());
+        if !reports_this_ending && phase != Phase::Completed && phase.is_terminal() {
             // What was done before the ending, for the API, `ferry report` and a later
-            // `ferry run`: a cancelled, failed or expired run has its report too.
+            // `ferry run`: a cancelled, failed or expired run has its report too. A
+            // refused cutover's report (ending "completed", verification failed) is
+            // replaced, or a cancel after it would be stored as a completion.
             let mut ended = self.build_report(Verification::default());
             ended.ending = phase.as_str().to_string();
             ended.reason = error.clone().or_else(|| match phase {

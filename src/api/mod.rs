@@ -24,8 +24,12 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 
 use crate::control::ControlHandle;
 use crate::progress::SharedProgress;
@@ -97,6 +101,23 @@ impl ApiServer {
     }
 }
 
+/// The span of the code that started the API (a run's span, in `ferry run`).
+#[derive(Clone)]
+struct ServingSpan(tracing::Span);
+
+/// Handles each request within [`ServingSpan`], so what a handler logs ("operator
+/// request") says which run it belongs to: actix-web serves on a worker thread of its
+/// own, where that span is not entered.
+async fn in_serving_span(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let span = req
+        .app_data::<web::Data<ServingSpan>>()
+        .map_or_else(tracing::Span::none, |s| s.0.clone());
+    next.call(req).instrument(span).await
+}
+
 /// Binds `listen` and starts serving in the background; returns once the socket is
 /// bound, so a port conflict surfaces here as an error rather than later in a log line.
 ///
@@ -138,11 +159,14 @@ pub async fn serve_with(
         control,
         prometheus,
     };
+    let serving = ServingSpan(tracing::Span::current());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .app_data(web::Data::new(access.clone()))
+            .app_data(web::Data::new(serving.clone()))
             .wrap(actix_web::middleware::from_fn(access::check))
+            .wrap(actix_web::middleware::from_fn(in_serving_span))
             .configure(routes::configure)
     })
     .workers(1)

@@ -33,7 +33,9 @@ impl Digest {
     }
 }
 
-type Job = (Vec<RawDocumentBuf>, Sender<Digest>);
+/// A batch to hash, where to send its digest, and the span of the actor that asked (a
+/// pool thread serves every actor, so the span travels with each job).
+type Job = (Vec<RawDocumentBuf>, Sender<Digest>, tracing::Span);
 
 /// Worker threads hashing batches of raw documents.
 pub struct HashPool {
@@ -48,7 +50,9 @@ impl HashPool {
             .map(|_| {
                 let rx = rx.clone();
                 thread::spawn(move || {
-                    for (docs, reply) in rx.iter() {
+                    for (docs, reply, span) in rx.iter() {
+                        // Whatever is logged here carries the run's and the actor's spans.
+                        let _entered = span.enter();
                         let mut d = Digest::default();
                         for doc in &docs {
                             d.add_document(doc.as_bytes());
@@ -81,7 +85,11 @@ impl HashPool {
         while let Some(d) = scan.next().await? {
             batch.push(d);
             if batch.len() == HASH_BATCH {
-                let job = (std::mem::take(&mut batch), result_tx.clone());
+                let job = (
+                    std::mem::take(&mut batch),
+                    result_tx.clone(),
+                    tracing::Span::current(),
+                );
                 let jobs = jobs.clone();
                 // The channel is bounded: hand the job over without blocking the runtime.
                 tokio::task::spawn_blocking(move || jobs.send(job))
@@ -92,7 +100,7 @@ impl HashPool {
         }
         if !batch.is_empty() {
             let jobs = jobs.clone();
-            let job = (batch, result_tx.clone());
+            let job = (batch, result_tx.clone(), tracing::Span::current());
             tokio::task::spawn_blocking(move || jobs.send(job))
                 .await
                 .ok();

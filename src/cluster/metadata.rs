@@ -148,7 +148,7 @@ pub fn unfollowable_changes(
     after: &ShardingMetadata,
     filter: &NamespaceFilter,
 ) -> Vec<String> {
-    const START_OVER: &str = "cancel this migration and start it again (destination.clear_destination) once the change is done; the destination may otherwise miss or keep documents";
+    const START_OVER: &str = "the run stops here; once the change is done, start the migration over with destination.clear_destination = true and `ferry run` (resuming would leave the destination missing or keeping documents)";
     let mut changes = Vec::new();
     for (db, was) in &before.databases {
         if !filter.may_allow_database(db) || NamespaceFilter::is_never_migrated_db(db) {

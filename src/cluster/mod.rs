@@ -12,11 +12,14 @@ use mongodb::Client;
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
 pub mod balancer;
+pub mod documents;
 pub mod metadata;
 pub mod namespaces;
 pub mod nodes;
 pub mod ownership;
+pub mod records;
 pub mod sharding;
+pub mod streams;
 pub mod topology;
 
 /// Which deployment an operation ran against.
@@ -73,6 +76,81 @@ impl ClusterError {
             ClusterError::Uri { .. } => false,
         }
     }
+
+    /// A failure Ferry found in a reply (not one the driver reported), for `action` on
+    /// `side`.
+    pub fn failed(side: Side, action: impl Into<String>, message: impl Into<String>) -> Self {
+        ClusterError::Command {
+            side,
+            action: action.into(),
+            source: mongodb::error::Error::custom(message.into()),
+        }
+    }
+
+    /// The same failure, said to be of another action (the context the caller knows).
+    pub fn during(self, action: impl Into<String>) -> Self {
+        match self {
+            ClusterError::Command { side, source, .. } => ClusterError::Command {
+                side,
+                action: action.into(),
+                source,
+            },
+            uri @ ClusterError::Uri { .. } => uri,
+        }
+    }
+
+    /// A write refused because a document with that unique key (11000 DuplicateKey) is
+    /// there already.
+    pub fn is_duplicate_key(&self) -> bool {
+        self.code() == Some(11000)
+    }
+
+    /// The collection a cursor read was renamed or dropped under it (175 QueryPlanKilled,
+    /// 26 NamespaceNotFound): reading again finds it by UUID, or finds it gone.
+    pub fn is_collection_moved(&self) -> bool {
+        matches!(self.code(), Some(175 | 26))
+    }
+
+    /// A change stream's history is gone (286 ChangeStreamHistoryLost, or 280
+    /// ChangeStreamFatalError labelled not resumable): the stream cannot go on from where
+    /// it was, and the migration must start over.
+    pub fn is_history_lost(&self) -> bool {
+        match self {
+            ClusterError::Command { source, .. } => is_history_lost(source),
+            ClusterError::Uri { .. } => false,
+        }
+    }
+
+    /// The credentials were refused (18 AuthenticationFailed, or the driver's own
+    /// authentication failure).
+    pub fn is_auth_failure(&self) -> bool {
+        if self.code() == Some(18) {
+            return true;
+        }
+        match self {
+            ClusterError::Command { source, .. } => matches!(
+                source.kind.as_ref(),
+                mongodb::error::ErrorKind::Authentication { .. }
+            ),
+            ClusterError::Uri { .. } => false,
+        }
+    }
+
+    /// What the server (or the driver) said, without side or action: see
+    /// [`short_error`].
+    pub fn server_message(&self) -> String {
+        match self {
+            ClusterError::Command { source, .. } | ClusterError::Uri { source, .. } => {
+                short_error(source)
+            }
+        }
+    }
+}
+
+/// See [`ClusterError::is_history_lost`].
+fn is_history_lost(e: &mongodb::error::Error) -> bool {
+    error_code(e) == Some(286)
+        || e.contains_label("NonResumableChangeStreamError") && error_code(e) == Some(280)
 }
 
 /// The `writeConcernError` of a successful command reply, as the driver error it stands
@@ -170,7 +248,9 @@ pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(120
 #[derive(Clone)]
 pub struct Cluster {
     pub side: Side,
-    pub client: Client,
+    /// The driver, used by this module's functions only (see DESIGN.md "Actors, as they
+    /// must be in the code").
+    client: Client,
     /// The URI without its password, for logs and errors.
     pub display_uri: String,
 }

@@ -34,6 +34,7 @@ mod shard_collection;
 pub use destination_key::DestinationKeys;
 
 use super::SharedEngine;
+use crate::cluster::documents::{self, ReadSize};
 use crate::cluster::ClusterError;
 
 /// Largest write command Ferry sends: below the 16 MiB BSON limit with headroom.
@@ -544,12 +545,10 @@ fn id_bytes(d: &RawDocument) -> Option<Vec<u8>> {
     Some(one.into_bytes())
 }
 
-fn source_error(ns: &str, source: mongodb::error::Error) -> ApplyError {
-    ApplyError::Cluster(ClusterError::Command {
-        side: crate::cluster::Side::Source,
-        action: format!("read {ns} for an update that does not apply as a delta"),
-        source,
-    })
+fn source_error(ns: &str, e: ClusterError) -> ApplyError {
+    ApplyError::Cluster(e.during(format!(
+        "read {ns} for an update that does not apply as a delta"
+    )))
 }
 
 /// The destination namespace an applier writes to.
@@ -692,26 +691,16 @@ impl Target<'_> {
         coll: &str,
         keys: &[&RawDocumentBuf],
     ) -> Result<std::collections::HashMap<Vec<u8>, RawDocumentBuf>, ApplyError> {
-        use futures_util::TryStreamExt;
-        let alternatives: Vec<Bson> = keys
+        let alternatives: Vec<Document> = keys
             .iter()
-            .filter_map(|k| Document::try_from(k.as_ref()).ok().map(Bson::Document))
+            .filter_map(|k| Document::try_from(k.as_ref()).ok())
             .collect();
-        let mut cursor = self
-            .engine
-            .source
-            .client
-            .database(self.db)
-            .collection::<RawDocumentBuf>(coll)
-            .find(doc! {"$or": alternatives})
-            .await
-            .map_err(|e| source_error(self.ns, e))?;
+        let mut cursor =
+            documents::read_by_document_keys(&self.engine.source, self.db, coll, alternatives)
+                .await
+                .map_err(|e| source_error(self.ns, e))?;
         let mut found = std::collections::HashMap::new();
-        while let Some(doc) = cursor
-            .try_next()
-            .await
-            .map_err(|e| source_error(self.ns, e))?
-        {
+        while let Some(doc) = cursor.next().await.map_err(|e| source_error(self.ns, e))? {
             if let Some(id) = id_bytes(&doc) {
                 found.insert(id, doc);
             }
@@ -973,7 +962,6 @@ async fn replace_from_source(
     db: &str,
     coll: &str,
 ) -> Result<(), ApplyError> {
-    use futures_util::TryStreamExt;
     let (source, dest) = (&engine.source, &engine.destination);
     tracing::info!(db, coll, "a collection outside the migration was renamed onto a migrated name: copying it again from the source");
     match dest.run(db, doc! {"drop": coll}).await {
@@ -1010,34 +998,20 @@ async fn replace_from_source(
         dest.run(db, doc! {"createIndexes": coll, "indexes": indexes})
             .await?;
     }
-    let read_error = |e: mongodb::error::Error| ClusterError::Command {
-        side: source.side,
-        action: format!("read {db}.{coll} again"),
-        source: e,
-    };
-    let mut cursor = source
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll)
-        .find(doc! {})
+    let read_error = |e: ClusterError| e.during(format!("read {db}.{coll} again"));
+    let mut cursor = documents::read_all(source, db, coll, ReadSize::default())
         .await
         .map_err(read_error)?;
-    let target = dest.client.database(db).collection::<RawDocumentBuf>(coll);
     let mut batch = Vec::new();
     let mut bytes = 0;
     loop {
-        let next = cursor.try_next().await.map_err(read_error)?;
+        let next = cursor.next().await.map_err(read_error)?;
         let full = next.is_none() || bytes >= RECOPY_BATCH_BYTES || batch.len() >= 1000;
         if full && !batch.is_empty() {
             engine.checkpoints.fence().check()?;
-            target
-                .insert_many(std::mem::take(&mut batch))
+            documents::insert_documents(dest, db, coll, std::mem::take(&mut batch))
                 .await
-                .map_err(|e| ClusterError::Command {
-                    side: dest.side,
-                    action: format!("copy {db}.{coll} again"),
-                    source: e,
-                })?;
+                .map_err(|e| e.during(format!("copy {db}.{coll} again")))?;
             bytes = 0;
         }
         match next {

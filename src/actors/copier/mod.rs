@@ -33,18 +33,13 @@ pub enum CopyError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{side}: {action} on {ns} failed")]
-    Driver {
-        side: crate::cluster::Side,
-        action: &'static str,
-        ns: String,
-        #[source]
-        source: mongodb::error::Error,
-    },
+    /// Reading a range's documents or inserting them failed.
+    #[error(transparent)]
+    Documents(ClusterError),
     #[error("stopped")]
     Stopped,
     #[error("source: the change stream history since the start time is gone (the oplog rolled over); the migration must start over: drop the destination's __ferry database and run again")]
-    HistoryLost(#[source] mongodb::error::Error),
+    HistoryLost(#[source] ClusterError),
     /// Waited too long on the source; planning again may pass.
     #[error("{0}")]
     Stalled(String),
@@ -67,10 +62,7 @@ impl CopyError {
             // A collection renamed or dropped under an open cursor (175 QueryPlanKilled,
             // 26 NamespaceNotFound): the range starts again from its checkpoint and
             // finds the collection by UUID.
-            CopyError::Driver { source, .. } => {
-                crate::cluster::is_transient(source)
-                    || matches!(crate::cluster::error_code(source), Some(175 | 26))
-            }
+            CopyError::Documents(e) => e.is_transient() || e.is_collection_moved(),
             CopyError::CopierGone { .. } => true,
             CopyError::Stalled(_) => true,
             CopyError::Stopped

@@ -56,7 +56,53 @@ pub enum ClusterError {
     },
 }
 
+/// What a refused command means, by the server's error code: the refusals Ferry expects
+/// and handles (most make a replayed command a no-op).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 26 NamespaceNotFound: the collection or database is not there.
+    NamespaceMissing,
+    /// 48 NamespaceExists: a collection or view of that name is there already.
+    NamespaceExists,
+    /// 85 IndexOptionsConflict, 86 IndexKeySpecsConflict: an index of that name or key
+    /// is there with other options.
+    IndexConflict,
+    /// 27 IndexNotFound: no index of that name.
+    IndexMissing,
+    /// 11000 DuplicateKey: a document with that unique key is there already.
+    DuplicateKey,
+}
+
+impl Refusal {
+    fn of_code(code: i32) -> Option<Refusal> {
+        Some(match code {
+            26 => Refusal::NamespaceMissing,
+            48 => Refusal::NamespaceExists,
+            85 | 86 => Refusal::IndexConflict,
+            27 => Refusal::IndexMissing,
+            11000 => Refusal::DuplicateKey,
+            _ => return None,
+        })
+    }
+}
+
 impl ClusterError {
+    /// What the refusal means, when the server refused the command with a code Ferry
+    /// handles.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.code().and_then(Refusal::of_code)
+    }
+
+    /// Whether the server refused the command for this reason.
+    pub fn is(&self, refusal: Refusal) -> bool {
+        self.refusal() == Some(refusal)
+    }
+
+    /// Whether the server refused the command for one of these reasons.
+    pub fn is_any(&self, refusals: &[Refusal]) -> bool {
+        self.refusal().is_some_and(|r| refusals.contains(&r))
+    }
+
     pub fn side(&self) -> Side {
         match self {
             ClusterError::Uri { side, .. } | ClusterError::Command { side, .. } => *side,
@@ -102,13 +148,13 @@ impl ClusterError {
     /// A write refused because a document with that unique key (11000 DuplicateKey) is
     /// there already.
     pub fn is_duplicate_key(&self) -> bool {
-        self.code() == Some(11000)
+        self.is(Refusal::DuplicateKey)
     }
 
     /// The collection a cursor read was renamed or dropped under it (175 QueryPlanKilled,
     /// 26 NamespaceNotFound): reading again finds it by UUID, or finds it gone.
     pub fn is_collection_moved(&self) -> bool {
-        matches!(self.code(), Some(175 | 26))
+        self.code() == Some(175) || self.is(Refusal::NamespaceMissing)
     }
 
     /// A change stream's history is gone (286 ChangeStreamHistoryLost, or 280
@@ -497,7 +543,7 @@ impl Cluster {
             .await
         {
             Ok(v) => Ok(v),
-            Err(e) if e.code() == Some(26) => Ok(Vec::new()),
+            Err(e) if e.is(Refusal::NamespaceMissing) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -519,7 +565,7 @@ impl Cluster {
     pub async fn collection_size(&self, db: &str, coll: &str) -> Result<(u64, u64), ClusterError> {
         match self.run(db, doc! {"collStats": coll}).await {
             Ok(s) => Ok((number(s.get("count")), number(s.get("size")))),
-            Err(e) if e.code() == Some(26) => Ok((0, 0)),
+            Err(e) if e.is(Refusal::NamespaceMissing) => Ok((0, 0)),
             Err(e) => Err(e),
         }
     }

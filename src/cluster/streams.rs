@@ -135,3 +135,15 @@ impl ChangeStream {
         }
     }
 }
+
+/// The cluster time inside a resume token: `_data` starts with the timestamp's
+/// type byte (0x82) and its 8 bytes, big-endian, as hex.
+pub fn token_timestamp(token: &Document) -> Option<Timestamp> {
+    let data = token.get_str("_data").ok()?;
+    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    let time = u32::from_str_radix(&data[2..10], 16).ok()?;
+    let increment = u32::from_str_radix(&data[10..18], 16).ok()?;
+    Some(Timestamp { time, increment })
+}

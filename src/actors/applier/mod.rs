@@ -35,7 +35,7 @@ pub use destination_key::DestinationKeys;
 
 use super::SharedEngine;
 use crate::cluster::documents::{self, ReadSize};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, Refusal};
 
 /// Largest write command Ferry sends: below the 16 MiB BSON limit with headroom.
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
@@ -966,7 +966,7 @@ async fn replace_from_source(
     tracing::info!(db, coll, "a collection outside the migration was renamed onto a migrated name: copying it again from the source");
     match dest.run(db, doc! {"drop": coll}).await {
         Ok(_) => {}
-        Err(e) if e.code() == Some(26) => {}
+        Err(e) if e.is(Refusal::NamespaceMissing) => {}
         Err(e) => return Err(e.into()),
     }
     let spec = source
@@ -984,7 +984,7 @@ async fn replace_from_source(
     }
     match dest.run(db, create).await {
         Ok(_) => {}
-        Err(e) if e.code() == Some(48) => {}
+        Err(e) if e.is(Refusal::NamespaceExists) => {}
         Err(e) => return Err(e.into()),
     }
     let indexes: Vec<Bson> = source
@@ -1036,10 +1036,10 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
         .get_document("operationDescription")
         .cloned()
         .unwrap_or_default();
-    let ignore = |codes: &'static [i32]| {
+    let ignore = |refusals: &'static [Refusal]| {
         move |r: Result<Document, ClusterError>| match r {
             Ok(_) => Ok(()),
-            Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+            Err(e) if e.is_any(refusals) => Ok(()),
             Err(e) => Err(ApplyError::from(e)),
         }
     };
@@ -1055,10 +1055,12 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                     cmd.insert(k.clone(), v.clone());
                 }
             }
-            ignore(&[48])(dest.run(&db, cmd).await)
+            ignore(&[Refusal::NamespaceExists])(dest.run(&db, cmd).await)
         }
-        "drop" => ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await),
-        "dropDatabase" => ignore(&[26])(dest.run(&db, doc! {"dropDatabase": 1}).await),
+        "drop" => ignore(&[Refusal::NamespaceMissing])(dest.run(&db, doc! {"drop": &coll}).await),
+        "dropDatabase" => {
+            ignore(&[Refusal::NamespaceMissing])(dest.run(&db, doc! {"dropDatabase": 1}).await)
+        }
         "rename" => {
             let to = event.get_document("to").cloned().unwrap_or_default();
             let target = format!(
@@ -1071,7 +1073,9 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 to.get_str("coll").unwrap_or_default(),
             );
             if !target_allowed {
-                return ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await);
+                return ignore(&[Refusal::NamespaceMissing])(
+                    dest.run(&db, doc! {"drop": &coll}).await,
+                );
             }
             let source_migrated = engine.filter.allows(&db, &coll)
                 || crate::cluster::namespaces::is_rename_staging(&coll);
@@ -1085,7 +1089,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 )
                 .await;
             }
-            ignore(&[26])(
+            ignore(&[Refusal::NamespaceMissing])(
                 dest.run("admin", doc! {"renameCollection": format!("{db}.{coll}"), "to": target, "dropTarget": true}).await,
             )
         }
@@ -1102,7 +1106,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             if indexes.is_empty() {
                 return Ok(());
             }
-            ignore(&[85, 86])(
+            ignore(&[Refusal::IndexConflict])(
                 dest.run(&db, doc! {"createIndexes": &coll, "indexes": indexes})
                     .await,
             )
@@ -1119,7 +1123,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 })
                 .unwrap_or_default();
             for name in names {
-                ignore(&[26, 27])(
+                ignore(&[Refusal::NamespaceMissing, Refusal::IndexMissing])(
                     dest.run(&db, doc! {"dropIndexes": &coll, "index": name})
                         .await,
                 )?;
@@ -1146,7 +1150,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             if cmd.len() == 1 {
                 return Ok(());
             }
-            ignore(&[26])(dest.run(&db, cmd).await)
+            ignore(&[Refusal::NamespaceMissing])(dest.run(&db, cmd).await)
         }
         "shardCollection" => shard_collection::apply(engine, &db, &coll, &desc).await,
         // The destination's collection keeps the old key (or none); replaying the

@@ -25,7 +25,7 @@ pub mod destination;
 use super::applier::relaxed_index;
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -261,15 +261,15 @@ async fn prepare_destination(
 ) -> Result<CopySummary, CopyError> {
     let dest = &engine.destination;
     let mut summary = CopySummary::default();
-    let allow = |r: Result<Document, ClusterError>, codes: &[i32]| match r {
+    let allow = |r: Result<Document, ClusterError>, refusals: &[Refusal]| match r {
         Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+        Err(e) if e.is_any(refusals) => Ok(()),
         Err(e) => Err(e),
     };
     for ns in plan.iter().filter(|n| !n.is_view) {
         let mut cmd = doc! {"create": &ns.coll};
         cmd.extend(ns.options.clone());
-        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        allow(dest.run(&ns.db, cmd).await, &[Refusal::NamespaceExists])?;
         let indexes: Vec<Bson> = ns
             .indexes
             .iter()
@@ -284,10 +284,7 @@ async fn prepare_destination(
                     doc! {"createIndexes": &ns.coll, "indexes": indexes.clone()},
                 )
                 .await;
-            if all
-                .as_ref()
-                .is_err_and(|e| matches!(e.code(), Some(85 | 86)))
-            {
+            if all.as_ref().is_err_and(|e| e.is(Refusal::IndexConflict)) {
                 // One index conflicts with one already there (a restart after a partial
                 // run): the command creates none, so each is created on its own and only
                 // the conflicting one is left (the verifier compares definitions).
@@ -299,7 +296,7 @@ async fn prepare_destination(
                         )
                         .await
                     {
-                        if !matches!(e.code(), Some(85 | 86)) {
+                        if !e.is(Refusal::IndexConflict) {
                             return Err(e.into());
                         }
                         tracing::warn!(ns = %ns.ns, index = %index, error = %e, "an index conflicts with one already on the destination; left as it is");
@@ -315,7 +312,7 @@ async fn prepare_destination(
     for ns in plan.iter().filter(|n| n.is_view) {
         let mut cmd = doc! {"create": &ns.coll};
         cmd.extend(ns.options.clone());
-        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        allow(dest.run(&ns.db, cmd).await, &[Refusal::NamespaceExists])?;
         summary.views += 1;
     }
     Ok(summary)

@@ -66,7 +66,7 @@ pub(super) async fn renames_since(
         let reached = stream
             .resume_token()
             .map_err(failed)?
-            .and_then(|t| crate::actors::tailer::token_timestamp(&t))
+            .and_then(|t| streams::token_timestamp(&t))
             .is_some_and(|ts| order(ts) >= order(until));
         if reached {
             break;

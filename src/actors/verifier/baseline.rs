@@ -25,10 +25,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::digest::Digest;
-use crate::actors::tailer::token_timestamp;
 use crate::actors::SharedEngine;
 use crate::cluster::documents::{self, DocumentCursor, IndexRange, ReadSize};
-use crate::cluster::streams::{self, StreamOptions, StreamStart};
+use crate::cluster::streams::{self, token_timestamp, StreamOptions, StreamStart};
 use crate::cluster::{Cluster, ClusterError};
 use crate::progress::{BaselineState, SharedProgress};
 

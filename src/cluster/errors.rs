@@ -301,3 +301,57 @@ pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    /// A command the server refused with `code`, as the driver reports it.
+    fn refused(code: i32) -> ClusterError {
+        let command: mongodb::error::CommandError =
+            bson::from_document(doc! {"code": code, "codeName": "Test", "errmsg": "refused"})
+                .expect("a command error document");
+        ClusterError::Command {
+            side: Side::Source,
+            action: "test".into(),
+            source: mongodb::error::ErrorKind::Command(command).into(),
+        }
+    }
+
+    #[test]
+    fn refusals_are_named_by_what_they_mean() {
+        assert_eq!(refused(26).refusal(), Some(Refusal::NamespaceMissing));
+        assert_eq!(refused(48).refusal(), Some(Refusal::NamespaceExists));
+        assert!(refused(85).is(Refusal::IndexConflict));
+        assert!(refused(86).is(Refusal::IndexConflict));
+        assert!(refused(27).is_any(&[Refusal::NamespaceMissing, Refusal::IndexMissing]));
+        assert!(refused(11000).is_duplicate_key());
+        assert_eq!(refused(2).refusal(), None);
+    }
+
+    #[test]
+    fn a_stepdown_is_retried_and_a_lost_history_is_not() {
+        assert!(refused(10107).is_transient());
+        assert!(!refused(10107).is_history_lost());
+        assert!(refused(286).is_history_lost());
+        assert!(!refused(286).is_transient());
+        // 280 is a lost history only when the server labels it not resumable.
+        assert!(!refused(280).is_history_lost());
+    }
+
+    #[test]
+    fn a_read_under_a_renamed_or_dropped_collection_is_told_apart() {
+        assert!(refused(175).is_collection_moved());
+        assert!(refused(26).is_collection_moved());
+        assert!(!refused(11000).is_collection_moved());
+    }
+
+    #[test]
+    fn a_failure_keeps_its_side_and_says_the_callers_action() {
+        let e = refused(26).during("read app.items again");
+        assert_eq!(e.side(), Side::Source);
+        assert_eq!(e.to_string(), "source: read app.items again failed");
+        assert_eq!(e.server_message(), "Test (26): refused");
+    }
+}

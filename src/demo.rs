@@ -2,6 +2,10 @@
 //! destination (replica sets, or sharded clusters with `--source-shards` /
 //! `--destination-shards`), seeds a realistic data set, keeps writing to the source while
 //! Ferry copies and syncs, stops the writes, cuts over, verifies and prints the report.
+//!
+//! The seeding and the live workload are the application being migrated, not Ferry: they
+//! use the driver directly, as an application would. Ferry's own driver calls all go
+//! through `crate::cluster`.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -402,7 +402,7 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
         match dest.run(&db, doc! {"drop": name}).await {
             Ok(_) => {}
             // Dropped meanwhile: what was asked for.
-            Err(e) if e.code() == Some(26) => {}
+            Err(e) if e.is(crate::cluster::Refusal::NamespaceMissing) => {}
             Err(e) => return Err(e.into()),
         }
     }

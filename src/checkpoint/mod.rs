@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use lease::{Fence, FenceError, LeaseRecord, LeaseTerms};
 
 use crate::cluster::balancer::BalancerSettings;
+use crate::cluster::records::{Records, Updated};
 use crate::cluster::{Cluster, ClusterError, Side};
 use crate::progress::Phase;
 
@@ -197,28 +198,16 @@ impl Checkpoints {
         &self.fence
     }
 
-    fn coll(&self, name: &str) -> mongodb::Collection<Document> {
-        self.dest.client.database(DB).collection(name)
-    }
-
-    fn err(&self, action: &str) -> impl FnOnce(mongodb::error::Error) -> CheckpointError + '_ {
-        let action = action.to_string();
-        move |source| {
-            CheckpointError::Cluster(ClusterError::Command {
-                side: self.dest.side,
-                action,
-                source,
-            })
-        }
+    fn coll(&self, name: &str) -> Records<'_> {
+        Records::of(&self.dest, DB, name)
     }
 
     /// The lease document, if any.
     pub async fn read_lease(&self) -> Result<Option<LeaseRecord>, CheckpointError> {
         Ok(self
             .coll(LOCK)
-            .find_one(doc! {"_id": "lock"})
-            .await
-            .map_err(self.err("read the destination lease"))?
+            .find_one(doc! {"_id": "lock"}, "read the destination lease")
+            .await?
             .map(|d| LeaseRecord::from_document(&d)))
     }
 
@@ -240,26 +229,25 @@ impl Checkpoints {
                     "renewed_at": now,
                     "expires_at": expires,
                 }},
+                true,
+                "take the destination lease",
             )
-            .upsert(true)
             .await;
         match result {
             Ok(_) => {
                 self.fence.renewed(sent, &self.terms);
                 Ok(LeaseAttempt::Taken)
             }
-            Err(e) if crate::cluster::error_code(&e) == Some(11000) => {
+            Err(e) if e.is_duplicate_key() => {
                 match self.read_lease().await? {
                     Some(held) => Ok(LeaseAttempt::Held(held)),
                     // Released between the two commands: try again next time.
-                    None => Err(CheckpointError::Cluster(ClusterError::Command {
-                        side: self.dest.side,
-                        action: "take the destination lease (it changed hands meanwhile)".into(),
-                        source: e,
-                    })),
+                    None => Err(CheckpointError::Cluster(
+                        e.during("take the destination lease (it changed hands meanwhile)"),
+                    )),
                 }
             }
-            Err(e) => Err(self.err("take the destination lease")(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -279,10 +267,11 @@ impl Checkpoints {
             .update_one(
                 doc! {"_id": "lock", "owner": self.owner()},
                 doc! {"$set": {"renewed_at": now, "expires_at": expires}},
+                false,
+                "renew the destination lease",
             )
-            .await
-            .map_err(self.err("renew the destination lease"))?;
-        if result.matched_count == 1 {
+            .await?;
+        if result == Updated::Matched {
             self.fence.renewed(sent, &self.terms);
             return Ok(());
         }
@@ -299,18 +288,19 @@ impl Checkpoints {
     pub async fn release_lease(&self) -> Result<(), CheckpointError> {
         self.fence.close();
         self.coll(LOCK)
-            .delete_one(doc! {"_id": "lock", "owner": self.owner()})
-            .await
-            .map_err(self.err("release the destination lease"))?;
+            .delete_one(
+                doc! {"_id": "lock", "owner": self.owner()},
+                "release the destination lease",
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn load_state(&self) -> Result<Option<RunState>, CheckpointError> {
         let Some(mut d) = self
             .coll(STATE)
-            .find_one(doc! {"_id": "state"})
-            .await
-            .map_err(self.err("read state"))?
+            .find_one(doc! {"_id": "state"}, "read state")
+            .await?
         else {
             return Ok(None);
         };
@@ -332,10 +322,8 @@ impl Checkpoints {
         d.insert("_id", "state");
         d.insert("saved_at", DateTime::now());
         self.coll(STATE)
-            .replace_one(doc! {"_id": "state"}, d)
-            .upsert(true)
-            .await
-            .map_err(self.err("save state"))?;
+            .put(doc! {"_id": "state"}, d, "save state")
+            .await?;
         Ok(())
     }
 
@@ -346,10 +334,13 @@ impl Checkpoints {
         let mut fields = fields;
         fields.insert("saved_at", DateTime::now());
         self.coll(STATE)
-            .update_one(doc! {"_id": "state"}, doc! {"$set": fields})
-            .upsert(true)
-            .await
-            .map_err(self.err("save state"))?;
+            .update_one(
+                doc! {"_id": "state"},
+                doc! {"$set": fields},
+                true,
+                "save state",
+            )
+            .await?;
         Ok(())
     }
 
@@ -372,10 +363,11 @@ impl Checkpoints {
             .update_one(
                 doc! {"_id": "state", field.as_str(): {"$exists": false}},
                 doc! {"$set": {field.as_str(): value, "saved_at": DateTime::now()}},
+                false,
+                "record the balancer's state",
             )
-            .await
-            .map_err(self.err("record the balancer's state"))?;
-        if result.matched_count == 0 && self.load_state().await?.is_none() {
+            .await?;
+        if result == Updated::NoMatch && self.load_state().await?.is_none() {
             return Err(CheckpointError::Corrupt {
                 collection: STATE,
                 message: "the run's state document is missing".into(),
@@ -399,9 +391,10 @@ impl Checkpoints {
             .update_one(
                 doc! {"_id": "state", "source_metadata": {"$exists": false}},
                 doc! {"$set": {"source_metadata": value, "saved_at": DateTime::now()}},
+                false,
+                "record the source's sharding metadata",
             )
-            .await
-            .map_err(self.err("record the source's sharding metadata"))?;
+            .await?;
         Ok(())
     }
 
@@ -412,9 +405,10 @@ impl Checkpoints {
             .update_one(
                 doc! {"_id": "state"},
                 doc! {"$unset": {format!("balancers_before.{side}"): 1}},
+                false,
+                "forget the balancer's recorded state",
             )
-            .await
-            .map_err(self.err("forget the balancer's recorded state"))?;
+            .await?;
         Ok(())
     }
 
@@ -430,9 +424,8 @@ impl Checkpoints {
         self.fence.check()?;
         for c in [PLAN, NAMESPACES, RANGES] {
             self.coll(c)
-                .delete_many(doc! {})
-                .await
-                .map_err(self.err("clear a partial plan"))?;
+                .delete_all(doc! {}, "clear a partial plan")
+                .await?;
         }
         for ns in namespaces {
             let d = bson::to_document(ns).map_err(|e| CheckpointError::Corrupt {
@@ -440,52 +433,41 @@ impl Checkpoints {
                 message: e.to_string(),
             })?;
             self.coll(NAMESPACES)
-                .replace_one(doc! {"_id": &ns.ns}, d)
-                .upsert(true)
-                .await
-                .map_err(self.err("save plan"))?;
+                .put(doc! {"_id": &ns.ns}, d, "save plan")
+                .await?;
         }
         for r in ranges {
             self.save_range(r).await?;
         }
         self.coll(PLAN)
-            .replace_one(doc! {"_id": "plan"}, doc! {"_id": "plan", "saved": true})
-            .upsert(true)
-            .await
-            .map_err(self.err("save plan"))?;
+            .put(
+                doc! {"_id": "plan"},
+                doc! {"_id": "plan", "saved": true},
+                "save plan",
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn load_plan(
         &self,
     ) -> Result<(Vec<PlannedNamespace>, Vec<CopyRange>), CheckpointError> {
-        use futures_util::TryStreamExt;
         let saved = self
             .coll(PLAN)
-            .find_one(doc! {"_id": "plan"})
-            .await
-            .map_err(self.err("read plan"))?
+            .find_one(doc! {"_id": "plan"}, "read plan")
+            .await?
             .is_some_and(|d| d.get_bool("saved").unwrap_or(false));
         if !saved {
             return Ok((Vec::new(), Vec::new()));
         }
         let nss: Vec<Document> = self
             .coll(NAMESPACES)
-            .find(doc! {})
-            .await
-            .map_err(self.err("read plan"))?
-            .try_collect()
-            .await
-            .map_err(self.err("read plan"))?;
+            .find_all(doc! {}, None, "read plan")
+            .await?;
         let ranges: Vec<Document> = self
             .coll(RANGES)
-            .find(doc! {})
-            .sort(doc! {"ns": 1, "index": 1})
-            .await
-            .map_err(self.err("read ranges"))?
-            .try_collect()
-            .await
-            .map_err(self.err("read ranges"))?;
+            .find_all(doc! {}, Some(doc! {"ns": 1, "index": 1}), "read ranges")
+            .await?;
         let nss = nss
             .into_iter()
             .map(|d| {
@@ -515,10 +497,8 @@ impl Checkpoints {
             message: e.to_string(),
         })?;
         self.coll(RANGES)
-            .replace_one(doc! {"_id": &r.id}, d)
-            .upsert(true)
-            .await
-            .map_err(self.err("save range"))?;
+            .put(doc! {"_id": &r.id}, d, "save range")
+            .await?;
         Ok(())
     }
 
@@ -526,10 +506,7 @@ impl Checkpoints {
     pub async fn reset(&self) -> Result<(), CheckpointError> {
         self.fence.check()?;
         for c in [STATE, PLAN, NAMESPACES, RANGES] {
-            self.coll(c)
-                .drop()
-                .await
-                .map_err(self.err("reset checkpoints"))?;
+            self.coll(c).drop_all("reset checkpoints").await?;
         }
         Ok(())
     }

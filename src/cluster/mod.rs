@@ -1,6 +1,11 @@
 //! Everything that talks to one MongoDB deployment as a whole: connecting (SCRAM, TLS with
 //! a custom CA), running commands with errors that say which side failed, listing the
 //! namespaces to migrate, reading cluster time.
+//!
+//! This layer alone holds the driver client: the actors read and write documents through
+//! [`documents`], follow changes through [`streams`], keep their records through
+//! [`records`], and get every driver failure as a [`ClusterError`] already classified
+//! (see `errors.rs`: transient or not, what a refusal means).
 
 use std::fmt;
 use std::time::Duration;
@@ -12,12 +17,21 @@ use mongodb::Client;
 use crate::config::{redacted_uri, ConnectionConfig, NamespaceFilter};
 
 pub mod balancer;
+pub mod documents;
+mod errors;
 pub mod metadata;
 pub mod namespaces;
 pub mod nodes;
 pub mod ownership;
+pub mod records;
 pub mod sharding;
+pub mod streams;
 pub mod topology;
+
+pub use errors::{
+    describe_error, error_code, is_transient, is_transient_code, short_error,
+    write_concern_error_is_transient, write_concern_failure, ClusterError, Refusal,
+};
 
 /// Which deployment an operation ran against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,133 +49,6 @@ impl fmt::Display for Side {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("{side}: invalid connection string {uri}")]
-    Uri {
-        side: Side,
-        uri: String,
-        #[source]
-        source: mongodb::error::Error,
-    },
-    #[error("{side}: {action} failed")]
-    Command {
-        side: Side,
-        action: String,
-        #[source]
-        source: mongodb::error::Error,
-    },
-}
-
-impl ClusterError {
-    pub fn side(&self) -> Side {
-        match self {
-            ClusterError::Uri { side, .. } | ClusterError::Command { side, .. } => *side,
-        }
-    }
-    /// The server error code, when the failure was a command error.
-    pub fn code(&self) -> Option<i32> {
-        match self {
-            ClusterError::Command { source, .. } => error_code(source),
-            ClusterError::Uri { .. } => None,
-        }
-    }
-    /// Whether trying again later may succeed (network trouble, elections, timeouts).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClusterError::Command { source, .. } => is_transient(source),
-            ClusterError::Uri { .. } => false,
-        }
-    }
-}
-
-/// The `writeConcernError` of a successful command reply, as the driver error it stands
-/// for (so it is classified like the same failure of a CRUD write).
-pub fn write_concern_failure(reply: &Document) -> Option<mongodb::error::Error> {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    let wce = reply.get_document("writeConcernError").ok()?;
-    let mut wce = wce.clone();
-    if !wce.contains_key("errorLabels") {
-        if let Ok(labels) = reply.get_array("errorLabels") {
-            wce.insert("errorLabels", labels.clone());
-        }
-    }
-    let parsed = bson::from_document(wce.clone())
-        .ok()
-        .or_else(|| bson::from_document(doc! {"code": 64, "errmsg": format!("{wce}")}).ok());
-    Some(match parsed {
-        Some(parsed) => ErrorKind::Write(WriteFailure::WriteConcernError(parsed)).into(),
-        None => mongodb::error::Error::custom(format!("writeConcernError {wce}")),
-    })
-}
-
-/// The server's error code of a driver error, if it carries one.
-pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
-    use mongodb::error::ErrorKind;
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(w)) => Some(w.code),
-        ErrorKind::InsertMany(im) => im
-            .write_errors
-            .as_ref()
-            .and_then(|w| w.first())
-            .map(|w| w.code),
-        _ => None,
-    }
-}
-
-/// Server error codes worth retrying after a pause: network trouble, elections,
-/// shutdowns, interrupted or timed-out operations, and a write concern not satisfied in
-/// time (64 WriteConcernFailed: Ferry's writes are idempotent, so sending them again is
-/// safe).
-pub fn is_transient_code(code: i32) -> bool {
-    matches!(
-        code,
-        6 | 7 | 43 | 50 | 64 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436
-    )
-}
-
-/// A `writeConcernError` of a command reply: transient when its code is (a stepdown or
-/// shutdown before the write reached a majority, a wtimeout) or it is labelled
-/// retryable. Others (100 UnsatisfiableWriteConcern, ...) need the operator.
-pub fn write_concern_error_is_transient(wce: &bson::Document) -> bool {
-    let retryable_label = wce
-        .get_array("errorLabels")
-        .is_ok_and(|l| l.iter().any(|l| l.as_str() == Some("RetryableWriteError")));
-    retryable_label || wce.get_i32("code").is_ok_and(is_transient_code)
-}
-
-/// Network errors, elections and shutdowns: worth retrying after a pause.
-pub fn is_transient(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    if e.contains_label("RetryableWriteError") || e.contains_label("ResumableChangeStreamError") {
-        return true;
-    }
-    // A retryable write concern error means: send the (idempotent) batch again; write
-    // errors beside it are met again, or handled, on that attempt.
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => return is_transient_code(w.code),
-        ErrorKind::InsertMany(im) => {
-            if let Some(w) = &im.write_concern_error {
-                if is_transient_code(w.code) {
-                    return true;
-                }
-            }
-        }
-        _ => {}
-    }
-    if matches!(
-        e.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::Io(_)
-    ) {
-        return true;
-    }
-    error_code(e).is_some_and(is_transient_code)
-}
-
 /// How long Ferry waits for a primary to record the start time on (elections take
 /// seconds; longer means the deployment needs an operator, and the run says so).
 pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -170,7 +57,9 @@ pub const PRIMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(120
 #[derive(Clone)]
 pub struct Cluster {
     pub side: Side,
-    pub client: Client,
+    /// The driver, used by this module's functions only (see DESIGN.md "Actors, as they
+    /// must be in the code").
+    client: Client,
     /// The URI without its password, for logs and errors.
     pub display_uri: String,
 }
@@ -417,7 +306,7 @@ impl Cluster {
             .await
         {
             Ok(v) => Ok(v),
-            Err(e) if e.code() == Some(26) => Ok(Vec::new()),
+            Err(e) if e.is(Refusal::NamespaceMissing) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }
@@ -439,7 +328,7 @@ impl Cluster {
     pub async fn collection_size(&self, db: &str, coll: &str) -> Result<(u64, u64), ClusterError> {
         match self.run(db, doc! {"collStats": coll}).await {
             Ok(s) => Ok((number(s.get("count")), number(s.get("size")))),
-            Err(e) if e.code() == Some(26) => Ok((0, 0)),
+            Err(e) if e.is(Refusal::NamespaceMissing) => Ok((0, 0)),
             Err(e) => Err(e),
         }
     }
@@ -453,51 +342,4 @@ pub fn number(v: Option<&Bson>) -> u64 {
         Some(Bson::Double(d)) => d.max(0.0) as u64,
         _ => 0,
     }
-}
-
-/// A driver error as an operator should read it: the server's code, name and message,
-/// without the raw reply bytes the driver's own Display includes.
-pub fn short_error(e: &mongodb::error::Error) -> String {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => {
-            format!("write error {}: {}", w.code, w.message)
-        }
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => {
-            format!("write concern error {}: {}", w.code, w.message)
-        }
-        ErrorKind::InsertMany(im) => match im.write_errors.as_ref().and_then(|w| w.first()) {
-            Some(w) => format!("write error {}: {}", w.code, w.message),
-            None => "insert failed".to_string(),
-        },
-        ErrorKind::Authentication { message, .. } => format!("authentication failed: {message}"),
-        ErrorKind::ServerSelection { message, .. } => format!("no server available: {message}"),
-        other => {
-            let mut s = other.to_string();
-            s.truncate(300);
-            s
-        }
-    }
-}
-
-/// "outer: inner: innermost" for an error and its causes, with driver errors shortened.
-pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = match error.downcast_ref::<mongodb::error::Error>() {
-        Some(e) => short_error(e),
-        None => error.to_string(),
-    };
-    let mut source = error.source();
-    while let Some(s) = source {
-        let text = match s.downcast_ref::<mongodb::error::Error>() {
-            Some(e) => short_error(e),
-            None => s.to_string(),
-        };
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }

@@ -405,19 +405,6 @@ fn named(kind: &str, side: Side) -> String {
 /// The error and its causes, for an operator to read.
 use crate::cluster::describe_error as describe;
 
-fn is_auth_failure(e: &ClusterError) -> bool {
-    use mongodb::error::ErrorKind;
-    if e.code() == Some(18) {
-        return true;
-    }
-    match e {
-        ClusterError::Command { source, .. } => {
-            matches!(source.kind.as_ref(), ErrorKind::Authentication { .. })
-        }
-        ClusterError::Uri { .. } => false,
-    }
-}
-
 async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
     let mut p = Probe {
         side,
@@ -463,7 +450,7 @@ async fn probe(side: Side, conn: &ConnectionConfig) -> Probe {
             &names[0],
             format!("reached {}", cluster.display_uri),
         )),
-        Err(e) if is_auth_failure(&e) => {
+        Err(e) if e.is_auth_failure() => {
             p.checks.push(Check::pass(
                 &names[0],
                 format!("reached {}", cluster.display_uri),

@@ -34,7 +34,8 @@ mod shard_collection;
 pub use destination_key::DestinationKeys;
 
 use super::SharedEngine;
-use crate::cluster::ClusterError;
+use crate::cluster::documents::{self, ReadSize};
+use crate::cluster::{ClusterError, Refusal};
 
 /// Largest write command Ferry sends: below the 16 MiB BSON limit with headroom.
 const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
@@ -544,12 +545,10 @@ fn id_bytes(d: &RawDocument) -> Option<Vec<u8>> {
     Some(one.into_bytes())
 }
 
-fn source_error(ns: &str, source: mongodb::error::Error) -> ApplyError {
-    ApplyError::Cluster(ClusterError::Command {
-        side: crate::cluster::Side::Source,
-        action: format!("read {ns} for an update that does not apply as a delta"),
-        source,
-    })
+fn source_error(ns: &str, e: ClusterError) -> ApplyError {
+    ApplyError::Cluster(e.during(format!(
+        "read {ns} for an update that does not apply as a delta"
+    )))
 }
 
 /// The destination namespace an applier writes to.
@@ -692,26 +691,16 @@ impl Target<'_> {
         coll: &str,
         keys: &[&RawDocumentBuf],
     ) -> Result<std::collections::HashMap<Vec<u8>, RawDocumentBuf>, ApplyError> {
-        use futures_util::TryStreamExt;
-        let alternatives: Vec<Bson> = keys
+        let alternatives: Vec<Document> = keys
             .iter()
-            .filter_map(|k| Document::try_from(k.as_ref()).ok().map(Bson::Document))
+            .filter_map(|k| Document::try_from(k.as_ref()).ok())
             .collect();
-        let mut cursor = self
-            .engine
-            .source
-            .client
-            .database(self.db)
-            .collection::<RawDocumentBuf>(coll)
-            .find(doc! {"$or": alternatives})
-            .await
-            .map_err(|e| source_error(self.ns, e))?;
+        let mut cursor =
+            documents::read_by_document_keys(&self.engine.source, self.db, coll, alternatives)
+                .await
+                .map_err(|e| source_error(self.ns, e))?;
         let mut found = std::collections::HashMap::new();
-        while let Some(doc) = cursor
-            .try_next()
-            .await
-            .map_err(|e| source_error(self.ns, e))?
-        {
+        while let Some(doc) = cursor.next().await.map_err(|e| source_error(self.ns, e))? {
             if let Some(id) = id_bytes(&doc) {
                 found.insert(id, doc);
             }
@@ -973,12 +962,11 @@ async fn replace_from_source(
     db: &str,
     coll: &str,
 ) -> Result<(), ApplyError> {
-    use futures_util::TryStreamExt;
     let (source, dest) = (&engine.source, &engine.destination);
     tracing::info!(db, coll, "a collection outside the migration was renamed onto a migrated name: copying it again from the source");
     match dest.run(db, doc! {"drop": coll}).await {
         Ok(_) => {}
-        Err(e) if e.code() == Some(26) => {}
+        Err(e) if e.is(Refusal::NamespaceMissing) => {}
         Err(e) => return Err(e.into()),
     }
     let spec = source
@@ -996,7 +984,7 @@ async fn replace_from_source(
     }
     match dest.run(db, create).await {
         Ok(_) => {}
-        Err(e) if e.code() == Some(48) => {}
+        Err(e) if e.is(Refusal::NamespaceExists) => {}
         Err(e) => return Err(e.into()),
     }
     let indexes: Vec<Bson> = source
@@ -1010,34 +998,20 @@ async fn replace_from_source(
         dest.run(db, doc! {"createIndexes": coll, "indexes": indexes})
             .await?;
     }
-    let read_error = |e: mongodb::error::Error| ClusterError::Command {
-        side: source.side,
-        action: format!("read {db}.{coll} again"),
-        source: e,
-    };
-    let mut cursor = source
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll)
-        .find(doc! {})
+    let read_error = |e: ClusterError| e.during(format!("read {db}.{coll} again"));
+    let mut cursor = documents::read_all(source, db, coll, ReadSize::default())
         .await
         .map_err(read_error)?;
-    let target = dest.client.database(db).collection::<RawDocumentBuf>(coll);
     let mut batch = Vec::new();
     let mut bytes = 0;
     loop {
-        let next = cursor.try_next().await.map_err(read_error)?;
+        let next = cursor.next().await.map_err(read_error)?;
         let full = next.is_none() || bytes >= RECOPY_BATCH_BYTES || batch.len() >= 1000;
         if full && !batch.is_empty() {
             engine.checkpoints.fence().check()?;
-            target
-                .insert_many(std::mem::take(&mut batch))
+            documents::insert_documents(dest, db, coll, std::mem::take(&mut batch))
                 .await
-                .map_err(|e| ClusterError::Command {
-                    side: dest.side,
-                    action: format!("copy {db}.{coll} again"),
-                    source: e,
-                })?;
+                .map_err(|e| e.during(format!("copy {db}.{coll} again")))?;
             bytes = 0;
         }
         match next {
@@ -1062,10 +1036,10 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
         .get_document("operationDescription")
         .cloned()
         .unwrap_or_default();
-    let ignore = |codes: &'static [i32]| {
+    let ignore = |refusals: &'static [Refusal]| {
         move |r: Result<Document, ClusterError>| match r {
             Ok(_) => Ok(()),
-            Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+            Err(e) if e.is_any(refusals) => Ok(()),
             Err(e) => Err(ApplyError::from(e)),
         }
     };
@@ -1081,10 +1055,12 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                     cmd.insert(k.clone(), v.clone());
                 }
             }
-            ignore(&[48])(dest.run(&db, cmd).await)
+            ignore(&[Refusal::NamespaceExists])(dest.run(&db, cmd).await)
         }
-        "drop" => ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await),
-        "dropDatabase" => ignore(&[26])(dest.run(&db, doc! {"dropDatabase": 1}).await),
+        "drop" => ignore(&[Refusal::NamespaceMissing])(dest.run(&db, doc! {"drop": &coll}).await),
+        "dropDatabase" => {
+            ignore(&[Refusal::NamespaceMissing])(dest.run(&db, doc! {"dropDatabase": 1}).await)
+        }
         "rename" => {
             let to = event.get_document("to").cloned().unwrap_or_default();
             let target = format!(
@@ -1097,7 +1073,9 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 to.get_str("coll").unwrap_or_default(),
             );
             if !target_allowed {
-                return ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await);
+                return ignore(&[Refusal::NamespaceMissing])(
+                    dest.run(&db, doc! {"drop": &coll}).await,
+                );
             }
             let source_migrated = engine.filter.allows(&db, &coll)
                 || crate::cluster::namespaces::is_rename_staging(&coll);
@@ -1111,7 +1089,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 )
                 .await;
             }
-            ignore(&[26])(
+            ignore(&[Refusal::NamespaceMissing])(
                 dest.run("admin", doc! {"renameCollection": format!("{db}.{coll}"), "to": target, "dropTarget": true}).await,
             )
         }
@@ -1128,7 +1106,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             if indexes.is_empty() {
                 return Ok(());
             }
-            ignore(&[85, 86])(
+            ignore(&[Refusal::IndexConflict])(
                 dest.run(&db, doc! {"createIndexes": &coll, "indexes": indexes})
                     .await,
             )
@@ -1145,7 +1123,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                 })
                 .unwrap_or_default();
             for name in names {
-                ignore(&[26, 27])(
+                ignore(&[Refusal::NamespaceMissing, Refusal::IndexMissing])(
                     dest.run(&db, doc! {"dropIndexes": &coll, "index": name})
                         .await,
                 )?;
@@ -1172,7 +1150,7 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             if cmd.len() == 1 {
                 return Ok(());
             }
-            ignore(&[26])(dest.run(&db, cmd).await)
+            ignore(&[Refusal::NamespaceMissing])(dest.run(&db, cmd).await)
         }
         "shardCollection" => shard_collection::apply(engine, &db, &coll, &desc).await,
         // The destination's collection keeps the old key (or none); replaying the

@@ -226,11 +226,11 @@ async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<
     };
     if blocked {
         if let Err(e) = record(true).await {
-            return Err(ClusterError::Command {
-                side: engine.destination.side,
-                action: "record the source's write block before setting it".into(),
-                source: mongodb::error::Error::custom(error_chain(&e)),
-            });
+            return Err(ClusterError::failed(
+                engine.destination.side,
+                "record the source's write block before setting it",
+                error_chain(&e),
+            ));
         }
     }
     engine
@@ -252,11 +252,11 @@ async fn set_source_write_block(engine: &SharedEngine, blocked: bool) -> Result<
 /// Returns how many indexes were changed.
 pub async fn finalize_indexes(engine: &SharedEngine) -> Result<u64, ClusterError> {
     if let Err(e) = engine.checkpoints.fence().check() {
-        return Err(ClusterError::Command {
-            side: engine.destination.side,
-            action: "finalize the destination's indexes".into(),
-            source: mongodb::error::Error::custom(e.to_string()),
-        });
+        return Err(ClusterError::failed(
+            engine.destination.side,
+            "finalize the destination's indexes",
+            e.to_string(),
+        ));
     }
     let mut changed = 0;
     let source = &engine.source;

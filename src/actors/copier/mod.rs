@@ -25,7 +25,7 @@ pub mod destination;
 use super::applier::relaxed_index;
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::{CheckpointError, CopyRange, PlannedNamespace};
-use crate::cluster::ClusterError;
+use crate::cluster::{ClusterError, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -33,18 +33,13 @@ pub enum CopyError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{side}: {action} on {ns} failed")]
-    Driver {
-        side: crate::cluster::Side,
-        action: &'static str,
-        ns: String,
-        #[source]
-        source: mongodb::error::Error,
-    },
+    /// Reading a range's documents or inserting them failed.
+    #[error(transparent)]
+    Documents(ClusterError),
     #[error("stopped")]
     Stopped,
     #[error("source: the change stream history since the start time is gone (the oplog rolled over); the migration must start over: drop the destination's __ferry database and run again")]
-    HistoryLost(#[source] mongodb::error::Error),
+    HistoryLost(#[source] ClusterError),
     /// Waited too long on the source; planning again may pass.
     #[error("{0}")]
     Stalled(String),
@@ -67,10 +62,7 @@ impl CopyError {
             // A collection renamed or dropped under an open cursor (175 QueryPlanKilled,
             // 26 NamespaceNotFound): the range starts again from its checkpoint and
             // finds the collection by UUID.
-            CopyError::Driver { source, .. } => {
-                crate::cluster::is_transient(source)
-                    || matches!(crate::cluster::error_code(source), Some(175 | 26))
-            }
+            CopyError::Documents(e) => e.is_transient() || e.is_collection_moved(),
             CopyError::CopierGone { .. } => true,
             CopyError::Stalled(_) => true,
             CopyError::Stopped
@@ -269,15 +261,15 @@ async fn prepare_destination(
 ) -> Result<CopySummary, CopyError> {
     let dest = &engine.destination;
     let mut summary = CopySummary::default();
-    let allow = |r: Result<Document, ClusterError>, codes: &[i32]| match r {
+    let allow = |r: Result<Document, ClusterError>, refusals: &[Refusal]| match r {
         Ok(_) => Ok(()),
-        Err(e) if e.code().is_some_and(|c| codes.contains(&c)) => Ok(()),
+        Err(e) if e.is_any(refusals) => Ok(()),
         Err(e) => Err(e),
     };
     for ns in plan.iter().filter(|n| !n.is_view) {
         let mut cmd = doc! {"create": &ns.coll};
         cmd.extend(ns.options.clone());
-        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        allow(dest.run(&ns.db, cmd).await, &[Refusal::NamespaceExists])?;
         let indexes: Vec<Bson> = ns
             .indexes
             .iter()
@@ -292,10 +284,7 @@ async fn prepare_destination(
                     doc! {"createIndexes": &ns.coll, "indexes": indexes.clone()},
                 )
                 .await;
-            if all
-                .as_ref()
-                .is_err_and(|e| matches!(e.code(), Some(85 | 86)))
-            {
+            if all.as_ref().is_err_and(|e| e.is(Refusal::IndexConflict)) {
                 // One index conflicts with one already there (a restart after a partial
                 // run): the command creates none, so each is created on its own and only
                 // the conflicting one is left (the verifier compares definitions).
@@ -307,7 +296,7 @@ async fn prepare_destination(
                         )
                         .await
                     {
-                        if !matches!(e.code(), Some(85 | 86)) {
+                        if !e.is(Refusal::IndexConflict) {
                             return Err(e.into());
                         }
                         tracing::warn!(ns = %ns.ns, index = %index, error = %e, "an index conflicts with one already on the destination; left as it is");
@@ -323,7 +312,7 @@ async fn prepare_destination(
     for ns in plan.iter().filter(|n| n.is_view) {
         let mut cmd = doc! {"create": &ns.coll};
         cmd.extend(ns.options.clone());
-        allow(dest.run(&ns.db, cmd).await, &[48])?;
+        allow(dest.run(&ns.db, cmd).await, &[Refusal::NamespaceExists])?;
         summary.views += 1;
     }
     Ok(summary)

@@ -10,6 +10,8 @@ use bson::{doc, Bson, Document, Timestamp};
 use super::CopyError;
 use crate::actors::SharedEngine;
 use crate::checkpoint::{CopyRange, PlannedNamespace};
+use crate::cluster::streams::{self, StreamOptions, StreamStart};
+use crate::cluster::ClusterError;
 
 /// How long the plan waits for the source's change stream to reach the time the plan
 /// was made (moments on a healthy deployment; longer means the stream is stuck, and the
@@ -23,33 +25,35 @@ pub(super) async fn renames_since(
     start: Timestamp,
 ) -> Result<Vec<Document>, CopyError> {
     let source = &engine.source;
-    let failed = |source| {
-        if crate::actors::tailer::is_history_lost(&source) {
-            return CopyError::HistoryLost(source);
+    let failed = |e: ClusterError| {
+        if e.is_history_lost() {
+            return CopyError::HistoryLost(e);
         }
-        CopyError::Driver {
-            side: crate::cluster::Side::Source,
-            action: "read the renames since the start time",
-            ns: "every namespace".into(),
-            source,
-        }
+        CopyError::Documents(e.during("read the renames since the start time"))
     };
     let until = source.cluster_time().await?;
-    let mut stream = source
-        .client
-        .watch()
-        .pipeline([doc! {"$match": {"operationType": "rename"}}])
-        .show_expanded_events(true)
-        .start_at_operation_time(start)
-        .max_await_time(Duration::from_millis(500))
-        .await
-        .map_err(failed)?
-        .with_type::<Document>();
+    let mut stream = streams::watch_deployment(
+        source,
+        StreamOptions {
+            pipeline: vec![doc! {"$match": {"operationType": "rename"}}],
+            expanded_events: true,
+            ..StreamOptions::from(StreamStart::At(start), Duration::from_millis(500))
+        },
+    )
+    .await
+    .map_err(failed)?;
     let order = |ts: Timestamp| (ts.time, ts.increment);
     let deadline = Instant::now() + RENAMES_WAIT;
     let mut renames = Vec::new();
     loop {
         if let Some(event) = stream.next_if_any().await.map_err(failed)? {
+            let event = Document::try_from(event.as_ref()).map_err(|e| {
+                failed(ClusterError::failed(
+                    source.side,
+                    "read the renames since the start time",
+                    format!("undecodable change event: {e}"),
+                ))
+            })?;
             if event
                 .get_timestamp("clusterTime")
                 .is_ok_and(|ts| order(ts) > order(until))
@@ -61,10 +65,8 @@ pub(super) async fn renames_since(
         }
         let reached = stream
             .resume_token()
-            .and_then(|t| match bson::to_bson(&t) {
-                Ok(Bson::Document(d)) => crate::actors::tailer::token_timestamp(&d),
-                _ => None,
-            })
+            .map_err(failed)?
+            .and_then(|t| streams::token_timestamp(&t))
             .is_some_and(|ts| order(ts) >= order(until));
         if reached {
             break;

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use bson::{doc, Bson, Document, RawDocumentBuf};
-use futures_util::TryStreamExt;
+use bson::{Bson, Document, RawDocumentBuf};
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use super::{wait_unpaused, CopyError};
 use crate::actors::SharedEngine;
 use crate::checkpoint::{CheckpointError, CopyRange};
-use crate::cluster::{error_code, ownership};
+use crate::cluster::documents::{self, CopyInsert, IndexRange, ReadSize};
+use crate::cluster::ownership;
 
 /// One range for a shard's copier; answered when the range is copied.
 #[derive(Message)]
@@ -157,66 +157,49 @@ async fn copy_range(
     if source_coll != coll {
         tracing::info!(ns = %range.ns, now = %source_coll, "collection renamed on the source since the plan; copying it from its new name");
     }
-    let source = engine
-        .source
-        .client
-        .database(&db)
-        .collection::<RawDocumentBuf>(&source_coll);
-    let (find, resuming) = match range.key.clone() {
-        Some(key) => {
-            // A shard-key range: bounds are shard-key documents, read on the shard key
-            // index. Documents with one key value are in no particular order there, so
-            // an unfinished range starts again from `min` (what is there already is
-            // recognised as such on insert).
-            let mut find = source.find(doc! {}).hint(mongodb::options::Hint::Keys(key));
-            if let Some(Bson::Document(min)) = &range.min {
-                find = find.min(min.clone());
-            }
-            if let Some(Bson::Document(max)) = &range.max {
-                find = find.max(max.clone());
-            }
-            (find, None)
-        }
+    let (bounds, resuming) = match range.key.clone() {
+        // A shard-key range: bounds are shard-key documents, read on the shard key
+        // index. Documents with one key value are in no particular order there, so an
+        // unfinished range starts again from `min` (what is there already is recognised
+        // as such on insert).
+        Some(key) => (
+            IndexRange {
+                index: key,
+                min: match &range.min {
+                    Some(Bson::Document(min)) => Some(min.clone()),
+                    _ => None,
+                },
+                max: match &range.max {
+                    Some(Bson::Document(max)) => Some(max.clone()),
+                    _ => None,
+                },
+            },
+            None,
+        ),
         None => {
             let start = range.last_id.clone().or_else(|| range.min.clone());
-            let mut find = source
-                .find(doc! {})
-                .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}));
-            if let Some(min) = &start {
-                find = find.min(doc! {"_id": min.clone()});
-            }
-            if let Some(max) = &range.max {
-                find = find.max(doc! {"_id": max.clone()});
-            }
-            (find, range.last_id.clone())
+            (
+                IndexRange::ids(start.as_ref(), range.max.as_ref()),
+                range.last_id.clone(),
+            )
         }
     };
     let shard_key = range.key.clone();
     let batch_docs = engine.config.copy.batch_max_documents.max(1);
     let batch_bytes = engine.config.copy.batch_max_bytes.max(1) as usize;
-    let mut cursor = find
-        .batch_size(batch_docs.min(10_000) as u32)
+    let size = ReadSize {
+        batch: Some(batch_docs.min(10_000) as u32),
+        limit: None,
+    };
+    let mut cursor = documents::read_index_range(&engine.source, &db, &source_coll, &bounds, size)
         .await
-        .map_err(|source| CopyError::Driver {
-            side: crate::cluster::Side::Source,
-            action: "find",
-            ns: range.ns.clone(),
-            source,
-        })?;
+        .map_err(CopyError::Documents)?;
     engine.progress.namespace_mut(&range.ns).status = "copying".into();
     let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(batch_docs);
     let mut bytes = 0usize;
     let mut in_flight: Option<tokio::task::JoinHandle<Result<InsertedBatch, CopyError>>> = None;
     loop {
-        let next = cursor
-            .try_next()
-            .await
-            .map_err(|source| CopyError::Driver {
-                side: crate::cluster::Side::Source,
-                action: "read",
-                ns: range.ns.clone(),
-                source,
-            })?;
+        let next = cursor.next().await.map_err(CopyError::Documents)?;
         let finished = next.is_none();
         if let Some(doc) = next {
             if resuming.is_some()
@@ -317,35 +300,16 @@ async fn insert_batch(
         Some(_) => docs.iter().map(raw_id).collect(),
         None => Vec::new(),
     };
-    let collection = engine
-        .destination
-        .client
-        .database(&target.db)
-        .collection::<RawDocumentBuf>(&target.coll);
-    match collection
-        .insert_many(docs)
-        .ordered(false)
-        .bypass_document_validation(true)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if only_duplicates(&e) => {
-            if let Some(key) = &target.shard_key {
-                let repeated: Vec<Bson> = duplicate_indexes(&e)
-                    .into_iter()
-                    .filter_map(|i| ids.get(i).cloned().flatten())
-                    .collect();
-                refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
-            }
-        }
-        Err(source) => {
-            return Err(CopyError::Driver {
-                side: crate::cluster::Side::Destination,
-                action: "insert",
-                ns,
-                source,
-            });
-        }
+    let inserted =
+        documents::insert_copy_batch(&engine.destination, &target.db, &target.coll, docs)
+            .await
+            .map_err(CopyError::Documents)?;
+    if let (CopyInsert::Duplicates(positions), Some(key)) = (inserted, &target.shard_key) {
+        let repeated: Vec<Bson> = positions
+            .into_iter()
+            .filter_map(|i| ids.get(i).cloned().flatten())
+            .collect();
+        refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
     }
     crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());
     Ok(InsertedBatch {
@@ -353,18 +317,6 @@ async fn insert_batch(
         documents,
         bytes: bytes as u64,
     })
-}
-
-/// The positions in the batch of the documents refused as duplicates.
-fn duplicate_indexes(e: &mongodb::error::Error) -> Vec<usize> {
-    match e.kind.as_ref() {
-        mongodb::error::ErrorKind::InsertMany(im) => im
-            .write_errors
-            .as_ref()
-            .map(|w| w.iter().map(|w| w.index).collect())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
 }
 
 /// A duplicate `_id` while copying a shard-key range is either the same document again
@@ -396,22 +348,6 @@ async fn refuse_repeated_ids(
     Err(CopyError::DuplicateId(format!(
         "source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on {key}, so _id is unique only per shard), and {destination} can hold only one: give each of them a distinct _id on the source, or exclude {ns} with [filter] exclude_namespaces, then start the migration again"
     )))
-}
-
-/// A batch whose only failures are duplicate keys: those documents are already there
-/// (an earlier attempt inserted them), so the batch counts as copied.
-fn only_duplicates(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::ErrorKind;
-    match e.kind.as_ref() {
-        ErrorKind::InsertMany(im) => {
-            im.write_concern_error.is_none()
-                && im
-                    .write_errors
-                    .as_ref()
-                    .is_some_and(|w| w.iter().all(|w| w.code == 11000))
-        }
-        _ => error_code(e) == Some(11000),
-    }
 }
 
 async fn record_batch(

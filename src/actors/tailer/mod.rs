@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bson::{doc, Bson, Document, RawDocument, RawDocumentBuf, Timestamp};
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::FullDocumentType;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -20,6 +18,7 @@ use self::split_events::{Joining, NextError};
 use super::applier::{apply_ddl, is_ddl, Applier, ApplyError, ApplyEvents};
 use super::{ActorFailure, SharedEngine};
 use crate::checkpoint::CheckpointError;
+use crate::cluster::streams::{self, ChangeStream, StreamOptions, StreamStart};
 use crate::cluster::ClusterError;
 
 /// How often the source's cluster time is read to compute lag.
@@ -40,15 +39,13 @@ pub enum TailError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error("source: change stream failed")]
-    Stream(#[source] mongodb::error::Error),
+    Stream(#[source] ClusterError),
     #[error("source: the change stream history needed to resume is gone (the oplog rolled over); the migration must start over: drop the destination's __ferry database and run again")]
-    HistoryLost(#[source] mongodb::error::Error),
+    HistoryLost(#[source] ClusterError),
     #[error("no start time: the copy has not recorded one")]
     NoStart,
     #[error("applier stopped")]
     ApplierGone,
-    #[error("cannot encode resume token: {0}")]
-    Token(String),
     #[error("source: undecodable change event: {0}")]
     Decode(String),
     #[error(transparent)]
@@ -61,7 +58,7 @@ impl TailError {
             TailError::Cluster(e) => e.is_transient(),
             TailError::Checkpoint(e) => e.is_transient(),
             TailError::Apply(e) => e.is_transient(),
-            TailError::Stream(e) => crate::cluster::is_transient(e),
+            TailError::Stream(e) => e.is_transient(),
             TailError::ApplierGone => true,
             _ => false,
         }
@@ -145,25 +142,8 @@ impl Actor for Tailer {
     }
 }
 
-/// The cluster time inside a resume token: `_data` starts with the timestamp's
-/// type byte (0x82) and its 8 bytes, big-endian, as hex.
-pub fn token_timestamp(token: &Document) -> Option<Timestamp> {
-    let data = token.get_str("_data").ok()?;
-    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
-        return None;
-    }
-    let time = u32::from_str_radix(&data[2..10], 16).ok()?;
-    let increment = u32::from_str_radix(&data[10..18], 16).ok()?;
-    Some(Timestamp { time, increment })
-}
-
-pub(crate) fn token_document(token: &ResumeToken) -> Result<Document, TailError> {
-    match bson::to_bson(token) {
-        Ok(Bson::Document(d)) => Ok(d),
-        Ok(other) => Err(TailError::Token(format!("unexpected token {other}"))),
-        Err(e) => Err(TailError::Token(e.to_string())),
-    }
-}
+/// The cluster time of a resume token the tailer recorded (tests read it by this name).
+pub use crate::cluster::streams::token_timestamp;
 
 /// A raw document decoded: a (rare) DDL event, or a resume token when a batch is cut.
 fn decode_event(event: &RawDocument) -> Result<Document, TailError> {
@@ -419,14 +399,8 @@ async fn flush(
     dispatch(engine, routing, pending).await
 }
 
-pub(crate) fn is_history_lost(e: &mongodb::error::Error) -> bool {
-    crate::cluster::error_code(e) == Some(286)
-        || e.contains_label("NonResumableChangeStreamError")
-            && crate::cluster::error_code(e) == Some(280)
-}
-
-fn stream_error(e: mongodb::error::Error) -> TailError {
-    if is_history_lost(&e) {
+fn stream_error(e: ClusterError) -> TailError {
+    if e.is_history_lost() {
         TailError::HistoryLost(e)
     } else {
         TailError::Stream(e)
@@ -538,7 +512,7 @@ impl Replay {
 /// start time after the copy.
 async fn spool_during_copy(
     engine: &SharedEngine,
-    stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
+    stream: &mut ChangeStream,
     joining: &mut Joining,
     spool: &mut SpoolPlan,
     paused: &mut watch::Receiver<bool>,
@@ -578,12 +552,7 @@ async fn spool_during_copy(
         let pause = *paused.borrow();
         let due = last_record.elapsed() >= checkpoint_every;
         if done || full || pause || due {
-            if let Some(token) = stream
-                .resume_token()
-                .as_ref()
-                .map(token_document)
-                .transpose()?
-            {
+            if let Some(token) = stream.resume_token()? {
                 let len = writer.sync()?;
                 if len != recorded_len || due {
                     engine
@@ -631,7 +600,7 @@ async fn spool_during_copy(
 /// The next whole change event of the current batch (large events joined from their
 /// fragments).
 async fn next_whole_event(
-    stream: &mut mongodb::change_stream::ChangeStream<RawDocumentBuf>,
+    stream: &mut ChangeStream,
     joining: &mut Joining,
 ) -> Result<Option<RawDocumentBuf>, TailError> {
     split_events::next_whole(stream, joining)
@@ -687,33 +656,23 @@ async fn tail(
     let lookup = updates_need_lookup(&engine).await;
     let split = split_large_events(&engine).await;
     *engine.progress.update_events.write() = Some(if lookup { "lookup" } else { "delta" });
-    let mut watch = engine
-        .source
-        .client
-        .watch()
-        .show_expanded_events(true)
-        .max_await_time(MAX_AWAIT)
+    let mut options = StreamOptions {
+        expanded_events: true,
+        full_document_lookup: lookup,
         // getMores the size of an applied batch, so reading the next one overlaps with
         // applying this one instead of alternating with it.
-        .batch_size(engine.config.apply.batch_max_events.clamp(1, 100_000) as u32);
-    if lookup {
-        watch = watch.full_document(FullDocumentType::UpdateLookup);
-    }
+        batch_size: Some(engine.config.apply.batch_max_events.clamp(1, 100_000) as u32),
+        ..StreamOptions::from(StreamStart::At(start_ts), MAX_AWAIT)
+    };
     if split {
-        watch = watch.pipeline([split_events::split_stage()]);
+        options.pipeline.push(split_events::split_stage());
     }
-    match spool.stream_from(&state) {
-        Some(token) => {
-            let token: ResumeToken = bson::from_bson(Bson::Document(token.clone()))
-                .map_err(|e| TailError::Token(e.to_string()))?;
-            watch = watch.resume_after(token);
-        }
-        None => watch = watch.start_at_operation_time(start_ts),
+    if let Some(token) = spool.stream_from(&state) {
+        options.start = StreamStart::After(token);
     }
-    let mut stream = watch
+    let mut stream = streams::watch_deployment(&engine.source, options)
         .await
-        .map_err(stream_error)?
-        .with_type::<RawDocumentBuf>();
+        .map_err(stream_error)?;
     let mut joining = Joining::default();
     tracing::info!(
         resume = state.resume_token.is_some(),
@@ -844,11 +803,7 @@ async fn tail(
         let token = match (&replay, &replay_finished) {
             (Some(r), _) => r.last_token.as_deref().map(decode_event).transpose()?,
             (None, Some(done)) => done.end_token.clone(),
-            (None, None) => stream
-                .resume_token()
-                .as_ref()
-                .map(token_document)
-                .transpose()?,
+            (None, None) => stream.resume_token()?,
         };
         let flight = dispatch(&engine, &mut routing, &mut pending);
         last_cut = Instant::now();

@@ -14,9 +14,10 @@
 //! of an event when the tailer cuts a batch and checkpoints: a restart resumes after a
 //! whole event, never between its fragments.
 
+use crate::cluster::streams::ChangeStream;
+use crate::cluster::ClusterError;
 use bson::raw::{RawBsonRef, RawDocument};
 use bson::RawDocumentBuf;
-use mongodb::change_stream::ChangeStream;
 
 /// The stage that makes the server split large events.
 pub fn split_stage() -> bson::Document {
@@ -104,7 +105,7 @@ impl Joining {
 /// The next whole event of the stream, if the current batch has one: fragments are read
 /// until the event is complete, across getMores.
 pub async fn next_whole(
-    stream: &mut ChangeStream<RawDocumentBuf>,
+    stream: &mut ChangeStream,
     joining: &mut Joining,
 ) -> Result<Option<RawDocumentBuf>, NextError> {
     loop {
@@ -124,7 +125,7 @@ pub async fn next_whole(
 /// Reading the next event failed.
 #[derive(Debug)]
 pub enum NextError {
-    Stream(mongodb::error::Error),
+    Stream(ClusterError),
     Split(SplitError),
 }
 

@@ -19,15 +19,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bson::{doc, Bson, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
+use bson::{doc, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
 use futures_util::{StreamExt, TryStreamExt};
-use mongodb::options::Hint;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::digest::Digest;
-use crate::actors::tailer::{token_document, token_timestamp};
 use crate::actors::SharedEngine;
+use crate::cluster::documents::{self, DocumentCursor, IndexRange, ReadSize};
+use crate::cluster::streams::{self, token_timestamp, StreamOptions, StreamStart};
 use crate::cluster::{Cluster, ClusterError};
 use crate::progress::{BaselineState, SharedProgress};
 
@@ -429,18 +429,10 @@ async fn compare_namespace(
     Ok(documents)
 }
 
-fn find_error(
-    cluster: &Cluster,
-    db: &str,
-    coll: &str,
-) -> impl Fn(mongodb::error::Error) -> ClusterError {
-    let side = cluster.side;
+/// A failed read says which comparison it was for.
+fn compare_error(db: &str, coll: &str) -> impl Fn(ClusterError) -> ClusterError {
     let action = format!("compare {db}.{coll}");
-    move |source| ClusterError::Command {
-        side,
-        action: action.clone(),
-        source,
-    }
+    move |e| e.during(action.clone())
 }
 
 /// Digest of the next chunk from `start` on the source, and the `_id` after it (the
@@ -451,28 +443,25 @@ async fn source_chunk(
     coll: &str,
     start: Option<&Bson>,
 ) -> Result<(Digest, Option<Bson>), ClusterError> {
-    let err = find_error(cluster, db, coll);
-    let collection = cluster
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll);
-    let mut find = collection
-        .find(doc! {})
-        .hint(Hint::Keys(doc! {"_id": 1}))
-        .limit(CHUNK as i64 + 1)
-        .batch_size(CHUNK as u32 + 1);
-    if let Some(min) = start {
-        find = find.min(doc! {"_id": min.clone()});
-    }
-    let mut cursor = find.await.map_err(&err)?;
+    let err = compare_error(db, coll);
+    let size = ReadSize {
+        batch: Some(CHUNK as u32 + 1),
+        limit: Some(CHUNK as i64 + 1),
+    };
+    let mut cursor =
+        documents::read_index_range(cluster, db, coll, &IndexRange::ids(start, None), size)
+            .await
+            .map_err(&err)?;
     let mut digest = Digest::default();
     let mut next = None;
-    while let Some(d) = cursor.try_next().await.map_err(&err)? {
+    while let Some(d) = cursor.next().await.map_err(&err)? {
         if digest.count as usize == CHUNK {
             next = Some(id_of(&d).ok_or_else(|| {
-                err(mongodb::error::Error::custom(
+                ClusterError::failed(
+                    cluster.side,
+                    format!("compare {db}.{coll}"),
                     "a document without a readable _id",
-                ))
+                )
             })?);
             break;
         }
@@ -493,31 +482,25 @@ pub async fn digest_range(
     coll: &str,
     chunk: &Chunk,
 ) -> Result<Digest, ClusterError> {
-    let err = find_error(cluster, db, coll);
-    let collection = cluster
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll);
-    let mut find = collection
-        .find(doc! {})
-        .hint(Hint::Keys(doc! {"_id": 1}))
-        .batch_size(CHUNK as u32);
-    if let Some(min) = &chunk.min {
-        find = find.min(doc! {"_id": min.clone()});
-    }
-    if let Some(max) = &chunk.max {
-        find = find.max(doc! {"_id": max.clone()});
-    }
-    digest_all(find.await.map_err(&err)?, err).await
+    let err = compare_error(db, coll);
+    let range = IndexRange::ids(chunk.min.as_ref(), chunk.max.as_ref());
+    let size = ReadSize {
+        batch: Some(CHUNK as u32),
+        limit: None,
+    };
+    let cursor = documents::read_index_range(cluster, db, coll, &range, size)
+        .await
+        .map_err(&err)?;
+    digest_all(cursor, err).await
 }
 
 /// Digest of every document a cursor returns.
 async fn digest_all(
-    mut cursor: mongodb::Cursor<RawDocumentBuf>,
-    err: impl Fn(mongodb::error::Error) -> ClusterError,
+    mut cursor: DocumentCursor,
+    err: impl Fn(ClusterError) -> ClusterError,
 ) -> Result<Digest, ClusterError> {
     let mut digest = Digest::default();
-    while let Some(d) = cursor.try_next().await.map_err(&err)? {
+    while let Some(d) = cursor.next().await.map_err(&err)? {
         digest.add_document(d.as_bytes());
     }
     Ok(digest)
@@ -530,13 +513,12 @@ pub async fn digest_ids(
     coll: &str,
     ids: &[Bson],
 ) -> Result<Digest, ClusterError> {
-    let err = find_error(cluster, db, coll);
-    let cursor = cluster
-        .client
-        .database(db)
-        .collection::<RawDocumentBuf>(coll)
-        .find(doc! {"_id": {"$in": ids}})
-        .batch_size(CHUNK as u32)
+    let err = compare_error(db, coll);
+    let size = ReadSize {
+        batch: Some(CHUNK as u32),
+        limit: None,
+    };
+    let cursor = documents::read_by_ids(cluster, db, coll, ids, size)
         .await
         .map_err(&err)?;
     digest_all(cursor, err).await
@@ -546,61 +528,58 @@ pub async fn digest_ids(
 /// document written there, until cancelled. A stream that cannot go on fails the
 /// baseline (the cutover then compares everything).
 async fn watch_destination(engine: &SharedEngine, generation: u64, since: Timestamp) {
-    let mut resume: Option<mongodb::change_stream::event::ResumeToken> = None;
+    let mut resume: Option<Document> = None;
     let mut failures = 0u32;
     loop {
-        let mut watch = engine
-            .destination
-            .client
-            .watch()
-            .pipeline([doc! {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1}}])
-            .max_await_time(MAX_AWAIT);
-        watch = match &resume {
-            Some(token) => watch.resume_after(token.clone()),
-            None => watch.start_at_operation_time(since),
+        let start = match &resume {
+            Some(token) => StreamStart::After(token.clone()),
+            None => StreamStart::At(since),
         };
-        let error = match watch.await {
-            Ok(stream) => {
-                let mut stream = stream.with_type::<RawDocumentBuf>();
-                loop {
-                    if !engine.baseline.is_current(generation) {
-                        return;
-                    }
-                    match stream.next_if_any().await {
-                        Ok(event) => {
-                            failures = 0;
-                            if let Some(event) = event {
-                                record_destination(engine, &event);
-                            }
-                            if let Some(token) = stream.resume_token() {
-                                if let Some(ts) = token_document(&token)
-                                    .ok()
-                                    .as_ref()
-                                    .and_then(token_timestamp)
-                                {
+        let options = StreamOptions {
+            pipeline: vec![
+                doc! {"$project": {"operationType": 1, "ns": 1, "documentKey": 1, "clusterTime": 1}},
+            ],
+            ..StreamOptions::from(start, MAX_AWAIT)
+        };
+        let error = match streams::watch_deployment(&engine.destination, options).await {
+            Ok(mut stream) => loop {
+                if !engine.baseline.is_current(generation) {
+                    return;
+                }
+                match stream.next_if_any().await {
+                    Ok(event) => {
+                        failures = 0;
+                        if let Some(event) = event {
+                            record_destination(engine, &event);
+                        }
+                        match stream.resume_token() {
+                            Ok(Some(token)) => {
+                                if let Some(ts) = token_timestamp(&token) {
                                     engine.baseline.destination_seen.send_replace(Some(ts));
                                 }
                                 resume = Some(token);
                             }
+                            Ok(None) => {}
+                            Err(e) => break e,
                         }
-                        Err(e) => break e,
                     }
+                    Err(e) => break e,
                 }
-            }
+            },
             Err(e) => e,
         };
         failures += 1;
-        if !crate::cluster::is_transient(&error) || failures >= WATCH_ATTEMPTS {
+        if !error.is_transient() || failures >= WATCH_ATTEMPTS {
             engine.baseline.fail(
                 generation,
                 format!(
                     "the destination's change stream stopped: {}",
-                    crate::cluster::short_error(&error)
+                    error.server_message()
                 ),
             );
             return;
         }
-        tracing::warn!(error = %crate::cluster::short_error(&error), "destination change stream interrupted; resuming");
+        tracing::warn!(error = %error.server_message(), "destination change stream interrupted; resuming");
         tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
     }
 }

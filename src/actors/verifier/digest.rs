@@ -3,10 +3,10 @@
 
 use std::thread;
 
-use bson::{doc, RawDocumentBuf};
+use bson::RawDocumentBuf;
 use crossbeam_channel::{bounded, Sender};
-use futures_util::TryStreamExt;
 
+use crate::cluster::documents::{self, DocumentCursor, ReadSize};
 use crate::cluster::{Cluster, ClusterError};
 
 /// Documents handed to a hashing worker at a time.
@@ -130,46 +130,32 @@ impl Drop for HashPool {
 }
 
 /// Every document of a collection on one side, as raw BSON.
-pub(super) struct Scan<'a> {
-    cluster: &'a Cluster,
+pub(super) struct Scan {
     action: String,
-    cursor: mongodb::Cursor<RawDocumentBuf>,
+    cursor: DocumentCursor,
 }
 
-impl<'a> Scan<'a> {
+impl Scan {
     pub(super) async fn open(
-        cluster: &'a Cluster,
+        cluster: &Cluster,
         db: &str,
         coll: &str,
-    ) -> Result<Scan<'a>, ClusterError> {
+    ) -> Result<Scan, ClusterError> {
         let action = format!("scan {db}.{coll}");
-        let cursor = cluster
-            .client
-            .database(db)
-            .collection::<RawDocumentBuf>(coll)
-            .find(doc! {})
-            .batch_size(HASH_BATCH as u32)
+        let size = ReadSize {
+            batch: Some(HASH_BATCH as u32),
+            limit: None,
+        };
+        let cursor = documents::read_all(cluster, db, coll, size)
             .await
-            .map_err(|source| ClusterError::Command {
-                side: cluster.side,
-                action: action.clone(),
-                source,
-            })?;
-        Ok(Scan {
-            cluster,
-            action,
-            cursor,
-        })
+            .map_err(|e| e.during(action.clone()))?;
+        Ok(Scan { action, cursor })
     }
 
     pub(super) async fn next(&mut self) -> Result<Option<RawDocumentBuf>, ClusterError> {
         self.cursor
-            .try_next()
+            .next()
             .await
-            .map_err(|source| ClusterError::Command {
-                side: self.cluster.side,
-                action: self.action.clone(),
-                source,
-            })
+            .map_err(|e| e.during(self.action.clone()))
     }
 }

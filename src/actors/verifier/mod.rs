@@ -434,11 +434,11 @@ pub fn verify_command(path: &std::path::Path, strict: bool) -> std::process::Exi
         .await
         .map_err(|e| match e {
             super::EngineError::Cluster(e) => e,
-            super::EngineError::Filter(e) => ClusterError::Command {
-                side: Side::Source,
-                action: format!("namespace filter: {e}"),
-                source: mongodb::error::Error::custom(e.to_string()),
-            },
+            super::EngineError::Filter(e) => ClusterError::failed(
+                Side::Source,
+                format!("namespace filter: {e}"),
+                e.to_string(),
+            ),
         })?;
         let engine = std::sync::Arc::new(engine);
         verify(&engine, strict).await

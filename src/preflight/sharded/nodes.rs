@@ -15,7 +15,7 @@ const SOURCE_NODE_ROLES: [&str; 3] = ["backup", "readAnyDatabase", "clusterMonit
 /// Why a node could not be asked, and what to do about it.
 fn unreachable(side: Side, node: &Node, e: &NodeConnectError) -> (String, String) {
     let auth_failed = match e {
-        NodeConnectError::Cluster(c) => super::super::is_auth_failure(c),
+        NodeConnectError::Cluster(c) => c.is_auth_failure(),
         NodeConnectError::Uri(_) => false,
     };
     if auth_failed {

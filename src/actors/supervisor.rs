@@ -37,6 +37,31 @@ const COPY_LAG_EVERY: Duration = Duration::from_secs(1);
 /// Wait before a failed baseline verification starts again.
 const BASELINE_RETRY: Duration = Duration::from_secs(30);
 
+/// How long an ending waits for destination writes still in flight before it gives the
+/// lease back; past it, the lease is left to expire on its own.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Gives the destination lease back once no write of this run is in flight. A write that
+/// has not returned may still land, so while one is out the lease is kept and expires on
+/// its own: a successor taking it over waits a full lease, as after a crash.
+async fn release_lease_after_writes(engine: &SharedEngine) {
+    let in_flight = engine.generation.superseded_in_flight();
+    if !engine
+        .generation
+        .superseded_writes_returned(Some(LEASE_RELEASE_WAIT))
+        .await
+    {
+        tracing::warn!(
+            writes = in_flight,
+            "destination writes of this run have not returned; the destination lock is not released but left to expire, so that no other run writes while they may still land"
+        );
+        return;
+    }
+    if let Err(e) = engine.checkpoints.release_lease().await {
+        tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
+    }
+}
+
 /// How the run ended.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
@@ -287,11 +312,22 @@ impl Supervisor {
         crate::metrics::record_retry(failure.component);
         self.engine.progress.retries.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(component = failure.component, error = %failure.message, retry_in_s = delay.as_secs(), "restarting from the last checkpoint");
-        ctx.run_later(delay, move |act, ctx| {
-            if !act.phase().is_terminal() {
-                restart(act, ctx);
+        // The next attempt starts only once every destination write of the failed one has
+        // returned: one still in flight could land after the new attempt's writes (see
+        // `actors::generation` for why this wait has no deadline of its own).
+        let generation = self.engine.generation.clone();
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                generation.superseded_writes_returned(None).await;
             }
-        });
+            .into_actor(self)
+            .map(move |_, act, ctx| {
+                if !act.phase().is_terminal() {
+                    restart(act, ctx);
+                }
+            }),
+        );
     }
 
     /// Ends the run: stops actors, restores the balancers, releases the lock, reports.
@@ -367,9 +403,7 @@ impl Supervisor {
                         }
                     }
                 }
-                if let Err(e) = engine.checkpoints.release_lease().await {
-                    tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
-                }
+                release_lease_after_writes(&engine).await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome { phase, report, error });
                 }
@@ -897,7 +931,7 @@ impl Handler<Shutdown> for Supervisor {
                         tracing::error!(outcome = ?lifted, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
                     }
                 }
-                let _ = engine.checkpoints.release_lease().await;
+                release_lease_after_writes(&engine).await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome {
                         phase,

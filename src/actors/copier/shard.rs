@@ -255,8 +255,11 @@ async fn copy_range(
                 },
                 docs,
                 n_bytes,
+                generation,
             );
-            // The insert runs on another thread: it keeps the range's span.
+            // The insert runs on another thread: it keeps the range's span. It is a task
+            // of its own, so it runs to its end even when this range is stopped meanwhile
+            // (see `insert_batch`).
             in_flight = Some(tokio::spawn(
                 async move {
                     let done = insert.await;
@@ -296,11 +299,18 @@ struct Target {
     shard_key: Option<Document>,
 }
 
+/// Inserts one batch, unless the worker generation of the range is superseded.
+///
+/// The insert is registered as in flight under the range's generation right before it is
+/// sent, and stays so until the driver returns: a restart after a failure waits for it
+/// (see [`crate::actors::generation`]), so an old version of a document can never land
+/// after the new attempt's writes.
 async fn insert_batch(
     engine: SharedEngine,
     target: Target,
     docs: Vec<RawDocumentBuf>,
     bytes: usize,
+    generation: u64,
 ) -> Result<InsertedBatch, CopyError> {
     // No destination write once this process may not hold the lease.
     engine
@@ -322,6 +332,9 @@ async fn insert_batch(
         .client
         .database(&target.db)
         .collection::<RawDocumentBuf>(&target.coll);
+    let Some(_in_flight) = engine.generation.begin_write(generation) else {
+        return Err(CopyError::Stopped);
+    };
     match collection
         .insert_many(docs)
         .ordered(false)

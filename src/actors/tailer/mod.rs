@@ -100,6 +100,9 @@ pub struct Tailer {
     paused: watch::Receiver<bool>,
     drain_to: watch::Receiver<Option<Timestamp>>,
     copy_done: watch::Receiver<bool>,
+    /// The worker generation this tailer belongs to (its DDL replays are destination
+    /// writes; see [`crate::actors::generation`]).
+    generation: u64,
 }
 
 impl Tailer {
@@ -110,12 +113,14 @@ impl Tailer {
         drain_to: watch::Receiver<Option<Timestamp>>,
         copy_done: watch::Receiver<bool>,
     ) -> Tailer {
+        let generation = engine.generation.current();
         Tailer {
             engine,
             peers,
             paused,
             drain_to,
             copy_done,
+            generation,
         }
     }
 }
@@ -128,8 +133,9 @@ impl Actor for Tailer {
         let paused = self.paused.clone();
         let drain_to = self.drain_to.clone();
         let copy_done = self.copy_done.clone();
+        let generation = self.generation;
         ctx.spawn(
-            async move { tail(engine, peers, paused, drain_to, copy_done).await }
+            async move { tail(engine, peers, paused, drain_to, copy_done, generation).await }
                 .instrument(tracing::info_span!("tailer"))
                 .into_actor(self)
                 .map(|result, act, ctx| {
@@ -678,6 +684,7 @@ async fn tail(
     mut paused: watch::Receiver<bool>,
     drain_to: watch::Receiver<Option<Timestamp>>,
     mut copy_done: watch::Receiver<bool>,
+    generation: u64,
 ) -> Result<(), TailError> {
     let state = engine.checkpoints.load_state().await?.unwrap_or_default();
     let start_ts = state.start_ts.ok_or(TailError::NoStart)?;
@@ -799,7 +806,7 @@ async fn tail(
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
                     let ddl = decode_event(&event)?;
-                    apply_ddl(&engine, &ddl).await?;
+                    apply_ddl(&engine, &ddl, generation).await?;
                     events_applied += 1;
                     engine
                         .progress

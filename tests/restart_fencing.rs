@@ -143,3 +143,43 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Pins: the copier's inserts were retried by the driver (retryable writes), invisibly:
+/// a transient insert failure on the destination left the `retries` counter at 0, so a
+/// fault test could not tell that its fault fired and was recovered from. Now Ferry sends
+/// the batch again itself and counts it, as GET /api/v1/progress shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_copy_insert_failure_is_counted_as_a_retry() {
+    let pair = Pair::start().await;
+    let items = pair.src.database("app").collection::<Document>("items");
+    items
+        .insert_many((0..50).map(|i| doc! {"_id": i}))
+        .await
+        .expect("seed the source");
+    // One copy insert fails as on a primary shutting down, labelled retryable.
+    pair.dst
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["insert"], "namespace": "app.items", "errorCode": 91, "errorLabels": ["RetryableWriteError"]},
+        })
+        .await
+        .expect("destination fail point");
+    let m = start_with(pair.config(""), true).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_eq!(fail_points_fired(&pair.dst).await, 1, "the fault fired");
+    let api = ferry::api::client::ApiClient::new(&format!(
+        "http://{}",
+        m.api_addr().expect("the API listens")
+    ))
+    .expect("api client");
+    let view: serde_json::Value = api.get_json("/api/v1/progress").await.expect("progress");
+    let retries = view
+        .get("retries")
+        .and_then(serde_json::Value::as_u64)
+        .expect("the progress shows retries");
+    assert!(retries >= 1, "the resent insert is counted: {view}");
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, 50);
+}

@@ -6,18 +6,24 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bson::{doc, Bson, Document, RawDocumentBuf};
 use futures_util::TryStreamExt;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OnceCell, Semaphore};
 use tracing::Instrument;
 
 use super::{wait_unpaused, CopyError};
 use crate::actors::SharedEngine;
 use crate::checkpoint::{CheckpointError, CopyRange};
-use crate::cluster::{error_code, ownership};
+use crate::cluster::{error_code, ownership, Cluster, Side};
+
+/// Times a copy insert that failed with a transient error is sent again before its range
+/// fails (and is restarted from its checkpoint by the supervisor).
+const INSERT_RETRIES: u32 = 3;
+/// Pause before the first resend of an insert; doubled for each further one.
+const INSERT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// One range for a shard's copier; answered when the range is copied.
 #[derive(Message)]
@@ -39,6 +45,9 @@ pub struct Copier {
     inserts: Arc<Semaphore>,
     /// The workers' generation this copier belongs to: it stops once a restart superseded it.
     generation: u64,
+    /// The destination without the driver's write retries, for the copy inserts (Ferry
+    /// resends them itself, and counts each resend); connected on the first insert.
+    inserts_to: Arc<OnceCell<Cluster>>,
 }
 
 impl Copier {
@@ -59,6 +68,7 @@ impl Copier {
             * engine.config.copy.parallel_ranges_per_collection)
             .max(1);
         let generation = engine.generation.current();
+        let inserts_to = Arc::new(OnceCell::new());
         shards
             .into_iter()
             .map(|shard| {
@@ -69,6 +79,7 @@ impl Copier {
                     ranges: Arc::new(Semaphore::new(per_copier)),
                     inserts: inserts.clone(),
                     generation,
+                    inserts_to: inserts_to.clone(),
                 };
                 (shard, copier.start())
             })
@@ -93,6 +104,7 @@ impl Handler<CopyRanges> for Copier {
         let ranges = self.ranges.clone();
         let inserts = self.inserts.clone();
         let generation = self.generation;
+        let inserts_to = self.inserts_to.clone();
         let span = tracing::info_span!(
             "copier",
             shard = %self.shard,
@@ -108,7 +120,20 @@ impl Handler<CopyRanges> for Copier {
                 if engine.generation.current() != generation {
                     return Err(CopyError::Stopped);
                 }
-                copy_range(engine, msg.range, msg.uuid, paused, inserts, generation).await
+                let connection = engine.config.destination.connection();
+                let destination = inserts_to
+                    .get_or_try_init(|| {
+                        Cluster::connect_without_write_retries(Side::Destination, &connection)
+                    })
+                    .await?
+                    .clone();
+                let range = Range {
+                    range: msg.range,
+                    uuid: msg.uuid,
+                    generation,
+                    destination,
+                };
+                copy_range(engine, range, paused, inserts).await
             }
             .instrument(span),
         )
@@ -131,12 +156,16 @@ fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
 /// collection filled by inserts) has nothing left to copy here; its events rebuild it.
 async fn copy_range(
     engine: SharedEngine,
-    mut range: CopyRange,
-    uuid: Option<bson::Binary>,
+    range: Range,
     mut paused: watch::Receiver<bool>,
     inserts: Arc<Semaphore>,
-    generation: u64,
 ) -> Result<(), CopyError> {
+    let Range {
+        mut range,
+        uuid,
+        generation,
+        destination,
+    } = range;
     let (db, coll) = range
         .ns
         .split_once('.')
@@ -252,6 +281,7 @@ async fn copy_range(
                     coll: coll.clone(),
                     source_coll: source_coll.clone(),
                     shard_key: shard_key.clone(),
+                    destination: destination.clone(),
                 },
                 docs,
                 n_bytes,
@@ -282,6 +312,17 @@ async fn copy_range(
     Ok(())
 }
 
+/// One range to copy, as its copier hands it over.
+struct Range {
+    range: CopyRange,
+    /// The collection's UUID when planned (the copy follows a renamed collection by it).
+    uuid: Option<bson::Binary>,
+    /// The worker generation of the copier.
+    generation: u64,
+    /// Where the inserts go (see [`Copier::inserts_to`]).
+    destination: Cluster,
+}
+
 struct InsertedBatch {
     last_id: Option<Bson>,
     documents: u64,
@@ -297,6 +338,8 @@ struct Target {
     source_coll: String,
     /// The source's shard key when the batch is of a shard-key range.
     shard_key: Option<Document>,
+    /// The destination, without the driver's write retries.
+    destination: Cluster,
 }
 
 /// Inserts one batch, unless the worker generation of the range is superseded.
@@ -312,12 +355,6 @@ async fn insert_batch(
     bytes: usize,
     generation: u64,
 ) -> Result<InsertedBatch, CopyError> {
-    // No destination write once this process may not hold the lease.
-    engine
-        .checkpoints
-        .fence()
-        .check()
-        .map_err(CheckpointError::from)?;
     let started = Instant::now();
     let last_id = docs.last().and_then(raw_id);
     let documents = docs.len() as u64;
@@ -327,37 +364,57 @@ async fn insert_batch(
         Some(_) => docs.iter().map(raw_id).collect(),
         None => Vec::new(),
     };
-    let collection = engine
+    let collection = target
         .destination
         .client
         .database(&target.db)
         .collection::<RawDocumentBuf>(&target.coll);
-    let Some(_in_flight) = engine.generation.begin_write(generation) else {
-        return Err(CopyError::Stopped);
-    };
-    match collection
-        .insert_many(docs)
-        .ordered(false)
-        .bypass_document_validation(true)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if only_duplicates(&e) => {
-            if let Some(key) = &target.shard_key {
-                let repeated: Vec<Bson> = duplicate_indexes(&e)
-                    .into_iter()
-                    .filter_map(|i| ids.get(i).cloned().flatten())
-                    .collect();
-                refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
+    let mut resends = 0;
+    loop {
+        // No destination write once this process may not hold the lease.
+        engine
+            .checkpoints
+            .fence()
+            .check()
+            .map_err(CheckpointError::from)?;
+        let Some(in_flight) = engine.generation.begin_write(generation) else {
+            return Err(CopyError::Stopped);
+        };
+        let sent = collection
+            .insert_many(&docs)
+            .ordered(false)
+            .bypass_document_validation(true)
+            .await;
+        drop(in_flight);
+        match sent {
+            Ok(_) => break,
+            Err(e) if only_duplicates(&e) => {
+                if let Some(key) = &target.shard_key {
+                    let repeated: Vec<Bson> = duplicate_indexes(&e)
+                        .into_iter()
+                        .filter_map(|i| ids.get(i).cloned().flatten())
+                        .collect();
+                    refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
+                }
+                break;
             }
-        }
-        Err(source) => {
-            return Err(CopyError::Driver {
-                side: crate::cluster::Side::Destination,
-                action: "insert",
-                ns,
-                source,
-            });
+            // Sending the batch again is harmless: what landed the first time is
+            // recognised as there already (duplicates).
+            Err(e) if resends < INSERT_RETRIES && crate::cluster::is_transient(&e) => {
+                resends += 1;
+                engine.progress.retries.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::record_retry("copier");
+                tracing::warn!(ns = %ns, resend = resends, error = %crate::cluster::describe_error(&e), "copy insert failed; sending the batch again");
+                tokio::time::sleep(INSERT_RETRY_PAUSE * 2u32.pow(resends - 1)).await;
+            }
+            Err(source) => {
+                return Err(CopyError::Driver {
+                    side: crate::cluster::Side::Destination,
+                    action: "insert",
+                    ns,
+                    source,
+                });
+            }
         }
     }
     crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());

@@ -916,6 +916,8 @@ impl Target<'_> {
         });
         match sent.await {
             Ok(reply) => Ok(reply?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
             Err(_) => Err(ApplyError::Superseded {
                 ns: self.ns.to_string(),
             }),
@@ -1106,7 +1108,12 @@ pub async fn apply_ddl(
         drop(in_flight);
         done
     });
-    replayed.await.map_err(|_| superseded())?
+    match replayed.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(superseded()),
+    }
 }
 
 async fn replay_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {

@@ -403,6 +403,7 @@ async fn insert_batch(
             Err(e) if resends < INSERT_RETRIES && crate::cluster::is_transient(&e) => {
                 resends += 1;
                 engine.progress.retries.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::record_error("copier");
                 crate::metrics::record_retry("copier");
                 tracing::warn!(ns = %ns, resend = resends, error = %crate::cluster::describe_error(&e), "copy insert failed; sending the batch again");
                 tokio::time::sleep(INSERT_RETRY_PAUSE * 2u32.pow(resends - 1)).await;

@@ -117,10 +117,11 @@ pub struct Progress {
     pub events_applied: AtomicU64,
     /// Bytes of change events written to the spool while copying.
     pub spooled_bytes: AtomicU64,
-    /// Data events on the source after the cutover optime (writes that should not happen).
+    /// Data events on the source after the cutover optime (writes that should not happen),
+    /// read up to the completion.
     pub late_writes: AtomicU64,
-    /// Transient failures Ferry retried: a worker restarted from its checkpoint, a
-    /// cutover handshake sent again. Shows that faults happened and were recovered from.
+    /// Transient failures Ferry retried: a worker restarted from its checkpoint, a copy
+    /// insert or a cutover handshake sent again. Shows that faults happened and were recovered from.
     pub retries: AtomicU64,
     /// Whether the spool (`runtime.spool_max_bytes`) is full: reading changes waits for
     /// the copy to end, and the source's oplog must still hold them then.

@@ -23,11 +23,11 @@
 pub mod applier;
 pub mod coordinator;
 pub mod copier;
+pub mod generation;
 pub mod supervisor;
 pub mod tailer;
 pub mod verifier;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoints;
@@ -35,6 +35,7 @@ use crate::cluster::topology::{self, TopologyKind};
 use crate::cluster::Cluster;
 use crate::config::{Config, NamespaceFilter};
 use crate::progress::SharedProgress;
+pub use generation::WorkerGeneration;
 
 /// What every actor of one migration shares: config, both deployments (each with the
 /// topology discovered once when the engine is assembled), the checkpoint store and the
@@ -56,24 +57,6 @@ pub struct Engine {
     pub generation: WorkerGeneration,
     /// Shard keys of the destination's collections, for writes whose events lack them.
     pub destination_keys: applier::DestinationKeys,
-}
-
-/// Which restart of the workers is the current one. A worker remembers the generation it
-/// was started in and writes nothing once the supervisor has moved on (a failure and a
-/// restart, or the end of the run): batches still queued to an applier of a failed
-/// attempt are dropped instead of landing after the new attempt's writes.
-#[derive(Debug, Default)]
-pub struct WorkerGeneration(AtomicU64);
-
-impl WorkerGeneration {
-    pub fn current(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// The running workers are superseded.
-    pub fn advance(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
 }
 
 impl Engine {

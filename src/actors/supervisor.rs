@@ -14,7 +14,7 @@ use super::coordinator::cutover::{BeginCutover, LiftWriteBlock, VerifyCutover};
 use super::coordinator::window::{ExtendWindow, OpenWindow};
 use super::coordinator::{Alert, Conclude, Coordinator, StartRun};
 use super::copier::{Copier, CopyOutcome, CopyPlanner, CopySummary};
-use super::tailer::{Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
+use super::tailer::{DrainTarget, Drained, SyncStatus, Tailer, TailerPeers, TailerStopped};
 use super::{error_chain, ActorFailure, SharedEngine};
 use crate::checkpoint::{unix_now, RunState};
 use crate::control::{ControlError, ControlReply, ControlRequest};
@@ -36,6 +36,31 @@ const MAX_BASELINE_ATTEMPTS: u32 = 10;
 const COPY_LAG_EVERY: Duration = Duration::from_secs(1);
 /// Wait before a failed baseline verification starts again.
 const BASELINE_RETRY: Duration = Duration::from_secs(30);
+
+/// How long an ending waits for destination writes still in flight before it gives the
+/// lease back; past it, the lease is left to expire on its own.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Gives the destination lease back once no write of this run is in flight. A write that
+/// has not returned may still land, so while one is out the lease is kept and expires on
+/// its own: a successor taking it over waits a full lease, as after a crash.
+async fn release_lease_after_writes(engine: &SharedEngine) {
+    let in_flight = engine.generation.superseded_in_flight();
+    if !engine
+        .generation
+        .superseded_writes_returned(Some(LEASE_RELEASE_WAIT))
+        .await
+    {
+        tracing::warn!(
+            writes = in_flight,
+            "destination writes of this run have not returned; the destination lock is not released but left to expire, so that no other run writes while they may still land"
+        );
+        return;
+    }
+    if let Err(e) = engine.checkpoints.release_lease().await {
+        tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
+    }
+}
 
 /// How the run ended.
 #[derive(Clone, Debug)]
@@ -77,7 +102,7 @@ pub struct Supervisor {
     tailer: Option<Addr<Tailer>>,
     coordinator: Option<Addr<Coordinator>>,
     paused_tx: watch::Sender<bool>,
-    drain_tx: watch::Sender<Option<Timestamp>>,
+    drain_tx: watch::Sender<Option<DrainTarget>>,
     /// Tells a tailer that started with the copy (spooling) that the copy is done.
     copy_done_tx: watch::Sender<bool>,
     /// Phase to return to on resume.
@@ -98,6 +123,9 @@ pub struct Supervisor {
     cutover_attempt: u64,
     /// The optime the current attempt drains to, until its `Drained` arrives.
     drain_target: Option<Timestamp>,
+    /// The passed verification of the current attempt, while the tailer drains to the
+    /// source's optime at completion (late writes up to there are counted).
+    completing: Option<Verification>,
     /// The baseline verification, once the destination is first in sync.
     baseline: Option<SpawnHandle>,
     done: Option<oneshot::Sender<RunOutcome>>,
@@ -133,6 +161,7 @@ impl Supervisor {
             window_open,
             cutover_attempt: 0,
             drain_target: None,
+            completing: None,
             baseline: None,
             done: Some(done),
         }
@@ -287,11 +316,22 @@ impl Supervisor {
         crate::metrics::record_retry(failure.component);
         self.engine.progress.retries.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(component = failure.component, error = %failure.message, retry_in_s = delay.as_secs(), "restarting from the last checkpoint");
-        ctx.run_later(delay, move |act, ctx| {
-            if !act.phase().is_terminal() {
-                restart(act, ctx);
+        // The next attempt starts only once every destination write of the failed one has
+        // returned: one still in flight could land after the new attempt's writes (see
+        // `actors::generation` for why this wait has no deadline of its own).
+        let generation = self.engine.generation.clone();
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(delay).await;
+                generation.superseded_writes_returned(None).await;
             }
-        });
+            .into_actor(self)
+            .map(move |_, act, ctx| {
+                if !act.phase().is_terminal() {
+                    restart(act, ctx);
+                }
+            }),
+        );
     }
 
     /// Ends the run: stops actors, restores the balancers, releases the lock, reports.
@@ -370,9 +410,7 @@ impl Supervisor {
                         }
                     }
                 }
-                if let Err(e) = engine.checkpoints.release_lease().await {
-                    tracing::warn!(error = %error_chain(&e), "could not release the destination lock; it expires on its own");
-                }
+                release_lease_after_writes(&engine).await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome { phase, report, error });
                 }
@@ -764,7 +802,10 @@ impl Handler<CutoverStarted> for Supervisor {
             Ok(optime) => {
                 tracing::info!(optime = ?optime, "draining to the source's optime");
                 self.drain_target = Some(optime);
-                self.drain_tx.send_replace(Some(optime));
+                self.drain_tx.send_replace(Some(DrainTarget {
+                    to: optime,
+                    writes_stopped_at: optime,
+                }));
             }
             Err(e) => {
                 self.engine.progress.set_error(format!("cutover: {e}"));
@@ -782,6 +823,9 @@ impl Handler<Drained> for Supervisor {
             return;
         }
         self.drain_target = None;
+        if let Some(verification) = self.completing.take() {
+            return self.complete(ctx, verification);
+        }
         tracing::info!("drained; verifying");
         let attempt = self.cutover_attempt;
         let Some(coordinator) = self.coordinator.clone() else {
@@ -812,15 +856,7 @@ impl Handler<Verified> for Supervisor {
         }
         match msg.result {
             Ok((data, strict)) if data.passed && strict.passed => {
-                let report = self.build_report(strict);
-                println!("{report}");
-                *self.engine.progress.report.write() = Some(report);
-                self.finish(ctx, Phase::Completed, None);
-                crate::notify::send(
-                    &self.engine,
-                    "completed",
-                    "migration completed; verification passed",
-                );
+                self.drain_to_completion(ctx, strict)
             }
             Ok((data, strict)) => {
                 let failed = if data.passed { strict } else { data };
@@ -846,11 +882,59 @@ impl Handler<Verified> for Supervisor {
 }
 
 impl Supervisor {
+    /// The verification passed: before completing, the tailer drains once more, to the
+    /// source's optime now, so that every source write since the operator said writes
+    /// stopped — during the drain, the verification or up to this point — is read and
+    /// counted as a late write (and applied), not only those read before the verification.
+    fn drain_to_completion(&mut self, ctx: &mut Context<Self>, verification: Verification) {
+        let Some(writes_stopped_at) = self.drain_tx.borrow().map(|d| d.writes_stopped_at) else {
+            return self.complete(ctx, verification);
+        };
+        let engine = self.engine.clone();
+        let attempt = self.cutover_attempt;
+        ctx.spawn(
+            async move { engine.source.append_noop("ferry completion").await }
+                .into_actor(self)
+                .map(move |marked, act, ctx| {
+                    if attempt != act.cutover_attempt || act.phase() != Phase::CuttingOver {
+                        return;
+                    }
+                    match marked {
+                        Ok(to) => {
+                            act.completing = Some(verification);
+                            act.drain_target = Some(to);
+                            act.drain_tx.send_replace(Some(DrainTarget {
+                                to,
+                                writes_stopped_at,
+                            }));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %error_chain(&e), "could not mark the source's optime at completion: source writes since the verification are not counted as late writes");
+                            act.complete(ctx, verification);
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn complete(&mut self, ctx: &mut Context<Self>, verification: Verification) {
+        let report = self.build_report(verification);
+        println!("{report}");
+        *self.engine.progress.report.write() = Some(report);
+        self.finish(ctx, Phase::Completed, None);
+        crate::notify::send(
+            &self.engine,
+            "completed",
+            "migration completed; verification passed",
+        );
+    }
+
     /// Back to ready_for_cutover after a refused cutover: stop draining and give the
     /// source its writes back if Ferry blocked them.
     fn refuse_cutover(&mut self, ctx: &mut Context<Self>) {
         self.drain_tx.send_replace(None);
         self.drain_target = None;
+        self.completing = None;
         self.cutover_confirmed = None;
         if let Some(coordinator) = self.coordinator.clone() {
             ctx.spawn(
@@ -900,7 +984,7 @@ impl Handler<Shutdown> for Supervisor {
                         tracing::error!(outcome = ?lifted, "could not lift the write block on the source: run setUserWriteBlockMode {{global: false}} on it");
                     }
                 }
-                let _ = engine.checkpoints.release_lease().await;
+                release_lease_after_writes(&engine).await;
                 if let Some(done) = done {
                     let _ = done.send(RunOutcome {
                         phase,

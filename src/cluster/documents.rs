@@ -194,7 +194,7 @@ pub async fn insert_copy_batch(
     cluster: &Cluster,
     db: &str,
     coll: &str,
-    docs: Vec<RawDocumentBuf>,
+    docs: &[RawDocumentBuf],
 ) -> Result<CopyInsert, ClusterError> {
     match cluster
         .client

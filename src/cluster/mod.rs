@@ -80,6 +80,23 @@ impl Cluster {
     /// Connects (lazily: the first command opens connections) with majority read and
     /// write concerns.
     pub async fn connect(side: Side, conn: &ConnectionConfig) -> Result<Cluster, ClusterError> {
+        Cluster::connect_with(side, conn, true).await
+    }
+
+    /// [`Cluster::connect`] with the driver's retryable writes turned off, for writes that
+    /// Ferry retries itself: a driver retry is invisible, so it could not be counted.
+    pub async fn connect_without_write_retries(
+        side: Side,
+        conn: &ConnectionConfig,
+    ) -> Result<Cluster, ClusterError> {
+        Cluster::connect_with(side, conn, false).await
+    }
+
+    async fn connect_with(
+        side: Side,
+        conn: &ConnectionConfig,
+        retry_writes: bool,
+    ) -> Result<Cluster, ClusterError> {
         let display_uri = redacted_uri(&conn.uri);
         let mut options =
             ClientOptions::parse(&conn.uri)
@@ -105,6 +122,9 @@ impl Cluster {
         options.write_concern = Some(WriteConcern::majority());
         if options.server_selection_timeout.is_none() {
             options.server_selection_timeout = Some(SERVER_SELECTION_TIMEOUT);
+        }
+        if !retry_writes {
+            options.retry_writes = Some(false);
         }
         let client = Client::with_options(options).map_err(|source| ClusterError::Uri {
             side,

@@ -150,7 +150,7 @@ impl Handler<ApplyEvents> for Applier {
                         ns: format!("{db}.{coll}"),
                     });
                 }
-                apply_events(&engine, &db, &coll, msg.0).await
+                apply_events(&engine, &db, &coll, msg.0, generation).await
             }
             .instrument(span)
             .into_actor(self),
@@ -451,12 +451,14 @@ struct Run {
     bytes: usize,
 }
 
-/// Applies CRUD events of one namespace in order. Returns how many events were applied.
+/// Applies CRUD events of one namespace in order, as a worker of `generation` (nothing
+/// more is written once it is superseded). Returns how many events were applied.
 pub async fn apply_events(
     engine: &SharedEngine,
     db: &str,
     coll: &str,
     events: Vec<RawDocumentBuf>,
+    generation: u64,
 ) -> Result<u64, ApplyError> {
     let ns = format!("{db}.{coll}");
     let started = Instant::now();
@@ -476,6 +478,7 @@ pub async fn apply_events(
         coll,
         ns: &ns,
         uuid,
+        generation,
     };
     let mut run = Run {
         kind: Kind::Upsert,
@@ -560,6 +563,8 @@ struct Target<'a> {
     /// The source collection's UUID, from the events: a document read again is looked up
     /// under the collection's current name when it was renamed since the events.
     uuid: Option<bson::Binary>,
+    /// The worker generation of the applier (see [`crate::actors::generation`]).
+    generation: u64,
 }
 
 impl Target<'_> {
@@ -883,7 +888,29 @@ impl Target<'_> {
         if command != "delete" {
             cmd.append("bypassDocumentValidation", true);
         }
-        Ok(self.engine.destination.run_raw(self.db, cmd).await?)
+        // Registered as in flight right before it is sent, and sent from a task of its
+        // own that holds the registration until the driver returns: a stopped applier
+        // does not drop it halfway, and a restart waits for it (see
+        // [`crate::actors::generation`]).
+        let Some(in_flight) = self.engine.generation.begin_write(self.generation) else {
+            return Err(ApplyError::Superseded {
+                ns: self.ns.to_string(),
+            });
+        };
+        let (engine, db) = (self.engine.clone(), self.db.to_string());
+        let sent = tokio::spawn(async move {
+            let reply = engine.destination.run_raw(&db, cmd).await;
+            drop(in_flight);
+            reply
+        });
+        match sent.await {
+            Ok(reply) => Ok(reply?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => Err(ApplyError::Superseded {
+                ns: self.ns.to_string(),
+            }),
+        }
     }
 
     /// Fails on write errors or a write concern error in a reply.
@@ -1024,8 +1051,46 @@ async fn replace_from_source(
     }
 }
 
-/// Applies one DDL event to the destination; replays after a restart are harmless.
-pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {
+/// Applies one DDL event to the destination as a worker of `generation`; replays after a
+/// restart are harmless.
+///
+/// Like the appliers' writes, it is registered as in flight and runs in a task of its
+/// own until it returns, so a restart waits for it (see [`crate::actors::generation`]).
+pub async fn apply_ddl(
+    engine: &SharedEngine,
+    event: &Document,
+    generation: u64,
+) -> Result<(), ApplyError> {
+    let superseded = || ApplyError::Superseded {
+        ns: event
+            .get_document("ns")
+            .map(|ns| {
+                format!(
+                    "{}.{}",
+                    ns.get_str("db").unwrap_or_default(),
+                    ns.get_str("coll").unwrap_or_default()
+                )
+            })
+            .unwrap_or_default(),
+    };
+    let Some(in_flight) = engine.generation.begin_write(generation) else {
+        return Err(superseded());
+    };
+    let (engine, ddl) = (engine.clone(), event.clone());
+    let replayed = tokio::spawn(async move {
+        let done = replay_ddl(&engine, &ddl).await;
+        drop(in_flight);
+        done
+    });
+    match replayed.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(superseded()),
+    }
+}
+
+async fn replay_ddl(engine: &SharedEngine, event: &Document) -> Result<(), ApplyError> {
     engine.checkpoints.fence().check()?;
     let dest = &engine.destination;
     let op = event.get_str("operationType").unwrap_or_default();

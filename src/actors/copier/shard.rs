@@ -6,18 +6,24 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bson::{Bson, Document, RawDocumentBuf};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OnceCell, Semaphore};
 use tracing::Instrument;
 
 use super::{wait_unpaused, CopyError};
 use crate::actors::SharedEngine;
 use crate::checkpoint::{CheckpointError, CopyRange};
 use crate::cluster::documents::{self, CopyInsert, IndexRange, ReadSize};
-use crate::cluster::ownership;
+use crate::cluster::{ownership, Cluster, Side};
+
+/// Times a copy insert that failed with a transient error is sent again before its range
+/// fails (and is restarted from its checkpoint by the supervisor).
+const INSERT_RETRIES: u32 = 3;
+/// Pause before the first resend of an insert; doubled for each further one.
+const INSERT_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// One range for a shard's copier; answered when the range is copied.
 #[derive(Message)]
@@ -39,6 +45,9 @@ pub struct Copier {
     inserts: Arc<Semaphore>,
     /// The workers' generation this copier belongs to: it stops once a restart superseded it.
     generation: u64,
+    /// The destination without the driver's write retries, for the copy inserts (Ferry
+    /// resends them itself, and counts each resend); connected on the first insert.
+    inserts_to: Arc<OnceCell<Cluster>>,
 }
 
 impl Copier {
@@ -59,6 +68,7 @@ impl Copier {
             * engine.config.copy.parallel_ranges_per_collection)
             .max(1);
         let generation = engine.generation.current();
+        let inserts_to = Arc::new(OnceCell::new());
         shards
             .into_iter()
             .map(|shard| {
@@ -69,6 +79,7 @@ impl Copier {
                     ranges: Arc::new(Semaphore::new(per_copier)),
                     inserts: inserts.clone(),
                     generation,
+                    inserts_to: inserts_to.clone(),
                 };
                 (shard, copier.start())
             })
@@ -93,6 +104,7 @@ impl Handler<CopyRanges> for Copier {
         let ranges = self.ranges.clone();
         let inserts = self.inserts.clone();
         let generation = self.generation;
+        let inserts_to = self.inserts_to.clone();
         let span = tracing::info_span!(
             "copier",
             shard = %self.shard,
@@ -108,7 +120,20 @@ impl Handler<CopyRanges> for Copier {
                 if engine.generation.current() != generation {
                     return Err(CopyError::Stopped);
                 }
-                copy_range(engine, msg.range, msg.uuid, paused, inserts, generation).await
+                let connection = engine.config.destination.connection();
+                let destination = inserts_to
+                    .get_or_try_init(|| {
+                        Cluster::connect_without_write_retries(Side::Destination, &connection)
+                    })
+                    .await?
+                    .clone();
+                let range = Range {
+                    range: msg.range,
+                    uuid: msg.uuid,
+                    generation,
+                    destination,
+                };
+                copy_range(engine, range, paused, inserts).await
             }
             .instrument(span),
         )
@@ -131,12 +156,16 @@ fn raw_id(doc: &RawDocumentBuf) -> Option<Bson> {
 /// collection filled by inserts) has nothing left to copy here; its events rebuild it.
 async fn copy_range(
     engine: SharedEngine,
-    mut range: CopyRange,
-    uuid: Option<bson::Binary>,
+    range: Range,
     mut paused: watch::Receiver<bool>,
     inserts: Arc<Semaphore>,
-    generation: u64,
 ) -> Result<(), CopyError> {
+    let Range {
+        mut range,
+        uuid,
+        generation,
+        destination,
+    } = range;
     let (db, coll) = range
         .ns
         .split_once('.')
@@ -235,11 +264,15 @@ async fn copy_range(
                     coll: coll.clone(),
                     source_coll: source_coll.clone(),
                     shard_key: shard_key.clone(),
+                    destination: destination.clone(),
                 },
                 docs,
                 n_bytes,
+                generation,
             );
-            // The insert runs on another thread: it keeps the range's span.
+            // The insert runs on another thread: it keeps the range's span. It is a task
+            // of its own, so it runs to its end even when this range is stopped meanwhile
+            // (see `insert_batch`).
             in_flight = Some(tokio::spawn(
                 async move {
                     let done = insert.await;
@@ -262,6 +295,17 @@ async fn copy_range(
     Ok(())
 }
 
+/// One range to copy, as its copier hands it over.
+struct Range {
+    range: CopyRange,
+    /// The collection's UUID when planned (the copy follows a renamed collection by it).
+    uuid: Option<bson::Binary>,
+    /// The worker generation of the copier.
+    generation: u64,
+    /// Where the inserts go (see [`Copier::inserts_to`]).
+    destination: Cluster,
+}
+
 struct InsertedBatch {
     last_id: Option<Bson>,
     documents: u64,
@@ -277,20 +321,23 @@ struct Target {
     source_coll: String,
     /// The source's shard key when the batch is of a shard-key range.
     shard_key: Option<Document>,
+    /// The destination, without the driver's write retries.
+    destination: Cluster,
 }
 
+/// Inserts one batch, unless the worker generation of the range is superseded.
+///
+/// The insert is registered as in flight under the range's generation right before it is
+/// sent, and stays so until the driver returns: a restart after a failure waits for it
+/// (see [`crate::actors::generation`]), so an old version of a document can never land
+/// after the new attempt's writes.
 async fn insert_batch(
     engine: SharedEngine,
     target: Target,
     docs: Vec<RawDocumentBuf>,
     bytes: usize,
+    generation: u64,
 ) -> Result<InsertedBatch, CopyError> {
-    // No destination write once this process may not hold the lease.
-    engine
-        .checkpoints
-        .fence()
-        .check()
-        .map_err(CheckpointError::from)?;
     let started = Instant::now();
     let last_id = docs.last().and_then(raw_id);
     let documents = docs.len() as u64;
@@ -300,16 +347,45 @@ async fn insert_batch(
         Some(_) => docs.iter().map(raw_id).collect(),
         None => Vec::new(),
     };
-    let inserted =
-        documents::insert_copy_batch(&engine.destination, &target.db, &target.coll, docs)
-            .await
-            .map_err(CopyError::Documents)?;
-    if let (CopyInsert::Duplicates(positions), Some(key)) = (inserted, &target.shard_key) {
-        let repeated: Vec<Bson> = positions
-            .into_iter()
-            .filter_map(|i| ids.get(i).cloned().flatten())
-            .collect();
-        refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
+    let mut resends = 0;
+    loop {
+        // No destination write once this process may not hold the lease.
+        engine
+            .checkpoints
+            .fence()
+            .check()
+            .map_err(CheckpointError::from)?;
+        let Some(in_flight) = engine.generation.begin_write(generation) else {
+            return Err(CopyError::Stopped);
+        };
+        let sent =
+            documents::insert_copy_batch(&target.destination, &target.db, &target.coll, &docs)
+                .await;
+        drop(in_flight);
+        match sent {
+            Ok(CopyInsert::Inserted) => break,
+            Ok(CopyInsert::Duplicates(positions)) => {
+                if let Some(key) = &target.shard_key {
+                    let repeated: Vec<Bson> = positions
+                        .into_iter()
+                        .filter_map(|i| ids.get(i).cloned().flatten())
+                        .collect();
+                    refuse_repeated_ids(&engine, &target, &ns, key, repeated).await?;
+                }
+                break;
+            }
+            // Sending the batch again is harmless: what landed the first time is
+            // recognised as there already (duplicates).
+            Err(e) if resends < INSERT_RETRIES && e.is_transient() => {
+                resends += 1;
+                engine.progress.retries.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::record_error("copier");
+                crate::metrics::record_retry("copier");
+                tracing::warn!(ns = %ns, resend = resends, error = %crate::cluster::describe_error(&e), "copy insert failed; sending the batch again");
+                tokio::time::sleep(INSERT_RETRY_PAUSE * 2u32.pow(resends - 1)).await;
+            }
+            Err(e) => return Err(CopyError::Documents(e)),
+        }
     }
     crate::metrics::record_batch("copy", started.elapsed().as_secs_f64());
     Ok(InsertedBatch {

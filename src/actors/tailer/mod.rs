@@ -73,6 +73,18 @@ pub struct SyncStatus {
     pub applied_ts: Timestamp,
 }
 
+/// What the tailer drains to at cutover: applying everything up to `to` (then it reports
+/// [`Drained`]), and counting every data event after `writes_stopped_at` as a late write.
+/// One cutover attempt may drain twice (to the cutover optime, then, once verified, to
+/// the source's optime at completion): its writes stopped at the first target all along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainTarget {
+    pub to: Timestamp,
+    /// When the operator said the source's writes had stopped (the attempt's cutover
+    /// optime).
+    pub writes_stopped_at: Timestamp,
+}
+
 /// The tailer has applied everything up to this drain target (the cutover optime of one
 /// cutover attempt; the supervisor ignores a target that is no longer its own).
 #[derive(Message)]
@@ -95,8 +107,11 @@ pub struct Tailer {
     engine: SharedEngine,
     peers: TailerPeers,
     paused: watch::Receiver<bool>,
-    drain_to: watch::Receiver<Option<Timestamp>>,
+    drain_to: watch::Receiver<Option<DrainTarget>>,
     copy_done: watch::Receiver<bool>,
+    /// The worker generation this tailer belongs to (its DDL replays are destination
+    /// writes; see [`crate::actors::generation`]).
+    generation: u64,
 }
 
 impl Tailer {
@@ -104,15 +119,17 @@ impl Tailer {
         engine: SharedEngine,
         peers: TailerPeers,
         paused: watch::Receiver<bool>,
-        drain_to: watch::Receiver<Option<Timestamp>>,
+        drain_to: watch::Receiver<Option<DrainTarget>>,
         copy_done: watch::Receiver<bool>,
     ) -> Tailer {
+        let generation = engine.generation.current();
         Tailer {
             engine,
             peers,
             paused,
             drain_to,
             copy_done,
+            generation,
         }
     }
 }
@@ -125,8 +142,9 @@ impl Actor for Tailer {
         let paused = self.paused.clone();
         let drain_to = self.drain_to.clone();
         let copy_done = self.copy_done.clone();
+        let generation = self.generation;
         ctx.spawn(
-            async move { tail(engine, peers, paused, drain_to, copy_done).await }
+            async move { tail(engine, peers, paused, drain_to, copy_done, generation).await }
                 .instrument(tracing::info_span!("tailer"))
                 .into_actor(self)
                 .map(|result, act, ctx| {
@@ -645,8 +663,9 @@ async fn tail(
     engine: SharedEngine,
     peers: TailerPeers,
     mut paused: watch::Receiver<bool>,
-    drain_to: watch::Receiver<Option<Timestamp>>,
+    drain_to: watch::Receiver<Option<DrainTarget>>,
     mut copy_done: watch::Receiver<bool>,
+    generation: u64,
 ) -> Result<(), TailError> {
     let state = engine.checkpoints.load_state().await?.unwrap_or_default();
     let start_ts = state.start_ts.ok_or(TailError::NoStart)?;
@@ -743,8 +762,9 @@ async fn tail(
             let view = EventView::parse(&event);
             let op = view.op;
             let wanted = view.is_wanted(&engine);
-            if let (Some(target), Some(ts)) = (*drain_to.borrow(), view.ts) {
-                if wanted && ts_after(ts, target) && !is_ddl(op) {
+            let stopped_at = drain_to.borrow().map(|d| d.writes_stopped_at);
+            if let (Some(stopped_at), Some(ts)) = (stopped_at, view.ts) {
+                if wanted && ts_after(ts, stopped_at) && !is_ddl(op) {
                     engine.progress.late_writes.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -758,7 +778,7 @@ async fn tail(
                     }
                     events_applied += flush(&engine, &mut routing, &mut pending).await?;
                     let ddl = decode_event(&event)?;
-                    apply_ddl(&engine, &ddl).await?;
+                    apply_ddl(&engine, &ddl, generation).await?;
                     events_applied += 1;
                     engine
                         .progress
@@ -884,7 +904,8 @@ async fn tail(
         // Drained once everything up to the target is applied, caught up or not: an
         // application that goes on writing after the declared stop must not keep the
         // cutover waiting forever (its writes are counted as late writes).
-        if let Some(target) = *drain_to.borrow() {
+        let target = drain_to.borrow().map(|d| d.to);
+        if let Some(target) = target {
             if drained_sent != Some(target) && !ts_after(target, applied_ts) {
                 engine
                     .checkpoints

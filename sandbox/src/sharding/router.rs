@@ -231,6 +231,29 @@ async fn route(
                     format!("cannot rename sharded collection {source} through the sandbox router"),
                 ));
             }
+            // A sharded target (5.0+ allows it with dropTarget) is dropped on every shard
+            // holding it and in the catalog first, as `drop` through the router does.
+            let target = cmd.get_str("to").unwrap_or_default().to_string();
+            if catalog::collection(&router.config.storage.lock(), &target).is_some() {
+                if !cmd.get_bool("dropTarget").unwrap_or(false) {
+                    return Err(CommandError::new(
+                        codes::NAMESPACE_EXISTS,
+                        format!("target namespace exists: {target} (pass dropTarget: true to replace it)"),
+                    ));
+                }
+                let (target_db, target_coll) = crate::storage::split_ns(&target);
+                let dropped = ddl::run(
+                    router,
+                    conn,
+                    target_db,
+                    doc! {"drop": target_coll, "$db": target_db},
+                    "drop",
+                )
+                .await?;
+                if error_code(&dropped).is_some() {
+                    return Ok(dropped);
+                }
+            }
             match home_shard(router, source_db, false)? {
                 Some(shard) => Ok(forward::to_shard(router, &shard, conn, cmd).await),
                 None => to_config(router, conn, cmd).await,

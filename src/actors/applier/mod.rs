@@ -1010,6 +1010,7 @@ async fn replace_from_source(
         dest.run(db, doc! {"createIndexes": coll, "indexes": indexes})
             .await?;
     }
+    shard_collection::shard_new_collection(engine, db, coll).await?;
     let read_error = |e: mongodb::error::Error| ClusterError::Command {
         side: source.side,
         action: format!("read {db}.{coll} again"),
@@ -1081,7 +1082,11 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
                     cmd.insert(k.clone(), v.clone());
                 }
             }
-            ignore(&[48])(dest.run(&db, cmd).await)
+            ignore(&[48])(dest.run(&db, cmd).await)?;
+            if desc.contains_key("viewOn") {
+                return Ok(());
+            }
+            shard_collection::shard_new_collection(engine, &db, &coll).await
         }
         "drop" => ignore(&[26])(dest.run(&db, doc! {"drop": &coll}).await),
         "dropDatabase" => ignore(&[26])(dest.run(&db, doc! {"dropDatabase": 1}).await),
@@ -1113,7 +1118,13 @@ pub async fn apply_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Ap
             }
             ignore(&[26])(
                 dest.run("admin", doc! {"renameCollection": format!("{db}.{coll}"), "to": target, "dropTarget": true}).await,
+            )?;
+            shard_collection::shard_new_collection(
+                engine,
+                to.get_str("db").unwrap_or_default(),
+                to.get_str("coll").unwrap_or_default(),
             )
+            .await
         }
         "createIndexes" => {
             let indexes: Vec<Bson> = desc

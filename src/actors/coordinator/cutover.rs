@@ -82,7 +82,7 @@ impl Handler<BeginCutover> for Coordinator {
                     if block && !write_block.block(&engine, cutover).await? {
                         return Ok(None);
                     }
-                    engine.source.append_noop("ferry cutover").await.map(Some)
+                    cutover_optime(&engine).await.map(Some)
                 };
                 match step.await {
                     Ok(Some(ts)) => return Ok(ts),
@@ -156,6 +156,26 @@ impl Handler<LiftWriteBlock> for Coordinator {
                 }),
         )
     }
+}
+
+/// The source's optime the tailer drains to: a no-op written after the write block
+/// (through a router, one on every shard; its `operationTime` is the latest of them).
+///
+/// On a sharded source the router's change stream passes a time only once every shard
+/// has logged something after it, and an idle shard logs nothing until its periodic
+/// no-op (10 s on a real server) or Ferry's idle tick: the drain would wait for that.
+/// A second no-op through the router makes every shard log an entry after the optime
+/// (the router's cluster time, at least the optime, reaches each shard with the command
+/// and orders the shard's next entry after it), so the stream reaches the optime at once.
+async fn cutover_optime(engine: &SharedEngine) -> Result<Timestamp, ClusterError> {
+    let optime = engine.source.append_noop("ferry cutover").await?;
+    if engine.source_topology.is_sharded() {
+        engine
+            .source
+            .append_noop("ferry cutover: every shard past the cutover optime")
+            .await?;
+    }
+    Ok(optime)
 }
 
 /// Transient failures of a write-block command tried before giving up with a message.

@@ -54,15 +54,17 @@ async fn other_shard(router: &Client, db: &str) -> String {
     }
 }
 
-/// The cutover of a sharded source whose shards are idle (no periodic no-op for an hour,
-/// no idle tick from Ferry) completes well before either would come, with the writes made
-/// just before the cutover on one shard applied. Pins: the drain waited until every
-/// shard's position on the router's stream passed the cutover optime, which an idle shard
-/// reached only at its next periodic no-op (10 s on a real server) or Ferry's idle tick,
-/// so a sharded cutover took 10 s and more; with neither, it never ended.
+/// The cutover between two sharded clusters whose shards are idle (no periodic no-op for
+/// an hour, no idle tick from Ferry) completes well before either would come, with the
+/// writes made just before it on one source shard applied, and verifies from the
+/// baseline. Pins two waits on an idle shard, each 10 s with the server's default no-op
+/// interval: the drain waited until every source shard's position on the router's
+/// stream passed the cutover optime (with neither no-op, it never ended), and the
+/// verification waited for the destination router's stream to reach the destination's
+/// time before using the baseline (30 s, then a comparison of every document).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sharded_cutover_drains_without_waiting_for_an_idle_shard() {
-    let t = Topologies::from(quiet_sharded_cluster(), Deployment::start("dst", 0)).await;
+async fn a_sharded_cutover_waits_for_no_idle_shard() {
+    let t = Topologies::from(quiet_sharded_cluster(), quiet_sharded_cluster()).await;
     shard_collection(&t.src, "app.items", doc! {"k": 1}).await;
     let to = other_shard(&t.src, "app").await;
     split_and_move(&t.src, "app.items", doc! {"k": 1000}, &to).await;
@@ -73,6 +75,11 @@ async fn a_sharded_cutover_drains_without_waiting_for_an_idle_shard() {
         .expect("seed both shards");
     let m = start(config_without_idle_ticks(&t)).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    let progress = m.progress.clone();
+    poll("the baseline verification to finish", || {
+        progress.baseline.read().state == ferry::progress::BaselineState::Done
+    })
+    .await;
     // Writes on the primary shard only, after the copy: they reach the destination only
     // by the cutover's drain.
     for i in 40..60 {
@@ -81,10 +88,15 @@ async fn a_sharded_cutover_drains_without_waiting_for_an_idle_shard() {
             .await
             .expect("write on one shard");
     }
-    let outcome = tokio::time::timeout(Duration::from_secs(90), cutover_and_complete(m))
+    let outcome = tokio::time::timeout(Duration::from_secs(25), cutover_and_complete(m))
         .await
-        .expect("the cutover drained without waiting for a shard's periodic no-op");
+        .expect("the cutover waited for no shard's periodic no-op");
     assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    let v = outcome.report.expect("report").verification;
+    assert_eq!(
+        v.namespaces_rechecked, 1,
+        "verified from the baseline: {v:?}"
+    );
     assert_eq!(assert_same(&t.src, &t.dst).await, 60);
 }
 

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::Coordinator;
 use crate::actors::{error_chain, verifier, SharedEngine};
-use crate::cluster::ClusterError;
+use crate::cluster::{sharding, ClusterError};
 use crate::report::Verification;
 
 /// Tries of the cutover handshake (write block, cutover optime) on transient errors.
@@ -158,24 +158,16 @@ impl Handler<LiftWriteBlock> for Coordinator {
     }
 }
 
-/// The source's optime the tailer drains to: a no-op written after the write block
-/// (through a router, one on every shard; its `operationTime` is the latest of them).
-///
-/// On a sharded source the router's change stream passes a time only once every shard
-/// has logged something after it, and an idle shard logs nothing until its periodic
-/// no-op (10 s on a real server) or Ferry's idle tick: the drain would wait for that.
-/// A second no-op through the router makes every shard log an entry after the optime
-/// (the router's cluster time, at least the optime, reaches each shard with the command
-/// and orders the shard's next entry after it), so the stream reaches the optime at once.
+/// The source's optime the tailer drains to: a no-op written after the write block.
+/// On a sharded source, written so that every shard logs an entry after it (see
+/// [`sharding::stream_time`]): the router's stream would otherwise reach it only at an
+/// idle shard's next periodic no-op or Ferry's idle tick, seconds of downtime.
 async fn cutover_optime(engine: &SharedEngine) -> Result<Timestamp, ClusterError> {
-    let optime = engine.source.append_noop("ferry cutover").await?;
     if engine.source_topology.is_sharded() {
-        engine
-            .source
-            .append_noop("ferry cutover: every shard past the cutover optime")
-            .await?;
+        sharding::stream_time(&engine.source, "ferry cutover").await
+    } else {
+        engine.source.append_noop("ferry cutover").await
     }
-    Ok(optime)
 }
 
 /// Transient failures of a write-block command tried before giving up with a message.

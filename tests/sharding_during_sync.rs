@@ -198,3 +198,125 @@ async fn collections_appearing_during_sync_are_sharded_per_their_entry() {
         .expect("compound index on the source");
     assert_eq!(assert_same(&t.src, &t.dst).await, 40 + 40 + 50);
 }
+
+/// Two-shard source and destination (`version`), both with a running balancer, with the
+/// source's `app.items` sharded on `{k: 1}` over both shards.
+async fn sharded_pair_with_items(version: &str) -> Topologies {
+    let side = || {
+        Deployment::start_sharded(ShardedOptions {
+            shards: 2,
+            version: version.into(),
+            balancer_interval: Duration::from_secs(3600),
+            periodic_noop_interval: Duration::from_secs(1),
+            ..Default::default()
+        })
+    };
+    let t = Topologies::from(side(), side()).await;
+    shard_collection(&t.src, "app.items", doc! {"k": 1}).await;
+    let to = other_shard(&t.src, "app").await;
+    split_and_move(&t.src, "app.items", doc! {"k": 100}, &to).await;
+    t.src
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many((0..200).map(row))
+        .await
+        .expect("seed");
+    t
+}
+
+async fn balancer_mode(router: &Client) -> String {
+    router
+        .database("admin")
+        .run_command(doc! {"balancerStatus": 1})
+        .await
+        .expect("balancerStatus")
+        .get_str("mode")
+        .expect("balancerStatus.mode")
+        .to_string()
+}
+
+/// Runs a migration of `t` to ready_for_cutover, changes `app.items`'s shard key on the
+/// source with `change`, and checks the run stops by itself, failed, with a message that
+/// names the namespace and the operation, and that both balancers run again and the
+/// source takes writes.
+async fn a_shard_key_change_stops_the_run(t: &Topologies, change: Document, operation: &str) {
+    assert_eq!(balancer_mode(&t.src).await, "full");
+    assert_eq!(balancer_mode(&t.dst).await, "full");
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_eq!(balancer_mode(&t.src).await, "off", "stopped during the run");
+    t.src
+        .database("app")
+        .collection::<Document>("items")
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"k": 1, "region": 1})
+                .build(),
+        )
+        .await
+        .expect("the refined key's index");
+    t.src
+        .database("admin")
+        .run_command(change.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{change}: {e}"));
+    let outcome = tokio::time::timeout(DEADLINE, wait(m))
+        .await
+        .expect("the run stops by itself");
+    assert_eq!(outcome.phase, Phase::Failed, "{:?}", outcome.error);
+    let error = outcome.error.unwrap_or_default();
+    assert!(
+        error.contains("app.items") && error.contains(operation),
+        "the message names the namespace and the operation: {error}"
+    );
+    assert_eq!(
+        balancer_mode(&t.src).await,
+        "full",
+        "source balancer restored"
+    );
+    assert_eq!(
+        balancer_mode(&t.dst).await,
+        "full",
+        "destination balancer restored"
+    );
+    assert_source_writable(&t.src, "failed").await;
+}
+
+/// `refineCollectionShardKey` on the source during sync (7.0: its change event) stops
+/// the run naming the collection. Pins: nothing on the destination follows a refined key,
+/// so carrying on would diverge silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refined_shard_key_during_sync_stops_the_run() {
+    let t = sharded_pair_with_items("7.0.13").await;
+    a_shard_key_change_stops_the_run(
+        &t,
+        doc! {"refineCollectionShardKey": "app.items", "key": {"k": 1, "region": 1}},
+        "refineCollectionShardKey",
+    )
+    .await;
+}
+
+/// On 6.0 a refine has no change event: the coordinator's watch of the source's
+/// `config.collections` sees the key change and stops the run naming the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refined_shard_key_without_an_event_stops_the_run() {
+    let t = sharded_pair_with_items("6.0.17").await;
+    a_shard_key_change_stops_the_run(
+        &t,
+        doc! {"refineCollectionShardKey": "app.items", "key": {"k": 1, "region": 1}},
+        "refineCollectionShardKey",
+    )
+    .await;
+}
+
+/// `reshardCollection` on the source during sync stops the run naming the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharded_collection_during_sync_stops_the_run() {
+    let t = sharded_pair_with_items("7.0.13").await;
+    a_shard_key_change_stops_the_run(
+        &t,
+        doc! {"reshardCollection": "app.items", "key": {"region": 1}},
+        "reshardCollection",
+    )
+    .await;
+}

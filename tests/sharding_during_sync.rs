@@ -320,3 +320,36 @@ async fn a_resharded_collection_during_sync_stops_the_run() {
     )
     .await;
 }
+
+/// With `create_supporting_indexes = false`, a collection created again during sync is
+/// sharded on the source's own index on the key (created with it), and the destination
+/// ends with exactly the source's indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_created_during_sync_is_sharded_on_the_source_index() {
+    let t = Topologies::start(0, 2).await;
+    let created = t.src.database("app").collection::<Document>("created");
+    let region_index = || IndexModel::builder().keys(doc! {"region": 1}).build();
+    created
+        .create_index(region_index())
+        .await
+        .expect("the key's index on the source");
+    created.insert_many((0..30).map(row)).await.expect("seed");
+    let m = start(t.config(
+        "[sharding]\ncreate_supporting_indexes = false\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"created\"\nkey = [{region = 1}]\n",
+    ))
+    .await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    created.drop().await.expect("drop");
+    created
+        .create_index(region_index())
+        .await
+        .expect("the collection created again by its index");
+    created
+        .insert_many((100..150).map(row))
+        .await
+        .expect("documents in the new collection");
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    assert_sharded_on(&t.dst, "app.created", doc! {"region": 1}).await;
+    assert_eq!(assert_same(&t.src, &t.dst).await, 50);
+}

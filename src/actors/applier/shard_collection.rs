@@ -67,6 +67,12 @@ pub async fn shard_new_collection(
     {
         return Ok(());
     }
+    let on_source = engine.source.collection_specs(db).await?;
+    if !on_source.iter().any(|s| s.get_str("name") == Ok(coll)) {
+        // Gone from the source again (a replayed create, or one dropped right after):
+        // its drop or rename event follows, so there is nothing to shard.
+        return Ok(());
+    }
     let key = entry.key.to_document();
     let source_indexes = engine.source.index_specs(db, coll).await?;
     let unique = !entry.key.is_hashed() && destination::has_unique_index_on(&source_indexes, &key);

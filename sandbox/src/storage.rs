@@ -36,6 +36,12 @@ pub enum EventKind {
     /// A collection became sharded: a no-op entry on its primary shard, reported as an
     /// expanded event.
     ShardCollection,
+    /// A sharded collection's key was extended (`refineCollectionShardKey`, 6.1+): a
+    /// no-op entry on its primary shard, reported as an expanded event.
+    RefineCollectionShardKey,
+    /// A sharded collection was resharded on a new key (`reshardCollection`, 6.0.14+):
+    /// a no-op entry on its primary shard, reported as an expanded event.
+    ReshardCollection,
 }
 
 impl EventKind {
@@ -54,6 +60,8 @@ impl EventKind {
             EventKind::DropDatabase => "dropDatabase",
             EventKind::Noop => "noop",
             EventKind::ShardCollection => "shardCollection",
+            EventKind::RefineCollectionShardKey => "refineCollectionShardKey",
+            EventKind::ReshardCollection => "reshardCollection",
         }
     }
     /// Events only shown with `showExpandedEvents`.
@@ -65,6 +73,8 @@ impl EventKind {
                 | EventKind::DropIndexes
                 | EventKind::Modify
                 | EventKind::ShardCollection
+                | EventKind::RefineCollectionShardKey
+                | EventKind::ReshardCollection
         )
     }
 }
@@ -168,7 +178,10 @@ impl OplogEntry {
             EventKind::Insert => "i",
             EventKind::Update | EventKind::Replace => "u",
             EventKind::Delete => "d",
-            EventKind::Noop | EventKind::ShardCollection => "n",
+            EventKind::Noop
+            | EventKind::ShardCollection
+            | EventKind::RefineCollectionShardKey
+            | EventKind::ReshardCollection => "n",
             _ => "c",
         };
         let ns = match self.kind {
@@ -176,7 +189,9 @@ impl OplogEntry {
                 format!("{}.{}", self.db, self.coll)
             }
             EventKind::Noop => String::new(),
-            EventKind::ShardCollection => format!("{}.{}", self.db, self.coll),
+            EventKind::ShardCollection
+            | EventKind::RefineCollectionShardKey
+            | EventKind::ReshardCollection => format!("{}.{}", self.db, self.coll),
             _ => format!("{}.$cmd", self.db),
         };
         let mut d = doc! { "op": op, "ns": ns };
@@ -1027,6 +1042,29 @@ impl Storage {
             self.append(change);
         }
         Ok(())
+    }
+
+    /// Logs the no-op of a shard key change of `db.coll` (`kind` is
+    /// [`EventKind::RefineCollectionShardKey`] or [`EventKind::ReshardCollection`]), as
+    /// the collection's primary shard does: `o2` names the command, and
+    /// `description` is the event's `operationDescription`.
+    pub fn announce_shard_key_change(
+        &mut self,
+        kind: EventKind,
+        db: &str,
+        coll: &str,
+        uuid: Binary,
+        description: Document,
+    ) -> Timestamp {
+        let ns = format!("{db}.{coll}");
+        let command = kind.operation_type();
+        let mut change = Change::new(kind, db, coll, doc! {"msg": {command: &ns}});
+        change.uuid = Some(uuid);
+        let mut o2 = doc! {command: &ns};
+        o2.extend(description.clone());
+        change.o2 = Some(o2);
+        change.operation_description = Some(description);
+        self.append(change)
     }
 
     pub fn collection(&self, db: &str, coll: &str) -> Option<&Collection> {

@@ -189,6 +189,26 @@ pub async fn shard_collection(
     Ok(())
 }
 
+/// A time that the router's cluster-wide change stream reaches at once, after every
+/// change made before this call: a no-op through the router (one on every shard; its
+/// `operationTime` is the latest of them), then a second one, which every shard logs
+/// after that time (the router's cluster time reaches each shard with the command and
+/// orders the shard's next entry after it).
+///
+/// A router's stream passes a time only once every shard has logged something after
+/// it, and an idle shard logs nothing until its periodic no-op (10 s on a real server):
+/// a wait for the stream to reach a time read any other way waits for that.
+pub async fn stream_time(
+    cluster: &Cluster,
+    purpose: &str,
+) -> Result<bson::Timestamp, ClusterError> {
+    let time = cluster.append_noop(purpose).await?;
+    cluster
+        .append_noop(&format!("{purpose}: every shard past it"))
+        .await?;
+    Ok(time)
+}
+
 /// Splits the chunk holding `middle` (a full shard key) at `middle`.
 pub async fn split_at(cluster: &Cluster, ns: &str, middle: &Document) -> Result<(), ClusterError> {
     cluster

@@ -29,7 +29,7 @@ use super::shard_key::{compare_keys, in_range, ShardKey};
 use super::{Router, Shard};
 
 /// Where a shard records the ranges it still has to clean up, as the real shard does.
-const RANGE_DELETIONS: &str = "rangeDeletions";
+pub const RANGE_DELETIONS: &str = "rangeDeletions";
 
 /// The sharded collection `ns` as the catalog has it, or 118 NamespaceNotSharded.
 pub fn sharded_collection(router: &Router, ns: &str) -> CmdResult<CollectionEntry> {

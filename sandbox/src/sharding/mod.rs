@@ -36,6 +36,8 @@
 //! - [`distribution`]: `$shardedDataDistribution` (owned and orphaned documents).
 //! - [`index_stats`]: `$indexStats` per shard holding the collection.
 //! - [`stream_command`]: `aggregate` with `$changeStream` and `getMore` on the router.
+//! - [`reshard`]: `refineCollectionShardKey` and `reshardCollection` (catalog, data and
+//!   their change events).
 //! - [`stream`]: the router's change stream, merging the shards' streams in cluster-time
 //!   order, held back by a shard that has not reported past an event.
 //!
@@ -78,6 +80,7 @@ pub mod index_stats;
 pub mod membership;
 pub mod merge;
 pub mod migration;
+pub mod reshard;
 pub mod router;
 pub mod routing;
 pub mod shard_key;

@@ -18,8 +18,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, ddl, distribution, index_stats, merge, routing, sharding_admin,
-    stream_command, Router, Shard,
+    catalog, cluster_admin, ddl, distribution, index_stats, merge, reshard, routing,
+    sharding_admin, stream_command, Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -94,6 +94,9 @@ fn lookup(name: &str) -> Option<(&'static CommandSpec, Option<Action>)> {
     }
     if let Some((_, action)) = ROUTER_COMMANDS.iter().find(|(n, _)| *n == name) {
         return Some((&ROUTER_ONLY, Some(*action)));
+    }
+    if let Some(action) = reshard::action(name) {
+        return Some((&ROUTER_ONLY, Some(action)));
     }
     if REPLICA_SET_ONLY.contains(&name) {
         return None;
@@ -172,6 +175,7 @@ async fn route(
         n if ON_ROUTER.contains(&n) => local(server, conn, &db, &cmd, &name, spec.handler),
         "serverStatus" => local(server, conn, &db, &cmd, &name, server_status),
         n if cluster_admin::action(n).is_some() => cluster_admin::run(router, &db, &cmd, n).await,
+        n if reshard::action(n).is_some() => reshard::run(router, &db, &cmd, n).await,
         "aggregate" if stream_command::is_change_stream(&cmd) => {
             let side = stream_command::RouterSide {
                 shards: router.shard_list().into_iter().map(|s| s.server).collect(),
@@ -230,6 +234,29 @@ async fn route(
                     codes::ILLEGAL_OPERATION,
                     format!("cannot rename sharded collection {source} through the sandbox router"),
                 ));
+            }
+            // A sharded target (5.0+ allows it with dropTarget) is dropped on every shard
+            // holding it and in the catalog first, as `drop` through the router does.
+            let target = cmd.get_str("to").unwrap_or_default().to_string();
+            if catalog::collection(&router.config.storage.lock(), &target).is_some() {
+                if !cmd.get_bool("dropTarget").unwrap_or(false) {
+                    return Err(CommandError::new(
+                        codes::NAMESPACE_EXISTS,
+                        format!("target namespace exists: {target} (pass dropTarget: true to replace it)"),
+                    ));
+                }
+                let (target_db, target_coll) = crate::storage::split_ns(&target);
+                let dropped = ddl::run(
+                    router,
+                    conn,
+                    target_db,
+                    doc! {"drop": target_coll, "$db": target_db},
+                    "drop",
+                )
+                .await?;
+                if error_code(&dropped).is_some() {
+                    return Ok(dropped);
+                }
             }
             match home_shard(router, source_db, false)? {
                 Some(shard) => Ok(forward::to_shard(router, &shard, conn, cmd).await),

@@ -1025,6 +1025,7 @@ async fn replace_from_source(
         dest.run(db, doc! {"createIndexes": coll, "indexes": indexes})
             .await?;
     }
+    shard_collection::shard_new_collection(engine, db, coll).await?;
     let read_error = |e: ClusterError| e.during(format!("read {db}.{coll} again"));
     let mut cursor = documents::read_all(source, db, coll, ReadSize::default())
         .await
@@ -1120,7 +1121,11 @@ async fn replay_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Apply
                     cmd.insert(k.clone(), v.clone());
                 }
             }
-            ignore(&[Refusal::NamespaceExists])(dest.run(&db, cmd).await)
+            ignore(&[Refusal::NamespaceExists])(dest.run(&db, cmd).await)?;
+            if desc.contains_key("viewOn") {
+                return Ok(());
+            }
+            shard_collection::shard_new_collection(engine, &db, &coll).await
         }
         "drop" => ignore(&[Refusal::NamespaceMissing])(dest.run(&db, doc! {"drop": &coll}).await),
         "dropDatabase" => {
@@ -1156,7 +1161,13 @@ async fn replay_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Apply
             }
             ignore(&[Refusal::NamespaceMissing])(
                 dest.run("admin", doc! {"renameCollection": format!("{db}.{coll}"), "to": target, "dropTarget": true}).await,
+            )?;
+            shard_collection::shard_new_collection(
+                engine,
+                to.get_str("db").unwrap_or_default(),
+                to.get_str("coll").unwrap_or_default(),
             )
+            .await
         }
         "createIndexes" => {
             let indexes: Vec<Bson> = desc

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::Coordinator;
 use crate::actors::{error_chain, verifier, SharedEngine};
-use crate::cluster::ClusterError;
+use crate::cluster::{sharding, ClusterError};
 use crate::report::Verification;
 
 /// Tries of the cutover handshake (write block, cutover optime) on transient errors.
@@ -82,7 +82,7 @@ impl Handler<BeginCutover> for Coordinator {
                     if block && !write_block.block(&engine, cutover).await? {
                         return Ok(None);
                     }
-                    engine.source.append_noop("ferry cutover").await.map(Some)
+                    cutover_optime(&engine).await.map(Some)
                 };
                 match step.await {
                     Ok(Some(ts)) => return Ok(ts),
@@ -155,6 +155,18 @@ impl Handler<LiftWriteBlock> for Coordinator {
                     }
                 }),
         )
+    }
+}
+
+/// The source's optime the tailer drains to: a no-op written after the write block.
+/// On a sharded source, written so that every shard logs an entry after it (see
+/// [`sharding::stream_time`]): the router's stream would otherwise reach it only at an
+/// idle shard's next periodic no-op or Ferry's idle tick, seconds of downtime.
+async fn cutover_optime(engine: &SharedEngine) -> Result<Timestamp, ClusterError> {
+    if engine.source_topology.is_sharded() {
+        sharding::stream_time(&engine.source, "ferry cutover").await
+    } else {
+        engine.source.append_noop("ferry cutover").await
     }
 }
 

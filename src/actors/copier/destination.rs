@@ -244,7 +244,7 @@ pub fn check_same(
 /// Makes sure an index supports the shard key on the destination: with `unique`, an
 /// index unique on exactly the key (the copied one is made unique, the collection being
 /// empty); otherwise any index that starts with the key, created when `create` allows.
-async fn ensure_supporting_index(
+pub async fn ensure_supporting_index(
     engine: &SharedEngine,
     db: &str,
     coll: &str,

@@ -236,11 +236,18 @@ impl Tracker {
 
     /// What the cutover must read again; `None` when it must compare everything.
     /// Waits (bounded) until the destination's changes up to now are known.
-    pub async fn plan(&self, destination: &Cluster) -> Option<CutoverPlan> {
+    pub async fn plan(&self, destination: &Cluster, sharded: bool) -> Option<CutoverPlan> {
         if !self.active.load(Ordering::Acquire) || self.inner.lock().failed.is_some() {
             return None;
         }
-        let now = match destination.cluster_time().await {
+        // Through a router, a time its stream reaches without waiting for an idle
+        // destination shard's periodic no-op (the cutover would wait that long).
+        let now = if sharded {
+            crate::cluster::sharding::stream_time(destination, "ferry cutover verification").await
+        } else {
+            destination.cluster_time().await
+        };
+        let now = match now {
             Ok(ts) => ts,
             Err(e) => {
                 tracing::warn!(error = %crate::cluster::describe_error(&e), "cannot read the destination's time; comparing every document");

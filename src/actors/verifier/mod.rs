@@ -118,7 +118,13 @@ pub async fn verify(engine: &SharedEngine, strict: bool) -> Result<Verification,
 /// its differing chunks and changed documents are read again; the rest in full.
 pub async fn verify_at_cutover(engine: &SharedEngine) -> Result<Verification, ClusterError> {
     let plan = if engine.config.cutover.baseline_verification {
-        engine.baseline.plan(&engine.destination).await
+        engine
+            .baseline
+            .plan(
+                &engine.destination,
+                engine.destination_topology.is_sharded(),
+            )
+            .await
     } else {
         None
     };

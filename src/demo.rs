@@ -17,7 +17,7 @@ use ferry_sandbox::{Sandbox, SandboxOptions, ShardedCluster, ShardedOptions};
 use mongodb::Client;
 
 use crate::control::ControlRequest;
-use crate::progress::{BaselineState, Phase};
+use crate::progress::{BaselineState, Phase, Progress};
 use crate::run::{Migration, RunOptions};
 
 /// Sizes of the seeded collections (about 115k documents in all).
@@ -329,36 +329,8 @@ pub async fn run_demo(
         println!("ferry API:           http://{addr}/api/v1/progress");
     }
     let progress = migration.progress.clone();
-    let deadline = Instant::now() + Duration::from_secs(110);
+    wait_ready_for_cutover(&progress, Duration::from_secs(110)).await?;
     let mut last_print = Instant::now();
-    loop {
-        let phase = progress.phase();
-        if phase == Phase::ReadyForCutover {
-            break;
-        }
-        if phase.is_terminal() || Instant::now() > deadline {
-            return Err(DemoError::Other(format!(
-                "migration stopped in phase {} ({:?})",
-                phase.as_str(),
-                progress.last_error.read().clone()
-            )));
-        }
-        if last_print.elapsed() > Duration::from_secs(1) {
-            last_print = Instant::now();
-            println!(
-                "  {:<18} copied {:>7}/{:<7} docs, applied {:>6} events, lag {}",
-                phase.as_str(),
-                progress.documents_copied.load(Ordering::Relaxed),
-                progress.documents_estimated.load(Ordering::Relaxed),
-                progress.events_applied.load(Ordering::Relaxed),
-                progress
-                    .lag_seconds()
-                    .map(|l| format!("{l:.0} s"))
-                    .unwrap_or_else(|| "-".into()),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Applications keep writing while Ferry compares both sides in the background (the
     // baseline verification); once it is done, the cutover only re-reads what changed.
     println!("in sync; comparing both sides in the background while the workload goes on");
@@ -403,6 +375,9 @@ pub async fn run_demo(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
+    // The workload's last writes may have put the run back to syncing (lag above the
+    // threshold): the cutover is asked for only once it is ready again.
+    wait_ready_for_cutover(&progress, Duration::from_secs(60)).await?;
     println!(
         "ready for cutover; application writes stopped after {} workload rounds",
         ops.load(Ordering::Relaxed)
@@ -480,5 +455,40 @@ pub fn demo_command(shape: DemoArgs) -> ExitCode {
             eprintln!("demo failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Waits until the run is ready for cutover, printing its progress each second; fails when
+/// the run ended or `within` passed.
+async fn wait_ready_for_cutover(progress: &Progress, within: Duration) -> Result<(), DemoError> {
+    let deadline = Instant::now() + within;
+    let mut last_print = Instant::now();
+    loop {
+        let phase = progress.phase();
+        if phase == Phase::ReadyForCutover {
+            return Ok(());
+        }
+        if phase.is_terminal() || Instant::now() > deadline {
+            return Err(DemoError::Other(format!(
+                "migration stopped in phase {} ({:?})",
+                phase.as_str(),
+                progress.last_error.read().clone()
+            )));
+        }
+        if last_print.elapsed() > Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!(
+                "  {:<18} copied {:>7}/{:<7} docs, applied {:>6} events, lag {}",
+                phase.as_str(),
+                progress.documents_copied.load(Ordering::Relaxed),
+                progress.documents_estimated.load(Ordering::Relaxed),
+                progress.events_applied.load(Ordering::Relaxed),
+                progress
+                    .lag_seconds()
+                    .map(|l| format!("{l:.0} s"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -893,7 +893,9 @@ impl Supervisor {
         let engine = self.engine.clone();
         let attempt = self.cutover_attempt;
         ctx.spawn(
-            async move { engine.source.append_noop("ferry completion").await }
+            async move {
+                super::coordinator::cutover::source_drain_point(&engine, "ferry completion").await
+            }
                 .into_actor(self)
                 .map(move |marked, act, ctx| {
                     if attempt != act.cutover_attempt || act.phase() != Phase::CuttingOver {

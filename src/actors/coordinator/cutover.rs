@@ -82,7 +82,7 @@ impl Handler<BeginCutover> for Coordinator {
                     if block && !write_block.block(&engine, cutover).await? {
                         return Ok(None);
                     }
-                    cutover_optime(&engine).await.map(Some)
+                    source_drain_point(&engine, "ferry cutover").await.map(Some)
                 };
                 match step.await {
                     Ok(Some(ts)) => return Ok(ts),
@@ -158,15 +158,19 @@ impl Handler<LiftWriteBlock> for Coordinator {
     }
 }
 
-/// The source's optime the tailer drains to: a no-op written after the write block.
-/// On a sharded source, written so that every shard logs an entry after it (see
-/// [`sharding::stream_time`]): the router's stream would otherwise reach it only at an
-/// idle shard's next periodic no-op or Ferry's idle tick, seconds of downtime.
-async fn cutover_optime(engine: &SharedEngine) -> Result<Timestamp, ClusterError> {
+/// A source optime for the tailer to drain to: a no-op written now (after the write
+/// block, or at completion). On a sharded source, written so that every shard logs an
+/// entry after it (see [`sharding::stream_time`]): the router's stream would otherwise
+/// reach it only at an idle shard's next periodic no-op or Ferry's idle tick, seconds of
+/// downtime.
+pub(crate) async fn source_drain_point(
+    engine: &SharedEngine,
+    label: &str,
+) -> Result<Timestamp, ClusterError> {
     if engine.source_topology.is_sharded() {
-        sharding::stream_time(&engine.source, "ferry cutover").await
+        sharding::stream_time(&engine.source, label).await
     } else {
-        engine.source.append_noop("ferry cutover").await
+        engine.source.append_noop(label).await
     }
 }
 

@@ -4,7 +4,7 @@
 //! just to be serialized and dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,8 @@ impl ReadCollection {
 pub struct CursorRegistry {
     next_id: AtomicI64,
     cursors: Mutex<HashMap<i64, Cursor>>,
+    /// getMores failed with 175 QueryPlanKilled so far (a test asserts its DDL hit a cursor).
+    plans_killed: AtomicU64,
 }
 
 impl CursorRegistry {
@@ -152,6 +154,14 @@ impl CursorRegistry {
         self.cursors
             .lock()
             .retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
+    }
+    /// Counts one getMore failed with 175 QueryPlanKilled.
+    pub fn count_plan_killed(&self) {
+        self.plans_killed.fetch_add(1, Ordering::Relaxed);
+    }
+    /// getMores failed with 175 QueryPlanKilled since the server started.
+    pub fn plans_killed(&self) -> u64 {
+        self.plans_killed.load(Ordering::Relaxed)
     }
     pub fn len(&self) -> usize {
         self.cursors.lock().len()

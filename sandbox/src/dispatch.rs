@@ -178,8 +178,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 },
                 None => None,
             };
-            let target = match cmd.get(&name) {
-                Some(Bson::String(coll)) => format!("{db}.{coll}"),
+            // The command's namespace, as failCommand's `namespace` matches it: a getMore
+            // names its collection in `collection`.
+            let target = match (cmd.get(&name), cmd.get_str("collection")) {
+                (Some(Bson::String(coll)), _) => format!("{db}.{coll}"),
+                (_, Ok(coll)) if name == "getMore" => format!("{db}.{coll}"),
                 _ => db.clone(),
             };
             let mut injected = server.faults.fail_points.check(&name, &target, &cmd);

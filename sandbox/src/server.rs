@@ -362,6 +362,11 @@ impl Sandbox {
     pub fn set_majority_lag(&self, lag: Duration) {
         self.server.set_majority_lag(lag);
     }
+    /// How many getMores failed with 175 QueryPlanKilled (their collection dropped or
+    /// renamed while the cursor was open), so a test can assert its DDL hit an open cursor.
+    pub fn query_plans_killed(&self) -> u64 {
+        self.server.cursors.plans_killed()
+    }
     /// How many commands the fail points have acted on since the server started (the
     /// `count` a `configureFailPoint` reply carries), read without reconfiguring them, so
     /// a test can wait for a `failCommand` it set (a write concern error, say) to fire.

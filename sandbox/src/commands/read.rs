@@ -683,6 +683,7 @@ pub async fn get_more(
         // The collection was dropped or renamed since the last batch: the cursor is
         // dead (taken out above, it stays out), as the server kills it.
         if let Some(e) = over.killed(&server.storage.lock()) {
+            server.cursors.count_plan_killed();
             return Err(e);
         }
     }

@@ -263,6 +263,14 @@ fn source_documents_in(
     }
 }
 
+/// The collection a query on `coll` reads, as the server's own catalog holds it: its drop
+/// or rename kills the query's cursor. A transaction's or a majority snapshot's read
+/// still dies with the live collection; a router's merged read of a sharded collection
+/// (whose documents live on the shards, not in the router's catalog) is not tracked.
+fn read_collection(ctx: &Ctx<'_>, coll: &str) -> Option<ReadCollection> {
+    ReadCollection::current(&ctx.server.storage.lock(), &ctx.db, coll)
+}
+
 pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let filter =
@@ -366,9 +374,9 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             .map(SortSpec::new)
             .transpose()?,
     };
+    let over = read_collection(ctx, &coll);
     let (mut docs, over) = {
         let storage = ctx.storage();
-        let over = ReadCollection::current(&storage, &ctx.db, &coll);
         let docs = if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
             // Natural order over the oplog: read entries in that order and stop once
             // skip + limit have matched, as a capped collection's scan does.
@@ -479,9 +487,9 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         )
     })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
+    let over = read_collection(ctx, &coll);
     let (input, stages, over) = {
         let storage = ctx.storage();
-        let over = ReadCollection::current(&storage, &ctx.db, &coll);
         let (input, stages) = match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
             Some(sampled) => (sampled, &pipeline[1..]),
             None => (

@@ -139,3 +139,39 @@ async fn drop_under_an_open_copy_cursor_converges() {
     .await;
     assert_eq!(collections(&pair.dst).await, ["big", "kept"]);
 }
+
+/// Pins: a collection renamed while the copy plan samples it. The plan reads a sample of
+/// `_id`s through a cursor (more than a first batch when a collection is split into many
+/// ranges); the source kills it (175 QueryPlanKilled) and the run failed for good, as if
+/// the error could never pass. Planning again finds the collection under its new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_under_the_plans_sample_cursor_converges() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "big").await;
+    let entered = pair.source.fail_points_entered();
+    // The first getMore on app.big is the plan's: 8 ranges of 1000 documents in batches
+    // of 100 sample 160 `_id`s, more than the first batch's 101.
+    hold_next(&pair.src, "getMore", "app.big").await;
+    let killed_before = pair.source.query_plans_killed();
+    let m = start(pair.config(&format!(
+        "[copy]\nbatch_max_documents = {BATCH}\nparallel_ranges_per_collection = 8\n"
+    )))
+    .await;
+    poll("the plan's sample getMore to be held", || {
+        pair.source.fail_points_entered() > entered
+    })
+    .await;
+    pair.src
+        .database("admin")
+        .run_command(doc! {"renameCollection": "app.big", "to": "app.big_renamed"})
+        .await
+        .expect("rename");
+    poll("the source to kill the plan's cursor", || {
+        pair.source.query_plans_killed() > killed_before
+    })
+    .await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    cutover_and_complete(m).await;
+    assert_eq!(assert_same(&pair.src, &pair.dst).await, DOCS as usize);
+    assert_eq!(collections(&pair.dst).await, ["big_renamed"]);
+}

@@ -539,9 +539,26 @@ async fn write_concern_timeouts_on_the_destination_are_retried() {
     let m = start(pair.config("")).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     let retries_before = retries(&m.progress);
-    pair.destination.fail_write_concern(5);
+    let entered_before = pair.destination.fail_points_entered();
+    pair.dst
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 5},
+            "data": {
+                "failCommands": ["insert", "update", "delete"],
+                "writeConcernError": {
+                    "code": 64,
+                    "codeName": "WriteConcernFailed",
+                    "errmsg": "waiting for replication timed out",
+                    "errInfo": {"wtimeout": true},
+                },
+            },
+        })
+        .await
+        .expect("fail point");
     poll("the injected write concern failures to fire", || {
-        pair.destination.write_concern_failures_left() == 0
+        pair.destination.fail_points_entered() >= entered_before + 5
     })
     .await;
     poll("Ferry to retry the batches the failures hit", || {

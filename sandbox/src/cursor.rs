@@ -1,25 +1,30 @@
-//! Open cursors keyed by their Int64 id, reaped after an idle timeout; and the `cursor`
-//! field of a reply, whose batch is encoded as it is taken so no copy of a stored or
-//! oplog document is ever built just to be serialized and dropped.
+//! Open cursors keyed by their Int64 id, reaped after an idle timeout, killed with their
+//! session or with the collection they read; and the `cursor` field of a reply, whose
+//! batch is encoded as it is taken so no copy of a stored or oplog document is ever built
+//! just to be serialized and dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::spec::ElementType;
-use bson::Document;
+use bson::{Binary, Document};
 use parking_lot::Mutex;
 
 use crate::changestream::ChangeStream;
 use crate::encode::{self, EncodeError};
+use crate::error::{codes, CommandError};
+use crate::storage::Storage;
 
 /// How long an unused cursor lives (the server's default is 10 minutes).
 pub const CURSOR_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub enum CursorState {
-    /// Remaining documents of a query (shared with the collection until sent).
-    Documents(VecDeque<Arc<Document>>),
+    /// Remaining documents of a query (shared with the collection until sent), and the
+    /// collection the query read, if it read one (not a view, the oplog or a command's
+    /// listing).
+    Documents(VecDeque<Arc<Document>>, Option<ReadCollection>),
     ChangeStream(Box<ChangeStream>),
     /// A router's change stream over its shards.
     RouterChangeStream(Box<crate::sharding::stream::RouterStream>),
@@ -32,12 +37,88 @@ pub struct Cursor {
     pub last_used: Instant,
     /// Connection-independent owner: the authenticated user names, if any.
     pub owner: Vec<String>,
+    /// The `lsid.id` of the session the cursor was opened in: killing the session kills
+    /// the cursor.
+    pub session: Option<Binary>,
+}
+
+/// The session a command runs in: its `lsid.id`.
+pub fn session_of(cmd: &Document) -> Option<Binary> {
+    match cmd.get_document("lsid").ok()?.get("id")? {
+        bson::Bson::Binary(id) => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// The collection a query cursor reads, as it was when the cursor opened. A real server
+/// kills such a cursor when the collection is dropped (alone or with its database) or
+/// renamed, and the next getMore fails with 175 QueryPlanKilled; the sandbox finds out at
+/// that getMore: the name no longer holds the collection with this UUID.
+///
+/// Not seen: a collection renamed away and back before the getMore (same name, same UUID),
+/// which a real server would have killed too.
+#[derive(Clone, Debug)]
+pub struct ReadCollection {
+    pub db: String,
+    pub coll: String,
+    pub uuid: Binary,
+}
+
+impl ReadCollection {
+    /// The collection `db.coll` now holds, unless it is a view or does not exist.
+    pub fn current(storage: &Storage, db: &str, coll: &str) -> Option<ReadCollection> {
+        let c = storage.collection(db, coll).filter(|c| !c.is_view())?;
+        Some(ReadCollection {
+            db: db.to_string(),
+            coll: coll.to_string(),
+            uuid: c.uuid.clone(),
+        })
+    }
+
+    /// The error a getMore on a cursor over this collection fails with when the
+    /// collection is no longer there under its name (dropped, renamed, or dropped and
+    /// created again); `None` while it is.
+    pub fn killed(&self, storage: &Storage) -> Option<CommandError> {
+        if storage
+            .collection(&self.db, &self.coll)
+            .is_some_and(|c| c.uuid == self.uuid && !c.is_view())
+        {
+            return None;
+        }
+        let renamed_to = storage.dbs.iter().find_map(|(db, d)| {
+            d.collections
+                .iter()
+                .find(|(_, c)| c.uuid == self.uuid && !c.is_view())
+                .map(|(name, _)| format!("{db}.{name}"))
+        });
+        let what = match renamed_to {
+            Some(to) => format!(
+                "collection renamed from '{}.{}' to '{to}'",
+                self.db, self.coll
+            ),
+            None if !storage.dbs.contains_key(&self.db) => {
+                format!(
+                    "collection '{}.{}' dropped (or its database)",
+                    self.db, self.coll
+                )
+            }
+            None => format!("collection '{}.{}' dropped", self.db, self.coll),
+        };
+        Some(CommandError::new(
+            codes::QUERY_PLAN_KILLED,
+            format!(
+                "Executor error during getMore :: caused by :: {what} while the cursor was open; run the query again"
+            ),
+        ))
+    }
 }
 
 #[derive(Default)]
 pub struct CursorRegistry {
     next_id: AtomicI64,
     cursors: Mutex<HashMap<i64, Cursor>>,
+    /// getMores failed with 175 QueryPlanKilled so far (a test asserts its DDL hit a cursor).
+    plans_killed: AtomicU64,
 }
 
 impl CursorRegistry {
@@ -57,10 +138,30 @@ impl CursorRegistry {
     pub fn kill(&self, id: i64) -> bool {
         self.cursors.lock().remove(&id).is_some()
     }
+    /// Kills the cursors opened in the given sessions (every session's when `sessions`
+    /// is `None`), as killSessions does; returns how many.
+    pub fn kill_sessions(&self, sessions: Option<&[Binary]>) -> usize {
+        let mut cursors = self.cursors.lock();
+        let before = cursors.len();
+        cursors.retain(|_, c| match (&c.session, sessions) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(id), Some(killed)) => !killed.contains(id),
+        });
+        before - cursors.len()
+    }
     pub fn reap_idle(&self) {
         self.cursors
             .lock()
             .retain(|_, c| c.last_used.elapsed() < CURSOR_IDLE_TIMEOUT);
+    }
+    /// Counts one getMore failed with 175 QueryPlanKilled.
+    pub fn count_plan_killed(&self) {
+        self.plans_killed.fetch_add(1, Ordering::Relaxed);
+    }
+    /// getMores failed with 175 QueryPlanKilled since the server started.
+    pub fn plans_killed(&self) -> u64 {
+        self.plans_killed.load(Ordering::Relaxed)
     }
     pub fn len(&self) -> usize {
         self.cursors.lock().len()

@@ -178,8 +178,11 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 },
                 None => None,
             };
-            let target = match cmd.get(&name) {
-                Some(Bson::String(coll)) => format!("{db}.{coll}"),
+            // The command's namespace, as failCommand's `namespace` matches it: a getMore
+            // names its collection in `collection`.
+            let target = match (cmd.get(&name), cmd.get_str("collection")) {
+                (Some(Bson::String(coll)), _) => format!("{db}.{coll}"),
+                (_, Ok(coll)) if name == "getMore" => format!("{db}.{coll}"),
                 _ => db.clone(),
             };
             let mut injected = server.faults.fail_points.check(&name, &target, &cmd);
@@ -249,9 +252,6 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     }
     let mut result = result.map_err(|e| label(e, &cmd, &name, spec));
     if let Ok(reply) = &mut result {
-        if matches!(name.as_str(), "insert" | "update" | "delete") {
-            inject_write_concern_failure(server, &mut reply.fields);
-        }
         if spec.effect == Effect::Write && !reply.fields.contains_key("writeConcernError") {
             if let Some(wce) = commands::write_concern::unsatisfiable(&cmd) {
                 reply.fields.insert("writeConcernError", wce);
@@ -445,26 +445,6 @@ async fn run_in_transaction(
         cursor: None,
         fields,
     })
-}
-
-/// The `fail_write_concern` fault: the write is applied, and the reply says that it was
-/// not replicated in time, as a real primary's does after `wtimeout`.
-fn inject_write_concern_failure(server: &Arc<Server>, fields: &mut Document) {
-    let left = &server.faults.write_concern_failures;
-    if left
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        fields.insert(
-            "writeConcernError",
-            doc! {
-                "code": 64,
-                "codeName": "WriteConcernFailed",
-                "errmsg": "waiting for replication timed out",
-                "errInfo": {"wtimeout": true, "writeConcern": {"w": "majority", "wtimeout": 0, "provenance": "clientSupplied"}},
-            },
-        );
-    }
 }
 
 /// Checks done before any handler: authentication, privileges, primary state, write blocking.

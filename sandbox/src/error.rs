@@ -31,6 +31,7 @@ pub mod codes {
     pub const SHUTDOWN_IN_PROGRESS: i32 = 91;
     pub const CONFLICTING_OPERATION_IN_PROGRESS: i32 = 117;
     pub const COMMAND_NOT_SUPPORTED_ON_VIEW: i32 = 166;
+    pub const QUERY_PLAN_KILLED: i32 = 175;
     pub const PRIMARY_STEPPED_DOWN: i32 = 189;
     pub const INVALID_RESUME_TOKEN: i32 = 260;
     pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
@@ -109,6 +110,7 @@ pub mod codes {
             121 => "DocumentValidationFailure",
             136 => "CappedPositionLost",
             166 => "CommandNotSupportedOnView",
+            175 => "QueryPlanKilled",
             189 => "PrimarySteppedDown",
             260 => "InvalidResumeToken",
             280 => "ChangeStreamFatalError",

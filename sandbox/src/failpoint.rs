@@ -167,8 +167,12 @@ impl FailPoints {
     }
 
     fn count(&self) -> Document {
-        let n = self.entered.load(Ordering::SeqCst);
-        bson::doc! {"count": n as i64}
+        bson::doc! {"count": self.entered() as i64}
+    }
+
+    /// How many commands the fail points have acted on since the server started.
+    pub fn entered(&self) -> u64 {
+        self.entered.load(Ordering::SeqCst)
     }
 
     /// Whether a fail point takes this command (on namespace `ns`), and how it fails it.

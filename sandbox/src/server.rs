@@ -102,10 +102,6 @@ pub struct Faults {
     pub fail_points: crate::failpoint::FailPoints,
     /// The majority lag fault in milliseconds (0: none); read without the storage lock.
     pub majority_lag_ms: AtomicU64,
-    /// This many more insert/update/delete commands are applied but answered with a
-    /// `writeConcernError` 64 WriteConcernFailed, as a primary whose secondaries did not
-    /// acknowledge in time (`wtimeout`) answers.
-    pub write_concern_failures: AtomicU64,
 }
 
 /// State shared by every connection of one server.
@@ -197,17 +193,6 @@ impl Server {
     /// Drops oplog history, keeping only the newest `keep_last` entries.
     pub fn truncate_oplog(&self, keep_last: usize) {
         self.storage.lock().oplog.truncate(keep_last);
-    }
-    /// The next `count` insert/update/delete commands apply their writes but report a
-    /// write concern timeout (see [`Faults::write_concern_failures`]).
-    pub fn fail_write_concern(&self, count: u64) {
-        self.faults
-            .write_concern_failures
-            .store(count, Ordering::SeqCst);
-    }
-    /// How many injected write concern failures are still to come.
-    pub fn write_concern_failures_left(&self) -> u64 {
-        self.faults.write_concern_failures.load(Ordering::SeqCst)
     }
 }
 
@@ -377,11 +362,16 @@ impl Sandbox {
     pub fn set_majority_lag(&self, lag: Duration) {
         self.server.set_majority_lag(lag);
     }
-    pub fn fail_write_concern(&self, count: u64) {
-        self.server.fail_write_concern(count);
+    /// How many getMores failed with 175 QueryPlanKilled (their collection dropped or
+    /// renamed while the cursor was open), so a test can assert its DDL hit an open cursor.
+    pub fn query_plans_killed(&self) -> u64 {
+        self.server.cursors.plans_killed()
     }
-    pub fn write_concern_failures_left(&self) -> u64 {
-        self.server.write_concern_failures_left()
+    /// How many commands the fail points have acted on since the server started (the
+    /// `count` a `configureFailPoint` reply carries), read without reconfiguring them, so
+    /// a test can wait for a `failCommand` it set (a write concern error, say) to fire.
+    pub fn fail_points_entered(&self) -> u64 {
+        self.server.faults.fail_points.entered()
     }
     /// Blocks until the server stops (it never does on its own; used by the CLI).
     pub fn wait(mut self) {

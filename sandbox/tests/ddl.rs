@@ -386,3 +386,48 @@ async fn list_databases_reports_sizes() {
     .unwrap();
     assert_eq!(filtered.get_array("databases").unwrap().len(), 1);
 }
+
+/// Pins: renameCollection renamed views, which a real server refuses with 166
+/// CommandNotSupportedOnView; the view stays where it was.
+#[tokio::test]
+async fn rename_collection_refuses_views() {
+    let sb = start();
+    let client = client(&sb).await;
+    run(
+        &client,
+        "t",
+        doc! {"insert": "base", "documents": [{"_id": 1}]},
+    )
+    .await
+    .unwrap();
+    run(
+        &client,
+        "t",
+        doc! {"create": "v", "viewOn": "base", "pipeline": []},
+    )
+    .await
+    .unwrap();
+    let err = expect_code(
+        run(
+            &client,
+            "admin",
+            doc! {"renameCollection": "t.v", "to": "t.v2"},
+        )
+        .await,
+        166,
+    )
+    .await;
+    match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => {
+            assert_eq!(c.code_name, "CommandNotSupportedOnView")
+        }
+        other => panic!("not a command error: {other:?}"),
+    }
+    let names: Vec<String> = list_collections(&client, "t")
+        .await
+        .iter()
+        .map(|c| c.get_str("name").unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"v".to_string()), "{names:?}");
+    assert!(!names.contains(&"v2".to_string()), "{names:?}");
+}

@@ -131,3 +131,41 @@ async fn close_connection_cuts_the_command_and_block_connection_delays_it() {
     .await;
     assert_eq!(after, before + 1, "the insert was held by the fail point");
 }
+
+/// Pins: `failCommand` with a `namespace` never matched a getMore (its namespace was
+/// taken as the database alone; a getMore names its collection in `collection`), so a
+/// test could not hold one collection's cursor without holding every other.
+#[tokio::test]
+async fn fail_command_namespace_matches_a_get_more_by_its_collection() {
+    let sb = start();
+    let client = client(&sb).await;
+    for coll in ["a", "b"] {
+        let docs: Vec<Document> = (0..20).map(|i| doc! {"_id": i}).collect();
+        run(&client, "t", doc! {"insert": coll, "documents": docs})
+            .await
+            .unwrap();
+    }
+    let open = |coll: &'static str| {
+        let client = client.clone();
+        async move {
+            let reply = run(&client, "t", doc! {"find": coll, "batchSize": 5})
+                .await
+                .unwrap();
+            reply.get_document("cursor").unwrap().get_i64("id").unwrap()
+        }
+    };
+    let (on_a, on_b) = (open("a").await, open("b").await);
+    fail_point(
+        &client,
+        doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": {"failCommands": ["getMore"], "namespace": "t.b", "errorCode": 96}},
+    )
+    .await;
+    run(&client, "t", doc! {"getMore": on_a, "collection": "a"})
+        .await
+        .expect("another collection's getMore is not taken");
+    expect_code(
+        run(&client, "t", doc! {"getMore": on_b, "collection": "b"}).await,
+        96,
+    )
+    .await;
+}

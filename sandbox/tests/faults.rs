@@ -376,14 +376,34 @@ async fn stepped_down_member_answers_each_command_class_as_a_secondary() {
     assert_eq!(batch.len(), 1);
 }
 
-/// The `fail_write_concern` fault: the write is applied, and the reply (ok: 1) carries a
-/// `writeConcernError` 64 WriteConcernFailed, as a primary whose majority did not
-/// acknowledge within `wtimeout` answers; the fault fires the given number of times.
+/// A `failCommand` write concern timeout: the write is applied, and the reply (ok: 1)
+/// carries the `writeConcernError` (64 WriteConcernFailed, as a primary whose majority did
+/// not acknowledge within `wtimeout` answers); it fires the given number of times, and
+/// the sandbox handle counts it.
 #[tokio::test]
 async fn write_concern_failure_applies_the_write_and_reports_it() {
     let sb = start();
     let client = client(&sb).await;
-    sb.fail_write_concern(1);
+    let entered_before = sb.fail_points_entered();
+    run(
+        &client,
+        "admin",
+        doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {
+                "failCommands": ["insert", "update", "delete"],
+                "writeConcernError": {
+                    "code": 64,
+                    "codeName": "WriteConcernFailed",
+                    "errmsg": "waiting for replication timed out",
+                    "errInfo": {"wtimeout": true},
+                },
+            },
+        },
+    )
+    .await
+    .unwrap();
     let reply = run(
         &client,
         "t",
@@ -395,7 +415,7 @@ async fn write_concern_failure_applies_the_write_and_reports_it() {
     let wce = reply.get_document("writeConcernError").unwrap();
     assert_eq!(wce.get_i32("code").unwrap(), 64);
     assert_eq!(wce.get_str("codeName").unwrap(), "WriteConcernFailed");
-    assert_eq!(sb.write_concern_failures_left(), 0);
+    assert_eq!(sb.fail_points_entered(), entered_before + 1);
     let coll = client.database("t").collection::<Document>("c");
     assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 1);
     coll.insert_one(doc! {"_id": 2})

@@ -37,7 +37,25 @@ pub fn end_sessions(_ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     Ok(doc! {})
 }
 
-pub fn kill_sessions(_ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+/// `killSessions: [{id}, ...]` kills the cursors opened in those sessions (an empty list:
+/// in every session), so their next getMore fails with 43 CursorNotFound.
+pub fn kill_sessions(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
+    let sessions = ctx.cmd.get_array("killSessions").map_err(|_| {
+        CommandError::type_mismatch("'killSessions' must be an array of {id: UUID}")
+    })?;
+    let ids: Vec<bson::Binary> = sessions
+        .iter()
+        .filter_map(|s| match s.as_document()?.get("id")? {
+            Bson::Binary(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let killed = if sessions.is_empty() {
+        None
+    } else {
+        Some(&ids[..])
+    };
+    ctx.server.cursors.kill_sessions(killed);
     Ok(doc! {})
 }
 

@@ -154,11 +154,18 @@ pub fn rename_collection(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         ));
     }
     let drop_target = ctx.cmd.get_bool("dropTarget").unwrap_or(false);
-    ctx.server.storage.lock().rename_collection(
-        (from_db, from_coll),
-        (to_db, to_coll),
-        drop_target,
-    )?;
+    let mut storage = ctx.server.storage.lock();
+    if storage
+        .collection(from_db, from_coll)
+        .is_some_and(|c| c.is_view())
+    {
+        // Views cannot be renamed (a real server answers 166 CommandNotSupportedOnView).
+        return Err(CommandError::new(
+            codes::COMMAND_NOT_SUPPORTED_ON_VIEW,
+            format!("cannot rename view {from}: drop it and create it again under the new name"),
+        ));
+    }
+    storage.rename_collection((from_db, from_coll), (to_db, to_coll), drop_target)?;
     Ok(doc! {})
 }
 

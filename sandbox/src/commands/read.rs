@@ -11,7 +11,7 @@ use crate::auth::roles::Action;
 use crate::changestream::{ChangeStream, Scope};
 use crate::commands::ddl::as_usize;
 use crate::commands::index_scan::{index_paths, IdBounds, IndexBounds};
-use crate::cursor::{Cursor, CursorReply, CursorState, EncodedBatch};
+use crate::cursor::{session_of, Cursor, CursorReply, CursorState, EncodedBatch, ReadCollection};
 use crate::dispatch::{unauthorized, Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
@@ -71,36 +71,40 @@ pub fn cursor_reply(
     docs: Vec<Document>,
     batch_size: Option<usize>,
 ) -> Document {
-    cursor_reply_shared(
-        ctx,
-        ns,
-        docs.into_iter().map(Arc::new).collect(),
-        batch_size,
-    )
+    cursor_reply_over(ctx, ns, docs, batch_size, None)
 }
 
 /// Documents left after a first batch: a cursor holds them, or 0 when none are left.
-fn open_documents_cursor(ctx: &Ctx<'_>, ns: &str, docs: VecDeque<Arc<Document>>) -> i64 {
+/// `over` is the collection they were read from, whose drop or rename kills the cursor.
+fn open_documents_cursor(
+    ctx: &Ctx<'_>,
+    ns: &str,
+    docs: VecDeque<Arc<Document>>,
+    over: Option<ReadCollection>,
+) -> i64 {
     if docs.is_empty() {
         return 0;
     }
     ctx.server.cursors.open(Cursor {
         ns: ns.to_string(),
-        state: CursorState::Documents(docs),
+        state: CursorState::Documents(docs, over),
         last_used: Instant::now(),
         owner: owner(ctx.conn),
+        session: session_of(ctx.cmd),
     })
 }
 
-/// [`cursor_reply`] as a document.
-fn cursor_reply_shared(
+/// [`cursor_reply`] for documents read from collection `over`: the cursor dies with it.
+fn cursor_reply_over(
     ctx: &Ctx<'_>,
     ns: String,
-    mut docs: VecDeque<Arc<Document>>,
+    docs: Vec<Document>,
     batch_size: Option<usize>,
+    over: Option<ReadCollection>,
 ) -> Document {
+    let mut docs: VecDeque<Arc<Document>> = docs.into_iter().map(Arc::new).collect();
     let first = take_documents(&mut docs, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
-    let id = open_documents_cursor(ctx, &ns, docs);
+    let id = open_documents_cursor(ctx, &ns, docs, over);
     let mut cursor = doc! {"firstBatch": first, "id": id, "ns": ns};
     if let Some(ts) = snapshot_time(ctx) {
         cursor.insert("atClusterTime", ts);
@@ -130,12 +134,13 @@ fn encoded_cursor_reply(
     mut docs: VecDeque<Arc<Document>>,
     limit: usize,
     single_batch: bool,
+    over: Option<ReadCollection>,
 ) -> CmdResult<Document> {
     let first = take_batch(&mut docs, limit)?;
     let id = if single_batch {
         0
     } else {
-        open_documents_cursor(ctx, &ns, docs)
+        open_documents_cursor(ctx, &ns, docs, over)
     };
     let at_cluster_time = snapshot_time(ctx);
     ctx.cursor = Some(CursorReply {
@@ -258,6 +263,14 @@ fn source_documents_in(
     }
 }
 
+/// The collection a query on `coll` reads, as the server's own catalog holds it: its drop
+/// or rename kills the query's cursor. A transaction's or a majority snapshot's read
+/// still dies with the live collection; a router's merged read of a sharded collection
+/// (whose documents live on the shards, not in the router's catalog) is not tracked.
+fn read_collection(ctx: &Ctx<'_>, coll: &str) -> Option<ReadCollection> {
+    ReadCollection::current(&ctx.server.storage.lock(), &ctx.db, coll)
+}
+
 pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     let coll = ctx.collection()?;
     let filter =
@@ -361,9 +374,10 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             .map(SortSpec::new)
             .transpose()?,
     };
-    let mut docs = {
+    let over = read_collection(ctx, &coll);
+    let (mut docs, over) = {
         let storage = ctx.storage();
-        if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
+        let docs = if ctx.db == "local" && coll == "oplog.rs" && sort.is_none() {
             // Natural order over the oplog: read entries in that order and stop once
             // skip + limit have matched, as a capped collection's scan does.
             let wanted = limit.map(|n| n.saturating_add(skip));
@@ -374,7 +388,8 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
             docs
         } else {
             source_documents_in(&storage, &ctx.db, &coll, &matcher, &bounds)?
-        }
+        };
+        (docs, over)
     };
     if let Some(b) = &index_bounds {
         docs.retain(|d| b.contains(d));
@@ -398,10 +413,10 @@ pub fn find(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         let limit = batch_size
             .unwrap_or(usize::MAX)
             .min(limit.unwrap_or(usize::MAX));
-        return encoded_cursor_reply(ctx, ns, docs, limit, true);
+        return encoded_cursor_reply(ctx, ns, docs, limit, true, None);
     }
     let limit = batch_size.unwrap_or(DEFAULT_FIRST_BATCH);
-    encoded_cursor_reply(ctx, ns, docs, limit, false)
+    encoded_cursor_reply(ctx, ns, docs, limit, false, over)
 }
 
 pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
@@ -472,15 +487,17 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
         )
     })?;
     ctx.require(Action::Find, &ctx.db.clone(), &coll)?;
-    let (input, stages) = {
+    let over = read_collection(ctx, &coll);
+    let (input, stages, over) = {
         let storage = ctx.storage();
-        match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
+        let (input, stages) = match sample_first(&storage, &ctx.db, &coll, &pipeline)? {
             Some(sampled) => (sampled, &pipeline[1..]),
             None => (
                 source_documents(&storage, &ctx.db, &coll, &Matcher::new(&Document::new())?)?,
                 &pipeline[..],
             ),
-        }
+        };
+        (input, stages, over)
     };
     crate::commands::aggregate_write::check_placement(stages)?;
     if let Some(stage) = crate::commands::aggregate_write::writing_stage(stages) {
@@ -492,7 +509,7 @@ pub fn aggregate(ctx: &mut Ctx<'_>) -> CmdResult<Document> {
     }
     let out = crate::query::aggregate::run_pipeline(input, stages)?;
     let ns = ctx.ns(&coll);
-    Ok(cursor_reply(ctx, ns, out, batch_size))
+    Ok(cursor_reply_over(ctx, ns, out, batch_size, over))
 }
 
 /// A leading `$sample` on a collection picks its documents straight from storage, as the
@@ -580,6 +597,7 @@ fn open_change_stream(
             state: CursorState::ChangeStream(Box::new(stream)),
             last_used: Instant::now(),
             owner: owner(ctx.conn),
+            session: session_of(ctx.cmd),
         })
     };
     ctx.cursor = Some(CursorReply {
@@ -666,13 +684,21 @@ pub async fn get_more(
             CursorState::ChangeStream(_) | CursorState::RouterChangeStream(_) => {
                 e.with_label("ChangeStreamCursor")
             }
-            CursorState::Documents(_) => e,
+            CursorState::Documents(..) => e,
         });
+    }
+    if let CursorState::Documents(_, Some(over)) = &cursor.state {
+        // The collection was dropped or renamed since the last batch: the cursor is
+        // dead (taken out above, it stays out), as the server kills it.
+        if let Some(e) = over.killed(&server.storage.lock()) {
+            server.cursors.count_plan_killed();
+            return Err(e);
+        }
     }
     let batch_size = cmd.get("batchSize").and_then(as_usize).filter(|n| *n > 0);
     let ns = cursor.ns.clone();
     match &mut cursor.state {
-        CursorState::Documents(docs) => {
+        CursorState::Documents(docs, _) => {
             let batch = take_batch(docs, batch_size.unwrap_or(usize::MAX))?;
             let exhausted = docs.is_empty();
             let reply_id = if exhausted { 0 } else { id };

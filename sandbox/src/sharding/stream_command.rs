@@ -90,6 +90,7 @@ pub fn aggregate(
             state: crate::cursor::CursorState::RouterChangeStream(Box::new(stream)),
             last_used: Instant::now(),
             owner: owner(conn),
+            session: crate::cursor::session_of(cmd),
         })
     };
     reply(true, &events, token, id, ns)

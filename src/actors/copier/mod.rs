@@ -57,7 +57,14 @@ pub enum CopyError {
 impl CopyError {
     pub fn is_transient(&self) -> bool {
         match self {
-            CopyError::Cluster(e) => e.is_transient(),
+            // A source collection renamed or dropped while the plan read it (its `_id`
+            // sample cursor killed, 175; its indexes gone, 26): planning again finds it
+            // under its new name, or not at all. The supervisor bounds the retries.
+            CopyError::Cluster(e) => {
+                e.is_transient()
+                    || (e.side() == crate::cluster::Side::Source
+                        && matches!(e.code(), Some(175 | 26)))
+            }
             CopyError::Checkpoint(e) => e.is_transient(),
             // A collection renamed or dropped under an open cursor (175 QueryPlanKilled,
             // 26 NamespaceNotFound): the range starts again from its checkpoint and

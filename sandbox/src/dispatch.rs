@@ -252,7 +252,9 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
     }
     let mut result = result.map_err(|e| label(e, &cmd, &name, spec));
     if let Ok(reply) = &mut result {
-        if spec.effect == Effect::Write && !reply.fields.contains_key("writeConcernError") {
+        if (spec.effect == Effect::Write || writes_through_pipeline(&name, &cmd))
+            && !reply.fields.contains_key("writeConcernError")
+        {
             if let Some(wce) = commands::write_concern::unsatisfiable(&cmd) {
                 reply.fields.insert("writeConcernError", wce);
             }
@@ -262,6 +264,18 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
         server.retry_cache.lock().insert(lsid, (txn, reply.clone()));
     }
     finish(server, result)
+}
+
+/// An `aggregate` ending in `$out` or `$merge` writes, and answers for its write concern
+/// as any write does.
+fn writes_through_pipeline(name: &str, cmd: &Document) -> bool {
+    name == "aggregate"
+        && cmd
+            .get_array("pipeline")
+            .ok()
+            .and_then(|stages| stages.last())
+            .and_then(Bson::as_document)
+            .is_some_and(|last| last.contains_key("$out") || last.contains_key("$merge"))
 }
 
 /// Under the majority lag fault, a read with readConcern majority or snapshot (outside a

@@ -55,7 +55,18 @@ async fn w_above_member_count_is_applied_and_reported_unsatisfiable() {
             "admin",
             doc! {"renameCollection": "t.c", "to": "t.d", "writeConcern": {"w": 2}},
         ),
+        // Aggregations that write (pymongo's test_aggregate expected it for `$out`).
+        (
+            "t",
+            doc! {"aggregate": "d", "pipeline": [{"$out": "e"}], "cursor": {}, "writeConcern": {"w": 2}},
+        ),
+        (
+            "t",
+            doc! {"aggregate": "e", "pipeline": [{"$merge": {"into": "f"}}], "cursor": {}, "writeConcern": {"w": 2}},
+        ),
         ("t", doc! {"drop": "d", "writeConcern": {"w": 2}}),
+        ("t", doc! {"drop": "e", "writeConcern": {"w": 2}}),
+        ("t", doc! {"drop": "f", "writeConcern": {"w": 2}}),
     ] {
         let reply = run(&client, db, cmd.clone()).await.unwrap();
         assert_eq!(wce_code(&reply), Some(100), "{cmd}: {reply}");

@@ -364,6 +364,19 @@ pub struct Index {
 struct PartialFilter(Document);
 
 impl Index {
+    /// This index's definition without its entries.
+    fn definition(&self) -> Index {
+        Index {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            spec: self.spec.clone(),
+            unique: self.unique,
+            sparse: self.sparse,
+            partial: self.partial.clone(),
+            entries: BTreeMap::new(),
+        }
+    }
+
     pub fn from_spec(spec: Document) -> CmdResult<Index> {
         let spec = crate::commands::text_index::normalize(spec);
         let key = spec
@@ -564,9 +577,10 @@ impl Collection {
     }
     /// This collection (options, indexes) holding `docs` instead: a snapshot of it.
     pub(crate) fn with_docs(&self, docs: BTreeMap<OrdBson, Arc<Document>>) -> Collection {
-        let mut indexes = self.indexes.clone();
+        // The definitions only: cloning the entries to clear them cost a copy of every
+        // unique index of the source collection per snapshot.
+        let mut indexes: Vec<Index> = self.indexes.iter().map(Index::definition).collect();
         for index in &mut indexes {
-            index.entries.clear();
             for (id, d) in &docs {
                 index.add(d, id);
             }

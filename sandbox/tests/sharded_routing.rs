@@ -422,3 +422,207 @@ async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
     assert_eq!(as_i64(stats.get("count")), 2);
     assert_eq!(as_i64(stats.get("nchunks")), 2);
 }
+
+/// Fails every `find` that reaches `shard` (directly or from the router) with code 2
+/// until [`allow_finds`]: a read through the router that asks the shard fails, one
+/// targeted elsewhere does not.
+async fn fail_finds(cluster: &ShardedCluster, shard: &str) {
+    run(
+        &direct(cluster, shard).await,
+        "admin",
+        doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["find"], "errorCode": 2},
+        },
+    )
+    .await
+    .expect("failCommand on the shard");
+}
+
+async fn allow_finds(cluster: &ShardedCluster, shard: &str) {
+    run(
+        &direct(cluster, shard).await,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    )
+    .await
+    .expect("turn the shard's failCommand off");
+}
+
+async fn try_ids(client: &Client, filter: Document) -> mongodb::error::Result<Vec<i32>> {
+    let docs: Vec<Document> = client
+        .database("app")
+        .collection::<Document>("items")
+        .find(filter)
+        .await?
+        .try_collect()
+        .await?;
+    let mut ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Pins read targeting: every read of a sharded collection through the router gathered
+/// the documents of every shard, so a `find` by shard key asked a shard that owns none of
+/// its keys (and cost a scan of the whole collection). Equality, `$in` and ranges on the
+/// shard key ask only the owning shards: with `find` failing on shard1, reads whose keys
+/// all lie in shard0's chunk succeed, and those that need shard1 (or every shard) fail
+/// with the shard's error.
+#[tokio::test]
+async fn reads_by_shard_key_ask_only_the_owning_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..200).map(|i| doc! {"_id": i, "k": i}))
+        .await
+        .unwrap();
+    fail_finds(&cluster, "shard1").await;
+    assert_eq!(try_ids(&router, doc! {"k": 5}).await.unwrap(), [5]);
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$in": [3, 7, 99]}})
+            .await
+            .unwrap(),
+        [3, 7, 99]
+    );
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$gte": 10, "$lt": 13}})
+            .await
+            .unwrap(),
+        [10, 11, 12]
+    );
+    assert_eq!(
+        try_ids(
+            &router,
+            doc! {"$and": [{"k": {"$lte": 2}}, {"_id": {"$gte": 1}}]}
+        )
+        .await
+        .unwrap(),
+        [1, 2]
+    );
+    for untargeted in [
+        doc! {"k": {"$in": [5, 150]}},
+        doc! {"k": {"$gte": 90}},
+        doc! {"_id": 5},
+        doc! {},
+    ] {
+        let failed = try_ids(&router, untargeted.clone())
+            .await
+            .expect_err("a read that needs shard1 asks it");
+        assert_eq!(code(&failed), 2, "{untargeted}");
+    }
+    allow_finds(&cluster, "shard1").await;
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$in": [5, 150]}})
+            .await
+            .unwrap(),
+        [5, 150]
+    );
+}
+
+/// Pins the ownership filter on targeted reads: a read by shard key or `_id` that is
+/// answered by lookups on each shard still leaves out a shard's orphans, whether the
+/// owning shard has the document too or not.
+#[tokio::test]
+async fn targeted_reads_never_return_orphans() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    // On shard0, k = 150 and k = 170 lie in shard1's chunk: orphans. shard1 has its own
+    // copy of _id 2, none of _id 3.
+    let shard0 = direct(&cluster, "shard0").await;
+    shard0
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many(vec![doc! {"_id": 2, "k": 150}, doc! {"_id": 3, "k": 170}])
+        .await
+        .unwrap();
+    assert_eq!(ids(&shard0, doc! {}).await, [1, 2, 3]);
+    assert_eq!(ids(&router, doc! {"k": 150}).await, [2]);
+    assert_eq!(ids(&router, doc! {"_id": 2}).await, [2]);
+    assert!(ids(&router, doc! {"k": 170}).await.is_empty());
+    assert!(ids(&router, doc! {"_id": 3}).await.is_empty());
+    assert!(ids(&router, doc! {"_id": {"$in": [3]}}).await.is_empty());
+    assert_eq!(ids(&router, doc! {"_id": {"$in": [1, 2, 3]}}).await, [1, 2]);
+    assert_eq!(ids(&router, doc! {"_id": {"$gte": 2}}).await, [2]);
+    assert_eq!(
+        coll.count_documents(doc! {"k": {"$in": [150, 170]}})
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// Pins the results of filtered reads of a collection sharded on a hashed `_id`, where
+/// `_id` lookups and ranges are answered on each shard before the merge: the same
+/// documents, sort, skip, limit, projection and batches as over the whole collection.
+#[tokio::test]
+async fn filtered_reads_of_a_hashed_collection_keep_their_results() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..300).map(|i| doc! {"_id": i, "g": i % 3}))
+        .await
+        .unwrap();
+    for shard in ["shard0", "shard1"] {
+        assert!(
+            !ids(&direct(&cluster, shard).await, doc! {})
+                .await
+                .is_empty(),
+            "{shard} holds part of the collection"
+        );
+    }
+    assert_eq!(ids(&router, doc! {"_id": 42}).await, [42]);
+    assert_eq!(
+        ids(&router, doc! {"_id": {"$in": [299, 0, 150, 1000]}}).await,
+        [0, 150, 299]
+    );
+    let found: Vec<Document> = coll
+        .find(doc! {"_id": {"$gte": 100, "$lt": 200}, "g": 0})
+        .sort(doc! {"_id": -1})
+        .skip(2)
+        .limit(5)
+        .projection(doc! {"g": 0})
+        .batch_size(2)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        [192, 189, 186, 183, 180].map(|i| doc! {"_id": i}).to_vec()
+    );
+    assert_eq!(
+        coll.count_documents(doc! {"_id": {"$gt": 290}})
+            .await
+            .unwrap(),
+        9
+    );
+    let distinct = run(
+        &router,
+        "app",
+        doc! {"distinct": "items", "key": "g", "query": {"_id": {"$lt": 2}}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        distinct.get_array("values").unwrap(),
+        &vec![Bson::Int32(0), Bson::Int32(1)]
+    );
+}

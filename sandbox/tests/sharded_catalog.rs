@@ -383,3 +383,86 @@ async fn split_chunk_on_the_owning_shard_primary() {
     .unwrap_err();
     assert!(code(&err) != 0, "{err:?}");
 }
+
+/// Pins `shardCollection`'s collation rules: the sandbox ignored `collation`, so it
+/// sharded a collection whose default collation is not simple (a real server refuses
+/// unless `collation: {locale: "simple"}` is given, since shard keys compare binary) and
+/// accepted a non-simple `collation`. Both are BadValue; with the simple collation the
+/// collection is sharded and its supporting index carries the simple collation.
+#[tokio::test]
+async fn shard_collection_requires_the_simple_collation() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "app",
+        doc! {"create": "people", "collation": {"locale": "fr", "strength": 2}},
+    )
+    .await
+    .expect("create with a default collation");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}},
+    )
+    .await
+    .expect_err("a non-simple default collation needs an explicit simple collation");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}, "collation": {"locale": "fr"}},
+    )
+    .await
+    .expect_err("only the simple collation is allowed");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.other", "key": {"name": 1}, "collation": {"locale": "en"}},
+    )
+    .await
+    .expect_err("only the simple collation is allowed, whatever the collection's");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let config = client_for(&cluster.config_uri()).await;
+    assert!(
+        all(&config, "config", "collections", doc! {"_id": "app.people"})
+            .await
+            .is_empty(),
+        "a refused shardCollection leaves no catalog entry"
+    );
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}, "collation": {"locale": "simple"}},
+    )
+    .await
+    .expect("sharded with the simple collation");
+    let indexes = run(&router, "app", doc! {"listIndexes": "people"})
+        .await
+        .unwrap();
+    let batch = indexes
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let supporting = batch
+        .iter()
+        .filter_map(Bson::as_document)
+        .find(|i| i.get_document("key").ok() == Some(&doc! {"name": 1}))
+        .expect("the supporting index");
+    assert_eq!(
+        supporting
+            .get_document("collation")
+            .unwrap()
+            .get_str("locale"),
+        Ok("simple")
+    );
+}

@@ -1377,6 +1377,28 @@ impl Storage {
         to: (&str, &str),
         drop_target: bool,
     ) -> CmdResult<()> {
+        self.rename_collection_marked(from, to, drop_target, false)
+    }
+
+    /// A rename within one database that a shard other than the database's primary
+    /// carries out for a sharded collection's rename: logged `fromMigrate`, so change
+    /// streams report the rename once (from the primary shard), as on a real cluster.
+    pub fn rename_collection_from_migrate(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+        drop_target: bool,
+    ) -> CmdResult<()> {
+        self.rename_collection_marked(from, to, drop_target, true)
+    }
+
+    fn rename_collection_marked(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+        drop_target: bool,
+        from_migrate: bool,
+    ) -> CmdResult<()> {
         validate_collection_name(to.0, to.1)?;
         let Some(source) = self.collection(from.0, from.1) else {
             return Err(CommandError::ns_not_found(
@@ -1436,6 +1458,7 @@ impl Storage {
         change.uuid = Some(uuid);
         change.to = Some((to.0.to_string(), to.1.to_string()));
         change.operation_description = Some(description);
+        change.from_migrate = from_migrate;
         self.append(change);
         Ok(())
     }

@@ -222,20 +222,7 @@ async fn route(
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
             ddl::run(router, conn, &db, cmd, &name).await
         }
-        "renameCollection" => {
-            let source = cmd.get_str("renameCollection").unwrap_or_default();
-            let (source_db, _) = crate::storage::split_ns(source);
-            if catalog::collection(&router.config.storage.lock(), source).is_some() {
-                return Err(CommandError::new(
-                    codes::ILLEGAL_OPERATION,
-                    format!("cannot rename sharded collection {source} through the sandbox router"),
-                ));
-            }
-            match home_shard(router, source_db, false)? {
-                Some(shard) => Ok(forward::to_shard(router, &shard, conn, cmd).await),
-                None => to_config(router, conn, cmd).await,
-            }
-        }
+        "renameCollection" => ddl::rename(router, conn, cmd).await,
         "commitTransaction" | "abortTransaction" => end_transaction(router, conn, cmd).await,
         _ => {
             let shard = home_shard(router, &db, spec.effect == Effect::Write)?;

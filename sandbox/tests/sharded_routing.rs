@@ -626,3 +626,107 @@ async fn filtered_reads_of_a_hashed_collection_keep_their_results() {
         &vec![Bson::Int32(0), Bson::Int32(1)]
     );
 }
+
+async fn aggregate(
+    router: &Client,
+    coll: &str,
+    pipeline: Vec<Document>,
+) -> mongodb::error::Result<Document> {
+    run(
+        router,
+        "app",
+        doc! {"aggregate": coll, "pipeline": pipeline, "cursor": {}},
+    )
+    .await
+}
+
+/// Pins `$out` and `$merge` through the router: the router refused both from a sharded
+/// collection and let a shard write `$merge` output into its own copy of a sharded
+/// target, whatever the owning shard. Now an unsharded pipeline works as on a replica
+/// set, a sharded source's output lands on the database's primary shard, `$merge` into
+/// a sharded collection writes each document on the shard owning its key, and `$out`
+/// into a sharded collection is refused with the real router's code 28769.
+#[tokio::test]
+async fn out_and_merge_write_through_the_router() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let items = router.database("app").collection::<Document>("items");
+    items
+        .insert_many((0..200).map(|i| doc! {"_id": i, "k": i}))
+        .await
+        .unwrap();
+    let plain = router.database("app").collection::<Document>("plain");
+    plain
+        .insert_many((0..10).map(|i| doc! {"_id": 1000 + i, "k": i * 30, "from": "plain"}))
+        .await
+        .unwrap();
+
+    aggregate(
+        &router,
+        "plain",
+        vec![doc! {"$match": {"k": {"$lt": 90}}}, doc! {"$out": "copy"}],
+    )
+    .await
+    .expect("$out between unsharded collections");
+    let copy = router.database("app").collection::<Document>("copy");
+    assert_eq!(copy.count_documents(doc! {}).await.unwrap(), 3);
+
+    aggregate(
+        &router,
+        "items",
+        vec![doc! {"$match": {"k": {"$gte": 150}}}, doc! {"$out": "high"}],
+    )
+    .await
+    .expect("$out from a sharded collection into an unsharded one");
+    let shard0 = direct(&cluster, "shard0").await;
+    assert_eq!(
+        shard0
+            .database("app")
+            .collection::<Document>("high")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        50,
+        "the output lives on the database's primary shard"
+    );
+
+    let refused = aggregate(&router, "plain", vec![doc! {"$out": "items"}])
+        .await
+        .expect_err("$out into a sharded collection");
+    assert_eq!(code(&refused), 28769, "{refused}");
+
+    aggregate(
+        &router,
+        "plain",
+        vec![
+            doc! {"$merge": {"into": "items", "whenMatched": "merge", "whenNotMatched": "insert"}},
+        ],
+    )
+    .await
+    .expect("$merge into a sharded collection");
+    let shard1 = direct(&cluster, "shard1").await;
+    assert_eq!(
+        ids(&shard0, doc! {"from": "plain"}).await,
+        [1000, 1001, 1002, 1003],
+        "keys below 100 are written on shard0"
+    );
+    assert_eq!(
+        ids(&shard1, doc! {"from": "plain"}).await,
+        [1004, 1005, 1006, 1007, 1008, 1009],
+        "keys from 100 on are written on shard1"
+    );
+    aggregate(
+        &router,
+        "items",
+        vec![
+            doc! {"$match": {"_id": {"$in": [5, 150]}}},
+            doc! {"$set": {"seen": true}},
+            doc! {"$merge": {"into": "items"}},
+        ],
+    )
+    .await
+    .expect("$merge from a sharded collection into itself");
+    assert_eq!(ids(&router, doc! {"seen": true}).await, [5, 150]);
+    assert_eq!(items.count_documents(doc! {}).await.unwrap(), 210);
+}

@@ -55,12 +55,6 @@ pub async fn read(
             "change streams on a sharded collection through the sandbox router are not available yet; open the stream on each shard",
         ));
     }
-    if name == "aggregate" && writes(&cmd) {
-        return Err(CommandError::new(
-            115,
-            "$out and $merge from a sharded collection through the sandbox router are not implemented; run them on an unsharded collection",
-        ));
-    }
     if name == "count" && is_fast_count(&cmd) {
         return fast_count(router, db, &coll).await;
     }
@@ -178,16 +172,6 @@ fn is_change_stream(cmd: &Document) -> bool {
 
 /// `count` without a filter, skip or limit: each shard's collection count, summed, as a
 /// real router does (so orphans are counted).
-/// Whether an aggregate ends with `$out` or `$merge`.
-fn writes(cmd: &Document) -> bool {
-    cmd.get_array("pipeline").is_ok_and(|stages| {
-        stages
-            .last()
-            .and_then(Bson::as_document)
-            .is_some_and(|s| s.contains_key("$out") || s.contains_key("$merge"))
-    })
-}
-
 fn is_fast_count(cmd: &Document) -> bool {
     let no_query = match cmd.get("query") {
         None | Some(Bson::Null) => true,

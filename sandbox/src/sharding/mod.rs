@@ -27,6 +27,8 @@
 //!   shards a read asks (by shard key equality, `$in` or range) and which of a shard's
 //!   documents it looks at (`_id` lookups and ranges, the filter applied on the shard).
 //!
+//! - [`pipeline_write`]: `aggregate` with `$out`/`$merge` through the router: the
+//!   pipeline runs on the router, each output document is written by its owning shard.
 //! - [`migration`]: chunk migrations (copy logged `fromMigrate`, catalog update under
 //!   the donor's lock), orphans and the donor's range deletions, `cleanupOrphaned`.
 //! - [`cluster_admin`]: names, privileges and dispatch of the router commands below.
@@ -80,6 +82,7 @@ pub mod index_stats;
 pub mod membership;
 pub mod merge;
 pub mod migration;
+pub mod pipeline_write;
 pub mod read_target;
 pub mod router;
 pub mod routing;

@@ -18,8 +18,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, ddl, distribution, index_stats, merge, routing, sharding_admin,
-    stream_command, Router, Shard,
+    catalog, cluster_admin, ddl, distribution, index_stats, merge, pipeline_write, routing,
+    sharding_admin, stream_command, Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -205,6 +205,10 @@ async fn route(
             // shards and the write (see `balancer::Balancer::gate`).
             let _gate = router.balancer.gate.read().await;
             routing::write(server, router, conn, &db, cmd, &name).await
+        }
+        "aggregate" if pipeline_write::is_writing(&cmd) => {
+            let _gate = router.balancer.gate.read().await;
+            pipeline_write::aggregate(server, router, conn, &db, cmd).await
         }
         "find" | "aggregate" | "count" | "distinct" => {
             let _gate = router.balancer.gate.read().await;

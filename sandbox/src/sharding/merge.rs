@@ -219,8 +219,13 @@ pub async fn owned_documents(
 ) -> CmdResult<Storage> {
     let chunks = catalog::chunks(&router.config.storage.lock(), &entry.uuid);
     let filter = read_target::read_filter(cmd, name);
-    // A filter the matcher refuses is the handler's to report: every document then.
-    let matcher = Matcher::new(&filter).ok();
+    // A filter the matcher refuses is the handler's to report, and one that may name
+    // the command's `let` variables is the handler's to evaluate: every document then.
+    let matcher = if cmd.contains_key("let") {
+        None
+    } else {
+        Matcher::new(&filter).ok()
+    };
     let targets = read_target::target_shards(&entry.key, &chunks, &filter);
     let ns = format!("{db}.{coll}");
     let mut merged = BTreeMap::new();

@@ -730,3 +730,38 @@ async fn out_and_merge_write_through_the_router() {
     assert_eq!(ids(&router, doc! {"seen": true}).await, [5, 150]);
     assert_eq!(items.count_documents(doc! {}).await.unwrap(), 210);
 }
+
+/// Pins `find` with `min`/`max` on the `_id` index through the router (how a baseline
+/// verification reads a chunk of `_id`s), now answered by a range of each shard's `_id`
+/// index: exactly the `_id`s in `[min, max)`, in `_id` order, from every shard.
+#[tokio::test]
+async fn min_max_on_the_id_index_reads_that_range_from_every_shard() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..300).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let found: Vec<Document> = coll
+        .find(doc! {})
+        .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}))
+        .min(doc! {"_id": 100})
+        .max(doc! {"_id": 110})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<i32> = found.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, (100..110).collect::<Vec<_>>());
+}

@@ -227,6 +227,7 @@ pub async fn owned_documents(
         Matcher::new(&filter).ok()
     };
     let targets = read_target::target_shards(&entry.key, &chunks, &filter);
+    let id_min_max = read_target::id_min_max(cmd, name);
     let ns = format!("{db}.{coll}");
     let mut merged = BTreeMap::new();
     let mut shape = None;
@@ -244,7 +245,7 @@ pub async fn owned_documents(
         if shape.is_none() {
             shape = Some(c.with_docs(BTreeMap::new()));
         }
-        for (id, d) in read_target::matching_documents(c, &filter, matcher.as_ref()) {
+        for (id, d) in read_target::matching_documents(c, &filter, matcher.as_ref(), &id_min_max) {
             let key = entry.key.key_of(d);
             if owned.iter().any(|ch| in_range(&key, &ch.min, &ch.max)) {
                 // Another shard's document with this `_id` (a collection sharded on

@@ -196,9 +196,11 @@ pub fn matching_documents<'a>(
     c: &'a Collection,
     filter: &Document,
     matcher: Option<&Matcher>,
+    id_min_max: &(Option<Bson>, Option<Bson>),
 ) -> Vec<(&'a OrdBson, &'a Arc<Document>)> {
     let Some(matcher) = matcher else {
-        return c.docs.iter().collect();
+        let (lo, hi) = id_min_max.clone();
+        return id_range(c, lo, hi).collect();
     };
     if let Some(ids) = matcher.id_set() {
         let keys: BTreeSet<OrdBson> = ids.iter().map(|id| OrdBson(id.clone())).collect();
@@ -208,22 +210,66 @@ pub fn matching_documents<'a>(
             .filter(|(_, d)| matcher.matches(d))
             .collect();
     }
-    let (lo, hi) = id_bounds(filter);
+    let (mut lo, mut hi) = id_bounds(filter);
+    if let Some(min) = &id_min_max.0 {
+        if lo
+            .as_ref()
+            .is_none_or(|l| compare(min, l) == Ordering::Greater)
+        {
+            lo = Some(min.clone());
+        }
+    }
+    if let Some(max) = &id_min_max.1 {
+        if hi
+            .as_ref()
+            .is_none_or(|h| compare(max, h) == Ordering::Less)
+        {
+            hi = Some(max.clone());
+        }
+    }
+    id_range(c, lo, hi)
+        .filter(|(_, d)| matcher.matches(d))
+        .collect()
+}
+
+/// The documents whose `_id` lies in `[lo, hi]` (both inclusive; None is unbounded).
+fn id_range(
+    c: &Collection,
+    lo: Option<Bson>,
+    hi: Option<Bson>,
+) -> Box<dyn Iterator<Item = (&OrdBson, &Arc<Document>)> + '_> {
     if lo.is_some() || hi.is_some() {
         let lo = lo.map_or(Bound::Unbounded, |v| Bound::Included(OrdBson(v)));
         let hi = hi.map_or(Bound::Unbounded, |v| Bound::Included(OrdBson(v)));
         if let (Bound::Included(a), Bound::Included(b)) = (&lo, &hi) {
             if a > b {
-                return Vec::new();
+                return Box::new(std::iter::empty());
             }
         }
-        return c
-            .docs
-            .range((lo, hi))
-            .filter(|(_, d)| matcher.matches(d))
-            .collect();
+        return Box::new(c.docs.range((lo, hi)));
     }
-    c.docs.iter().filter(|(_, d)| matcher.matches(d)).collect()
+    Box::new(c.docs.iter())
+}
+
+/// The `_id` bounds a `find` gives as `min`/`max` with a `hint` of the `_id` index
+/// (`min` inclusive, `max` exclusive; returned as a closed range the handler narrows).
+pub fn id_min_max(cmd: &Document, name: &str) -> (Option<Bson>, Option<Bson>) {
+    let on_id = match cmd.get("hint") {
+        Some(Bson::Document(h)) => h.len() == 1 && h.contains_key("_id"),
+        Some(Bson::String(n)) => n == "_id_",
+        _ => false,
+    };
+    if name != "find" || !on_id {
+        return (None, None);
+    }
+    let bound = |which: &str| {
+        cmd.get_document(which)
+            .ok()
+            .filter(|d| d.len() == 1)
+            .and_then(|d| d.get("_id"))
+            .cloned()
+    };
+    (bound("min"), bound("max"))
 }
 
 /// Bounds on `_id` from `$gt`/`$gte`/`$lt`/`$lte` at the top level of the filter (or in

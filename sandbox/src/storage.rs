@@ -379,6 +379,19 @@ pub struct Index {
 struct PartialFilter(Document);
 
 impl Index {
+    /// This index's definition without its entries.
+    fn definition(&self) -> Index {
+        Index {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            spec: self.spec.clone(),
+            unique: self.unique,
+            sparse: self.sparse,
+            partial: self.partial.clone(),
+            entries: BTreeMap::new(),
+        }
+    }
+
     pub fn from_spec(spec: Document) -> CmdResult<Index> {
         let spec = crate::commands::text_index::normalize(spec);
         let key = spec
@@ -579,9 +592,10 @@ impl Collection {
     }
     /// This collection (options, indexes) holding `docs` instead: a snapshot of it.
     pub(crate) fn with_docs(&self, docs: BTreeMap<OrdBson, Arc<Document>>) -> Collection {
-        let mut indexes = self.indexes.clone();
+        // The definitions only: cloning the entries to clear them cost a copy of every
+        // unique index of the source collection per snapshot.
+        let mut indexes: Vec<Index> = self.indexes.iter().map(Index::definition).collect();
         for index in &mut indexes {
-            index.entries.clear();
             for (id, d) in &docs {
                 index.add(d, id);
             }
@@ -1401,6 +1415,28 @@ impl Storage {
         to: (&str, &str),
         drop_target: bool,
     ) -> CmdResult<()> {
+        self.rename_collection_marked(from, to, drop_target, false)
+    }
+
+    /// A rename within one database that a shard other than the database's primary
+    /// carries out for a sharded collection's rename: logged `fromMigrate`, so change
+    /// streams report the rename once (from the primary shard), as on a real cluster.
+    pub fn rename_collection_from_migrate(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+        drop_target: bool,
+    ) -> CmdResult<()> {
+        self.rename_collection_marked(from, to, drop_target, true)
+    }
+
+    fn rename_collection_marked(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+        drop_target: bool,
+        from_migrate: bool,
+    ) -> CmdResult<()> {
         validate_collection_name(to.0, to.1)?;
         let Some(source) = self.collection(from.0, from.1) else {
             return Err(CommandError::ns_not_found(
@@ -1460,6 +1496,7 @@ impl Storage {
         change.uuid = Some(uuid);
         change.to = Some((to.0.to_string(), to.1.to_string()));
         change.operation_description = Some(description);
+        change.from_migrate = from_migrate;
         self.append(change);
         Ok(())
     }

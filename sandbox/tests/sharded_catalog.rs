@@ -383,3 +383,263 @@ async fn split_chunk_on_the_owning_shard_primary() {
     .unwrap_err();
     assert!(code(&err) != 0, "{err:?}");
 }
+
+/// Pins `shardCollection`'s collation rules: the sandbox ignored `collation`, so it
+/// sharded a collection whose default collation is not simple (a real server refuses
+/// unless `collation: {locale: "simple"}` is given, since shard keys compare binary) and
+/// accepted a non-simple `collation`. Both are BadValue; with the simple collation the
+/// collection is sharded and its supporting index carries the simple collation.
+#[tokio::test]
+async fn shard_collection_requires_the_simple_collation() {
+    let cluster = start(2);
+    let router = client_for(&cluster.router_uri()).await;
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "app",
+        doc! {"create": "people", "collation": {"locale": "fr", "strength": 2}},
+    )
+    .await
+    .expect("create with a default collation");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}},
+    )
+    .await
+    .expect_err("a non-simple default collation needs an explicit simple collation");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}, "collation": {"locale": "fr"}},
+    )
+    .await
+    .expect_err("only the simple collation is allowed");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let refused = run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.other", "key": {"name": 1}, "collation": {"locale": "en"}},
+    )
+    .await
+    .expect_err("only the simple collation is allowed, whatever the collection's");
+    assert_eq!(code(&refused), 2, "{refused}");
+    let config = client_for(&cluster.config_uri()).await;
+    assert!(
+        all(&config, "config", "collections", doc! {"_id": "app.people"})
+            .await
+            .is_empty(),
+        "a refused shardCollection leaves no catalog entry"
+    );
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"name": 1}, "collation": {"locale": "simple"}},
+    )
+    .await
+    .expect("sharded with the simple collation");
+    let indexes = run(&router, "app", doc! {"listIndexes": "people"})
+        .await
+        .unwrap();
+    let batch = indexes
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    let supporting = batch
+        .iter()
+        .filter_map(Bson::as_document)
+        .find(|i| i.get_document("key").ok() == Some(&doc! {"name": 1}))
+        .expect("the supporting index");
+    assert_eq!(
+        supporting
+            .get_document("collation")
+            .unwrap()
+            .get_str("locale"),
+        Ok("simple")
+    );
+}
+
+/// Events of a database-level change stream through the router until `until` is seen.
+async fn events_until(
+    router: &Client,
+    cursor: i64,
+    until: impl Fn(&Document) -> bool,
+) -> Vec<Document> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut events = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the awaited event never came: {events:?}"
+        );
+        let reply = run(
+            router,
+            "app",
+            doc! {"getMore": cursor, "collection": "$cmd.aggregate", "maxTimeMS": 300},
+        )
+        .await
+        .unwrap();
+        let batch = reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap();
+        for e in batch.iter().filter_map(Bson::as_document) {
+            events.push(e.clone());
+            if until(e) {
+                return events;
+            }
+        }
+        run(
+            router,
+            "admin",
+            doc! {"appendOplogNote": 1, "data": {"msg": "tick"}},
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Pins `renameCollection` of a sharded collection (allowed within its database since
+/// 5.0): the sandbox router refused it. Now every shard renames its copy, the catalog
+/// entry moves with its uuid (so the chunks follow), reads and targeted writes work
+/// under the new name, a change stream through the router shows one `rename` event,
+/// renaming into another database is CommandFailed, onto an existing collection
+/// NamespaceExists unless `dropTarget`.
+#[tokio::test]
+async fn a_sharded_collection_is_renamed_within_its_database() {
+    let cluster = ShardedCluster::start(ShardedOptions {
+        shards: 2,
+        periodic_noop_interval: std::time::Duration::from_millis(100),
+        ..Default::default()
+    })
+    .expect("cluster starts");
+    let router = client_for(&cluster.router_uri()).await;
+    common::shard_items(&router, 0..200, &[100]).await;
+    run(
+        &router,
+        "admin",
+        doc! {"moveChunk": "app.items", "find": {"k": 150}, "to": "shard1", "_waitForDelete": true},
+    )
+    .await
+    .unwrap();
+    let config = client_for(&cluster.config_uri()).await;
+    let uuid = all(&config, "config", "collections", doc! {"_id": "app.items"}).await[0]
+        .get("uuid")
+        .cloned()
+        .unwrap();
+    let across = run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.items", "to": "elsewhere.items"},
+    )
+    .await
+    .expect_err("a sharded collection stays in its database");
+    assert_eq!(code(&across), 125, "{across}");
+    let stream = run(
+        &router,
+        "app",
+        doc! {"aggregate": 1, "pipeline": [{"$changeStream": {}}], "cursor": {}},
+    )
+    .await
+    .unwrap();
+    let cursor = stream
+        .get_document("cursor")
+        .unwrap()
+        .get_i64("id")
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.items", "to": "app.things"},
+    )
+    .await
+    .expect("rename a sharded collection within its database");
+    let entries = all(
+        &config,
+        "config",
+        "collections",
+        doc! {"_id": {"$in": ["app.items", "app.things"]}},
+    )
+    .await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].get_str("_id"), Ok("app.things"));
+    assert_eq!(entries[0].get("uuid"), Some(&uuid), "the uuid stays");
+    let chunks = all(&config, "config", "chunks", doc! {"uuid": uuid.clone()}).await;
+    assert_eq!(chunks.len(), 2, "the chunks follow by uuid");
+    for shard in ["shard0", "shard1"] {
+        let direct = client_for(&cluster.shard(shard).unwrap().uri()).await;
+        let names = direct
+            .database("app")
+            .list_collection_names()
+            .await
+            .unwrap();
+        assert_eq!(names, ["things"], "{shard} renamed its copy");
+    }
+    let things = router.database("app").collection::<Document>("things");
+    assert_eq!(things.count_documents(doc! {}).await.unwrap(), 200);
+    things
+        .insert_one(doc! {"_id": 500, "k": 500})
+        .await
+        .expect("insert under the new name");
+    let shard1 = client_for(&cluster.shard("shard1").unwrap().uri()).await;
+    assert_eq!(
+        shard1
+            .database("app")
+            .collection::<Document>("things")
+            .count_documents(doc! {"_id": 500})
+            .await
+            .unwrap(),
+        1,
+        "the insert was routed by the renamed collection's chunks"
+    );
+    let events = events_until(&router, cursor, |e| {
+        e.get_str("operationType") == Ok("insert")
+    })
+    .await;
+    let renames: Vec<&Document> = events
+        .iter()
+        .filter(|e| e.get_str("operationType") == Ok("rename"))
+        .collect();
+    assert_eq!(renames.len(), 1, "one rename event: {events:?}");
+    assert_eq!(
+        renames[0].get_document("to").unwrap(),
+        &doc! {"db": "app", "coll": "things"}
+    );
+
+    router
+        .database("app")
+        .collection::<Document>("other")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let exists = run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.things", "to": "app.other"},
+    )
+    .await
+    .expect_err("the target exists");
+    assert_eq!(code(&exists), 48, "{exists}");
+    run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.things", "to": "app.other", "dropTarget": true},
+    )
+    .await
+    .expect("rename over an existing collection with dropTarget");
+    let other = router.database("app").collection::<Document>("other");
+    assert_eq!(other.count_documents(doc! {}).await.unwrap(), 201);
+    assert_eq!(
+        all(&config, "config", "collections", doc! {"_id": "app.other"}).await[0].get("uuid"),
+        Some(&uuid)
+    );
+}

@@ -422,3 +422,346 @@ async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
     assert_eq!(as_i64(stats.get("count")), 2);
     assert_eq!(as_i64(stats.get("nchunks")), 2);
 }
+
+/// Fails every `find` that reaches `shard` (directly or from the router) with code 2
+/// until [`allow_finds`]: a read through the router that asks the shard fails, one
+/// targeted elsewhere does not.
+async fn fail_finds(cluster: &ShardedCluster, shard: &str) {
+    run(
+        &direct(cluster, shard).await,
+        "admin",
+        doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["find"], "errorCode": 2},
+        },
+    )
+    .await
+    .expect("failCommand on the shard");
+}
+
+async fn allow_finds(cluster: &ShardedCluster, shard: &str) {
+    run(
+        &direct(cluster, shard).await,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    )
+    .await
+    .expect("turn the shard's failCommand off");
+}
+
+async fn try_ids(client: &Client, filter: Document) -> mongodb::error::Result<Vec<i32>> {
+    let docs: Vec<Document> = client
+        .database("app")
+        .collection::<Document>("items")
+        .find(filter)
+        .await?
+        .try_collect()
+        .await?;
+    let mut ids: Vec<i32> = docs.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Pins read targeting: every read of a sharded collection through the router gathered
+/// the documents of every shard, so a `find` by shard key asked a shard that owns none of
+/// its keys (and cost a scan of the whole collection). Equality, `$in` and ranges on the
+/// shard key ask only the owning shards: with `find` failing on shard1, reads whose keys
+/// all lie in shard0's chunk succeed, and those that need shard1 (or every shard) fail
+/// with the shard's error.
+#[tokio::test]
+async fn reads_by_shard_key_ask_only_the_owning_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..200).map(|i| doc! {"_id": i, "k": i}))
+        .await
+        .unwrap();
+    fail_finds(&cluster, "shard1").await;
+    assert_eq!(try_ids(&router, doc! {"k": 5}).await.unwrap(), [5]);
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$in": [3, 7, 99]}})
+            .await
+            .unwrap(),
+        [3, 7, 99]
+    );
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$gte": 10, "$lt": 13}})
+            .await
+            .unwrap(),
+        [10, 11, 12]
+    );
+    assert_eq!(
+        try_ids(
+            &router,
+            doc! {"$and": [{"k": {"$lte": 2}}, {"_id": {"$gte": 1}}]}
+        )
+        .await
+        .unwrap(),
+        [1, 2]
+    );
+    for untargeted in [
+        doc! {"k": {"$in": [5, 150]}},
+        doc! {"k": {"$gte": 90}},
+        doc! {"_id": 5},
+        doc! {},
+    ] {
+        let failed = try_ids(&router, untargeted.clone())
+            .await
+            .expect_err("a read that needs shard1 asks it");
+        assert_eq!(code(&failed), 2, "{untargeted}");
+    }
+    allow_finds(&cluster, "shard1").await;
+    assert_eq!(
+        try_ids(&router, doc! {"k": {"$in": [5, 150]}})
+            .await
+            .unwrap(),
+        [5, 150]
+    );
+}
+
+/// Pins the ownership filter on targeted reads: a read by shard key or `_id` that is
+/// answered by lookups on each shard still leaves out a shard's orphans, whether the
+/// owning shard has the document too or not.
+#[tokio::test]
+async fn targeted_reads_never_return_orphans() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![doc! {"_id": 1, "k": 5}, doc! {"_id": 2, "k": 150}])
+        .await
+        .unwrap();
+    // On shard0, k = 150 and k = 170 lie in shard1's chunk: orphans. shard1 has its own
+    // copy of _id 2, none of _id 3.
+    let shard0 = direct(&cluster, "shard0").await;
+    shard0
+        .database("app")
+        .collection::<Document>("items")
+        .insert_many(vec![doc! {"_id": 2, "k": 150}, doc! {"_id": 3, "k": 170}])
+        .await
+        .unwrap();
+    assert_eq!(ids(&shard0, doc! {}).await, [1, 2, 3]);
+    assert_eq!(ids(&router, doc! {"k": 150}).await, [2]);
+    assert_eq!(ids(&router, doc! {"_id": 2}).await, [2]);
+    assert!(ids(&router, doc! {"k": 170}).await.is_empty());
+    assert!(ids(&router, doc! {"_id": 3}).await.is_empty());
+    assert!(ids(&router, doc! {"_id": {"$in": [3]}}).await.is_empty());
+    assert_eq!(ids(&router, doc! {"_id": {"$in": [1, 2, 3]}}).await, [1, 2]);
+    assert_eq!(ids(&router, doc! {"_id": {"$gte": 2}}).await, [2]);
+    assert_eq!(
+        coll.count_documents(doc! {"k": {"$in": [150, 170]}})
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// Pins the results of filtered reads of a collection sharded on a hashed `_id`, where
+/// `_id` lookups and ranges are answered on each shard before the merge: the same
+/// documents, sort, skip, limit, projection and batches as over the whole collection.
+#[tokio::test]
+async fn filtered_reads_of_a_hashed_collection_keep_their_results() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..300).map(|i| doc! {"_id": i, "g": i % 3}))
+        .await
+        .unwrap();
+    for shard in ["shard0", "shard1"] {
+        assert!(
+            !ids(&direct(&cluster, shard).await, doc! {})
+                .await
+                .is_empty(),
+            "{shard} holds part of the collection"
+        );
+    }
+    assert_eq!(ids(&router, doc! {"_id": 42}).await, [42]);
+    assert_eq!(
+        ids(&router, doc! {"_id": {"$in": [299, 0, 150, 1000]}}).await,
+        [0, 150, 299]
+    );
+    let found: Vec<Document> = coll
+        .find(doc! {"_id": {"$gte": 100, "$lt": 200}, "g": 0})
+        .sort(doc! {"_id": -1})
+        .skip(2)
+        .limit(5)
+        .projection(doc! {"g": 0})
+        .batch_size(2)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        [192, 189, 186, 183, 180].map(|i| doc! {"_id": i}).to_vec()
+    );
+    assert_eq!(
+        coll.count_documents(doc! {"_id": {"$gt": 290}})
+            .await
+            .unwrap(),
+        9
+    );
+    let distinct = run(
+        &router,
+        "app",
+        doc! {"distinct": "items", "key": "g", "query": {"_id": {"$lt": 2}}},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        distinct.get_array("values").unwrap(),
+        &vec![Bson::Int32(0), Bson::Int32(1)]
+    );
+}
+
+async fn aggregate(
+    router: &Client,
+    coll: &str,
+    pipeline: Vec<Document>,
+) -> mongodb::error::Result<Document> {
+    run(
+        router,
+        "app",
+        doc! {"aggregate": coll, "pipeline": pipeline, "cursor": {}},
+    )
+    .await
+}
+
+/// Pins `$out` and `$merge` through the router: the router refused both from a sharded
+/// collection and let a shard write `$merge` output into its own copy of a sharded
+/// target, whatever the owning shard. Now an unsharded pipeline works as on a replica
+/// set, a sharded source's output lands on the database's primary shard, `$merge` into
+/// a sharded collection writes each document on the shard owning its key, and `$out`
+/// into a sharded collection is refused with the real router's code 28769.
+#[tokio::test]
+async fn out_and_merge_write_through_the_router() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let items = router.database("app").collection::<Document>("items");
+    items
+        .insert_many((0..200).map(|i| doc! {"_id": i, "k": i}))
+        .await
+        .unwrap();
+    let plain = router.database("app").collection::<Document>("plain");
+    plain
+        .insert_many((0..10).map(|i| doc! {"_id": 1000 + i, "k": i * 30, "from": "plain"}))
+        .await
+        .unwrap();
+
+    aggregate(
+        &router,
+        "plain",
+        vec![doc! {"$match": {"k": {"$lt": 90}}}, doc! {"$out": "copy"}],
+    )
+    .await
+    .expect("$out between unsharded collections");
+    let copy = router.database("app").collection::<Document>("copy");
+    assert_eq!(copy.count_documents(doc! {}).await.unwrap(), 3);
+
+    aggregate(
+        &router,
+        "items",
+        vec![doc! {"$match": {"k": {"$gte": 150}}}, doc! {"$out": "high"}],
+    )
+    .await
+    .expect("$out from a sharded collection into an unsharded one");
+    let shard0 = direct(&cluster, "shard0").await;
+    assert_eq!(
+        shard0
+            .database("app")
+            .collection::<Document>("high")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        50,
+        "the output lives on the database's primary shard"
+    );
+
+    let refused = aggregate(&router, "plain", vec![doc! {"$out": "items"}])
+        .await
+        .expect_err("$out into a sharded collection");
+    assert_eq!(code(&refused), 28769, "{refused}");
+
+    aggregate(
+        &router,
+        "plain",
+        vec![
+            doc! {"$merge": {"into": "items", "whenMatched": "merge", "whenNotMatched": "insert"}},
+        ],
+    )
+    .await
+    .expect("$merge into a sharded collection");
+    let shard1 = direct(&cluster, "shard1").await;
+    assert_eq!(
+        ids(&shard0, doc! {"from": "plain"}).await,
+        [1000, 1001, 1002, 1003],
+        "keys below 100 are written on shard0"
+    );
+    assert_eq!(
+        ids(&shard1, doc! {"from": "plain"}).await,
+        [1004, 1005, 1006, 1007, 1008, 1009],
+        "keys from 100 on are written on shard1"
+    );
+    aggregate(
+        &router,
+        "items",
+        vec![
+            doc! {"$match": {"_id": {"$in": [5, 150]}}},
+            doc! {"$set": {"seen": true}},
+            doc! {"$merge": {"into": "items"}},
+        ],
+    )
+    .await
+    .expect("$merge from a sharded collection into itself");
+    assert_eq!(ids(&router, doc! {"seen": true}).await, [5, 150]);
+    assert_eq!(items.count_documents(doc! {}).await.unwrap(), 210);
+}
+
+/// Pins `find` with `min`/`max` on the `_id` index through the router (how a baseline
+/// verification reads a chunk of `_id`s), now answered by a range of each shard's `_id`
+/// index: exactly the `_id`s in `[min, max)`, in `_id` order, from every shard.
+#[tokio::test]
+async fn min_max_on_the_id_index_reads_that_range_from_every_shard() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
+    )
+    .await
+    .unwrap();
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many((0..300).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let found: Vec<Document> = coll
+        .find(doc! {})
+        .hint(mongodb::options::Hint::Keys(doc! {"_id": 1}))
+        .min(doc! {"_id": 100})
+        .max(doc! {"_id": 110})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<i32> = found.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+    assert_eq!(ids, (100..110).collect::<Vec<_>>());
+}

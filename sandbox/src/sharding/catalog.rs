@@ -219,6 +219,22 @@ pub fn drop_collection(storage: &mut Storage, ns: &str) {
     storage.delete(CONFIG_DB, COLLECTIONS, &Bson::String(ns.to_string()));
 }
 
+/// Moves a sharded collection's entry to `to` (`renameCollection`): the uuid stays, so
+/// its chunks (keyed by uuid) follow it.
+pub fn rename_collection(storage: &mut Storage, from: &str, to: &str) -> CmdResult<()> {
+    let Some(mut entry) = documents(storage, COLLECTIONS)
+        .find(|d| d.get_str("_id") == Ok(from))
+        .cloned()
+    else {
+        return Ok(());
+    };
+    storage.delete(CONFIG_DB, COLLECTIONS, &Bson::String(from.to_string()));
+    entry.insert("_id", to);
+    entry.insert("lastmod", DateTime::now());
+    storage.insert(CONFIG_DB, COLLECTIONS, entry)?;
+    Ok(())
+}
+
 /// The chunks of a collection, ordered by `min`.
 pub fn chunks(storage: &Storage, uuid: &Binary) -> Vec<Chunk> {
     let mut out: Vec<Chunk> = documents(storage, CHUNKS)

@@ -1,10 +1,11 @@
 //! Reads through the router. An unsharded collection is read on its database's primary
 //! shard (the router's cursor stands for the shard's). A sharded collection is read on
-//! every shard that owns chunks of it: each shard contributes only the documents whose
-//! key lies in a chunk it owns (the ownership filter, which keeps orphans out), and the
-//! ordinary `find`, `aggregate`, `count` and `distinct` handlers run on the router over
-//! the union, so sort, skip, limit, batch size, cursors and every pipeline stage behave
-//! as on a replica set.
+//! the shards the read targets ([`super::read_target`]: by shard key equality, `$in` or
+//! range, else every shard owning chunks of it): each contributes the documents its
+//! filter matches whose key lies in a chunk it owns (the ownership filter, which keeps
+//! orphans out), and the ordinary `find`, `aggregate`, `count` and `distinct` handlers
+//! run on the router over the union, so sort, skip, limit, projection, batch size,
+//! cursors and every pipeline stage behave as on a replica set.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use parking_lot::Mutex;
 use crate::commands;
 use crate::dispatch::{Connection, Ctx};
 use crate::error::{codes, CmdResult, CommandError};
+use crate::failpoint::Injected;
+use crate::query::matcher::Matcher;
 use crate::query::order::OrdBson;
 use crate::server::Server;
 use crate::storage::Storage;
@@ -23,6 +26,7 @@ use crate::wire::Reply;
 
 use super::catalog::{self, CollectionEntry};
 use super::forward::{self, PRIMARY_WAIT};
+use super::read_target;
 use super::router::{home_shard, to_config};
 use super::shard_key::{hash_value, in_range};
 use super::Router;
@@ -51,33 +55,16 @@ pub async fn read(
             "change streams on a sharded collection through the sandbox router are not available yet; open the stream on each shard",
         ));
     }
-    if name == "aggregate" && writes(&cmd) {
-        return Err(CommandError::new(
-            115,
-            "$out and $merge from a sharded collection through the sandbox router are not implemented; run them on an unsharded collection",
-        ));
-    }
     if name == "count" && is_fast_count(&cmd) {
         return fast_count(router, db, &coll).await;
     }
     let mut cmd = cmd;
     let hashed = hashed_bounds(&entry, &mut cmd)?;
-    let mut view = owned_documents(router, &entry, db, &coll).await;
-    if let Some((path, min, max)) = hashed {
-        if let Some(c) = view.collection_mut(db, &coll) {
-            let kept = c
-                .docs
-                .iter()
-                .filter(|(_, d)| {
-                    let h =
-                        hash_value(crate::query::path::get_path(d, &path).unwrap_or(&Bson::Null));
-                    min.is_none_or(|m| h >= m) && max.is_none_or(|m| h < m)
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            *c = c.with_docs(kept);
-        }
-    }
+    let view = owned_documents(router, &entry, db, &coll, &cmd, name).await?;
+    let view = match hashed {
+        Some((path, min, max)) => within_hashed_bounds(view, db, &coll, &path, min, max),
+        None => view,
+    };
     let spec = commands::lookup(name).ok_or_else(|| {
         CommandError::new(
             codes::COMMAND_NOT_FOUND,
@@ -185,16 +172,6 @@ fn is_change_stream(cmd: &Document) -> bool {
 
 /// `count` without a filter, skip or limit: each shard's collection count, summed, as a
 /// real router does (so orphans are counted).
-/// Whether an aggregate ends with `$out` or `$merge`.
-fn writes(cmd: &Document) -> bool {
-    cmd.get_array("pipeline").is_ok_and(|stages| {
-        stages
-            .last()
-            .and_then(Bson::as_document)
-            .is_some_and(|s| s.contains_key("$out") || s.contains_key("$merge"))
-    })
-}
-
 fn is_fast_count(cmd: &Document) -> bool {
     let no_query = match cmd.get("query") {
         None | Some(Bson::Null) => true,
@@ -227,23 +204,40 @@ async fn wait_for_primary(server: &Server) {
     }
 }
 
-/// The documents of a sharded collection that the router sees: from every shard, those
-/// in chunks it owns. Orphans (documents in a chunk owned by another shard) are left out.
+/// The documents of a sharded collection a read through the router sees: from each
+/// shard the read targets (see [`read_target`]), those its filter matches and that lie in
+/// chunks the shard owns. Orphans (documents in a chunk owned by another shard) are left
+/// out. Each shard asked runs its `failCommand` fail point for the command, as it would
+/// for the command a mongos sends it.
 pub async fn owned_documents(
     router: &Router,
     entry: &CollectionEntry,
     db: &str,
     coll: &str,
-) -> Storage {
+    cmd: &Document,
+    name: &str,
+) -> CmdResult<Storage> {
     let chunks = catalog::chunks(&router.config.storage.lock(), &entry.uuid);
+    let filter = read_target::read_filter(cmd, name);
+    // A filter the matcher refuses is the handler's to report, and one that may name
+    // the command's `let` variables is the handler's to evaluate: every document then.
+    let matcher = if cmd.contains_key("let") {
+        None
+    } else {
+        Matcher::new(&filter).ok()
+    };
+    let targets = read_target::target_shards(&entry.key, &chunks, &filter);
+    let id_min_max = read_target::id_min_max(cmd, name);
+    let ns = format!("{db}.{coll}");
     let mut merged = BTreeMap::new();
     let mut shape = None;
     for shard in router.shard_list() {
-        let owned: Vec<_> = chunks.iter().filter(|c| c.shard == shard.name).collect();
-        if owned.is_empty() {
+        if !targets.contains(&shard.name) {
             continue;
         }
+        let owned: Vec<_> = chunks.iter().filter(|c| c.shard == shard.name).collect();
         wait_for_primary(&shard.server).await;
+        shard_fail_point(&shard.server, name, &ns, cmd).await?;
         let storage = shard.server.storage.lock();
         let Some(c) = storage.collection(db, coll) else {
             continue;
@@ -251,7 +245,7 @@ pub async fn owned_documents(
         if shape.is_none() {
             shape = Some(c.with_docs(BTreeMap::new()));
         }
-        for (id, d) in &c.docs {
+        for (id, d) in read_target::matching_documents(c, &filter, matcher.as_ref(), &id_min_max) {
             let key = entry.key.key_of(d);
             if owned.iter().any(|ch| in_range(&key, &ch.min, &ch.max)) {
                 // Another shard's document with this `_id` (a collection sharded on
@@ -275,6 +269,48 @@ pub async fn owned_documents(
             .or_default()
             .collections
             .insert(coll.to_string(), shape.with_docs(merged));
+    }
+    Ok(view)
+}
+
+/// The `failCommand` fail point of a shard the router asks: it fails or delays the
+/// router's read there as it would the command a mongos sends.
+async fn shard_fail_point(server: &Server, name: &str, ns: &str, cmd: &Document) -> CmdResult<()> {
+    let mut injected = server.faults.fail_points.check(name, ns, cmd);
+    if let Some(Injected::Block(period, then)) = injected {
+        tokio::time::sleep(period).await;
+        injected = then.map(|i| *i);
+    }
+    match injected {
+        Some(Injected::Error(e)) => Err(e),
+        Some(Injected::CloseConnection) => Err(CommandError::new(
+            codes::HOST_UNREACHABLE,
+            format!("the router's connection to a shard holding {ns} was closed by its closeConnection fail point"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps the documents whose hashed value of `path` lies in `[min, max)`.
+fn within_hashed_bounds(
+    mut view: Storage,
+    db: &str,
+    coll: &str,
+    path: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+) -> Storage {
+    if let Some(c) = view.collection_mut(db, coll) {
+        let kept = c
+            .docs
+            .iter()
+            .filter(|(_, d)| {
+                let h = hash_value(crate::query::path::get_path(d, path).unwrap_or(&Bson::Null));
+                min.is_none_or(|m| h >= m) && max.is_none_or(|m| h < m)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        *c = c.with_docs(kept);
     }
     view
 }

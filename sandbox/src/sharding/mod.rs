@@ -21,10 +21,14 @@
 //! - [`routing`]: targeting writes by shard key (insert, update, delete, findAndModify);
 //!   [`shard_key_update`]: a document whose new key belongs to another shard moves as a
 //!   delete + insert at one cluster time; [`ddl`]: collection and index commands.
-//! - [`merge`]: reads of sharded collections: each shard's owned documents (the ownership
-//!   filter that keeps orphans out) gathered on the router, where the ordinary `find`,
-//!   `aggregate`, `count` and `distinct` handlers run over them.
+//! - [`merge`]: reads of sharded collections: each targeted shard's matching owned
+//!   documents (the ownership filter keeps orphans out) gathered on the router, where the ordinary `find`,
+//!   `aggregate`, `count` and `distinct` handlers run over them; [`read_target`]: which
+//!   shards a read asks (by shard key equality, `$in` or range) and which of a shard's
+//!   documents it looks at (`_id` lookups and ranges, the filter applied on the shard).
 //!
+//! - [`pipeline_write`]: `aggregate` with `$out`/`$merge` through the router: the
+//!   pipeline runs on the router, each output document is written by its owning shard.
 //! - [`migration`]: chunk migrations (copy logged `fromMigrate`, catalog update under
 //!   the donor's lock), orphans and the donor's range deletions, `cleanupOrphaned`.
 //! - [`cluster_admin`]: names, privileges and dispatch of the router commands below.
@@ -80,6 +84,8 @@ pub mod index_stats;
 pub mod membership;
 pub mod merge;
 pub mod migration;
+pub mod pipeline_write;
+pub mod read_target;
 pub mod reshard;
 pub mod router;
 pub mod routing;

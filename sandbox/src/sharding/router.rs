@@ -18,8 +18,8 @@ use crate::wire::{Reply, MAX_BSON_SIZE, MAX_MESSAGE_SIZE};
 
 use super::forward::{self, error_code};
 use super::{
-    catalog, cluster_admin, ddl, distribution, index_stats, merge, reshard, routing,
-    sharding_admin, stream_command, Router, Shard,
+    catalog, cluster_admin, ddl, distribution, index_stats, merge, pipeline_write, reshard,
+    routing, sharding_admin, stream_command, Router, Shard,
 };
 
 /// Commands only a router has, with the privilege each requires.
@@ -210,6 +210,10 @@ async fn route(
             let _gate = router.balancer.gate.read().await;
             routing::write(server, router, conn, &db, cmd, &name).await
         }
+        "aggregate" if pipeline_write::is_writing(&cmd) => {
+            let _gate = router.balancer.gate.read().await;
+            pipeline_write::aggregate(server, router, conn, &db, cmd).await
+        }
         "find" | "aggregate" | "count" | "distinct" => {
             let _gate = router.balancer.gate.read().await;
             merge::read(server, router, conn, &db, cmd, &name).await
@@ -226,43 +230,7 @@ async fn route(
         "drop" | "dropDatabase" | "createIndexes" | "dropIndexes" | "deleteIndexes" | "collMod" => {
             ddl::run(router, conn, &db, cmd, &name).await
         }
-        "renameCollection" => {
-            let source = cmd.get_str("renameCollection").unwrap_or_default();
-            let (source_db, _) = crate::storage::split_ns(source);
-            if catalog::collection(&router.config.storage.lock(), source).is_some() {
-                return Err(CommandError::new(
-                    codes::ILLEGAL_OPERATION,
-                    format!("cannot rename sharded collection {source} through the sandbox router"),
-                ));
-            }
-            // A sharded target (5.0+ allows it with dropTarget) is dropped on every shard
-            // holding it and in the catalog first, as `drop` through the router does.
-            let target = cmd.get_str("to").unwrap_or_default().to_string();
-            if catalog::collection(&router.config.storage.lock(), &target).is_some() {
-                if !cmd.get_bool("dropTarget").unwrap_or(false) {
-                    return Err(CommandError::new(
-                        codes::NAMESPACE_EXISTS,
-                        format!("target namespace exists: {target} (pass dropTarget: true to replace it)"),
-                    ));
-                }
-                let (target_db, target_coll) = crate::storage::split_ns(&target);
-                let dropped = ddl::run(
-                    router,
-                    conn,
-                    target_db,
-                    doc! {"drop": target_coll, "$db": target_db},
-                    "drop",
-                )
-                .await?;
-                if error_code(&dropped).is_some() {
-                    return Ok(dropped);
-                }
-            }
-            match home_shard(router, source_db, false)? {
-                Some(shard) => Ok(forward::to_shard(router, &shard, conn, cmd).await),
-                None => to_config(router, conn, cmd).await,
-            }
-        }
+        "renameCollection" => ddl::rename(router, conn, cmd).await,
         "commitTransaction" | "abortTransaction" => end_transaction(router, conn, cmd).await,
         _ => {
             let shard = home_shard(router, &db, spec.effect == Effect::Write)?;

@@ -120,6 +120,7 @@ fn shard_collection(router: &Router, cmd: &Document, name: &str) -> CmdResult<Do
             "hashed shard keys cannot be declared unique. It's possible to ensure uniqueness on the hashed field by declaring an additional (non-hashed) unique index on the field.",
         ));
     }
+    let simple_collation = requested_collation(cmd)?;
     if let Some(existing) = catalog::collection(&router.config.storage.lock(), ns) {
         if existing.key.pattern == key.pattern && existing.unique == unique {
             return Ok(doc! {"collectionsharded": ns, "collectionUUID": existing.uuid});
@@ -138,7 +139,8 @@ fn shard_collection(router: &Router, cmd: &Document, name: &str) -> CmdResult<Do
             format!("can't shard {ns}"),
         ));
     };
-    let (uuid, empty) = prepare_on_primary(&primary.server, db, coll, &key, unique)?;
+    let (uuid, empty) =
+        prepare_on_primary(&primary.server, db, coll, &key, unique, simple_collation)?;
     // The primary shard now keys the collection's oplog entries by shard key (copied to
     // every shard with the collection's shape) and logs the `shardCollection` event.
     primary
@@ -182,6 +184,7 @@ fn prepare_on_primary(
     coll: &str,
     key: &ShardKey,
     unique: bool,
+    simple_collation: bool,
 ) -> CmdResult<(bson::Binary, bool)> {
     let mut storage = primary.storage.lock();
     if storage.collection(db, coll).is_some_and(|c| c.is_view()) {
@@ -198,10 +201,32 @@ fn prepare_on_primary(
     let empty = storage
         .collection(db, coll)
         .is_none_or(|c| c.docs.is_empty());
+    let default_collation = storage
+        .collection(db, coll)
+        .and_then(|c| c.options.get_document("collation").ok())
+        .filter(|c| !is_simple(c))
+        .cloned();
+    if let Some(collation) = &default_collation {
+        if !simple_collation {
+            return Err(CommandError::bad_value(format!(
+                "Collection {db}.{coll} has default collation: {collation}. Must specify collation {{locale: 'simple'}} to shard it: the shard key always compares with the simple collation"
+            )));
+        }
+    }
+    // An index without a collation of its own has the collection's default one; only a
+    // simple-collation index supports a shard key.
+    let simple_index = |i: &crate::storage::Index| match i.spec.get_document("collation") {
+        Ok(c) => is_simple(c),
+        Err(_) => default_collation.is_none() || i.name == "_id_",
+    };
     let supporting = storage.collection(db, coll).and_then(|c| {
         c.indexes
             .iter()
-            .find(|i| is_prefix(&key.pattern, &i.key) && (!unique || i.unique || i.name == "_id_"))
+            .find(|i| {
+                is_prefix(&key.pattern, &i.key)
+                    && (!unique || i.unique || i.name == "_id_")
+                    && simple_index(i)
+            })
             .map(|i| i.name.clone())
     });
     if let Some(c) = storage.collection(db, coll) {
@@ -224,7 +249,7 @@ fn prepare_on_primary(
             return Err(CommandError::new(
                 codes::INVALID_OPTIONS,
                 format!(
-                    "Please create an index that starts with the proposed shard key before sharding the collection. Proposed shard key: {}",
+                    "Please create an index that starts with the proposed shard key and has the simple collation before sharding the collection. Proposed shard key: {}",
                     key.pattern
                 ),
             ));
@@ -233,6 +258,9 @@ fn prepare_on_primary(
         if unique {
             spec.insert("unique", true);
         }
+        if default_collation.is_some() {
+            spec.insert("collation", doc! {"locale": "simple"});
+        }
         storage.create_indexes(db, coll, vec![spec])?;
     }
     let uuid = storage
@@ -240,6 +268,26 @@ fn prepare_on_primary(
         .map(|c| c.uuid.clone())
         .ok_or_else(|| CommandError::ns_not_found(format!("{db}.{coll} vanished")))?;
     Ok((uuid, empty))
+}
+
+/// The `collation` option of `shardCollection`: absent, or `{locale: "simple"}` (true),
+/// as the real server requires; any other collation is refused.
+fn requested_collation(cmd: &Document) -> CmdResult<bool> {
+    match cmd.get("collation") {
+        None => Ok(false),
+        Some(Bson::Document(c)) if is_simple(c) => Ok(true),
+        Some(Bson::Document(c)) => Err(CommandError::bad_value(format!(
+            "The collation for shardCollection must be {{locale: 'simple'}}, but found: {c}"
+        ))),
+        Some(other) => Err(CommandError::type_mismatch(format!(
+            "shardCollection's collation must be a document such as {{locale: 'simple'}}, not {other}"
+        ))),
+    }
+}
+
+/// Whether a collation document is the simple (binary) one.
+fn is_simple(collation: &Document) -> bool {
+    collation.get_str("locale") == Ok("simple")
 }
 
 /// Whether `prefix`'s fields (and kinds) begin `key`.

@@ -388,3 +388,36 @@ async fn a_destination_sharded_on_another_key_is_refused() {
         check.message
     );
 }
+
+/// Pins: a collection whose default collation is not simple could not be sharded on a
+/// sharded destination. `shardCollection` went without `collation: {locale: "simple"}`,
+/// and a supporting index created without a collation takes the collection's, which
+/// cannot support a shard key: a real mongos refuses both (BadValue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_with_a_default_collation_is_sharded_with_the_simple_one() {
+    let t = Topologies::start(0, 2).await;
+    let db = t.src.database("app");
+    db.run_command(doc! {"create": "people", "collation": {"locale": "en", "strength": 2}})
+        .await
+        .expect("create a collection with a default collation on the source");
+    let people = db.collection::<Document>("people");
+    people
+        .insert_many((0..1000).map(|i| doc! {"_id": i, "name": format!("Name{i:04}")}))
+        .await
+        .expect("seed app.people");
+    let entries = "[sharding]\ncreate_supporting_indexes = true\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"people\"\nkey = [{name = 1}]\n";
+    let m = start(t.config(entries)).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    people
+        .insert_one(doc! {"_id": 5000, "name": "name written during sync"})
+        .await
+        .expect("write during sync");
+    cutover_and_complete(m).await;
+
+    assert_sharded_and_spread(&t.dst, "app.people", doc! {"name": 1}, false).await;
+    // The supporting index Ferry added, made on the source too for the comparison.
+    db.run_command(doc! {"createIndexes": "people", "indexes": [{"key": {"name": 1}, "name": "name_1", "collation": {"locale": "simple"}}]})
+        .await
+        .expect("create the supporting index on the source for the comparison");
+    assert_same(&t.src, &t.dst).await;
+}

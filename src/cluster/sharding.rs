@@ -174,6 +174,9 @@ pub async fn enable_sharding(cluster: &Cluster, db: &str) -> Result<(), ClusterE
 
 /// `shardCollection`. Sharding a collection again with the same key and `unique` is a
 /// no-op on the server; with other options it fails with [`ALREADY_INITIALIZED`].
+///
+/// Always with the simple collation: shard keys compare with it, and the server refuses
+/// to shard a collection whose default collation is not simple unless it is named.
 pub async fn shard_collection(
     cluster: &Cluster,
     ns: &str,
@@ -183,7 +186,12 @@ pub async fn shard_collection(
     cluster
         .run(
             "admin",
-            doc! {"shardCollection": ns, "key": key.clone(), "unique": unique},
+            doc! {
+                "shardCollection": ns,
+                "key": key.clone(),
+                "unique": unique,
+                "collation": {"locale": "simple"},
+            },
         )
         .await?;
     Ok(())
@@ -323,6 +331,16 @@ pub async fn create_index(
         .run(db, doc! {"createIndexes": coll, "indexes": [spec]})
         .await?;
     Ok(())
+}
+
+/// Whether an index (as `listIndexes` describes it), or a collection (its `options` in
+/// `listCollections`), compares with the simple collation, as an index supporting a
+/// shard key must.
+pub fn has_simple_collation(index: &Document) -> bool {
+    match index.get_document("collation") {
+        Err(_) => true,
+        Ok(c) => c.get_str("locale") == Ok("simple"),
+    }
 }
 
 #[cfg(test)]

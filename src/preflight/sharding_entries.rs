@@ -159,11 +159,13 @@ fn index_problems(config: &Config, ns: &str, key: &Document, indexes: &[Document
         }
     }
     if !config.sharding.create_supporting_indexes
-        && !indexes.iter().any(|i| is_prefix(key, &key_of(i)))
+        && !indexes
+            .iter()
+            .any(|i| is_prefix(key, &key_of(i)) && sharding::has_simple_collation(i))
     {
         let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
         found.push(format!(
-            "{ns} has no index starting with the shard key {key} on the source, and [sharding] create_supporting_indexes = false: create it (db.getSiblingDB(\"{db}\").{coll}.createIndex({key})) or set create_supporting_indexes = true"
+            "{ns} has no index starting with the shard key {key} with the simple collation on the source, and [sharding] create_supporting_indexes = false: create it (db.getSiblingDB(\"{db}\").{coll}.createIndex({key}, {{collation: {{locale: \"simple\"}}}})) or set create_supporting_indexes = true"
         ));
     }
     found

@@ -255,6 +255,19 @@ pub async fn ensure_supporting_index(
     let dest = &engine.destination;
     let indexes = dest.index_specs(db, coll).await?;
     let key_of = |i: &Document| i.get_document("key").cloned().unwrap_or_default();
+    // Only an index with the simple collation supports a shard key (a collection with
+    // another default collation gives it to every index created without one).
+    let collated = dest
+        .collection_specs(db)
+        .await?
+        .iter()
+        .filter(|c| c.get_str("name") == Ok(coll))
+        .filter_map(|c| c.get_document("options").ok())
+        .any(|options| !sharding::has_simple_collation(options));
+    let indexes: Vec<&Document> = indexes
+        .iter()
+        .filter(|i| sharding::has_simple_collation(i))
+        .collect();
     if unique {
         if let Some(index) = indexes.iter().find(|i| same_key(&key_of(i), key)) {
             if !index.get_bool("unique").unwrap_or(false) {
@@ -272,6 +285,9 @@ pub async fn ensure_supporting_index(
         )));
     }
     let mut spec = doc! {"key": key.clone(), "name": sharding::default_index_name(key)};
+    if collated {
+        spec.insert("collation", doc! {"locale": "simple"});
+    }
     if unique {
         spec.insert("unique", true);
     }
@@ -384,7 +400,9 @@ pub async fn shard_from_event(
     let indexes = dest.index_specs(db, coll).await?;
     let key_of = |i: &Document| i.get_document("key").cloned().unwrap_or_default();
     let supported = indexes.iter().any(|i| {
-        if unique {
+        if !sharding::has_simple_collation(i) {
+            false
+        } else if unique {
             same_key(&key_of(i), key)
         } else {
             sharding::is_prefix(key, &key_of(i))

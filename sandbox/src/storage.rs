@@ -580,7 +580,15 @@ impl Collection {
         let indexes = if options.contains_key("viewOn") {
             Vec::new()
         } else {
-            vec![Index::id_index()]
+            let mut id = Index::id_index();
+            // The `_id` index takes the collection's default collation, as every index
+            // created without one does.
+            if let Ok(collation) = options.get_document("collation") {
+                if !is_simple_collation(collation) {
+                    id.spec.insert("collation", collation.clone());
+                }
+            }
+            vec![id]
         };
         Collection {
             uuid: new_uuid(),
@@ -1557,7 +1565,26 @@ impl Storage {
             let c = self
                 .collection_mut(db, coll)
                 .ok_or_else(|| CommandError::ns_not_found(ns.clone()))?;
-            for spec in specs {
+            let default_collation = c
+                .options
+                .get_document("collation")
+                .ok()
+                .filter(|collation| !is_simple_collation(collation))
+                .cloned();
+            for mut spec in specs {
+                // An index without a collation takes the collection's default; the simple
+                // collation is stored as no collation at all (listIndexes shows none).
+                match spec.get_document("collation") {
+                    Ok(collation) if is_simple_collation(collation) => {
+                        spec.remove("collation");
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        if let Some(collation) = &default_collation {
+                            spec.insert("collation", collation.clone());
+                        }
+                    }
+                }
                 let mut index = Index::from_spec(spec)?;
                 if let Some(existing) = c.indexes.iter().find(|i| i.name == index.name) {
                     if existing.key != index.key {
@@ -1803,6 +1830,11 @@ pub fn type_name(v: &Bson) -> &'static str {
         Bson::MinKey => "minKey",
         Bson::MaxKey => "maxKey",
     }
+}
+
+/// Whether a collation document is the simple (binary) one.
+fn is_simple_collation(collation: &Document) -> bool {
+    collation.get_str("locale") == Ok("simple")
 }
 
 #[cfg(test)]

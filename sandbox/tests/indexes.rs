@@ -264,3 +264,52 @@ async fn unique_compound_and_partial_sparse() {
     )
     .await;
 }
+
+/// Pins: indexes of a collection with a default collation did not take it (listIndexes
+/// showed none, `_id_` included), so a client could not see that they compare with that
+/// collation; and an index created with the simple collation showed it, where the
+/// server stores the simple collation as none.
+#[tokio::test]
+async fn indexes_take_the_collections_default_collation() {
+    let sb = start();
+    let client = client(&sb).await;
+    let db = client.database("t");
+    run(
+        &client,
+        "t",
+        doc! {"create": "p", "collation": {"locale": "en", "strength": 2}},
+    )
+    .await
+    .unwrap();
+    run(
+        &client,
+        "t",
+        doc! {"createIndexes": "p", "indexes": [
+            {"key": {"name": 1}, "name": "name_1"},
+            {"key": {"x": 1}, "name": "x_1", "collation": {"locale": "simple"}},
+            {"key": {"y": 1}, "name": "y_1", "collation": {"locale": "fr"}},
+        ]},
+    )
+    .await
+    .unwrap();
+    let mut collations = std::collections::BTreeMap::new();
+    let mut cursor = db
+        .collection::<mongodb::bson::Document>("p")
+        .list_indexes()
+        .await
+        .unwrap();
+    while cursor.advance().await.unwrap() {
+        let index = cursor.deserialize_current().unwrap();
+        let name = index.options.as_ref().and_then(|o| o.name.clone()).unwrap();
+        let locale = index
+            .options
+            .as_ref()
+            .and_then(|o| o.collation.as_ref())
+            .map(|c| c.locale.clone());
+        collations.insert(name, locale);
+    }
+    assert_eq!(collations["_id_"].as_deref(), Some("en"));
+    assert_eq!(collations["name_1"].as_deref(), Some("en"));
+    assert_eq!(collations["x_1"], None);
+    assert_eq!(collations["y_1"].as_deref(), Some("fr"));
+}

@@ -30,7 +30,8 @@ pub struct Verification {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
-    /// How the migration ended: `completed`, `cancelled`, `failed` or `expired`.
+    /// How the migration ended: `completed`, `cancelled`, `failed` or `expired`; or
+    /// `cutover_refused` while a refused cutover's comparison is served (the run goes on).
     #[serde(default = "completed")]
     pub ending: String,
     /// Why it ended, when it did not complete (the failure, the cancel, the expiry).
@@ -84,7 +85,13 @@ impl std::fmt::Display for Report {
         if self.completed() {
             writeln!(f, "migration report")?;
         } else {
-            writeln!(f, "migration report: the migration {}", self.ending)?;
+            match self.ending.as_str() {
+                "cutover_refused" => writeln!(
+                    f,
+                    "migration report: the cutover was refused by verification; the migration syncs again and can be cut over once the difference is gone"
+                )?,
+                ending => writeln!(f, "migration report: the migration {ending}")?,
+            }
             if let Some(reason) = &self.reason {
                 writeln!(f, "  reason:              {reason}")?;
             }

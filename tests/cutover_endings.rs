@@ -49,6 +49,11 @@ async fn a_refused_cutover_gives_writes_back_and_a_retry_completes() {
     let error = cutover_refused_by_verification(&m).await;
     assert!(error.contains("app.counters"), "{error}");
     assert_source_writable(&pair.src, "refused its cutover").await;
+    // The refused comparison is served as such, not as a completion (it read
+    // `ending: completed` before).
+    let refused = m.progress.report.read().clone().expect("the refused comparison");
+    assert_eq!(refused.ending, "cutover_refused");
+    assert!(!refused.completed() && !refused.verification.passed);
     planted
         .delete_one(doc! {"_id": "planted"})
         .await

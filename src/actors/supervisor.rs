@@ -21,6 +21,10 @@ use crate::control::{ControlError, ControlReply, ControlRequest};
 use crate::progress::Phase;
 use crate::report::{Report, Verification};
 
+/// The `ending` of the report a refused cutover leaves until the run ends (it syncs
+/// again, and a later cutover can complete).
+pub const REFUSED_ENDING: &str = "cutover_refused";
+
 /// Longest pause between restarts of a failing actor.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Consecutive failures after which the run fails instead of retrying.
@@ -350,8 +354,8 @@ impl Supervisor {
         if !reports_this_ending && phase != Phase::Completed && phase.is_terminal() {
             // What was done before the ending, for the API, `ferry report` and a later
             // `ferry run`: a cancelled, failed or expired run has its report too. A
-            // refused cutover's report (ending "completed", verification failed) is
-            // replaced, or a cancel after it would be stored as a completion.
+            // refused cutover's report (ending "cutover_refused") is replaced by the
+            // ending's.
             let mut ended = self.build_report(Verification::default());
             ended.ending = phase.as_str().to_string();
             ended.reason = error.clone().or_else(|| match phase {
@@ -867,8 +871,11 @@ impl Handler<Verified> for Supervisor {
                     .collect();
                 let msg = format!("verification failed, cutover refused: {}", names.join("; "));
                 tracing::error!("{msg}");
-                self.engine.progress.set_error(msg);
-                *self.engine.progress.report.write() = Some(self.build_report(failed));
+                self.engine.progress.set_error(msg.clone());
+                let mut refused = self.build_report(failed);
+                refused.ending = REFUSED_ENDING.to_string();
+                refused.reason = Some(msg);
+                *self.engine.progress.report.write() = Some(refused);
                 self.refuse_cutover(ctx);
             }
             Err(e) => {

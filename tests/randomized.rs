@@ -81,6 +81,8 @@ mod daemon;
 mod requests;
 #[path = "randomized/scenario.rs"]
 mod scenario;
+#[path = "randomized/topology.rs"]
+mod topology;
 #[path = "randomized/updates.rs"]
 mod updates;
 #[path = "randomized/values.rs"]
@@ -117,9 +119,11 @@ pub enum Feature {
     Pipeline,
     ArrayFilters,
     Reorder,
+    Views,
+    Topologies,
 }
 
-const FEATURES: [(&str, Feature); 11] = [
+const FEATURES: [(&str, Feature); 13] = [
     ("push_storm", Feature::PushStorm),
     ("equal_ids", Feature::EqualIds),
     ("dollar_fields", Feature::DollarFields),
@@ -131,12 +135,14 @@ const FEATURES: [(&str, Feature); 11] = [
     ("pipeline", Feature::Pipeline),
     ("array_filters", Feature::ArrayFilters),
     ("reorder", Feature::Reorder),
+    ("views", Feature::Views),
+    ("topologies", Feature::Topologies),
 ];
 
 /// Ingredients on unless the environment says otherwise: each once failed on a known
 /// engine bug that is fixed now, so they stay in every run as regressions guards.
 /// `FERRY_RANDOMIZED_FEATURES=none` turns them off (to isolate a failure).
-const DEFAULT_ON: [Feature; 11] = [
+const DEFAULT_ON: [Feature; 12] = [
     Feature::PushStorm,
     Feature::EqualIds,
     Feature::DollarFields,
@@ -148,6 +154,7 @@ const DEFAULT_ON: [Feature; 11] = [
     Feature::Pipeline,
     Feature::ArrayFilters,
     Feature::Reorder,
+    Feature::Views,
 ];
 
 /// What to run, from the environment.
@@ -177,6 +184,9 @@ impl Settings {
         };
         let large = std::env::var("FERRY_RANDOMIZED_SIZE").is_ok_and(|v| v == "large");
         let mut features: BTreeSet<Feature> = DEFAULT_ON.iter().copied().collect();
+        if std::env::var("FERRY_RANDOMIZED_TOPOLOGIES").is_ok_and(|v| v == "1") {
+            features.insert(Feature::Topologies);
+        }
         if let Ok(list) = std::env::var("FERRY_RANDOMIZED_FEATURES") {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 if name == "none" {
@@ -224,7 +234,7 @@ async fn seeded_workloads_and_faults_converge_exactly() {
     let keep_going = std::env::var("FERRY_RANDOMIZED_KEEP_GOING").is_ok_and(|v| v == "1");
     let mut failed = Vec::new();
     for &seed in &settings.seeds {
-        if let Err(message) = run_seed(seed, &settings, None).await {
+        if let Err(message) = run_seed(seed, &settings, None, None).await {
             if !keep_going {
                 panic!("{message}");
             }
@@ -259,9 +269,33 @@ async fn kill_9_at_every_crash_point_converges() {
             1000 + i as u64
         };
         eprintln!("randomized: SIGKILL at {at:?} with seed {seed}");
-        if let Err(message) = run_seed(seed, &settings, Some(*at)).await {
+        if let Err(message) = run_seed(seed, &settings, Some(*at), None).await {
             panic!("{message}");
         }
+    }
+}
+
+/// The seed [`two_shard_source_and_destination_converge`] runs.
+pub const SHARDED_SEED: u64 = 7;
+
+/// One seed with a two-shard source (collections sharded on `_id`, hashed or ranged,
+/// split and spread over both shards) and a two-shard destination, converging exactly
+/// through the routers. `FERRY_RANDOMIZED_SEED=N` runs seed N on this topology instead;
+/// `FERRY_RANDOMIZED_TOPOLOGIES=1` draws a topology per seed in the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shard_source_and_destination_converge() {
+    let settings = Settings::from_env();
+    let seed = if std::env::var("FERRY_RANDOMIZED_SEED").is_ok() {
+        settings.seeds[0]
+    } else {
+        SHARDED_SEED
+    };
+    let topology = topology::Topology {
+        source_shards: 2,
+        destination_shards: 2,
+    };
+    if let Err(message) = run_seed(seed, &settings, None, Some(topology)).await {
+        panic!("{message}");
     }
 }
 
@@ -271,9 +305,10 @@ async fn run_seed(
     seed: u64,
     settings: &Settings,
     kill: Option<scenario::Crash>,
+    topology: Option<topology::Topology>,
 ) -> Result<(), String> {
     let _serial = SERIAL.lock().await;
-    let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill)).await;
+    let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill, topology)).await;
     match outcome {
         Ok(summary) => {
             eprintln!("randomized: seed {seed} converged: {summary}");
@@ -293,9 +328,10 @@ async fn run_seed(
                 .filter(|(_, f)| settings.has(*f))
                 .map(|(n, _)| *n)
                 .collect();
-            let test = match kill {
-                Some(at) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
-                None => "seeded".into(),
+            let test = match (kill, topology) {
+                (Some(at), _) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
+                (None, Some(_)) => "two_shard".into(),
+                (None, None) => "seeded".into(),
             };
             Err(format!(
                 "seed {seed} failed; replay: FERRY_RANDOMIZED_SEED={seed} \

@@ -422,3 +422,64 @@ async fn coll_stats_of_a_sharded_collection_sums_its_shards() {
     assert_eq!(as_i64(stats.get("count")), 2);
     assert_eq!(as_i64(stats.get("nchunks")), 2);
 }
+
+/// An update with `arrayFilters` through the router, targeted by the full shard key (the
+/// router checks whether the update moves the document's key), applies like on a
+/// replica set. Pins: the router computed the new key without the statement's
+/// `arrayFilters` and refused every such update with 2 BadValue "No array filter found
+/// for identifier 'o'" (found by the randomized suite's two-shard seeds); findAndModify
+/// the same.
+#[tokio::test]
+async fn array_filters_pass_through_the_router_on_a_shard_key_equality() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![
+        doc! {"_id": 1, "k": 5, "objs": [{"b": 1}, {"b": 2}], "arr": [1, 2]},
+        doc! {"_id": 2, "k": 150, "objs": [{"b": 1}, {"b": 2}]},
+    ])
+    .await
+    .unwrap();
+    let reply = run(
+        &router,
+        "app",
+        doc! {"update": "items", "updates": [{
+            "q": {"k": 5},
+            "u": {"$set": {"objs.$[o].c": "x"}, "$inc": {"arr.$[]": 1}},
+            "arrayFilters": [{"o.b": {"$gte": 2}}],
+        }]},
+    )
+    .await
+    .unwrap();
+    assert!(
+        reply.get_array("writeErrors").is_err(),
+        "the update was refused: {reply}"
+    );
+    assert_eq!(as_i64(reply.get("nModified")), 1, "{reply}");
+    let reply = run(
+        &router,
+        "app",
+        doc! {"findAndModify": "items", "query": {"k": 150}, "new": true,
+        "update": {"$set": {"objs.$[o].c": "y"}}, "arrayFilters": [{"o.b": 1}]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply
+            .get_document("value")
+            .unwrap()
+            .get_array("objs")
+            .unwrap(),
+        &vec![
+            Bson::Document(doc! {"b": 1, "c": "y"}),
+            Bson::Document(doc! {"b": 2})
+        ],
+        "{reply}"
+    );
+    let one = coll.find_one(doc! {"_id": 1}).await.unwrap().unwrap();
+    assert_eq!(
+        one,
+        doc! {"_id": 1, "k": 5, "objs": [{"b": 1}, {"b": 2, "c": "x"}], "arr": [2, 3]}
+    );
+}

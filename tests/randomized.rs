@@ -15,7 +15,11 @@
 //! - `FERRY_RANDOMIZED_TRACE=1`: print every command the workload sends, and each
 //!   fault and crash as it happens (to minimise a failing seed).
 //! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients, listed
-//!   below (all of them are on by default now; `none,<name>` isolates one).
+//!   below (all but `topologies` are on by default; `none,<name>` isolates one).
+//! - `FERRY_RANDOMIZED_TOPOLOGIES=1` (the same as the feature `topologies`): each seed
+//!   also draws its topology — source and destination each a replica set or a
+//!   two-shard sandbox cluster. `cargo test` runs one two-shard → two-shard seed
+//!   ([`SHARDED_SEED`]) besides the replica-set seeds.
 //!
 //! Workload (weights drawn per seed): inserts, bulk inserts, updates mixing every
 //! operator kind (`$set`, `$unset`, `$inc`, `$mul`, `$min`, `$max`, `$rename`, `$push`
@@ -25,6 +29,25 @@
 //! rename within and across databases, createIndexes, dropIndexes, collMod); `_id`s of
 //! every BSON type that may be an `_id`, unicode keys and strings, nesting up to 90
 //! levels, dotted top-level field names.
+//! Materialized-view refreshes (`views`): `aggregate` ending with `$out` (a
+//! `tmp.agg_out.<uuid>` collection renamed over the target) or `$merge` (`on: "_id"`,
+//! whenMatched replace/keepExisting/merge, whenNotMatched insert/discard) into `mv0` /
+//! `mv1` of the collection's database; with a namespace filter drawn for some seeds
+//! (`[filter] exclude_namespaces = ["staging"]`), also `$out`/`$merge` from the
+//! excluded `staging.raw` into an in-scope database (replica-set sources). Pipeline
+//! updates include the capped list (`$concatArrays` + `$slice` + `$isArray`, then
+//! `$reverseArray`).
+//! Topologies (`topologies`): on a sharded source, each seeded collection is sharded on
+//! `_id` (hashed or ranged) with probability 0.6, split at its median and one chunk
+//! moved to the other shard; no transactions are generated there (the sandbox runs
+//! none across shards), and views read unsharded collections only (the sandbox router
+//! runs `$out`/`$merge` from those only). On a sharded destination, unsharded source
+//! collections get a `[sharding]` entry on `_id` (ranged or hashed) with probability
+//! 0.5; DDL keeps those collections' names (a restarted run checks the entries). A
+//! stepdown of a sharded side steps down one shard's primary; dropped connections and
+//! latency hit its router. The comparison reads both sides through their routers; the
+//! hashed supporting index Ferry creates for an entry is the one index difference it
+//! allows.
 //! Faults (drawn per seed, each checked to have fired): stepdowns and dropped
 //! connections on either side (`sandboxFault`), latency spikes, pause/resume through the
 //! control API, a crash of Ferry at one of copy / plan save / sync / DDL replay / cutover

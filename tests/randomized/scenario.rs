@@ -409,6 +409,10 @@ pub async fn run(
             "[filter]\nexclude_namespaces = [\"{OUTSIDE_DB}\"]\n"
         ));
         scope.skip_dbs.push(OUTSIDE_DB.into());
+        eprintln!(
+            "randomized: seed {seed}: namespace filter excludes {OUTSIDE_DB} (views from it: {})",
+            load.outside_views
+        );
     }
     if topology.sharded_source() {
         let sharded = topology::shard_source(&pair.src, &mut load, &mut more).await;

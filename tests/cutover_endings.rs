@@ -51,7 +51,12 @@ async fn a_refused_cutover_gives_writes_back_and_a_retry_completes() {
     assert_source_writable(&pair.src, "refused its cutover").await;
     // The refused comparison is served as such, not as a completion (it read
     // `ending: completed` before).
-    let refused = m.progress.report.read().clone().expect("the refused comparison");
+    let refused = m
+        .progress
+        .report
+        .read()
+        .clone()
+        .expect("the refused comparison");
     assert_eq!(refused.ending, "cutover_refused");
     assert!(!refused.completed() && !refused.verification.passed);
     planted

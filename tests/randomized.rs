@@ -15,7 +15,11 @@
 //! - `FERRY_RANDOMIZED_TRACE=1`: print every command the workload sends, and each
 //!   fault and crash as it happens (to minimise a failing seed).
 //! - `FERRY_RANDOMIZED_FEATURES=a,b,...` (or `all`): switch on ingredients, listed
-//!   below (all of them are on by default now; `none,<name>` isolates one).
+//!   below (all but `topologies` are on by default; `none,<name>` isolates one).
+//! - `FERRY_RANDOMIZED_TOPOLOGIES=1` (the same as the feature `topologies`): each seed
+//!   also draws its topology — source and destination each a replica set or a
+//!   two-shard sandbox cluster. `cargo test` runs one two-shard → two-shard seed
+//!   ([`SHARDED_SEED`]) besides the replica-set seeds.
 //!
 //! Workload (weights drawn per seed): inserts, bulk inserts, updates mixing every
 //! operator kind (`$set`, `$unset`, `$inc`, `$mul`, `$min`, `$max`, `$rename`, `$push`
@@ -25,6 +29,25 @@
 //! rename within and across databases, createIndexes, dropIndexes, collMod); `_id`s of
 //! every BSON type that may be an `_id`, unicode keys and strings, nesting up to 90
 //! levels, dotted top-level field names.
+//! Materialized-view refreshes (`views`): `aggregate` ending with `$out` (a
+//! `tmp.agg_out.<uuid>` collection renamed over the target) or `$merge` (`on: "_id"`,
+//! whenMatched replace/keepExisting/merge, whenNotMatched insert/discard) into `mv0` /
+//! `mv1` of the collection's database; with a namespace filter drawn for some seeds
+//! (`[filter] exclude_namespaces = ["staging"]`), also `$out`/`$merge` from the
+//! excluded `staging.raw` into an in-scope database (replica-set sources). Pipeline
+//! updates include the capped list (`$concatArrays` + `$slice` + `$isArray`, then
+//! `$reverseArray`).
+//! Topologies (`topologies`): on a sharded source, each seeded collection is sharded on
+//! `_id` (hashed or ranged) with probability 0.6, split at its median and one chunk
+//! moved to the other shard; no transactions are generated there (the sandbox runs
+//! none across shards), and views read unsharded collections only (the sandbox router
+//! runs `$out`/`$merge` from those only). On a sharded destination, unsharded source
+//! collections get a `[sharding]` entry on `_id` (ranged or hashed) with probability
+//! 0.5; DDL keeps those collections' names (a restarted run checks the entries). A
+//! stepdown of a sharded side steps down one shard's primary; dropped connections and
+//! latency hit its router. The comparison reads both sides through their routers; the
+//! hashed supporting index Ferry creates for an entry is the one index difference it
+//! allows.
 //! Faults (drawn per seed, each checked to have fired): stepdowns and dropped
 //! connections on either side (`sandboxFault`), latency spikes, pause/resume through the
 //! control API, a crash of Ferry at one of copy / plan save / sync / DDL replay / cutover
@@ -81,6 +104,8 @@ mod daemon;
 mod requests;
 #[path = "randomized/scenario.rs"]
 mod scenario;
+#[path = "randomized/topology.rs"]
+mod topology;
 #[path = "randomized/updates.rs"]
 mod updates;
 #[path = "randomized/values.rs"]
@@ -117,9 +142,11 @@ pub enum Feature {
     Pipeline,
     ArrayFilters,
     Reorder,
+    Views,
+    Topologies,
 }
 
-const FEATURES: [(&str, Feature); 11] = [
+const FEATURES: [(&str, Feature); 13] = [
     ("push_storm", Feature::PushStorm),
     ("equal_ids", Feature::EqualIds),
     ("dollar_fields", Feature::DollarFields),
@@ -131,12 +158,14 @@ const FEATURES: [(&str, Feature); 11] = [
     ("pipeline", Feature::Pipeline),
     ("array_filters", Feature::ArrayFilters),
     ("reorder", Feature::Reorder),
+    ("views", Feature::Views),
+    ("topologies", Feature::Topologies),
 ];
 
 /// Ingredients on unless the environment says otherwise: each once failed on a known
 /// engine bug that is fixed now, so they stay in every run as regressions guards.
 /// `FERRY_RANDOMIZED_FEATURES=none` turns them off (to isolate a failure).
-const DEFAULT_ON: [Feature; 11] = [
+const DEFAULT_ON: [Feature; 12] = [
     Feature::PushStorm,
     Feature::EqualIds,
     Feature::DollarFields,
@@ -148,6 +177,7 @@ const DEFAULT_ON: [Feature; 11] = [
     Feature::Pipeline,
     Feature::ArrayFilters,
     Feature::Reorder,
+    Feature::Views,
 ];
 
 /// What to run, from the environment.
@@ -177,6 +207,9 @@ impl Settings {
         };
         let large = std::env::var("FERRY_RANDOMIZED_SIZE").is_ok_and(|v| v == "large");
         let mut features: BTreeSet<Feature> = DEFAULT_ON.iter().copied().collect();
+        if std::env::var("FERRY_RANDOMIZED_TOPOLOGIES").is_ok_and(|v| v == "1") {
+            features.insert(Feature::Topologies);
+        }
         if let Ok(list) = std::env::var("FERRY_RANDOMIZED_FEATURES") {
             for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 if name == "none" {
@@ -224,7 +257,7 @@ async fn seeded_workloads_and_faults_converge_exactly() {
     let keep_going = std::env::var("FERRY_RANDOMIZED_KEEP_GOING").is_ok_and(|v| v == "1");
     let mut failed = Vec::new();
     for &seed in &settings.seeds {
-        if let Err(message) = run_seed(seed, &settings, None).await {
+        if let Err(message) = run_seed(seed, &settings, None, None).await {
             if !keep_going {
                 panic!("{message}");
             }
@@ -259,9 +292,33 @@ async fn kill_9_at_every_crash_point_converges() {
             1000 + i as u64
         };
         eprintln!("randomized: SIGKILL at {at:?} with seed {seed}");
-        if let Err(message) = run_seed(seed, &settings, Some(*at)).await {
+        if let Err(message) = run_seed(seed, &settings, Some(*at), None).await {
             panic!("{message}");
         }
+    }
+}
+
+/// The seed [`two_shard_source_and_destination_converge`] runs.
+pub const SHARDED_SEED: u64 = 7;
+
+/// One seed with a two-shard source (collections sharded on `_id`, hashed or ranged,
+/// split and spread over both shards) and a two-shard destination, converging exactly
+/// through the routers. `FERRY_RANDOMIZED_SEED=N` runs seed N on this topology instead;
+/// `FERRY_RANDOMIZED_TOPOLOGIES=1` draws a topology per seed in the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shard_source_and_destination_converge() {
+    let settings = Settings::from_env();
+    let seed = if std::env::var("FERRY_RANDOMIZED_SEED").is_ok() {
+        settings.seeds[0]
+    } else {
+        SHARDED_SEED
+    };
+    let topology = topology::Topology {
+        source_shards: 2,
+        destination_shards: 2,
+    };
+    if let Err(message) = run_seed(seed, &settings, None, Some(topology)).await {
+        panic!("{message}");
     }
 }
 
@@ -271,9 +328,10 @@ async fn run_seed(
     seed: u64,
     settings: &Settings,
     kill: Option<scenario::Crash>,
+    topology: Option<topology::Topology>,
 ) -> Result<(), String> {
     let _serial = SERIAL.lock().await;
-    let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill)).await;
+    let outcome = tokio::spawn(scenario::run(seed, settings.clone(), kill, topology)).await;
     match outcome {
         Ok(summary) => {
             eprintln!("randomized: seed {seed} converged: {summary}");
@@ -293,9 +351,10 @@ async fn run_seed(
                 .filter(|(_, f)| settings.has(*f))
                 .map(|(n, _)| *n)
                 .collect();
-            let test = match kill {
-                Some(at) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
-                None => "seeded".into(),
+            let test = match (kill, topology) {
+                (Some(at), _) => format!("kill_9 with FERRY_RANDOMIZED_CRASH={at:?}"),
+                (None, Some(_)) => "two_shard".into(),
+                (None, None) => "seeded".into(),
             };
             Err(format!(
                 "seed {seed} failed; replay: FERRY_RANDOMIZED_SEED={seed} \

@@ -765,3 +765,131 @@ async fn min_max_on_the_id_index_reads_that_range_from_every_shard() {
     let ids: Vec<i32> = found.iter().map(|d| d.get_i32("_id").unwrap()).collect();
     assert_eq!(ids, (100..110).collect::<Vec<_>>());
 }
+
+/// An update with `arrayFilters` through the router, targeted by the full shard key (the
+/// router checks whether the update moves the document's key), applies like on a
+/// replica set. Pins: the router computed the new key without the statement's
+/// `arrayFilters` and refused every such update with 2 BadValue "No array filter found
+/// for identifier 'o'" (found by the randomized suite's two-shard seeds); findAndModify
+/// the same.
+#[tokio::test]
+async fn array_filters_pass_through_the_router_on_a_shard_key_equality() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    let coll = router.database("app").collection::<Document>("items");
+    coll.insert_many(vec![
+        doc! {"_id": 1, "k": 5, "objs": [{"b": 1}, {"b": 2}], "arr": [1, 2]},
+        doc! {"_id": 2, "k": 150, "objs": [{"b": 1}, {"b": 2}]},
+    ])
+    .await
+    .unwrap();
+    let reply = run(
+        &router,
+        "app",
+        doc! {"update": "items", "updates": [{
+            "q": {"k": 5},
+            "u": {"$set": {"objs.$[o].c": "x"}, "$inc": {"arr.$[]": 1}},
+            "arrayFilters": [{"o.b": {"$gte": 2}}],
+        }]},
+    )
+    .await
+    .unwrap();
+    assert!(
+        reply.get_array("writeErrors").is_err(),
+        "the update was refused: {reply}"
+    );
+    assert_eq!(as_i64(reply.get("nModified")), 1, "{reply}");
+    let reply = run(
+        &router,
+        "app",
+        doc! {"findAndModify": "items", "query": {"k": 150}, "new": true,
+        "update": {"$set": {"objs.$[o].c": "y"}}, "arrayFilters": [{"o.b": 1}]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply
+            .get_document("value")
+            .unwrap()
+            .get_array("objs")
+            .unwrap(),
+        &vec![
+            Bson::Document(doc! {"b": 1, "c": "y"}),
+            Bson::Document(doc! {"b": 2})
+        ],
+        "{reply}"
+    );
+    let one = coll.find_one(doc! {"_id": 1}).await.unwrap().unwrap();
+    assert_eq!(
+        one,
+        doc! {"_id": 1, "k": 5, "objs": [{"b": 1}, {"b": 2, "c": "x"}], "arr": [2, 3]}
+    );
+}
+
+/// A rename of an unsharded collection into another database through the router stays
+/// on the source database's primary shard: a missing target database is created with
+/// that primary, and a target database whose primary is another shard is refused with
+/// 5448802, as a real 6.0/7.0 router does. Pins: the router forwarded the rename without
+/// recording the target database, whose primary was then chosen at its first write
+/// (another shard), so the renamed documents vanished from reads through the router
+/// (found by the randomized suite's two-shard seed 2003).
+#[tokio::test]
+async fn rename_into_another_database_stays_on_the_primary_shard() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "app", "primaryShard": "shard0"},
+    )
+    .await
+    .unwrap();
+    let docs: Vec<Document> = (0..5).map(|i| doc! {"_id": i}).collect();
+    run(&router, "app", doc! {"insert": "a", "documents": docs})
+        .await
+        .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.a", "to": "fresh.b"},
+    )
+    .await
+    .unwrap();
+    let fresh = router.database("fresh").collection::<Document>("b");
+    fresh.insert_one(doc! {"_id": 5}).await.unwrap();
+    assert_eq!(fresh.count_documents(doc! {}).await.unwrap(), 6);
+    let entry = router
+        .database("config")
+        .collection::<Document>("databases")
+        .find_one(doc! {"_id": "fresh"})
+        .await
+        .unwrap()
+        .expect("the rename created the target database");
+    assert_eq!(entry.get_str("primary").unwrap(), "shard0");
+
+    run(
+        &router,
+        "admin",
+        doc! {"enableSharding": "other", "primaryShard": "shard1"},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "app",
+        doc! {"insert": "c", "documents": [{"_id": 1}]},
+    )
+    .await
+    .unwrap();
+    let err = run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.c", "to": "other.d"},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), 5448802, "{err}");
+    let app = router.database("app").collection::<Document>("c");
+    assert_eq!(app.count_documents(doc! {}).await.unwrap(), 1);
+}

@@ -122,12 +122,24 @@ fn show_id(key: &[u8]) -> String {
     }
 }
 
+/// What the comparison leaves out, each for a stated reason.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Databases outside the run's namespace filter (on the source only).
+    pub skip_dbs: Vec<String>,
+    /// ("db.coll", key): the supporting index of a `[sharding]` entry's key that Ferry
+    /// created on the destination (`create_supporting_indexes = true`) where the source
+    /// has none; any other index difference counts.
+    pub supporting_indexes: Vec<(String, Document)>,
+}
+
 /// Compares both sides; returns the differences (empty when equal) and the number of
 /// documents compared.
-pub async fn differences(src: &Client, dst: &Client) -> (Vec<String>, usize) {
+pub async fn differences(src: &Client, dst: &Client, scope: &Scope) -> (Vec<String>, usize) {
     let mut diffs = Vec::new();
     let mut compared = 0;
-    let dbs = common::user_databases(src).await;
+    let mut dbs = common::user_databases(src).await;
+    dbs.retain(|db| !scope.skip_dbs.contains(db));
     let dst_dbs = common::user_databases(dst).await;
     if dbs != dst_dbs {
         diffs.push(format!(
@@ -161,7 +173,16 @@ pub async fn differences(src: &Client, dst: &Client) -> (Vec<String>, usize) {
                 continue;
             }
             let si = common::indexes(src, db, name).await;
-            let di = common::indexes(dst, db, name).await;
+            let mut di = common::indexes(dst, db, name).await;
+            di.retain(|index, (key, _)| {
+                si.contains_key(index)
+                    || !scope.supporting_indexes.iter().any(|(n, k)| {
+                        *n == ns
+                            && k.iter()
+                                .map(|(f, v)| (f.clone(), v.clone()))
+                                .eq(key.iter().cloned())
+                    })
+            });
             if si != di {
                 diffs.push(format!(
                     "{ns}: indexes differ:\n  source      {si:?}\n  destination {di:?}"

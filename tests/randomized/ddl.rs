@@ -43,6 +43,12 @@ impl Workload {
     }
 
     async fn ddl_arm(&mut self, client: &Client, ns: &Namespace, arm: u32) -> Result<(), String> {
+        // A collection a `[sharding]` entry names keeps its name: index DDL instead.
+        let arm = if matches!(arm, 1 | 2) && self.pinned.contains(&Self::key(ns)) {
+            3
+        } else {
+            arm
+        };
         let db = ns.db.clone();
         let coll = ns.coll.clone();
         match arm {

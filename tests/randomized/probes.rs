@@ -35,6 +35,28 @@ pub async fn unsupported(client: &Client, kind: Kind) -> Option<String> {
             )
             .await
         }
+        Kind::CappedList => {
+            let pipeline = super::super::updates::capped_list("probe", 2);
+            write(
+                client,
+                db,
+                doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": pipeline}]},
+            )
+            .await
+        }
+        Kind::View => {
+            let mut out = Ok(());
+            for last in [
+                doc! {"$out": "v"},
+                doc! {"$merge": {"into": "v", "on": "_id", "whenMatched": "merge", "whenNotMatched": "insert"}},
+            ] {
+                let cmd = doc! {"aggregate": "p", "pipeline": [{"$project": {"arr": 1}}, last], "cursor": {}};
+                if let Err(e) = command(client, db, cmd).await {
+                    out = Err(e.to_string());
+                }
+            }
+            out
+        }
         Kind::ArrayFilters => {
             write(client, db, doc! {"update": "p", "updates": [{"q": {"_id": 1}, "u": {"$set": {"objs.$[o].c": 1}}, "arrayFilters": [{"o.b": 1}]}]}).await
         }

@@ -12,9 +12,12 @@ use mongodb::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::common::sharded::Topologies;
+use super::compare::Scope;
 use super::daemon::{config_text, Daemon};
 use super::requests;
-use super::workload::{self, Kind, Workload};
+use super::topology::{self, Topology};
+use super::workload::{self, Kind, Workload, OUTSIDE_DB};
 use super::{common, compare, Feature, Settings};
 
 /// Where a crash of Ferry lands.
@@ -147,12 +150,13 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The side a fault hits, with the handle to check it fired.
-fn side(pair: &common::Pair, source: bool) -> (&ferry_sandbox::Sandbox, &Client) {
+/// The node of a side that clients (and Ferry) talk to, with a client on it: the
+/// replica set's primary or the router. Dropped connections and latency land there.
+fn side(pair: &Topologies, source: bool) -> (&ferry_sandbox::Sandbox, &Client) {
     if source {
-        (&pair.source, &pair.src)
+        (topology::front(&pair.source), &pair.src)
     } else {
-        (&pair.destination, &pair.dst)
+        (topology::front(&pair.destination), &pair.dst)
     }
 }
 
@@ -164,14 +168,22 @@ async fn sandbox_fault(client: &Client, cmd: Document) {
 
 /// Injects a fault through `sandboxFault` and checks that it took effect; returns a
 /// description for the summary. Latency stays on until [`clear_latency`].
-async fn inject(pair: &common::Pair, ferry: &mut Daemon, fault: Fault, rng: &mut StdRng) -> String {
+async fn inject(pair: &Topologies, ferry: &mut Daemon, fault: Fault, rng: &mut StdRng) -> String {
     match fault {
         Fault::SourceStepdown | Fault::DestinationStepdown => {
-            let source = fault == Fault::SourceStepdown;
-            let (sandbox, client) = side(pair, source);
+            let deployment = if fault == Fault::SourceStepdown {
+                &pair.source
+            } else {
+                &pair.destination
+            };
+            // A replica set's primary, or one shard's primary.
+            let sandbox = topology::stepdown_node(deployment, rng);
+            let client = Client::with_uri_str(sandbox.uri())
+                .await
+                .expect("a client on the node to step down");
             let term = sandbox.server().term.load(Ordering::SeqCst);
             let secs = rng.gen_range(0.2..1.5);
-            sandbox_fault(client, doc! {"sandboxFault": 1, "stepDownSecs": secs}).await;
+            sandbox_fault(&client, doc! {"sandboxFault": 1, "stepDownSecs": secs}).await;
             common::poll("the stepdown to happen", || {
                 sandbox.server().term.load(Ordering::SeqCst) > term
             })
@@ -217,7 +229,7 @@ async fn inject(pair: &common::Pair, ferry: &mut Daemon, fault: Fault, rng: &mut
     }
 }
 
-async fn clear_latency(pair: &common::Pair) {
+async fn clear_latency(pair: &Topologies) {
     for client in [&pair.src, &pair.dst] {
         sandbox_fault(client, doc! {"sandboxFault": 1, "latencyMs": 0}).await;
     }
@@ -227,7 +239,7 @@ async fn clear_latency(pair: &common::Pair) {
 /// op index when it belongs to this stage, resuming a paused run after a few ops.
 #[allow(clippy::too_many_arguments)]
 async fn stage(
-    pair: &common::Pair,
+    pair: &Topologies,
     ferry: &mut Daemon,
     load: &mut Workload,
     count: usize,
@@ -336,24 +348,43 @@ pub const CRASHES: [Crash; 5] = [
 
 /// Runs `seed`; `kill` forces a SIGKILL of a `ferry run` child at that point instead of
 /// the crash the seed would draw.
-pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary {
+pub async fn run(
+    seed: u64,
+    settings: Settings,
+    kill: Option<Crash>,
+    topology: Option<Topology>,
+) -> Summary {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut plan = Plan::draw(&mut rng, &settings);
+    let topology = topology.unwrap_or(if settings.has(Feature::Topologies) {
+        Topology::draw(seed)
+    } else {
+        Topology::REPLICA_SETS
+    });
+    // Draws added after the plan's own, from their own generator (earlier seeds keep
+    // their plans).
+    let mut more = StdRng::seed_from_u64(seed ^ 0x0ff5_1de5);
     if let Some(at) = kill {
         let op = plan.crash.map(|(_, _, op)| op).unwrap_or(0);
         // FERRY_RANDOMIZED_IN_PROCESS=1 crashes an in-process run instead (to minimise).
         let child = std::env::var("FERRY_RANDOMIZED_IN_PROCESS").map_or(true, |v| v != "1");
         plan.crash = Some((at, child, op));
     }
-    eprintln!("randomized: seed {seed}: {plan:?}");
-    let pair = common::Pair::start().await;
+    eprintln!("randomized: seed {seed}: {topology:?} {plan:?}");
+    let pair = Topologies::start(topology.source_shards, topology.destination_shards).await;
     let mut load = Workload::new(StdRng::seed_from_u64(rng.gen()), &settings);
     load.destination = Some(pair.dst.clone());
+    if topology.sharded_source() {
+        // The sandbox runs transactions on a replica set only (not across shards).
+        load.disable(Kind::Transaction);
+    }
     for (feature, kind) in [
         (Feature::Txn, Kind::Transaction),
         (Feature::Pipeline, Kind::PipelineUpdate),
         (Feature::ArrayFilters, Kind::ArrayFilters),
         (Feature::Reorder, Kind::Reorder),
+        (Feature::Pipeline, Kind::CappedList),
+        (Feature::Views, Kind::View),
     ] {
         if settings.has(feature) {
             if let Some(why) = workload::unsupported(&pair.src, kind).await {
@@ -364,6 +395,45 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     }
     load.seed(&pair.src, plan.docs).await;
     let mut fired = Vec::new();
+    // A namespace filter leaving a database out, which views may be computed from.
+    load.outside_filter = settings.has(Feature::Views) && more.gen_bool(0.3);
+    // Views from outside into another database are run on replica-set sources only:
+    // the sandbox router sends `$out`/`$merge` of an unsharded collection to the
+    // source database's primary shard, whatever the target database.
+    load.outside_views = load.outside_filter && !topology.sharded_source();
+    load.seed_outside(&pair.src, plan.docs.min(40)).await;
+    let mut scope = Scope::default();
+    let mut extra = plan.extra.clone();
+    if load.outside_filter {
+        extra.push_str(&format!(
+            "[filter]\nexclude_namespaces = [\"{OUTSIDE_DB}\"]\n"
+        ));
+        scope.skip_dbs.push(OUTSIDE_DB.into());
+        eprintln!(
+            "randomized: seed {seed}: namespace filter excludes {OUTSIDE_DB} (views from it: {})",
+            load.outside_views
+        );
+    }
+    if topology.sharded_source() {
+        let sharded = topology::shard_source(&pair.src, &mut load, &mut more).await;
+        eprintln!("randomized: seed {seed}: sharded on the source: {sharded:?}");
+    }
+    if topology.sharded_destination() {
+        let entries = topology::draw_entries(&mut load, &mut more);
+        for e in entries.iter().filter(|e| e.hashed) {
+            scope
+                .supporting_indexes
+                .push((workload::Workload::key(&e.ns), e.key()));
+        }
+        extra.push_str(&topology::sharding_config(&entries));
+        eprintln!(
+            "randomized: seed {seed}: sharding entries: {:?}",
+            entries
+                .iter()
+                .map(|e| format!("{} {}", Workload::key(&e.ns), e.key()))
+                .collect::<Vec<_>>()
+        );
+    }
 
     if plan.copy_latency_ms > 0 {
         sandbox_fault(
@@ -373,7 +443,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
         .await;
     }
     let (src_uri, dst_uri) = (pair.source.uri(), pair.destination.uri());
-    let text = config_text(&src_uri, &dst_uri, "127.0.0.1:0", &plan.extra);
+    let text = config_text(&src_uri, &dst_uri, "127.0.0.1:0", &extra);
     // With `slow_plan_save`, a slow source keeps the run making and saving its copy
     // plan long enough for the crash to land there.
     let slow_plan = settings.has(Feature::SlowPlanSave)
@@ -385,7 +455,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
     }
     let child = plan.crash.is_some_and(|(_, child, _)| child);
     let mut ferry = if child {
-        Daemon::start_child(&src_uri, &dst_uri, &plan.extra, &seed.to_string()).await
+        Daemon::start_child(&src_uri, &dst_uri, &extra, &seed.to_string()).await
     } else {
         Daemon::start_in_process(&text).await
     };
@@ -526,7 +596,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
             .await;
         if s.phase == Phase::ReadyForCutover {
             if let Some(error) = cutover(&mut ferry).await {
-                let (diffs, _) = compare::differences(&pair.src, &pair.dst).await;
+                let (diffs, _) = compare::differences(&pair.src, &pair.dst, &scope).await;
                 panic!(
                     "the cutover after a crash during cutover bounced: {error}\n\
                      differences seen by the suite:\n{}",
@@ -536,7 +606,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
         }
     } else if let Some(error) = cutover(&mut ferry).await {
         // Writes have stopped: what differs now is what Ferry got wrong.
-        let (diffs, _) = compare::differences(&pair.src, &pair.dst).await;
+        let (diffs, _) = compare::differences(&pair.src, &pair.dst, &scope).await;
         panic!(
             "the cutover went back to ready_for_cutover: {error}\nfaults fired: {fired:?}\n\
              differences seen by the suite:\n{}",
@@ -551,7 +621,7 @@ pub async fn run(seed: u64, settings: Settings, kill: Option<Crash>) -> Summary 
         phase.as_str()
     );
 
-    let (diffs, compared) = compare::differences(&pair.src, &pair.dst).await;
+    let (diffs, compared) = compare::differences(&pair.src, &pair.dst, &scope).await;
     assert!(
         diffs.is_empty(),
         "the destination differs from the source ({} differences; faults fired: {fired:?}; ops: {}):\n{}",

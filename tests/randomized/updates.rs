@@ -141,3 +141,44 @@ pub fn pipeline(word: &str) -> Vec<Document> {
         doc! {"$replaceWith": {"$mergeObjects": [{"_id": "$_id", "moved": "$sub"}, "$$ROOT"]}},
     ]
 }
+
+/// The capped-list idiom as a pipeline update (feature `pipeline`): append to an array
+/// that may be missing or not an array yet, keep the last `keep` entries, and store a
+/// newest-first copy beside it (`$concatArrays`, `$isArray`, `$slice`, `$reverseArray`).
+pub fn capped_list(word: &str, keep: i32) -> Vec<Document> {
+    vec![
+        doc! {"$set": {"recent": {"$slice": [
+            {"$concatArrays": [
+                {"$cond": [{"$isArray": "$recent"}, "$recent", []]},
+                [{"w": word}],
+            ]},
+            -keep,
+        ]}}},
+        doc! {"$set": {"newest_first": {"$reverseArray": "$recent"}}},
+    ]
+}
+
+/// A materialized-view refresh (feature `views`): a pipeline over the source
+/// collection that an application reruns to rebuild a summary or a projection. The
+/// writing stage (`$out` or `$merge`) is added by the caller.
+pub fn view_pipeline(rng: &mut StdRng) -> Vec<Document> {
+    match rng.gen_range(0..3) {
+        0 => vec![doc! {"$group": {"_id": "$g", "n": {"$sum": 1}, "words": {"$addToSet": "$s"}}}],
+        1 => vec![
+            doc! {"$match": {"g": {"$lt": rng.gen_range(1..8i32)}}},
+            doc! {"$project": {"g": 1, "s": 1, "tags": 1}},
+        ],
+        _ => vec![
+            doc! {"$match": {"cnt": {"$exists": true}}},
+            doc! {"$set": {"refreshed": values::word(rng)}},
+            doc! {"$project": {"big": 0, "storm": 0}},
+        ],
+    }
+}
+
+/// A `$merge` stage into `coll`, on `_id`, with drawn matched/not-matched actions.
+pub fn merge_stage(rng: &mut StdRng, coll: &str) -> Document {
+    let matched = ["replace", "keepExisting", "merge"][rng.gen_range(0..3)];
+    let not_matched = ["insert", "discard"][rng.gen_range(0..2)];
+    doc! {"$merge": {"into": coll, "on": "_id", "whenMatched": matched, "whenNotMatched": not_matched}}
+}

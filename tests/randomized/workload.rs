@@ -2,7 +2,7 @@
 //! Each op is drawn with the seed's weights and sent as a plain command over TCP, the way
 //! a driver sends it, so the sandbox sees exactly what a real server would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bson::{doc, Bson, Document};
 use mongodb::Client;
@@ -19,8 +19,11 @@ use super::{Feature, Settings};
 mod ddl;
 #[path = "probes.rs"]
 mod probes;
+#[path = "views.rs"]
+mod views;
 
 pub use probes::unsupported;
+pub use views::OUTSIDE_DB;
 
 /// Op kinds; each seed gives every kind its own weight (some zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,6 +46,8 @@ pub enum Kind {
     PipelineUpdate,
     ArrayFilters,
     Reorder,
+    CappedList,
+    View,
 }
 
 const ALWAYS: [Kind; 11] = [
@@ -86,6 +91,16 @@ pub struct Workload {
     pub done: BTreeMap<Kind, (u64, u64)>,
     /// The first error of each kind, to tell a generator bug from a fault.
     pub first_error: BTreeMap<Kind, String>,
+    /// Collections sharded on the source ("db.coll").
+    pub sharded: BTreeSet<String>,
+    /// Collections DDL must not drop or rename ("db.coll"): those a `[sharding]` entry
+    /// of the config names (a restarted run checks that they exist).
+    pub pinned: BTreeSet<String>,
+    /// Whether the run excludes [`OUTSIDE_DB`] by its namespace filter, so views may
+    /// be computed from there.
+    pub outside_filter: bool,
+    /// Whether views may be computed from [`OUTSIDE_DB`] into in-scope databases.
+    pub outside_views: bool,
 }
 
 impl Workload {
@@ -100,6 +115,8 @@ impl Workload {
             (Feature::Pipeline, Kind::PipelineUpdate),
             (Feature::ArrayFilters, Kind::ArrayFilters),
             (Feature::Reorder, Kind::Reorder),
+            (Feature::Pipeline, Kind::CappedList),
+            (Feature::Views, Kind::View),
         ] {
             if settings.has(feature) {
                 kinds.push(kind);
@@ -131,10 +148,14 @@ impl Workload {
             destination: None,
             done: BTreeMap::new(),
             first_error: BTreeMap::new(),
+            sharded: BTreeSet::new(),
+            pinned: BTreeSet::new(),
+            outside_filter: false,
+            outside_views: false,
         }
     }
 
-    fn key(ns: &Namespace) -> String {
+    pub fn key(ns: &Namespace) -> String {
         format!("{}.{}", ns.db, ns.coll)
     }
 
@@ -438,6 +459,20 @@ impl Workload {
                 )
                 .await
             }
+            Kind::CappedList => {
+                let Some(id) = self.pick_id(&ns) else {
+                    return Ok(());
+                };
+                let keep = self.rng.gen_range(1..6);
+                let pipeline = updates::capped_list(&values::word(&mut self.rng), keep);
+                write(
+                    client,
+                    &db,
+                    doc! {"update": &coll, "updates": [{"q": {"_id": id}, "u": pipeline}]},
+                )
+                .await
+            }
+            Kind::View => self.refresh_view(client, &ns).await,
             Kind::ArrayFilters => {
                 let Some(id) = self.pick_id(&ns) else {
                     return Ok(());

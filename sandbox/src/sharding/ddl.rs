@@ -107,6 +107,8 @@ pub async fn rename(router: &Router, conn: &Connection, cmd: Document) -> CmdRes
                 return Ok(dropped);
             }
         }
+        let (target_db, _) = split_ns(&target);
+        super::router::rename_target_database(router, source_db, target_db)?;
         return match home_shard(router, source_db, false)? {
             Some(shard) => Ok(forward::to_shard(router, &shard, conn, cmd).await),
             None => super::router::to_config(router, conn, cmd).await,

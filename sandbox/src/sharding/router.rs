@@ -393,6 +393,38 @@ pub fn home_shard(router: &Router, db: &str, create: bool) -> CmdResult<Option<S
         .or_else(|| shards.first().cloned()))
 }
 
+/// Before a rename into another database: the target database is created when missing,
+/// with the source database's primary shard, and refused (5448802) when it exists with
+/// another primary shard, as a real router does; the collection never leaves its shard.
+pub(super) fn rename_target_database(
+    router: &Router,
+    source_db: &str,
+    target_db: &str,
+) -> CmdResult<()> {
+    if source_db == target_db || matches!(target_db, "" | "admin" | "config" | "local") {
+        return Ok(());
+    }
+    let mut storage = router.config.storage.lock();
+    let Some(source) = catalog::database(&storage, source_db) else {
+        return Ok(());
+    };
+    match catalog::database(&storage, target_db) {
+        None => {
+            crate::storage::validate_collection_name(target_db, "x")?;
+            catalog::create_database(&mut storage, target_db, &source.primary)?;
+            Ok(())
+        }
+        Some(target) if target.primary != source.primary => Err(CommandError::new(
+            5448802,
+            format!(
+                "Source and destination collections must be on same shard: {source_db} has primary shard {}, {target_db} has {}",
+                source.primary, target.primary
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Runs a command on the config server for the client.
 pub async fn to_config(router: &Router, conn: &Connection, cmd: Document) -> CmdResult<Reply> {
     let shard = Shard {

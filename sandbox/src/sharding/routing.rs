@@ -17,6 +17,7 @@ use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
 use crate::query::order::compare;
 use crate::query::update::UpdateSpec;
+use crate::query::ArrayFilters;
 use crate::wire::Reply;
 
 use super::catalog::{self, Chunk, CollectionEntry};
@@ -448,7 +449,10 @@ impl Target<'_> {
             ));
         };
         if let Some(update) = self.cmd.get("update") {
-            let stmt = doc! {"q": filter.clone(), "u": update.clone()};
+            let mut stmt = doc! {"q": filter.clone(), "u": update.clone()};
+            if let Some(filters) = self.cmd.get("arrayFilters") {
+                stmt.insert("arrayFilters", filters.clone());
+            }
             let before = self.current(&shard, &filter);
             if self.shard_key_move(&shard, &filter, &stmt).await?.is_some() {
                 let new = self.cmd.get_bool("new").unwrap_or(false);
@@ -456,7 +460,8 @@ impl Target<'_> {
                     (false, Some(old)) => Bson::Document(old),
                     (true, Some(old)) => {
                         let spec = UpdateSpec::parse(update)?;
-                        Bson::Document(spec.apply(&old, &filter, false)?)
+                        let filters = ArrayFilters::parse(stmt.get("arrayFilters"))?;
+                        Bson::Document(spec.apply_logged(&old, &filter, &filters, false)?.0)
                     }
                     _ => Bson::Null,
                 };

@@ -6,6 +6,7 @@ use bson::{Bson, Document};
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
 use crate::query::update::UpdateSpec;
+use crate::query::ArrayFilters;
 
 use super::catalog::Chunk;
 use super::routing::Target;
@@ -76,6 +77,7 @@ impl Target<'_> {
             return Ok(());
         };
         let spec = UpdateSpec::parse(update)?;
+        let filters = ArrayFilters::parse(stmt.get("arrayFilters"))?;
         let matcher = Matcher::new(filter)?;
         for shard in self.owning_shards() {
             let owned: Vec<&Chunk> = self
@@ -95,7 +97,7 @@ impl Target<'_> {
                 {
                     continue;
                 }
-                let new = spec.apply(d, filter, false)?;
+                let (new, _) = spec.apply_logged(d, filter, &filters, false)?;
                 if self.entry.key.key_of(&new) != key {
                     return Err(refusal);
                 }
@@ -118,6 +120,9 @@ impl Target<'_> {
             return Ok(None);
         };
         let spec = UpdateSpec::parse(update)?;
+        // The statement's `arrayFilters` take part in computing the new key, as on the
+        // shard that applies the update.
+        let filters = ArrayFilters::parse(stmt.get("arrayFilters"))?;
         let matcher = Matcher::new(filter)?;
         let (old, new) = {
             let storage = shard.server.storage.lock();
@@ -127,7 +132,7 @@ impl Target<'_> {
             let Some(old) = matching(c, filter, &matcher).next().cloned() else {
                 return Ok(None);
             };
-            let new = spec.apply(&old, filter, false)?;
+            let (new, _) = spec.apply_logged(&old, filter, &filters, false)?;
             (old, new)
         };
         let new_key = self.entry.key.key_of(&new);

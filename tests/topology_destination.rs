@@ -421,3 +421,43 @@ async fn a_collection_with_a_default_collation_is_sharded_with_the_simple_one() 
         .expect("create the supporting index on the source for the comparison");
     assert_same(&t.src, &t.dst).await;
 }
+
+/// Pins: a collection named in `[sharding]` and dropped on the source during sync made
+/// the run refuse to resume after a crash ("is named in [sharding] but is not a
+/// collection on the source"), although the run had started with it and its drop is in
+/// the change stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_an_entrys_collection_was_dropped_resumes() {
+    let t = Topologies::start(0, 2).await;
+    seed(&t.src, "app", 300).await;
+    let cfg = t.config(RS_TO_SHARDED_ENTRIES);
+    let m = start(cfg.clone()).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    t.src
+        .database("app")
+        .collection::<Document>("counters")
+        .drop()
+        .await
+        .expect("drop app.counters on the source");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while t
+        .dst
+        .database("app")
+        .list_collection_names()
+        .await
+        .expect("list the destination's collections")
+        .iter()
+        .any(|c| c == "counters")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drop never reached the destination"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    abort(m).await;
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    add_to_source(&t.src, "app", "events", doc! {"kind": 1, "at": 1}).await;
+    assert_same(&t.src, &t.dst).await;
+}

@@ -269,7 +269,7 @@ async fn run_checks_with(config: &Config, owner: &str, resuming: bool) -> Prefli
     checks.push(write_block_privilege(config, &source).await);
     checks.push(time_series(config, &source).await);
     checks.extend(sharded::checks(config, &source, &destination).await);
-    checks.push(sharding_entries::check(config, &source, &destination).await);
+    checks.push(sharding_entries::check(config, &source, &destination, resuming).await);
     PreflightReport { checks }
 }
 

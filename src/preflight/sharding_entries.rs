@@ -17,7 +17,15 @@ use crate::config::Config;
 const NAME: &str = "sharding entries";
 
 /// The check, as one report line.
-pub(super) async fn check(config: &Config, source: &Probe, destination: &Probe) -> Check {
+/// When `resuming`, an entry whose collection is gone from the source is no problem: it
+/// was dropped or renamed during the run, the change stream carries that, and a
+/// collection created again under the name is sharded per its entry.
+pub(super) async fn check(
+    config: &Config,
+    source: &Probe,
+    destination: &Probe,
+    resuming: bool,
+) -> Check {
     let entries = &config.sharding.resolved;
     let destination_sharded = destination
         .topology
@@ -42,7 +50,7 @@ pub(super) async fn check(config: &Config, source: &Probe, destination: &Probe) 
         (Ok(s), Ok(d)) => (s, d),
         (Err(reason), _) | (_, Err(reason)) => return Check::not_run(NAME, &reason),
     };
-    match problems(config, src, dst, source_sharded).await {
+    match problems(config, src, dst, source_sharded, resuming).await {
         Ok(found) if found.is_empty() => Check::pass(
             NAME,
             if entries.is_empty() && !source_sharded {
@@ -76,6 +84,7 @@ async fn problems(
     source: &Cluster,
     destination: &Cluster,
     source_sharded: bool,
+    resuming: bool,
 ) -> Result<Vec<String>, ClusterError> {
     let filter = config.namespace_filter().unwrap_or_default();
     let in_scope = namespaces::in_scope(source, &filter).await?;
@@ -92,9 +101,11 @@ async fn problems(
             .iter()
             .find(|n| n.db == entry.database && n.coll == entry.collection)
         else {
-            found.push(format!(
-                "{ns} is named in [sharding] but is not a collection on the source; check the database and collection names"
-            ));
+            if !resuming {
+                found.push(format!(
+                    "{ns} is named in [sharding] but is not a collection on the source; check the database and collection names"
+                ));
+            }
             continue;
         };
         if namespace.kind != NamespaceKind::Collection {

@@ -10,7 +10,8 @@ use ferry::progress::Phase;
 /// Pins: late writes were counted only while the tailer happened to read them before the
 /// run completed; a write made after the drain to the cutover optime, while the cutover
 /// verification ran, was lost from the count once completion stopped the tailer. Here
-/// the source's change stream answers slowly (every getMore held 5 s) and the
+/// the source's change stream answers slowly (every getMore held 5 s: a cluster-wide
+/// stream's getMore names `admin.$cmd.aggregate`, which failCommand matches) and the
 /// verification is held 2 s: a write made meanwhile must still be counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_during_the_cutover_verification_counts_as_late() {
@@ -27,7 +28,7 @@ async fn a_write_during_the_cutover_verification_counts_as_late() {
         .run_command(doc! {
             "configureFailPoint": "failCommand",
             "mode": "alwaysOn",
-            "data": {"failCommands": ["getMore"], "namespace": "admin", "blockConnection": true, "blockTimeMS": 5_000},
+            "data": {"failCommands": ["getMore"], "namespace": "admin.$cmd.aggregate", "blockConnection": true, "blockTimeMS": 5_000},
         })
         .await
         .expect("source fail point");

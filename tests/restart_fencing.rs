@@ -76,7 +76,7 @@ async fn a_copy_insert_of_a_failed_attempt_never_lands_after_the_restart() {
         .run_command(doc! {
             "configureFailPoint": "failCommand",
             "mode": {"times": 1},
-            "data": {"failCommands": ["getMore"], "namespace": "app", "errorCode": 91},
+            "data": {"failCommands": ["getMore"], "namespace": "app.items", "errorCode": 91},
         })
         .await
         .expect("source fail point");

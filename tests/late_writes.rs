@@ -73,6 +73,8 @@ async fn a_write_during_the_cutover_verification_counts_as_late() {
         .insert_one(doc! {"_id": "late"})
         .await
         .expect("late write");
+    // With a deadline: a cutover refused by the late write would otherwise wait forever.
+    wait_phase(&m.progress, Phase::Completed).await;
     let outcome = wait(m).await;
     assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
     let report = outcome.report.expect("a completed run has a report");

@@ -78,7 +78,7 @@ pub enum ApplyError {
     #[error("{0}")]
     Refused(String),
     /// Two source documents with one `_id` on different shards, for one destination.
-    #[error("source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on another key, so _id is unique only per shard), and the destination can hold only one: give each a distinct _id on the source, or exclude {ns} with [filter] exclude_namespaces, then start the migration again")]
+    #[error("source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on another key, so _id is unique only per shard), and the destination can hold only one: give each of them a distinct _id on the source and run `ferry run` again (the failed run resumes), or exclude {ns} with [filter] exclude_namespaces and start over with destination.clear_destination = true")]
     DuplicateId { ns: String, id: String, n: u64 },
     /// A source collection's shard key changed under the migration.
     #[error("source: {operation} on {ns} during the migration changes its shard key, which Ferry cannot replay on the destination: cancel this migration (ferry cancel), drop what it wrote to the destination, and start again once the {operation} has finished on the source (or run it on the destination after the cutover)")]

@@ -422,7 +422,7 @@ async fn refuse_repeated_ids(
         "a replica set destination"
     };
     Err(CopyError::DuplicateId(format!(
-        "source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on {key}, so _id is unique only per shard), and {destination} can hold only one: give each of them a distinct _id on the source, or exclude {ns} with [filter] exclude_namespaces, then start the migration again"
+        "source: {ns} holds {n} different documents with _id {id} on different shards (it is sharded on {key}, so _id is unique only per shard), and {destination} can hold only one: give each of them a distinct _id on the source and run `ferry run` again (the failed run resumes), or exclude {ns} with [filter] exclude_namespaces and start over with destination.clear_destination = true"
     )))
 }
 

@@ -465,3 +465,42 @@ async fn a_shard_added_while_the_stream_is_open_joins_it() {
     tick(&router).await;
     assert_eq!(ids(&stream.events(2).await), vec![2, 3]);
 }
+
+/// Pins the reply size of the router's change stream: a getMore answered every pending
+/// event in one reply, so four 6 MB inserts made a 24 MB reply, and with near-16 MB
+/// documents one above the 48 MB message limit, which the driver refuses ("Message
+/// length ... over maximum"; found by a two-shard randomized seed). A reply now holds
+/// at most 16 MB of events; the rest come with the next getMore.
+#[tokio::test]
+async fn a_reply_holds_at_most_16_mb_of_events() {
+    let cluster = start(Duration::ZERO, ShardKeyMoveOrder::DeleteFirst);
+    let router = client_for(&cluster.router_uri()).await;
+    split_over_two_shards(&router).await;
+    let (stream, _) = Stream::open(&router, doc! {}).await;
+    let big = "x".repeat(6 * 1024 * 1024);
+    let items = router.database("app").collection::<Document>("items");
+    for i in 1..=4 {
+        let k = if i % 2 == 0 { i } else { -i };
+        items
+            .insert_one(doc! {"_id": i, "k": k, "big": &big})
+            .await
+            .expect("insert a 6 MB document");
+    }
+    tick(&router).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        assert!(Instant::now() < deadline, "only {} of 4 events", seen.len());
+        let (events, _) = stream.get_more(Duration::from_millis(500)).await;
+        let bytes: usize = events
+            .iter()
+            .map(|e| mongodb::bson::to_vec(e).unwrap().len())
+            .sum();
+        assert!(
+            bytes <= 16 * 1024 * 1024,
+            "one reply carried {bytes} bytes of events"
+        );
+        seen.extend(events);
+    }
+    assert_eq!(ids(&seen), vec![1, 2, 3, 4]);
+}

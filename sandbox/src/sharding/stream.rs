@@ -27,6 +27,13 @@ use crate::changestream::{
 };
 use crate::error::{codes, CmdResult, CommandError};
 use crate::query::matcher::Matcher;
+
+/// Bytes of events one reply carries at most (16 MB less room for the reply's fields).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+
+fn encoded_len(event: &Document) -> usize {
+    bson::to_vec(event).map_or(0, |v| v.len())
+}
 use crate::server::Server;
 use crate::storage::OplogPosition;
 
@@ -318,6 +325,7 @@ impl RouterStream {
             .min()
             .unwrap_or(self.last.position);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut more_ready = false;
         loop {
             let next = self
@@ -330,7 +338,13 @@ impl RouterStream {
             let Some((token, i)) = next else {
                 break;
             };
-            if out.len() >= max {
+            // A reply holds at most 16 MB of events, as the real router's does: the next
+            // event waits for the next getMore when it would not fit.
+            let next_bytes = self.feeds[i]
+                .pending
+                .front()
+                .map_or(0, |(_, e)| encoded_len(e));
+            if out.len() >= max || (!out.is_empty() && bytes + next_bytes > MAX_BATCH_BYTES) {
                 more_ready = true;
                 break;
             }
@@ -340,6 +354,7 @@ impl RouterStream {
             self.last = token;
             let invalidate = token.kind == TOKEN_INVALIDATE;
             if let Some(event) = self.apply_stages(event)? {
+                bytes += encoded_len(&event);
                 out.push(event);
             }
             if invalidate {

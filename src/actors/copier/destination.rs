@@ -111,9 +111,20 @@ pub async fn shard_collections(
     } else {
         HashMap::new()
     };
+    // Found by the planned UUID: a collection renamed on the source since the plan
+    // (5.0+ renames sharded collections) is in the source's catalog under its new name,
+    // and another collection may hold the planned name by now.
+    let by_uuid: HashMap<Vec<u8>, &ShardedCollection> = on_source
+        .values()
+        .filter_map(|c| c.uuid.as_ref().map(|u| (u.bytes.clone(), c)))
+        .collect();
     let mut sharded = 0;
     for ns in plan.iter().filter(|n| !n.is_view) {
-        let Some(target) = target(engine, ns, on_source.get(&ns.ns)).await? else {
+        let source_entry = match &ns.uuid {
+            Some(uuid) => by_uuid.get(&uuid.bytes).copied(),
+            None => on_source.get(&ns.ns),
+        };
+        let Some(target) = target(engine, ns, source_entry).await? else {
             continue;
         };
         prepare(engine, &target, ns.documents_estimated, &shard_ids).await?;

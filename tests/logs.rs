@@ -30,11 +30,17 @@ async fn json_log_lines_carry_the_run_and_the_actor() {
         port,
         "[log]\nformat = \"json\"\nlevel = \"info\"\n",
     );
-    let child = spawn_ferry_run(&config);
+    // Kept serving after the ending, then stopped: the lines of both parts are read.
+    let child = spawn_ferry_run_with(&config, false);
     let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;
     child_cutover(&api).await;
+    wait_child_phase(&api, "completed").await;
+    // SAFETY: signals the child this test started; no memory is involved.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
     let (status, output) = wait_child(child).await;
     assert!(status.success(), "{output}");
     let lines: Vec<serde_json::Value> = output
@@ -83,6 +89,21 @@ async fn json_log_lines_carry_the_run_and_the_actor() {
         spans_of(request).first().map(String::as_str),
         Some("run"),
         "{request}"
+    );
+    // Pins: the lines after the ending (the API serving on another runtime) carried no
+    // span.
+    let serving = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the API keeps serving"))
+        })
+        .unwrap_or_else(|| panic!("no line after the ending: {output}"));
+    assert_eq!(
+        spans_of(serving).first().map(String::as_str),
+        Some("run"),
+        "{serving}"
     );
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
 }

@@ -3,6 +3,7 @@
 //! [`crate::exit`] documents.
 
 use std::net::SocketAddr;
+use tracing::Instrument;
 
 use crate::actors::error_chain;
 use crate::checkpoint::Checkpoints;
@@ -113,12 +114,12 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
         );
     }
     if finished && !exit_when_finished {
-        signals.block_on(serve_until_signal(
-            &config,
-            api_addr,
-            progress,
-            outcome.phase,
-        ));
+        // The same run span as the run's own lines, so these carry the migration too.
+        let span =
+            tracing::info_span!("run", migration = crate::checkpoint::lease::process_owner());
+        signals.block_on(
+            serve_until_signal(&config, api_addr, progress, outcome.phase).instrument(span),
+        );
     }
     exit::code(exit::of_phase(outcome.phase))
 }

@@ -97,6 +97,16 @@ pub async fn read_index_range(
     if let Some(max) = &range.max {
         find = find.max(max.clone());
     }
+    open_read(cluster, action, find, size).await
+}
+
+/// Sends a prepared `find` with the read's batch size and limit.
+async fn open_read(
+    cluster: &Cluster,
+    action: String,
+    mut find: mongodb::action::Find<'_, RawDocumentBuf>,
+    size: ReadSize,
+) -> Result<DocumentCursor, ClusterError> {
     if let Some(batch) = size.batch {
         find = find.batch_size(batch);
     }
@@ -163,19 +173,7 @@ async fn read_matching(
         .client
         .database(db)
         .collection::<RawDocumentBuf>(coll);
-    let mut find = collection.find(filter);
-    if let Some(batch) = size.batch {
-        find = find.batch_size(batch);
-    }
-    if let Some(limit) = size.limit {
-        find = find.limit(limit);
-    }
-    let cursor = find.await.map_err(open_error(cluster, &action))?;
-    Ok(DocumentCursor {
-        side: cluster.side,
-        action,
-        cursor,
-    })
+    open_read(cluster, action, collection.find(filter), size).await
 }
 
 /// How a batch of the copy went.

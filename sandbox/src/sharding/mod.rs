@@ -214,3 +214,15 @@ impl Router {
         self.shards.read().clone()
     }
 }
+
+/// The privilege `name` needs in a module's table of router commands, if it is one of
+/// them.
+pub(crate) fn command_action(
+    table: &[(&str, crate::auth::roles::Action)],
+    name: &str,
+) -> Option<crate::auth::roles::Action> {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, action)| *action)
+}

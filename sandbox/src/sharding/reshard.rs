@@ -44,10 +44,7 @@ pub static COMMANDS: &[(&str, Action)] = &[
 
 /// The privilege of one of this module's commands, if `name` is one.
 pub fn action(name: &str) -> Option<Action> {
-    COMMANDS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, action)| *action)
+    super::command_action(COMMANDS, name)
 }
 
 /// Runs one of this module's commands (on `admin` only, as on the real router).

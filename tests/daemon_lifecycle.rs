@@ -45,7 +45,17 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
         .await
         .expect("the report is served after completion");
     assert_eq!(report["documents_copied"].as_u64(), Some(seeded));
-    let refused = api.post_json("/api/v1/pause", &serde_json::json!({})).await;
+    // At the ending the run's API server hands over to the one that serves until
+    // SIGTERM on the same port: a request in between can find no server (a known gap of
+    // well under a second), so this waits for an answer, then checks it.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let refused = loop {
+        let reply = api.post_json("/api/v1/pause", &serde_json::json!({})).await;
+        if reply.is_ok() || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(
         matches!(&refused, Ok(r) if r.status == 409),
         "control after the ending is refused: {refused:?}"

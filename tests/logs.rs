@@ -37,6 +37,18 @@ async fn json_log_lines_carry_the_run_and_the_actor() {
     wait_child_phase(&api, "ready_for_cutover").await;
     child_cutover(&api).await;
     wait_child_phase(&api, "completed").await;
+    // The API that serves after the ending is up once control requests are refused.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !matches!(
+        api.post_json("/api/v1/pause", &serde_json::json!({})).await,
+        Ok(r) if r.status == 409
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API after the ending never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // SAFETY: signals the child this test started; no memory is involved.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);

@@ -354,7 +354,9 @@ impl RouterStream {
             self.last = token;
             let invalidate = token.kind == TOKEN_INVALIDATE;
             if let Some(event) = self.apply_stages(event)? {
-                bytes += encoded_len(&event);
+                // Counted at its size as logged (one encoding per event); a stage
+                // that adds fields can make the reply somewhat larger than the budget.
+                bytes += next_bytes;
                 out.push(event);
             }
             if invalidate {

@@ -268,13 +268,6 @@ pub async fn ensure_supporting_index(
     let key_of = |i: &Document| i.get_document("key").cloned().unwrap_or_default();
     // Only an index with the simple collation supports a shard key (a collection with
     // another default collation gives it to every index created without one).
-    let collated = dest
-        .collection_specs(db)
-        .await?
-        .iter()
-        .filter(|c| c.get_str("name") == Ok(coll))
-        .filter_map(|c| c.get_document("options").ok())
-        .any(|options| !sharding::has_simple_collation(options));
     let indexes: Vec<&Document> = indexes
         .iter()
         .filter(|i| sharding::has_simple_collation(i))
@@ -295,6 +288,15 @@ pub async fn ensure_supporting_index(
             "{db}.{coll}: no index starts with the shard key {key}, and [sharding] create_supporting_indexes = false: create the index on the source (db.{coll}.createIndex({key})) or set create_supporting_indexes = true"
         )));
     }
+    // Read only when an index is to be created: a collection with a default collation
+    // would give it to the new index, so the simple one is named.
+    let collated = dest
+        .collection_specs(db)
+        .await?
+        .iter()
+        .filter(|c| c.get_str("name") == Ok(coll))
+        .filter_map(|c| c.get_document("options").ok())
+        .any(|options| !sharding::has_simple_collation(options));
     let mut spec = doc! {"key": key.clone(), "name": sharding::default_index_name(key)};
     if collated {
         spec.insert("collation", doc! {"locale": "simple"});

@@ -415,8 +415,9 @@ async fn a_collection_with_a_default_collation_is_sharded_with_the_simple_one() 
     cutover_and_complete(m).await;
 
     assert_sharded_and_spread(&t.dst, "app.people", doc! {"name": 1}, false).await;
-    // The supporting index Ferry added, made on the source too for the comparison.
-    db.run_command(doc! {"createIndexes": "people", "indexes": [{"key": {"name": 1}, "name": "name_1", "collation": {"locale": "simple"}}]})
+    // The supporting index Ferry added (named apart from the collection's collation's
+    // default name), made on the source too for the comparison.
+    db.run_command(doc! {"createIndexes": "people", "indexes": [{"key": {"name": 1}, "name": "name_1_simple", "collation": {"locale": "simple"}}]})
         .await
         .expect("create the supporting index on the source for the comparison");
     assert_same(&t.src, &t.dst).await;
@@ -459,5 +460,36 @@ async fn a_restart_after_an_entrys_collection_was_dropped_resumes() {
     let m = start(cfg).await;
     cutover_and_complete(m).await;
     add_to_source(&t.src, "app", "events", doc! {"kind": 1, "at": 1}).await;
+    assert_same(&t.src, &t.dst).await;
+}
+
+/// Pins: on a collection with a default collation whose source already has an index on
+/// the shard key (it takes the collection's collation, under the default name
+/// `name_1`), the supporting index Ferry created under that same name conflicted (85
+/// IndexOptionsConflict) and the run failed. It is created as `name_1_simple`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collated_index_on_the_key_leaves_room_for_the_supporting_one() {
+    let t = Topologies::start(0, 2).await;
+    let db = t.src.database("app");
+    db.run_command(doc! {"create": "people", "collation": {"locale": "en", "strength": 2}})
+        .await
+        .expect("create a collection with a default collation on the source");
+    let people = db.collection::<Document>("people");
+    people
+        .create_index(IndexModel::builder().keys(doc! {"name": 1}).build())
+        .await
+        .expect("an index on the key, with the collection's collation");
+    people
+        .insert_many((0..1000).map(|i| doc! {"_id": i, "name": format!("Name{i:04}")}))
+        .await
+        .expect("seed app.people");
+    let entries = "[sharding]\ncreate_supporting_indexes = true\n[[sharding.entries]]\ndatabase = \"app\"\ncollection = \"people\"\nkey = [{name = 1}]\n";
+    let m = start(t.config(entries)).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    cutover_and_complete(m).await;
+    assert_sharded_and_spread(&t.dst, "app.people", doc! {"name": 1}, false).await;
+    db.run_command(doc! {"createIndexes": "people", "indexes": [{"key": {"name": 1}, "name": "name_1_simple", "collation": {"locale": "simple"}}]})
+        .await
+        .expect("create the supporting index on the source for the comparison");
     assert_same(&t.src, &t.dst).await;
 }

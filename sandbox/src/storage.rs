@@ -1618,7 +1618,10 @@ impl Storage {
                         ),
                     ));
                 }
-                if let Some(existing) = c.indexes.iter().find(|i| i.key == index.key) {
+                // Indexes on one key pattern with different collations may coexist.
+                if let Some(existing) = c.indexes.iter().find(|i| {
+                    i.key == index.key && i.spec.get("collation") == index.spec.get("collation")
+                }) {
                     return Err(CommandError::new(
                         codes::INDEX_OPTIONS_CONFLICT,
                         format!("An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}", index.spec, existing.spec),

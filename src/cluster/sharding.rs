@@ -104,6 +104,18 @@ pub fn default_index_name(key: &Document) -> String {
         .join("_")
 }
 
+/// The name of a supporting index Ferry creates: the server's default, or, on a collection
+/// with a non-simple default collation, that name with `_simple` (the default name is
+/// usually taken there by an index on the same key with the collection's collation).
+pub fn supporting_index_name(key: &Document, collated: bool) -> String {
+    let name = default_index_name(key);
+    if collated {
+        format!("{name}_simple")
+    } else {
+        name
+    }
+}
+
 /// One chunk: shard keys in `[min, max)` live on `shard`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChunkRange {

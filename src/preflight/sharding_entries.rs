@@ -175,8 +175,12 @@ fn index_problems(config: &Config, ns: &str, key: &Document, indexes: &[Document
             .any(|i| is_prefix(key, &key_of(i)) && sharding::has_simple_collation(i))
     {
         let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
+        // On a collection with a default collation (its indexes carry it), the default
+        // name is usually taken by an index on the key with that collation.
+        let collated = indexes.iter().any(|i| !sharding::has_simple_collation(i));
+        let name = sharding::supporting_index_name(key, collated);
         found.push(format!(
-            "{ns} has no index starting with the shard key {key} with the simple collation on the source, and [sharding] create_supporting_indexes = false: create it (db.getSiblingDB(\"{db}\").{coll}.createIndex({key}, {{collation: {{locale: \"simple\"}}}})) or set create_supporting_indexes = true"
+            "{ns} has no index starting with the shard key {key} with the simple collation on the source, and [sharding] create_supporting_indexes = false: create it (db.getSiblingDB(\"{db}\").{coll}.createIndex({key}, {{name: \"{name}\", collation: {{locale: \"simple\"}}}})) or set create_supporting_indexes = true"
         ));
     }
     found

@@ -213,11 +213,10 @@ fn prepare_on_primary(
             )));
         }
     }
-    // An index without a collation of its own has the collection's default one; only a
-    // simple-collation index supports a shard key.
-    let simple_index = |i: &crate::storage::Index| match i.spec.get_document("collation") {
-        Ok(c) => is_simple(c),
-        Err(_) => default_collation.is_none() || i.name == "_id_",
+    // Only a simple-collation index supports a shard key. Indexes carry their collation
+    // (one created without takes the collection's default); none means simple.
+    let simple_index = |i: &crate::storage::Index| {
+        i.spec.get_document("collation").is_ok_and(is_simple) || !i.spec.contains_key("collation")
     };
     let supporting = storage.collection(db, coll).and_then(|c| {
         c.indexes

@@ -297,7 +297,8 @@ pub async fn ensure_supporting_index(
         .filter(|c| c.get_str("name") == Ok(coll))
         .filter_map(|c| c.get_document("options").ok())
         .any(|options| !sharding::has_simple_collation(options));
-    let mut spec = doc! {"key": key.clone(), "name": sharding::default_index_name(key)};
+    let mut spec =
+        doc! {"key": key.clone(), "name": sharding::supporting_index_name(key, collated)};
     if collated {
         spec.insert("collation", doc! {"locale": "simple"});
     }
@@ -319,7 +320,9 @@ pub fn is_added_supporting_index(config: &Config, ns: &str, spec: &Document) -> 
     };
     let key = entry.key.to_document();
     config.sharding.create_supporting_indexes
-        && spec.get_str("name") == Ok(sharding::default_index_name(&key).as_str())
+        && [false, true].iter().any(|&collated| {
+            spec.get_str("name") == Ok(sharding::supporting_index_name(&key, collated).as_str())
+        })
         && spec.get_document("key").is_ok_and(|k| same_key(k, &key))
 }
 

@@ -397,3 +397,52 @@ async fn bulk_write_style_mixed_batches() {
     let errs = raw.get_array("writeErrors").unwrap();
     assert_eq!(as_i64(errs[0].as_document().unwrap().get("index")), 1);
 }
+
+/// A replacement upsert takes its `_id` from the query's equality, as mongod does: an
+/// embedded-document `_id` (compound ids applications use), `$eq` and `$and`. Only a
+/// query without an `_id` equality gets a generated ObjectId. (A generated id here made
+/// a migration insert a second copy of a document it replayed before copying it.)
+#[tokio::test]
+async fn a_replacement_upsert_takes_the_queried_id() {
+    let sb = start();
+    let client = client(&sb).await;
+    let coll = client.database("t").collection::<Document>("c");
+    for (query, id) in [
+        (
+            doc! {"_id": {"k": 142, "s": "ü"}},
+            Bson::Document(doc! {"k": 142, "s": "ü"}),
+        ),
+        (
+            doc! {"_id": {"$eq": {"k": 1}}},
+            Bson::Document(doc! {"k": 1}),
+        ),
+        (doc! {"$and": [{"_id": 7}, {"g": 1}]}, Bson::Int32(7)),
+        (doc! {"_id": {"$in": [8]}}, Bson::Int32(8)),
+    ] {
+        let r = coll
+            .replace_one(query.clone(), doc! {"g": 3})
+            .upsert(true)
+            .await
+            .unwrap();
+        assert_eq!(r.upserted_id, Some(id.clone()), "query {query}");
+        assert_eq!(
+            coll.find_one(doc! {"_id": id.clone()}).await.unwrap(),
+            Some(doc! {"_id": id, "g": 3}),
+            "query {query}"
+        );
+    }
+    let r = coll
+        .replace_one(doc! {"_id": {"$gt": 100}}, doc! {"g": 4})
+        .upsert(true)
+        .await
+        .unwrap();
+    assert!(matches!(r.upserted_id, Some(Bson::ObjectId(_))), "{r:?}");
+    // Through findAndModify too.
+    let found = coll
+        .find_one_and_replace(doc! {"_id": {"k": 2}}, doc! {"g": 5})
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+        .unwrap();
+    assert_eq!(found, Some(doc! {"_id": {"k": 2}, "g": 5}));
+}

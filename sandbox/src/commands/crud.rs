@@ -335,13 +335,17 @@ fn update_statement(
         };
         let (mut new, _) = spec.apply_last(&seed, query, &filters, true)?;
         if !new.contains_key("_id") {
-            if let Some(Bson::Document(_)) | None = query.get("_id") {
-                new = with_generated_id(new);
-            } else if let Some(id) = query.get("_id") {
-                let mut d = doc! {"_id": id.clone()};
-                d.extend(new);
-                new = d;
-            }
+            // The query's equality on `_id` (a plain value, an embedded document, `$eq`,
+            // a one-element `$in`, inside `$and`) gives the new document its `_id`, for a
+            // replacement too; only without one is an ObjectId generated.
+            new = match upsert_seed(query).remove("_id") {
+                Some(id) => {
+                    let mut d = doc! {"_id": id};
+                    d.extend(new);
+                    d
+                }
+                None => with_generated_id(new),
+            };
         }
         check_update_size(&new)?;
         validate(storage, db, coll, &new, None, bypass)?;

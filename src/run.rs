@@ -95,6 +95,9 @@ pub struct Migration {
     pub control: ControlHandle,
     pub progress: SharedProgress,
     api_addr: Option<SocketAddr>,
+    /// The API's listening socket, kept open across the run's ending (see
+    /// [`Migration::take_api_listener`]).
+    api_listener: Option<std::net::TcpListener>,
     shutdown: Option<oneshot::Sender<()>>,
     kill: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<Result<RunOutcome, RunError>>>,
@@ -108,7 +111,7 @@ impl Migration {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let (kill_tx, kill_rx) = oneshot::channel();
         let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<Result<Option<SocketAddr>, RunError>>();
+            std::sync::mpsc::channel::<Result<Option<std::net::TcpListener>, RunError>>();
         let thread_progress = progress.clone();
         let thread_control = control.clone();
         let thread = thread::Builder::new()
@@ -138,8 +141,8 @@ impl Migration {
                 })
             })
             .map_err(RunError::Runtime)?;
-        let api_addr = match ready_rx.recv() {
-            Ok(Ok(addr)) => addr,
+        let api_listener = match ready_rx.recv() {
+            Ok(Ok(listener)) => listener,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -151,10 +154,20 @@ impl Migration {
                 };
             }
         };
+        let api_addr = match api_listener.as_ref().map(|l| l.local_addr()).transpose() {
+            Ok(addr) => addr,
+            Err(source) => {
+                return Err(RunError::Api {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source,
+                })
+            }
+        };
         Ok(Migration {
             control,
             progress,
             api_addr,
+            api_listener,
             shutdown: Some(shutdown_tx),
             kill: Some(kill_tx),
             thread: Some(thread),
@@ -164,6 +177,14 @@ impl Migration {
     /// Where the API listens, when it was started.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// The API's listening socket (a second handle on the one the run's server uses),
+    /// for a server that takes over after the run ends: while this is held the port
+    /// keeps listening, so a request made as one server hands over to the next waits
+    /// instead of being refused.
+    pub fn take_api_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.api_listener.take()
     }
 
     /// Asks the run to stop and keep its checkpoints (SIGTERM); `wait` then returns.
@@ -214,7 +235,7 @@ async fn drive(
     control: ControlHandle,
     mut control_rx: tokio::sync::mpsc::Receiver<crate::control::ControlMessage>,
     shutdown_rx: oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<Option<SocketAddr>, RunError>>,
+    ready: std::sync::mpsc::Sender<Result<Option<std::net::TcpListener>, RunError>>,
 ) -> Result<RunOutcome, RunError> {
     crate::metrics::describe();
     progress.set_phase(Phase::Validating);
@@ -303,8 +324,21 @@ async fn drive(
         }
     };
     let api = if options.serve_api {
-        match crate::api::serve_with(
-            config.api.listen,
+        let bound = crate::api::bind(config.api.listen)
+            .and_then(|listener| Ok((listener.try_clone()?, listener)));
+        let (kept, listener) = match bound {
+            Ok(pair) => pair,
+            Err(source) => {
+                let e = RunError::Api {
+                    addr: config.api.listen,
+                    source,
+                };
+                let _ = ready.send(Err(e));
+                return Err(RunError::Crashed);
+            }
+        };
+        match crate::api::serve_on(
+            listener,
             config.api.access(),
             config.api.tls().as_ref(),
             progress.clone(),
@@ -313,7 +347,7 @@ async fn drive(
         )
         .await
         {
-            Ok(server) => Some(server),
+            Ok(server) => Some((server, kept)),
             Err(source) => {
                 let e = RunError::Api {
                     addr: config.api.listen,
@@ -326,7 +360,11 @@ async fn drive(
     } else {
         None
     };
-    let _ = ready.send(Ok(api.as_ref().map(|a| a.local_addr())));
+    let (api, kept) = match api {
+        Some((server, kept)) => (Some(server), Some(kept)),
+        None => (None, None),
+    };
+    let _ = ready.send(Ok(kept));
     let (done_tx, done_rx) = oneshot::channel();
     let supervisor = actix::Actor::start(Supervisor::new(engine, state, done_tx));
     let forward = supervisor.clone();

@@ -27,7 +27,9 @@ async fn ferry(args: &[&str], config: &std::path::Path) -> (i32, String) {
 
 /// Pins: the daemon exited at completion and took its API with it (`ferry status` and
 /// the report answered "connection refused"), and a second `ferry run` said only
-/// "already completed".
+/// "already completed"; then, for a fraction of a second at the ending, no server
+/// listened (the run's stopped before the next bound the port) and a status request
+/// was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     let pair = Pair::start().await;
@@ -38,6 +40,10 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;
+    // A status poller (a fresh connection each time, as `ferry status` makes) runs
+    // through the ending: every request must be answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn(poll_status(port, stop.clone()));
     child_cutover(&api).await;
     wait_child_phase(&api, "completed").await;
     let report: serde_json::Value = api
@@ -46,19 +52,24 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
         .expect("the report is served after completion");
     assert_eq!(report["documents_copied"].as_u64(), Some(seeded));
     // At the ending the run's API server hands over to the one that serves until
-    // SIGTERM on the same port: a request in between can find no server (a known gap of
-    // well under a second), so this waits for an answer, then checks it.
+    // SIGTERM, on the same socket: control is refused with 409 once the second serves.
     let deadline = std::time::Instant::now() + DEADLINE;
     let refused = loop {
-        let reply = api.post_json("/api/v1/pause", &serde_json::json!({})).await;
-        if reply.is_ok() || std::time::Instant::now() > deadline {
+        let reply = api
+            .post_json("/api/v1/pause", &serde_json::json!({}))
+            .await
+            .expect("the API answers through the ending");
+        if reply.status == 409 || std::time::Instant::now() > deadline {
             break reply;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, failures) = poller.await.expect("the poller ran");
     assert!(
-        matches!(&refused, Ok(r) if r.status == 409),
-        "control after the ending is refused: {refused:?}"
+        failures.is_empty(),
+        "status requests failed during the hand-over ({answered} answered): {failures:?}"
     );
     let metrics = api.get("/metrics").await.expect("metrics are served");
     assert!(metrics.is_success());
@@ -79,6 +90,26 @@ async fn after_completion_the_daemon_serves_its_report_until_sigterm() {
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("migration report"), "{output}");
     let _ = std::fs::remove_dir_all(config.parent().expect("config directory"));
+}
+
+/// Polls `GET /api/v1/progress` with a new client (a new connection) each time until
+/// `stop`: how many were answered, and the errors of those that were not.
+async fn poll_status(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Vec<String>) {
+    let (mut answered, mut failures) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let api = ferry::api::client::ApiClient::new(&format!("http://127.0.0.1:{port}"))
+            .expect("API client");
+        match api.get("/api/v1/progress").await {
+            Ok(r) if r.is_success() => answered += 1,
+            Ok(r) => failures.push(format!("{}: {}", r.status, r.text())),
+            Err(e) => failures.push(e.to_string()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    (answered, failures)
 }
 
 /// The endings an operator scripts against have distinct exit codes: a cancelled run

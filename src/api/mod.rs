@@ -153,6 +153,27 @@ pub async fn serve_with(
     control: ControlHandle,
     prometheus: Option<PrometheusHandle>,
 ) -> io::Result<ApiServer> {
+    serve_on(bind(listen)?, access, tls, progress, control, prometheus).await
+}
+
+/// Binds the API's listening socket. A caller that keeps a clone of it (`try_clone`)
+/// while one server stops and the next starts on it keeps the port listening: a
+/// client connecting in between waits in the backlog instead of being refused.
+pub fn bind(listen: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// [`serve_with`] on a socket [`bind`] made.
+pub async fn serve_on(
+    listener: std::net::TcpListener,
+    access: access::ApiAccess,
+    tls: Option<&ferry_sandbox::TlsFiles>,
+    progress: SharedProgress,
+    control: ControlHandle,
+    prometheus: Option<PrometheusHandle>,
+) -> io::Result<ApiServer> {
     let upkeep_handle = prometheus.clone();
     let state = routes::ApiState {
         progress,
@@ -176,14 +197,14 @@ pub async fn serve_with(
         Some(files) => {
             let config = ferry_sandbox::tls::server_config(files)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            server.bind_rustls_0_23(listen, config)?
+            server.listen_rustls_0_23(listener, config)?
         }
-        None => server.bind(listen)?,
+        None => server.listen(listener)?,
     };
     let local_addr = server.addrs().first().copied().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::AddrNotAvailable,
-            format!("api.listen {listen}: bound no address"),
+            "the API's socket has no address",
         )
     })?;
     let server = server.run();

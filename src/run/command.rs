@@ -99,6 +99,9 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
         migration.shutdown();
     }
     let progress = migration.progress.clone();
+    // Held from before the run's server stops until the next one serves on it: a
+    // request in between waits in the backlog rather than finding the port closed.
+    let listener = migration.take_api_listener();
     let outcome = match migration.wait() {
         Ok(outcome) => outcome,
         Err(e) => {
@@ -113,12 +116,13 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
             outcome.error.clone().unwrap_or_default()
         );
     }
-    if finished && !exit_when_finished {
+    if let (true, false, Some(listener)) = (finished, exit_when_finished, listener) {
         // The same run span as the run's own lines, so these carry the migration too.
         let span =
             tracing::info_span!("run", migration = crate::checkpoint::lease::process_owner());
         signals.block_on(
-            serve_until_signal(&config, api_addr, progress, outcome.phase).instrument(span),
+            serve_until_signal(&config, listener, api_addr, progress, outcome.phase)
+                .instrument(span),
         );
     }
     exit::code(exit::of_phase(outcome.phase))
@@ -128,6 +132,7 @@ pub fn run_command(path: &std::path::Path, exit_when_finished: bool) -> std::pro
 /// requests are refused with 409) until SIGTERM or SIGINT.
 async fn serve_until_signal(
     config: &Config,
+    listener: std::net::TcpListener,
     addr: SocketAddr,
     progress: SharedProgress,
     phase: Phase,
@@ -141,8 +146,8 @@ async fn serve_until_signal(
             ))));
         }
     });
-    let server = crate::api::serve_with(
-        addr,
+    let server = crate::api::serve_on(
+        listener,
         config.api.access(),
         config.api.tls().as_ref(),
         progress,

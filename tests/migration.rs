@@ -329,6 +329,12 @@ async fn cutover_window_extends_and_expires() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let extended = m.progress.window_expires_at.load(Ordering::Relaxed);
     assert_eq!(extended, expires + 3 * 3600);
+    // The new end, in the same form as `/api/v1/progress` shows it.
+    let shown = format!(
+        "\"window_expires_at\":\"{}\"",
+        ferry::api::format_rfc3339(extended)
+    );
+    assert!(reply.contains(&shown), "{reply}");
     let reply = m
         .control
         .request(ControlRequest::Extend { hours: 1.0 })

@@ -604,7 +604,10 @@ impl Supervisor {
         ctx.spawn(
             async move {
                 let reply = match coordinator.send(ExtendWindow { hours }).await {
-                    Ok(expires) => Ok(serde_json::json!({"window_expires_at": expires})),
+                    // RFC 3339, as `window_expires_at` in `/api/v1/progress`.
+                    Ok(expires) => Ok(serde_json::json!({
+                        "window_expires_at": crate::api::format_rfc3339(expires),
+                    })),
                     Err(_) => Err(ControlError::conflict("the migration is ending")),
                 };
                 let _ = reply_to.send(reply);

@@ -289,15 +289,18 @@ async fn drive(
             }
             None => {
                 progress.set_phase(Phase::Initializing);
-                if engine.config.destination.clear_destination {
-                    clear_destination(&engine).await?;
-                }
+                let balancers_before = if engine.config.destination.clear_destination {
+                    clear_destination(&engine).await?
+                } else {
+                    None
+                };
                 let start_ts = engine.source.record_start_time().await?;
                 let started_at = unix_now();
-                engine
-                    .checkpoints
-                    .set_state(doc! {"start_ts": start_ts, "started_at": started_at, "copy_complete": false, "events_applied": 0i64})
-                    .await?;
+                let mut fresh = doc! {"start_ts": start_ts, "started_at": started_at, "copy_complete": false, "events_applied": 0i64};
+                if let Some(before) = balancers_before {
+                    fresh.insert("balancers_before", before);
+                }
+                engine.checkpoints.set_state(fresh).await?;
                 engine.checkpoints.load_state().await?.unwrap_or_default()
             }
         };
@@ -426,8 +429,11 @@ async fn acquire_lease(checkpoints: &Checkpoints) -> Result<(), RunError> {
 
 /// Drops the migrated namespaces on the destination (clear_destination = true): every
 /// collection and view the namespace filter selects, nothing else, and any checkpoints
-/// of an earlier migration.
-async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), RunError> {
+/// of an earlier migration. Returns the balancers' recorded states, which the new run
+/// keeps (see [`Checkpoints::reset`]).
+async fn clear_destination(
+    engine: &crate::actors::SharedEngine,
+) -> Result<Option<bson::Bson>, RunError> {
     let dest = &engine.destination;
     engine
         .checkpoints
@@ -444,8 +450,7 @@ async fn clear_destination(engine: &crate::actors::SharedEngine) -> Result<(), R
             Err(e) => return Err(e.into()),
         }
     }
-    engine.checkpoints.reset().await?;
-    Ok(())
+    Ok(engine.checkpoints.reset().await?)
 }
 
 #[cfg(test)]

@@ -387,6 +387,45 @@ async fn a_balancer_that_cannot_be_restored_is_reported_with_the_commands_to_run
     let _ = std::fs::remove_dir_all(path.parent().expect("config directory"));
 }
 
+/// Pins: a run that could not restore the source's balancer (cancelled while
+/// balancerStart failed) left it stopped with its settings recorded in `__ferry`; the
+/// operator starting over with `clear_destination = true` had that record dropped with
+/// the checkpoints, so the new run recorded "stopped" and its completion left the
+/// balancer off. The record now outlives the reset, and the completion restores the
+/// settings found before the first run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_over_after_a_failed_restore_restores_the_balancer_as_first_found() {
+    let (t, source, _destination) = balanced(1, 0).await;
+    let m = start(t.config("")).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    assert_stopped_and_recorded(&t).await;
+    let admin = t.src.database("admin");
+    admin
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["balancerStart"], "errorCode": 13},
+        })
+        .await
+        .expect("fail balancerStart on the source's router");
+    let reply = m.control.request(ControlRequest::Cancel).await;
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(wait(m).await.phase, Phase::Cancelled);
+    admin
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+        .await
+        .expect("turn the fail point off");
+    assert_eq!(settings(&t.src).await.mode, "off", "the restore failed");
+
+    let mut again = t.config("");
+    again.destination.clear_destination = true;
+    again.destination.confirm_destination_name = Some("dst".into());
+    let m = start(again).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    cutover_and_complete(m).await;
+    assert_restored(&t, &source, &None).await;
+}
+
 /// Pins: a `movePrimary` of a migrated database during sync went unnoticed (it has no
 /// change event), so the run went on from a source whose unsharded collections had moved.
 /// Now the run stops, naming the database and what to do, and restores the balancers.

@@ -503,12 +503,23 @@ impl Checkpoints {
     }
 
     /// Drops all checkpoint data except the lock (used by clear_destination).
-    pub async fn reset(&self) -> Result<(), CheckpointError> {
+    ///
+    /// The balancers' recorded states (see [`Checkpoints::record_balancer`]) outlive the
+    /// reset: an earlier run that could not restore a balancer left it stopped, and a
+    /// run starting over would otherwise record "stopped" as the state to restore. They
+    /// are returned, for the new run's first state write to carry.
+    pub async fn reset(&self) -> Result<Option<Bson>, CheckpointError> {
         self.fence.check()?;
+        let kept = self
+            .coll(STATE)
+            .find_one(doc! {"_id": "state"}, "read state")
+            .await?
+            .and_then(|mut state| state.remove("balancers_before"))
+            .filter(|b| matches!(b, Bson::Document(d) if !d.is_empty()));
         for c in [STATE, PLAN, NAMESPACES, RANGES] {
             self.coll(c).drop_all("reset checkpoints").await?;
         }
-        Ok(())
+        Ok(kept)
     }
 }
 

@@ -493,3 +493,53 @@ async fn a_collated_index_on_the_key_leaves_room_for_the_supporting_one() {
         .expect("create the supporting index on the source for the comparison");
     assert_same(&t.src, &t.dst).await;
 }
+
+/// Pins: a sharded source collection renamed while the run saved its copy plan was
+/// looked up by its planned name in the source's catalog, found missing there, and left
+/// unsharded on the destination (5.0+ renames sharded collections). It is now found by
+/// the planned UUID: the destination collection, renamed in turn, is sharded on the
+/// source's key and spread over the destination's shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_collection_renamed_as_the_plan_is_saved_stays_sharded() {
+    let t = Topologies::start(2, 2).await;
+    seed(&t.src, "app", 600).await;
+    shard_collection(&t.src, "app.counters", doc! {"_id": 1}).await;
+    split_and_move(&t.src, "app.counters", doc! {"_id": 300i64}, "shard1").await;
+    // The plan's marker is written last: hold it while the source renames.
+    t.dst
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 1},
+            "data": {"failCommands": ["update"], "namespace": "__ferry.plan", "blockConnection": true, "blockTimeMS": 3000},
+        })
+        .await
+        .expect("hold the plan's save on the destination");
+    let m = start(t.config("")).await;
+    let planned = t
+        .dst
+        .database("__ferry")
+        .collection::<Document>("namespaces");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while planned
+        .find_one(doc! {"_id": "app.counters"})
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the plan to name app.counters"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.src
+        .database("admin")
+        .run_command(doc! {"renameCollection": "app.counters", "to": "app.tallies"})
+        .await
+        .expect("rename the sharded collection on the source");
+    cutover_and_complete(m).await;
+    assert_sharded_and_spread(&t.dst, "app.tallies", doc! {"_id": 1}, false).await;
+    assert_same(&t.src, &t.dst).await;
+}

@@ -628,3 +628,96 @@ async fn a_destination_sharded_on_another_key_is_refused_at_cutover() {
         "the refusal names the differing shard keys: {error}"
     );
 }
+
+/// What applications do to a collection sharded on a field some documents lack (the
+/// server reads a missing shard-key field as null, and a change event's `documentKey`
+/// then has only `_id`): insert such documents, update, replace and delete them, and
+/// set the field on some; plus a document whose shard key changes right after its
+/// insert (PCSM PR #144 wrote it with a stale filter). Two shards to two shards, during
+/// the copy and during sync; the destination ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_without_shard_key_fields_converge_between_sharded_clusters() {
+    let t = Topologies::from(
+        sharded_source(Duration::from_secs(1), ShardKeyMoveOrder::DeleteFirst),
+        Deployment::start("dst", 2),
+    )
+    .await;
+    shard_collection(&t.src, "app.people", doc! {"region": 1}).await;
+    let to = other_shard(&t.src, "app").await;
+    split_and_move(&t.src, "app.people", doc! {"region": "m"}, &to).await;
+    let people = t.src.database("app").collection::<Document>("people");
+    people
+        .insert_many((0..200).map(|i| {
+            if i % 3 == 0 {
+                doc! {"_id": i, "v": 0}
+            } else {
+                let region = if i % 2 == 0 { "eu" } else { "us" };
+                doc! {"_id": i, "region": region, "v": 0}
+            }
+        }))
+        .await
+        .expect("seed");
+    let writes = |round: i32| {
+        let people = people.clone();
+        async move {
+            let base = 1000 * round;
+            for i in 0..30 {
+                let id = base + i;
+                // Inserted without the key, updated, replaced (still without it).
+                people
+                    .insert_one(doc! {"_id": id, "v": 1})
+                    .await
+                    .expect("insert without the shard key");
+                people
+                    .update_one(doc! {"_id": id, "region": null}, doc! {"$inc": {"v": 1}})
+                    .await
+                    .expect("update without the shard key");
+                people
+                    .replace_one(doc! {"_id": id, "region": null}, doc! {"v": 10, "r": true})
+                    .await
+                    .expect("replace without the shard key");
+                // Inserted with the key and moved to the other shard right away.
+                people
+                    .insert_one(doc! {"_id": base + 500 + i, "region": "eu", "v": 1})
+                    .await
+                    .expect("insert with the shard key");
+                people
+                    .update_one(
+                        doc! {"_id": base + 500 + i, "region": "eu"},
+                        doc! {"$set": {"region": "zz"}},
+                    )
+                    .await
+                    .expect("shard key changed right after insert");
+            }
+            // The seeded documents without the key: some updated, some given the key,
+            // some deleted.
+            for i in (0..200).step_by(3) {
+                let q = doc! {"_id": i, "region": null};
+                match (i / 3 + round) % 3 {
+                    0 => {
+                        people
+                            .update_one(q, doc! {"$inc": {"v": 1}})
+                            .await
+                            .expect("update");
+                    }
+                    1 if round == 1 => {
+                        people
+                            .update_one(q, doc! {"$set": {"region": "xx"}})
+                            .await
+                            .expect("set the missing key");
+                    }
+                    _ => {
+                        people.delete_one(q).await.expect("delete");
+                    }
+                }
+            }
+        }
+    };
+    let m = start(t.config("")).await;
+    writes(1).await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    writes(2).await;
+    let outcome = cutover_and_complete(m).await;
+    assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+    assert_same(&t.src, &t.dst).await;
+}

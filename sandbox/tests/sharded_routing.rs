@@ -348,6 +348,34 @@ async fn unsharded_collections_live_on_the_primary_shard_with_cursors() {
     assert_eq!(docs.len(), 250);
     let found = docs.first().and_then(|d| d.get("_id")).cloned();
     assert_eq!(found, Some(Bson::Int32(0)));
+    // Pins: an aggregate's cursor (a plain `cursor` field, unlike find's) was passed on
+    // with the shard's id, so its first getMore failed with 43 CursorNotFound (a
+    // migration sampling split points of an unsharded collection retried forever).
+    let sampled: Vec<Document> = coll
+        .aggregate(vec![
+            doc! {"$sample": {"size": 200}},
+            doc! {"$sort": {"_id": 1}},
+        ])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(sampled.len(), 200);
+    // listCollections answers the same way.
+    let db = router.database("plain");
+    for i in 0..30 {
+        db.create_collection(format!("more{i}")).await.unwrap();
+    }
+    let names: Vec<_> = db
+        .list_collections()
+        .batch_size(10)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(names.len(), 31);
 }
 
 #[tokio::test]

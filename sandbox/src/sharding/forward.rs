@@ -104,18 +104,22 @@ pub struct ProxiedCursors {
 
 impl ProxiedCursors {
     /// Replaces a shard cursor id in a forwarded reply by a router cursor id.
+    ///
+    /// The shard's cursor is either an encoded one (`find`) or a plain `cursor` field of
+    /// the reply (`aggregate`, `listIndexes`, `listCollections`); both are adopted.
     pub fn adopt(&self, shard: &str, reply: &mut Reply) {
-        let Some(cursor) = reply.cursor.as_mut() else {
-            return;
+        let shard_id = match reply.cursor.as_ref() {
+            Some(cursor) => cursor.id,
+            None => plain_cursor_id(reply).unwrap_or(0),
         };
-        if cursor.id == 0 {
+        if shard_id == 0 {
             return;
         }
         let id = FIRST_PROXIED_ID + self.next.fetch_add(1, Ordering::SeqCst);
         self.cursors
             .lock()
-            .insert(id, (shard.to_string(), cursor.id));
-        cursor.id = id;
+            .insert(id, (shard.to_string(), shard_id));
+        set_cursor_id(reply, id);
     }
     /// The shard and shard cursor id of a router cursor id.
     pub fn get(&self, id: i64) -> Option<(String, i64)> {
@@ -126,10 +130,33 @@ impl ProxiedCursors {
     }
     /// After a forwarded getMore: the router id again, or forget it once exhausted.
     pub fn follow(&self, router_id: i64, reply: &mut Reply) {
-        match reply.cursor.as_mut() {
-            Some(cursor) if cursor.id != 0 => cursor.id = router_id,
-            _ => self.remove(router_id),
+        let shard_id = match reply.cursor.as_ref() {
+            Some(cursor) => cursor.id,
+            None => plain_cursor_id(reply).unwrap_or(0),
+        };
+        if shard_id == 0 {
+            self.remove(router_id);
+        } else {
+            set_cursor_id(reply, router_id);
         }
+    }
+}
+
+/// The id of a reply's plain `cursor` field (`{cursor: {id, ...}}`).
+fn plain_cursor_id(reply: &Reply) -> Option<i64> {
+    match reply.fields.get_document("cursor").ok()?.get("id")? {
+        Bson::Int64(id) => Some(*id),
+        Bson::Int32(id) => Some(i64::from(*id)),
+        _ => None,
+    }
+}
+
+/// Sets the id of a reply's cursor, encoded or plain.
+fn set_cursor_id(reply: &mut Reply, id: i64) {
+    if let Some(cursor) = reply.cursor.as_mut() {
+        cursor.id = id;
+    } else if let Ok(cursor) = reply.fields.get_document_mut("cursor") {
+        cursor.insert("id", id);
     }
 }
 

@@ -374,10 +374,6 @@ pub async fn run(
     let pair = Topologies::start(topology.source_shards, topology.destination_shards).await;
     let mut load = Workload::new(StdRng::seed_from_u64(rng.gen()), &settings);
     load.destination = Some(pair.dst.clone());
-    if topology.sharded_source() {
-        // The sandbox runs transactions on a replica set only (not across shards).
-        load.disable(Kind::Transaction);
-    }
     for (feature, kind) in [
         (Feature::Txn, Kind::Transaction),
         (Feature::Pipeline, Kind::PipelineUpdate),

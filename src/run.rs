@@ -327,30 +327,8 @@ async fn drive(
         }
     };
     let api = if options.serve_api {
-        let bound = crate::api::bind(config.api.listen)
-            .and_then(|listener| Ok((listener.try_clone()?, listener)));
-        let (kept, listener) = match bound {
-            Ok(pair) => pair,
-            Err(source) => {
-                let e = RunError::Api {
-                    addr: config.api.listen,
-                    source,
-                };
-                let _ = ready.send(Err(e));
-                return Err(RunError::Crashed);
-            }
-        };
-        match crate::api::serve_on(
-            listener,
-            config.api.access(),
-            config.api.tls().as_ref(),
-            progress.clone(),
-            control.clone(),
-            crate::api::install_prometheus(),
-        )
-        .await
-        {
-            Ok(server) => Some((server, kept)),
+        match serve_api(&config, &progress, &control).await {
+            Ok(served) => Some(served),
             Err(source) => {
                 let e = RunError::Api {
                     addr: config.api.listen,
@@ -389,6 +367,27 @@ async fn drive(
         api.stop().await;
     }
     Ok(outcome)
+}
+
+/// Binds `api.listen` and serves the API there; returns the server and a second handle
+/// on its socket (see [`Migration::take_api_listener`]).
+async fn serve_api(
+    config: &Config,
+    progress: &SharedProgress,
+    control: &ControlHandle,
+) -> std::io::Result<(crate::api::ApiServer, std::net::TcpListener)> {
+    let listener = crate::api::bind(config.api.listen)?;
+    let kept = listener.try_clone()?;
+    let server = crate::api::serve_on(
+        listener,
+        config.api.access(),
+        config.api.tls().as_ref(),
+        progress.clone(),
+        control.clone(),
+        crate::api::install_prometheus(),
+    )
+    .await?;
+    Ok((server, kept))
 }
 
 /// Takes the destination lease. Another live holder makes the run refuse to start; a

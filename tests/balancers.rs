@@ -125,6 +125,25 @@ async fn wait_balancer_off(router: &Client, what: &str) {
     }
 }
 
+/// Makes the router refuse `balancerStart` (13 Unauthorized) while `on`, so a restore
+/// fails; or lets it through again.
+async fn fail_balancer_start(router: &Client, on: bool) {
+    let command = if on {
+        doc! {
+            "configureFailPoint": "failCommand",
+            "mode": "alwaysOn",
+            "data": {"failCommands": ["balancerStart"], "errorCode": 13},
+        }
+    } else {
+        doc! {"configureFailPoint": "failCommand", "mode": "off"}
+    };
+    router
+        .database("admin")
+        .run_command(command)
+        .await
+        .expect("configure the router's failCommand on balancerStart");
+}
+
 /// While the run goes on: both balancers are off, and the source's settings from before
 /// are recorded in `__ferry`.
 async fn assert_stopped_and_recorded(t: &Topologies) {
@@ -332,15 +351,7 @@ async fn a_balancer_that_cannot_be_restored_is_reported_with_the_commands_to_run
         .expect("API client");
     wait_child_phase(&api, "ready_for_cutover").await;
     assert_stopped_and_recorded(&t).await;
-    t.src
-        .database("admin")
-        .run_command(doc! {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": {"failCommands": ["balancerStart"], "errorCode": 13},
-        })
-        .await
-        .expect("fail balancerStart on the source's router");
+    fail_balancer_start(&t.src, true).await;
     child_cutover(&api).await;
     wait_child_phase(&api, "completed").await;
     let deadline = Instant::now() + DEADLINE;
@@ -379,11 +390,7 @@ async fn a_balancer_that_cannot_be_restored_is_reported_with_the_commands_to_run
     );
     let _ = child.kill();
     let _ = child.wait();
-    t.src
-        .database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
-        .await
-        .expect("turn the fail point off");
+    fail_balancer_start(&t.src, false).await;
     let _ = std::fs::remove_dir_all(path.parent().expect("config directory"));
 }
 
@@ -399,22 +406,11 @@ async fn starting_over_after_a_failed_restore_restores_the_balancer_as_first_fou
     let m = start(t.config("")).await;
     wait_phase(&m.progress, Phase::ReadyForCutover).await;
     assert_stopped_and_recorded(&t).await;
-    let admin = t.src.database("admin");
-    admin
-        .run_command(doc! {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": {"failCommands": ["balancerStart"], "errorCode": 13},
-        })
-        .await
-        .expect("fail balancerStart on the source's router");
+    fail_balancer_start(&t.src, true).await;
     let reply = m.control.request(ControlRequest::Cancel).await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(wait(m).await.phase, Phase::Cancelled);
-    admin
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
-        .await
-        .expect("turn the fail point off");
+    fail_balancer_start(&t.src, false).await;
     assert_eq!(settings(&t.src).await.mode, "off", "the restore failed");
 
     let mut again = t.config("");

@@ -90,6 +90,9 @@ impl Default for RunOptions {
     }
 }
 
+/// The API's listening socket (a second handle on it) and its address.
+type ApiSocket = (std::net::TcpListener, SocketAddr);
+
 /// A running migration.
 pub struct Migration {
     pub control: ControlHandle,
@@ -111,7 +114,7 @@ impl Migration {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let (kill_tx, kill_rx) = oneshot::channel();
         let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<Result<Option<std::net::TcpListener>, RunError>>();
+            std::sync::mpsc::channel::<Result<Option<ApiSocket>, RunError>>();
         let thread_progress = progress.clone();
         let thread_control = control.clone();
         let thread = thread::Builder::new()
@@ -141,8 +144,8 @@ impl Migration {
                 })
             })
             .map_err(RunError::Runtime)?;
-        let api_listener = match ready_rx.recv() {
-            Ok(Ok(listener)) => listener,
+        let api_socket = match ready_rx.recv() {
+            Ok(Ok(socket)) => socket,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -154,14 +157,9 @@ impl Migration {
                 };
             }
         };
-        let api_addr = match api_listener.as_ref().map(|l| l.local_addr()).transpose() {
-            Ok(addr) => addr,
-            Err(source) => {
-                return Err(RunError::Api {
-                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source,
-                })
-            }
+        let (api_listener, api_addr) = match api_socket {
+            Some((listener, addr)) => (Some(listener), Some(addr)),
+            None => (None, None),
         };
         Ok(Migration {
             control,
@@ -235,7 +233,7 @@ async fn drive(
     control: ControlHandle,
     mut control_rx: tokio::sync::mpsc::Receiver<crate::control::ControlMessage>,
     shutdown_rx: oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<Option<std::net::TcpListener>, RunError>>,
+    ready: std::sync::mpsc::Sender<Result<Option<ApiSocket>, RunError>>,
 ) -> Result<RunOutcome, RunError> {
     crate::metrics::describe();
     progress.set_phase(Phase::Validating);
@@ -341,11 +339,14 @@ async fn drive(
     } else {
         None
     };
-    let (api, kept) = match api {
-        Some((server, kept)) => (Some(server), Some(kept)),
+    let (api, socket) = match api {
+        Some((server, kept)) => {
+            let addr = server.local_addr();
+            (Some(server), Some((kept, addr)))
+        }
         None => (None, None),
     };
-    let _ = ready.send(Ok(kept));
+    let _ = ready.send(Ok(socket));
     let (done_tx, done_rx) = oneshot::channel();
     let supervisor = actix::Actor::start(Supervisor::new(engine, state, done_tx));
     let forward = supervisor.clone();

@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use bson::{doc, Document};
+use bson::{doc, Bson, Document};
 use ferry_sandbox::Sandbox;
 use mongodb::Client;
 use rand::rngs::StdRng;
@@ -134,9 +134,38 @@ async fn other_shard(router: &Client, db: &str) -> String {
     }
 }
 
-/// Shards some of the seeded collections of a sharded source on `_id`, hashed or
-/// ranged, splits each at its median and moves the chunk of one document to the other
-/// shard, so both shards hold documents of it. Returns what it did, for the log.
+/// Shard keys a sharded source's collection is drawn with, and their index names: on
+/// `_id` (hashed, ranged), on a field every document has (`g`, ranged, alone or with
+/// `_id`), and on one the workload renames away (`s`, hashed: documents then lack it and
+/// the server reads it as null).
+const SOURCE_KEYS: [(&str, &str); 5] = [
+    ("_id", "hashed"),
+    ("_id", "1"),
+    ("g", "1"),
+    ("g,_id", "1,1"),
+    ("s", "hashed"),
+];
+
+/// The key document and its index name of [`SOURCE_KEYS`] entry `i`.
+fn source_key(i: usize) -> (Document, String) {
+    let (fields, kinds) = SOURCE_KEYS[i];
+    let mut key = Document::new();
+    let mut name = Vec::new();
+    for (field, kind) in fields.split(',').zip(kinds.split(',')) {
+        name.push(format!("{field}_{kind}"));
+        if kind == "hashed" {
+            key.insert(field, "hashed");
+        } else {
+            key.insert(field, 1);
+        }
+    }
+    (key, name.join("_"))
+}
+
+/// Shards some of the seeded collections of a sharded source (on `_id` hashed or
+/// ranged, or on other fields: [`SOURCE_KEYS`]), splits each at the chunk of one
+/// document and moves that chunk to the other shard, so both shards hold documents of
+/// it. Returns what it did, for the log.
 pub async fn shard_source(router: &Client, load: &mut Workload, rng: &mut StdRng) -> Vec<String> {
     let mut done = Vec::new();
     for ns in load.namespaces.clone() {
@@ -144,23 +173,25 @@ pub async fn shard_source(router: &Client, load: &mut Workload, rng: &mut StdRng
             continue;
         }
         let full = Workload::key(&ns);
-        let hashed = rng.gen_bool(0.5);
+        // `_id` keys most often (one hashed, one ranged), another key two times in five.
+        let drawn = if rng.gen_bool(0.5) { 0 } else { 1 };
+        let drawn = if rng.gen_bool(0.4) {
+            rng.gen_range(2..SOURCE_KEYS.len())
+        } else {
+            drawn
+        };
+        let (key, index) = source_key(drawn);
         admin(router, doc! {"enableSharding": &ns.db}).await;
-        if hashed {
-            let spec = doc! {"key": {"_id": "hashed"}, "name": "_id_hashed"};
+        if drawn != 1 {
+            let spec = doc! {"key": key.clone(), "name": &index};
             command(
                 router,
                 &ns.db,
                 doc! {"createIndexes": &ns.coll, "indexes": [spec]},
             )
             .await
-            .unwrap_or_else(|e| panic!("{full}: hashed _id index: {e}"));
+            .unwrap_or_else(|e| panic!("{full}: index {index}: {e}"));
         }
-        let key = if hashed {
-            doc! {"_id": "hashed"}
-        } else {
-            doc! {"_id": 1}
-        };
         admin(router, doc! {"shardCollection": &full, "key": key.clone()}).await;
         let one = router
             .database(&ns.db)
@@ -168,14 +199,17 @@ pub async fn shard_source(router: &Client, load: &mut Workload, rng: &mut StdRng
             .find_one(doc! {})
             .await
             .ok()
-            .flatten()
-            .and_then(|d| d.get("_id").cloned());
-        if let Some(id) = one {
-            admin(router, doc! {"split": &full, "find": {"_id": id.clone()}}).await;
+            .flatten();
+        if let Some(one) = one {
+            let mut at = Document::new();
+            for field in key.keys() {
+                at.insert(field, one.get(field).cloned().unwrap_or(Bson::Null));
+            }
+            admin(router, doc! {"split": &full, "find": at.clone()}).await;
             let to = other_shard(router, &ns.db).await;
             admin(
                 router,
-                doc! {"moveChunk": &full, "find": {"_id": id}, "to": &to, "_waitForDelete": true},
+                doc! {"moveChunk": &full, "find": at, "to": &to, "_waitForDelete": true},
             )
             .await;
         }

@@ -204,12 +204,20 @@ fn canonical_bytes(value: &Bson, out: &mut Md5) {
     let rank = crate::query::order::type_rank(value);
     out.update([rank]);
     match value {
-        Bson::Int32(n) => out.update((*n as i64).to_le_bytes()),
-        Bson::Int64(n) => out.update(n.to_le_bytes()),
-        Bson::Double(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
-            out.update((*f as i64).to_le_bytes())
+        // Every number, whatever its type, as the server hashes it: converted to a
+        // double, then truncated to a 64-bit integer (saturating; NaN is 0). So 2, 2L,
+        // 2.0, 2.9 and NumberDecimal("2") hash alike and live on one shard.
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
+            let f = match value {
+                Bson::Int32(n) => f64::from(*n),
+                Bson::Int64(n) => *n as f64,
+                Bson::Double(f) => *f,
+                Bson::Decimal128(d) => crate::query::order::decimal_to_f64(d),
+                _ => 0.0,
+            };
+            // `as` saturates at the i64 bounds and maps NaN to 0.
+            out.update((f as i64).to_le_bytes())
         }
-        Bson::Double(f) => out.update(f.to_le_bytes()),
         Bson::Document(d) => {
             for (k, v) in d {
                 out.update(k.as_bytes());
@@ -238,6 +246,16 @@ mod tests {
         assert_eq!(hash_value(&Bson::Int32(1)), hash_value(&Bson::Int64(1)));
         assert_eq!(hash_value(&Bson::Int32(1)), hash_value(&Bson::Double(1.0)));
         assert_ne!(hash_value(&Bson::Int32(1)), hash_value(&Bson::Int32(2)));
+        // Decimals too, and fractions are truncated (2.3, 2.2 and 2.9 collide).
+        let two = hash_value(&Bson::Int32(2));
+        let decimal: bson::Decimal128 = "2".parse().unwrap();
+        assert_eq!(hash_value(&Bson::Decimal128(decimal)), two);
+        assert_eq!(hash_value(&Bson::Double(2.9)), two);
+        assert_eq!(hash_value(&Bson::Double(-0.0)), hash_value(&Bson::Int32(0)));
+        assert_eq!(
+            hash_value(&Bson::Double(f64::NAN)),
+            hash_value(&Bson::Int32(0))
+        );
     }
 
     #[test]

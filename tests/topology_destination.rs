@@ -543,3 +543,56 @@ async fn a_sharded_collection_renamed_as_the_plan_is_saved_stays_sharded() {
     assert_sharded_and_spread(&t.dst, "app.tallies", doc! {"_id": 1}, false).await;
     assert_same(&t.src, &t.dst).await;
 }
+
+/// An application drops, during the migration, the source index a `[sharding]` entry's
+/// key uses (the replica set allows it; the destination, sharded on that key, refuses
+/// with 370 CannotDropShardKeyIndex). Pins: the replayed dropIndexes failed the run.
+/// Now the destination keeps the index (its shard key needs it), the run completes
+/// and the verification accepts that one index, with or without supporting indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_source_index_a_sharding_entry_uses_keeps_it_on_the_destination() {
+    for create_supporting in [false, true] {
+        let t = Topologies::start(0, 2).await;
+        let orders = t.src.database("shop").collection::<Document>("orders");
+        orders
+            .insert_many(
+                (0..300).map(|i| doc! {"_id": i, "region": (["eu", "us", "ap"][i as usize % 3])}),
+            )
+            .await
+            .expect("seed orders");
+        orders
+            .create_index(IndexModel::builder().keys(doc! {"region": 1}).build())
+            .await
+            .expect("the key's index on the source");
+        let m = start(t.config(&format!(
+            "[sharding]\ncreate_supporting_indexes = {create_supporting}\n[[sharding.entries]]\ndatabase = \"shop\"\ncollection = \"orders\"\nkey = [{{region = 1}}]\n"
+        )))
+        .await;
+        wait_phase(&m.progress, Phase::ReadyForCutover).await;
+        orders
+            .drop_index("region_1")
+            .await
+            .expect("the application drops the index on the source");
+        orders
+            .insert_one(doc! {"_id": 1000, "region": "eu"})
+            .await
+            .expect("a write after the drop");
+        let outcome = cutover_and_complete(m).await;
+        assert_eq!(outcome.phase, Phase::Completed, "{:?}", outcome.error);
+        let names = t
+            .dst
+            .database("shop")
+            .collection::<Document>("orders")
+            .list_index_names()
+            .await
+            .expect("destination indexes");
+        assert!(
+            names.contains(&"region_1".to_string()),
+            "create_supporting_indexes = {create_supporting}: {names:?}"
+        );
+        assert_eq!(
+            documents(&t.src, "shop", "orders").await,
+            documents(&t.dst, "shop", "orders").await
+        );
+    }
+}

@@ -37,6 +37,7 @@ pub mod codes {
     pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
     pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
     pub const USER_WRITES_BLOCKED: i32 = 371;
+    pub const CANNOT_DROP_SHARD_KEY_INDEX: i32 = 370;
     pub const SHARD_NOT_FOUND: i32 = 70;
     pub const NAMESPACE_NOT_SHARDED: i32 = 118;
     pub const TRANSACTION_TOO_OLD: i32 = 225;
@@ -115,6 +116,7 @@ pub mod codes {
             260 => "InvalidResumeToken",
             280 => "ChangeStreamFatalError",
             286 => "ChangeStreamHistoryLost",
+            370 => "CannotDropShardKeyIndex",
             371 => "UserWritesBlocked",
             11000 => "DuplicateKey",
             11600 => "InterruptedAtShutdown",

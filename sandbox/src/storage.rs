@@ -379,6 +379,26 @@ pub struct Index {
 struct PartialFilter(Document);
 
 impl Index {
+    /// Whether the shard key `key` can use this index: its key starts with the shard
+    /// key's fields, each the same kind (ascending, or hashed), and it is neither sparse
+    /// nor partial nor collated.
+    pub fn supports_shard_key(&self, key: &Document) -> bool {
+        let ascending = |v: &Bson| crate::query::order::compare(v, &Bson::Int32(1)).is_eq();
+        let same_kind = |want: &Bson, have: &Bson| match (want, have) {
+            (Bson::String(w), Bson::String(h)) => w == h,
+            (Bson::String(_), _) | (_, Bson::String(_)) => false,
+            (_, have) => ascending(have),
+        };
+        key.len() <= self.key.len()
+            && key
+                .iter()
+                .zip(self.key.iter())
+                .all(|((wf, wv), (hf, hv))| wf == hf && same_kind(wv, hv))
+            && !self.sparse
+            && self.partial.is_none()
+            && !self.spec.contains_key("collation")
+    }
+
     /// This index's definition without its entries.
     fn definition(&self) -> Index {
         Index {
@@ -1678,6 +1698,33 @@ impl Storage {
                 }
             }
             names.to_vec()
+        };
+        // A sharded collection keeps one index its shard key can use: dropping the last
+        // one by name fails with 370, and `*` leaves it.
+        let targets = match &c.shard_key {
+            Some(key) => {
+                let compatible: Vec<&str> = c
+                    .indexes
+                    .iter()
+                    .filter(|i| i.supports_shard_key(key))
+                    .map(|i| i.name.as_str())
+                    .collect();
+                let kept = compatible.iter().any(|n| !targets.iter().any(|t| t == n));
+                if kept || compatible.is_empty() {
+                    targets
+                } else if names.iter().any(|n| n == "*") {
+                    targets
+                        .into_iter()
+                        .filter(|t| !compatible.contains(&t.as_str()))
+                        .collect()
+                } else {
+                    return Err(CommandError::new(
+                        codes::CANNOT_DROP_SHARD_KEY_INDEX,
+                        "Cannot drop the only compatible index for this collection's shard key",
+                    ));
+                }
+            }
+            None => targets,
         };
         let mut dropped = Vec::new();
         c.indexes.retain(|i| {

@@ -965,3 +965,59 @@ async fn equal_numbers_of_any_type_reach_one_document_under_a_hashed_key() {
         assert_eq!(deleted.deleted_count, 1, "deleted by double {i}");
     }
 }
+
+/// The last index a sharded collection's key can use cannot be dropped (370
+/// CannotDropShardKeyIndex); another compatible index lets it go, and `*` keeps it.
+/// Pins: the sandbox dropped it, and the next read hinting the key's index failed.
+#[tokio::test]
+async fn the_last_shard_key_index_cannot_be_dropped() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    run(&router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    let db = router.database("app");
+    run(
+        &router,
+        "app",
+        doc! {"createIndexes": "people", "indexes": [{"key": {"g": 1}, "name": "g_1"}]},
+    )
+    .await
+    .unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"shardCollection": "app.people", "key": {"g": 1}},
+    )
+    .await
+    .unwrap();
+    let drop = |index: &str| doc! {"dropIndexes": "people", "index": index};
+    let refused = run(&router, "app", drop("g_1")).await.unwrap_err();
+    assert_eq!(code(&refused), 370, "{refused}");
+    run(
+        &router,
+        "app",
+        doc! {"createIndexes": "people", "indexes": [
+            {"key": {"g": 1, "x": 1}, "name": "g_1_x_1"},
+            {"key": {"g": 1, "y": 1}, "name": "g_y_sparse", "sparse": true},
+            {"key": {"x": 1}, "name": "x_1"},
+        ]},
+    )
+    .await
+    .unwrap();
+    run(&router, "app", drop("g_1")).await.unwrap();
+    let refused = run(&router, "app", drop("g_1_x_1")).await.unwrap_err();
+    assert_eq!(
+        code(&refused),
+        370,
+        "a sparse index does not count: {refused}"
+    );
+    run(&router, "app", drop("*")).await.unwrap();
+    let names: Vec<String> = db
+        .collection::<Document>("people")
+        .list_index_names()
+        .await
+        .unwrap();
+    assert_eq!(names, ["_id_", "g_1_x_1"]);
+    // The sparse one went with `*`.
+}

@@ -40,6 +40,8 @@ pub enum Refusal {
     IndexMissing,
     /// 11000 DuplicateKey: a document with that unique key is there already.
     DuplicateKey,
+    /// 370 CannotDropShardKeyIndex: the last index the collection's shard key can use.
+    ShardKeyIndex,
 }
 
 impl Refusal {
@@ -50,6 +52,7 @@ impl Refusal {
             85 | 86 => Refusal::IndexConflict,
             27 => Refusal::IndexMissing,
             11000 => Refusal::DuplicateKey,
+            370 => Refusal::ShardKeyIndex,
             _ => return None,
         })
     }

@@ -1199,10 +1199,18 @@ async fn replay_ddl(engine: &SharedEngine, event: &Document) -> Result<(), Apply
                 })
                 .unwrap_or_default();
             for name in names {
-                ignore(&[Refusal::NamespaceMissing, Refusal::IndexMissing])(
-                    dest.run(&db, doc! {"dropIndexes": &coll, "index": name})
-                        .await,
-                )?;
+                match dest
+                    .run(&db, doc! {"dropIndexes": &coll, "index": &name})
+                    .await
+                {
+                    // A `[sharding]` entry's key uses it on the destination (the source,
+                    // a replica set or unsharded there, let it go): kept, and the
+                    // verification expects it.
+                    Err(e) if e.is(Refusal::ShardKeyIndex) => {
+                        tracing::warn!(ns = %format!("{db}.{coll}"), index = %name, "the source dropped an index the destination's shard key needs; it stays on the destination");
+                    }
+                    other => ignore(&[Refusal::NamespaceMissing, Refusal::IndexMissing])(other)?,
+                }
             }
             Ok(())
         }

@@ -309,8 +309,11 @@ pub async fn ensure_supporting_index(
     Ok(())
 }
 
-/// Whether `spec` (an index on the destination's `ns`, missing on the source) is the
-/// shard key's supporting index that Ferry created because the source had none.
+/// Whether `spec` (an index on the destination's `ns`, missing on the source) is one the
+/// destination keeps for a `[sharding]` entry's key: the supporting index Ferry created
+/// because the source had none, or the source's own index the key used, dropped on the
+/// source during the run (the destination refuses to drop the last index its shard key
+/// can use, 370). Either starts with the key and is neither sparse nor partial.
 pub fn is_added_supporting_index(config: &Config, ns: &str, spec: &Document) -> bool {
     let Some((db, coll)) = ns.split_once('.') else {
         return false;
@@ -319,11 +322,10 @@ pub fn is_added_supporting_index(config: &Config, ns: &str, spec: &Document) -> 
         return false;
     };
     let key = entry.key.to_document();
-    config.sharding.create_supporting_indexes
-        && [false, true].iter().any(|&collated| {
-            spec.get_str("name") == Ok(sharding::supporting_index_name(&key, collated).as_str())
-        })
-        && spec.get_document("key").is_ok_and(|k| same_key(k, &key))
+    spec.get_document("key")
+        .is_ok_and(|k| sharding::is_prefix(&key, k))
+        && !spec.get_bool("sparse").unwrap_or(false)
+        && !spec.contains_key("partialFilterExpression")
 }
 
 /// Split points at even quantiles of a sorted sample of the source's keys: two chunks per

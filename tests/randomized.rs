@@ -37,11 +37,13 @@
 //! excluded `staging.raw` into an in-scope database (replica-set sources). Pipeline
 //! updates include the capped list (`$concatArrays` + `$slice` + `$isArray`, then
 //! `$reverseArray`).
-//! Topologies (`topologies`): on a sharded source, each seeded collection is sharded on
-//! `_id` (hashed or ranged) with probability 0.6, split at its median and one chunk
-//! moved to the other shard; no transactions are generated there (the sandbox runs
-//! none across shards), and views read unsharded collections only (the sandbox router
-//! runs `$out`/`$merge` from those only). On a sharded destination, unsharded source
+//! Topologies (`topologies`): on a sharded source, each seeded collection is sharded
+//! with probability 0.6 — on `_id` (hashed or ranged) or, two times in five, on `g`
+//! (ranged, alone or with `_id`) or a hashed `s` (which documents lose when the workload
+//! renames it) — split at one document's chunk and that chunk moved to the other shard;
+//! transactions there span both shards (the sandbox commits on each in turn), and views
+//! read unsharded collections only (the sandbox router runs `$out`/`$merge` from those
+//! only). On a sharded destination, unsharded source
 //! collections get a `[sharding]` entry on `_id` (ranged or hashed) with probability
 //! 0.5; DDL keeps those collections' names (a restarted run checks the entries). A
 //! stepdown of a sharded side steps down one shard's primary; dropped connections and

@@ -44,6 +44,21 @@ async fn ids(client: &Client, filter: Document) -> Vec<i32> {
     ids
 }
 
+/// `app.items` sharded on a hashed `_id` (pre-split over both shards), through `router`.
+async fn hashed_items(router: &Client) -> mongodb::Collection<Document> {
+    run(router, "admin", doc! {"enableSharding": "app"})
+        .await
+        .unwrap();
+    run(
+        router,
+        "admin",
+        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
+    )
+    .await
+    .unwrap();
+    router.database("app").collection::<Document>("items")
+}
+
 #[tokio::test]
 async fn inserts_go_to_the_shard_owning_their_key() {
     let cluster = start();
@@ -593,17 +608,7 @@ async fn targeted_reads_never_return_orphans() {
 async fn filtered_reads_of_a_hashed_collection_keep_their_results() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"enableSharding": "app"})
-        .await
-        .unwrap();
-    run(
-        &router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
-    )
-    .await
-    .unwrap();
-    let coll = router.database("app").collection::<Document>("items");
+    let coll = hashed_items(&router).await;
     coll.insert_many((0..300).map(|i| doc! {"_id": i, "g": i % 3}))
         .await
         .unwrap();
@@ -766,17 +771,7 @@ async fn out_and_merge_write_through_the_router() {
 async fn min_max_on_the_id_index_reads_that_range_from_every_shard() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"enableSharding": "app"})
-        .await
-        .unwrap();
-    run(
-        &router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
-    )
-    .await
-    .unwrap();
-    let coll = router.database("app").collection::<Document>("items");
+    let coll = hashed_items(&router).await;
     coll.insert_many((0..300).map(|i| doc! {"_id": i}))
         .await
         .unwrap();
@@ -931,17 +926,7 @@ async fn rename_into_another_database_stays_on_the_primary_shard() {
 async fn equal_numbers_of_any_type_reach_one_document_under_a_hashed_key() {
     let cluster = start();
     let router = client_for(&cluster.router_uri()).await;
-    run(&router, "admin", doc! {"enableSharding": "app"})
-        .await
-        .unwrap();
-    run(
-        &router,
-        "admin",
-        doc! {"shardCollection": "app.items", "key": {"_id": "hashed"}},
-    )
-    .await
-    .unwrap();
-    let coll = router.database("app").collection::<Document>("items");
+    let coll = hashed_items(&router).await;
     for i in 0..40i32 {
         coll.insert_one(doc! {"_id": i, "v": "int"}).await.unwrap();
         let decimal: bson::Decimal128 = i.to_string().parse().unwrap();

@@ -1006,3 +1006,159 @@ async fn the_last_shard_key_index_cannot_be_dropped() {
     assert_eq!(names, ["_id_", "g_1_x_1"]);
     // The sparse one went with `*`.
 }
+
+/// The `index` of each entry of a reply's array field (`upserted`, `writeErrors`).
+fn indexes(reply: &Document, field: &str) -> Vec<i32> {
+    reply
+        .get_array(field)
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .map(|d| d.get_i32("index").unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn error_codes(reply: &Document) -> Vec<i32> {
+    reply
+        .get_array("writeErrors")
+        .map(|a| {
+            a.iter()
+                .filter_map(Bson::as_document)
+                .map(|d| d.get_i32("code").unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `v` of each document, by `_id`, read through the router.
+async fn values(client: &Client) -> Vec<(i32, i32)> {
+    let docs: Vec<Document> = client
+        .database("app")
+        .collection::<Document>("items")
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out: Vec<(i32, i32)> = docs
+        .iter()
+        .map(|d| (d.get_i32("_id").unwrap(), d.get_i32("v").unwrap_or(-1)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Pins the reply of update and delete batches that mix statements for both shards,
+/// upserts and failing statements (a duplicate `_id` on the shard, `$inc` on a string,
+/// an unknown operator): `n`, `nModified`, `upserted` and `writeErrors` carry the
+/// client's statement indexes, an ordered batch stops at its first error and an
+/// unordered one goes on. It holds whether the router sends each statement on its own
+/// or consecutive statements for one shard in one command.
+#[tokio::test]
+async fn update_and_delete_batches_keep_their_reply_over_both_shards() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    split_at_100(&cluster, &router).await;
+    run(
+        &router,
+        "app",
+        doc! {"insert": "items", "documents": [
+            {"_id": 1, "k": 1, "v": 0},
+            {"_id": 2, "k": 2, "v": 0, "s": "x"},
+            {"_id": 101, "k": 101, "v": 0},
+            {"_id": 102, "k": 102, "v": 0},
+        ]},
+    )
+    .await
+    .unwrap();
+
+    let reply = run(
+        &router,
+        "app",
+        doc! {"update": "items", "updates": [
+            {"q": {"k": 1}, "u": {"$inc": {"v": 1}}},
+            {"q": {"k": 3, "_id": 3}, "u": {"$set": {"v": 1}}, "upsert": true},
+            {"q": {"k": 101}, "u": {"$inc": {"v": 1}}},
+            {"q": {"k": 103, "_id": 103}, "u": {"$set": {"v": 1}}, "upsert": true},
+            {"q": {"k": 104}, "u": {"$inc": {"v": 1}}},
+            {"q": {"k": 4, "_id": 1}, "u": {"$set": {"v": 1}}, "upsert": true},
+            {"q": {"k": 102}, "u": {"$inc": {"v": 1}}},
+        ]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("n").unwrap(), 4, "{reply}");
+    assert_eq!(reply.get_i32("nModified").unwrap(), 2, "{reply}");
+    assert_eq!(indexes(&reply, "upserted"), [1, 3], "{reply}");
+    assert_eq!(indexes(&reply, "writeErrors"), [5], "{reply}");
+    assert_eq!(error_codes(&reply), [11000], "{reply}");
+    assert_eq!(
+        values(&router).await,
+        [(1, 1), (2, 0), (3, 1), (101, 1), (102, 0), (103, 1)]
+    );
+
+    let reply = run(
+        &router,
+        "app",
+        doc! {"update": "items", "ordered": false, "updates": [
+            {"q": {"k": 1}, "u": {"$inc": {"v": 1}}},
+            {"q": {"k": 2}, "u": {"$inc": {"s": 1}}},
+            {"q": {"k": 102}, "u": {"$inc": {"v": 1}}},
+            {"q": {"k": 4, "_id": 1}, "u": {"$set": {"v": 9}}, "upsert": true},
+            {"q": {"k": 105, "_id": 105}, "u": {"$set": {"v": 1}}, "upsert": true},
+            {"q": {"k": 3}, "u": {"$inc": {"v": 1}}},
+        ]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("n").unwrap(), 4, "{reply}");
+    assert_eq!(reply.get_i32("nModified").unwrap(), 3, "{reply}");
+    assert_eq!(indexes(&reply, "upserted"), [4], "{reply}");
+    assert_eq!(indexes(&reply, "writeErrors"), [1, 3], "{reply}");
+    assert_eq!(error_codes(&reply), [14, 11000], "{reply}");
+    assert_eq!(
+        values(&router).await,
+        [(1, 2), (2, 0), (3, 2), (101, 1), (102, 1), (103, 1), (105, 1)]
+    );
+
+    let reply = run(
+        &router,
+        "app",
+        doc! {"delete": "items", "deletes": [
+            {"q": {"k": 1}, "limit": 1},
+            {"q": {"k": 101}, "limit": 1},
+            {"q": {"k": 3}, "limit": 1},
+            {"q": {"k": 102, "v": {"$foo": 1}}, "limit": 1},
+            {"q": {"k": 103}, "limit": 1},
+        ]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("n").unwrap(), 3, "{reply}");
+    assert_eq!(indexes(&reply, "writeErrors"), [3], "{reply}");
+    assert_eq!(error_codes(&reply), [2], "{reply}");
+    assert_eq!(
+        values(&router).await,
+        [(2, 0), (102, 1), (103, 1), (105, 1)]
+    );
+
+    let reply = run(
+        &router,
+        "app",
+        doc! {"delete": "items", "ordered": false, "deletes": [
+            {"q": {"k": 103}, "limit": 1},
+            {"q": {"k": 2, "v": {"$foo": 1}}, "limit": 1},
+            {"q": {"k": 2}, "limit": 1},
+            {"q": {"k": 105}, "limit": 1},
+        ]},
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("n").unwrap(), 3, "{reply}");
+    assert_eq!(indexes(&reply, "writeErrors"), [1], "{reply}");
+    assert_eq!(error_codes(&reply), [2], "{reply}");
+    assert_eq!(values(&router).await, [(102, 1)]);
+}

@@ -190,6 +190,19 @@ async fn single_document_writes_need_the_shard_key_or_id() {
     assert_eq!(code(&err), 61, "{err:?}");
     let err = coll.delete_one(doc! {"tag": 1}).await.unwrap_err();
     assert_eq!(code(&err), 61, "{err:?}");
+    // The router's own write error has the form a shard's has, `codeName` included.
+    let reply = run(
+        &router,
+        "app",
+        doc! {"delete": "items", "deletes": [{"q": {"tag": 1}, "limit": 1}]},
+    )
+    .await
+    .unwrap();
+    let entry = reply.get_array("writeErrors").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(entry.get_str("codeName"), Ok("ShardKeyNotFound"), "{entry}");
     let err = coll
         .find_one_and_update(doc! {"tag": 1}, doc! {"$set": {"x": 1}})
         .await
@@ -1121,7 +1134,15 @@ async fn update_and_delete_batches_keep_their_reply_over_both_shards() {
     assert_eq!(error_codes(&reply), [14, 11000], "{reply}");
     assert_eq!(
         values(&router).await,
-        [(1, 2), (2, 0), (3, 2), (101, 1), (102, 1), (103, 1), (105, 1)]
+        [
+            (1, 2),
+            (2, 0),
+            (3, 2),
+            (101, 1),
+            (102, 1),
+            (103, 1),
+            (105, 1)
+        ]
     );
 
     let reply = run(

@@ -165,9 +165,10 @@ impl Totals {
         }
         Ok(())
     }
+    /// A statement the router itself refused, in the form a shard reports its own
+    /// (with `codeName` and any extra fields).
     fn error(&mut self, index: usize, e: CommandError) {
-        self.errors
-            .push(doc! {"index": index as i32, "code": e.code, "errmsg": e.errmsg});
+        self.errors.push(e.to_write_error(index));
     }
     fn reply(self, with_modified: bool) -> Reply {
         let mut fields = doc! {"n": self.n as i32};

@@ -324,9 +324,12 @@ async fn drive(
             return Err(RunError::Crashed);
         }
     };
-    let api = if options.serve_api {
+    let (api, socket) = if options.serve_api {
         match serve_api(&config, &progress, &control).await {
-            Ok(served) => Some(served),
+            Ok((server, kept)) => {
+                let addr = server.local_addr();
+                (Some(server), Some((kept, addr)))
+            }
             Err(source) => {
                 let e = RunError::Api {
                     addr: config.api.listen,
@@ -337,14 +340,7 @@ async fn drive(
             }
         }
     } else {
-        None
-    };
-    let (api, socket) = match api {
-        Some((server, kept)) => {
-            let addr = server.local_addr();
-            (Some(server), Some((kept, addr)))
-        }
-        None => (None, None),
+        (None, None)
     };
     let _ = ready.send(Ok(socket));
     let (done_tx, done_rx) = oneshot::channel();

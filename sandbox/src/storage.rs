@@ -383,20 +383,24 @@ impl Index {
     /// key's fields, each the same kind (ascending, or hashed), and it is neither sparse
     /// nor partial nor collated.
     pub fn supports_shard_key(&self, key: &Document) -> bool {
-        let ascending = |v: &Bson| crate::query::order::compare(v, &Bson::Int32(1)).is_eq();
-        let same_kind = |want: &Bson, have: &Bson| match (want, have) {
-            (Bson::String(w), Bson::String(h)) => w == h,
-            (Bson::String(_), _) | (_, Bson::String(_)) => false,
-            (_, have) => ascending(have),
-        };
-        key.len() <= self.key.len()
-            && key
-                .iter()
-                .zip(self.key.iter())
-                .all(|((wf, wv), (hf, hv))| wf == hf && same_kind(wv, hv))
+        Index::key_starts_with(&self.key, key)
             && !self.sparse
             && self.partial.is_none()
             && !self.spec.contains_key("collation")
+    }
+
+    /// Whether index key `index` starts with `prefix`'s fields, each of the same kind
+    /// (a hashed field only as hashed, an ordered one as ordered).
+    pub fn key_starts_with(index: &Document, prefix: &Document) -> bool {
+        prefix.len() <= index.len()
+            && prefix.iter().zip(index.iter()).all(|((a, av), (b, bv))| {
+                a == b
+                    && match (av, bv) {
+                        (Bson::String(x), Bson::String(y)) => x == y,
+                        (Bson::String(_), _) | (_, Bson::String(_)) => false,
+                        _ => true,
+                    }
+            })
     }
 
     /// This index's definition without its entries.

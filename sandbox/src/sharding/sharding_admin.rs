@@ -222,18 +222,18 @@ fn prepare_on_primary(
         c.indexes
             .iter()
             .find(|i| {
-                is_prefix(&key.pattern, &i.key)
+                crate::storage::Index::key_starts_with(&i.key, &key.pattern)
                     && (!unique || i.unique || i.name == "_id_")
                     && simple_index(i)
             })
             .map(|i| i.name.clone())
     });
     if let Some(c) = storage.collection(db, coll) {
-        if let Some(index) = c
-            .indexes
-            .iter()
-            .find(|i| i.unique && i.name != "_id_" && !is_prefix(&key.pattern, &i.key))
-        {
+        if let Some(index) = c.indexes.iter().find(|i| {
+            i.unique
+                && i.name != "_id_"
+                && !crate::storage::Index::key_starts_with(&i.key, &key.pattern)
+        }) {
             return Err(CommandError::new(
                 codes::INVALID_OPTIONS,
                 format!(
@@ -287,19 +287,6 @@ fn requested_collation(cmd: &Document) -> CmdResult<bool> {
 /// Whether a collation document is the simple (binary) one.
 fn is_simple(collation: &Document) -> bool {
     collation.get_str("locale") == Ok("simple")
-}
-
-/// Whether `prefix`'s fields (and kinds) begin `key`.
-fn is_prefix(prefix: &Document, key: &Document) -> bool {
-    prefix.len() <= key.len()
-        && prefix.iter().zip(key.iter()).all(|((a, av), (b, bv))| {
-            a == b
-                && match (av, bv) {
-                    (Bson::String(x), Bson::String(y)) => x == y,
-                    (Bson::String(_), _) | (_, Bson::String(_)) => false,
-                    _ => true,
-                }
-        })
 }
 
 /// Creates `db.coll` on `to` with the uuid, options and indexes it has on `from` (a shard

@@ -80,7 +80,13 @@ async fn a_copy_insert_of_a_failed_attempt_never_lands_after_the_restart() {
         })
         .await
         .expect("source fail point");
-    let m = start(pair.config("[copy]\nbatch_max_documents = 10\n")).await;
+    // One range, so the held insert is the range's first batch (documents 0 to 9): with
+    // several ranges copied at once, another range's insert could be the held one, and
+    // the attempt could fail before the range holding document 5 had read anything.
+    let m = start(
+        pair.config("[copy]\nbatch_max_documents = 10\nparallel_ranges_per_collection = 1\n"),
+    )
+    .await;
     let dst = pair.dst.clone();
     poll_async("the first copy insert to be held", || {
         let dst = dst.clone();

@@ -596,3 +596,49 @@ async fn dropping_the_source_index_a_sharding_entry_uses_keeps_it_on_the_destina
         );
     }
 }
+
+/// Pins: a source collection with 64 indexes (the most a collection may have), none on
+/// an entry's key, passed validation, and the run failed once the copy created the
+/// supporting index, the 65th. Now validation refuses it, naming the collection, the count
+/// and the fix; with one index dropped on the source the same config migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supporting_index_beyond_the_64_index_limit_is_refused_by_validation() {
+    let t = Topologies::start(0, 2).await;
+    let orders = t.src.database("shop").collection::<Document>("orders");
+    orders
+        .insert_many(
+            (0..300).map(|i| doc! {"_id": i as i32, "region": (["eu", "us", "ap"][i % 3])}),
+        )
+        .await
+        .expect("seed orders");
+    orders
+        .create_indexes((0..63).map(|i| {
+            IndexModel::builder()
+                .keys(doc! {format!("f{i}"): 1})
+                .build()
+        }))
+        .await
+        .expect("63 indexes besides _id");
+    let cfg = t.config("[sharding]\ncreate_supporting_indexes = true\n[[sharding.entries]]\ndatabase = \"shop\"\ncollection = \"orders\"\nkey = [{region = 1}]\n");
+    let report = ferry::preflight::run_checks(&cfg).await;
+    let check = report
+        .check("sharding entries")
+        .expect("the report has a sharding entries line");
+    assert_eq!(check.status, Status::Fail, "{check:?}");
+    assert!(
+        check.message.contains("shop.orders has 64 indexes")
+            && check.message.contains("drop an index"),
+        "{}",
+        check.message
+    );
+    orders.drop_index("f62_1").await.expect("make room");
+    let report = ferry::preflight::run_checks(&cfg).await;
+    assert_eq!(
+        report.check("sharding entries").map(|c| c.status),
+        Some(Status::Pass),
+        "{report}"
+    );
+    let m = start(cfg).await;
+    cutover_and_complete(m).await;
+    assert_sharded_and_spread(&t.dst, "shop.orders", doc! {"region": 1}, false).await;
+}

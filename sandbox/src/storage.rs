@@ -1595,68 +1595,13 @@ impl Storage {
                 .ok()
                 .filter(|collation| !is_simple_collation(collation))
                 .cloned();
-            for mut spec in specs {
-                // An index without a collation takes the collection's default; the simple
-                // collation is stored as no collation at all (listIndexes shows none).
-                match spec.get_document("collation") {
-                    Ok(collation) if is_simple_collation(collation) => {
-                        spec.remove("collation");
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if let Some(collation) = &default_collation {
-                            spec.insert("collation", collation.clone());
-                        }
-                    }
-                }
-                let mut index = Index::from_spec(spec)?;
-                if let Some(existing) = c.indexes.iter().find(|i| i.name == index.name) {
-                    if existing.key != index.key {
-                        return Err(CommandError::new(
-                            codes::INDEX_KEY_SPECS_CONFLICT,
-                            format!("An existing index has the same name as the requested index. Requested index: {}, existing index: {}", index.spec, existing.spec),
-                        ));
-                    }
-                    if strip_name(&existing.spec) != strip_name(&index.spec) {
-                        return Err(CommandError::new(
-                            codes::INDEX_OPTIONS_CONFLICT,
-                            format!(
-                                "Index already exists with different options: {}",
-                                existing.spec
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                if let Some(existing) = c
-                    .indexes
-                    .iter()
-                    .find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec))
-                {
-                    // Same keys and options under another name (same name was handled above).
-                    return Err(CommandError::new(
-                        codes::INDEX_OPTIONS_CONFLICT,
-                        format!(
-                            "Index already exists with a different name: {}",
-                            existing.name
-                        ),
-                    ));
-                }
-                // Indexes on one key pattern with different collations may coexist.
-                if let Some(existing) = c.indexes.iter().find(|i| {
-                    i.key == index.key && i.spec.get("collation") == index.spec.get("collation")
-                }) {
-                    return Err(CommandError::new(
-                        codes::INDEX_OPTIONS_CONFLICT,
-                        format!("An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}", index.spec, existing.spec),
-                    ));
-                }
-                for (id, doc) in &c.docs {
-                    index.check(&ns, doc, id)?;
-                    index.add(doc, id);
-                }
-                created.push(index.spec.clone());
-                c.indexes.push(index);
+            // The command is all or nothing: an index the command built before one of
+            // its specs failed is removed again, as the server builds them together.
+            let before = c.indexes.len();
+            let outcome = add_indexes(c, &ns, specs, default_collation.as_ref(), &mut created);
+            if let Err(e) = outcome {
+                c.indexes.truncate(before);
+                return Err(e);
             }
         }
         let uuid = self.collection(db, coll).map(|c| c.uuid.clone());
@@ -1851,6 +1796,96 @@ impl Storage {
         self.append(change);
         Ok(())
     }
+}
+
+/// Most indexes one collection may have, `_id` included.
+const MAX_INDEXES: usize = 64;
+
+/// Adds the indexes of one createIndexes command to `c`, building each over the
+/// collection's documents; `created` gets the spec of each new one. On an error the
+/// indexes added so far stay in `c` (the caller removes them).
+fn add_indexes(
+    c: &mut Collection,
+    ns: &str,
+    specs: Vec<Document>,
+    default_collation: Option<&Document>,
+    created: &mut Vec<Document>,
+) -> CmdResult<()> {
+    for mut spec in specs {
+        // An index without a collation takes the collection's default; the simple
+        // collation is stored as no collation at all (listIndexes shows none).
+        match spec.get_document("collation") {
+            Ok(collation) if is_simple_collation(collation) => {
+                spec.remove("collation");
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if let Some(collation) = default_collation {
+                    spec.insert("collation", collation.clone());
+                }
+            }
+        }
+        let mut index = Index::from_spec(spec)?;
+        if let Some(existing) = c.indexes.iter().find(|i| i.name == index.name) {
+            if existing.key != index.key {
+                return Err(CommandError::new(
+                    codes::INDEX_KEY_SPECS_CONFLICT,
+                    format!("An existing index has the same name as the requested index. Requested index: {}, existing index: {}", index.spec, existing.spec),
+                ));
+            }
+            if strip_name(&existing.spec) != strip_name(&index.spec) {
+                return Err(CommandError::new(
+                    codes::INDEX_OPTIONS_CONFLICT,
+                    format!(
+                        "Index already exists with different options: {}",
+                        existing.spec
+                    ),
+                ));
+            }
+            continue;
+        }
+        if let Some(existing) = c
+            .indexes
+            .iter()
+            .find(|i| i.key == index.key && strip_name(&i.spec) == strip_name(&index.spec))
+        {
+            // Same keys and options under another name (same name was handled above).
+            return Err(CommandError::new(
+                codes::INDEX_OPTIONS_CONFLICT,
+                format!(
+                    "Index already exists with a different name: {}",
+                    existing.name
+                ),
+            ));
+        }
+        // Indexes on one key pattern with different collations may coexist.
+        if let Some(existing) = c
+            .indexes
+            .iter()
+            .find(|i| i.key == index.key && i.spec.get("collation") == index.spec.get("collation"))
+        {
+            return Err(CommandError::new(
+                codes::INDEX_OPTIONS_CONFLICT,
+                format!("An equivalent index already exists with a different name and options. Requested index: {}, existing index: {}", index.spec, existing.spec),
+            ));
+        }
+        if c.indexes.len() >= MAX_INDEXES {
+            return Err(CommandError::new(
+                codes::CANNOT_CREATE_INDEX,
+                format!(
+                    "add index fails, too many indexes for {ns} key:{}",
+                    index.key
+                ),
+            ));
+        }
+        for (id, doc) in &c.docs {
+            index.check(ns, doc, id)?;
+            index.add(doc, id);
+        }
+        created.push(index.spec.clone());
+        c.indexes.push(index);
+    }
+    Ok(())
 }
 
 fn strip_name(spec: &Document) -> Document {

@@ -313,3 +313,69 @@ async fn indexes_take_the_collections_default_collation() {
     assert_eq!(collations["x_1"], None);
     assert_eq!(collations["y_1"].as_deref(), Some("fr"));
 }
+
+/// Names of the indexes of `t.c`, sorted.
+async fn index_names(coll: &mongodb::Collection<Document>) -> Vec<String> {
+    let mut names = coll.list_index_names().await.unwrap();
+    names.sort();
+    names
+}
+
+/// Pins: the sandbox accepted any number of indexes, and a createIndexes whose second
+/// index failed kept its first. The server allows 64 per collection (`_id` included),
+/// refusing the 65th with 67 CannotCreateIndex, and one command's indexes are built
+/// together: all of them or none.
+#[tokio::test]
+async fn a_collection_holds_at_most_64_indexes_and_a_failed_command_adds_none() {
+    let sb = start();
+    let client = client(&sb).await;
+    let coll = client.database("t").collection::<Document>("c");
+    coll.insert_many(vec![doc! {"_id": 1, "d": 1}, doc! {"_id": 2, "d": 1}])
+        .await
+        .unwrap();
+    // One good index, then a unique one the documents break: neither is built.
+    expect_code(
+        coll.create_indexes(vec![
+            IndexModel::builder().keys(doc! {"a": 1}).build(),
+            IndexModel::builder()
+                .keys(doc! {"d": 1})
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+        ])
+        .await,
+        11000,
+    )
+    .await;
+    assert_eq!(index_names(&coll).await, vec!["_id_".to_string()]);
+    // 63 more fill the collection up.
+    coll.create_indexes((0..63).map(|i| {
+        IndexModel::builder()
+            .keys(doc! {format!("f{i}"): 1})
+            .build()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(index_names(&coll).await.len(), 64);
+    let error = run(
+        &client,
+        "t",
+        doc! {"createIndexes": "c", "indexes": [{"key": {"g": 1}, "name": "g_1"}]},
+    )
+    .await
+    .unwrap_err();
+    let mongodb::error::ErrorKind::Command(e) = error.kind.as_ref() else {
+        panic!("not a command error: {error:?}");
+    };
+    assert_eq!((e.code, e.code_name.as_str()), (67, "CannotCreateIndex"));
+    assert!(e.message.contains("too many indexes for t.c"), "{e:?}");
+    // Asking again for an index that exists is still fine at the limit.
+    coll.create_index(IndexModel::builder().keys(doc! {"f0": 1}).build())
+        .await
+        .unwrap();
+    // A dropped index makes room for one more.
+    coll.drop_index("f0_1").await.unwrap();
+    coll.create_index(IndexModel::builder().keys(doc! {"g": 1}).build())
+        .await
+        .unwrap();
+    assert_eq!(index_names(&coll).await.len(), 64);
+}

@@ -2,7 +2,8 @@
 //! brings) fit both clusters. An entry must name a collection that exists on the source,
 //! the key's index must exist there when `create_supporting_indexes = false`, the source
 //! may have no other unique index (a sharded collection can only enforce uniqueness on a
-//! key that starts with its shard key), and the destination must not hold the collection
+//! key that starts with its shard key), the supporting index Ferry creates must fit under
+//! the 64 indexes a collection may have, and the destination must not hold the collection
 //! sharded differently.
 
 use bson::Document;
@@ -15,6 +16,8 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 
 const NAME: &str = "sharding entries";
+/// Most indexes a collection may have, `_id` included.
+const MAX_INDEXES: usize = 64;
 
 /// The check, as one report line.
 /// When `resuming`, an entry whose collection is gone from the source is no problem: it
@@ -169,11 +172,16 @@ fn index_problems(config: &Config, ns: &str, key: &Document, indexes: &[Document
             ));
         }
     }
-    if !config.sharding.create_supporting_indexes
-        && !indexes
-            .iter()
-            .any(|i| is_prefix(key, &key_of(i)) && sharding::has_simple_collation(i))
-    {
+    let supported = indexes
+        .iter()
+        .any(|i| is_prefix(key, &key_of(i)) && sharding::has_simple_collation(i));
+    if !supported && config.sharding.create_supporting_indexes && indexes.len() >= MAX_INDEXES {
+        found.push(format!(
+            "{ns} has {} indexes on the source, the most a collection may have, and none starts with the shard key {key} with the simple collation: the supporting index Ferry would create is one too many (the copy would fail with CannotCreateIndex); drop an index on the source, or shard on a key an existing index starts with",
+            indexes.len()
+        ));
+    }
+    if !supported && !config.sharding.create_supporting_indexes {
         let (db, coll) = ns.split_once('.').unwrap_or((ns, ""));
         // On a collection with a default collation (its indexes carry it), the default
         // name is usually taken by an index on the key with that collation.

@@ -62,6 +62,9 @@ pub struct ReadCollection {
     pub db: String,
     pub coll: String,
     pub uuid: Binary,
+    /// A router's read of a sharded collection: the collection is looked up in the
+    /// cluster's catalog (`config.collections`), not in the router's own storage.
+    pub sharded: bool,
 }
 
 impl ReadCollection {
@@ -72,7 +75,41 @@ impl ReadCollection {
             db: db.to_string(),
             coll: coll.to_string(),
             uuid: c.uuid.clone(),
+            sharded: false,
         })
+    }
+
+    /// A router's read of the sharded collection `entry` of the cluster's catalog.
+    pub fn sharded(entry: &crate::sharding::catalog::CollectionEntry) -> ReadCollection {
+        let (db, coll) = entry.ns.split_once('.').unwrap_or((&entry.ns, ""));
+        ReadCollection {
+            db: db.to_string(),
+            coll: coll.to_string(),
+            uuid: entry.uuid.clone(),
+            sharded: true,
+        }
+    }
+
+    /// [`ReadCollection::killed`] for a router's read of a sharded collection, against
+    /// the cluster's catalog (the config server's storage): the shards kill their
+    /// cursors when the collection is dropped or renamed, and the router's getMore fails
+    /// with their error.
+    pub fn killed_in_catalog(&self, config: &Storage) -> Option<CommandError> {
+        let ns = format!("{}.{}", self.db, self.coll);
+        let entries = crate::sharding::catalog::collections(config);
+        if entries.iter().any(|e| e.ns == ns && e.uuid == self.uuid) {
+            return None;
+        }
+        let what = match entries.iter().find(|e| e.uuid == self.uuid) {
+            Some(to) => format!("collection renamed from '{ns}' to '{}'", to.ns),
+            None => format!("collection '{ns}' dropped"),
+        };
+        Some(CommandError::new(
+            codes::QUERY_PLAN_KILLED,
+            format!(
+                "Executor error during getMore :: caused by :: {what} while the cursor was open; run the query again"
+            ),
+        ))
     }
 
     /// The error a getMore on a cursor over this collection fails with when the

@@ -406,6 +406,69 @@ async fn unsharded_collections_live_on_the_primary_shard_with_cursors() {
     assert_eq!(names.len(), 31);
 }
 
+/// Pins: a router's cursor over a sharded collection went on serving the dropped
+/// collection's documents. The shards kill their cursors when the collection is dropped
+/// or renamed, and the router's next getMore fails with 175 QueryPlanKilled (then 43),
+/// as a replica set's does.
+#[tokio::test]
+async fn a_router_cursor_over_a_sharded_collection_dies_with_its_drop_or_rename() {
+    let cluster = start();
+    let router = client_for(&cluster.router_uri()).await;
+    let items = hashed_items(&router).await;
+    items
+        .insert_many((0..100).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let open = |coll: &'static str| {
+        let router = router.clone();
+        async move {
+            let reply = run(
+                &router,
+                "app",
+                doc! {"find": coll, "filter": {}, "batchSize": 10},
+            )
+            .await
+            .unwrap();
+            reply.get_document("cursor").unwrap().get_i64("id").unwrap()
+        }
+    };
+    let get_more = |id: i64, coll: &'static str| {
+        let router = router.clone();
+        async move {
+            run(
+                &router,
+                "app",
+                doc! {"getMore": id, "collection": coll, "batchSize": 10},
+            )
+            .await
+        }
+    };
+    // A getMore while the collection stands is served.
+    let id = open("items").await;
+    get_more(id, "items").await.unwrap();
+    run(
+        &router,
+        "admin",
+        doc! {"renameCollection": "app.items", "to": "app.renamed"},
+    )
+    .await
+    .unwrap();
+    let error = get_more(id, "items").await.unwrap_err();
+    assert_eq!(code(&error), 175, "{error:?}");
+    assert!(error.to_string().contains("renamed"), "{error}");
+    assert_eq!(code(&get_more(id, "items").await.unwrap_err()), 43);
+    let id = open("renamed").await;
+    router
+        .database("app")
+        .collection::<Document>("renamed")
+        .drop()
+        .await
+        .unwrap();
+    let error = get_more(id, "renamed").await.unwrap_err();
+    assert_eq!(code(&error), 175, "{error:?}");
+    assert!(error.to_string().contains("dropped"), "{error}");
+}
+
 #[tokio::test]
 async fn find_and_modify_moves_a_document_by_its_new_shard_key() {
     let cluster = start();

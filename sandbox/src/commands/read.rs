@@ -266,8 +266,13 @@ fn source_documents_in(
 /// The collection a query on `coll` reads, as the server's own catalog holds it: its drop
 /// or rename kills the query's cursor. A transaction's or a majority snapshot's read
 /// still dies with the live collection; a router's merged read of a sharded collection
-/// (whose documents live on the shards, not in the router's catalog) is not tracked.
+/// (whose documents live on the shards) dies with the cluster catalog's entry.
 fn read_collection(ctx: &Ctx<'_>, coll: &str) -> Option<ReadCollection> {
+    if let Some(router) = ctx.server.options.role.router() {
+        let ns = format!("{}.{coll}", ctx.db);
+        let entry = crate::sharding::catalog::collection(&router.config.storage.lock(), &ns);
+        return entry.map(|e| ReadCollection::sharded(&e));
+    }
     ReadCollection::current(&ctx.server.storage.lock(), &ctx.db, coll)
 }
 
@@ -690,7 +695,11 @@ pub async fn get_more(
     if let CursorState::Documents(_, Some(over)) = &cursor.state {
         // The collection was dropped or renamed since the last batch: the cursor is
         // dead (taken out above, it stays out), as the server kills it.
-        if let Some(e) = over.killed(&server.storage.lock()) {
+        let killed = match server.options.role.router() {
+            Some(router) if over.sharded => over.killed_in_catalog(&router.config.storage.lock()),
+            _ => over.killed(&server.storage.lock()),
+        };
+        if let Some(e) = killed {
             server.cursors.count_plan_killed();
             return Err(e);
         }

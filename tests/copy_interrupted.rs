@@ -11,6 +11,7 @@
 mod common;
 
 use bson::{doc, Document};
+use common::sharded::{shard_collection, shard_key, Topologies};
 use common::*;
 use ferry::progress::Phase;
 use mongodb::Client;
@@ -174,4 +175,86 @@ async fn rename_under_the_plans_sample_cursor_converges() {
     cutover_and_complete(m).await;
     assert_eq!(assert_same(&pair.src, &pair.dst).await, DOCS as usize);
     assert_eq!(collections(&pair.dst).await, ["big_renamed"]);
+}
+
+/// [`copy_with_ddl_under_open_cursor`] between two-shard clusters: app.big, app.gone and
+/// app.kept are sharded on a hashed `_id` on the source, so the copy reads them through
+/// the source's router, whose cursor dies with the collection (the shards kill theirs).
+async fn sharded_copy_with_ddl_under_open_cursor(
+    held: impl Fn(&Topologies) -> &ferry_sandbox::Sandbox,
+    hold: (&str, &str),
+    (db, ddl): (&str, Document),
+) -> Topologies {
+    let t = Topologies::start(2, 2).await;
+    for coll in ["big", "gone", "kept"] {
+        shard_collection(&t.src, &format!("app.{coll}"), doc! {"_id": "hashed"}).await;
+        fill(&t.src, coll).await;
+    }
+    let src_router = t.source.sharded().expect("a sharded source").router();
+    let held_by = held(&t);
+    let entered = held_by.fail_points_entered();
+    let client = if std::ptr::eq(held_by, src_router) {
+        &t.src
+    } else {
+        &t.dst
+    };
+    hold_next(client, hold.0, hold.1).await;
+    let killed_before = src_router.query_plans_killed();
+    let m = start(t.config(&format!(
+        "[copy]\nbatch_max_documents = {BATCH}\nparallel_collections = 3\nparallel_ranges_per_collection = 1\n"
+    )))
+    .await;
+    poll("the copy to be held by the fail point", || {
+        held_by.fail_points_entered() > entered
+    })
+    .await;
+    t.src.database(db).run_command(ddl).await.expect("ddl");
+    poll("the source's router to kill the copy's cursor", || {
+        src_router.query_plans_killed() > killed_before
+    })
+    .await;
+    wait_phase(&m.progress, Phase::ReadyForCutover).await;
+    cutover_and_complete(m).await;
+    assert_same(&t.src, &t.dst).await;
+    t
+}
+
+/// A sharded source collection renamed while the copy's cursor on it is open through the
+/// router: the copy reads the range again under the new name and the run converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_collection_renamed_under_an_open_copy_cursor_converges() {
+    let t = sharded_copy_with_ddl_under_open_cursor(
+        |t| t.source.sharded().expect("a sharded source").router(),
+        ("getMore", "app.big"),
+        (
+            "admin",
+            doc! {"renameCollection": "app.big", "to": "app.big_renamed"},
+        ),
+    )
+    .await;
+    assert_eq!(collections(&t.dst).await, ["big_renamed", "gone", "kept"]);
+    assert_eq!(
+        shard_key(&t.dst, "app.big_renamed").await,
+        Some(doc! {"_id": "hashed"}),
+        "the renamed collection keeps its shard key on the destination"
+    );
+}
+
+/// A sharded source collection dropped while the copy's cursor on it is open through the
+/// router (its first insert held on the destination's router): nothing of it is left on
+/// the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_collection_dropped_under_an_open_copy_cursor_converges() {
+    let t = sharded_copy_with_ddl_under_open_cursor(
+        |t| {
+            t.destination
+                .sharded()
+                .expect("a sharded destination")
+                .router()
+        },
+        ("insert", "app.gone"),
+        ("app", doc! {"drop": "gone"}),
+    )
+    .await;
+    assert_eq!(collections(&t.dst).await, ["big", "kept"]);
 }

@@ -178,13 +178,7 @@ pub async fn run_command(server: &Arc<Server>, conn: &mut Connection, cmd: Docum
                 },
                 None => None,
             };
-            // The command's namespace, as failCommand's `namespace` matches it: a getMore
-            // names its collection in `collection`.
-            let target = match (cmd.get(&name), cmd.get_str("collection")) {
-                (Some(Bson::String(coll)), _) => format!("{db}.{coll}"),
-                (_, Ok(coll)) if name == "getMore" => format!("{db}.{coll}"),
-                _ => db.clone(),
-            };
+            let target = crate::failpoint::command_namespace(&db, &name, &cmd);
             let mut injected = server.faults.fail_points.check(&name, &target, &cmd);
             if let Some(Injected::Block(period, then)) = injected {
                 tokio::time::sleep(period).await;

@@ -309,3 +309,13 @@ fn as_count(v: &Bson) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The namespace of a command as failCommand's `namespace` matches it: `db.coll` for a
+/// command naming its collection (a getMore names it in `collection`), else the database.
+pub fn command_namespace(db: &str, name: &str, cmd: &Document) -> String {
+    match (cmd.get(name), cmd.get_str("collection")) {
+        (Some(Bson::String(coll)), _) => format!("{db}.{coll}"),
+        (_, Ok(coll)) if name == "getMore" => format!("{db}.{coll}"),
+        _ => db.to_string(),
+    }
+}

@@ -258,10 +258,7 @@ async fn injected_fault(
     cmd: &Document,
     name: &str,
 ) -> CmdResult<()> {
-    let target = match cmd.get(name) {
-        Some(Bson::String(coll)) => format!("{db}.{coll}"),
-        _ => db.to_string(),
-    };
+    let target = crate::failpoint::command_namespace(db, name, cmd);
     let mut injected = server.faults.fail_points.check(name, &target, cmd);
     if let Some(Injected::Block(period, then)) = injected {
         tokio::time::sleep(period).await;
